@@ -1,0 +1,102 @@
+//! Training settings shared by the pipeline file, the training stage and the checkpoint
+//! metadata (which records the settings a depth was trained with).
+
+use anyhow::{bail, Result};
+use serde::{Deserialize, Serialize};
+
+/// What happens to the output layer when a depth is added.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum HeadMode {
+    /// The tutorial's code: the old output layer is re-attached and stays frozen; only the
+    /// new hidden layer trains.
+    Frozen,
+    /// The tutorial's prose: the old output layer is kept and trains with the new layer.
+    Retrain,
+    /// A newly initialized output layer trains with the new layer.
+    Fresh,
+}
+
+impl HeadMode {
+    /// Lowercase name, as in pipelines and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            HeadMode::Frozen => "frozen",
+            HeadMode::Retrain => "retrain",
+            HeadMode::Fresh => "fresh",
+        }
+    }
+}
+
+impl std::str::FromStr for HeadMode {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "frozen" => Ok(HeadMode::Frozen),
+            "retrain" => Ok(HeadMode::Retrain),
+            "fresh" => Ok(HeadMode::Fresh),
+            _ => bail!("unknown head mode `{s}`: use frozen, retrain or fresh"),
+        }
+    }
+}
+
+/// The settings of one depth's training run (Keras' defaults unless told otherwise).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    /// Width of the hidden layer this depth adds.
+    pub width: usize,
+    /// Epochs to train this depth.
+    pub epochs: usize,
+    /// Mini-batch size.
+    pub batch_size: usize,
+    /// Adam learning rate.
+    pub lr: f64,
+    /// Adam β1.
+    pub beta1: f64,
+    /// Adam β2.
+    pub beta2: f64,
+    /// Adam ε, Keras placement: `m̂ / (√v̂ + ε/√(1-β2^t))`, i.e. ε added to √v before bias correction.
+    pub epsilon: f64,
+    /// Seed for initialization and shuffling (mixed with the depth).
+    pub seed: u64,
+    /// Output-layer policy from depth 2 on.
+    pub head: HeadMode,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            width: 256,
+            epochs: 25,
+            batch_size: 250,
+            lr: 1e-3,
+            beta1: 0.9,
+            beta2: 0.999,
+            epsilon: 1e-7,
+            seed: 0,
+            head: HeadMode::Frozen,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// Reject values that cannot train, naming the key.
+    pub fn validate(&self) -> Result<()> {
+        let checks: [(&str, bool, &str); 7] = [
+            ("width", self.width >= 1, "must be at least 1"),
+            ("epochs", self.epochs >= 1, "must be at least 1"),
+            ("batch_size", self.batch_size >= 1, "must be at least 1"),
+            ("lr", self.lr.is_finite() && self.lr > 0.0, "must be a positive number"),
+            ("beta1", (0.0..1.0).contains(&self.beta1), "must be in [0, 1)"),
+            ("beta2", (0.0..1.0).contains(&self.beta2), "must be in [0, 1)"),
+            ("epsilon", self.epsilon.is_finite() && self.epsilon > 0.0, "must be a positive number"),
+        ];
+        for (key, ok, why) in checks {
+            if !ok {
+                bail!("invalid training setting `{key}`: {why}");
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,35 @@
+//! The contracts every layerwise stage shares, and nothing else: the stages never import
+//! each other, they exchange files whose formats are defined here.
+//!
+//! # Brief overview
+//! - [`dataset`]: the prepared dataset (safetensors, memory-mapped) and its metadata.
+//! - [`checkpoint`]: an MLP's weights in PyTorch layout with metadata that refuses a
+//!   mismatched dataset.
+//! - [`metrics`]: `train.json` and `eval.json`, versioned.
+//! - [`pipeline`]: pipeline TOML files; [`config`]: the per-depth training settings.
+//! - [`atomic`]: every artifact is written to a temp file and renamed into place.
+#![deny(missing_docs)]
+
+pub mod atomic;
+pub mod checkpoint;
+pub mod config;
+pub mod dataset;
+pub mod hash;
+pub mod metrics;
+pub mod pipeline;
+pub mod st;
+
+/// Derive a per-purpose seed from a base seed, so each depth and epoch gets its own stream.
+pub fn mix_seed(seed: u64, parts: &[u64]) -> u64 {
+    // splitmix64 over the parts: cheap, deterministic, well spread.
+    let mut x = seed ^ 0x9E37_79B9_7F4A_7C15;
+    for &p in parts {
+        x ^= p.wrapping_add(0x9E37_79B9_7F4A_7C15).wrapping_add(x << 6).wrapping_add(x >> 2);
+        x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = x;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        x = z ^ (z >> 31);
+    }
+    x
+}

@@ -1,0 +1,122 @@
+//! Metrics JSON documents: the training history of one depth (`train.json`) and an
+//! evaluation (`eval.json`). Each carries `schema` and `version` so a reader can refuse a
+//! document it does not understand.
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+use crate::dataset::Split;
+
+/// `schema` of a training history.
+pub const TRAIN_SCHEMA: &str = "layerwise-train-history";
+/// `schema` of an evaluation.
+pub const EVAL_SCHEMA: &str = "layerwise-evaluation";
+/// Version of both schemas.
+pub const METRICS_VERSION: u32 = 1;
+
+/// One epoch of training.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpochMetrics {
+    /// 1-based epoch number.
+    pub epoch: usize,
+    /// Mean training loss over the epoch's batches (weights changing, as Keras reports).
+    pub train_loss: f64,
+    /// Training accuracy over the epoch.
+    pub train_accuracy: f64,
+    /// Validation loss after the epoch.
+    pub val_loss: f64,
+    /// Validation accuracy after the epoch.
+    pub val_accuracy: f64,
+    /// Wall seconds of the epoch (training and validation).
+    pub seconds: f64,
+    /// Training samples per second.
+    pub samples_per_second: f64,
+}
+
+/// The training history of one depth.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainHistory {
+    /// [`TRAIN_SCHEMA`].
+    pub schema: String,
+    /// [`METRICS_VERSION`].
+    pub version: u32,
+    /// Depth trained.
+    pub depth: usize,
+    /// SHA-256 of the checkpoint this run wrote.
+    pub checkpoint_sha256: String,
+    /// Dataset fingerprint.
+    pub dataset_fingerprint: String,
+    /// Trainable parameters.
+    pub trainable_params: usize,
+    /// All parameters.
+    pub total_params: usize,
+    /// Seconds spent computing the frozen layers' outputs (once per depth).
+    pub frozen_features_seconds: f64,
+    /// Wall seconds of the whole run.
+    pub seconds: f64,
+    /// Device used.
+    pub device: String,
+    /// One entry per epoch.
+    pub epochs: Vec<EpochMetrics>,
+}
+
+/// An evaluation of one checkpoint on one split.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Evaluation {
+    /// [`EVAL_SCHEMA`].
+    pub schema: String,
+    /// [`METRICS_VERSION`].
+    pub version: u32,
+    /// Split evaluated.
+    pub split: Split,
+    /// Depth of the checkpoint.
+    pub depth: usize,
+    /// SHA-256 of the checkpoint evaluated.
+    pub checkpoint_sha256: String,
+    /// Dataset fingerprint.
+    pub dataset_fingerprint: String,
+    /// Images evaluated.
+    pub samples: usize,
+    /// Mean softmax cross-entropy.
+    pub loss: f64,
+    /// Fraction correct.
+    pub accuracy: f64,
+    /// Class names, index = label.
+    pub classes: Vec<String>,
+    /// Accuracy per true class.
+    pub per_class_accuracy: Vec<f64>,
+    /// `confusion[true][predicted]` counts.
+    pub confusion: Vec<Vec<u64>>,
+    /// Wall seconds.
+    pub seconds: f64,
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path, schema: &str, get: fn(&T) -> (&str, u32)) -> Result<T> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let value: T = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not a layerwise `{schema}` document (or is damaged)", path.display()))?;
+    let (found, version) = get(&value);
+    if found != schema || version != METRICS_VERSION {
+        bail!("{}: schema `{found}` version {version}, expected `{schema}` version {METRICS_VERSION}", path.display());
+    }
+    Ok(value)
+}
+
+impl TrainHistory {
+    /// Read and check a `train.json`.
+    pub fn read(path: &Path) -> Result<Self> {
+        read_json(path, TRAIN_SCHEMA, |h: &Self| (h.schema.as_str(), h.version))
+    }
+    /// The last epoch, if any.
+    pub fn last(&self) -> Option<&EpochMetrics> {
+        self.epochs.last()
+    }
+}
+
+impl Evaluation {
+    /// Read and check an `eval.json`.
+    pub fn read(path: &Path) -> Result<Self> {
+        read_json(path, EVAL_SCHEMA, |e: &Self| (e.schema.as_str(), e.version))
+    }
+}

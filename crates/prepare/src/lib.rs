@@ -1,0 +1,202 @@
+//! The data stage: CIFAR-10, in whatever official form it is found, becomes one
+//! normalized safetensors file (the `layerwise-core` dataset format) with train,
+//! validation and test splits.
+//!
+//! # Brief overview
+//! - [`PrepareOptions`] says where the data is, where the output goes and how to split
+//!   and normalize; [`prepare`] does the work and returns the written metadata.
+//! - [`source`] detects and reads the four official forms; [`fetch`] finds CIFAR-10 on
+//!   the machine or downloads the official tarball.
+//!
+//! The split follows Keras' `validation_split`: validation is the LAST fraction of the
+//! training images, `train = floor(n * (1 - fraction))`.
+#![deny(missing_docs)]
+
+pub mod fetch;
+pub mod source;
+pub mod synthetic;
+
+use anyhow::{bail, Result};
+use layerwise_core::dataset::{fingerprint, write_dataset, DatasetMeta, Normalization, SplitData, SplitSizes, DATASET_VERSION};
+use std::path::{Path, PathBuf};
+
+/// How pixels become floats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Normalize {
+    /// x / 255 (the tutorial's).
+    Unit,
+    /// (x / 255 - mean[c]) / std[c], statistics of the train split.
+    Standardize,
+}
+
+impl Normalize {
+    /// Name as in pipelines.
+    pub fn name(self) -> &'static str {
+        match self {
+            Normalize::Unit => "unit",
+            Normalize::Standardize => "standardize",
+        }
+    }
+    /// Parse a pipeline's `data.normalize`.
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "unit" => Ok(Normalize::Unit),
+            "standardize" => Ok(Normalize::Standardize),
+            _ => bail!("unknown normalization `{s}`: use unit or standardize"),
+        }
+    }
+}
+
+/// What to prepare.
+#[derive(Debug, Clone)]
+pub struct PrepareOptions {
+    /// A CIFAR-10 folder or tarball; None = search, then download.
+    pub source: Option<PathBuf>,
+    /// Output safetensors file.
+    pub out: PathBuf,
+    /// Pixel normalization.
+    pub normalize: Normalize,
+    /// Fraction of training images held out for validation (the last ones).
+    pub val_fraction: f64,
+    /// Keep only the first N training images (before splitting).
+    pub limit_train: Option<usize>,
+    /// Keep only the first N test images.
+    pub limit_test: Option<usize>,
+    /// Folder searched for data and where a download is kept.
+    pub artifacts: PathBuf,
+    /// Download settings.
+    pub fetch: fetch::FetchOptions,
+}
+
+impl PrepareOptions {
+    /// Options with the tutorial's defaults.
+    pub fn new(out: impl Into<PathBuf>) -> Self {
+        Self {
+            source: None,
+            out: out.into(),
+            normalize: Normalize::Unit,
+            val_fraction: 0.2,
+            limit_train: None,
+            limit_test: None,
+            artifacts: PathBuf::from("artifacts"),
+            fetch: fetch::FetchOptions::default(),
+        }
+    }
+}
+
+/// Resolve the source: the given path, else a local copy, else a download.
+pub fn locate_source(opts: &PrepareOptions) -> Result<PathBuf> {
+    match &opts.source {
+        Some(p) => Ok(p.clone()),
+        None => match fetch::find_local(&opts.artifacts) {
+            Some(p) => Ok(p),
+            None => fetch::download(&opts.artifacts, &opts.fetch),
+        },
+    }
+}
+
+/// Number of training images kept when `n` are split with `fraction` held out (Keras).
+pub fn train_count(n: usize, fraction: f64) -> usize {
+    (n as f64 * (1.0 - fraction)).floor() as usize
+}
+
+/// Prepare the dataset and write it atomically; returns its metadata.
+pub fn prepare(opts: &PrepareOptions) -> Result<DatasetMeta> {
+    if !(opts.val_fraction > 0.0 && opts.val_fraction < 1.0) {
+        bail!("--val-fraction is {}: it must be strictly between 0 and 1", opts.val_fraction);
+    }
+    let path = locate_source(opts)?;
+    let (kind, path) = source::detect(&path)?;
+    let mut raw = source::read(kind, &path)?;
+    let d = source::IMAGE_BYTES;
+    if let Some(n) = opts.limit_train {
+        let n = n.min(raw.train_labels.len());
+        raw.train_labels.truncate(n);
+        raw.train_images.truncate(n * d);
+    }
+    if let Some(n) = opts.limit_test {
+        let n = n.min(raw.test_labels.len());
+        raw.test_labels.truncate(n);
+        raw.test_images.truncate(n * d);
+    }
+    let n = raw.train_labels.len();
+    let n_train = train_count(n, opts.val_fraction);
+    if n_train == 0 || n_train == n || raw.test_labels.is_empty() {
+        bail!(
+            "{n} training and {} test images with validation fraction {} leave an empty split: use more images or another fraction",
+            raw.test_labels.len(),
+            opts.val_fraction
+        );
+    }
+    let norm = normalization(opts.normalize, &raw.train_images[..n_train * d]);
+    let to_split = |images: &[u8], labels: &[u8]| SplitData { images: normalize(images, &norm), labels: labels.to_vec() };
+    let train = to_split(&raw.train_images[..n_train * d], &raw.train_labels[..n_train]);
+    let val = to_split(&raw.train_images[n_train * d..], &raw.train_labels[n_train..]);
+    let test = to_split(&raw.test_images, &raw.test_labels);
+    let meta = DatasetMeta {
+        version: DATASET_VERSION,
+        name: "cifar-10".into(),
+        classes: raw.classes.clone(),
+        image_shape: [3, 32, 32],
+        fingerprint: fingerprint(&norm, [&train, &val, &test]),
+        normalization: norm,
+        val_fraction: opts.val_fraction,
+        split_sizes: SplitSizes { train: train.labels.len(), val: val.labels.len(), test: test.labels.len() },
+        source_kind: kind.name().into(),
+        sources: raw.sources.clone(),
+    };
+    write_dataset(&opts.out, &meta, [&train, &val, &test])?;
+    Ok(meta)
+}
+
+fn normalization(kind: Normalize, train: &[u8]) -> Normalization {
+    match kind {
+        Normalize::Unit => Normalization { kind: "unit".into(), mean: vec![0.0; 3], std: vec![1.0; 3] },
+        Normalize::Standardize => {
+            let plane = source::IMAGE_BYTES / 3;
+            let mut sum = [0f64; 3];
+            let mut sq = [0f64; 3];
+            for img in train.chunks_exact(source::IMAGE_BYTES) {
+                for c in 0..3 {
+                    for &b in &img[c * plane..(c + 1) * plane] {
+                        let x = b as f64 / 255.0;
+                        sum[c] += x;
+                        sq[c] += x * x;
+                    }
+                }
+            }
+            let count = (train.len() / 3).max(1) as f64;
+            let mean: Vec<f64> = sum.iter().map(|s| s / count).collect();
+            let std: Vec<f64> = (0..3).map(|c| (sq[c] / count - mean[c] * mean[c]).max(1e-12).sqrt()).collect();
+            Normalization { kind: "standardize".into(), mean, std }
+        }
+    }
+}
+
+/// Bytes to normalized floats, CHW order kept.
+fn normalize(images: &[u8], norm: &Normalization) -> Vec<f32> {
+    let plane = source::IMAGE_BYTES / 3;
+    if norm.kind == "unit" {
+        return images.iter().map(|&b| b as f32 / 255.0).collect();
+    }
+    let mut out = Vec::with_capacity(images.len());
+    for img in images.chunks_exact(source::IMAGE_BYTES) {
+        for c in 0..3 {
+            let (m, s) = (norm.mean[c], norm.std[c]);
+            out.extend(img[c * plane..(c + 1) * plane].iter().map(|&b| ((b as f64 / 255.0 - m) / s) as f32));
+        }
+    }
+    out
+}
+
+/// Convenience for callers that only have a path: is this a prepared dataset matching
+/// these options (same normalization, split and sources)? Used to skip re-preparing.
+pub fn matches_existing(out: &Path, normalize: Normalize, val_fraction: f64, limits: (Option<usize>, Option<usize>)) -> Option<DatasetMeta> {
+    let ds = layerwise_core::dataset::Dataset::open(out).ok()?;
+    let m = ds.meta;
+    let ok = m.normalization.kind == normalize.name() && m.val_fraction == val_fraction && {
+        let n = m.split_sizes.train + m.split_sizes.val;
+        limits.0.is_none_or(|l| l == n) && limits.1.is_none_or(|l| l == m.split_sizes.test)
+    };
+    ok.then_some(m)
+}

@@ -1,0 +1,324 @@
+//! Finding and reading CIFAR-10 in the forms people actually have it: the official binary
+//! release (folder or `cifar-10-binary.tar.gz`) and the official Python release (folder,
+//! as Keras and torchvision leave it, or `cifar-10-python.tar.gz`).
+
+use anyhow::{anyhow, bail, Context, Result};
+use layerwise_core::dataset::SourceFile;
+use layerwise_core::hash::sha256_hex;
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+/// Bytes per image (3 × 32 × 32).
+pub const IMAGE_BYTES: usize = 3072;
+/// Bytes per record in the binary release: a label byte, then the image.
+pub const RECORD_BYTES: usize = IMAGE_BYTES + 1;
+/// The official class names, used when the source has no meta file.
+pub const CIFAR10_CLASSES: [&str; 10] =
+    ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"];
+
+const BIN_DIR: &str = "cifar-10-batches-bin";
+const PY_DIR: &str = "cifar-10-batches-py";
+const TRAIN_BATCHES: usize = 5;
+
+/// Which official form a source is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceKind {
+    /// `cifar-10-batches-bin/` folder.
+    BinaryFolder,
+    /// `cifar-10-binary.tar.gz`.
+    BinaryTarball,
+    /// `cifar-10-batches-py/` folder.
+    PythonFolder,
+    /// `cifar-10-python.tar.gz`.
+    PythonTarball,
+}
+
+impl SourceKind {
+    /// Name recorded in the dataset metadata.
+    pub fn name(self) -> &'static str {
+        match self {
+            SourceKind::BinaryFolder => "binary-folder",
+            SourceKind::BinaryTarball => "binary-tarball",
+            SourceKind::PythonFolder => "python-folder",
+            SourceKind::PythonTarball => "python-tarball",
+        }
+    }
+}
+
+/// CIFAR-10 read into memory: raw bytes, before any normalization.
+#[derive(Debug, Clone, Default)]
+pub struct RawCifar {
+    /// Training images, `[n, 3072]` CHW bytes, official order.
+    pub train_images: Vec<u8>,
+    /// Training labels.
+    pub train_labels: Vec<u8>,
+    /// Test images.
+    pub test_images: Vec<u8>,
+    /// Test labels.
+    pub test_labels: Vec<u8>,
+    /// Class names.
+    pub classes: Vec<String>,
+    /// Files read, with hashes.
+    pub sources: Vec<SourceFile>,
+}
+
+/// Decide what `path` is. A folder may be the batches folder itself or hold one.
+pub fn detect(path: &Path) -> Result<(SourceKind, PathBuf)> {
+    if path.is_dir() {
+        if path.join("data_batch_1.bin").exists() || path.join("test_batch.bin").exists() {
+            return Ok((SourceKind::BinaryFolder, path.to_path_buf()));
+        }
+        if path.join("data_batch_1").exists() || path.join("batches.meta").exists() {
+            return Ok((SourceKind::PythonFolder, path.to_path_buf()));
+        }
+        for (sub, kind) in [(BIN_DIR, SourceKind::BinaryFolder), (PY_DIR, SourceKind::PythonFolder)] {
+            if path.join(sub).is_dir() {
+                return detect(&path.join(sub)).map(|(_, p)| (kind, p));
+            }
+        }
+        for (file, kind) in [("cifar-10-binary.tar.gz", SourceKind::BinaryTarball), ("cifar-10-python.tar.gz", SourceKind::PythonTarball)] {
+            if path.join(file).is_file() {
+                return Ok((kind, path.join(file)));
+            }
+        }
+        bail!(
+            "{} holds no CIFAR-10: expected data_batch_1.bin … test_batch.bin (binary release), \
+             data_batch_1 … test_batch (Python release), or one of the official tarballs",
+            path.display()
+        );
+    }
+    if path.is_file() {
+        return Ok((tarball_kind(path)?, path.to_path_buf()));
+    }
+    bail!("CIFAR-10 source {} does not exist", path.display())
+}
+
+/// Look inside a tarball to tell the binary release from the Python release.
+fn tarball_kind(path: &Path) -> Result<SourceKind> {
+    let mut archive = open_tar(path)?;
+    let entries = archive.entries().with_context(|| not_cifar_tar(path))?;
+    for entry in entries {
+        let entry = entry.with_context(|| not_cifar_tar(path))?;
+        let name = entry.path().with_context(|| not_cifar_tar(path))?.to_string_lossy().into_owned();
+        if name.starts_with(BIN_DIR) {
+            return Ok(SourceKind::BinaryTarball);
+        }
+        if name.starts_with(PY_DIR) {
+            return Ok(SourceKind::PythonTarball);
+        }
+    }
+    bail!("{}: the archive holds neither {BIN_DIR}/ nor {PY_DIR}/: it is not a CIFAR-10 release", path.display())
+}
+
+fn not_cifar_tar(path: &Path) -> String {
+    format!("{} is not a readable .tar.gz archive (expected cifar-10-binary.tar.gz or cifar-10-python.tar.gz)", path.display())
+}
+
+fn open_tar(path: &Path) -> Result<tar::Archive<flate2::read::GzDecoder<std::fs::File>>> {
+    let file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    Ok(tar::Archive::new(flate2::read::GzDecoder::new(file)))
+}
+
+/// The member files each release needs, in order: five training batches, the test batch,
+/// then the (optional) class-name file.
+fn member_names(kind: SourceKind) -> Vec<String> {
+    let binary = matches!(kind, SourceKind::BinaryFolder | SourceKind::BinaryTarball);
+    let ext = if binary { ".bin" } else { "" };
+    let mut names: Vec<String> = (1..=TRAIN_BATCHES).map(|i| format!("data_batch_{i}{ext}")).collect();
+    names.push(format!("test_batch{ext}"));
+    names.push(if binary { "batches.meta.txt".into() } else { "batches.meta".into() });
+    names
+}
+
+/// Read the needed member files (name → bytes) from a folder or tarball.
+fn read_members(kind: SourceKind, path: &Path) -> Result<BTreeMap<String, Vec<u8>>> {
+    let wanted = member_names(kind);
+    let mut found = BTreeMap::new();
+    match kind {
+        SourceKind::BinaryFolder | SourceKind::PythonFolder => {
+            for name in &wanted {
+                let p = path.join(name);
+                if p.exists() {
+                    let bytes = std::fs::read(&p).with_context(|| format!("cannot read {}", p.display()))?;
+                    found.insert(name.clone(), bytes);
+                }
+            }
+        }
+        SourceKind::BinaryTarball | SourceKind::PythonTarball => {
+            let dir = if kind == SourceKind::BinaryTarball { BIN_DIR } else { PY_DIR };
+            let mut archive = open_tar(path)?;
+            for entry in archive.entries().with_context(|| not_cifar_tar(path))? {
+                let mut entry = entry.with_context(|| not_cifar_tar(path))?;
+                let member = entry.path().with_context(|| not_cifar_tar(path))?.to_string_lossy().into_owned();
+                // Only regular files named exactly `<dir>/<expected name>` are read; links,
+                // absolute paths and anything else are ignored, and nothing is extracted.
+                let Some(name) = member.strip_prefix(dir).and_then(|r| r.strip_prefix('/')) else { continue };
+                if !entry.header().entry_type().is_file() || !wanted.iter().any(|w| w == name) {
+                    continue;
+                }
+                let mut bytes = Vec::with_capacity(entry.size() as usize);
+                entry.read_to_end(&mut bytes).with_context(|| format!("{}: cannot read member {member}: the archive is truncated or corrupt", path.display()))?;
+                found.insert(name.to_string(), bytes);
+            }
+        }
+    }
+    let missing: Vec<&String> = wanted[..=TRAIN_BATCHES].iter().filter(|n| !found.contains_key(*n)).collect();
+    if !missing.is_empty() {
+        bail!(
+            "{} is missing {}: a complete CIFAR-10 release has five training batches and a test batch",
+            path.display(),
+            missing.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+        );
+    }
+    Ok(found)
+}
+
+/// Read CIFAR-10 from a detected source.
+pub fn read(kind: SourceKind, path: &Path) -> Result<RawCifar> {
+    let members = read_members(kind, path)?;
+    let names = member_names(kind);
+    let binary = matches!(kind, SourceKind::BinaryFolder | SourceKind::BinaryTarball);
+    let mut raw = RawCifar::default();
+    let mut per_batch = None;
+    for (i, name) in names[..=TRAIN_BATCHES].iter().enumerate() {
+        let bytes = &members[name];
+        let origin = format!("{} ({name})", path.display());
+        let (images, labels) = if binary { parse_binary(bytes, &origin)? } else { parse_pickle(bytes, &origin)? };
+        if let Some(n) = labels.iter().position(|&l| l > 9) {
+            bail!("{origin}: record {n} has label {}, but CIFAR-10 labels are 0-9: the file is corrupt", labels[n]);
+        }
+        match per_batch {
+            None => per_batch = Some(labels.len()),
+            Some(expected) if expected != labels.len() => bail!(
+                "{origin}: holds {} images, but {} holds {expected}: every CIFAR-10 batch has the same size; \
+                 the file is truncated or too long",
+                labels.len(),
+                names[0]
+            ),
+            Some(_) => {}
+        }
+        if i < TRAIN_BATCHES {
+            raw.train_images.extend_from_slice(&images);
+            raw.train_labels.extend_from_slice(&labels);
+        } else {
+            raw.test_images = images;
+            raw.test_labels = labels;
+        }
+    }
+    let meta_name = &names[TRAIN_BATCHES + 1];
+    raw.classes = match members.get(meta_name) {
+        Some(bytes) if binary => parse_meta_txt(bytes, &format!("{} ({meta_name})", path.display()))?,
+        Some(bytes) => parse_meta_pickle(bytes, &format!("{} ({meta_name})", path.display()))?,
+        None => CIFAR10_CLASSES.iter().map(|s| s.to_string()).collect(),
+    };
+    raw.sources = members.iter().map(|(name, bytes)| SourceFile { name: name.clone(), sha256: sha256_hex(bytes) }).collect();
+    Ok(raw)
+}
+
+/// Split a binary batch into image bytes and labels.
+pub fn parse_binary(bytes: &[u8], origin: &str) -> Result<(Vec<u8>, Vec<u8>)> {
+    if bytes.is_empty() || bytes.len() % RECORD_BYTES != 0 {
+        bail!(
+            "{origin}: {} bytes is not a whole number of {RECORD_BYTES}-byte records: the file is truncated or too long",
+            bytes.len()
+        );
+    }
+    let n = bytes.len() / RECORD_BYTES;
+    let mut images = Vec::with_capacity(n * IMAGE_BYTES);
+    let mut labels = Vec::with_capacity(n);
+    for rec in bytes.chunks_exact(RECORD_BYTES) {
+        labels.push(rec[0]);
+        images.extend_from_slice(&rec[1..]);
+    }
+    Ok((images, labels))
+}
+
+fn parse_meta_txt(bytes: &[u8], origin: &str) -> Result<Vec<String>> {
+    let text = std::str::from_utf8(bytes).map_err(|_| anyhow!("{origin}: class-name file is not text"))?;
+    let names: Vec<String> = text.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect();
+    if names.len() != 10 {
+        bail!("{origin}: expected 10 class names, found {}", names.len());
+    }
+    Ok(names)
+}
+
+fn load_pickle(bytes: &[u8], origin: &str) -> Result<serde_pickle::Value> {
+    serde_pickle::value_from_slice(bytes, serde_pickle::DeOptions::new().replace_unresolved_globals())
+        .map_err(|e| anyhow!("{origin}: not a CIFAR-10 Python pickle ({e})"))
+}
+
+fn dict_get<'a>(v: &'a serde_pickle::Value, key: &str) -> Option<&'a serde_pickle::Value> {
+    use serde_pickle::{HashableValue as H, Value as V};
+    let V::Dict(map) = v else { return None };
+    map.iter().find_map(|(k, val)| match k {
+        H::Bytes(b) if b == key.as_bytes() => Some(val),
+        H::String(s) if s == key => Some(val),
+        _ => None,
+    })
+}
+
+/// Find the raw array bytes and shape inside a numpy array's pickled state tuple
+/// `(1, shape, dtype, is_fortran, raw_bytes)`.
+fn numpy_bytes(v: &serde_pickle::Value) -> Option<(Vec<i64>, &[u8])> {
+    use serde_pickle::Value as V;
+    let V::Tuple(state) = v else { return None };
+    let shape = state.iter().find_map(|x| match x {
+        V::Tuple(dims) if !dims.is_empty() && dims.iter().all(|d| matches!(d, V::I64(_))) => {
+            Some(dims.iter().filter_map(|d| if let V::I64(n) = d { Some(*n) } else { None }).collect::<Vec<_>>())
+        }
+        _ => None,
+    })?;
+    let data = state.iter().find_map(|x| match x {
+        V::Bytes(b) => Some(b.as_slice()),
+        _ => None,
+    })?;
+    Some((shape, data))
+}
+
+/// Read one Python-release batch: `data` (uint8 `[n, 3072]`) and `labels` (list of ints).
+pub fn parse_pickle(bytes: &[u8], origin: &str) -> Result<(Vec<u8>, Vec<u8>)> {
+    use serde_pickle::Value as V;
+    let root = load_pickle(bytes, origin)?;
+    let labels_v = dict_get(&root, "labels").ok_or_else(|| anyhow!("{origin}: pickle has no `labels` key: not a CIFAR-10 batch"))?;
+    let V::List(list) = labels_v else { bail!("{origin}: `labels` is not a list") };
+    let labels = list
+        .iter()
+        .enumerate()
+        .map(|(i, l)| match l {
+            V::I64(x) if (0..=255).contains(x) => Ok(*x as u8),
+            other => Err(anyhow!("{origin}: label {i} is {other:?}, expected an integer 0-9")),
+        })
+        .collect::<Result<Vec<u8>>>()?;
+    let data_v = dict_get(&root, "data").ok_or_else(|| anyhow!("{origin}: pickle has no `data` key: not a CIFAR-10 batch"))?;
+    let (shape, data) = numpy_bytes(data_v).ok_or_else(|| anyhow!("{origin}: `data` is not a pickled numpy array"))?;
+    let n = labels.len();
+    if shape != [n as i64, IMAGE_BYTES as i64] || data.len() != n * IMAGE_BYTES {
+        bail!(
+            "{origin}: `data` has shape {shape:?} and {} bytes, expected [{n}, {IMAGE_BYTES}] uint8 ({} bytes)",
+            data.len(),
+            n * IMAGE_BYTES
+        );
+    }
+    Ok((data.to_vec(), labels))
+}
+
+fn parse_meta_pickle(bytes: &[u8], origin: &str) -> Result<Vec<String>> {
+    use serde_pickle::Value as V;
+    let root = load_pickle(bytes, origin)?;
+    let Some(V::List(list)) = dict_get(&root, "label_names") else {
+        bail!("{origin}: no `label_names` list: not CIFAR-10's batches.meta")
+    };
+    let names: Vec<String> = list
+        .iter()
+        .filter_map(|v| match v {
+            V::Bytes(b) => Some(String::from_utf8_lossy(b).into_owned()),
+            V::String(s) => Some(s.clone()),
+            _ => None,
+        })
+        .collect();
+    if names.len() != 10 {
+        bail!("{origin}: expected 10 class names, found {}", names.len());
+    }
+    Ok(names)
+}
