@@ -11,7 +11,7 @@ use std::path::Path;
 
 use crate::config::TrainConfig;
 use crate::dataset::DatasetMeta;
-use crate::st::{write_safetensors, MappedSafetensors, OutTensor};
+use crate::st::{safetensors_bytes, MappedSafetensors, OutTensor};
 
 /// `layerwise.format` of a checkpoint.
 pub const CHECKPOINT_FORMAT: &str = "layerwise-checkpoint";
@@ -66,7 +66,7 @@ impl Mlp {
     }
 }
 
-/// Everything a checkpoint says about itself (the `layerwise.meta` JSON).
+/// Everything a checkpoint says about itself (the `meta` of the `layerwise` metadata key).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CheckpointMeta {
@@ -134,6 +134,11 @@ pub fn hidden_name(i: usize) -> String {
 
 /// Save a checkpoint atomically; the metadata's shape fields must agree with the model.
 pub fn save_checkpoint(path: &Path, model: &Mlp, meta: &CheckpointMeta) -> Result<()> {
+    crate::atomic::write_bytes_atomic(path, &checkpoint_bytes(model, meta)?)
+}
+
+/// A checkpoint file's bytes (so its SHA-256 is known before it is written).
+pub fn checkpoint_bytes(model: &Mlp, meta: &CheckpointMeta) -> Result<Vec<u8>> {
     if meta.depth != model.depth() || meta.widths != model.widths() || meta.input_size != model.input_size() {
         bail!("internal: checkpoint metadata does not describe the model being saved");
     }
@@ -145,7 +150,7 @@ pub fn save_checkpoint(path: &Path, model: &Mlp, meta: &CheckpointMeta) -> Resul
     let h = &model.head;
     tensors.push(OutTensor::F32("head.weight".into(), vec![h.outputs, h.inputs], &h.weight));
     tensors.push(OutTensor::F32("head.bias".into(), vec![h.outputs], &h.bias));
-    write_safetensors(path, CHECKPOINT_FORMAT, meta, tensors)
+    safetensors_bytes(CHECKPOINT_FORMAT, meta, tensors)
 }
 
 /// Read only a checkpoint's metadata (cheap: the header).

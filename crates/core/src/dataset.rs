@@ -79,7 +79,7 @@ pub struct SourceFile {
     pub sha256: String,
 }
 
-/// Everything a prepared dataset says about itself (the `layerwise.meta` JSON).
+/// Everything a prepared dataset says about itself (the `meta` of the `layerwise` metadata key).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatasetMeta {

@@ -1,9 +1,11 @@
 //! Thin layer over `safetensors`: memory-mapped reading with checked names, dtypes and
 //! shapes, and atomic writing with the `layerwise.*` metadata every artifact carries.
 //!
-//! Every layerwise safetensors file has two metadata keys: `layerwise.format` (what the
-//! file is, e.g. `layerwise-dataset`) and `layerwise.meta` (a JSON document whose schema
-//! depends on the format and carries its own `version`).
+//! Every layerwise safetensors file has one metadata key, `layerwise`, holding the JSON
+//! `{"format": "...", "meta": {...}}`: `format` says what the file is (e.g.
+//! `layerwise-dataset`), `meta` is a document whose schema depends on the format and
+//! carries its own `version`. (One key, because safetensors writes its metadata map in
+//! hash order: with one key, identical content gives identical bytes.)
 
 use anyhow::{anyhow, bail, Context, Result};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
@@ -13,17 +15,20 @@ use std::path::{Path, PathBuf};
 
 use crate::atomic::write_atomic_with;
 
-/// Metadata key naming the kind of artifact.
-pub const FORMAT_KEY: &str = "layerwise.format";
-/// Metadata key holding the artifact's JSON description.
-pub const META_KEY: &str = "layerwise.meta";
+/// The metadata key of every layerwise artifact.
+pub const LAYERWISE_KEY: &str = "layerwise";
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Envelope<M> {
+    format: String,
+    meta: M,
+}
 
 /// A memory-mapped safetensors file whose header has been checked.
 pub struct MappedSafetensors {
     path: PathBuf,
     mmap: memmap2::Mmap,
-    /// The `layerwise.meta` JSON text.
-    pub meta_json: String,
+    meta: serde_json::Value,
 }
 
 impl MappedSafetensors {
@@ -44,22 +49,26 @@ impl MappedSafetensors {
             )
         })?;
         let md = header.metadata().clone().unwrap_or_default();
-        let found = md.get(FORMAT_KEY).cloned();
-        if found.as_deref() != Some(format) {
+        let Some(text) = md.get(LAYERWISE_KEY) else {
             bail!(
-                "{} is not a layerwise {what}: its metadata key `{FORMAT_KEY}` is {}, expected `{format}`",
+                "{} is not a layerwise {what}: it has no `{LAYERWISE_KEY}` metadata (it was not written by layerwise)",
+                path.display()
+            );
+        };
+        let envelope: Envelope<serde_json::Value> = serde_json::from_str(text)
+            .map_err(|e| anyhow!("{}: the `{LAYERWISE_KEY}` metadata is damaged ({e})", path.display()))?;
+        if envelope.format != format {
+            bail!(
+                "{} is not a layerwise {what}: it is a `{}` file, expected `{format}`",
                 path.display(),
-                found.map(|f| format!("`{f}`")).unwrap_or_else(|| "missing".into())
+                envelope.format
             );
         }
-        let meta_json = md.get(META_KEY).cloned().ok_or_else(|| {
-            anyhow!("{} has no `{META_KEY}` metadata: it was not written by layerwise", path.display())
-        })?;
         // Validate offsets now so later tensor lookups cannot fail on a corrupt body.
         SafeTensors::deserialize(&mmap).map_err(|e| {
             anyhow!("{} is corrupt or truncated ({e}); regenerate it", path.display())
         })?;
-        Ok(Self { path: path.to_path_buf(), mmap, meta_json })
+        Ok(Self { path: path.to_path_buf(), mmap, meta: envelope.meta })
     }
 
     /// The file this was mapped from.
@@ -67,10 +76,10 @@ impl MappedSafetensors {
         &self.path
     }
 
-    /// Parse the `layerwise.meta` JSON.
+    /// Parse the format's metadata document.
     pub fn meta<T: serde::de::DeserializeOwned>(&self) -> Result<T> {
-        serde_json::from_str(&self.meta_json).with_context(|| {
-            format!("{}: metadata `{META_KEY}` does not match this version of layerwise", self.path.display())
+        T::deserialize(&self.meta).with_context(|| {
+            format!("{}: its `{LAYERWISE_KEY}` metadata does not match this version of layerwise", self.path.display())
         })
     }
 
@@ -130,19 +139,19 @@ pub enum OutTensor<'a> {
     U8(String, Vec<usize>, &'a [u8]),
 }
 
-/// Write tensors with layerwise metadata, atomically.
-pub fn write_safetensors(
-    path: &Path,
+fn prepare_views<'a>(
     format: &str,
     meta: &impl serde::Serialize,
-    tensors: Vec<OutTensor<'_>>,
-) -> Result<()> {
-    let mut md = HashMap::new();
-    md.insert(FORMAT_KEY.to_string(), format.to_string());
-    md.insert(META_KEY.to_string(), serde_json::to_string(meta).context("cannot serialize metadata")?);
-    let mut views = Vec::with_capacity(tensors.len());
-    for t in tensors {
-        let (name, view) = match t {
+    tensors: Vec<OutTensor<'a>>,
+) -> Result<(HashMap<String, String>, Vec<(String, (Dtype, Vec<usize>, Cow<'a, [u8]>))>)> {
+    let envelope = Envelope { format: format.to_string(), meta };
+    let md = HashMap::from([(
+        LAYERWISE_KEY.to_string(),
+        serde_json::to_string(&envelope).context("cannot serialize metadata")?,
+    )]);
+    let views = tensors
+        .into_iter()
+        .map(|t| match t {
             OutTensor::F32(name, shape, data) => {
                 let bytes: Cow<[u8]> = if cfg!(target_endian = "little") {
                     Cow::Borrowed(bytemuck::cast_slice(data))
@@ -152,17 +161,40 @@ pub fn write_safetensors(
                 (name, (Dtype::F32, shape, bytes))
             }
             OutTensor::U8(name, shape, data) => (name, (Dtype::U8, shape, Cow::Borrowed(data))),
-        };
-        views.push((name, view));
-    }
-    let views: Vec<(String, TensorView<'_>)> = views
+        })
+        .collect();
+    Ok((md, views))
+}
+
+type Prepared<'a> = [(String, (Dtype, Vec<usize>, Cow<'a, [u8]>))];
+
+fn tensor_views<'b>(views: &'b Prepared<'_>) -> Result<Vec<(String, TensorView<'b>)>> {
+    views
         .iter()
         .map(|(name, (dtype, shape, bytes))| {
             TensorView::new(*dtype, shape.clone(), bytes.as_ref())
                 .map(|v| (name.clone(), v))
                 .map_err(|e| anyhow!("tensor `{name}`: {e}"))
         })
-        .collect::<Result<_>>()?;
+        .collect()
+}
+
+/// Serialize tensors with layerwise metadata into memory (for small artifacts whose hash
+/// is needed before they are written).
+pub fn safetensors_bytes(format: &str, meta: &impl serde::Serialize, tensors: Vec<OutTensor<'_>>) -> Result<Vec<u8>> {
+    let (md, views) = prepare_views(format, meta, tensors)?;
+    safetensors::serialize(tensor_views(&views)?, Some(md)).map_err(|e| anyhow!("cannot serialize tensors: {e}"))
+}
+
+/// Write tensors with layerwise metadata, atomically, streaming to the file.
+pub fn write_safetensors(
+    path: &Path,
+    format: &str,
+    meta: &impl serde::Serialize,
+    tensors: Vec<OutTensor<'_>>,
+) -> Result<()> {
+    let (md, views) = prepare_views(format, meta, tensors)?;
+    let views = tensor_views(&views)?;
     write_atomic_with(path, |tmp| {
         safetensors::serialize_to_file(views, Some(md), tmp)
             .map_err(|e| anyhow!("cannot write {}: {e}", tmp.display()))

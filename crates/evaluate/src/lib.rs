@@ -1,1 +1,85 @@
-//! placeholder
+//! The evaluation stage: one checkpoint on one split of a prepared dataset, written as
+//! JSON (`loss`, `accuracy`, `per_class_accuracy`, `confusion`), without a tape and in
+//! large batches.
+//!
+//! # Brief overview
+//! - [`EvaluateOptions`] names the checkpoint, dataset, split and output file.
+//! - [`evaluate`] refuses a checkpoint trained on another dataset, then writes the
+//!   [`Evaluation`] atomically.
+#![deny(missing_docs)]
+
+use anyhow::Result;
+use layerwise_core::atomic::write_json_atomic;
+use layerwise_core::checkpoint::load_checkpoint;
+use layerwise_core::dataset::{Dataset, Split};
+use layerwise_core::hash::sha256_file;
+use layerwise_core::metrics::{Evaluation, EVAL_SCHEMA, METRICS_VERSION};
+use layerwise_nn::device::DeviceKind;
+use layerwise_nn::{Backend, EvalSums, Layer};
+use std::path::PathBuf;
+use std::time::Instant;
+
+/// What to evaluate.
+#[derive(Debug, Clone)]
+pub struct EvaluateOptions {
+    /// Checkpoint.
+    pub model: PathBuf,
+    /// Prepared dataset.
+    pub data: PathBuf,
+    /// Split.
+    pub split: Split,
+    /// Output JSON (None: only return the result).
+    pub out: Option<PathBuf>,
+    /// Device.
+    pub device: DeviceKind,
+}
+
+/// Rows per forward pass.
+const BATCH: usize = 2500;
+
+/// Evaluate and (if asked) write the JSON.
+pub fn evaluate(opts: &EvaluateOptions) -> Result<Evaluation> {
+    let start = Instant::now();
+    let ds = Dataset::open(&opts.data)?;
+    let (model, meta) = load_checkpoint(&opts.model)?;
+    meta.check_dataset(&opts.model, &ds.meta, &opts.data)?;
+    let split = ds.split(opts.split)?;
+    let sums = layerwise_nn::with_device!(opts.device, 0, |dev| Ok::<_, anyhow::Error>(run(&dev, &model, &split.images, split.labels)))?;
+    let per_class_accuracy = sums
+        .confusion
+        .iter()
+        .enumerate()
+        .map(|(c, row)| row[c] as f64 / row.iter().sum::<u64>().max(1) as f64)
+        .collect();
+    let eval = Evaluation {
+        schema: EVAL_SCHEMA.into(),
+        version: METRICS_VERSION,
+        split: opts.split,
+        depth: meta.depth,
+        checkpoint_sha256: sha256_file(&opts.model)?,
+        dataset_fingerprint: ds.meta.fingerprint.clone(),
+        samples: sums.samples as usize,
+        loss: sums.loss(),
+        accuracy: sums.accuracy(),
+        classes: ds.meta.classes.clone(),
+        per_class_accuracy,
+        confusion: sums.confusion,
+        seconds: start.elapsed().as_secs_f64(),
+    };
+    if let Some(out) = &opts.out {
+        write_json_atomic(out, &eval)?;
+    }
+    Ok(eval)
+}
+
+fn run<D: Backend>(dev: &D, model: &layerwise_core::checkpoint::Mlp, images: &[f32], labels: &[u8]) -> EvalSums {
+    let hidden: Vec<Layer<D>> = model.hidden.iter().map(|l| Layer::from_dense(l, dev)).collect();
+    let head = Layer::from_dense(&model.head, dev);
+    let dim = model.input_size();
+    let mut sums = EvalSums::new(model.head.outputs);
+    for (rows, labels) in images.chunks(BATCH * dim).zip(labels.chunks(BATCH)) {
+        let x = dev.tensor_from_vec(rows.to_vec(), (labels.len(), dim));
+        sums.add(&layerwise_nn::forward(&hidden, Some(&head), x).as_vec(), labels);
+    }
+    sums
+}

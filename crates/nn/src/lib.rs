@@ -1,1 +1,242 @@
-//! placeholder
+//! The network that training and evaluation share: dense layers built from dfdx tensors
+//! with run-time shapes (dfdx 0.13's `nn::Linear` has compile-time sizes), the forward
+//! pass, Glorot-uniform initialization and a Keras-exact Adam that updates only the
+//! tensors it is given.
+//!
+//! # Brief overview
+//! - [`Layer`]: weight `[out, in]` (PyTorch layout) and bias, on a dfdx device.
+//! - [`forward`] / [`Layer::apply_traced`]: ReLU hidden layers and a linear head.
+//! - [`Adam`]: per-tensor moments; frozen tensors are simply never given to it.
+//! - [`evaluate`]: loss, predictions and the confusion matrix, without a tape.
+//! - [`device`]: choosing CPU or CUDA at run time.
+#![deny(missing_docs)]
+
+pub mod device;
+
+use anyhow::{anyhow, Result};
+use dfdx::prelude::*;
+use layerwise_core::checkpoint::Dense;
+use rand::{Rng, SeedableRng};
+
+/// A matrix on device `D`.
+pub type Matrix<D> = Tensor<(usize, usize), f32, D>;
+/// A vector on device `D`.
+pub type Vector<D> = Tensor<(usize,), f32, D>;
+
+/// The operations layerwise needs from a dfdx device.
+pub trait Backend: Device<f32> + Clone {}
+impl<D: Device<f32> + Clone> Backend for D {}
+
+/// A dense layer on a device: `y = x Wᵀ + b`.
+#[derive(Clone, Debug)]
+pub struct Layer<D: Backend> {
+    /// `[out, in]`.
+    pub weight: Matrix<D>,
+    /// `[out]`.
+    pub bias: Vector<D>,
+}
+
+impl<D: Backend> Layer<D> {
+    /// Copy a host layer onto the device.
+    pub fn from_dense(dense: &Dense, dev: &D) -> Self {
+        Self {
+            weight: dev.tensor_from_vec(dense.weight.clone(), (dense.outputs, dense.inputs)),
+            bias: dev.tensor_from_vec(dense.bias.clone(), (dense.outputs,)),
+        }
+    }
+
+    /// Copy back to the host.
+    pub fn to_dense(&self) -> Dense {
+        let (outputs, inputs) = *self.weight.shape();
+        Dense { inputs, outputs, weight: self.weight.as_vec(), bias: self.bias.as_vec() }
+    }
+
+    /// Inputs.
+    pub fn inputs(&self) -> usize {
+        self.weight.shape().1
+    }
+
+    /// Outputs.
+    pub fn outputs(&self) -> usize {
+        self.weight.shape().0
+    }
+
+    /// `x Wᵀ + b` without a tape.
+    pub fn apply(&self, x: Matrix<D>) -> Matrix<D> {
+        let y = x.matmul(self.weight.clone().permute());
+        let shape = *y.shape();
+        y + self.bias.clone().broadcast_like::<(usize, usize), Axis<0>>(&shape)
+    }
+
+    /// `x Wᵀ + b` recording the layer's weights on the tape (for a trainable layer), or
+    /// only the input's path (for a frozen layer, whose weights then get no gradient).
+    pub fn apply_traced(&self, x: Tensor<(usize, usize), f32, D, OwnedTape<f32, D>>, trainable: bool) -> Tensor<(usize, usize), f32, D, OwnedTape<f32, D>> {
+        if trainable {
+            let y = x.matmul(self.weight.retaped::<OwnedTape<f32, D>>().permute());
+            let shape = *y.shape();
+            y + self.bias.retaped::<OwnedTape<f32, D>>().broadcast_like::<(usize, usize), Axis<0>>(&shape)
+        } else {
+            let y = x.matmul(self.weight.clone().permute());
+            let shape = *y.shape();
+            y + self.bias.clone().broadcast_like::<(usize, usize), Axis<0>>(&shape)
+        }
+    }
+}
+
+/// A new layer, Glorot-uniform weights (limit √(6/(in+out)), as Keras) and zero biases.
+pub fn glorot_dense(inputs: usize, outputs: usize, seed: u64) -> Dense {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let limit = (6.0 / (inputs + outputs) as f64).sqrt() as f32;
+    let weight = (0..inputs * outputs).map(|_| rng.gen_range(-limit..limit)).collect();
+    Dense { inputs, outputs, weight, bias: vec![0.0; outputs] }
+}
+
+/// Forward through `hidden` (each followed by ReLU) and then `head` (if any), no tape.
+pub fn forward<D: Backend>(hidden: &[Layer<D>], head: Option<&Layer<D>>, mut x: Matrix<D>) -> Matrix<D> {
+    for l in hidden {
+        x = l.apply(x).relu();
+    }
+    match head {
+        Some(h) => h.apply(x),
+        None => x,
+    }
+}
+
+/// Run `hidden` over `rows` rows of host data in chunks, returning the outputs on the host.
+/// This is how frozen layers are applied once per depth instead of once per batch.
+pub fn features_host<D: Backend>(dev: &D, hidden: &[Layer<D>], data: &[f32], rows: usize, chunk: usize) -> Vec<f32> {
+    let dim = if rows == 0 { 0 } else { data.len() / rows };
+    let out_dim = hidden.last().map_or(dim, |l| l.outputs());
+    let mut out = Vec::with_capacity(rows * out_dim);
+    for start in (0..rows).step_by(chunk.max(1)) {
+        let n = chunk.min(rows - start);
+        let x = dev.tensor_from_vec(data[start * dim..(start + n) * dim].to_vec(), (n, dim));
+        out.extend(forward(hidden, None, x).as_vec());
+    }
+    out
+}
+
+/// One tensor's Adam moments.
+struct Moments<D: Backend> {
+    m: <D as Storage<f32>>::Vec,
+    v: <D as Storage<f32>>::Vec,
+}
+
+/// Adam with Keras' ε placement (`w -= lr·√(1-β2ᵗ)/(1-β1ᵗ) · m / (√v + ε)`), over
+/// tensors identified by position in the list given to [`Adam::step`]. Only those tensors
+/// change: frozen layers are simply not passed in.
+pub struct Adam<D: Backend> {
+    lr: f64,
+    betas: [f64; 2],
+    eps: f64,
+    t: i32,
+    moments: Vec<Moments<D>>,
+}
+
+impl<D: Backend> Adam<D> {
+    /// A fresh optimizer (Keras creates one per `compile`, so one per depth).
+    pub fn new(lr: f64, beta1: f64, beta2: f64, eps: f64) -> Self {
+        Self { lr, betas: [beta1, beta2], eps, t: 0, moments: Vec::new() }
+    }
+
+    /// Steps taken.
+    pub fn steps(&self) -> i32 {
+        self.t
+    }
+
+    /// Start a step: every [`Adam::update`] until the next `tick` uses the same step count.
+    pub fn tick(&mut self) {
+        self.t += 1;
+    }
+
+    /// Update `param` (the optimizer's `slot`-th tensor) from its gradient in `grads`.
+    /// Slots must be used in the same order every step.
+    pub fn update<S: Shape>(&mut self, slot: usize, param: &mut Tensor<S, f32, D>, grads: &mut Gradients<f32, D>) -> Result<()> {
+        let t = self.t.max(1);
+        // Keras adds ε to √v before bias correction; dfdx adds it after: rescale.
+        let eps = self.eps / (1.0 - self.betas[1].powi(t)).sqrt();
+        let cfg = AdamConfig { lr: self.lr, betas: self.betas, eps, weight_decay: None };
+        while self.moments.len() <= slot {
+            let len = param.shape().num_elements();
+            let dev = param.device().clone();
+            let alloc = || <D as Storage<f32>>::try_alloc_len(&dev, len).map_err(|e| anyhow!("cannot allocate Adam state: {e:?}"));
+            self.moments.push(Moments { m: alloc()?, v: alloc()? });
+        }
+        let mo = &mut self.moments[slot];
+        let g = grads.get_or_alloc_mut(&*param).map_err(|e| anyhow!("no gradient: {e:?}"))?;
+        cfg.try_update(t, param, &mut mo.m, &mut mo.v, g).map_err(|e| anyhow!("Adam update failed: {e:?}"))
+    }
+}
+
+/// Gradients holding exactly `gw` for `weight` and `gb` for `bias`: built by
+/// back-propagating `sum(W ⊙ gw) + sum(b ⊙ gb)`. Used for the new layer, whose weight
+/// gradient is computed directly (`gzᵀ·x`) so that no gradient is ever computed for its
+/// input (raw images or frozen features), which would cost a third of a depth-1 step.
+pub fn gradients_for<D: Backend>(weight: &Matrix<D>, gw: Matrix<D>, bias: &Vector<D>, gb: Vector<D>) -> Gradients<f32, D> {
+    let w = weight.clone().traced(Gradients::leaky());
+    let b = bias.retaped::<OwnedTape<f32, D>>();
+    let total = (w * gw).sum::<(), _>() + (b * gb).sum::<(), _>();
+    total.backward()
+}
+
+/// Result of running a model over a split.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EvalSums {
+    /// Sum of per-sample cross-entropy.
+    pub loss_sum: f64,
+    /// Correct predictions.
+    pub correct: u64,
+    /// `confusion[true][pred]`.
+    pub confusion: Vec<Vec<u64>>,
+    /// Samples seen.
+    pub samples: u64,
+}
+
+impl EvalSums {
+    /// Empty sums for `classes` classes.
+    pub fn new(classes: usize) -> Self {
+        Self { loss_sum: 0.0, correct: 0, confusion: vec![vec![0; classes]; classes], samples: 0 }
+    }
+
+    /// Add a batch of logits (`[n, classes]`, row-major, host) with their labels.
+    pub fn add(&mut self, logits: &[f32], labels: &[u8]) {
+        let c = self.confusion.len();
+        for (row, &label) in logits.chunks_exact(c).zip(labels) {
+            let max = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
+            let lse = max + row.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln();
+            self.loss_sum += lse - row[label as usize] as f64;
+            // first maximum wins, as numpy's argmax
+            let pred = row.iter().enumerate().fold(0, |best, (i, &v)| if v > row[best] { i } else { best });
+            self.confusion[label as usize][pred] += 1;
+            if pred == label as usize {
+                self.correct += 1;
+            }
+            self.samples += 1;
+        }
+    }
+
+    /// Mean loss.
+    pub fn loss(&self) -> f64 {
+        self.loss_sum / self.samples.max(1) as f64
+    }
+
+    /// Accuracy.
+    pub fn accuracy(&self) -> f64 {
+        self.correct as f64 / self.samples.max(1) as f64
+    }
+}
+
+/// Evaluate `hidden` + `head` on a device-resident input matrix, in batches, no tape.
+pub fn evaluate<D: Backend>(hidden: &[Layer<D>], head: &Layer<D>, x: &Matrix<D>, labels: &[u8], batch: usize) -> EvalSums {
+    let rows = x.shape().0;
+    let mut sums = EvalSums::new(head.outputs());
+    let dev = x.device().clone();
+    for start in (0..rows).step_by(batch.max(1)) {
+        let n = batch.min(rows - start);
+        let idx = dev.tensor_from_vec((start..start + n).collect::<Vec<usize>>(), (n,));
+        let xb: Matrix<D> = x.clone().gather(idx);
+        let logits = forward(hidden, Some(head), xb).as_vec();
+        sums.add(&logits, &labels[start..start + n]);
+    }
+    sums
+}

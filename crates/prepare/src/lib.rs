@@ -14,7 +14,6 @@
 
 pub mod fetch;
 pub mod source;
-pub mod synthetic;
 
 use anyhow::{bail, Result};
 use layerwise_core::dataset::{fingerprint, write_dataset, DatasetMeta, Normalization, SplitData, SplitSizes, DATASET_VERSION};

@@ -3,7 +3,8 @@
 
 use layerwise_core::dataset::{Dataset, Split};
 use layerwise_prepare::fetch::FetchOptions;
-use layerwise_prepare::{prepare, synthetic, Normalize, PrepareOptions};
+use layerwise_prepare::{prepare, Normalize, PrepareOptions};
+use layerwise_testkit::synthetic;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 

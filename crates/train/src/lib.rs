@@ -1,1 +1,287 @@
-//! placeholder
+//! The training stage: one run trains exactly one depth of the greedy loop, from a
+//! checkpoint on disk (or nothing, at depth 1) to a checkpoint on disk.
+//!
+//! # Brief overview
+//! - [`TrainOptions`]: dataset, parent checkpoint, output folder, [`TrainConfig`], device.
+//! - [`train`]: grows the parent by one hidden layer, trains what the head mode says is
+//!   trainable, and writes `model.safetensors` and `train.json`.
+//!
+//! The frozen layers' outputs are computed once per depth ([`TrainOutcome::prefix_rows`]
+//! counts the rows pushed through them), so training depth d costs the same as depth 2.
+//! Frozen weights are copied from the parent checkpoint, never round-tripped through the
+//! device, so they stay bit-identical.
+#![deny(missing_docs)]
+
+mod progress;
+
+pub use progress::Progress;
+
+use anyhow::{bail, Context, Result};
+use dfdx::prelude::*;
+use layerwise_core::checkpoint::{checkpoint_bytes, hidden_name, load_checkpoint, CheckpointMeta, Dense, Mlp, CHECKPOINT_VERSION};
+use layerwise_core::config::{HeadMode, TrainConfig};
+use layerwise_core::dataset::{Dataset, Split};
+use layerwise_core::metrics::{EpochMetrics, TrainHistory, METRICS_VERSION, TRAIN_SCHEMA};
+use layerwise_core::{atomic, hash, mix_seed};
+use layerwise_nn::device::DeviceKind;
+use layerwise_nn::{features_host, glorot_dense, gradients_for, Adam, Backend, EvalSums, Layer, Matrix};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+pub use layerwise_core::config;
+
+/// File names inside a depth folder.
+pub const MODEL_FILE: &str = "model.safetensors";
+/// Training history file name.
+pub const HISTORY_FILE: &str = "train.json";
+
+/// What to train.
+#[derive(Debug, Clone)]
+pub struct TrainOptions {
+    /// Prepared dataset.
+    pub data: PathBuf,
+    /// Checkpoint of depth d-1; None trains depth 1.
+    pub from: Option<PathBuf>,
+    /// Output folder (gets `model.safetensors` and `train.json`).
+    pub out: PathBuf,
+    /// Settings.
+    pub config: TrainConfig,
+    /// Device.
+    pub device: DeviceKind,
+    /// How to show progress.
+    pub progress: Progress,
+}
+
+/// What a training run produced.
+#[derive(Debug, Clone)]
+pub struct TrainOutcome {
+    /// The checkpoint written.
+    pub checkpoint: PathBuf,
+    /// Its metadata.
+    pub meta: CheckpointMeta,
+    /// The history written to `train.json`.
+    pub history: TrainHistory,
+    /// Rows pushed through the frozen layers (train + val size when the cache works).
+    pub prefix_rows: usize,
+}
+
+/// Train one depth.
+pub fn train(opts: &TrainOptions) -> Result<TrainOutcome> {
+    opts.config.validate()?;
+    let started = Instant::now();
+    let ds = Dataset::open(&opts.data)?;
+    let cfg = &opts.config;
+    let (parent, parent_sha) = match &opts.from {
+        None => (None, None),
+        Some(p) => {
+            let (model, meta) = load_checkpoint(p)?;
+            meta.check_dataset(p, &ds.meta, &opts.data)?;
+            (Some((model, meta)), Some(hash::sha256_file(p)?))
+        }
+    };
+    let depth = parent.as_ref().map_or(1, |(m, _)| m.depth() + 1);
+    let seed = |layer: u64| mix_seed(cfg.seed, &[depth as u64, layer]);
+    let classes = ds.meta.num_classes();
+    // The grown model, on the host: frozen prefix, new layer, head.
+    let (prefix, new_layer, head, head_trains) = match &parent {
+        None => {
+            let h = glorot_dense(ds.meta.input_size(), cfg.width, seed(0));
+            (Vec::new(), h, glorot_dense(cfg.width, classes, seed(1)), true)
+        }
+        Some((model, meta)) => {
+            let last = model.hidden.last().map_or(model.input_size(), |l| l.outputs);
+            let new_layer = glorot_dense(last, cfg.width, seed(0));
+            let (head, trains) = match cfg.head {
+                HeadMode::Fresh => (glorot_dense(cfg.width, classes, seed(1)), true),
+                mode => {
+                    if model.head.inputs != cfg.width {
+                        bail!(
+                            "head mode `{}` keeps the depth-{} output layer, which takes {} inputs, but the new layer is {} wide: \
+                             use --width {} or --head fresh",
+                            mode.name(), meta.depth, model.head.inputs, cfg.width, model.head.inputs
+                        );
+                    }
+                    (model.head.clone(), mode == HeadMode::Retrain)
+                }
+            };
+            (model.hidden.clone(), new_layer, head, trains)
+        }
+    };
+    let run = Run { ds: &ds, prefix: &prefix, new_layer: &new_layer, head: &head, head_trains, depth, opts };
+    let trained = layerwise_nn::with_device!(opts.device, cfg.seed, |dev| run.go(&dev))?;
+
+    let mut hidden = prefix;
+    hidden.push(trained.new_layer);
+    let model = Mlp { hidden, head: if head_trains { trained.head } else { head } };
+    let mut frozen: Vec<String> = (0..depth - 1).map(hidden_name).collect();
+    let mut trained_names = vec![hidden_name(depth - 1)];
+    if head_trains { trained_names.push("head".into()) } else { frozen.push("head".into()) }
+    let trainable_params = model.hidden[depth - 1].num_params() + if head_trains { model.head.num_params() } else { 0 };
+    let meta = CheckpointMeta {
+        version: CHECKPOINT_VERSION,
+        depth,
+        input_size: model.input_size(),
+        widths: model.widths(),
+        activation: "relu".into(),
+        classes: ds.meta.classes.clone(),
+        frozen,
+        trained: trained_names,
+        trainable_params,
+        dataset_fingerprint: ds.meta.fingerprint.clone(),
+        dataset_name: ds.meta.name.clone(),
+        parent_sha256: parent_sha,
+        config: cfg.clone(),
+        device: opts.device.name().into(),
+    };
+    let bytes = checkpoint_bytes(&model, &meta)?;
+    let history = TrainHistory {
+        schema: TRAIN_SCHEMA.into(),
+        version: METRICS_VERSION,
+        depth,
+        checkpoint_sha256: hash::sha256_hex(&bytes),
+        dataset_fingerprint: ds.meta.fingerprint.clone(),
+        trainable_params,
+        total_params: model.num_params(),
+        frozen_features_seconds: trained.prefix_seconds,
+        seconds: started.elapsed().as_secs_f64(),
+        device: opts.device.name().into(),
+        epochs: trained.epochs,
+    };
+    // train.json first, the checkpoint last: a checkpoint on disk always has its history.
+    let checkpoint = opts.out.join(MODEL_FILE);
+    atomic::write_json_atomic(&opts.out.join(HISTORY_FILE), &history)?;
+    atomic::write_bytes_atomic(&checkpoint, &bytes)?;
+    Ok(TrainOutcome { checkpoint, meta, history, prefix_rows: trained.prefix_rows })
+}
+
+struct Run<'a> {
+    ds: &'a Dataset,
+    prefix: &'a [Dense],
+    new_layer: &'a Dense,
+    head: &'a Dense,
+    head_trains: bool,
+    depth: usize,
+    opts: &'a TrainOptions,
+}
+
+struct Trained {
+    new_layer: Dense,
+    head: Dense,
+    epochs: Vec<EpochMetrics>,
+    prefix_rows: usize,
+    prefix_seconds: f64,
+}
+
+/// Rows per chunk when pushing data through frozen layers or evaluating.
+const CHUNK: usize = 2500;
+
+impl Run<'_> {
+    /// The frozen prefix's output for a split (the raw images at depth 1), on the device.
+    fn features<D: Backend>(&self, dev: &D, prefix: &[Layer<D>], split: Split, rows: &mut usize) -> Result<(Matrix<D>, Vec<u8>)> {
+        let view = self.ds.split(split)?;
+        let n = view.len();
+        let feats = if prefix.is_empty() {
+            view.images.into_owned()
+        } else {
+            *rows += n;
+            features_host(dev, prefix, &view.images, n, CHUNK)
+        };
+        let dim = if n == 0 { 0 } else { feats.len() / n };
+        Ok((dev.tensor_from_vec(feats, (n, dim)), view.labels.to_vec()))
+    }
+
+    fn go<D: Backend>(&self, dev: &D) -> Result<Trained> {
+        let cfg = &self.opts.config;
+        let classes = self.head.outputs;
+        let t0 = Instant::now();
+        let prefix: Vec<Layer<D>> = self.prefix.iter().map(|l| Layer::from_dense(l, dev)).collect();
+        let mut prefix_rows = 0;
+        let (x_train, y_train) = self.features(dev, &prefix, Split::Train, &mut prefix_rows)?;
+        let (x_val, y_val) = self.features(dev, &prefix, Split::Val, &mut prefix_rows)?;
+        drop(prefix);
+        let prefix_seconds = t0.elapsed().as_secs_f64();
+        let n = y_train.len();
+        if n == 0 {
+            bail!("{}: the train split is empty", self.ds.path().display());
+        }
+        let mut onehot = vec![0f32; n * classes];
+        for (i, &l) in y_train.iter().enumerate() {
+            onehot[i * classes + l as usize] = 1.0;
+        }
+        let y_onehot: Matrix<D> = dev.tensor_from_vec(onehot, (n, classes));
+
+        let mut layer = Layer::from_dense(self.new_layer, dev);
+        let mut head = Layer::from_dense(self.head, dev);
+        let mut adam = Adam::new(cfg.lr, cfg.beta1, cfg.beta2, cfg.epsilon);
+        let mut order: Vec<usize> = (0..n).collect();
+        let bs = cfg.batch_size.min(n);
+        let batches = n.div_ceil(bs);
+        let mut epochs = Vec::with_capacity(cfg.epochs);
+        let mut bar = self.opts.progress.start(self.depth, cfg.epochs, batches);
+        for epoch in 1..=cfg.epochs {
+            let te = Instant::now();
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(mix_seed(cfg.seed, &[self.depth as u64, 1000 + epoch as u64]));
+            order.shuffle(&mut rng);
+            let mut sums = EvalSums::new(classes);
+            for (b, chunk) in order.chunks(bs).enumerate() {
+                let idx = dev.tensor_from_vec(chunk.to_vec(), (chunk.len(),));
+                let xb: Matrix<D> = x_train.clone().gather(idx.clone());
+                let yb: Matrix<D> = y_onehot.clone().gather(idx);
+                // The new layer's pre-activation is computed without a tape and traced from
+                // there: its weight gradient is then one product, gzᵀ·x, and no gradient is
+                // ever computed for the input.
+                let z = layer.apply(xb.clone());
+                let zt = z.clone().traced(Gradients::leaky());
+                let logits = head.apply_traced(zt.relu(), self.head_trains);
+                let (logits, tape) = logits.split_tape();
+                let host_logits = logits.as_vec();
+                let batch_labels: Vec<u8> = chunk.iter().map(|&i| y_train[i]).collect();
+                sums.add(&host_logits, &batch_labels);
+                let loss = cross_entropy_with_logits_loss(logits.put_tape(tape), yb);
+                let loss_value = loss.as_vec()[0];
+                if !loss_value.is_finite() {
+                    bail!(
+                        "depth {}: the loss became {loss_value} at epoch {epoch}, batch {} of {batches}: training diverged; \
+                         lower the learning rate (--lr) or check the dataset; no checkpoint was written",
+                        self.depth, b + 1
+                    );
+                }
+                let mut grads = loss.backward();
+                let gz: Matrix<D> = grads.get(&z);
+                let gw = gz.clone().permute().matmul(xb);
+                let gb = gz.sum::<(usize,), Axis<0>>();
+                let mut layer_grads = gradients_for(&layer.weight, gw, &layer.bias, gb);
+                adam.tick();
+                adam.update(0, &mut layer.weight, &mut layer_grads)?;
+                adam.update(1, &mut layer.bias, &mut layer_grads)?;
+                if self.head_trains {
+                    adam.update(2, &mut head.weight, &mut grads)?;
+                    adam.update(3, &mut head.bias, &mut grads)?;
+                }
+                bar.batch(b + 1, sums.loss(), sums.accuracy());
+            }
+            let val = layerwise_nn::evaluate(&[layer.clone()], &head, &x_val, &y_val, CHUNK);
+            let seconds = te.elapsed().as_secs_f64();
+            let m = EpochMetrics {
+                epoch,
+                train_loss: sums.loss(),
+                train_accuracy: sums.accuracy(),
+                val_loss: val.loss(),
+                val_accuracy: val.accuracy(),
+                seconds,
+                samples_per_second: n as f64 / seconds,
+            };
+            bar.epoch(&m);
+            epochs.push(m);
+        }
+        bar.finish();
+        Ok(Trained { new_layer: layer.to_dense(), head: head.to_dense(), epochs, prefix_rows, prefix_seconds })
+    }
+}
+
+/// Check a training output folder can be written before spending time on training.
+pub fn check_out_dir(out: &Path) -> Result<()> {
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create output folder {}", out.display()))
+}

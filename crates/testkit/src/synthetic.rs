@@ -7,7 +7,7 @@
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 
-use crate::source::{CIFAR10_CLASSES, IMAGE_BYTES};
+use crate::{CIFAR10_CLASSES, IMAGE_BYTES};
 
 /// `n` images and labels (labels cycle through the classes).
 pub fn images(n: usize, seed: u64) -> (Vec<u8>, Vec<u8>) {

@@ -1,0 +1,78 @@
+//! Choosing the compute device at run time. The training and evaluation code is generic
+//! over the dfdx device; this module names the devices and builds them.
+
+use anyhow::{bail, Result};
+
+/// A device a user can ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceKind {
+    /// dfdx's CPU device (gemm, all cores).
+    Cpu,
+    /// dfdx's CUDA device (built with the `cuda` feature).
+    Cuda,
+}
+
+impl DeviceKind {
+    /// `cpu` or `cuda`.
+    pub fn name(self) -> &'static str {
+        match self {
+            DeviceKind::Cpu => "cpu",
+            DeviceKind::Cuda => "cuda",
+        }
+    }
+}
+
+impl std::str::FromStr for DeviceKind {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "cpu" => Ok(DeviceKind::Cpu),
+            "cuda" | "gpu" => Ok(DeviceKind::Cuda),
+            _ => bail!("unknown device `{s}`: use cpu or cuda"),
+        }
+    }
+}
+
+/// Whether this build can use CUDA.
+pub const CUDA_BUILT: bool = cfg!(feature = "cuda");
+
+/// The error a CPU-only build gives when asked for CUDA.
+pub fn cuda_missing() -> anyhow::Error {
+    anyhow::anyhow!(
+        "this build of layerwise has no CUDA support: rebuild with the `cuda` feature, e.g. \
+         `cargo build --release -p layerwise-train -p layerwise-evaluate --features cuda` \
+         (needs the CUDA toolkit: nvcc, cuda.h, the CUDA libraries and nvidia-smi; see README, \"GPU\")"
+    )
+}
+
+/// The CPU device, seeded.
+pub fn cpu(seed: u64) -> dfdx::tensor::Cpu {
+    dfdx::tensor::Cpu::seed_from_u64(seed)
+}
+
+/// The first CUDA device, seeded.
+#[cfg(feature = "cuda")]
+pub fn cuda(seed: u64) -> Result<dfdx::tensor::Cuda> {
+    dfdx::tensor::Cuda::try_seed_from_u64(seed).map_err(|e| anyhow::anyhow!("cannot open CUDA device 0: {e:?}"))
+}
+
+/// Run `$body` with `$dev` bound to the device `$kind` names: a generic function is
+/// instantiated for each compiled-in device.
+#[macro_export]
+macro_rules! with_device {
+    ($kind:expr, $seed:expr, |$dev:ident| $body:expr) => {{
+        match $kind {
+            $crate::device::DeviceKind::Cpu => {
+                let $dev = $crate::device::cpu($seed);
+                $body
+            }
+            #[cfg(feature = "cuda")]
+            $crate::device::DeviceKind::Cuda => {
+                let $dev = $crate::device::cuda($seed)?;
+                $body
+            }
+            #[cfg(not(feature = "cuda"))]
+            $crate::device::DeviceKind::Cuda => Err($crate::device::cuda_missing()),
+        }
+    }};
+}
