@@ -46,8 +46,13 @@ where
         File::open(&tmp)
             .and_then(|f| f.sync_all())
             .with_context(|| format!("cannot flush {}", tmp.display()))?;
-        std::fs::rename(&tmp, path)
-            .with_context(|| format!("cannot move {} into place as {}", tmp.display(), path.display()))
+        std::fs::rename(&tmp, path).with_context(|| {
+            format!(
+                "cannot move {} into place as {}",
+                tmp.display(),
+                path.display()
+            )
+        })
     });
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
@@ -61,12 +66,12 @@ where
     F: FnOnce(&mut dyn Write) -> Result<()>,
 {
     write_atomic_with(path, |tmp| {
-        let file = File::create(tmp).with_context(|| {
-            format!("cannot create {}: is the folder writable?", tmp.display())
-        })?;
+        let file = File::create(tmp)
+            .with_context(|| format!("cannot create {}: is the folder writable?", tmp.display()))?;
         let mut w = BufWriter::new(file);
         write(&mut w)?;
-        w.flush().with_context(|| format!("cannot write {}", tmp.display()))?;
+        w.flush()
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
         Ok(())
     })
 }
@@ -110,6 +115,9 @@ mod tests {
         write_bytes_atomic(&path, b"one").unwrap();
         write_bytes_atomic(&path, b"two").unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"two");
-        assert_eq!(std::fs::read_dir(path.parent().unwrap()).unwrap().count(), 1);
+        assert_eq!(
+            std::fs::read_dir(path.parent().unwrap()).unwrap().count(),
+            1
+        );
     }
 }

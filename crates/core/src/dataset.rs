@@ -172,8 +172,16 @@ pub fn write_dataset(path: &Path, meta: &DatasetMeta, splits: [&SplitData; 3]) -
             bail!("internal: split {split} holds {n} labels and {} floats, metadata says {} images of {dim}",
                 data.images.len(), meta.split_sizes.get(*split));
         }
-        tensors.push(OutTensor::F32(format!("{split}.images"), vec![n, dim], &data.images));
-        tensors.push(OutTensor::U8(format!("{split}.labels"), vec![n], &data.labels));
+        tensors.push(OutTensor::F32(
+            format!("{split}.images"),
+            vec![n, dim],
+            &data.images,
+        ));
+        tensors.push(OutTensor::U8(
+            format!("{split}.labels"),
+            vec![n],
+            &data.labels,
+        ));
     }
     write_safetensors(path, DATASET_FORMAT, meta, tensors)
 }
@@ -233,11 +241,17 @@ impl Dataset {
     /// One split, checked against the metadata.
     pub fn split(&self, split: Split) -> Result<SplitView<'_>> {
         let n = self.meta.split_sizes.get(split);
-        let images = self.file.f32s(&format!("{split}.images"), &[n, self.meta.input_size()])?;
+        let images = self
+            .file
+            .f32s(&format!("{split}.images"), &[n, self.meta.input_size()])?;
         let labels = self.file.u8s(&format!("{split}.labels"), &[n])?;
         let classes = self.meta.num_classes();
         if let Some(i) = labels.iter().position(|&l| l as usize >= classes) {
-            bail!("{}: {split} label {i} is {}, but there are {classes} classes", self.path().display(), labels[i]);
+            bail!(
+                "{}: {split} label {i} is {}, but there are {classes} classes",
+                self.path().display(),
+                labels[i]
+            );
         }
         Ok(SplitView { images, labels })
     }

@@ -17,6 +17,7 @@ pub mod dataset;
 pub mod hash;
 pub mod metrics;
 pub mod pipeline;
+pub mod progress;
 pub mod st;
 
 /// Derive a per-purpose seed from a base seed, so each depth and epoch gets its own stream.
@@ -24,7 +25,10 @@ pub fn mix_seed(seed: u64, parts: &[u64]) -> u64 {
     // splitmix64 over the parts: cheap, deterministic, well spread.
     let mut x = seed ^ 0x9E37_79B9_7F4A_7C15;
     for &p in parts {
-        x ^= p.wrapping_add(0x9E37_79B9_7F4A_7C15).wrapping_add(x << 6).wrapping_add(x >> 2);
+        x ^= p
+            .wrapping_add(0x9E37_79B9_7F4A_7C15)
+            .wrapping_add(x << 6)
+            .wrapping_add(x >> 2);
         x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = x;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -32,4 +36,25 @@ pub fn mix_seed(seed: u64, parts: &[u64]) -> u64 {
         x = z ^ (z >> 31);
     }
     x
+}
+
+/// The end of every stage binary: print the error chain (`{:#}`) as
+/// `PROGRAM: error: ...` and exit 1, or exit 0.
+pub fn exit_code(program: &str, result: anyhow::Result<()>) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{program}: error: {e:#}");
+            std::process::ExitCode::from(1)
+        }
+    }
+}
+
+/// Parse a stage's command line from `args` (program name first) with clap: `--help` and
+/// `--version` print and exit like a binary would; a usage error becomes an `Err`.
+pub fn parse_args<P: clap::Parser>(args: impl IntoIterator<Item = String>) -> anyhow::Result<P> {
+    P::try_parse_from(args).or_else(|e| match e.kind() {
+        clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => e.exit(),
+        _ => Err(anyhow::anyhow!("{}", e.render().to_string().trim_end())),
+    })
 }

@@ -8,6 +8,7 @@
 //!   [`Evaluation`] atomically.
 #![deny(missing_docs)]
 
+pub mod cli;
 use anyhow::Result;
 use layerwise_core::atomic::write_json_atomic;
 use layerwise_core::checkpoint::load_checkpoint;
@@ -44,7 +45,12 @@ pub fn evaluate(opts: &EvaluateOptions) -> Result<Evaluation> {
     let (model, meta) = load_checkpoint(&opts.model)?;
     meta.check_dataset(&opts.model, &ds.meta, &opts.data)?;
     let split = ds.split(opts.split)?;
-    let sums = layerwise_nn::with_device!(opts.device, 0, |dev| Ok::<_, anyhow::Error>(run(&dev, &model, &split.images, split.labels)))?;
+    let sums = layerwise_nn::with_device!(opts.device, 0, |dev| Ok::<_, anyhow::Error>(run(
+        &dev,
+        &model,
+        &split.images,
+        split.labels
+    )))?;
     let per_class_accuracy = sums
         .confusion
         .iter()
@@ -72,14 +78,17 @@ pub fn evaluate(opts: &EvaluateOptions) -> Result<Evaluation> {
     Ok(eval)
 }
 
-fn run<D: Backend>(dev: &D, model: &layerwise_core::checkpoint::Mlp, images: &[f32], labels: &[u8]) -> EvalSums {
-    let hidden: Vec<Layer<D>> = model.hidden.iter().map(|l| Layer::from_dense(l, dev)).collect();
+fn run<D: Backend>(
+    dev: &D,
+    model: &layerwise_core::checkpoint::Mlp,
+    images: &[f32],
+    labels: &[u8],
+) -> EvalSums {
+    let hidden: Vec<Layer<D>> = model
+        .hidden
+        .iter()
+        .map(|l| Layer::from_dense(l, dev))
+        .collect();
     let head = Layer::from_dense(&model.head, dev);
-    let dim = model.input_size();
-    let mut sums = EvalSums::new(model.head.outputs);
-    for (rows, labels) in images.chunks(BATCH * dim).zip(labels.chunks(BATCH)) {
-        let x = dev.tensor_from_vec(rows.to_vec(), (labels.len(), dim));
-        sums.add(&layerwise_nn::forward(&hidden, Some(&head), x).as_vec(), labels);
-    }
-    sums
+    layerwise_nn::evaluate(dev, &hidden, &head, images, labels, BATCH)
 }

@@ -48,7 +48,12 @@ impl<D: Backend> Layer<D> {
     /// Copy back to the host.
     pub fn to_dense(&self) -> Dense {
         let (outputs, inputs) = *self.weight.shape();
-        Dense { inputs, outputs, weight: self.weight.as_vec(), bias: self.bias.as_vec() }
+        Dense {
+            inputs,
+            outputs,
+            weight: self.weight.as_vec(),
+            bias: self.bias.as_vec(),
+        }
     }
 
     /// Inputs.
@@ -65,20 +70,33 @@ impl<D: Backend> Layer<D> {
     pub fn apply(&self, x: Matrix<D>) -> Matrix<D> {
         let y = x.matmul(self.weight.clone().permute());
         let shape = *y.shape();
-        y + self.bias.clone().broadcast_like::<(usize, usize), Axis<0>>(&shape)
+        y + self
+            .bias
+            .clone()
+            .broadcast_like::<(usize, usize), Axis<0>>(&shape)
     }
 
     /// `x Wᵀ + b` recording the layer's weights on the tape (for a trainable layer), or
     /// only the input's path (for a frozen layer, whose weights then get no gradient).
-    pub fn apply_traced(&self, x: Tensor<(usize, usize), f32, D, OwnedTape<f32, D>>, trainable: bool) -> Tensor<(usize, usize), f32, D, OwnedTape<f32, D>> {
+    pub fn apply_traced(
+        &self,
+        x: Tensor<(usize, usize), f32, D, OwnedTape<f32, D>>,
+        trainable: bool,
+    ) -> Tensor<(usize, usize), f32, D, OwnedTape<f32, D>> {
         if trainable {
             let y = x.matmul(self.weight.retaped::<OwnedTape<f32, D>>().permute());
             let shape = *y.shape();
-            y + self.bias.retaped::<OwnedTape<f32, D>>().broadcast_like::<(usize, usize), Axis<0>>(&shape)
+            y + self
+                .bias
+                .retaped::<OwnedTape<f32, D>>()
+                .broadcast_like::<(usize, usize), Axis<0>>(&shape)
         } else {
             let y = x.matmul(self.weight.clone().permute());
             let shape = *y.shape();
-            y + self.bias.clone().broadcast_like::<(usize, usize), Axis<0>>(&shape)
+            y + self
+                .bias
+                .clone()
+                .broadcast_like::<(usize, usize), Axis<0>>(&shape)
         }
     }
 }
@@ -87,12 +105,23 @@ impl<D: Backend> Layer<D> {
 pub fn glorot_dense(inputs: usize, outputs: usize, seed: u64) -> Dense {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let limit = (6.0 / (inputs + outputs) as f64).sqrt() as f32;
-    let weight = (0..inputs * outputs).map(|_| rng.gen_range(-limit..limit)).collect();
-    Dense { inputs, outputs, weight, bias: vec![0.0; outputs] }
+    let weight = (0..inputs * outputs)
+        .map(|_| rng.gen_range(-limit..limit))
+        .collect();
+    Dense {
+        inputs,
+        outputs,
+        weight,
+        bias: vec![0.0; outputs],
+    }
 }
 
 /// Forward through `hidden` (each followed by ReLU) and then `head` (if any), no tape.
-pub fn forward<D: Backend>(hidden: &[Layer<D>], head: Option<&Layer<D>>, mut x: Matrix<D>) -> Matrix<D> {
+pub fn forward<D: Backend>(
+    hidden: &[Layer<D>],
+    head: Option<&Layer<D>>,
+    mut x: Matrix<D>,
+) -> Matrix<D> {
     for l in hidden {
         x = l.apply(x).relu();
     }
@@ -104,7 +133,13 @@ pub fn forward<D: Backend>(hidden: &[Layer<D>], head: Option<&Layer<D>>, mut x: 
 
 /// Run `hidden` over `rows` rows of host data in chunks, returning the outputs on the host.
 /// This is how frozen layers are applied once per depth instead of once per batch.
-pub fn features_host<D: Backend>(dev: &D, hidden: &[Layer<D>], data: &[f32], rows: usize, chunk: usize) -> Vec<f32> {
+pub fn features_host<D: Backend>(
+    dev: &D,
+    hidden: &[Layer<D>],
+    data: &[f32],
+    rows: usize,
+    chunk: usize,
+) -> Vec<f32> {
     let dim = if rows == 0 { 0 } else { data.len() / rows };
     let out_dim = hidden.last().map_or(dim, |l| l.outputs());
     let mut out = Vec::with_capacity(rows * out_dim);
@@ -136,7 +171,13 @@ pub struct Adam<D: Backend> {
 impl<D: Backend> Adam<D> {
     /// A fresh optimizer (Keras creates one per `compile`, so one per depth).
     pub fn new(lr: f64, beta1: f64, beta2: f64, eps: f64) -> Self {
-        Self { lr, betas: [beta1, beta2], eps, t: 0, moments: Vec::new() }
+        Self {
+            lr,
+            betas: [beta1, beta2],
+            eps,
+            t: 0,
+            moments: Vec::new(),
+        }
     }
 
     /// Steps taken.
@@ -151,20 +192,39 @@ impl<D: Backend> Adam<D> {
 
     /// Update `param` (the optimizer's `slot`-th tensor) from its gradient in `grads`.
     /// Slots must be used in the same order every step.
-    pub fn update<S: Shape>(&mut self, slot: usize, param: &mut Tensor<S, f32, D>, grads: &mut Gradients<f32, D>) -> Result<()> {
+    pub fn update<S: Shape>(
+        &mut self,
+        slot: usize,
+        param: &mut Tensor<S, f32, D>,
+        grads: &mut Gradients<f32, D>,
+    ) -> Result<()> {
         let t = self.t.max(1);
         // Keras adds ε to √v before bias correction; dfdx adds it after: rescale.
         let eps = self.eps / (1.0 - self.betas[1].powi(t)).sqrt();
-        let cfg = AdamConfig { lr: self.lr, betas: self.betas, eps, weight_decay: None };
+        let cfg = AdamConfig {
+            lr: self.lr,
+            betas: self.betas,
+            eps,
+            weight_decay: None,
+        };
         while self.moments.len() <= slot {
             let len = param.shape().num_elements();
             let dev = param.device().clone();
-            let alloc = || <D as Storage<f32>>::try_alloc_len(&dev, len).map_err(|e| anyhow!("cannot allocate Adam state: {e:?}"));
-            self.moments.push(Moments { m: alloc()?, v: alloc()? });
+            let alloc = || {
+                <D as Storage<f32>>::try_alloc_len(&dev, len)
+                    .map_err(|e| anyhow!("cannot allocate Adam state: {e:?}"))
+            };
+            self.moments.push(Moments {
+                m: alloc()?,
+                v: alloc()?,
+            });
         }
         let mo = &mut self.moments[slot];
-        let g = grads.get_or_alloc_mut(&*param).map_err(|e| anyhow!("no gradient: {e:?}"))?;
-        cfg.try_update(t, param, &mut mo.m, &mut mo.v, g).map_err(|e| anyhow!("Adam update failed: {e:?}"))
+        let g = grads
+            .get_or_alloc_mut(&*param)
+            .map_err(|e| anyhow!("no gradient: {e:?}"))?;
+        cfg.try_update(t, param, &mut mo.m, &mut mo.v, g)
+            .map_err(|e| anyhow!("Adam update failed: {e:?}"))
     }
 }
 
@@ -172,7 +232,12 @@ impl<D: Backend> Adam<D> {
 /// back-propagating `sum(W ⊙ gw) + sum(b ⊙ gb)`. Used for the new layer, whose weight
 /// gradient is computed directly (`gzᵀ·x`) so that no gradient is ever computed for its
 /// input (raw images or frozen features), which would cost a third of a depth-1 step.
-pub fn gradients_for<D: Backend>(weight: &Matrix<D>, gw: Matrix<D>, bias: &Vector<D>, gb: Vector<D>) -> Gradients<f32, D> {
+pub fn gradients_for<D: Backend>(
+    weight: &Matrix<D>,
+    gw: Matrix<D>,
+    bias: &Vector<D>,
+    gb: Vector<D>,
+) -> Gradients<f32, D> {
     let w = weight.clone().traced(Gradients::leaky());
     let b = bias.retaped::<OwnedTape<f32, D>>();
     let total = (w * gw).sum::<(), _>() + (b * gb).sum::<(), _>();
@@ -195,7 +260,12 @@ pub struct EvalSums {
 impl EvalSums {
     /// Empty sums for `classes` classes.
     pub fn new(classes: usize) -> Self {
-        Self { loss_sum: 0.0, correct: 0, confusion: vec![vec![0; classes]; classes], samples: 0 }
+        Self {
+            loss_sum: 0.0,
+            correct: 0,
+            confusion: vec![vec![0; classes]; classes],
+            samples: 0,
+        }
     }
 
     /// Add a batch of logits (`[n, classes]`, row-major, host) with their labels.
@@ -203,10 +273,18 @@ impl EvalSums {
         let c = self.confusion.len();
         for (row, &label) in logits.chunks_exact(c).zip(labels) {
             let max = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
-            let lse = max + row.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln();
+            let lse = max
+                + row
+                    .iter()
+                    .map(|&v| (v as f64 - max).exp())
+                    .sum::<f64>()
+                    .ln();
             self.loss_sum += lse - row[label as usize] as f64;
             // first maximum wins, as numpy's argmax
-            let pred = row.iter().enumerate().fold(0, |best, (i, &v)| if v > row[best] { i } else { best });
+            let pred = row
+                .iter()
+                .enumerate()
+                .fold(0, |best, (i, &v)| if v > row[best] { i } else { best });
             self.confusion[label as usize][pred] += 1;
             if pred == label as usize {
                 self.correct += 1;
@@ -226,17 +304,28 @@ impl EvalSums {
     }
 }
 
-/// Evaluate `hidden` + `head` on a device-resident input matrix, in batches, no tape.
-pub fn evaluate<D: Backend>(hidden: &[Layer<D>], head: &Layer<D>, x: &Matrix<D>, labels: &[u8], batch: usize) -> EvalSums {
-    let rows = x.shape().0;
+/// Evaluate `hidden` + `head` on host rows (`[rows * inputs]`), `batch` rows per forward
+/// pass, no tape.
+pub fn evaluate<D: Backend>(
+    dev: &D,
+    hidden: &[Layer<D>],
+    head: &Layer<D>,
+    data: &[f32],
+    labels: &[u8],
+    batch: usize,
+) -> EvalSums {
     let mut sums = EvalSums::new(head.outputs());
-    let dev = x.device().clone();
-    for start in (0..rows).step_by(batch.max(1)) {
-        let n = batch.min(rows - start);
-        let idx = dev.tensor_from_vec((start..start + n).collect::<Vec<usize>>(), (n,));
-        let xb: Matrix<D> = x.clone().gather(idx);
-        let logits = forward(hidden, Some(head), xb).as_vec();
-        sums.add(&logits, &labels[start..start + n]);
+    let dim = if labels.is_empty() {
+        0
+    } else {
+        data.len() / labels.len()
+    };
+    for (rows, labels) in data
+        .chunks(batch.max(1) * dim.max(1))
+        .zip(labels.chunks(batch.max(1)))
+    {
+        let x = dev.tensor_from_vec(rows.to_vec(), (labels.len(), dim));
+        sums.add(&forward(hidden, Some(head), x).as_vec(), labels);
     }
     sums
 }

@@ -1,1 +1,185 @@
-//! placeholder
+//! The report stage: reads a run folder (the pipeline it ran, and each depth's
+//! checkpoint header, `train.json` and `eval.json`) and writes `report.md`,
+//! `accuracy.svg` and `summary.json`. It needs no dataset and no device, so it runs on
+//! any machine that can see the run folder.
+//!
+//! # Brief overview
+//! - [`collect`] reads the run into a [`Summary`] (one [`DepthRow`] per completed depth).
+//! - [`write_report`] writes the three files atomically.
+//! - [`TUTORIAL_TEST_ACCURACY`]: the Keras tutorial's published numbers, shown beside a
+//!   pipeline that sets `reference = "keras-tutorial"`.
+#![deny(missing_docs)]
+
+pub mod cli;
+mod markdown;
+mod plot;
+
+use anyhow::{Context, Result};
+use layerwise_core::checkpoint::read_checkpoint_meta;
+use layerwise_core::metrics::{Evaluation, TrainHistory};
+use layerwise_core::pipeline::Pipeline;
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+
+/// The tutorial's test accuracy after each of its 10 depths.
+pub const TUTORIAL_TEST_ACCURACY: [f64; 10] = [
+    0.4847, 0.5137, 0.5049, 0.5003, 0.4873, 0.4874, 0.4802, 0.4819, 0.4786, 0.4790,
+];
+/// The tutorial's test loss after each depth.
+pub const TUTORIAL_TEST_LOSS: [f64; 10] = [
+    1.4798, 1.3948, 1.4666, 1.6670, 1.9361, 2.1698, 2.3333, 2.4703, 2.5734, 2.6469,
+];
+
+/// Folder of depth `d` inside a run.
+pub fn depth_dir(run: &Path, depth: usize) -> PathBuf {
+    run.join(format!("depth-{depth:02}"))
+}
+
+/// The pipeline copy a run keeps.
+pub const RUN_PIPELINE: &str = "pipeline.toml";
+
+/// One depth's numbers.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct DepthRow {
+    /// Depth (hidden layers).
+    pub depth: usize,
+    /// Training loss, last epoch.
+    pub train_loss: f64,
+    /// Training accuracy, last epoch.
+    pub train_accuracy: f64,
+    /// Validation loss, last epoch.
+    pub val_loss: f64,
+    /// Validation accuracy, last epoch.
+    pub val_accuracy: f64,
+    /// Evaluation split (usually test), if evaluated.
+    pub eval_split: Option<String>,
+    /// Evaluation loss.
+    pub eval_loss: Option<f64>,
+    /// Evaluation accuracy.
+    pub eval_accuracy: Option<f64>,
+    /// Trainable parameters at this depth.
+    pub trainable_params: usize,
+    /// All parameters.
+    pub total_params: usize,
+    /// Layers trained at this depth.
+    pub trained: Vec<String>,
+    /// Wall seconds of training plus evaluation.
+    pub seconds: f64,
+    /// Epochs trained.
+    pub epochs: usize,
+}
+
+/// A run, as the report sees it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    /// Run folder.
+    pub run: PathBuf,
+    /// The pipeline it ran, if recorded.
+    pub pipeline: Option<Pipeline>,
+    /// Completed depths, in order.
+    pub depths: Vec<DepthRow>,
+    /// Best depth by validation accuracy (never by test accuracy).
+    pub best_depth: Option<usize>,
+    /// Sum of the depths' seconds.
+    pub total_seconds: f64,
+}
+
+impl Summary {
+    /// Whether the tutorial's numbers belong beside this run.
+    pub fn compares_with_tutorial(&self) -> bool {
+        self.pipeline
+            .as_ref()
+            .is_some_and(|p| p.reference.as_deref() == Some("keras-tutorial"))
+    }
+    /// The best row.
+    pub fn best(&self) -> Option<&DepthRow> {
+        self.best_depth
+            .and_then(|d| self.depths.iter().find(|r| r.depth == d))
+    }
+}
+
+/// Read a run folder: every `depth-NN` folder holding a checkpoint and its training
+/// history, in depth order (a run continued with `--from` may start above depth 1).
+pub fn collect(run: &Path) -> Result<Summary> {
+    if !run.is_dir() {
+        anyhow::bail!("run folder {} does not exist", run.display());
+    }
+    let pipeline_path = run.join(RUN_PIPELINE);
+    let pipeline = if pipeline_path.exists() {
+        Some(Pipeline::load(&pipeline_path)?)
+    } else {
+        None
+    };
+    let mut depths = Vec::new();
+    let mut found: Vec<usize> = std::fs::read_dir(run)
+        .with_context(|| format!("cannot list {}", run.display()))?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.strip_prefix("depth-")?.parse().ok())
+        .collect();
+    found.sort_unstable();
+    for depth in found {
+        let dir = depth_dir(run, depth);
+        let (model, history) = (dir.join("model.safetensors"), dir.join("train.json"));
+        if !model.exists() || !history.exists() {
+            continue;
+        }
+        let meta = read_checkpoint_meta(&model)?;
+        let h = TrainHistory::read(&history)?;
+        let last = h
+            .last()
+            .with_context(|| format!("{} has no epochs", history.display()))?;
+        let eval_path = dir.join("eval.json");
+        let eval = if eval_path.exists() {
+            Some(Evaluation::read(&eval_path)?)
+        } else {
+            None
+        };
+        depths.push(DepthRow {
+            depth,
+            train_loss: last.train_loss,
+            train_accuracy: last.train_accuracy,
+            val_loss: last.val_loss,
+            val_accuracy: last.val_accuracy,
+            eval_split: eval.as_ref().map(|e| e.split.to_string()),
+            eval_loss: eval.as_ref().map(|e| e.loss),
+            eval_accuracy: eval.as_ref().map(|e| e.accuracy),
+            trainable_params: meta.trainable_params,
+            total_params: h.total_params,
+            trained: meta.trained.clone(),
+            seconds: h.seconds + eval.as_ref().map_or(0.0, |e| e.seconds),
+            epochs: h.epochs.len(),
+        });
+    }
+    // First maximum wins: a deeper network must strictly improve to be preferred.
+    let best_depth = depths
+        .iter()
+        .fold(None::<&DepthRow>, |best, r| match best {
+            Some(b) if b.val_accuracy >= r.val_accuracy => Some(b),
+            _ => Some(r),
+        })
+        .map(|r| r.depth);
+    let total_seconds = depths.iter().map(|r| r.seconds).sum();
+    Ok(Summary {
+        run: run.to_path_buf(),
+        pipeline,
+        depths,
+        best_depth,
+        total_seconds,
+    })
+}
+
+/// Collect the run and write `report.md`, `accuracy.svg` and `summary.json` into it.
+pub fn write_report(run: &Path) -> Result<Summary> {
+    let summary = collect(run)?;
+    if summary.depths.is_empty() {
+        anyhow::bail!("{} holds no completed depth (depth-01/model.safetensors and train.json): nothing to report", run.display());
+    }
+    let svg = plot::accuracy_svg(&summary)?;
+    layerwise_core::atomic::write_bytes_atomic(&run.join("accuracy.svg"), svg.as_bytes())?;
+    layerwise_core::atomic::write_bytes_atomic(
+        &run.join("report.md"),
+        markdown::render(&summary).as_bytes(),
+    )?;
+    layerwise_core::atomic::write_json_atomic(&run.join("summary.json"), &summary)?;
+    Ok(summary)
+}

@@ -6,24 +6,53 @@
 pub mod synthetic;
 
 use anyhow::Result;
-use layerwise_core::dataset::{fingerprint, write_dataset, DatasetMeta, Normalization, SplitData, SplitSizes, DATASET_VERSION};
+use layerwise_core::dataset::{
+    fingerprint, write_dataset, DatasetMeta, Normalization, SplitData, SplitSizes, DATASET_VERSION,
+};
 use std::path::Path;
 
 /// Bytes per image (3 × 32 × 32).
 pub const IMAGE_BYTES: usize = 3072;
 /// The official class names.
-pub const CIFAR10_CLASSES: [&str; 10] =
-    ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"];
+pub const CIFAR10_CLASSES: [&str; 10] = [
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+];
 
 /// Write a prepared dataset (unit normalization) of synthetic images: `train`, `val` and
 /// `test` images, drawn with `seed`. Returns its metadata.
-pub fn prepared_dataset(path: &Path, train: usize, val: usize, test: usize, seed: u64) -> Result<DatasetMeta> {
+pub fn prepared_dataset(
+    path: &Path,
+    train: usize,
+    val: usize,
+    test: usize,
+    seed: u64,
+) -> Result<DatasetMeta> {
     let split = |n: usize, s: u64| {
         let (imgs, labels) = synthetic::images(n, s);
-        SplitData { images: imgs.iter().map(|&b| b as f32 / 255.0).collect(), labels }
+        SplitData {
+            images: imgs.iter().map(|&b| b as f32 / 255.0).collect(),
+            labels,
+        }
     };
-    let (tr, va, te) = (split(train, seed), split(val, seed + 1), split(test, seed + 2));
-    let norm = Normalization { kind: "unit".into(), mean: vec![0.0; 3], std: vec![1.0; 3] };
+    let (tr, va, te) = (
+        split(train, seed),
+        split(val, seed + 1),
+        split(test, seed + 2),
+    );
+    let norm = Normalization {
+        kind: "unit".into(),
+        mean: vec![0.0; 3],
+        std: vec![1.0; 3],
+    };
     let meta = DatasetMeta {
         version: DATASET_VERSION,
         name: "synthetic-cifar".into(),

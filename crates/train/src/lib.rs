@@ -12,21 +12,27 @@
 //! device, so they stay bit-identical.
 #![deny(missing_docs)]
 
+pub mod cli;
 mod progress;
 
 pub use progress::Progress;
 
 use anyhow::{bail, Context, Result};
 use dfdx::prelude::*;
-use layerwise_core::checkpoint::{checkpoint_bytes, hidden_name, load_checkpoint, CheckpointMeta, Dense, Mlp, CHECKPOINT_VERSION};
+use layerwise_core::checkpoint::{
+    checkpoint_bytes, hidden_name, load_checkpoint, CheckpointMeta, Dense, Mlp, CHECKPOINT_VERSION,
+};
 use layerwise_core::config::{HeadMode, TrainConfig};
 use layerwise_core::dataset::{Dataset, Split};
 use layerwise_core::metrics::{EpochMetrics, TrainHistory, METRICS_VERSION, TRAIN_SCHEMA};
 use layerwise_core::{atomic, hash, mix_seed};
 use layerwise_nn::device::DeviceKind;
-use layerwise_nn::{features_host, glorot_dense, gradients_for, Adam, Backend, EvalSums, Layer, Matrix};
+use layerwise_nn::{
+    features_host, glorot_dense, gradients_for, Adam, Backend, EvalSums, Layer, Matrix,
+};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -88,10 +94,18 @@ pub fn train(opts: &TrainOptions) -> Result<TrainOutcome> {
     let (prefix, new_layer, head, head_trains) = match &parent {
         None => {
             let h = glorot_dense(ds.meta.input_size(), cfg.width, seed(0));
-            (Vec::new(), h, glorot_dense(cfg.width, classes, seed(1)), true)
+            (
+                Vec::new(),
+                h,
+                glorot_dense(cfg.width, classes, seed(1)),
+                true,
+            )
         }
         Some((model, meta)) => {
-            let last = model.hidden.last().map_or(model.input_size(), |l| l.outputs);
+            let last = model
+                .hidden
+                .last()
+                .map_or(model.input_size(), |l| l.outputs);
             let new_layer = glorot_dense(last, cfg.width, seed(0));
             let (head, trains) = match cfg.head {
                 HeadMode::Fresh => (glorot_dense(cfg.width, classes, seed(1)), true),
@@ -109,16 +123,36 @@ pub fn train(opts: &TrainOptions) -> Result<TrainOutcome> {
             (model.hidden.clone(), new_layer, head, trains)
         }
     };
-    let run = Run { ds: &ds, prefix: &prefix, new_layer: &new_layer, head: &head, head_trains, depth, opts };
+    let run = Run {
+        ds: &ds,
+        prefix: &prefix,
+        new_layer: &new_layer,
+        head: &head,
+        head_trains,
+        depth,
+        opts,
+    };
     let trained = layerwise_nn::with_device!(opts.device, cfg.seed, |dev| run.go(&dev))?;
 
     let mut hidden = prefix;
     hidden.push(trained.new_layer);
-    let model = Mlp { hidden, head: if head_trains { trained.head } else { head } };
+    let model = Mlp {
+        hidden,
+        head: if head_trains { trained.head } else { head },
+    };
     let mut frozen: Vec<String> = (0..depth - 1).map(hidden_name).collect();
     let mut trained_names = vec![hidden_name(depth - 1)];
-    if head_trains { trained_names.push("head".into()) } else { frozen.push("head".into()) }
-    let trainable_params = model.hidden[depth - 1].num_params() + if head_trains { model.head.num_params() } else { 0 };
+    if head_trains {
+        trained_names.push("head".into())
+    } else {
+        frozen.push("head".into())
+    }
+    let trainable_params = model.hidden[depth - 1].num_params()
+        + if head_trains {
+            model.head.num_params()
+        } else {
+            0
+        };
     let meta = CheckpointMeta {
         version: CHECKPOINT_VERSION,
         depth,
@@ -153,7 +187,12 @@ pub fn train(opts: &TrainOptions) -> Result<TrainOutcome> {
     let checkpoint = opts.out.join(MODEL_FILE);
     atomic::write_json_atomic(&opts.out.join(HISTORY_FILE), &history)?;
     atomic::write_bytes_atomic(&checkpoint, &bytes)?;
-    Ok(TrainOutcome { checkpoint, meta, history, prefix_rows: trained.prefix_rows })
+    Ok(TrainOutcome {
+        checkpoint,
+        meta,
+        history,
+        prefix_rows: trained.prefix_rows,
+    })
 }
 
 struct Run<'a> {
@@ -178,25 +217,35 @@ struct Trained {
 const CHUNK: usize = 2500;
 
 impl Run<'_> {
-    /// The frozen prefix's output for a split (the raw images at depth 1), on the device.
-    fn features<D: Backend>(&self, dev: &D, prefix: &[Layer<D>], split: Split, rows: &mut usize) -> Result<(Matrix<D>, Vec<u8>)> {
+    /// The frozen prefix's output for a split, on the host: the images themselves at
+    /// depth 1 (borrowed from the memory map), else computed once, here.
+    fn features<D: Backend>(
+        &self,
+        dev: &D,
+        prefix: &[Layer<D>],
+        split: Split,
+        rows: &mut usize,
+    ) -> Result<(Cow<'_, [f32]>, Vec<u8>)> {
         let view = self.ds.split(split)?;
         let n = view.len();
         let feats = if prefix.is_empty() {
-            view.images.into_owned()
+            view.images
         } else {
             *rows += n;
-            features_host(dev, prefix, &view.images, n, CHUNK)
+            Cow::Owned(features_host(dev, prefix, &view.images, n, CHUNK))
         };
-        let dim = if n == 0 { 0 } else { feats.len() / n };
-        Ok((dev.tensor_from_vec(feats, (n, dim)), view.labels.to_vec()))
+        Ok((feats, view.labels.to_vec()))
     }
 
     fn go<D: Backend>(&self, dev: &D) -> Result<Trained> {
         let cfg = &self.opts.config;
         let classes = self.head.outputs;
         let t0 = Instant::now();
-        let prefix: Vec<Layer<D>> = self.prefix.iter().map(|l| Layer::from_dense(l, dev)).collect();
+        let prefix: Vec<Layer<D>> = self
+            .prefix
+            .iter()
+            .map(|l| Layer::from_dense(l, dev))
+            .collect();
         let mut prefix_rows = 0;
         let (x_train, y_train) = self.features(dev, &prefix, Split::Train, &mut prefix_rows)?;
         let (x_val, y_val) = self.features(dev, &prefix, Split::Val, &mut prefix_rows)?;
@@ -206,11 +255,7 @@ impl Run<'_> {
         if n == 0 {
             bail!("{}: the train split is empty", self.ds.path().display());
         }
-        let mut onehot = vec![0f32; n * classes];
-        for (i, &l) in y_train.iter().enumerate() {
-            onehot[i * classes + l as usize] = 1.0;
-        }
-        let y_onehot: Matrix<D> = dev.tensor_from_vec(onehot, (n, classes));
+        let dim = x_train.len() / n;
 
         let mut layer = Layer::from_dense(self.new_layer, dev);
         let mut head = Layer::from_dense(self.head, dev);
@@ -222,13 +267,23 @@ impl Run<'_> {
         let mut bar = self.opts.progress.start(self.depth, cfg.epochs, batches);
         for epoch in 1..=cfg.epochs {
             let te = Instant::now();
-            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(mix_seed(cfg.seed, &[self.depth as u64, 1000 + epoch as u64]));
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(mix_seed(
+                cfg.seed,
+                &[self.depth as u64, 1000 + epoch as u64],
+            ));
             order.shuffle(&mut rng);
             let mut sums = EvalSums::new(classes);
             for (b, chunk) in order.chunks(bs).enumerate() {
-                let idx = dev.tensor_from_vec(chunk.to_vec(), (chunk.len(),));
-                let xb: Matrix<D> = x_train.clone().gather(idx.clone());
-                let yb: Matrix<D> = y_onehot.clone().gather(idx);
+                // Batches are gathered on the host and sent to the device whole: a memcpy
+                // per row here, one transfer per batch on a GPU.
+                let mut rows = Vec::with_capacity(chunk.len() * dim);
+                let mut onehot = vec![0f32; chunk.len() * classes];
+                for (j, &i) in chunk.iter().enumerate() {
+                    rows.extend_from_slice(&x_train[i * dim..(i + 1) * dim]);
+                    onehot[j * classes + y_train[i] as usize] = 1.0;
+                }
+                let xb: Matrix<D> = dev.tensor_from_vec(rows, (chunk.len(), dim));
+                let yb: Matrix<D> = dev.tensor_from_vec(onehot, (chunk.len(), classes));
                 // The new layer's pre-activation is computed without a tape and traced from
                 // there: its weight gradient is then one product, gzᵀ·x, and no gradient is
                 // ever computed for the input.
@@ -262,7 +317,14 @@ impl Run<'_> {
                 }
                 bar.batch(b + 1, sums.loss(), sums.accuracy());
             }
-            let val = layerwise_nn::evaluate(&[layer.clone()], &head, &x_val, &y_val, CHUNK);
+            let val = layerwise_nn::evaluate(
+                dev,
+                std::slice::from_ref(&layer),
+                &head,
+                &x_val,
+                &y_val,
+                CHUNK,
+            );
             let seconds = te.elapsed().as_secs_f64();
             let m = EpochMetrics {
                 epoch,
@@ -277,11 +339,18 @@ impl Run<'_> {
             epochs.push(m);
         }
         bar.finish();
-        Ok(Trained { new_layer: layer.to_dense(), head: head.to_dense(), epochs, prefix_rows, prefix_seconds })
+        Ok(Trained {
+            new_layer: layer.to_dense(),
+            head: head.to_dense(),
+            epochs,
+            prefix_rows,
+            prefix_seconds,
+        })
     }
 }
 
 /// Check a training output folder can be written before spending time on training.
 pub fn check_out_dir(out: &Path) -> Result<()> {
-    std::fs::create_dir_all(out).with_context(|| format!("cannot create output folder {}", out.display()))
+    std::fs::create_dir_all(out)
+        .with_context(|| format!("cannot create output folder {}", out.display()))
 }

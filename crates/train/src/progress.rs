@@ -3,7 +3,6 @@
 
 use indicatif::{ProgressBar, ProgressStyle};
 use layerwise_core::metrics::EpochMetrics;
-use std::io::IsTerminal;
 
 /// How a run reports progress.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,9 +24,9 @@ pub(crate) struct Reporter {
 
 impl Progress {
     pub(crate) fn start(self, depth: usize, epochs: usize, batches: usize) -> Reporter {
-        let tty = std::io::stderr().is_terminal();
+        let tty = layerwise_core::progress::stderr_is_terminal();
         let bar = (self == Progress::Auto && tty).then(|| {
-            let b = ProgressBar::new(batches as u64);
+            let b = layerwise_core::progress::add(ProgressBar::new(batches as u64));
             b.set_style(
                 ProgressStyle::with_template("depth {prefix} {bar:30} {pos}/{len} batches {msg}")
                     .unwrap_or_else(|_| ProgressStyle::default_bar()),
@@ -35,7 +34,12 @@ impl Progress {
             b.set_prefix(format!("{depth} epoch 1/{epochs}"));
             b
         });
-        Reporter { bar, plain: self == Progress::Plain || (self == Progress::Auto && !tty), depth, epochs }
+        Reporter {
+            bar,
+            plain: self == Progress::Plain || (self == Progress::Auto && !tty),
+            depth,
+            epochs,
+        }
     }
 }
 
@@ -56,10 +60,15 @@ impl Reporter {
         );
         if let Some(bar) = &self.bar {
             bar.println(line);
-            bar.set_prefix(format!("{} epoch {}/{}", self.depth, (m.epoch + 1).min(self.epochs), self.epochs));
+            bar.set_prefix(format!(
+                "{} epoch {}/{}",
+                self.depth,
+                (m.epoch + 1).min(self.epochs),
+                self.epochs
+            ));
             bar.set_position(0);
         } else if self.plain {
-            eprintln!("{line}");
+            layerwise_core::progress::println(&line);
         }
     }
 

@@ -1,0 +1,100 @@
+//! The command line of `layerwise-train`, as a library function so the orchestrator and
+//! tests run exactly what a user runs.
+
+use crate::{train, Progress, TrainOptions};
+use anyhow::Result;
+use clap::Parser;
+use layerwise_core::config::{HeadMode, TrainConfig};
+use layerwise_core::pipeline::Pipeline;
+use layerwise_nn::device::DeviceKind;
+use std::path::PathBuf;
+
+/// Train one depth: load a checkpoint, freeze it, append a hidden layer, train, save.
+#[derive(Parser)]
+#[command(version, about)]
+pub struct Args {
+    /// Prepared dataset (from layerwise-prepare).
+    #[arg(long)]
+    data: PathBuf,
+    /// Checkpoint of the previous depth; without it, depth 1 is trained.
+    #[arg(long)]
+    from: Option<PathBuf>,
+    /// Output folder: gets model.safetensors and train.json.
+    #[arg(long)]
+    out: PathBuf,
+    /// Pipeline file whose [train] section gives the defaults (flags override it).
+    #[arg(long)]
+    pipeline: Option<PathBuf>,
+    /// Epochs.
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// Mini-batch size.
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Adam learning rate.
+    #[arg(long)]
+    lr: Option<f64>,
+    /// Adam epsilon (Keras placement).
+    #[arg(long)]
+    epsilon: Option<f64>,
+    /// Seed for initialization and shuffling.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Width of the new hidden layer.
+    #[arg(long)]
+    width: Option<usize>,
+    /// Output layer from depth 2 on: frozen (tutorial code), retrain (tutorial prose), fresh.
+    #[arg(long)]
+    head: Option<HeadMode>,
+    /// cpu or cuda.
+    #[arg(long, default_value = "cpu")]
+    device: DeviceKind,
+    /// Plain progress lines even on a terminal.
+    #[arg(long)]
+    plain: bool,
+    /// No progress output.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+fn config(a: &Args) -> Result<TrainConfig> {
+    let mut c = match &a.pipeline {
+        Some(p) => Pipeline::load(p)?.train,
+        None => TrainConfig::default(),
+    };
+    macro_rules! set {
+        ($($f:ident),*) => { $( if let Some(v) = a.$f.clone() { c.$f = v; } )* };
+    }
+    set!(epochs, batch_size, lr, epsilon, seed, width, head);
+    c.validate()?;
+    Ok(c)
+}
+
+/// Run `layerwise-train` with these arguments (program name first).
+pub fn run(args: impl IntoIterator<Item = String>) -> Result<()> {
+    let a: Args = layerwise_core::parse_args(args)?;
+    let opts = TrainOptions {
+        config: config(&a)?,
+        progress: if a.quiet {
+            Progress::Quiet
+        } else if a.plain {
+            Progress::Plain
+        } else {
+            Progress::Auto
+        },
+        data: a.data,
+        from: a.from,
+        out: a.out,
+        device: a.device,
+    };
+    let out = train(&opts)?;
+    let last = out.history.last();
+    eprintln!(
+        "wrote {} (depth {}, val_acc {:.4}, {:.1}s)",
+        out.checkpoint.display(),
+        out.meta.depth,
+        last.map_or(f64::NAN, |e| e.val_accuracy),
+        out.history.seconds
+    );
+    Ok(())
+}

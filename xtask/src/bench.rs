@@ -1,0 +1,262 @@
+//! `cargo xtask bench`: training throughput on this machine, against a plain f32 matrix
+//! product measured in the same run (these machines are noisy: compare ratios, not
+//! absolute numbers across runs).
+//!
+//! It writes a synthetic dataset of CIFAR-10's shape (40,000 train images by default),
+//! trains depth 1 through the real training stage, builds random checkpoints of depth 1
+//! and 9, trains depth 2 and depth 10 from them, and reports each epoch's samples/s and
+//! GFLOP/s.
+
+use anyhow::{Context, Result};
+use dfdx::prelude::*;
+use layerwise_core::checkpoint::{save_checkpoint, CheckpointMeta, Mlp, CHECKPOINT_VERSION};
+use layerwise_core::config::{HeadMode, TrainConfig};
+use layerwise_core::dataset::{
+    fingerprint, write_dataset, DatasetMeta, Normalization, SplitData, SplitSizes, DATASET_VERSION,
+};
+use layerwise_nn::device::DeviceKind;
+use layerwise_nn::glorot_dense;
+use layerwise_train::{train, Progress, TrainOptions};
+use std::path::Path;
+use std::time::Instant;
+
+/// `cargo xtask bench` arguments.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// Training images.
+    #[arg(long, default_value_t = 40_000)]
+    pub train: usize,
+    /// Epochs timed per depth (the first is a warm-up and not counted when > 1).
+    #[arg(long, default_value_t = 2)]
+    pub epochs: usize,
+    /// cpu or cuda.
+    #[arg(long, default_value = "cpu")]
+    pub device: DeviceKind,
+}
+
+const VAL: usize = 1000;
+const DIM: usize = 3072;
+const WIDTH: usize = 256;
+const CLASSES: usize = 10;
+
+/// GFLOP/s of `(250×3072)·(3072×256)` f32 products on the CPU through dfdx (gemm).
+pub fn matmul_gflops(seconds: f64) -> f64 {
+    let dev = layerwise_nn::device::cpu(0);
+    let a: Tensor<(usize, usize), f32, _> = dev.sample_normal_like(&(250, DIM));
+    let b: Tensor<(usize, usize), f32, _> = dev.sample_normal_like(&(DIM, WIDTH));
+    let flops = 2.0 * 250.0 * DIM as f64 * WIDTH as f64;
+    let _ = a.clone().matmul(b.clone());
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed().as_secs_f64() < seconds {
+        let c = a.clone().matmul(b.clone());
+        std::hint::black_box(c.as_vec().len());
+        n += 1;
+    }
+    n as f64 * flops / start.elapsed().as_secs_f64() / 1e9
+}
+
+fn synthetic_dataset(path: &Path, n: usize) -> Result<DatasetMeta> {
+    let mut state = 0x1234_5678_u64;
+    let mut split = |n: usize| {
+        let images = (0..n * DIM)
+            .map(|_| {
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                (state >> 40) as f32 / (1u64 << 24) as f32
+            })
+            .collect();
+        SplitData {
+            images,
+            labels: (0..n).map(|i| (i % CLASSES) as u8).collect(),
+        }
+    };
+    let (tr, va, te) = (split(n), split(VAL), split(10));
+    let norm = Normalization {
+        kind: "unit".into(),
+        mean: vec![0.0; 3],
+        std: vec![1.0; 3],
+    };
+    let meta = DatasetMeta {
+        version: DATASET_VERSION,
+        name: "bench".into(),
+        classes: (0..CLASSES).map(|c| format!("class{c}")).collect(),
+        image_shape: [3, 32, 32],
+        fingerprint: fingerprint(&norm, [&tr, &va, &te]),
+        normalization: norm,
+        val_fraction: VAL as f64 / (n + VAL) as f64,
+        split_sizes: SplitSizes {
+            train: n,
+            val: VAL,
+            test: 10,
+        },
+        source_kind: "synthetic".into(),
+        sources: vec![],
+    };
+    write_dataset(path, &meta, [&tr, &va, &te])?;
+    Ok(meta)
+}
+
+/// A random checkpoint of `depth` hidden layers fitting the dataset.
+fn random_checkpoint(path: &Path, depth: usize, data: &DatasetMeta) -> Result<()> {
+    let mut hidden = vec![glorot_dense(DIM, WIDTH, 1)];
+    for i in 1..depth {
+        hidden.push(glorot_dense(WIDTH, WIDTH, i as u64 + 1));
+    }
+    let model = Mlp {
+        hidden,
+        head: glorot_dense(WIDTH, CLASSES, 99),
+    };
+    let meta = CheckpointMeta {
+        version: CHECKPOINT_VERSION,
+        depth,
+        input_size: DIM,
+        widths: model.widths(),
+        activation: "relu".into(),
+        classes: data.classes.clone(),
+        frozen: vec![],
+        trained: vec![],
+        trainable_params: 0,
+        dataset_fingerprint: data.fingerprint.clone(),
+        dataset_name: data.name.clone(),
+        parent_sha256: None,
+        config: TrainConfig::default(),
+        device: "cpu".into(),
+    };
+    save_checkpoint(path, &model, &meta)
+}
+
+struct Row {
+    label: String,
+    samples_per_second: f64,
+    gflops: f64,
+    epoch_seconds: f64,
+    frozen_seconds: f64,
+}
+
+/// Useful FLOPs per training sample: forward 2·P over all trained-through layers, weight
+/// gradients 2·P of the trained layers, input gradients 2·P of layers after the first
+/// trained one (no gradient is needed, or computed, for the input of the new layer).
+fn flops_per_sample(new_in: usize, head_trains: bool) -> f64 {
+    let new_p = (new_in * WIDTH) as f64;
+    let head_p = (WIDTH * CLASSES) as f64;
+    2.0 * (new_p + head_p)
+        + 2.0 * new_p
+        + if head_trains { 2.0 * head_p } else { 0.0 }
+        + 2.0 * head_p
+}
+
+fn time_depth(
+    dir: &Path,
+    data: &Path,
+    from: Option<&Path>,
+    label: &str,
+    a: &BenchArgs,
+    new_in: usize,
+    head: HeadMode,
+) -> Result<Row> {
+    let cfg = TrainConfig {
+        epochs: a.epochs,
+        head,
+        ..TrainConfig::default()
+    };
+    let out = train(&TrainOptions {
+        data: data.into(),
+        from: from.map(Into::into),
+        out: dir.join(label.replace(' ', "-")),
+        config: cfg,
+        device: a.device,
+        progress: Progress::Quiet,
+    })?;
+    let timed: Vec<_> = if out.history.epochs.len() > 1 {
+        out.history.epochs[1..].to_vec()
+    } else {
+        out.history.epochs.clone()
+    };
+    let secs = timed.iter().map(|e| e.seconds).sum::<f64>() / timed.len() as f64;
+    let head_trains = from.is_none() || head != HeadMode::Frozen;
+    let flops = a.train as f64 * flops_per_sample(new_in, head_trains)
+        + VAL as f64 * 2.0 * (new_in * WIDTH + WIDTH * CLASSES) as f64;
+    Ok(Row {
+        label: label.into(),
+        samples_per_second: a.train as f64 / secs,
+        gflops: flops / secs / 1e9,
+        epoch_seconds: secs,
+        frozen_seconds: out.history.frozen_features_seconds,
+    })
+}
+
+/// Run the benchmark and print its table.
+pub fn run(a: &BenchArgs) -> Result<()> {
+    let dir = tempfile_dir()?;
+    let data = dir.join("bench.safetensors");
+    eprintln!("writing a synthetic {}-image dataset...", a.train);
+    let meta = synthetic_dataset(&data, a.train)?;
+    let before = matmul_gflops(2.0);
+    let d1 = time_depth(&dir, &data, None, "depth 1", a, DIM, HeadMode::Frozen)?;
+    let c1 = dir.join("d1.safetensors");
+    random_checkpoint(&c1, 1, &meta)?;
+    let d2 = time_depth(
+        &dir,
+        &data,
+        Some(&c1),
+        "depth 2",
+        a,
+        WIDTH,
+        HeadMode::Frozen,
+    )?;
+    let c9 = dir.join("d9.safetensors");
+    random_checkpoint(&c9, 9, &meta)?;
+    let d10 = time_depth(
+        &dir,
+        &data,
+        Some(&c9),
+        "depth 10",
+        a,
+        WIDTH,
+        HeadMode::Frozen,
+    )?;
+    let d10r = time_depth(
+        &dir,
+        &data,
+        Some(&c9),
+        "depth 10 retrain",
+        a,
+        WIDTH,
+        HeadMode::Retrain,
+    )?;
+    let after = matmul_gflops(2.0);
+    let reference = (before + after) / 2.0;
+    println!(
+        "layerwise bench: {} training images, batch 250, width 256, device {}",
+        a.train,
+        a.device.name()
+    );
+    println!("reference f32 matmul (250x3072)·(3072x256) via dfdx/gemm: {reference:.1} GFLOP/s (before {before:.1}, after {after:.1})");
+    println!("| run | epoch s | samples/s | GFLOP/s | vs matmul | frozen features s |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: |");
+    for r in [&d1, &d2, &d10, &d10r] {
+        println!(
+            "| {} | {:.3} | {:.0} | {:.1} | {:.0}% | {:.3} |",
+            r.label,
+            r.epoch_seconds,
+            r.samples_per_second,
+            r.gflops,
+            100.0 * r.gflops / reference,
+            r.frozen_seconds
+        );
+    }
+    println!(
+        "depth-10 epoch / depth-2 epoch: {:.2}",
+        d10.epoch_seconds / d2.epoch_seconds
+    );
+    std::fs::remove_dir_all(&dir).ok();
+    Ok(())
+}
+
+fn tempfile_dir() -> Result<std::path::PathBuf> {
+    let dir = std::env::temp_dir().join(format!("layerwise-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    Ok(dir)
+}

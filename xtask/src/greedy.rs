@@ -1,0 +1,550 @@
+//! The greedy loop. Every step is a stage's command line ([`Step::args`]) run through that
+//! stage's own `cli::run`: what `--print-commands` prints is exactly what runs.
+//!
+//! A run folder holds `pipeline.toml` (the pipeline it runs), `depth-NN/` folders
+//! (`model.safetensors`, `train.json`, `eval.json`) and the report. A depth is complete
+//! when its three files agree with each other, with the parent depth, the dataset and
+//! the pipeline; completed depths are never redone, an incomplete one is redone from its
+//! start.
+
+use anyhow::{bail, Context, Result};
+use layerwise_core::checkpoint::read_checkpoint_meta;
+use layerwise_core::dataset::Dataset;
+use layerwise_core::hash::sha256_file;
+use layerwise_core::metrics::{Evaluation, TrainHistory};
+use layerwise_core::pipeline::Pipeline;
+use layerwise_nn::device::DeviceKind;
+use layerwise_report::{depth_dir, RUN_PIPELINE};
+use std::path::{Path, PathBuf};
+
+/// `cargo xtask greedy` arguments.
+#[derive(Debug, Clone, clap::Args)]
+pub struct GreedyArgs {
+    /// Pipeline file (default: pipelines/seed.toml, the tutorial).
+    #[arg(long)]
+    pub pipeline: Option<PathBuf>,
+    /// CIFAR-10 folder or tarball (default: found or downloaded by the prepare stage).
+    #[arg(long)]
+    pub source: Option<PathBuf>,
+    /// Run folder (default: artifacts/runs/<pipeline name>).
+    #[arg(long)]
+    pub run_dir: Option<PathBuf>,
+    /// Artifacts folder: datasets, downloads and default run folders.
+    #[arg(long)]
+    pub artifacts: Option<PathBuf>,
+    /// cpu or cuda.
+    #[arg(long, default_value = "cpu")]
+    pub device: DeviceKind,
+    /// Override the pipeline's greedy.max_depth.
+    #[arg(long)]
+    pub max_depth: Option<usize>,
+    /// Continue the loop from this checkpoint (its depth + 1 is trained next).
+    #[arg(long)]
+    pub from: Option<PathBuf>,
+    /// Start the run over: delete its depths and report first.
+    #[arg(long)]
+    pub restart: bool,
+    /// Print the plan as stage commands, one per line, and run nothing.
+    #[arg(long)]
+    pub print_commands: bool,
+    /// Plain progress lines even on a terminal.
+    #[arg(long)]
+    pub plain: bool,
+}
+
+/// One stage invocation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Step {
+    /// The stage's binary name (`layerwise-train`...).
+    pub program: &'static str,
+    /// Its arguments.
+    pub args: Vec<String>,
+}
+
+impl Step {
+    fn new(program: &'static str, args: &[&dyn AsRef<std::ffi::OsStr>]) -> Self {
+        Self {
+            program,
+            args: args
+                .iter()
+                .map(|a| a.as_ref().to_string_lossy().into_owned())
+                .collect(),
+        }
+    }
+
+    /// The command line, shell-quoted where needed.
+    pub fn command_line(&self) -> String {
+        std::iter::once(self.program.to_string())
+            .chain(self.args.iter().map(|a| shell_quote(a)))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    /// Run the stage in this process, through its command-line parser.
+    pub fn run(&self) -> Result<()> {
+        let argv = std::iter::once(self.program.to_string()).chain(self.args.iter().cloned());
+        let result = match self.program {
+            "layerwise-prepare" => layerwise_prepare::cli::run(argv),
+            "layerwise-train" => layerwise_train::cli::run(argv),
+            "layerwise-evaluate" => layerwise_evaluate::cli::run(argv),
+            "layerwise-report" => layerwise_report::cli::run(argv),
+            other => bail!("internal: unknown stage {other}"),
+        };
+        result.with_context(|| format!("step failed: {}", self.command_line()))
+    }
+}
+
+/// Quote for a POSIX shell when needed.
+pub fn shell_quote(s: &str) -> String {
+    if !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c))
+    {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
+
+/// Everything resolved from the arguments.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// The pipeline (with overrides applied).
+    pub pipeline: Pipeline,
+    /// Where the pipeline came from.
+    pub pipeline_path: PathBuf,
+    /// Run folder.
+    pub run_dir: PathBuf,
+    /// Prepared dataset file.
+    pub data: PathBuf,
+    /// Artifacts folder.
+    pub artifacts: PathBuf,
+    /// Device.
+    pub device: DeviceKind,
+}
+
+impl Plan {
+    /// Resolve defaults (pipeline, run folder, dataset file name) from the arguments.
+    pub fn new(a: &GreedyArgs) -> Result<Self> {
+        let root = crate::repo_root();
+        let pipeline_path = a
+            .pipeline
+            .clone()
+            .unwrap_or_else(|| root.join("pipelines/seed.toml"));
+        let mut pipeline = Pipeline::load(&pipeline_path)?;
+        if let Some(d) = a.max_depth {
+            pipeline.greedy.max_depth = d;
+            pipeline.validate().context("--max-depth")?;
+        }
+        let artifacts = a
+            .artifacts
+            .clone()
+            .unwrap_or_else(|| root.join("artifacts"));
+        let run_dir = a
+            .run_dir
+            .clone()
+            .unwrap_or_else(|| artifacts.join("runs").join(&pipeline.name));
+        let d = &pipeline.data;
+        let mut name = format!("cifar-10-{}-val{}", d.normalize, d.val_fraction);
+        if d.limit_train > 0 {
+            name += &format!("-train{}", d.limit_train);
+        }
+        if d.limit_test > 0 {
+            name += &format!("-test{}", d.limit_test);
+        }
+        let data = artifacts
+            .join("datasets")
+            .join(format!("{name}.safetensors"));
+        Ok(Self {
+            pipeline,
+            pipeline_path,
+            run_dir,
+            data,
+            artifacts,
+            device: a.device,
+        })
+    }
+
+    fn device_args(&self) -> Vec<String> {
+        match self.device {
+            DeviceKind::Cpu => vec![],
+            d => vec!["--device".into(), d.name().into()],
+        }
+    }
+
+    /// The prepare step.
+    pub fn prepare_step(&self, source: Option<&Path>) -> Step {
+        let d = &self.pipeline.data;
+        let mut s = Step::new(
+            "layerwise-prepare",
+            &[
+                &"--out",
+                &self.data,
+                &"--normalize",
+                &d.normalize,
+                &"--val-fraction",
+                &d.val_fraction.to_string(),
+                &"--artifacts",
+                &self.artifacts,
+            ],
+        );
+        if let Some(src) = source {
+            s.args
+                .extend(["--source".into(), src.to_string_lossy().into_owned()]);
+        }
+        for (flag, v) in [
+            ("--limit-train", d.limit_train),
+            ("--limit-test", d.limit_test),
+        ] {
+            if v > 0 {
+                s.args.extend([flag.into(), v.to_string()]);
+            }
+        }
+        s
+    }
+
+    /// Train depth `depth` from `from` (None at depth 1).
+    pub fn train_step(&self, depth: usize, from: Option<&Path>) -> Step {
+        let mut s = Step::new(
+            "layerwise-train",
+            &[
+                &"--data",
+                &self.data,
+                &"--out",
+                &depth_dir(&self.run_dir, depth),
+                &"--pipeline",
+                &self.run_dir.join(RUN_PIPELINE),
+            ],
+        );
+        if let Some(f) = from {
+            s.args
+                .extend(["--from".into(), f.to_string_lossy().into_owned()]);
+        }
+        s.args.extend(self.device_args());
+        s
+    }
+
+    /// Evaluate depth `depth`.
+    pub fn evaluate_step(&self, depth: usize) -> Step {
+        let dir = depth_dir(&self.run_dir, depth);
+        let mut s = Step::new(
+            "layerwise-evaluate",
+            &[
+                &"--model",
+                &dir.join("model.safetensors"),
+                &"--data",
+                &self.data,
+                &"--split",
+                &self.pipeline.greedy.evaluate.name(),
+                &"--out",
+                &dir.join("eval.json"),
+            ],
+        );
+        s.args.extend(self.device_args());
+        s
+    }
+
+    /// The report step.
+    pub fn report_step(&self) -> Step {
+        Step::new("layerwise-report", &[&"--run", &self.run_dir])
+    }
+}
+
+/// The settings that decide what a completed depth contains: a change in them makes the
+/// run's completed depths stale.
+fn affects_completed(p: &Pipeline) -> impl PartialEq + std::fmt::Debug {
+    (p.data.clone(), p.train.clone(), p.greedy.evaluate)
+}
+
+/// Refuse to resume a run whose completed depths were made with other settings.
+fn check_resume(plan: &Plan) -> Result<()> {
+    let recorded = plan.run_dir.join(RUN_PIPELINE);
+    if !recorded.exists() {
+        return Ok(());
+    }
+    let old = Pipeline::load(&recorded).with_context(|| {
+        format!(
+            "cannot read the run's recorded pipeline {}",
+            recorded.display()
+        )
+    })?;
+    if affects_completed(&old) != affects_completed(&plan.pipeline) {
+        bail!(
+            "{} was run with other [data]/[train] settings or evaluation split than {} now has ({} records them): \
+             its completed depths would not match. Use --restart to start the run over, or --run-dir for a new run",
+            plan.run_dir.display(),
+            plan.pipeline_path.display(),
+            recorded.display()
+        );
+    }
+    Ok(())
+}
+
+/// Record the pipeline in the run folder: the file itself, or its canonical form when
+/// arguments overrode it.
+fn record_pipeline(plan: &Plan, overridden: bool) -> Result<()> {
+    let dest = plan.run_dir.join(RUN_PIPELINE);
+    let text = if overridden {
+        plan.pipeline.to_toml()?
+    } else {
+        std::fs::read_to_string(&plan.pipeline_path)
+            .with_context(|| format!("cannot read {}", plan.pipeline_path.display()))?
+    };
+    layerwise_core::atomic::write_bytes_atomic(&dest, text.as_bytes())
+}
+
+/// What the loop found or did at one depth.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DepthOutcome {
+    /// Depth.
+    pub depth: usize,
+    /// Validation accuracy at the end of its training.
+    pub val_accuracy: f64,
+    /// Whether it was already complete (not retrained).
+    pub reused: bool,
+}
+
+/// The result of a greedy run.
+#[derive(Debug, Clone)]
+pub struct GreedyOutcome {
+    /// Depths in order.
+    pub depths: Vec<DepthOutcome>,
+    /// Best depth by validation accuracy.
+    pub best_depth: usize,
+    /// Whether patience stopped the loop before max_depth.
+    pub stopped_early: bool,
+    /// The run folder.
+    pub run_dir: PathBuf,
+}
+
+/// A depth is complete when checkpoint, history and evaluation agree with each other, with
+/// the parent, the dataset and the pipeline. Returns its validation accuracy.
+pub fn completed_depth(
+    plan: &Plan,
+    depth: usize,
+    parent_sha: Option<&str>,
+    fingerprint: &str,
+) -> Option<f64> {
+    let dir = depth_dir(&plan.run_dir, depth);
+    let model = dir.join("model.safetensors");
+    let meta = read_checkpoint_meta(&model).ok()?;
+    let history = TrainHistory::read(&dir.join("train.json")).ok()?;
+    let eval = Evaluation::read(&dir.join("eval.json")).ok()?;
+    let sha = sha256_file(&model).ok()?;
+    let consistent = meta.depth == depth
+        && meta.parent_sha256.as_deref() == parent_sha
+        && meta.dataset_fingerprint == fingerprint
+        && meta.config == plan.pipeline.train
+        && history.checkpoint_sha256 == sha
+        && eval.checkpoint_sha256 == sha
+        && eval.split == plan.pipeline.greedy.evaluate
+        && eval.dataset_fingerprint == fingerprint;
+    consistent
+        .then(|| history.last().map(|e| e.val_accuracy))
+        .flatten()
+}
+
+/// Run (or print) the greedy loop.
+pub fn run(a: &GreedyArgs) -> Result<Option<GreedyOutcome>> {
+    let plan = Plan::new(a)?;
+    if a.print_commands {
+        for line in print_commands(&plan, a)? {
+            println!("{line}");
+        }
+        return Ok(None);
+    }
+    run_plan(&plan, a).map(Some)
+}
+
+/// The whole plan as shell lines: comments, then one stage command per line.
+pub fn print_commands(plan: &Plan, a: &GreedyArgs) -> Result<Vec<String>> {
+    let p = &plan.pipeline;
+    let mut lines = vec![
+        format!("# layerwise greedy plan: pipeline `{}` ({}), up to depth {}", p.name, plan.pipeline_path.display(), p.greedy.max_depth),
+        "# stage binaries on PATH: cargo install --path crates/<stage>, or export PATH=\"$PWD/target/release:$PATH\" after cargo build --release".into(),
+    ];
+    if p.greedy.patience > 0 {
+        lines.push(format!("# patience {}: `cargo xtask greedy` stops once validation accuracy has not improved for {} depths; this plan lists every depth", p.greedy.patience, p.greedy.patience));
+    }
+    lines.push(format!(
+        "mkdir -p {} && cp {} {}",
+        shell_quote(&plan.run_dir.to_string_lossy()),
+        shell_quote(&plan.pipeline_path.to_string_lossy()),
+        shell_quote(&plan.run_dir.join(RUN_PIPELINE).to_string_lossy())
+    ));
+    lines.push(plan.prepare_step(a.source.as_deref()).command_line());
+    let (start, mut parent) = match &a.from {
+        Some(c) => (read_checkpoint_meta(c)?.depth + 1, Some(c.clone())),
+        None => (1, None),
+    };
+    for depth in start..=p.greedy.max_depth {
+        lines.push(plan.train_step(depth, parent.as_deref()).command_line());
+        lines.push(plan.evaluate_step(depth).command_line());
+        parent = Some(depth_dir(&plan.run_dir, depth).join("model.safetensors"));
+    }
+    lines.push(plan.report_step().command_line());
+    Ok(lines)
+}
+
+fn run_plan(plan: &Plan, a: &GreedyArgs) -> Result<GreedyOutcome> {
+    let p = &plan.pipeline;
+    if a.restart && plan.run_dir.exists() {
+        for entry in std::fs::read_dir(&plan.run_dir)?.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with("depth-")
+                || ["report.md", "accuracy.svg", "summary.json", RUN_PIPELINE]
+                    .contains(&name.as_str())
+            {
+                let path = entry.path();
+                let r = if path.is_dir() {
+                    std::fs::remove_dir_all(&path)
+                } else {
+                    std::fs::remove_file(&path)
+                };
+                r.with_context(|| format!("--restart: cannot remove {}", path.display()))?;
+            }
+        }
+    }
+    check_resume(plan)?;
+    std::fs::create_dir_all(&plan.run_dir)
+        .with_context(|| format!("cannot create run folder {}", plan.run_dir.display()))?;
+    record_pipeline(plan, a.max_depth.is_some())?;
+
+    let ui = Ui::new(a.plain, p.greedy.max_depth);
+    let d = &p.data;
+    let limits = (
+        (d.limit_train > 0).then_some(d.limit_train),
+        (d.limit_test > 0).then_some(d.limit_test),
+    );
+    let normalize = layerwise_prepare::Normalize::parse(&d.normalize)?;
+    if layerwise_prepare::matches_existing(&plan.data, normalize, d.val_fraction, limits).is_some()
+    {
+        ui.line(&format!(
+            "dataset {} is prepared already",
+            plan.data.display()
+        ));
+    } else {
+        ui.line("preparing the dataset");
+        plan.prepare_step(a.source.as_deref()).run()?;
+    }
+    let fingerprint = Dataset::open(&plan.data)?.meta.fingerprint;
+
+    let (start, mut parent) = match &a.from {
+        Some(c) => {
+            let meta = read_checkpoint_meta(c)?;
+            (meta.depth + 1, Some(c.clone()))
+        }
+        None => (1, None),
+    };
+    let mut depths: Vec<DepthOutcome> = Vec::new();
+    let mut best: Option<(usize, f64)> = None;
+    let mut stopped_early = false;
+    for depth in start..=p.greedy.max_depth {
+        ui.depth(depth);
+        let parent_sha = parent.as_deref().map(sha256_file).transpose()?;
+        let outcome = match completed_depth(plan, depth, parent_sha.as_deref(), &fingerprint) {
+            Some(val_accuracy) => {
+                ui.line(&format!(
+                    "depth {depth}: complete already (val_acc {val_accuracy:.4}), kept"
+                ));
+                DepthOutcome {
+                    depth,
+                    val_accuracy,
+                    reused: true,
+                }
+            }
+            None => {
+                let dir = depth_dir(&plan.run_dir, depth);
+                if dir.exists() {
+                    std::fs::remove_dir_all(&dir).with_context(|| {
+                        format!("cannot clear interrupted depth {}", dir.display())
+                    })?;
+                }
+                plan.train_step(depth, parent.as_deref()).run()?;
+                plan.evaluate_step(depth).run()?;
+                let val_accuracy = completed_depth(
+                    plan,
+                    depth,
+                    parent_sha.as_deref(),
+                    &fingerprint,
+                )
+                .with_context(|| {
+                    format!(
+                        "depth {depth} was trained but its files do not agree; rerun to redo it"
+                    )
+                })?;
+                DepthOutcome {
+                    depth,
+                    val_accuracy,
+                    reused: false,
+                }
+            }
+        };
+        if best.is_none_or(|(_, b)| outcome.val_accuracy > b) {
+            best = Some((depth, outcome.val_accuracy));
+        }
+        depths.push(outcome);
+        parent = Some(depth_dir(&plan.run_dir, depth).join("model.safetensors"));
+        if let Some((best_depth, _)) = best {
+            if p.greedy.patience > 0
+                && depth - best_depth >= p.greedy.patience
+                && depth < p.greedy.max_depth
+            {
+                ui.line(&format!(
+                    "validation accuracy has not improved for {} depths (best: depth {best_depth}): stopping",
+                    p.greedy.patience
+                ));
+                stopped_early = true;
+                break;
+            }
+        }
+    }
+    ui.finish();
+    plan.report_step().run()?;
+    let best_depth = best.map_or(0, |b| b.0);
+    Ok(GreedyOutcome {
+        depths,
+        best_depth,
+        stopped_early,
+        run_dir: plan.run_dir.clone(),
+    })
+}
+
+/// The bar over depths (on a terminal) or plain lines.
+struct Ui {
+    bar: Option<indicatif::ProgressBar>,
+}
+
+impl Ui {
+    fn new(plain: bool, max_depth: usize) -> Self {
+        let bar = (!plain && layerwise_core::progress::stderr_is_terminal()).then(|| {
+            let multi = layerwise_core::progress::install_multi();
+            let bar = multi.add(indicatif::ProgressBar::new(max_depth as u64));
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "greedy {bar:30.cyan} depth {pos}/{len} {msg} [{elapsed}]",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            bar
+        });
+        Self { bar }
+    }
+
+    fn depth(&self, depth: usize) {
+        match &self.bar {
+            Some(b) => b.set_position(depth as u64 - 1),
+            None => eprintln!("== depth {depth} =="),
+        }
+    }
+
+    fn line(&self, text: &str) {
+        layerwise_core::progress::println(text);
+    }
+
+    fn finish(&self) {
+        if let Some(b) = &self.bar {
+            b.finish_and_clear();
+        }
+    }
+}

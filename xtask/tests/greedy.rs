@@ -1,0 +1,259 @@
+//! The greedy loop end to end on synthetic CIFAR-10 (the smoke pipeline), resume,
+//! `--from`, the refused resume, and `--print-commands` executed line by line.
+
+use layerwise_core::metrics::{Evaluation, TrainHistory};
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+use xtask::greedy::{print_commands, run, GreedyArgs, Plan, Step};
+
+struct Env {
+    dir: tempfile::TempDir,
+    source: PathBuf,
+}
+
+/// A synthetic release big enough for the smoke pipeline (3,000 train, 1,000 test).
+fn env() -> Env {
+    let dir = tempfile::tempdir().unwrap();
+    let source = layerwise_testkit::synthetic::write_folder(dir.path(), false, 1000).unwrap();
+    Env { dir, source }
+}
+
+impl Env {
+    fn args(&self, run_dir: &str) -> GreedyArgs {
+        GreedyArgs {
+            pipeline: Some(xtask::repo_root().join("pipelines/smoke.toml")),
+            source: Some(self.source.clone()),
+            run_dir: Some(self.dir.path().join(run_dir)),
+            artifacts: Some(self.dir.path().join("artifacts")),
+            device: layerwise_nn::device::DeviceKind::Cpu,
+            max_depth: None,
+            from: None,
+            restart: false,
+            print_commands: false,
+            plain: true,
+        }
+    }
+    fn pipeline(&self, text: &str) -> PathBuf {
+        let p = self.dir.path().join("custom.toml");
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+}
+
+fn mtime(p: &Path) -> SystemTime {
+    std::fs::metadata(p).unwrap().modified().unwrap()
+}
+
+fn depth_files(run: &Path, d: usize) -> [PathBuf; 3] {
+    let dir = run.join(format!("depth-{d:02}"));
+    [
+        dir.join("model.safetensors"),
+        dir.join("train.json"),
+        dir.join("eval.json"),
+    ]
+}
+
+#[test]
+fn smoke_pipeline_end_to_end_then_resume() {
+    let e = env();
+    let a = e.args("run");
+    let out = run(&a).unwrap().unwrap();
+    let run_dir = e.dir.path().join("run");
+    assert_eq!(out.depths.len(), 3);
+    assert!(out.depths.iter().all(|d| !d.reused));
+    for d in 1..=3 {
+        for f in depth_files(&run_dir, d) {
+            assert!(f.exists(), "{} missing", f.display());
+        }
+    }
+    for f in ["report.md", "accuracy.svg", "summary.json", "pipeline.toml"] {
+        assert!(run_dir.join(f).exists(), "{f} missing");
+    }
+    // the report's table holds the metrics' numbers
+    let report = std::fs::read_to_string(run_dir.join("report.md")).unwrap();
+    for d in 1..=3 {
+        let [_, train, eval] = depth_files(&run_dir, d);
+        let h = TrainHistory::read(&train).unwrap();
+        let ev = Evaluation::read(&eval).unwrap();
+        let last = h.last().unwrap();
+        for v in [last.val_accuracy, last.train_loss, ev.accuracy, ev.loss] {
+            assert!(
+                report.contains(&format!("{v:.4}")),
+                "report lacks {v:.4}:\n{report}"
+            );
+        }
+    }
+    assert!(report.contains(&format!("**Best depth: {}**", out.best_depth)));
+    let svg = std::fs::read_to_string(run_dir.join("accuracy.svg")).unwrap();
+    assert!(svg.contains("depth (hidden layers)") && svg.contains("validation"));
+
+    // Interrupt: depth 3 lost its evaluation; depth 2 lost its checkpoint half-way.
+    let before: Vec<SystemTime> = depth_files(&run_dir, 1).iter().map(|f| mtime(f)).collect();
+    std::fs::remove_file(&depth_files(&run_dir, 3)[2]).unwrap();
+    let again = run(&a).unwrap().unwrap();
+    assert_eq!(
+        again.depths.iter().map(|d| d.reused).collect::<Vec<_>>(),
+        [true, true, false]
+    );
+    let after: Vec<SystemTime> = depth_files(&run_dir, 1).iter().map(|f| mtime(f)).collect();
+    assert_eq!(before, after, "completed depths are never retrained");
+    // an identical rerun of depth 3 gives identical bytes (determinism)
+    assert_eq!(again.depths[2].val_accuracy, out.depths[2].val_accuracy);
+
+    // More depths: accepted, the old ones are kept.
+    let mut more = a.clone();
+    more.max_depth = Some(4);
+    let deeper = run(&more).unwrap().unwrap();
+    assert_eq!(
+        deeper.depths.iter().map(|d| d.reused).collect::<Vec<_>>(),
+        [true, true, true, false]
+    );
+
+    // A change that affects completed depths is refused, naming the way out.
+    let changed = e.pipeline(
+        &std::fs::read_to_string(xtask::repo_root().join("pipelines/smoke.toml"))
+            .unwrap()
+            .replace("seed = 0", "seed = 5"),
+    );
+    let mut b = a.clone();
+    b.pipeline = Some(changed);
+    let err = format!("{:#}", run(&b).unwrap_err());
+    assert!(
+        err.contains("--restart") && err.contains("--run-dir"),
+        "{err}"
+    );
+    // ...and --restart starts over.
+    b.restart = true;
+    let restarted = run(&b).unwrap().unwrap();
+    assert!(restarted.depths.iter().all(|d| !d.reused));
+    assert!(!run_dir.join("depth-04").exists());
+}
+
+#[test]
+fn from_checkpoint_continues_the_loop() {
+    let e = env();
+    let mut a = e.args("first");
+    a.max_depth = Some(1);
+    run(&a).unwrap();
+    let ckpt = e.dir.path().join("first/depth-01/model.safetensors");
+    let mut b = e.args("second");
+    b.from = Some(ckpt.clone());
+    let out = run(&b).unwrap().unwrap();
+    assert_eq!(
+        out.depths.iter().map(|d| d.depth).collect::<Vec<_>>(),
+        [2, 3]
+    );
+    let (_, meta) = layerwise_core::checkpoint::load_checkpoint(
+        &e.dir.path().join("second/depth-02/model.safetensors"),
+    )
+    .unwrap();
+    assert_eq!(
+        meta.parent_sha256.unwrap(),
+        layerwise_core::hash::sha256_file(&ckpt).unwrap()
+    );
+}
+
+#[test]
+fn patience_stops_on_validation_accuracy() {
+    let e = env();
+    // A learning rate so small nothing improves after depth 1, so patience 1 stops at depth 2.
+    let text = std::fs::read_to_string(xtask::repo_root().join("pipelines/smoke.toml"))
+        .unwrap()
+        .replace("lr = 0.001", "lr = 0.0000001")
+        .replace("patience = 0", "patience = 1")
+        .replace("max_depth = 3", "max_depth = 5");
+    let mut a = e.args("patient");
+    a.pipeline = Some(e.pipeline(&text));
+    let out = run(&a).unwrap().unwrap();
+    assert!(out.stopped_early, "{out:?}");
+    let best = out.depths.iter().fold(&out.depths[0], |b, d| {
+        if d.val_accuracy > b.val_accuracy {
+            d
+        } else {
+            b
+        }
+    });
+    assert_eq!(out.best_depth, best.depth);
+    assert_eq!(out.depths.last().unwrap().depth, out.best_depth + 1);
+}
+
+/// Run one printed line: stage commands in-process through their command-line parsers,
+/// anything else through the shell.
+fn execute(line: &str) {
+    if line.starts_with('#') || line.trim().is_empty() {
+        return;
+    }
+    let words: Vec<String> = line
+        .split(' ')
+        .map(|w| w.trim_matches('\'').to_string())
+        .collect();
+    let program: &'static str = match words[0].as_str() {
+        "layerwise-prepare" => "layerwise-prepare",
+        "layerwise-train" => "layerwise-train",
+        "layerwise-evaluate" => "layerwise-evaluate",
+        "layerwise-report" => "layerwise-report",
+        _ => {
+            let status = std::process::Command::new("sh")
+                .args(["-c", line])
+                .status()
+                .unwrap();
+            assert!(status.success(), "{line}");
+            return;
+        }
+    };
+    Step {
+        program,
+        args: words[1..].to_vec(),
+    }
+    .run()
+    .unwrap();
+}
+
+#[test]
+fn printed_commands_reproduce_the_orchestrated_run() {
+    let e = env();
+    let a = e.args("orchestrated");
+    run(&a).unwrap();
+    let b = e.args("by-hand");
+    let plan = Plan::new(&b).unwrap();
+    let lines = print_commands(&plan, &b).unwrap();
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| l.starts_with("layerwise-train"))
+            .count(),
+        3
+    );
+    for line in &lines {
+        execute(line);
+    }
+    for d in 1..=3 {
+        let [m1, t1, e1] = depth_files(&e.dir.path().join("orchestrated"), d);
+        let [m2, t2, e2] = depth_files(&e.dir.path().join("by-hand"), d);
+        assert!(
+            std::fs::read(&m1).unwrap() == std::fs::read(&m2).unwrap(),
+            "depth {d} checkpoints differ"
+        );
+        let (h1, h2) = (
+            TrainHistory::read(&t1).unwrap(),
+            TrainHistory::read(&t2).unwrap(),
+        );
+        assert_eq!(h1.checkpoint_sha256, h2.checkpoint_sha256);
+        let accs = |h: &TrainHistory| {
+            h.epochs
+                .iter()
+                .map(|e| (e.train_loss, e.val_accuracy))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(accs(&h1), accs(&h2));
+        let (v1, v2) = (
+            Evaluation::read(&e1).unwrap(),
+            Evaluation::read(&e2).unwrap(),
+        );
+        assert_eq!(
+            (v1.loss, v1.accuracy, v1.confusion),
+            (v2.loss, v2.accuracy, v2.confusion)
+        );
+    }
+    assert!(e.dir.path().join("by-hand/report.md").exists());
+}
