@@ -462,17 +462,13 @@ fn run_plan(plan: &Plan, a: &GreedyArgs) -> Result<GreedyOutcome> {
                 }
                 plan.train_step(depth, parent.as_deref()).run()?;
                 plan.evaluate_step(depth).run()?;
-                let val_accuracy = completed_depth(
-                    plan,
-                    depth,
-                    parent_sha.as_deref(),
-                    &fingerprint,
-                )
-                .with_context(|| {
-                    format!(
+                let val_accuracy =
+                    completed_depth(plan, depth, parent_sha.as_deref(), &fingerprint)
+                        .with_context(|| {
+                            format!(
                         "depth {depth} was trained but its files do not agree; rerun to redo it"
                     )
-                })?;
+                        })?;
                 DepthOutcome {
                     depth,
                     val_accuracy,

@@ -27,9 +27,7 @@ use layerwise_core::dataset::{Dataset, Split};
 use layerwise_core::metrics::{EpochMetrics, TrainHistory, METRICS_VERSION, TRAIN_SCHEMA};
 use layerwise_core::{atomic, hash, mix_seed};
 use layerwise_nn::device::DeviceKind;
-use layerwise_nn::{
-    features_host, glorot_dense, gradients_for, Adam, Backend, EvalSums, Layer, Matrix,
-};
+use layerwise_nn::{features_host, glorot_dense, Adam, Backend, EvalSums, Layer, Matrix};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use std::borrow::Cow;
@@ -303,17 +301,17 @@ impl Run<'_> {
                         self.depth, b + 1
                     );
                 }
-                let mut grads = loss.backward();
+                let grads = loss.backward();
                 let gz: Matrix<D> = grads.get(&z);
                 let gw = gz.clone().permute().matmul(xb);
                 let gb = gz.sum::<(usize,), Axis<0>>();
-                let mut layer_grads = gradients_for(&layer.weight, gw, &layer.bias, gb);
                 adam.tick();
-                adam.update(0, &mut layer.weight, &mut layer_grads)?;
-                adam.update(1, &mut layer.bias, &mut layer_grads)?;
+                adam.update(0, &mut layer.weight, &gw)?;
+                adam.update(1, &mut layer.bias, &gb)?;
                 if self.head_trains {
-                    adam.update(2, &mut head.weight, &mut grads)?;
-                    adam.update(3, &mut head.bias, &mut grads)?;
+                    let (gw, gb) = (grads.get(&head.weight), grads.get(&head.bias));
+                    adam.update(2, &mut head.weight, &gw)?;
+                    adam.update(3, &mut head.bias, &gb)?;
                 }
                 bar.batch(b + 1, sums.loss(), sums.accuracy());
             }
