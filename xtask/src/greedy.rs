@@ -38,6 +38,10 @@ pub struct GreedyArgs {
     /// Override the pipeline's greedy.max_depth.
     #[arg(long)]
     pub max_depth: Option<usize>,
+    /// Override the pipeline's train.seed (the default run folder gets a `-seedN` suffix),
+    /// to see run-to-run variation.
+    #[arg(long)]
+    pub seed: Option<u64>,
     /// Continue the loop from this checkpoint (its depth + 1 is trained next).
     #[arg(long)]
     pub from: Option<PathBuf>,
@@ -136,6 +140,11 @@ impl Plan {
             pipeline.greedy.max_depth = d;
             pipeline.validate().context("--max-depth")?;
         }
+        let mut run_name = pipeline.name.clone();
+        if let Some(seed) = a.seed {
+            pipeline.train.seed = seed;
+            run_name += &format!("-seed{seed}");
+        }
         let artifacts = a
             .artifacts
             .clone()
@@ -143,7 +152,7 @@ impl Plan {
         let run_dir = a
             .run_dir
             .clone()
-            .unwrap_or_else(|| artifacts.join("runs").join(&pipeline.name));
+            .unwrap_or_else(|| artifacts.join("runs").join(run_name));
         let d = &pipeline.data;
         let mut name = format!("cifar-10-{}-val{}", d.normalize, d.val_fraction);
         if d.limit_train > 0 {
@@ -280,6 +289,11 @@ fn check_resume(plan: &Plan) -> Result<()> {
     Ok(())
 }
 
+/// Whether arguments changed the pipeline file's settings.
+fn overridden(a: &GreedyArgs) -> bool {
+    a.max_depth.is_some() || a.seed.is_some()
+}
+
 /// Record the pipeline in the run folder: the file itself, or its canonical form when
 /// arguments overrode it.
 fn record_pipeline(plan: &Plan, overridden: bool) -> Result<()> {
@@ -366,12 +380,22 @@ pub fn print_commands(plan: &Plan, a: &GreedyArgs) -> Result<Vec<String>> {
     if p.greedy.patience > 0 {
         lines.push(format!("# patience {}: `cargo xtask greedy` stops once validation accuracy has not improved for {} depths; this plan lists every depth", p.greedy.patience, p.greedy.patience));
     }
-    lines.push(format!(
-        "mkdir -p {} && cp {} {}",
-        shell_quote(&plan.run_dir.to_string_lossy()),
-        shell_quote(&plan.pipeline_path.to_string_lossy()),
-        shell_quote(&plan.run_dir.join(RUN_PIPELINE).to_string_lossy())
-    ));
+    let run_dir = shell_quote(&plan.run_dir.to_string_lossy());
+    let recorded = shell_quote(&plan.run_dir.join(RUN_PIPELINE).to_string_lossy());
+    lines.push(if overridden(a) {
+        // The run records the pipeline with the overrides applied, written out line by line.
+        let text = plan.pipeline.to_toml()?;
+        let args: Vec<String> = text.lines().map(shell_quote).collect();
+        format!(
+            "mkdir -p {run_dir} && printf '%s\\n' {} > {recorded}",
+            args.join(" ")
+        )
+    } else {
+        format!(
+            "mkdir -p {run_dir} && cp {} {recorded}",
+            shell_quote(&plan.pipeline_path.to_string_lossy())
+        )
+    });
     lines.push(plan.prepare_step(a.source.as_deref()).command_line());
     let (start, mut parent) = match &a.from {
         Some(c) => (read_checkpoint_meta(c)?.depth + 1, Some(c.clone())),
@@ -408,7 +432,7 @@ fn run_plan(plan: &Plan, a: &GreedyArgs) -> Result<GreedyOutcome> {
     check_resume(plan)?;
     std::fs::create_dir_all(&plan.run_dir)
         .with_context(|| format!("cannot create run folder {}", plan.run_dir.display()))?;
-    record_pipeline(plan, a.max_depth.is_some())?;
+    record_pipeline(plan, overridden(a))?;
 
     let ui = Ui::new(a.plain, p.greedy.max_depth);
     let d = &p.data;

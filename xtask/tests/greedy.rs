@@ -27,6 +27,7 @@ impl Env {
             artifacts: Some(self.dir.path().join("artifacts")),
             device: layerwise_nn::device::DeviceKind::Cpu,
             max_depth: None,
+            seed: None,
             from: None,
             restart: false,
             print_commands: false,
@@ -256,4 +257,25 @@ fn printed_commands_reproduce_the_orchestrated_run() {
         );
     }
     assert!(e.dir.path().join("by-hand/report.md").exists());
+
+    // With overrides, the printed plan records the overridden pipeline, as the run does.
+    let mut c = e.args("overridden");
+    c.seed = Some(4);
+    c.max_depth = Some(1);
+    let lines = print_commands(&Plan::new(&c).unwrap(), &c).unwrap();
+    for line in &lines {
+        execute(line);
+    }
+    let recorded =
+        layerwise_core::pipeline::Pipeline::load(&e.dir.path().join("overridden/pipeline.toml"))
+            .unwrap();
+    assert_eq!((recorded.train.seed, recorded.greedy.max_depth), (4, 1));
+    let (_, meta) = layerwise_core::checkpoint::load_checkpoint(
+        &depth_files(&e.dir.path().join("overridden"), 1)[0],
+    )
+    .unwrap();
+    assert_eq!(meta.config.seed, 4);
+    // ...and the orchestrator accepts that run as complete
+    let out = run(&c).unwrap().unwrap();
+    assert!(out.depths[0].reused);
 }

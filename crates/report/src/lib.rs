@@ -72,8 +72,8 @@ pub struct DepthRow {
 /// A run, as the report sees it.
 #[derive(Debug, Clone, Serialize)]
 pub struct Summary {
-    /// Run folder.
-    pub run: PathBuf,
+    /// Run folder name.
+    pub run: String,
     /// The pipeline it ran, if recorded.
     pub pipeline: Option<Pipeline>,
     /// Completed depths, in order.
@@ -159,8 +159,12 @@ pub fn collect(run: &Path) -> Result<Summary> {
         })
         .map(|r| r.depth);
     let total_seconds = depths.iter().map(|r| r.seconds).sum();
+    let name = run.file_name().map_or_else(
+        || run.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    );
     Ok(Summary {
-        run: run.to_path_buf(),
+        run: name,
         pipeline,
         depths,
         best_depth,
