@@ -67,13 +67,7 @@ pub struct Step {
 
 impl Step {
     fn new(program: &'static str, args: &[&dyn AsRef<std::ffi::OsStr>]) -> Self {
-        Self {
-            program,
-            args: args
-                .iter()
-                .map(|a| a.as_ref().to_string_lossy().into_owned())
-                .collect(),
-        }
+        Self { program, args: args.iter().map(|a| a.as_ref().to_string_lossy().into_owned()).collect() }
     }
 
     /// The command line, shell-quoted where needed.
@@ -100,10 +94,7 @@ impl Step {
 
 /// Quote for a POSIX shell when needed.
 pub fn shell_quote(s: &str) -> String {
-    if !s.is_empty()
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c))
-    {
+    if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c)) {
         s.to_string()
     } else {
         format!("'{}'", s.replace('\'', r"'\''"))
@@ -131,10 +122,7 @@ impl Plan {
     /// Resolve defaults (pipeline, run folder, dataset file name) from the arguments.
     pub fn new(a: &GreedyArgs) -> Result<Self> {
         let root = crate::repo_root();
-        let pipeline_path = a
-            .pipeline
-            .clone()
-            .unwrap_or_else(|| root.join("pipelines/seed.toml"));
+        let pipeline_path = a.pipeline.clone().unwrap_or_else(|| root.join("pipelines/seed.toml"));
         let mut pipeline = Pipeline::load(&pipeline_path)?;
         if let Some(d) = a.max_depth {
             pipeline.greedy.max_depth = d;
@@ -145,14 +133,8 @@ impl Plan {
             pipeline.train.seed = seed;
             run_name += &format!("-seed{seed}");
         }
-        let artifacts = a
-            .artifacts
-            .clone()
-            .unwrap_or_else(|| root.join("artifacts"));
-        let run_dir = a
-            .run_dir
-            .clone()
-            .unwrap_or_else(|| artifacts.join("runs").join(run_name));
+        let artifacts = a.artifacts.clone().unwrap_or_else(|| root.join("artifacts"));
+        let run_dir = a.run_dir.clone().unwrap_or_else(|| artifacts.join("runs").join(run_name));
         let d = &pipeline.data;
         let mut name = format!("cifar-10-{}-val{}", d.normalize, d.val_fraction);
         if d.limit_train > 0 {
@@ -161,17 +143,8 @@ impl Plan {
         if d.limit_test > 0 {
             name += &format!("-test{}", d.limit_test);
         }
-        let data = artifacts
-            .join("datasets")
-            .join(format!("{name}.safetensors"));
-        Ok(Self {
-            pipeline,
-            pipeline_path,
-            run_dir,
-            data,
-            artifacts,
-            device: a.device,
-        })
+        let data = artifacts.join("datasets").join(format!("{name}.safetensors"));
+        Ok(Self { pipeline, pipeline_path, run_dir, data, artifacts, device: a.device })
     }
 
     fn device_args(&self) -> Vec<String> {
@@ -198,13 +171,9 @@ impl Plan {
             ],
         );
         if let Some(src) = source {
-            s.args
-                .extend(["--source".into(), src.to_string_lossy().into_owned()]);
+            s.args.extend(["--source".into(), src.to_string_lossy().into_owned()]);
         }
-        for (flag, v) in [
-            ("--limit-train", d.limit_train),
-            ("--limit-test", d.limit_test),
-        ] {
+        for (flag, v) in [("--limit-train", d.limit_train), ("--limit-test", d.limit_test)] {
             if v > 0 {
                 s.args.extend([flag.into(), v.to_string()]);
             }
@@ -226,8 +195,7 @@ impl Plan {
             ],
         );
         if let Some(f) = from {
-            s.args
-                .extend(["--from".into(), f.to_string_lossy().into_owned()]);
+            s.args.extend(["--from".into(), f.to_string_lossy().into_owned()]);
         }
         s.args.extend(self.device_args());
         s
@@ -271,12 +239,8 @@ fn check_resume(plan: &Plan) -> Result<()> {
     if !recorded.exists() {
         return Ok(());
     }
-    let old = Pipeline::load(&recorded).with_context(|| {
-        format!(
-            "cannot read the run's recorded pipeline {}",
-            recorded.display()
-        )
-    })?;
+    let old = Pipeline::load(&recorded)
+        .with_context(|| format!("cannot read the run's recorded pipeline {}", recorded.display()))?;
     if affects_completed(&old) != affects_completed(&plan.pipeline) {
         bail!(
             "{} was run with other [data]/[train] settings or evaluation split than {} now has ({} records them): \
@@ -333,12 +297,7 @@ pub struct GreedyOutcome {
 
 /// A depth is complete when checkpoint, history and evaluation agree with each other, with
 /// the parent, the dataset and the pipeline. Returns its validation accuracy.
-pub fn completed_depth(
-    plan: &Plan,
-    depth: usize,
-    parent_sha: Option<&str>,
-    fingerprint: &str,
-) -> Option<f64> {
+pub fn completed_depth(plan: &Plan, depth: usize, parent_sha: Option<&str>, fingerprint: &str) -> Option<f64> {
     let dir = depth_dir(&plan.run_dir, depth);
     let model = dir.join("model.safetensors");
     let meta = read_checkpoint_meta(&model).ok()?;
@@ -353,9 +312,7 @@ pub fn completed_depth(
         && eval.checkpoint_sha256 == sha
         && eval.split == plan.pipeline.greedy.evaluate
         && eval.dataset_fingerprint == fingerprint;
-    consistent
-        .then(|| history.last().map(|e| e.val_accuracy))
-        .flatten()
+    consistent.then(|| history.last().map(|e| e.val_accuracy)).flatten()
 }
 
 /// Run (or print) the greedy loop.
@@ -386,15 +343,9 @@ pub fn print_commands(plan: &Plan, a: &GreedyArgs) -> Result<Vec<String>> {
         // The run records the pipeline with the overrides applied, written out line by line.
         let text = plan.pipeline.to_toml()?;
         let args: Vec<String> = text.lines().map(shell_quote).collect();
-        format!(
-            "mkdir -p {run_dir} && printf '%s\\n' {} > {recorded}",
-            args.join(" ")
-        )
+        format!("mkdir -p {run_dir} && printf '%s\\n' {} > {recorded}", args.join(" "))
     } else {
-        format!(
-            "mkdir -p {run_dir} && cp {} {recorded}",
-            shell_quote(&plan.pipeline_path.to_string_lossy())
-        )
+        format!("mkdir -p {run_dir} && cp {} {recorded}", shell_quote(&plan.pipeline_path.to_string_lossy()))
     });
     lines.push(plan.prepare_step(a.source.as_deref()).command_line());
     let (start, mut parent) = match &a.from {
@@ -416,15 +367,10 @@ fn run_plan(plan: &Plan, a: &GreedyArgs) -> Result<GreedyOutcome> {
         for entry in std::fs::read_dir(&plan.run_dir)?.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
             if name.starts_with("depth-")
-                || ["report.md", "accuracy.svg", "summary.json", RUN_PIPELINE]
-                    .contains(&name.as_str())
+                || ["report.md", "accuracy.svg", "summary.json", RUN_PIPELINE].contains(&name.as_str())
             {
                 let path = entry.path();
-                let r = if path.is_dir() {
-                    std::fs::remove_dir_all(&path)
-                } else {
-                    std::fs::remove_file(&path)
-                };
+                let r = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
                 r.with_context(|| format!("--restart: cannot remove {}", path.display()))?;
             }
         }
@@ -436,17 +382,10 @@ fn run_plan(plan: &Plan, a: &GreedyArgs) -> Result<GreedyOutcome> {
 
     let ui = Ui::new(a.plain, p.greedy.max_depth);
     let d = &p.data;
-    let limits = (
-        (d.limit_train > 0).then_some(d.limit_train),
-        (d.limit_test > 0).then_some(d.limit_test),
-    );
+    let limits = ((d.limit_train > 0).then_some(d.limit_train), (d.limit_test > 0).then_some(d.limit_test));
     let normalize = layerwise_prepare::Normalize::parse(&d.normalize)?;
-    if layerwise_prepare::matches_existing(&plan.data, normalize, d.val_fraction, limits).is_some()
-    {
-        ui.line(&format!(
-            "dataset {} is prepared already",
-            plan.data.display()
-        ));
+    if layerwise_prepare::matches_existing(&plan.data, normalize, d.val_fraction, limits).is_some() {
+        ui.line(&format!("dataset {} is prepared already", plan.data.display()));
     } else {
         ui.line("preparing the dataset");
         plan.prepare_step(a.source.as_deref()).run()?;
@@ -468,36 +407,22 @@ fn run_plan(plan: &Plan, a: &GreedyArgs) -> Result<GreedyOutcome> {
         let parent_sha = parent.as_deref().map(sha256_file).transpose()?;
         let outcome = match completed_depth(plan, depth, parent_sha.as_deref(), &fingerprint) {
             Some(val_accuracy) => {
-                ui.line(&format!(
-                    "depth {depth}: complete already (val_acc {val_accuracy:.4}), kept"
-                ));
-                DepthOutcome {
-                    depth,
-                    val_accuracy,
-                    reused: true,
-                }
+                ui.line(&format!("depth {depth}: complete already (val_acc {val_accuracy:.4}), kept"));
+                DepthOutcome { depth, val_accuracy, reused: true }
             }
             None => {
                 let dir = depth_dir(&plan.run_dir, depth);
                 if dir.exists() {
-                    std::fs::remove_dir_all(&dir).with_context(|| {
-                        format!("cannot clear interrupted depth {}", dir.display())
-                    })?;
+                    std::fs::remove_dir_all(&dir)
+                        .with_context(|| format!("cannot clear interrupted depth {}", dir.display()))?;
                 }
                 plan.train_step(depth, parent.as_deref()).run()?;
                 plan.evaluate_step(depth).run()?;
                 let val_accuracy =
-                    completed_depth(plan, depth, parent_sha.as_deref(), &fingerprint)
-                        .with_context(|| {
-                            format!(
-                        "depth {depth} was trained but its files do not agree; rerun to redo it"
-                    )
-                        })?;
-                DepthOutcome {
-                    depth,
-                    val_accuracy,
-                    reused: false,
-                }
+                    completed_depth(plan, depth, parent_sha.as_deref(), &fingerprint).with_context(|| {
+                        format!("depth {depth} was trained but its files do not agree; rerun to redo it")
+                    })?;
+                DepthOutcome { depth, val_accuracy, reused: false }
             }
         };
         if best.is_none_or(|(_, b)| outcome.val_accuracy > b) {
@@ -506,10 +431,7 @@ fn run_plan(plan: &Plan, a: &GreedyArgs) -> Result<GreedyOutcome> {
         depths.push(outcome);
         parent = Some(depth_dir(&plan.run_dir, depth).join("model.safetensors"));
         if let Some((best_depth, _)) = best {
-            if p.greedy.patience > 0
-                && depth - best_depth >= p.greedy.patience
-                && depth < p.greedy.max_depth
-            {
+            if p.greedy.patience > 0 && depth - best_depth >= p.greedy.patience && depth < p.greedy.max_depth {
                 ui.line(&format!(
                     "validation accuracy has not improved for {} depths (best: depth {best_depth}): stopping",
                     p.greedy.patience
@@ -522,12 +444,7 @@ fn run_plan(plan: &Plan, a: &GreedyArgs) -> Result<GreedyOutcome> {
     ui.finish();
     plan.report_step().run()?;
     let best_depth = best.map_or(0, |b| b.0);
-    Ok(GreedyOutcome {
-        depths,
-        best_depth,
-        stopped_early,
-        run_dir: plan.run_dir.clone(),
-    })
+    Ok(GreedyOutcome { depths, best_depth, stopped_early, run_dir: plan.run_dir.clone() })
 }
 
 /// The bar over depths (on a terminal) or plain lines.
@@ -541,10 +458,8 @@ impl Ui {
             let multi = layerwise_core::progress::install_multi();
             let bar = multi.add(indicatif::ProgressBar::new(max_depth as u64));
             bar.set_style(
-                indicatif::ProgressStyle::with_template(
-                    "greedy {bar:30.cyan} depth {pos}/{len} {msg} [{elapsed}]",
-                )
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+                indicatif::ProgressStyle::with_template("greedy {bar:30.cyan} depth {pos}/{len} {msg} [{elapsed}]")
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
             );
             bar
         });

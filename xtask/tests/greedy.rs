@@ -47,11 +47,7 @@ fn mtime(p: &Path) -> SystemTime {
 
 fn depth_files(run: &Path, d: usize) -> [PathBuf; 3] {
     let dir = run.join(format!("depth-{d:02}"));
-    [
-        dir.join("model.safetensors"),
-        dir.join("train.json"),
-        dir.join("eval.json"),
-    ]
+    [dir.join("model.safetensors"), dir.join("train.json"), dir.join("eval.json")]
 }
 
 #[test]
@@ -78,37 +74,33 @@ fn smoke_pipeline_end_to_end_then_resume() {
         let ev = Evaluation::read(&eval).unwrap();
         let last = h.last().unwrap();
         for v in [last.val_accuracy, last.train_loss, ev.accuracy, ev.loss] {
-            assert!(
-                report.contains(&format!("{v:.4}")),
-                "report lacks {v:.4}:\n{report}"
-            );
+            assert!(report.contains(&format!("{v:.4}")), "report lacks {v:.4}:\n{report}");
         }
     }
     assert!(report.contains(&format!("**Best depth: {}**", out.best_depth)));
     let svg = std::fs::read_to_string(run_dir.join("accuracy.svg")).unwrap();
     assert!(svg.contains("depth (hidden layers)") && svg.contains("validation"));
 
-    // Interrupt: depth 3 lost its evaluation; depth 2 lost its checkpoint half-way.
+    // A person's notes end the report from the next report on.
+    std::fs::write(run_dir.join("notes.md"), "Checked by hand: fine.").unwrap();
+
+    // Interrupt: depth 3 lost its evaluation.
     let before: Vec<SystemTime> = depth_files(&run_dir, 1).iter().map(|f| mtime(f)).collect();
     std::fs::remove_file(&depth_files(&run_dir, 3)[2]).unwrap();
     let again = run(&a).unwrap().unwrap();
-    assert_eq!(
-        again.depths.iter().map(|d| d.reused).collect::<Vec<_>>(),
-        [true, true, false]
-    );
+    assert_eq!(again.depths.iter().map(|d| d.reused).collect::<Vec<_>>(), [true, true, false]);
     let after: Vec<SystemTime> = depth_files(&run_dir, 1).iter().map(|f| mtime(f)).collect();
     assert_eq!(before, after, "completed depths are never retrained");
     // an identical rerun of depth 3 gives identical bytes (determinism)
     assert_eq!(again.depths[2].val_accuracy, out.depths[2].val_accuracy);
+    let report = std::fs::read_to_string(run_dir.join("report.md")).unwrap();
+    assert!(report.contains("## Notes\n\nChecked by hand: fine."), "{report}");
 
     // More depths: accepted, the old ones are kept.
     let mut more = a.clone();
     more.max_depth = Some(4);
     let deeper = run(&more).unwrap().unwrap();
-    assert_eq!(
-        deeper.depths.iter().map(|d| d.reused).collect::<Vec<_>>(),
-        [true, true, true, false]
-    );
+    assert_eq!(deeper.depths.iter().map(|d| d.reused).collect::<Vec<_>>(), [true, true, true, false]);
 
     // A change that affects completed depths is refused, naming the way out.
     let changed = e.pipeline(
@@ -119,10 +111,7 @@ fn smoke_pipeline_end_to_end_then_resume() {
     let mut b = a.clone();
     b.pipeline = Some(changed);
     let err = format!("{:#}", run(&b).unwrap_err());
-    assert!(
-        err.contains("--restart") && err.contains("--run-dir"),
-        "{err}"
-    );
+    assert!(err.contains("--restart") && err.contains("--run-dir"), "{err}");
     // ...and --restart starts over.
     b.restart = true;
     let restarted = run(&b).unwrap().unwrap();
@@ -140,18 +129,10 @@ fn from_checkpoint_continues_the_loop() {
     let mut b = e.args("second");
     b.from = Some(ckpt.clone());
     let out = run(&b).unwrap().unwrap();
-    assert_eq!(
-        out.depths.iter().map(|d| d.depth).collect::<Vec<_>>(),
-        [2, 3]
-    );
-    let (_, meta) = layerwise_core::checkpoint::load_checkpoint(
-        &e.dir.path().join("second/depth-02/model.safetensors"),
-    )
-    .unwrap();
-    assert_eq!(
-        meta.parent_sha256.unwrap(),
-        layerwise_core::hash::sha256_file(&ckpt).unwrap()
-    );
+    assert_eq!(out.depths.iter().map(|d| d.depth).collect::<Vec<_>>(), [2, 3]);
+    let (_, meta) =
+        layerwise_core::checkpoint::load_checkpoint(&e.dir.path().join("second/depth-02/model.safetensors")).unwrap();
+    assert_eq!(meta.parent_sha256.unwrap(), layerwise_core::hash::sha256_file(&ckpt).unwrap());
 }
 
 #[test]
@@ -167,13 +148,7 @@ fn patience_stops_on_validation_accuracy() {
     a.pipeline = Some(e.pipeline(&text));
     let out = run(&a).unwrap().unwrap();
     assert!(out.stopped_early, "{out:?}");
-    let best = out.depths.iter().fold(&out.depths[0], |b, d| {
-        if d.val_accuracy > b.val_accuracy {
-            d
-        } else {
-            b
-        }
-    });
+    let best = out.depths.iter().fold(&out.depths[0], |b, d| if d.val_accuracy > b.val_accuracy { d } else { b });
     assert_eq!(out.best_depth, best.depth);
     assert_eq!(out.depths.last().unwrap().depth, out.best_depth + 1);
 }
@@ -184,30 +159,19 @@ fn execute(line: &str) {
     if line.starts_with('#') || line.trim().is_empty() {
         return;
     }
-    let words: Vec<String> = line
-        .split(' ')
-        .map(|w| w.trim_matches('\'').to_string())
-        .collect();
+    let words: Vec<String> = line.split(' ').map(|w| w.trim_matches('\'').to_string()).collect();
     let program: &'static str = match words[0].as_str() {
         "layerwise-prepare" => "layerwise-prepare",
         "layerwise-train" => "layerwise-train",
         "layerwise-evaluate" => "layerwise-evaluate",
         "layerwise-report" => "layerwise-report",
         _ => {
-            let status = std::process::Command::new("sh")
-                .args(["-c", line])
-                .status()
-                .unwrap();
+            let status = std::process::Command::new("sh").args(["-c", line]).status().unwrap();
             assert!(status.success(), "{line}");
             return;
         }
     };
-    Step {
-        program,
-        args: words[1..].to_vec(),
-    }
-    .run()
-    .unwrap();
+    Step { program, args: words[1..].to_vec() }.run().unwrap();
 }
 
 #[test]
@@ -218,43 +182,20 @@ fn printed_commands_reproduce_the_orchestrated_run() {
     let b = e.args("by-hand");
     let plan = Plan::new(&b).unwrap();
     let lines = print_commands(&plan, &b).unwrap();
-    assert_eq!(
-        lines
-            .iter()
-            .filter(|l| l.starts_with("layerwise-train"))
-            .count(),
-        3
-    );
+    assert_eq!(lines.iter().filter(|l| l.starts_with("layerwise-train")).count(), 3);
     for line in &lines {
         execute(line);
     }
     for d in 1..=3 {
         let [m1, t1, e1] = depth_files(&e.dir.path().join("orchestrated"), d);
         let [m2, t2, e2] = depth_files(&e.dir.path().join("by-hand"), d);
-        assert!(
-            std::fs::read(&m1).unwrap() == std::fs::read(&m2).unwrap(),
-            "depth {d} checkpoints differ"
-        );
-        let (h1, h2) = (
-            TrainHistory::read(&t1).unwrap(),
-            TrainHistory::read(&t2).unwrap(),
-        );
+        assert!(std::fs::read(&m1).unwrap() == std::fs::read(&m2).unwrap(), "depth {d} checkpoints differ");
+        let (h1, h2) = (TrainHistory::read(&t1).unwrap(), TrainHistory::read(&t2).unwrap());
         assert_eq!(h1.checkpoint_sha256, h2.checkpoint_sha256);
-        let accs = |h: &TrainHistory| {
-            h.epochs
-                .iter()
-                .map(|e| (e.train_loss, e.val_accuracy))
-                .collect::<Vec<_>>()
-        };
+        let accs = |h: &TrainHistory| h.epochs.iter().map(|e| (e.train_loss, e.val_accuracy)).collect::<Vec<_>>();
         assert_eq!(accs(&h1), accs(&h2));
-        let (v1, v2) = (
-            Evaluation::read(&e1).unwrap(),
-            Evaluation::read(&e2).unwrap(),
-        );
-        assert_eq!(
-            (v1.loss, v1.accuracy, v1.confusion),
-            (v2.loss, v2.accuracy, v2.confusion)
-        );
+        let (v1, v2) = (Evaluation::read(&e1).unwrap(), Evaluation::read(&e2).unwrap());
+        assert_eq!((v1.loss, v1.accuracy, v1.confusion), (v2.loss, v2.accuracy, v2.confusion));
     }
     assert!(e.dir.path().join("by-hand/report.md").exists());
 
@@ -266,14 +207,10 @@ fn printed_commands_reproduce_the_orchestrated_run() {
     for line in &lines {
         execute(line);
     }
-    let recorded =
-        layerwise_core::pipeline::Pipeline::load(&e.dir.path().join("overridden/pipeline.toml"))
-            .unwrap();
+    let recorded = layerwise_core::pipeline::Pipeline::load(&e.dir.path().join("overridden/pipeline.toml")).unwrap();
     assert_eq!((recorded.train.seed, recorded.greedy.max_depth), (4, 1));
-    let (_, meta) = layerwise_core::checkpoint::load_checkpoint(
-        &depth_files(&e.dir.path().join("overridden"), 1)[0],
-    )
-    .unwrap();
+    let (_, meta) =
+        layerwise_core::checkpoint::load_checkpoint(&depth_files(&e.dir.path().join("overridden"), 1)[0]).unwrap();
     assert_eq!(meta.config.seed, 4);
     // ...and the orchestrator accepts that run as complete
     let out = run(&c).unwrap().unwrap();

@@ -22,10 +22,7 @@ fn depth_one_on_10000_real_images_beats_30_percent() {
         data: data.clone(),
         from: None,
         out: tmp.path().join("d1"),
-        config: TrainConfig {
-            epochs: 2,
-            ..TrainConfig::default()
-        },
+        config: TrainConfig { epochs: 2, ..TrainConfig::default() },
         device: DeviceKind::Cpu,
         progress: layerwise_train::Progress::Quiet,
     })

@@ -11,10 +11,7 @@ use std::path::{Path, PathBuf};
 /// The temp path used while `path` is being written: `.NAME.tmp-PID` in the same folder,
 /// so the final rename never crosses a file system.
 pub fn temp_path_for(path: &Path) -> PathBuf {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "artifact".into());
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "artifact".into());
     path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
 }
 
@@ -23,10 +20,7 @@ pub fn ensure_parent(path: &Path) -> Result<()> {
     if let Some(parent) = path.parent() {
         if !parent.as_os_str().is_empty() {
             std::fs::create_dir_all(parent).with_context(|| {
-                format!(
-                    "cannot create folder {}: check the path and its permissions",
-                    parent.display()
-                )
+                format!("cannot create folder {}: check the path and its permissions", parent.display())
             })?;
         }
     }
@@ -43,16 +37,9 @@ where
     let tmp = temp_path_for(path);
     let result = write(&tmp).and_then(|()| {
         // Make the bytes durable before the rename makes them visible.
-        File::open(&tmp)
-            .and_then(|f| f.sync_all())
-            .with_context(|| format!("cannot flush {}", tmp.display()))?;
-        std::fs::rename(&tmp, path).with_context(|| {
-            format!(
-                "cannot move {} into place as {}",
-                tmp.display(),
-                path.display()
-            )
-        })
+        File::open(&tmp).and_then(|f| f.sync_all()).with_context(|| format!("cannot flush {}", tmp.display()))?;
+        std::fs::rename(&tmp, path)
+            .with_context(|| format!("cannot move {} into place as {}", tmp.display(), path.display()))
     });
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
@@ -66,22 +53,18 @@ where
     F: FnOnce(&mut dyn Write) -> Result<()>,
 {
     write_atomic_with(path, |tmp| {
-        let file = File::create(tmp)
-            .with_context(|| format!("cannot create {}: is the folder writable?", tmp.display()))?;
+        let file =
+            File::create(tmp).with_context(|| format!("cannot create {}: is the folder writable?", tmp.display()))?;
         let mut w = BufWriter::new(file);
         write(&mut w)?;
-        w.flush()
-            .with_context(|| format!("cannot write {}", tmp.display()))?;
+        w.flush().with_context(|| format!("cannot write {}", tmp.display()))?;
         Ok(())
     })
 }
 
 /// Write a byte slice atomically.
 pub fn write_bytes_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    write_atomic(path, |w| {
-        w.write_all(bytes)
-            .with_context(|| format!("cannot write {}", path.display()))
-    })
+    write_atomic(path, |w| w.write_all(bytes).with_context(|| format!("cannot write {}", path.display())))
 }
 
 /// Serialize `value` as pretty JSON (with a trailing newline) and write it atomically.
@@ -115,9 +98,6 @@ mod tests {
         write_bytes_atomic(&path, b"one").unwrap();
         write_bytes_atomic(&path, b"two").unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"two");
-        assert_eq!(
-            std::fs::read_dir(path.parent().unwrap()).unwrap().count(),
-            1
-        );
+        assert_eq!(std::fs::read_dir(path.parent().unwrap()).unwrap().count(), 1);
     }
 }

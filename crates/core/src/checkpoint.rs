@@ -115,8 +115,11 @@ impl CheckpointMeta {
             bail!(
                 "checkpoint {} (depth {}) was trained on dataset fingerprint {}…, but {} has fingerprint {}…: \
                  use the dataset the checkpoint was trained on (same source, normalization and split)",
-                ckpt.display(), self.depth, short(&self.dataset_fingerprint),
-                data_path.display(), short(&data.fingerprint)
+                ckpt.display(),
+                self.depth,
+                short(&self.dataset_fingerprint),
+                data_path.display(),
+                short(&data.fingerprint)
             );
         }
         Ok(())
@@ -139,31 +142,16 @@ pub fn save_checkpoint(path: &Path, model: &Mlp, meta: &CheckpointMeta) -> Resul
 
 /// A checkpoint file's bytes (so its SHA-256 is known before it is written).
 pub fn checkpoint_bytes(model: &Mlp, meta: &CheckpointMeta) -> Result<Vec<u8>> {
-    if meta.depth != model.depth()
-        || meta.widths != model.widths()
-        || meta.input_size != model.input_size()
-    {
+    if meta.depth != model.depth() || meta.widths != model.widths() || meta.input_size != model.input_size() {
         bail!("internal: checkpoint metadata does not describe the model being saved");
     }
     let mut tensors = Vec::new();
     for (i, l) in model.hidden.iter().enumerate() {
-        tensors.push(OutTensor::F32(
-            format!("hidden.{i}.weight"),
-            vec![l.outputs, l.inputs],
-            &l.weight,
-        ));
-        tensors.push(OutTensor::F32(
-            format!("hidden.{i}.bias"),
-            vec![l.outputs],
-            &l.bias,
-        ));
+        tensors.push(OutTensor::F32(format!("hidden.{i}.weight"), vec![l.outputs, l.inputs], &l.weight));
+        tensors.push(OutTensor::F32(format!("hidden.{i}.bias"), vec![l.outputs], &l.bias));
     }
     let h = &model.head;
-    tensors.push(OutTensor::F32(
-        "head.weight".into(),
-        vec![h.outputs, h.inputs],
-        &h.weight,
-    ));
+    tensors.push(OutTensor::F32("head.weight".into(), vec![h.outputs, h.inputs], &h.weight));
     tensors.push(OutTensor::F32("head.bias".into(), vec![h.outputs], &h.bias));
     safetensors_bytes(CHECKPOINT_FORMAT, meta, tensors)
 }
@@ -215,12 +203,8 @@ pub fn load_checkpoint(path: &Path) -> Result<(Mlp, CheckpointMeta)> {
         Ok(Dense {
             inputs,
             outputs,
-            weight: file
-                .f32s(&format!("{prefix}.weight"), &[outputs, inputs])?
-                .into_owned(),
-            bias: file
-                .f32s(&format!("{prefix}.bias"), &[outputs])?
-                .into_owned(),
+            weight: file.f32s(&format!("{prefix}.weight"), &[outputs, inputs])?.into_owned(),
+            bias: file.f32s(&format!("{prefix}.bias"), &[outputs])?.into_owned(),
         })
     };
     let mut hidden = Vec::with_capacity(meta.depth);
@@ -231,16 +215,8 @@ pub fn load_checkpoint(path: &Path) -> Result<(Mlp, CheckpointMeta)> {
     }
     let head = dense("head", inputs, meta.classes.len())?;
     let model = Mlp { hidden, head };
-    if model
-        .hidden
-        .iter()
-        .chain([&model.head])
-        .any(|l| l.weight.iter().chain(&l.bias).any(|v| !v.is_finite()))
-    {
-        bail!(
-            "{}: checkpoint holds NaN or infinite weights",
-            path.display()
-        );
+    if model.hidden.iter().chain([&model.head]).any(|l| l.weight.iter().chain(&l.bias).any(|v| !v.is_finite())) {
+        bail!("{}: checkpoint holds NaN or infinite weights", path.display());
     }
     Ok((model, meta))
 }

@@ -87,26 +87,10 @@ impl TrainConfig {
             ("width", self.width >= 1, "must be at least 1"),
             ("epochs", self.epochs >= 1, "must be at least 1"),
             ("batch_size", self.batch_size >= 1, "must be at least 1"),
-            (
-                "lr",
-                self.lr.is_finite() && self.lr > 0.0,
-                "must be a positive number",
-            ),
-            (
-                "beta1",
-                (0.0..1.0).contains(&self.beta1),
-                "must be in [0, 1)",
-            ),
-            (
-                "beta2",
-                (0.0..1.0).contains(&self.beta2),
-                "must be in [0, 1)",
-            ),
-            (
-                "epsilon",
-                self.epsilon.is_finite() && self.epsilon > 0.0,
-                "must be a positive number",
-            ),
+            ("lr", self.lr.is_finite() && self.lr > 0.0, "must be a positive number"),
+            ("beta1", (0.0..1.0).contains(&self.beta1), "must be in [0, 1)"),
+            ("beta2", (0.0..1.0).contains(&self.beta2), "must be in [0, 1)"),
+            ("epsilon", self.epsilon.is_finite() && self.epsilon > 0.0, "must be a positive number"),
         ];
         for (key, ok, why) in checks {
             if !ok {

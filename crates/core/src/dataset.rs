@@ -70,6 +70,13 @@ pub struct Normalization {
     pub std: Vec<f64>,
 }
 
+impl Normalization {
+    /// x / 255.
+    pub fn unit() -> Self {
+        Self { kind: "unit".into(), mean: vec![0.0; 3], std: vec![1.0; 3] }
+    }
+}
+
 /// A source file the dataset was made from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SourceFile {
@@ -162,6 +169,33 @@ pub fn fingerprint(norm: &Normalization, splits: [&SplitData; 3]) -> String {
     hex::encode(h.finalize())
 }
 
+impl DatasetMeta {
+    /// Describe CIFAR-shaped (3×32×32) splits: sizes and fingerprint are computed here.
+    pub fn describe(
+        name: &str,
+        classes: Vec<String>,
+        normalization: Normalization,
+        val_fraction: f64,
+        source_kind: &str,
+        sources: Vec<SourceFile>,
+        splits: [&SplitData; 3],
+    ) -> Self {
+        let [train, val, test] = splits;
+        Self {
+            version: DATASET_VERSION,
+            name: name.into(),
+            classes,
+            image_shape: [3, 32, 32],
+            fingerprint: fingerprint(&normalization, splits),
+            normalization,
+            val_fraction,
+            split_sizes: SplitSizes { train: train.labels.len(), val: val.labels.len(), test: test.labels.len() },
+            source_kind: source_kind.into(),
+            sources,
+        }
+    }
+}
+
 /// Write a prepared dataset atomically. `meta.split_sizes` must match the data.
 pub fn write_dataset(path: &Path, meta: &DatasetMeta, splits: [&SplitData; 3]) -> Result<()> {
     let dim = meta.input_size();
@@ -169,19 +203,14 @@ pub fn write_dataset(path: &Path, meta: &DatasetMeta, splits: [&SplitData; 3]) -
     for (split, data) in Split::ALL.iter().zip(splits) {
         let n = data.labels.len();
         if n != meta.split_sizes.get(*split) || data.images.len() != n * dim {
-            bail!("internal: split {split} holds {n} labels and {} floats, metadata says {} images of {dim}",
-                data.images.len(), meta.split_sizes.get(*split));
+            bail!(
+                "internal: split {split} holds {n} labels and {} floats, metadata says {} images of {dim}",
+                data.images.len(),
+                meta.split_sizes.get(*split)
+            );
         }
-        tensors.push(OutTensor::F32(
-            format!("{split}.images"),
-            vec![n, dim],
-            &data.images,
-        ));
-        tensors.push(OutTensor::U8(
-            format!("{split}.labels"),
-            vec![n],
-            &data.labels,
-        ));
+        tensors.push(OutTensor::F32(format!("{split}.images"), vec![n, dim], &data.images));
+        tensors.push(OutTensor::U8(format!("{split}.labels"), vec![n], &data.labels));
     }
     write_safetensors(path, DATASET_FORMAT, meta, tensors)
 }
@@ -241,17 +270,11 @@ impl Dataset {
     /// One split, checked against the metadata.
     pub fn split(&self, split: Split) -> Result<SplitView<'_>> {
         let n = self.meta.split_sizes.get(split);
-        let images = self
-            .file
-            .f32s(&format!("{split}.images"), &[n, self.meta.input_size()])?;
+        let images = self.file.f32s(&format!("{split}.images"), &[n, self.meta.input_size()])?;
         let labels = self.file.u8s(&format!("{split}.labels"), &[n])?;
         let classes = self.meta.num_classes();
         if let Some(i) = labels.iter().position(|&l| l as usize >= classes) {
-            bail!(
-                "{}: {split} label {i} is {}, but there are {classes} classes",
-                self.path().display(),
-                labels[i]
-            );
+            bail!("{}: {split} label {i} is {}, but there are {classes} classes", self.path().display(), labels[i]);
         }
         Ok(SplitView { images, labels })
     }

@@ -12,6 +12,7 @@
 
 pub mod atomic;
 pub mod checkpoint;
+pub mod cifar10;
 pub mod config;
 pub mod dataset;
 pub mod hash;
@@ -25,10 +26,7 @@ pub fn mix_seed(seed: u64, parts: &[u64]) -> u64 {
     // splitmix64 over the parts: cheap, deterministic, well spread.
     let mut x = seed ^ 0x9E37_79B9_7F4A_7C15;
     for &p in parts {
-        x ^= p
-            .wrapping_add(0x9E37_79B9_7F4A_7C15)
-            .wrapping_add(x << 6)
-            .wrapping_add(x >> 2);
+        x ^= p.wrapping_add(0x9E37_79B9_7F4A_7C15).wrapping_add(x << 6).wrapping_add(x >> 2);
         x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = x;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -55,6 +53,9 @@ pub fn exit_code(program: &str, result: anyhow::Result<()>) -> std::process::Exi
 pub fn parse_args<P: clap::Parser>(args: impl IntoIterator<Item = String>) -> anyhow::Result<P> {
     P::try_parse_from(args).or_else(|e| match e.kind() {
         clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => e.exit(),
-        _ => Err(anyhow::anyhow!("{}", e.render().to_string().trim_end())),
+        _ => {
+            let text = e.render().to_string();
+            Err(anyhow::anyhow!("{}", text.trim_start_matches("error: ").trim_end()))
+        }
     })
 }

@@ -92,25 +92,13 @@ pub struct Evaluation {
     pub seconds: f64,
 }
 
-fn read_json<T: serde::de::DeserializeOwned>(
-    path: &Path,
-    schema: &str,
-    get: fn(&T) -> (&str, u32),
-) -> Result<T> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let value: T = serde_json::from_str(&text).with_context(|| {
-        format!(
-            "{} is not a layerwise `{schema}` document (or is damaged)",
-            path.display()
-        )
-    })?;
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path, schema: &str, get: fn(&T) -> (&str, u32)) -> Result<T> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let value: T = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not a layerwise `{schema}` document (or is damaged)", path.display()))?;
     let (found, version) = get(&value);
     if found != schema || version != METRICS_VERSION {
-        bail!(
-            "{}: schema `{found}` version {version}, expected `{schema}` version {METRICS_VERSION}",
-            path.display()
-        );
+        bail!("{}: schema `{found}` version {version}, expected `{schema}` version {METRICS_VERSION}", path.display());
     }
     Ok(value)
 }
@@ -118,9 +106,7 @@ fn read_json<T: serde::de::DeserializeOwned>(
 impl TrainHistory {
     /// Read and check a `train.json`.
     pub fn read(path: &Path) -> Result<Self> {
-        read_json(path, TRAIN_SCHEMA, |h: &Self| {
-            (h.schema.as_str(), h.version)
-        })
+        read_json(path, TRAIN_SCHEMA, |h: &Self| (h.schema.as_str(), h.version))
     }
     /// The last epoch, if any.
     pub fn last(&self) -> Option<&EpochMetrics> {

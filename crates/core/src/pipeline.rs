@@ -24,12 +24,7 @@ pub struct DataConfig {
 
 impl Default for DataConfig {
     fn default() -> Self {
-        Self {
-            normalize: "unit".into(),
-            val_fraction: 0.2,
-            limit_train: 0,
-            limit_test: 0,
-        }
+        Self { normalize: "unit".into(), val_fraction: 0.2, limit_train: 0, limit_test: 0 }
     }
 }
 
@@ -47,11 +42,7 @@ pub struct GreedyConfig {
 
 impl Default for GreedyConfig {
     fn default() -> Self {
-        Self {
-            max_depth: 10,
-            patience: 0,
-            evaluate: Split::Test,
-        }
+        Self { max_depth: 10, patience: 0, evaluate: Split::Test }
     }
 }
 
@@ -82,52 +73,35 @@ impl Pipeline {
     /// Parse and validate TOML text; `origin` names the file in messages.
     pub fn from_toml(text: &str, origin: &str) -> Result<Self> {
         let p: Pipeline = toml::from_str(text).map_err(|e| anyhow::anyhow!("{origin}: {e}"))?;
-        p.validate()
-            .with_context(|| format!("{origin}: invalid pipeline"))?;
+        p.validate().with_context(|| format!("{origin}: invalid pipeline"))?;
         Ok(p)
     }
 
     /// Read and validate a pipeline file.
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| {
-            format!(
-                "cannot read pipeline {}: does the file exist?",
-                path.display()
-            )
-        })?;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read pipeline {}: does the file exist?", path.display()))?;
         Self::from_toml(&text, &path.display().to_string())
     }
 
     /// Check every value, naming the key of the first bad one.
     pub fn validate(&self) -> Result<()> {
-        if self.name.is_empty()
-            || !self
-                .name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-        {
+        if self.name.is_empty() || !self.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
             bail!("`name` must be non-empty letters, digits, '-' or '_' (it names the run folder)");
         }
         if let Some(r) = &self.reference {
             if r != "keras-tutorial" {
-                bail!(
-                    "`reference` is `{r}`: the only published reference known is `keras-tutorial`"
-                );
+                bail!("`reference` is `{r}`: the only published reference known is `keras-tutorial`");
             }
         }
         if !matches!(self.data.normalize.as_str(), "unit" | "standardize") {
-            bail!(
-                "`data.normalize` is `{}`: use `unit` or `standardize`",
-                self.data.normalize
-            );
+            bail!("`data.normalize` is `{}`: use `unit` or `standardize`", self.data.normalize);
         }
         let f = self.data.val_fraction;
         if !(f > 0.0 && f < 1.0) {
             bail!("`data.val_fraction` is {f}: it must be strictly between 0 and 1");
         }
-        self.train
-            .validate()
-            .map_err(|e| anyhow::anyhow!("{e}").context("in section [train]"))?;
+        self.train.validate().map_err(|e| anyhow::anyhow!("{e}").context("in section [train]"))?;
         if self.greedy.max_depth == 0 {
             bail!("`greedy.max_depth` must be at least 1");
         }

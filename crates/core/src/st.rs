@@ -35,16 +35,12 @@ impl MappedSafetensors {
     /// Map `path` and check it is a layerwise file of `format`.
     /// `what` names the expected artifact in messages ("dataset", "checkpoint").
     pub fn open(path: &Path, format: &str, what: &str) -> Result<Self> {
-        let file = std::fs::File::open(path).with_context(|| {
-            format!(
-                "cannot open {what} {}: does the file exist?",
-                path.display()
-            )
-        })?;
+        let file = std::fs::File::open(path)
+            .with_context(|| format!("cannot open {what} {}: does the file exist?", path.display()))?;
         // SAFETY: the file is opened read-only; layerwise only ever replaces artifacts by
         // rename, so a mapped file's bytes are never modified while mapped.
-        let mmap = unsafe { memmap2::Mmap::map(&file) }
-            .with_context(|| format!("cannot map {what} {}", path.display()))?;
+        let mmap =
+            unsafe { memmap2::Mmap::map(&file) }.with_context(|| format!("cannot map {what} {}", path.display()))?;
         let (_, header) = SafeTensors::read_metadata(&mmap).map_err(|e| {
             anyhow!(
                 "{} is not a valid safetensors file ({e}); expected a layerwise {what}: \
@@ -59,12 +55,8 @@ impl MappedSafetensors {
                 path.display()
             );
         };
-        let envelope: Envelope<serde_json::Value> = serde_json::from_str(text).map_err(|e| {
-            anyhow!(
-                "{}: the `{LAYERWISE_KEY}` metadata is damaged ({e})",
-                path.display()
-            )
-        })?;
+        let envelope: Envelope<serde_json::Value> = serde_json::from_str(text)
+            .map_err(|e| anyhow!("{}: the `{LAYERWISE_KEY}` metadata is damaged ({e})", path.display()))?;
         if envelope.format != format {
             bail!(
                 "{} is not a layerwise {what}: it is a `{}` file, expected `{format}`",
@@ -73,17 +65,9 @@ impl MappedSafetensors {
             );
         }
         // Validate offsets now so later tensor lookups cannot fail on a corrupt body.
-        SafeTensors::deserialize(&mmap).map_err(|e| {
-            anyhow!(
-                "{} is corrupt or truncated ({e}); regenerate it",
-                path.display()
-            )
-        })?;
-        Ok(Self {
-            path: path.to_path_buf(),
-            mmap,
-            meta: envelope.meta,
-        })
+        SafeTensors::deserialize(&mmap)
+            .map_err(|e| anyhow!("{} is corrupt or truncated ({e}); regenerate it", path.display()))?;
+        Ok(Self { path: path.to_path_buf(), mmap, meta: envelope.meta })
     }
 
     /// The file this was mapped from.
@@ -94,24 +78,17 @@ impl MappedSafetensors {
     /// Parse the format's metadata document.
     pub fn meta<T: serde::de::DeserializeOwned>(&self) -> Result<T> {
         T::deserialize(&self.meta).with_context(|| {
-            format!(
-                "{}: its `{LAYERWISE_KEY}` metadata does not match this version of layerwise",
-                self.path.display()
-            )
+            format!("{}: its `{LAYERWISE_KEY}` metadata does not match this version of layerwise", self.path.display())
         })
     }
 
     fn view(&self, name: &str, dtype: Dtype, shape: &[usize]) -> Result<TensorView<'_>> {
-        let st = SafeTensors::deserialize(&self.mmap)
-            .map_err(|e| anyhow!("{} is corrupt ({e})", self.path.display()))?;
+        let st =
+            SafeTensors::deserialize(&self.mmap).map_err(|e| anyhow!("{} is corrupt ({e})", self.path.display()))?;
         let view = st.tensor(name).map_err(|_| {
             let mut names: Vec<String> = st.names().into_iter().map(String::from).collect();
             names.sort();
-            anyhow!(
-                "{}: tensor `{name}` is missing (found: {})",
-                self.path.display(),
-                names.join(", ")
-            )
+            anyhow!("{}: tensor `{name}` is missing (found: {})", self.path.display(), names.join(", "))
         })?;
         if view.dtype() != dtype || view.shape() != shape {
             bail!(
@@ -135,12 +112,7 @@ impl MappedSafetensors {
                 return Ok(Cow::Borrowed(s));
             }
         }
-        Ok(Cow::Owned(
-            bytes
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect(),
-        ))
+        Ok(Cow::Owned(bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()))
     }
 
     /// A u8 tensor of exactly `shape`.
@@ -168,14 +140,8 @@ fn prepare_views<'a>(
     format: &str,
     meta: &impl serde::Serialize,
     tensors: Vec<OutTensor<'a>>,
-) -> Result<(
-    HashMap<String, String>,
-    Vec<(String, (Dtype, Vec<usize>, Cow<'a, [u8]>))>,
-)> {
-    let envelope = Envelope {
-        format: format.to_string(),
-        meta,
-    };
+) -> Result<(HashMap<String, String>, Vec<(String, (Dtype, Vec<usize>, Cow<'a, [u8]>))>)> {
+    let envelope = Envelope { format: format.to_string(), meta };
     let md = HashMap::from([(
         LAYERWISE_KEY.to_string(),
         serde_json::to_string(&envelope).context("cannot serialize metadata")?,
@@ -212,14 +178,9 @@ fn tensor_views<'b>(views: &'b Prepared<'_>) -> Result<Vec<(String, TensorView<'
 
 /// Serialize tensors with layerwise metadata into memory (for small artifacts whose hash
 /// is needed before they are written).
-pub fn safetensors_bytes(
-    format: &str,
-    meta: &impl serde::Serialize,
-    tensors: Vec<OutTensor<'_>>,
-) -> Result<Vec<u8>> {
+pub fn safetensors_bytes(format: &str, meta: &impl serde::Serialize, tensors: Vec<OutTensor<'_>>) -> Result<Vec<u8>> {
     let (md, views) = prepare_views(format, meta, tensors)?;
-    safetensors::serialize(tensor_views(&views)?, Some(md))
-        .map_err(|e| anyhow!("cannot serialize tensors: {e}"))
+    safetensors::serialize(tensor_views(&views)?, Some(md)).map_err(|e| anyhow!("cannot serialize tensors: {e}"))
 }
 
 /// Write tensors with layerwise metadata, atomically, streaming to the file.
@@ -232,8 +193,7 @@ pub fn write_safetensors(
     let (md, views) = prepare_views(format, meta, tensors)?;
     let views = tensor_views(&views)?;
     write_atomic_with(path, |tmp| {
-        safetensors::serialize_to_file(views, Some(md), tmp)
-            .map_err(|e| anyhow!("cannot write {}: {e}", tmp.display()))
+        safetensors::serialize_to_file(views, Some(md), tmp).map_err(|e| anyhow!("cannot write {}: {e}", tmp.display()))
     })
     .with_context(|| format!("cannot write {}: is the folder writable?", path.display()))
 }

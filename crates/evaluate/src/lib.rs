@@ -78,17 +78,8 @@ pub fn evaluate(opts: &EvaluateOptions) -> Result<Evaluation> {
     Ok(eval)
 }
 
-fn run<D: Backend>(
-    dev: &D,
-    model: &layerwise_core::checkpoint::Mlp,
-    images: &[f32],
-    labels: &[u8],
-) -> EvalSums {
-    let hidden: Vec<Layer<D>> = model
-        .hidden
-        .iter()
-        .map(|l| Layer::from_dense(l, dev))
-        .collect();
+fn run<D: Backend>(dev: &D, model: &layerwise_core::checkpoint::Mlp, images: &[f32], labels: &[u8]) -> EvalSums {
+    let hidden: Vec<Layer<D>> = model.hidden.iter().map(|l| Layer::from_dense(l, dev)).collect();
     let head = Layer::from_dense(&model.head, dev);
     layerwise_nn::evaluate(dev, &hidden, &head, images, labels, BATCH)
 }

@@ -1,8 +1,5 @@
 //! `layerwise-evaluate`: a checkpoint on a dataset split, to JSON.
 
 fn main() -> std::process::ExitCode {
-    layerwise_core::exit_code(
-        "layerwise-evaluate",
-        layerwise_evaluate::cli::run(std::env::args()),
-    )
+    layerwise_core::exit_code("layerwise-evaluate", layerwise_evaluate::cli::run(std::env::args()))
 }

@@ -9,10 +9,7 @@ use layerwise_nn::glorot_dense;
 use std::path::{Path, PathBuf};
 
 fn model() -> Mlp {
-    Mlp {
-        hidden: vec![glorot_dense(3072, 24, 1), glorot_dense(24, 16, 2)],
-        head: glorot_dense(16, 10, 3),
-    }
+    Mlp { hidden: vec![glorot_dense(3072, 24, 1), glorot_dense(24, 16, 2)], head: glorot_dense(16, 10, 3) }
 }
 
 fn meta(model: &Mlp, fingerprint: &str) -> CheckpointMeta {
@@ -22,10 +19,7 @@ fn meta(model: &Mlp, fingerprint: &str) -> CheckpointMeta {
         input_size: 3072,
         widths: model.widths(),
         activation: "relu".into(),
-        classes: layerwise_testkit::CIFAR10_CLASSES
-            .iter()
-            .map(|s| s.to_string())
-            .collect(),
+        classes: layerwise_testkit::CIFAR10_CLASSES.iter().map(|s| s.to_string()).collect(),
         frozen: vec![],
         trained: vec![],
         trainable_params: 0,
@@ -45,10 +39,7 @@ fn reference(model: &Mlp, images: &[f32], labels: &[u8]) -> (f64, f64) {
         for (i, l) in model.hidden.iter().chain([&model.head]).enumerate() {
             let mut out: Vec<f64> = (0..l.outputs)
                 .map(|o| {
-                    l.bias[o] as f64
-                        + (0..l.inputs)
-                            .map(|k| l.weight[o * l.inputs + k] as f64 * h[k])
-                            .sum::<f64>()
+                    l.bias[o] as f64 + (0..l.inputs).map(|k| l.weight[o * l.inputs + k] as f64 * h[k]).sum::<f64>()
                 })
                 .collect();
             if i < model.hidden.len() {
@@ -62,10 +53,7 @@ fn reference(model: &Mlp, images: &[f32], labels: &[u8]) -> (f64, f64) {
         let pred = (0..h.len()).fold(0, |b, i| if h[i] > h[b] { i } else { b });
         correct += (pred == y as usize) as usize;
     }
-    (
-        loss / labels.len() as f64,
-        correct as f64 / labels.len() as f64,
-    )
+    (loss / labels.len() as f64, correct as f64 / labels.len() as f64)
 }
 
 fn setup() -> (tempfile::TempDir, PathBuf, PathBuf) {
@@ -79,13 +67,7 @@ fn setup() -> (tempfile::TempDir, PathBuf, PathBuf) {
 }
 
 fn opts(model: &Path, data: &Path, split: Split, out: Option<PathBuf>) -> EvaluateOptions {
-    EvaluateOptions {
-        model: model.into(),
-        data: data.into(),
-        split,
-        out,
-        device: DeviceKind::Cpu,
-    }
+    EvaluateOptions { model: model.into(), data: data.into(), split, out, device: DeviceKind::Cpu }
 }
 
 #[test]
@@ -106,22 +88,11 @@ fn matches_a_plain_reference_and_writes_consistent_json() {
     for c in 0..10 {
         let row: u64 = e.confusion[c].iter().sum();
         if row > 0 {
-            assert_eq!(
-                e.per_class_accuracy[c],
-                e.confusion[c][c] as f64 / row as f64
-            );
+            assert_eq!(e.per_class_accuracy[c], e.confusion[c][c] as f64 / row as f64);
         }
     }
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
-    for key in [
-        "loss",
-        "accuracy",
-        "per_class_accuracy",
-        "confusion",
-        "checkpoint_sha256",
-        "depth",
-    ] {
+    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    for key in ["loss", "accuracy", "per_class_accuracy", "confusion", "checkpoint_sha256", "depth"] {
         assert!(json.get(key).is_some(), "missing {key}");
     }
     assert_eq!(json["depth"], 2);
@@ -136,19 +107,10 @@ fn refuses_a_checkpoint_of_another_dataset() {
     let other = dir.path().join("other.safetensors");
     layerwise_testkit::prepared_dataset(&other, 50, 30, 70, 99).unwrap();
     let out = dir.path().join("eval.json");
-    let err = format!(
-        "{:#}",
-        evaluate(&opts(&ckpt, &other, Split::Test, Some(out.clone()))).unwrap_err()
-    );
-    assert!(
-        err.contains("fingerprint") && err.contains("other.safetensors"),
-        "{err}"
-    );
+    let err = format!("{:#}", evaluate(&opts(&ckpt, &other, Split::Test, Some(out.clone()))).unwrap_err());
+    assert!(err.contains("fingerprint") && err.contains("other.safetensors"), "{err}");
     assert!(!out.exists());
     // and a dataset given where the checkpoint belongs
-    let err = format!(
-        "{:#}",
-        evaluate(&opts(&other, &other, Split::Test, None)).unwrap_err()
-    );
+    let err = format!("{:#}", evaluate(&opts(&other, &other, Split::Test, None)).unwrap_err());
     assert!(err.contains("not a layerwise checkpoint"), "{err}");
 }

@@ -53,8 +53,7 @@ pub fn cpu(seed: u64) -> dfdx::tensor::Cpu {
 /// The first CUDA device, seeded.
 #[cfg(feature = "cuda")]
 pub fn cuda(seed: u64) -> Result<dfdx::tensor::Cuda> {
-    dfdx::tensor::Cuda::try_seed_from_u64(seed)
-        .map_err(|e| anyhow::anyhow!("cannot open CUDA device 0: {e:?}"))
+    dfdx::tensor::Cuda::try_seed_from_u64(seed).map_err(|e| anyhow::anyhow!("cannot open CUDA device 0: {e:?}"))
 }
 
 /// Run `$body` with `$dev` bound to the device `$kind` names: a generic function is

@@ -48,12 +48,7 @@ impl<D: Backend> Layer<D> {
     /// Copy back to the host.
     pub fn to_dense(&self) -> Dense {
         let (outputs, inputs) = *self.weight.shape();
-        Dense {
-            inputs,
-            outputs,
-            weight: self.weight.as_vec(),
-            bias: self.bias.as_vec(),
-        }
+        Dense { inputs, outputs, weight: self.weight.as_vec(), bias: self.bias.as_vec() }
     }
 
     /// Inputs.
@@ -66,38 +61,29 @@ impl<D: Backend> Layer<D> {
         self.weight.shape().0
     }
 
-    /// `x Wᵀ + b` without a tape.
-    pub fn apply(&self, x: Matrix<D>) -> Matrix<D> {
+    /// `x Wᵀ + b` with the weights off the tape: no tape at all for a plain tensor, or only
+    /// the input's path for a traced one (a frozen layer, whose weights get no gradient).
+    pub fn apply<T: Tape<f32, D> + Merge<NoneTape>>(
+        &self,
+        x: Tensor<(usize, usize), f32, D, T>,
+    ) -> Tensor<(usize, usize), f32, D, T> {
         let y = x.matmul(self.weight.clone().permute());
         let shape = *y.shape();
-        y + self
-            .bias
-            .clone()
-            .broadcast_like::<(usize, usize), Axis<0>>(&shape)
+        y + self.bias.clone().broadcast_like::<(usize, usize), Axis<0>>(&shape)
     }
 
-    /// `x Wᵀ + b` recording the layer's weights on the tape (for a trainable layer), or
-    /// only the input's path (for a frozen layer, whose weights then get no gradient).
+    /// `x Wᵀ + b` recording the layer's weights on the tape when it trains.
     pub fn apply_traced(
         &self,
         x: Tensor<(usize, usize), f32, D, OwnedTape<f32, D>>,
         trainable: bool,
     ) -> Tensor<(usize, usize), f32, D, OwnedTape<f32, D>> {
-        if trainable {
-            let y = x.matmul(self.weight.retaped::<OwnedTape<f32, D>>().permute());
-            let shape = *y.shape();
-            y + self
-                .bias
-                .retaped::<OwnedTape<f32, D>>()
-                .broadcast_like::<(usize, usize), Axis<0>>(&shape)
-        } else {
-            let y = x.matmul(self.weight.clone().permute());
-            let shape = *y.shape();
-            y + self
-                .bias
-                .clone()
-                .broadcast_like::<(usize, usize), Axis<0>>(&shape)
+        if !trainable {
+            return self.apply(x);
         }
+        let y = x.matmul(self.weight.retaped::<OwnedTape<f32, D>>().permute());
+        let shape = *y.shape();
+        y + self.bias.retaped::<OwnedTape<f32, D>>().broadcast_like::<(usize, usize), Axis<0>>(&shape)
     }
 }
 
@@ -105,23 +91,12 @@ impl<D: Backend> Layer<D> {
 pub fn glorot_dense(inputs: usize, outputs: usize, seed: u64) -> Dense {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let limit = (6.0 / (inputs + outputs) as f64).sqrt() as f32;
-    let weight = (0..inputs * outputs)
-        .map(|_| rng.gen_range(-limit..limit))
-        .collect();
-    Dense {
-        inputs,
-        outputs,
-        weight,
-        bias: vec![0.0; outputs],
-    }
+    let weight = (0..inputs * outputs).map(|_| rng.gen_range(-limit..limit)).collect();
+    Dense { inputs, outputs, weight, bias: vec![0.0; outputs] }
 }
 
 /// Forward through `hidden` (each followed by ReLU) and then `head` (if any), no tape.
-pub fn forward<D: Backend>(
-    hidden: &[Layer<D>],
-    head: Option<&Layer<D>>,
-    mut x: Matrix<D>,
-) -> Matrix<D> {
+pub fn forward<D: Backend>(hidden: &[Layer<D>], head: Option<&Layer<D>>, mut x: Matrix<D>) -> Matrix<D> {
     for l in hidden {
         x = l.apply(x).relu();
     }
@@ -133,13 +108,7 @@ pub fn forward<D: Backend>(
 
 /// Run `hidden` over `rows` rows of host data in chunks, returning the outputs on the host.
 /// This is how frozen layers are applied once per depth instead of once per batch.
-pub fn features_host<D: Backend>(
-    dev: &D,
-    hidden: &[Layer<D>],
-    data: &[f32],
-    rows: usize,
-    chunk: usize,
-) -> Vec<f32> {
+pub fn features_host<D: Backend>(dev: &D, hidden: &[Layer<D>], data: &[f32], rows: usize, chunk: usize) -> Vec<f32> {
     let dim = if rows == 0 { 0 } else { data.len() / rows };
     let out_dim = hidden.last().map_or(dim, |l| l.outputs());
     let mut out = Vec::with_capacity(rows * out_dim);
@@ -155,12 +124,7 @@ pub fn features_host<D: Backend>(
 enum Slot<D: Backend> {
     /// CPU: master weights, moments and a gradient buffer in host memory, updated in one
     /// fused pass and copied into the tensor.
-    Host {
-        p: Vec<f32>,
-        m: Vec<f32>,
-        v: Vec<f32>,
-        g: Vec<f32>,
-    },
+    Host { p: Vec<f32>, m: Vec<f32>, v: Vec<f32>, g: Vec<f32> },
     /// Any other device: moments as flat tensors, updated with dfdx ops.
     Device { m: Vector<D>, v: Vector<D> },
 }
@@ -186,14 +150,7 @@ impl<D: Backend> Adam<D> {
     /// A fresh optimizer (Keras creates one per `compile`, so one per depth).
     pub fn new(lr: f64, beta1: f64, beta2: f64, eps: f64) -> Self {
         let host_path = std::any::TypeId::of::<D>() == std::any::TypeId::of::<dfdx::tensor::Cpu>();
-        Self {
-            lr,
-            betas: [beta1, beta2],
-            eps,
-            t: 0,
-            slots: Vec::new(),
-            host_path,
-        }
+        Self { lr, betas: [beta1, beta2], eps, t: 0, slots: Vec::new(), host_path }
     }
 
     /// Use the device path even on the CPU (to test that both paths agree).
@@ -229,17 +186,9 @@ impl<D: Backend> Adam<D> {
             self.slots.push(if self.host_path {
                 let mut p = vec![0.0; n];
                 param.copy_into(&mut p);
-                Slot::Host {
-                    p,
-                    m: vec![0.0; n],
-                    v: vec![0.0; n],
-                    g: vec![0.0; n],
-                }
+                Slot::Host { p, m: vec![0.0; n], v: vec![0.0; n], g: vec![0.0; n] }
             } else {
-                Slot::Device {
-                    m: dev.zeros_like(&(n,)),
-                    v: dev.zeros_like(&(n,)),
-                }
+                Slot::Device { m: dev.zeros_like(&(n,)), v: dev.zeros_like(&(n,)) }
             });
         }
         let failed = |e: <D as HasErr>::Err| anyhow!("Adam update failed: {e:?}");
@@ -248,8 +197,7 @@ impl<D: Backend> Adam<D> {
                 grad.copy_into(g);
                 let (b1, b2, alpha, eps) = (b1 as f32, b2 as f32, alpha as f32, self.eps as f32);
                 let step = |p: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32]| {
-                    for (((p, m), v), &g) in p.iter_mut().zip(m.iter_mut()).zip(v.iter_mut()).zip(g)
-                    {
+                    for (((p, m), v), &g) in p.iter_mut().zip(m.iter_mut()).zip(v.iter_mut()).zip(g) {
                         *m = b1 * *m + (1.0 - b1) * g;
                         *v = b2 * *v + (1.0 - b2) * g * g;
                         *p -= alpha * *m / (v.sqrt() + eps);
@@ -275,14 +223,9 @@ impl<D: Backend> Adam<D> {
                 v.try_axpy(b2, &g.square(), 1.0 - b2).map_err(failed)?;
                 let step = m.clone() / (v.clone().sqrt() + self.eps as f32);
                 let shape = *param.shape();
-                param
-                    .try_axpy(1.0, &step.reshape_like(&shape), -alpha)
-                    .map_err(failed)?;
+                param.try_axpy(1.0, &step.reshape_like(&shape), -alpha).map_err(failed)?;
             }
-            None => anyhow::bail!(
-                "internal: Adam slot {slot} used before slot {}",
-                self.slots.len()
-            ),
+            None => anyhow::bail!("internal: Adam slot {slot} used before slot {}", self.slots.len()),
         }
         Ok(())
     }
@@ -304,12 +247,7 @@ pub struct EvalSums {
 impl EvalSums {
     /// Empty sums for `classes` classes.
     pub fn new(classes: usize) -> Self {
-        Self {
-            loss_sum: 0.0,
-            correct: 0,
-            confusion: vec![vec![0; classes]; classes],
-            samples: 0,
-        }
+        Self { loss_sum: 0.0, correct: 0, confusion: vec![vec![0; classes]; classes], samples: 0 }
     }
 
     /// Add a batch of logits (`[n, classes]`, row-major, host) with their labels.
@@ -317,18 +255,10 @@ impl EvalSums {
         let c = self.confusion.len();
         for (row, &label) in logits.chunks_exact(c).zip(labels) {
             let max = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
-            let lse = max
-                + row
-                    .iter()
-                    .map(|&v| (v as f64 - max).exp())
-                    .sum::<f64>()
-                    .ln();
+            let lse = max + row.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln();
             self.loss_sum += lse - row[label as usize] as f64;
             // first maximum wins, as numpy's argmax
-            let pred = row
-                .iter()
-                .enumerate()
-                .fold(0, |best, (i, &v)| if v > row[best] { i } else { best });
+            let pred = row.iter().enumerate().fold(0, |best, (i, &v)| if v > row[best] { i } else { best });
             self.confusion[label as usize][pred] += 1;
             if pred == label as usize {
                 self.correct += 1;
@@ -359,15 +289,8 @@ pub fn evaluate<D: Backend>(
     batch: usize,
 ) -> EvalSums {
     let mut sums = EvalSums::new(head.outputs());
-    let dim = if labels.is_empty() {
-        0
-    } else {
-        data.len() / labels.len()
-    };
-    for (rows, labels) in data
-        .chunks(batch.max(1) * dim.max(1))
-        .zip(labels.chunks(batch.max(1)))
-    {
+    let dim = if labels.is_empty() { 0 } else { data.len() / labels.len() };
+    for (rows, labels) in data.chunks(batch.max(1) * dim.max(1)).zip(labels.chunks(batch.max(1))) {
         let x = dev.tensor_from_vec(rows.to_vec(), (labels.len(), dim));
         sums.add(&forward(hidden, Some(head), x).as_vec(), labels);
     }

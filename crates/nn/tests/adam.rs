@@ -25,15 +25,9 @@ fn reference(w0: &[f32], grads: &[Vec<f32>], lr: f64, eps: f64) -> Vec<f64> {
 fn run(rows: usize, cols: usize, scale: f32, device_path: bool) -> (Vec<f32>, Vec<f64>) {
     let dev = layerwise_nn::device::cpu(0);
     let n = rows * cols;
-    let w0: Vec<f32> = (0..n)
-        .map(|i| ((i * 37 % 101) as f32 - 50.0) / 100.0)
-        .collect();
+    let w0: Vec<f32> = (0..n).map(|i| ((i * 37 % 101) as f32 - 50.0) / 100.0).collect();
     let grads: Vec<Vec<f32>> = (0..4)
-        .map(|s| {
-            (0..n)
-                .map(|i| (((i + 7 * s) * 13 % 29) as f32 - 14.0) * scale * (s as f32 + 1.0))
-                .collect()
-        })
+        .map(|s| (0..n).map(|i| (((i + 7 * s) * 13 % 29) as f32 - 14.0) * scale * (s as f32 + 1.0)).collect())
         .collect();
     let mut w: Matrix<_> = dev.tensor_from_vec(w0.clone(), (rows, cols));
     let mut adam = Adam::new(1e-2, 0.9, 0.999, 1e-7);

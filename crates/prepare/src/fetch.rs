@@ -27,11 +27,7 @@ pub struct FetchOptions {
 
 impl Default for FetchOptions {
     fn default() -> Self {
-        Self {
-            url: CIFAR10_BINARY_URL.into(),
-            md5: CIFAR10_BINARY_MD5.into(),
-            progress: true,
-        }
+        Self { url: CIFAR10_BINARY_URL.into(), md5: CIFAR10_BINARY_MD5.into(), progress: true }
     }
 }
 
@@ -41,12 +37,7 @@ pub fn candidates(artifacts: &Path) -> Vec<PathBuf> {
     if let Some(dir) = std::env::var_os("CIFAR10_DIR") {
         c.push(PathBuf::from(dir));
     }
-    for name in [
-        "cifar-10-batches-bin",
-        "cifar-10-batches-py",
-        TARBALL_NAME,
-        "cifar-10-python.tar.gz",
-    ] {
+    for name in ["cifar-10-batches-bin", "cifar-10-batches-py", TARBALL_NAME, "cifar-10-python.tar.gz"] {
         c.push(artifacts.join(name));
     }
     let keras = std::env::var_os("KERAS_HOME")
@@ -54,10 +45,7 @@ pub fn candidates(artifacts: &Path) -> Vec<PathBuf> {
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".keras")));
     if let Some(k) = keras {
         let ds = k.join("datasets");
-        c.push(
-            ds.join("cifar-10-batches-py-target")
-                .join("cifar-10-batches-py"),
-        ); // Keras 3
+        c.push(ds.join("cifar-10-batches-py-target").join("cifar-10-batches-py")); // Keras 3
         c.push(ds.join("cifar-10-batches-py")); // Keras 2
         c.push(ds.join("cifar-10-batches-py.tar.gz"));
     }
@@ -73,11 +61,7 @@ pub fn find_local(artifacts: &Path) -> Option<PathBuf> {
 /// streaming. Nothing is kept unless the checksum matches.
 pub fn download(artifacts: &Path, opts: &FetchOptions) -> Result<PathBuf> {
     let dest = artifacts.join(TARBALL_NAME);
-    let searched = candidates(artifacts)
-        .iter()
-        .map(|p| format!("  {}", p.display()))
-        .collect::<Vec<_>>()
-        .join("\n");
+    let searched = candidates(artifacts).iter().map(|p| format!("  {}", p.display())).collect::<Vec<_>>().join("\n");
     let hint = format!(
         "put CIFAR-10 (the folder cifar-10-batches-bin or cifar-10-batches-py, or an official tarball) in one of:\n{searched}\n\
          or pass --source PATH, or set CIFAR10_DIR"
@@ -87,10 +71,8 @@ pub fn download(artifacts: &Path, opts: &FetchOptions) -> Result<PathBuf> {
         .timeout_recv_body(Some(Duration::from_secs(60)))
         .build()
         .into();
-    let response = agent
-        .get(&opts.url)
-        .call()
-        .map_err(|e| anyhow!("cannot download CIFAR-10 from {} ({e}); {hint}", opts.url))?;
+    let response =
+        agent.get(&opts.url).call().map_err(|e| anyhow!("cannot download CIFAR-10 from {} ({e}); {hint}", opts.url))?;
     let total = response.body().content_length();
     let bar = if opts.progress {
         layerwise_core::progress::add(indicatif::ProgressBar::new(total.unwrap_or(0)))
@@ -108,19 +90,20 @@ pub fn download(artifacts: &Path, opts: &FetchOptions) -> Result<PathBuf> {
     layerwise_core::atomic::write_atomic(&dest, |w| {
         let mut buf = vec![0u8; 1 << 16];
         loop {
-            let n = reader
-                .read(&mut buf)
-                .map_err(|e| anyhow!("download from {} broke off ({e}); {hint}", opts.url))?;
+            let n = reader.read(&mut buf).map_err(|e| anyhow!("download from {} broke off ({e}); {hint}", opts.url))?;
             if n == 0 {
                 break;
             }
             hasher.update(&buf[..n]);
-            w.write_all(&buf[..n])
-                .with_context(|| format!("cannot write {}", dest.display()))?;
+            w.write_all(&buf[..n]).with_context(|| format!("cannot write {}", dest.display()))?;
         }
         let got = hex::encode(hasher.finalize_reset());
         if got != opts.md5 {
-            bail!("download from {} has MD5 {got}, expected {}: the file is damaged or not CIFAR-10; nothing was kept", opts.url, opts.md5);
+            bail!(
+                "download from {} has MD5 {got}, expected {}: the file is damaged or not CIFAR-10; nothing was kept",
+                opts.url,
+                opts.md5
+            );
         }
         Ok(())
     })?;

@@ -17,9 +17,7 @@ pub mod fetch;
 pub mod source;
 
 use anyhow::{bail, Result};
-use layerwise_core::dataset::{
-    fingerprint, write_dataset, DatasetMeta, Normalization, SplitData, SplitSizes, DATASET_VERSION,
-};
+use layerwise_core::dataset::{write_dataset, DatasetMeta, Normalization, SplitData};
 use std::path::{Path, PathBuf};
 
 /// How pixels become floats.
@@ -105,10 +103,7 @@ pub fn train_count(n: usize, fraction: f64) -> usize {
 /// Prepare the dataset and write it atomically; returns its metadata.
 pub fn prepare(opts: &PrepareOptions) -> Result<DatasetMeta> {
     if !(opts.val_fraction > 0.0 && opts.val_fraction < 1.0) {
-        bail!(
-            "--val-fraction is {}: it must be strictly between 0 and 1",
-            opts.val_fraction
-        );
+        bail!("--val-fraction is {}: it must be strictly between 0 and 1", opts.val_fraction);
     }
     let path = locate_source(opts)?;
     let (kind, path) = source::detect(&path)?;
@@ -134,46 +129,27 @@ pub fn prepare(opts: &PrepareOptions) -> Result<DatasetMeta> {
         );
     }
     let norm = normalization(opts.normalize, &raw.train_images[..n_train * d]);
-    let to_split = |images: &[u8], labels: &[u8]| SplitData {
-        images: normalize(images, &norm),
-        labels: labels.to_vec(),
-    };
-    let train = to_split(
-        &raw.train_images[..n_train * d],
-        &raw.train_labels[..n_train],
-    );
-    let val = to_split(
-        &raw.train_images[n_train * d..],
-        &raw.train_labels[n_train..],
-    );
+    let to_split =
+        |images: &[u8], labels: &[u8]| SplitData { images: normalize(images, &norm), labels: labels.to_vec() };
+    let train = to_split(&raw.train_images[..n_train * d], &raw.train_labels[..n_train]);
+    let val = to_split(&raw.train_images[n_train * d..], &raw.train_labels[n_train..]);
     let test = to_split(&raw.test_images, &raw.test_labels);
-    let meta = DatasetMeta {
-        version: DATASET_VERSION,
-        name: "cifar-10".into(),
-        classes: raw.classes.clone(),
-        image_shape: [3, 32, 32],
-        fingerprint: fingerprint(&norm, [&train, &val, &test]),
-        normalization: norm,
-        val_fraction: opts.val_fraction,
-        split_sizes: SplitSizes {
-            train: train.labels.len(),
-            val: val.labels.len(),
-            test: test.labels.len(),
-        },
-        source_kind: kind.name().into(),
-        sources: raw.sources.clone(),
-    };
+    let meta = DatasetMeta::describe(
+        "cifar-10",
+        raw.classes.clone(),
+        norm,
+        opts.val_fraction,
+        kind.name(),
+        raw.sources.clone(),
+        [&train, &val, &test],
+    );
     write_dataset(&opts.out, &meta, [&train, &val, &test])?;
     Ok(meta)
 }
 
 fn normalization(kind: Normalize, train: &[u8]) -> Normalization {
     match kind {
-        Normalize::Unit => Normalization {
-            kind: "unit".into(),
-            mean: vec![0.0; 3],
-            std: vec![1.0; 3],
-        },
+        Normalize::Unit => Normalization { kind: "unit".into(), mean: vec![0.0; 3], std: vec![1.0; 3] },
         Normalize::Standardize => {
             let plane = source::IMAGE_BYTES / 3;
             let mut sum = [0f64; 3];
@@ -189,14 +165,8 @@ fn normalization(kind: Normalize, train: &[u8]) -> Normalization {
             }
             let count = (train.len() / 3).max(1) as f64;
             let mean: Vec<f64> = sum.iter().map(|s| s / count).collect();
-            let std: Vec<f64> = (0..3)
-                .map(|c| (sq[c] / count - mean[c] * mean[c]).max(1e-12).sqrt())
-                .collect();
-            Normalization {
-                kind: "standardize".into(),
-                mean,
-                std,
-            }
+            let std: Vec<f64> = (0..3).map(|c| (sq[c] / count - mean[c] * mean[c]).max(1e-12).sqrt()).collect();
+            Normalization { kind: "standardize".into(), mean, std }
         }
     }
 }
@@ -211,11 +181,7 @@ fn normalize(images: &[u8], norm: &Normalization) -> Vec<f32> {
     for img in images.chunks_exact(source::IMAGE_BYTES) {
         for c in 0..3 {
             let (m, s) = (norm.mean[c], norm.std[c]);
-            out.extend(
-                img[c * plane..(c + 1) * plane]
-                    .iter()
-                    .map(|&b| ((b as f64 / 255.0 - m) / s) as f32),
-            );
+            out.extend(img[c * plane..(c + 1) * plane].iter().map(|&b| ((b as f64 / 255.0 - m) / s) as f32));
         }
     }
     out

@@ -1,8 +1,5 @@
 //! `layerwise-prepare`: CIFAR-10 → one normalized safetensors dataset.
 
 fn main() -> std::process::ExitCode {
-    layerwise_core::exit_code(
-        "layerwise-prepare",
-        layerwise_prepare::cli::run(std::env::args()),
-    )
+    layerwise_core::exit_code("layerwise-prepare", layerwise_prepare::cli::run(std::env::args()))
 }

@@ -9,23 +9,7 @@ use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-/// Bytes per image (3 × 32 × 32).
-pub const IMAGE_BYTES: usize = 3072;
-/// Bytes per record in the binary release: a label byte, then the image.
-pub const RECORD_BYTES: usize = IMAGE_BYTES + 1;
-/// The official class names, used when the source has no meta file.
-pub const CIFAR10_CLASSES: [&str; 10] = [
-    "airplane",
-    "automobile",
-    "bird",
-    "cat",
-    "deer",
-    "dog",
-    "frog",
-    "horse",
-    "ship",
-    "truck",
-];
+pub use layerwise_core::cifar10::{CLASSES as CIFAR10_CLASSES, IMAGE_BYTES, RECORD_BYTES};
 
 const BIN_DIR: &str = "cifar-10-batches-bin";
 const PY_DIR: &str = "cifar-10-batches-py";
@@ -82,10 +66,7 @@ pub fn detect(path: &Path) -> Result<(SourceKind, PathBuf)> {
         if path.join("data_batch_1").exists() || path.join("batches.meta").exists() {
             return Ok((SourceKind::PythonFolder, path.to_path_buf()));
         }
-        for (sub, kind) in [
-            (BIN_DIR, SourceKind::BinaryFolder),
-            (PY_DIR, SourceKind::PythonFolder),
-        ] {
+        for (sub, kind) in [(BIN_DIR, SourceKind::BinaryFolder), (PY_DIR, SourceKind::PythonFolder)] {
             if path.join(sub).is_dir() {
                 return detect(&path.join(sub)).map(|(_, p)| (kind, p));
             }
@@ -116,11 +97,7 @@ fn tarball_kind(path: &Path) -> Result<SourceKind> {
     let entries = archive.entries().with_context(|| not_cifar_tar(path))?;
     for entry in entries {
         let entry = entry.with_context(|| not_cifar_tar(path))?;
-        let name = entry
-            .path()
-            .with_context(|| not_cifar_tar(path))?
-            .to_string_lossy()
-            .into_owned();
+        let name = entry.path().with_context(|| not_cifar_tar(path))?.to_string_lossy().into_owned();
         if name.starts_with(BIN_DIR) {
             return Ok(SourceKind::BinaryTarball);
         }
@@ -128,19 +105,18 @@ fn tarball_kind(path: &Path) -> Result<SourceKind> {
             return Ok(SourceKind::PythonTarball);
         }
     }
-    bail!(
-        "{}: the archive holds neither {BIN_DIR}/ nor {PY_DIR}/: it is not a CIFAR-10 release",
+    bail!("{}: the archive holds neither {BIN_DIR}/ nor {PY_DIR}/: it is not a CIFAR-10 release", path.display())
+}
+
+fn not_cifar_tar(path: &Path) -> String {
+    format!(
+        "{} is not a readable .tar.gz archive (expected cifar-10-binary.tar.gz or cifar-10-python.tar.gz)",
         path.display()
     )
 }
 
-fn not_cifar_tar(path: &Path) -> String {
-    format!("{} is not a readable .tar.gz archive (expected cifar-10-binary.tar.gz or cifar-10-python.tar.gz)", path.display())
-}
-
 fn open_tar(path: &Path) -> Result<tar::Archive<flate2::read::GzDecoder<std::fs::File>>> {
-    let file =
-        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     Ok(tar::Archive::new(flate2::read::GzDecoder::new(file)))
 }
 
@@ -149,15 +125,9 @@ fn open_tar(path: &Path) -> Result<tar::Archive<flate2::read::GzDecoder<std::fs:
 fn member_names(kind: SourceKind) -> Vec<String> {
     let binary = matches!(kind, SourceKind::BinaryFolder | SourceKind::BinaryTarball);
     let ext = if binary { ".bin" } else { "" };
-    let mut names: Vec<String> = (1..=TRAIN_BATCHES)
-        .map(|i| format!("data_batch_{i}{ext}"))
-        .collect();
+    let mut names: Vec<String> = (1..=TRAIN_BATCHES).map(|i| format!("data_batch_{i}{ext}")).collect();
     names.push(format!("test_batch{ext}"));
-    names.push(if binary {
-        "batches.meta.txt".into()
-    } else {
-        "batches.meta".into()
-    });
+    names.push(if binary { "batches.meta.txt".into() } else { "batches.meta".into() });
     names
 }
 
@@ -170,26 +140,17 @@ fn read_members(kind: SourceKind, path: &Path) -> Result<BTreeMap<String, Vec<u8
             for name in &wanted {
                 let p = path.join(name);
                 if p.exists() {
-                    let bytes = std::fs::read(&p)
-                        .with_context(|| format!("cannot read {}", p.display()))?;
+                    let bytes = std::fs::read(&p).with_context(|| format!("cannot read {}", p.display()))?;
                     found.insert(name.clone(), bytes);
                 }
             }
         }
         SourceKind::BinaryTarball | SourceKind::PythonTarball => {
-            let dir = if kind == SourceKind::BinaryTarball {
-                BIN_DIR
-            } else {
-                PY_DIR
-            };
+            let dir = if kind == SourceKind::BinaryTarball { BIN_DIR } else { PY_DIR };
             let mut archive = open_tar(path)?;
             for entry in archive.entries().with_context(|| not_cifar_tar(path))? {
                 let mut entry = entry.with_context(|| not_cifar_tar(path))?;
-                let member = entry
-                    .path()
-                    .with_context(|| not_cifar_tar(path))?
-                    .to_string_lossy()
-                    .into_owned();
+                let member = entry.path().with_context(|| not_cifar_tar(path))?.to_string_lossy().into_owned();
                 // Only regular files named exactly `<dir>/<expected name>` are read; links,
                 // absolute paths and anything else are ignored, and nothing is extracted.
                 let Some(name) = member.strip_prefix(dir).and_then(|r| r.strip_prefix('/')) else {
@@ -200,19 +161,13 @@ fn read_members(kind: SourceKind, path: &Path) -> Result<BTreeMap<String, Vec<u8
                 }
                 let mut bytes = Vec::with_capacity(entry.size() as usize);
                 entry.read_to_end(&mut bytes).with_context(|| {
-                    format!(
-                        "{}: cannot read member {member}: the archive is truncated or corrupt",
-                        path.display()
-                    )
+                    format!("{}: cannot read member {member}: the archive is truncated or corrupt", path.display())
                 })?;
                 found.insert(name.to_string(), bytes);
             }
         }
     }
-    let missing: Vec<&String> = wanted[..=TRAIN_BATCHES]
-        .iter()
-        .filter(|n| !found.contains_key(*n))
-        .collect();
+    let missing: Vec<&String> = wanted[..=TRAIN_BATCHES].iter().filter(|n| !found.contains_key(*n)).collect();
     if !missing.is_empty() {
         bail!(
             "{} is missing {}: a complete CIFAR-10 release has five training batches and a test batch",
@@ -233,11 +188,7 @@ pub fn read(kind: SourceKind, path: &Path) -> Result<RawCifar> {
     for (i, name) in names[..=TRAIN_BATCHES].iter().enumerate() {
         let bytes = &members[name];
         let origin = format!("{} ({name})", path.display());
-        let (images, labels) = if binary {
-            parse_binary(bytes, &origin)?
-        } else {
-            parse_pickle(bytes, &origin)?
-        };
+        let (images, labels) = if binary { parse_binary(bytes, &origin)? } else { parse_pickle(bytes, &origin)? };
         if let Some(n) = labels.iter().position(|&l| l > 9) {
             bail!("{origin}: record {n} has label {}, but CIFAR-10 labels are 0-9: the file is corrupt", labels[n]);
         }
@@ -261,19 +212,12 @@ pub fn read(kind: SourceKind, path: &Path) -> Result<RawCifar> {
     }
     let meta_name = &names[TRAIN_BATCHES + 1];
     raw.classes = match members.get(meta_name) {
-        Some(bytes) if binary => {
-            parse_meta_txt(bytes, &format!("{} ({meta_name})", path.display()))?
-        }
+        Some(bytes) if binary => parse_meta_txt(bytes, &format!("{} ({meta_name})", path.display()))?,
         Some(bytes) => parse_meta_pickle(bytes, &format!("{} ({meta_name})", path.display()))?,
         None => CIFAR10_CLASSES.iter().map(|s| s.to_string()).collect(),
     };
-    raw.sources = members
-        .iter()
-        .map(|(name, bytes)| SourceFile {
-            name: name.clone(),
-            sha256: sha256_hex(bytes),
-        })
-        .collect();
+    raw.sources =
+        members.iter().map(|(name, bytes)| SourceFile { name: name.clone(), sha256: sha256_hex(bytes) }).collect();
     Ok(raw)
 }
 
@@ -296,14 +240,8 @@ pub fn parse_binary(bytes: &[u8], origin: &str) -> Result<(Vec<u8>, Vec<u8>)> {
 }
 
 fn parse_meta_txt(bytes: &[u8], origin: &str) -> Result<Vec<String>> {
-    let text =
-        std::str::from_utf8(bytes).map_err(|_| anyhow!("{origin}: class-name file is not text"))?;
-    let names: Vec<String> = text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .map(String::from)
-        .collect();
+    let text = std::str::from_utf8(bytes).map_err(|_| anyhow!("{origin}: class-name file is not text"))?;
+    let names: Vec<String> = text.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect();
     if names.len() != 10 {
         bail!("{origin}: expected 10 class names, found {}", names.len());
     }
@@ -311,11 +249,8 @@ fn parse_meta_txt(bytes: &[u8], origin: &str) -> Result<Vec<String>> {
 }
 
 fn load_pickle(bytes: &[u8], origin: &str) -> Result<serde_pickle::Value> {
-    serde_pickle::value_from_slice(
-        bytes,
-        serde_pickle::DeOptions::new().replace_unresolved_globals(),
-    )
-    .map_err(|e| anyhow!("{origin}: not a CIFAR-10 Python pickle ({e})"))
+    serde_pickle::value_from_slice(bytes, serde_pickle::DeOptions::new().replace_unresolved_globals())
+        .map_err(|e| anyhow!("{origin}: not a CIFAR-10 Python pickle ({e})"))
 }
 
 fn dict_get<'a>(v: &'a serde_pickle::Value, key: &str) -> Option<&'a serde_pickle::Value> {
@@ -334,11 +269,9 @@ fn numpy_bytes(v: &serde_pickle::Value) -> Option<(Vec<i64>, &[u8])> {
     use serde_pickle::Value as V;
     let V::Tuple(state) = v else { return None };
     let shape = state.iter().find_map(|x| match x {
-        V::Tuple(dims) if !dims.is_empty() && dims.iter().all(|d| matches!(d, V::I64(_))) => Some(
-            dims.iter()
-                .filter_map(|d| if let V::I64(n) = d { Some(*n) } else { None })
-                .collect::<Vec<_>>(),
-        ),
+        V::Tuple(dims) if !dims.is_empty() && dims.iter().all(|d| matches!(d, V::I64(_))) => {
+            Some(dims.iter().filter_map(|d| if let V::I64(n) = d { Some(*n) } else { None }).collect::<Vec<_>>())
+        }
         _ => None,
     })?;
     let data = state.iter().find_map(|x| match x {
@@ -354,23 +287,18 @@ pub fn parse_pickle(bytes: &[u8], origin: &str) -> Result<(Vec<u8>, Vec<u8>)> {
     let root = load_pickle(bytes, origin)?;
     let labels_v = dict_get(&root, "labels")
         .ok_or_else(|| anyhow!("{origin}: pickle has no `labels` key: not a CIFAR-10 batch"))?;
-    let V::List(list) = labels_v else {
-        bail!("{origin}: `labels` is not a list")
-    };
+    let V::List(list) = labels_v else { bail!("{origin}: `labels` is not a list") };
     let labels = list
         .iter()
         .enumerate()
         .map(|(i, l)| match l {
             V::I64(x) if (0..=255).contains(x) => Ok(*x as u8),
-            other => Err(anyhow!(
-                "{origin}: label {i} is {other:?}, expected an integer 0-9"
-            )),
+            other => Err(anyhow!("{origin}: label {i} is {other:?}, expected an integer 0-9")),
         })
         .collect::<Result<Vec<u8>>>()?;
-    let data_v = dict_get(&root, "data")
-        .ok_or_else(|| anyhow!("{origin}: pickle has no `data` key: not a CIFAR-10 batch"))?;
-    let (shape, data) = numpy_bytes(data_v)
-        .ok_or_else(|| anyhow!("{origin}: `data` is not a pickled numpy array"))?;
+    let data_v =
+        dict_get(&root, "data").ok_or_else(|| anyhow!("{origin}: pickle has no `data` key: not a CIFAR-10 batch"))?;
+    let (shape, data) = numpy_bytes(data_v).ok_or_else(|| anyhow!("{origin}: `data` is not a pickled numpy array"))?;
     let n = labels.len();
     if shape != [n as i64, IMAGE_BYTES as i64] || data.len() != n * IMAGE_BYTES {
         bail!(

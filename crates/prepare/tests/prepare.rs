@@ -32,10 +32,7 @@ fn all_four_forms_give_the_same_dataset() {
         let out = dir.path().join(format!("ds{i}.safetensors"));
         let meta = prepare(&opts(src, &out)).unwrap();
         assert_eq!(meta.split_sizes.train + meta.split_sizes.val, 5 * PER_BATCH);
-        assert_eq!(
-            meta.split_sizes.val, 20,
-            "Keras split: the last 20% are validation"
-        );
+        assert_eq!(meta.split_sizes.val, 20, "Keras split: the last 20% are validation");
         assert_eq!(meta.split_sizes.test, PER_BATCH);
         assert_eq!(meta.classes[3], "cat");
         fingerprints.push(meta.fingerprint);
@@ -48,10 +45,7 @@ fn all_four_forms_give_the_same_dataset() {
         let (_, l5) = synthetic::images(PER_BATCH, 5);
         assert_eq!(ds.split(Split::Val).unwrap().labels, &l5[..]);
     }
-    assert!(
-        fingerprints.iter().all(|f| f == &fingerprints[0]),
-        "{fingerprints:?}"
-    );
+    assert!(fingerprints.iter().all(|f| f == &fingerprints[0]), "{fingerprints:?}");
 }
 
 #[test]
@@ -64,14 +58,7 @@ fn folder_holding_the_release_and_limits_work() {
     o.limit_test = Some(7);
     o.val_fraction = 0.1;
     let meta = prepare(&o).unwrap();
-    assert_eq!(
-        (
-            meta.split_sizes.train,
-            meta.split_sizes.val,
-            meta.split_sizes.test
-        ),
-        (45, 5, 7)
-    );
+    assert_eq!((meta.split_sizes.train, meta.split_sizes.val, meta.split_sizes.test), (45, 5, 7));
 }
 
 #[test]
@@ -86,17 +73,11 @@ fn standardize_uses_train_statistics() {
     let train = ds.split(Split::Train).unwrap();
     // each channel of the train split now has mean ~0 and std ~1
     for c in 0..3 {
-        let vals: Vec<f64> = train
-            .images
-            .chunks(3072)
-            .flat_map(|img| img[c * 1024..(c + 1) * 1024].iter().map(|&v| v as f64))
-            .collect();
+        let vals: Vec<f64> =
+            train.images.chunks(3072).flat_map(|img| img[c * 1024..(c + 1) * 1024].iter().map(|&v| v as f64)).collect();
         let mean = vals.iter().sum::<f64>() / vals.len() as f64;
         let var = vals.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / vals.len() as f64;
-        assert!(
-            mean.abs() < 1e-4 && (var.sqrt() - 1.0).abs() < 1e-3,
-            "channel {c}: {mean} {var}"
-        );
+        assert!(mean.abs() < 1e-4 && (var.sqrt() - 1.0).abs() < 1e-3, "channel {c}: {mean} {var}");
     }
     assert!(meta.normalization.mean[0] > 0.0);
 }
@@ -105,10 +86,7 @@ fn standardize_uses_train_statistics() {
 fn check_fails(source: &Path, needle: &str) {
     let out = source.parent().unwrap().join("out.safetensors");
     let err = format!("{:#}", prepare(&opts(source, &out)).unwrap_err());
-    assert!(
-        err.contains(needle),
-        "error should mention {needle:?}: {err}"
-    );
+    assert!(err.contains(needle), "error should mention {needle:?}: {err}");
     assert!(!out.exists(), "no output may be left behind");
     let leftovers: Vec<_> = std::fs::read_dir(out.parent().unwrap())
         .unwrap()
@@ -199,10 +177,7 @@ fn foreign_files_are_refused_as_datasets() {
     let p = dir.path().join("x.safetensors");
     std::fs::write(&p, b"not safetensors").unwrap();
     let err = format!("{:#}", Dataset::open(&p).err().unwrap());
-    assert!(
-        err.contains("x.safetensors") && err.contains("not a valid safetensors"),
-        "{err}"
-    );
+    assert!(err.contains("x.safetensors") && err.contains("not a valid safetensors"), "{err}");
     // a valid prepared dataset, truncated
     let src = synthetic::write_folder(dir.path(), false, PER_BATCH).unwrap();
     let out = dir.path().join("ds.safetensors");
@@ -222,11 +197,7 @@ fn serve(body: Vec<u8>, requests: usize) -> String {
             let mut s = stream.unwrap();
             let mut buf = [0u8; 4096];
             let _ = s.read(&mut buf);
-            let _ = write!(
-                s,
-                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                body.len()
-            );
+            let _ = write!(s, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
             let _ = s.write_all(&body);
         }
     });
@@ -246,11 +217,7 @@ fn downloads_verifies_and_keeps_the_tarball() {
     let url = serve(body.clone(), 2);
     let mut o = PrepareOptions::new(dir.path().join("ds.safetensors"));
     o.artifacts = artifacts.clone();
-    o.fetch = FetchOptions {
-        url: url.clone(),
-        md5: "0".repeat(32),
-        progress: false,
-    };
+    o.fetch = FetchOptions { url: url.clone(), md5: "0".repeat(32), progress: false };
     if std::env::var_os("CIFAR10_DIR").is_some() {
         // the search would find the real data first; exercise the download directly
         let err = layerwise_prepare::fetch::download(&artifacts, &o.fetch).unwrap_err();
@@ -271,26 +238,12 @@ fn downloads_verifies_and_keeps_the_tarball() {
 #[test]
 fn offline_download_fails_fast_with_advice() {
     // a port nobody listens on: bind, then drop
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let dir = tempfile::tempdir().unwrap();
-    let fetch = FetchOptions {
-        url: format!("http://127.0.0.1:{port}/x.tar.gz"),
-        md5: "0".repeat(32),
-        progress: false,
-    };
+    let fetch = FetchOptions { url: format!("http://127.0.0.1:{port}/x.tar.gz"), md5: "0".repeat(32), progress: false };
     let start = std::time::Instant::now();
-    let err = format!(
-        "{:#}",
-        layerwise_prepare::fetch::download(dir.path(), &fetch).unwrap_err()
-    );
-    assert!(
-        err.contains("--source") && err.contains("CIFAR10_DIR"),
-        "{err}"
-    );
+    let err = format!("{:#}", layerwise_prepare::fetch::download(dir.path(), &fetch).unwrap_err());
+    assert!(err.contains("--source") && err.contains("CIFAR10_DIR"), "{err}");
     assert!(start.elapsed().as_secs() < 30);
 }
 
@@ -299,20 +252,12 @@ fn the_binary_reports_errors_with_exit_code_1() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("o.safetensors");
     let status = std::process::Command::new(env!("CARGO_BIN_EXE_layerwise-prepare"))
-        .args([
-            "--source",
-            dir.path().join("missing").to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ])
+        .args(["--source", dir.path().join("missing").to_str().unwrap(), "--out", out.to_str().unwrap()])
         .output()
         .unwrap();
     assert_eq!(status.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&status.stderr);
-    assert!(
-        stderr.contains("missing") && !stderr.contains("panicked"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("missing") && !stderr.contains("panicked"), "{stderr}");
 }
 
 #[test]
@@ -324,20 +269,10 @@ fn real_cifar10() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("cifar.safetensors");
     let meta = prepare(&opts(Path::new(&dir), &out)).unwrap();
-    assert_eq!(
-        (
-            meta.split_sizes.train,
-            meta.split_sizes.val,
-            meta.split_sizes.test
-        ),
-        (40_000, 10_000, 10_000)
-    );
+    assert_eq!((meta.split_sizes.train, meta.split_sizes.val, meta.split_sizes.test), (40_000, 10_000, 10_000));
     let ds = Dataset::open(&out).unwrap();
-    let (train, val, test) = (
-        ds.split(Split::Train).unwrap(),
-        ds.split(Split::Val).unwrap(),
-        ds.split(Split::Test).unwrap(),
-    );
+    let (train, val, test) =
+        (ds.split(Split::Train).unwrap(), ds.split(Split::Val).unwrap(), ds.split(Split::Test).unwrap());
     let mut per_class = [0usize; 10];
     for &l in train.labels.iter().chain(val.labels) {
         per_class[l as usize] += 1;
@@ -351,16 +286,10 @@ fn real_cifar10() {
     // pixels = source bytes / 255 at a few positions (training image 0 and 41,234 = val 1,234)
     let raw = std::fs::read(Path::new(&dir).join("data_batch_1.bin")).unwrap();
     for &(img, px) in &[(0usize, 0usize), (0, 1023), (0, 3071), (7, 2048), (9999, 5)] {
-        assert_eq!(
-            train.images[img * 3072 + px],
-            raw[img * 3073 + 1 + px] as f32 / 255.0
-        );
+        assert_eq!(train.images[img * 3072 + px], raw[img * 3073 + 1 + px] as f32 / 255.0);
     }
     let raw5 = std::fs::read(Path::new(&dir).join("data_batch_5.bin")).unwrap();
     // val image 1234 is training image 41,234 = batch 5 record 1,234
-    assert_eq!(
-        val.images[1234 * 3072 + 17],
-        raw5[1234 * 3073 + 1 + 17] as f32 / 255.0
-    );
+    assert_eq!(val.images[1234 * 3072 + 17], raw5[1234 * 3073 + 1 + 17] as f32 / 255.0);
     assert_eq!(val.labels[1234], raw5[1234 * 3073]);
 }

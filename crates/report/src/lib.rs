@@ -22,18 +22,19 @@ use serde::Serialize;
 use std::path::{Path, PathBuf};
 
 /// The tutorial's test accuracy after each of its 10 depths.
-pub const TUTORIAL_TEST_ACCURACY: [f64; 10] = [
-    0.4847, 0.5137, 0.5049, 0.5003, 0.4873, 0.4874, 0.4802, 0.4819, 0.4786, 0.4790,
-];
+pub const TUTORIAL_TEST_ACCURACY: [f64; 10] =
+    [0.4847, 0.5137, 0.5049, 0.5003, 0.4873, 0.4874, 0.4802, 0.4819, 0.4786, 0.4790];
 /// The tutorial's test loss after each depth.
-pub const TUTORIAL_TEST_LOSS: [f64; 10] = [
-    1.4798, 1.3948, 1.4666, 1.6670, 1.9361, 2.1698, 2.3333, 2.4703, 2.5734, 2.6469,
-];
+pub const TUTORIAL_TEST_LOSS: [f64; 10] =
+    [1.4798, 1.3948, 1.4666, 1.6670, 1.9361, 2.1698, 2.3333, 2.4703, 2.5734, 2.6469];
 
 /// Folder of depth `d` inside a run.
 pub fn depth_dir(run: &Path, depth: usize) -> PathBuf {
     run.join(format!("depth-{depth:02}"))
 }
+
+/// Notes a person keeps in a run folder; the report ends with them.
+pub const NOTES_FILE: &str = "notes.md";
 
 /// The pipeline copy a run keeps.
 pub const RUN_PIPELINE: &str = "pipeline.toml";
@@ -87,14 +88,11 @@ pub struct Summary {
 impl Summary {
     /// Whether the tutorial's numbers belong beside this run.
     pub fn compares_with_tutorial(&self) -> bool {
-        self.pipeline
-            .as_ref()
-            .is_some_and(|p| p.reference.as_deref() == Some("keras-tutorial"))
+        self.pipeline.as_ref().is_some_and(|p| p.reference.as_deref() == Some("keras-tutorial"))
     }
     /// The best row.
     pub fn best(&self) -> Option<&DepthRow> {
-        self.best_depth
-            .and_then(|d| self.depths.iter().find(|r| r.depth == d))
+        self.best_depth.and_then(|d| self.depths.iter().find(|r| r.depth == d))
     }
 }
 
@@ -105,11 +103,7 @@ pub fn collect(run: &Path) -> Result<Summary> {
         anyhow::bail!("run folder {} does not exist", run.display());
     }
     let pipeline_path = run.join(RUN_PIPELINE);
-    let pipeline = if pipeline_path.exists() {
-        Some(Pipeline::load(&pipeline_path)?)
-    } else {
-        None
-    };
+    let pipeline = if pipeline_path.exists() { Some(Pipeline::load(&pipeline_path)?) } else { None };
     let mut depths = Vec::new();
     let mut found: Vec<usize> = std::fs::read_dir(run)
         .with_context(|| format!("cannot list {}", run.display()))?
@@ -125,15 +119,9 @@ pub fn collect(run: &Path) -> Result<Summary> {
         }
         let meta = read_checkpoint_meta(&model)?;
         let h = TrainHistory::read(&history)?;
-        let last = h
-            .last()
-            .with_context(|| format!("{} has no epochs", history.display()))?;
+        let last = h.last().with_context(|| format!("{} has no epochs", history.display()))?;
         let eval_path = dir.join("eval.json");
-        let eval = if eval_path.exists() {
-            Some(Evaluation::read(&eval_path)?)
-        } else {
-            None
-        };
+        let eval = if eval_path.exists() { Some(Evaluation::read(&eval_path)?) } else { None };
         depths.push(DepthRow {
             depth,
             train_loss: last.train_loss,
@@ -159,30 +147,31 @@ pub fn collect(run: &Path) -> Result<Summary> {
         })
         .map(|r| r.depth);
     let total_seconds = depths.iter().map(|r| r.seconds).sum();
-    let name = run.file_name().map_or_else(
-        || run.display().to_string(),
-        |n| n.to_string_lossy().into_owned(),
-    );
-    Ok(Summary {
-        run: name,
-        pipeline,
-        depths,
-        best_depth,
-        total_seconds,
-    })
+    let name = run.file_name().map_or_else(|| run.display().to_string(), |n| n.to_string_lossy().into_owned());
+    Ok(Summary { run: name, pipeline, depths, best_depth, total_seconds })
 }
 
-/// Collect the run and write `report.md`, `accuracy.svg` and `summary.json` into it.
+/// Collect the run and write `report.md` (ending with the run's `notes.md`, if any),
+/// `accuracy.svg` and `summary.json` into it.
 pub fn write_report(run: &Path) -> Result<Summary> {
     let summary = collect(run)?;
     if summary.depths.is_empty() {
-        anyhow::bail!("{} holds no completed depth (depth-01/model.safetensors and train.json): nothing to report", run.display());
+        anyhow::bail!(
+            "{} holds no completed depth (depth-01/model.safetensors and train.json): nothing to report",
+            run.display()
+        );
     }
     let svg = plot::accuracy_svg(&summary)?;
+    // A person's notes on the run (`notes.md` in the run folder) end the report.
+    let notes_path = run.join(NOTES_FILE);
+    let notes = notes_path
+        .exists()
+        .then(|| std::fs::read_to_string(&notes_path).with_context(|| format!("cannot read {}", notes_path.display())))
+        .transpose()?;
     layerwise_core::atomic::write_bytes_atomic(&run.join("accuracy.svg"), svg.as_bytes())?;
     layerwise_core::atomic::write_bytes_atomic(
         &run.join("report.md"),
-        markdown::render(&summary).as_bytes(),
+        markdown::render(&summary, notes.as_deref()).as_bytes(),
     )?;
     layerwise_core::atomic::write_json_atomic(&run.join("summary.json"), &summary)?;
     Ok(summary)

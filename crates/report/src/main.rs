@@ -1,8 +1,5 @@
 //! `layerwise-report`: a run folder to report.md, accuracy.svg and summary.json.
 
 fn main() -> std::process::ExitCode {
-    layerwise_core::exit_code(
-        "layerwise-report",
-        layerwise_report::cli::run(std::env::args()),
-    )
+    layerwise_core::exit_code("layerwise-report", layerwise_report::cli::run(std::env::args()))
 }

@@ -7,12 +7,9 @@ fn opt(v: Option<f64>) -> String {
     v.map_or("–".into(), |v| format!("{v:.4}"))
 }
 
-pub(crate) fn render(s: &Summary) -> String {
+pub(crate) fn render(s: &Summary, notes: Option<&str>) -> String {
     let mut md = String::new();
-    let name = s
-        .pipeline
-        .as_ref()
-        .map_or("(pipeline not recorded)", |p| p.name.as_str());
+    let name = s.pipeline.as_ref().map_or("(pipeline not recorded)", |p| p.name.as_str());
     let _ = writeln!(md, "# layerwise run: {name}\n");
     if let Some(p) = &s.pipeline {
         if !p.description.is_empty() {
@@ -23,61 +20,32 @@ pub(crate) fn render(s: &Summary) -> String {
         let _ = writeln!(md, "| setting | value |\n| --- | --- |");
         for (k, v) in [
             ("normalization", p.data.normalize.clone()),
-            (
-                "validation fraction",
-                format!(
-                    "{} (the last images of the training set)",
-                    p.data.val_fraction
-                ),
-            ),
+            ("validation fraction", format!("{} (the last images of the training set)", p.data.val_fraction)),
             (
                 "images",
                 if p.data.limit_train == 0 {
                     "all".into()
                 } else {
-                    format!(
-                        "first {} train, {} test",
-                        p.data.limit_train, p.data.limit_test
-                    )
+                    format!("first {} train, {} test", p.data.limit_train, p.data.limit_test)
                 },
             ),
             ("hidden width", t.width.to_string()),
             ("head from depth 2", t.head.name().to_string()),
             ("epochs per depth", t.epochs.to_string()),
             ("batch size", t.batch_size.to_string()),
-            (
-                "Adam",
-                format!(
-                    "lr {}, β1 {}, β2 {}, ε {:e}",
-                    t.lr, t.beta1, t.beta2, t.epsilon
-                ),
-            ),
+            ("Adam", format!("lr {}, β1 {}, β2 {}, ε {:e}", t.lr, t.beta1, t.beta2, t.epsilon)),
             ("seed", t.seed.to_string()),
             ("max depth", p.greedy.max_depth.to_string()),
-            (
-                "patience",
-                if p.greedy.patience == 0 {
-                    "none".into()
-                } else {
-                    format!("{} depths", p.greedy.patience)
-                },
-            ),
+            ("patience", if p.greedy.patience == 0 { "none".into() } else { format!("{} depths", p.greedy.patience) }),
         ] {
             let _ = writeln!(md, "| {k} | {v} |");
         }
         md.push('\n');
     }
-    let split = s
-        .depths
-        .iter()
-        .find_map(|r| r.eval_split.clone())
-        .unwrap_or_else(|| "test".into());
+    let split = s.depths.iter().find_map(|r| r.eval_split.clone()).unwrap_or_else(|| "test".into());
     let tutorial = s.compares_with_tutorial();
     let _ = writeln!(md, "## Results by depth\n");
-    let _ = write!(
-        md,
-        "| depth | train loss | train acc | val loss | val acc | {split} loss | {split} acc |"
-    );
+    let _ = write!(md, "| depth | train loss | train acc | val loss | val acc | {split} loss | {split} acc |");
     if tutorial {
         md.push_str(" tutorial test acc | Δ |");
     }
@@ -86,11 +54,7 @@ pub(crate) fn render(s: &Summary) -> String {
     md.push_str(&" ---: |".repeat(cols));
     md.push('\n');
     for r in &s.depths {
-        let best = if Some(r.depth) == s.best_depth {
-            " **(best)**"
-        } else {
-            ""
-        };
+        let best = if Some(r.depth) == s.best_depth { " **(best)**" } else { "" };
         let _ = write!(
             md,
             "| {}{best} | {:.4} | {:.4} | {:.4} | {:.4} | {} | {} |",
@@ -104,10 +68,7 @@ pub(crate) fn render(s: &Summary) -> String {
         );
         if tutorial {
             let t = TUTORIAL_TEST_ACCURACY.get(r.depth - 1).copied();
-            let d = t
-                .zip(r.eval_accuracy)
-                .map(|(t, a)| format!("{:+.4}", a - t))
-                .unwrap_or("–".into());
+            let d = t.zip(r.eval_accuracy).map(|(t, a)| format!("{:+.4}", a - t)).unwrap_or("–".into());
             let _ = write!(md, " {} | {d} |", opt(t));
         }
         let _ = writeln!(
@@ -130,12 +91,7 @@ pub(crate) fn render(s: &Summary) -> String {
             opt(b.eval_accuracy)
         );
     }
-    let _ = writeln!(
-        md,
-        "Total time: {:.1} s over {} depths.\n",
-        s.total_seconds,
-        s.depths.len()
-    );
+    let _ = writeln!(md, "Total time: {:.1} s over {} depths.\n", s.total_seconds, s.depths.len());
     let _ = writeln!(md, "![accuracy and loss by depth](accuracy.svg)\n");
     if tutorial {
         let _ = writeln!(
@@ -144,6 +100,9 @@ pub(crate) fn render(s: &Summary) -> String {
              (test accuracy 0.4847, 0.5137, 0.5049, 0.5003, 0.4873, 0.4874, 0.4802, 0.4819, 0.4786, 0.4790); \
              the same Keras code varies by a few points from run to run.\n"
         );
+    }
+    if let Some(notes) = notes {
+        let _ = writeln!(md, "## Notes\n\n{}", notes.trim());
     }
     md
 }

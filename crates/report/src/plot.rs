@@ -40,9 +40,7 @@ fn draw(
             .map_err(|e| err(&e))?
             .label(name.as_str())
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
-        chart
-            .draw_series(points.iter().map(|&p| Circle::new(p, 3, c.filled())))
-            .map_err(|e| err(&e))?;
+        chart.draw_series(points.iter().map(|&p| Circle::new(p, 3, c.filled()))).map_err(|e| err(&e))?;
     }
     chart
         .configure_series_labels()
@@ -58,80 +56,31 @@ pub(crate) fn accuracy_svg(s: &Summary) -> Result<String> {
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, (1100, 450)).into_drawing_area();
-        root.fill(&WHITE)
-            .map_err(|e| anyhow!("cannot draw the plot: {e}"))?;
+        root.fill(&WHITE).map_err(|e| anyhow!("cannot draw the plot: {e}"))?;
         let (left, right) = root.split_horizontally(550);
         let pts = |f: &dyn Fn(&crate::DepthRow) -> Option<f64>| -> Vec<(f64, f64)> {
-            s.depths
-                .iter()
-                .filter_map(|r| f(r).map(|v| (r.depth as f64, v)))
-                .collect()
+            s.depths.iter().filter_map(|r| f(r).map(|v| (r.depth as f64, v))).collect()
         };
-        let split = s
-            .depths
-            .iter()
-            .find_map(|r| r.eval_split.clone())
-            .unwrap_or_else(|| "test".into());
+        let split = s.depths.iter().find_map(|r| r.eval_split.clone()).unwrap_or_else(|| "test".into());
         let n = s.depths.len();
         let mut acc: Vec<Series> = vec![
-            (
-                "validation".into(),
-                pts(&|r| Some(r.val_accuracy)),
-                RGBColor(31, 119, 180),
-            ),
-            (
-                split.clone(),
-                pts(&|r| r.eval_accuracy),
-                RGBColor(214, 39, 40),
-            ),
+            ("validation".into(), pts(&|r| Some(r.val_accuracy)), RGBColor(31, 119, 180)),
+            (split.clone(), pts(&|r| r.eval_accuracy), RGBColor(214, 39, 40)),
         ];
         let mut loss: Vec<Series> = vec![
-            (
-                "validation".into(),
-                pts(&|r| Some(r.val_loss)),
-                RGBColor(31, 119, 180),
-            ),
+            ("validation".into(), pts(&|r| Some(r.val_loss)), RGBColor(31, 119, 180)),
             (split, pts(&|r| r.eval_loss), RGBColor(214, 39, 40)),
         ];
         if s.compares_with_tutorial() {
-            let tut = |v: &[f64]| {
-                v.iter()
-                    .take(n)
-                    .enumerate()
-                    .map(|(i, &a)| (i as f64 + 1.0, a))
-                    .collect()
-            };
-            acc.push((
-                "Keras tutorial (test)".into(),
-                tut(&TUTORIAL_TEST_ACCURACY),
-                RGBColor(127, 127, 127),
-            ));
-            loss.push((
-                "Keras tutorial (test)".into(),
-                tut(&TUTORIAL_TEST_LOSS),
-                RGBColor(127, 127, 127),
-            ));
+            let tut = |v: &[f64]| v.iter().take(n).enumerate().map(|(i, &a)| (i as f64 + 1.0, a)).collect();
+            acc.push(("Keras tutorial (test)".into(), tut(&TUTORIAL_TEST_ACCURACY), RGBColor(127, 127, 127)));
+            loss.push(("Keras tutorial (test)".into(), tut(&TUTORIAL_TEST_LOSS), RGBColor(127, 127, 127)));
         }
         acc.retain(|s| !s.1.is_empty());
         loss.retain(|s| !s.1.is_empty());
-        draw(
-            &left,
-            "Accuracy by depth",
-            "accuracy",
-            &acc,
-            n,
-            SeriesLabelPosition::UpperRight,
-        )?;
-        draw(
-            &right,
-            "Loss by depth",
-            "cross-entropy loss",
-            &loss,
-            n,
-            SeriesLabelPosition::UpperLeft,
-        )?;
-        root.present()
-            .map_err(|e| anyhow!("cannot draw the plot: {e}"))?;
+        draw(&left, "Accuracy by depth", "accuracy", &acc, n, SeriesLabelPosition::UpperRight)?;
+        draw(&right, "Loss by depth", "cross-entropy loss", &loss, n, SeriesLabelPosition::UpperLeft)?;
+        root.present().map_err(|e| anyhow!("cannot draw the plot: {e}"))?;
     }
     Ok(svg)
 }

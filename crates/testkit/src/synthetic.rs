@@ -11,13 +11,9 @@ use crate::{CIFAR10_CLASSES, IMAGE_BYTES};
 
 /// `n` images and labels (labels cycle through the classes).
 pub fn images(n: usize, seed: u64) -> (Vec<u8>, Vec<u8>) {
-    let mut state = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
+    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
     let mut next = || {
-        state = state
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
+        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         (state >> 33) as u32
     };
     let mut imgs = Vec::with_capacity(n * IMAGE_BYTES);
@@ -113,11 +109,7 @@ fn binint(p: &mut Vec<u8>, v: i32) {
 pub fn release_files(python: bool, per_batch: usize) -> Vec<(String, Vec<u8>)> {
     let mut files = Vec::new();
     for i in 1..=6u64 {
-        let name = if i == 6 {
-            "test_batch".to_string()
-        } else {
-            format!("data_batch_{i}")
-        };
+        let name = if i == 6 { "test_batch".to_string() } else { format!("data_batch_{i}") };
         if python {
             files.push((name, python_batch(per_batch, i)));
         } else {
@@ -127,37 +119,24 @@ pub fn release_files(python: bool, per_batch: usize) -> Vec<(String, Vec<u8>)> {
     if python {
         files.push(("batches.meta".into(), python_meta()));
     } else {
-        files.push((
-            "batches.meta.txt".into(),
-            CIFAR10_CLASSES.join("\n").into_bytes(),
-        ));
+        files.push(("batches.meta.txt".into(), CIFAR10_CLASSES.join("\n").into_bytes()));
     }
     files
 }
 
 /// Write a release folder (`cifar-10-batches-bin` or `cifar-10-batches-py`) under `dir`.
 pub fn write_folder(dir: &Path, python: bool, per_batch: usize) -> Result<PathBuf> {
-    let folder = dir.join(if python {
-        "cifar-10-batches-py"
-    } else {
-        "cifar-10-batches-bin"
-    });
-    std::fs::create_dir_all(&folder)
-        .with_context(|| format!("cannot create {}", folder.display()))?;
+    let folder = dir.join(if python { "cifar-10-batches-py" } else { "cifar-10-batches-bin" });
+    std::fs::create_dir_all(&folder).with_context(|| format!("cannot create {}", folder.display()))?;
     for (name, bytes) in release_files(python, per_batch) {
-        std::fs::write(folder.join(&name), bytes)
-            .with_context(|| format!("cannot write {name}"))?;
+        std::fs::write(folder.join(&name), bytes).with_context(|| format!("cannot write {name}"))?;
     }
     Ok(folder)
 }
 
 /// The bytes of an official-style tarball.
 pub fn tarball_bytes(python: bool, per_batch: usize) -> Result<Vec<u8>> {
-    let dir = if python {
-        "cifar-10-batches-py"
-    } else {
-        "cifar-10-batches-bin"
-    };
+    let dir = if python { "cifar-10-batches-py" } else { "cifar-10-batches-bin" };
     let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     let mut tar = tar::Builder::new(gz);
     for (name, bytes) in release_files(python, per_batch) {
@@ -172,11 +151,7 @@ pub fn tarball_bytes(python: bool, per_batch: usize) -> Result<Vec<u8>> {
 
 /// Write an official-style tarball under `dir`; returns its path.
 pub fn write_tarball(dir: &Path, python: bool, per_batch: usize) -> Result<PathBuf> {
-    let name = if python {
-        "cifar-10-python.tar.gz"
-    } else {
-        "cifar-10-binary.tar.gz"
-    };
+    let name = if python { "cifar-10-python.tar.gz" } else { "cifar-10-binary.tar.gz" };
     let path = dir.join(name);
     std::fs::write(&path, tarball_bytes(python, per_batch)?)
         .with_context(|| format!("cannot write {}", path.display()))?;

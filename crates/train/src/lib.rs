@@ -74,6 +74,8 @@ pub struct TrainOutcome {
 /// Train one depth.
 pub fn train(opts: &TrainOptions) -> Result<TrainOutcome> {
     opts.config.validate()?;
+    // Fail on an unwritable output folder now, not after the training.
+    check_out_dir(&opts.out)?;
     let started = Instant::now();
     let ds = Dataset::open(&opts.data)?;
     let cfg = &opts.config;
@@ -92,18 +94,10 @@ pub fn train(opts: &TrainOptions) -> Result<TrainOutcome> {
     let (prefix, new_layer, head, head_trains) = match &parent {
         None => {
             let h = glorot_dense(ds.meta.input_size(), cfg.width, seed(0));
-            (
-                Vec::new(),
-                h,
-                glorot_dense(cfg.width, classes, seed(1)),
-                true,
-            )
+            (Vec::new(), h, glorot_dense(cfg.width, classes, seed(1)), true)
         }
         Some((model, meta)) => {
-            let last = model
-                .hidden
-                .last()
-                .map_or(model.input_size(), |l| l.outputs);
+            let last = model.hidden.last().map_or(model.input_size(), |l| l.outputs);
             let new_layer = glorot_dense(last, cfg.width, seed(0));
             let (head, trains) = match cfg.head {
                 HeadMode::Fresh => (glorot_dense(cfg.width, classes, seed(1)), true),
@@ -121,23 +115,12 @@ pub fn train(opts: &TrainOptions) -> Result<TrainOutcome> {
             (model.hidden.clone(), new_layer, head, trains)
         }
     };
-    let run = Run {
-        ds: &ds,
-        prefix: &prefix,
-        new_layer: &new_layer,
-        head: &head,
-        head_trains,
-        depth,
-        opts,
-    };
+    let run = Run { ds: &ds, prefix: &prefix, new_layer: &new_layer, head: &head, head_trains, depth, opts };
     let trained = layerwise_nn::with_device!(opts.device, cfg.seed, |dev| run.go(&dev))?;
 
     let mut hidden = prefix;
     hidden.push(trained.new_layer);
-    let model = Mlp {
-        hidden,
-        head: if head_trains { trained.head } else { head },
-    };
+    let model = Mlp { hidden, head: if head_trains { trained.head } else { head } };
     let mut frozen: Vec<String> = (0..depth - 1).map(hidden_name).collect();
     let mut trained_names = vec![hidden_name(depth - 1)];
     if head_trains {
@@ -145,12 +128,7 @@ pub fn train(opts: &TrainOptions) -> Result<TrainOutcome> {
     } else {
         frozen.push("head".into())
     }
-    let trainable_params = model.hidden[depth - 1].num_params()
-        + if head_trains {
-            model.head.num_params()
-        } else {
-            0
-        };
+    let trainable_params = model.hidden[depth - 1].num_params() + if head_trains { model.head.num_params() } else { 0 };
     let meta = CheckpointMeta {
         version: CHECKPOINT_VERSION,
         depth,
@@ -185,12 +163,7 @@ pub fn train(opts: &TrainOptions) -> Result<TrainOutcome> {
     let checkpoint = opts.out.join(MODEL_FILE);
     atomic::write_json_atomic(&opts.out.join(HISTORY_FILE), &history)?;
     atomic::write_bytes_atomic(&checkpoint, &bytes)?;
-    Ok(TrainOutcome {
-        checkpoint,
-        meta,
-        history,
-        prefix_rows: trained.prefix_rows,
-    })
+    Ok(TrainOutcome { checkpoint, meta, history, prefix_rows: trained.prefix_rows })
 }
 
 struct Run<'a> {
@@ -239,11 +212,7 @@ impl Run<'_> {
         let cfg = &self.opts.config;
         let classes = self.head.outputs;
         let t0 = Instant::now();
-        let prefix: Vec<Layer<D>> = self
-            .prefix
-            .iter()
-            .map(|l| Layer::from_dense(l, dev))
-            .collect();
+        let prefix: Vec<Layer<D>> = self.prefix.iter().map(|l| Layer::from_dense(l, dev)).collect();
         let mut prefix_rows = 0;
         let (x_train, y_train) = self.features(dev, &prefix, Split::Train, &mut prefix_rows)?;
         let (x_val, y_val) = self.features(dev, &prefix, Split::Val, &mut prefix_rows)?;
@@ -265,10 +234,8 @@ impl Run<'_> {
         let mut bar = self.opts.progress.start(self.depth, cfg.epochs, batches);
         for epoch in 1..=cfg.epochs {
             let te = Instant::now();
-            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(mix_seed(
-                cfg.seed,
-                &[self.depth as u64, 1000 + epoch as u64],
-            ));
+            let mut rng =
+                rand_chacha::ChaCha8Rng::seed_from_u64(mix_seed(cfg.seed, &[self.depth as u64, 1000 + epoch as u64]));
             order.shuffle(&mut rng);
             let mut sums = EvalSums::new(classes);
             for (b, chunk) in order.chunks(bs).enumerate() {
@@ -315,14 +282,7 @@ impl Run<'_> {
                 }
                 bar.batch(b + 1, sums.loss(), sums.accuracy());
             }
-            let val = layerwise_nn::evaluate(
-                dev,
-                std::slice::from_ref(&layer),
-                &head,
-                &x_val,
-                &y_val,
-                CHUNK,
-            );
+            let val = layerwise_nn::evaluate(dev, std::slice::from_ref(&layer), &head, &x_val, &y_val, CHUNK);
             let seconds = te.elapsed().as_secs_f64();
             let m = EpochMetrics {
                 epoch,
@@ -337,18 +297,11 @@ impl Run<'_> {
             epochs.push(m);
         }
         bar.finish();
-        Ok(Trained {
-            new_layer: layer.to_dense(),
-            head: head.to_dense(),
-            epochs,
-            prefix_rows,
-            prefix_seconds,
-        })
+        Ok(Trained { new_layer: layer.to_dense(), head: head.to_dense(), epochs, prefix_rows, prefix_seconds })
     }
 }
 
-/// Check a training output folder can be written before spending time on training.
-pub fn check_out_dir(out: &Path) -> Result<()> {
-    std::fs::create_dir_all(out)
-        .with_context(|| format!("cannot create output folder {}", out.display()))
+/// Create the output folder, so an unwritable one fails before any training.
+fn check_out_dir(out: &Path) -> Result<()> {
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create output folder {}", out.display()))
 }

@@ -1,8 +1,5 @@
 //! `layerwise-train`: train one depth of the greedy loop.
 
 fn main() -> std::process::ExitCode {
-    layerwise_core::exit_code(
-        "layerwise-train",
-        layerwise_train::cli::run(std::env::args()),
-    )
+    layerwise_core::exit_code("layerwise-train", layerwise_train::cli::run(std::env::args()))
 }

@@ -34,12 +34,7 @@ impl Progress {
             b.set_prefix(format!("{depth} epoch 1/{epochs}"));
             b
         });
-        Reporter {
-            bar,
-            plain: self == Progress::Plain || (self == Progress::Auto && !tty),
-            depth,
-            epochs,
-        }
+        Reporter { bar, plain: self == Progress::Plain || (self == Progress::Auto && !tty), depth, epochs }
     }
 }
 
@@ -60,12 +55,7 @@ impl Reporter {
         );
         if let Some(bar) = &self.bar {
             bar.println(line);
-            bar.set_prefix(format!(
-                "{} epoch {}/{}",
-                self.depth,
-                (m.epoch + 1).min(self.epochs),
-                self.epochs
-            ));
+            bar.set_prefix(format!("{} epoch {}/{}", self.depth, (m.epoch + 1).min(self.epochs), self.epochs));
             bar.set_position(0);
         } else if self.plain {
             layerwise_core::progress::println(&line);

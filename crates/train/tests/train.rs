@@ -21,22 +21,11 @@ fn fixture() -> Fixture {
 }
 
 fn config() -> TrainConfig {
-    TrainConfig {
-        width: 32,
-        epochs: 3,
-        batch_size: 50,
-        seed: 1,
-        ..TrainConfig::default()
-    }
+    TrainConfig { width: 32, epochs: 3, batch_size: 50, seed: 1, ..TrainConfig::default() }
 }
 
 impl Fixture {
-    fn run(
-        &self,
-        from: Option<&Path>,
-        out: &str,
-        cfg: TrainConfig,
-    ) -> anyhow::Result<TrainOutcome> {
+    fn run(&self, from: Option<&Path>, out: &str, cfg: TrainConfig) -> anyhow::Result<TrainOutcome> {
         train(&TrainOptions {
             data: self.data.clone(),
             from: from.map(Path::to_path_buf),
@@ -53,11 +42,7 @@ fn depth_one_learns_a_learnable_rule() {
     let f = fixture();
     let out = f.run(None, "d1", config()).unwrap();
     let last = out.history.last().unwrap();
-    assert!(
-        last.val_accuracy > 0.9,
-        "val accuracy {}",
-        last.val_accuracy
-    );
+    assert!(last.val_accuracy > 0.9, "val accuracy {}", last.val_accuracy);
     assert!(out.history.epochs[0].train_loss > last.train_loss);
     assert_eq!(out.history.epochs.len(), 3);
     assert_eq!(out.meta.depth, 1);
@@ -66,10 +51,7 @@ fn depth_one_learns_a_learnable_rule() {
     // train.json on disk is what was returned, and names the checkpoint written
     let on_disk = TrainHistory::read(&f.dir.path().join("d1/train.json")).unwrap();
     assert_eq!(on_disk, out.history);
-    assert_eq!(
-        on_disk.checkpoint_sha256,
-        layerwise_core::hash::sha256_file(&out.checkpoint).unwrap()
-    );
+    assert_eq!(on_disk.checkpoint_sha256, layerwise_core::hash::sha256_file(&out.checkpoint).unwrap());
 }
 
 fn layers(path: &Path) -> (Mlp, CheckpointMeta) {
@@ -82,116 +64,41 @@ fn head_modes_freeze_exactly_what_they_say() {
     let d1 = f.run(None, "d1", config()).unwrap();
     let (parent, _) = layers(&d1.checkpoint);
 
-    let frozen = f
-        .run(
-            Some(&d1.checkpoint),
-            "frozen",
-            TrainConfig {
-                head: HeadMode::Frozen,
-                ..config()
-            },
-        )
-        .unwrap();
+    let frozen = f.run(Some(&d1.checkpoint), "frozen", TrainConfig { head: HeadMode::Frozen, ..config() }).unwrap();
     let (m, meta) = layers(&frozen.checkpoint);
-    assert_eq!(
-        m.hidden[0], parent.hidden[0],
-        "frozen hidden layer must be bit-identical"
-    );
+    assert_eq!(m.hidden[0], parent.hidden[0], "frozen hidden layer must be bit-identical");
     assert_eq!(m.head, parent.head, "head frozen: bit-identical");
-    assert_ne!(
-        m.hidden[1].weight,
-        layerwise_nn::glorot_dense(32, 32, 0).weight
-    );
+    assert_ne!(m.hidden[1].weight, layerwise_nn::glorot_dense(32, 32, 0).weight);
     assert_eq!(meta.frozen, ["hidden.0", "head"]);
     assert_eq!(meta.trained, ["hidden.1"]);
     assert_eq!(meta.trainable_params, 32 * 32 + 32);
-    assert_eq!(
-        meta.parent_sha256.as_deref(),
-        Some(d1.history.checkpoint_sha256.as_str())
-    );
+    assert_eq!(meta.parent_sha256.as_deref(), Some(d1.history.checkpoint_sha256.as_str()));
 
-    let retrain = f
-        .run(
-            Some(&d1.checkpoint),
-            "retrain",
-            TrainConfig {
-                head: HeadMode::Retrain,
-                ..config()
-            },
-        )
-        .unwrap();
+    let retrain = f.run(Some(&d1.checkpoint), "retrain", TrainConfig { head: HeadMode::Retrain, ..config() }).unwrap();
     let (m, meta) = layers(&retrain.checkpoint);
     assert_eq!(m.hidden[0], parent.hidden[0]);
-    assert_ne!(
-        m.head.weight, parent.head.weight,
-        "retrain: the head trains"
-    );
+    assert_ne!(m.head.weight, parent.head.weight, "retrain: the head trains");
     assert_eq!(meta.trained, ["hidden.1", "head"]);
 
-    let fresh = f
-        .run(
-            Some(&d1.checkpoint),
-            "fresh",
-            TrainConfig {
-                head: HeadMode::Fresh,
-                width: 16,
-                ..config()
-            },
-        )
-        .unwrap();
+    let fresh =
+        f.run(Some(&d1.checkpoint), "fresh", TrainConfig { head: HeadMode::Fresh, width: 16, ..config() }).unwrap();
     let (m, _) = layers(&fresh.checkpoint);
     assert_eq!(m.hidden[0], parent.hidden[0]);
     assert_eq!((m.hidden[1].outputs, m.head.inputs), (16, 16));
 
     // a kept head needs the same width
-    let err = f
-        .run(
-            Some(&d1.checkpoint),
-            "bad",
-            TrainConfig {
-                head: HeadMode::Retrain,
-                width: 16,
-                ..config()
-            },
-        )
-        .unwrap_err();
+    let err =
+        f.run(Some(&d1.checkpoint), "bad", TrainConfig { head: HeadMode::Retrain, width: 16, ..config() }).unwrap_err();
     assert!(format!("{err:#}").contains("--width 32"), "{err:#}");
 }
 
 #[test]
 fn frozen_layers_run_once_per_depth_whatever_the_epochs() {
     let f = fixture();
-    let d1 = f
-        .run(
-            None,
-            "d1",
-            TrainConfig {
-                epochs: 1,
-                ..config()
-            },
-        )
-        .unwrap();
-    let d2 = f
-        .run(
-            Some(&d1.checkpoint),
-            "d2",
-            TrainConfig {
-                epochs: 4,
-                ..config()
-            },
-        )
-        .unwrap();
+    let d1 = f.run(None, "d1", TrainConfig { epochs: 1, ..config() }).unwrap();
+    let d2 = f.run(Some(&d1.checkpoint), "d2", TrainConfig { epochs: 4, ..config() }).unwrap();
     assert_eq!(d2.prefix_rows, 600 + 200, "train + val rows, once");
-    let d3 = f
-        .run(
-            Some(&d2.checkpoint),
-            "d3",
-            TrainConfig {
-                epochs: 2,
-                ..config()
-            },
-        )
-        .unwrap();
+    let d3 = f.run(Some(&d2.checkpoint), "d3", TrainConfig { epochs: 2, ..config() }).unwrap();
     assert_eq!(d3.prefix_rows, 800);
     let (m, _) = layers(&d3.checkpoint);
     let (p, _) = layers(&d2.checkpoint);
@@ -204,44 +111,17 @@ fn identical_runs_give_identical_bytes() {
     let a = f.run(None, "a", config()).unwrap();
     let b = f.run(None, "b", config()).unwrap();
     let bytes = |o: &TrainOutcome| std::fs::read(&o.checkpoint).unwrap();
-    assert!(
-        bytes(&a) == bytes(&b),
-        "same command twice must give the same checkpoint bytes"
-    );
-    let c = f
-        .run(
-            None,
-            "c",
-            TrainConfig {
-                seed: 2,
-                ..config()
-            },
-        )
-        .unwrap();
-    assert!(
-        bytes(&a) != bytes(&c),
-        "another seed must give another checkpoint"
-    );
+    assert!(bytes(&a) == bytes(&b), "same command twice must give the same checkpoint bytes");
+    let c = f.run(None, "c", TrainConfig { seed: 2, ..config() }).unwrap();
+    assert!(bytes(&a) != bytes(&c), "another seed must give another checkpoint");
 }
 
 #[test]
 fn divergence_stops_with_a_clear_error_and_no_checkpoint() {
     let f = fixture();
-    let err = f
-        .run(
-            None,
-            "nan",
-            TrainConfig {
-                lr: 1e38,
-                ..config()
-            },
-        )
-        .unwrap_err();
+    let err = f.run(None, "nan", TrainConfig { lr: 1e38, ..config() }).unwrap_err();
     let msg = format!("{err:#}");
-    assert!(
-        msg.contains("epoch") && msg.contains("batch") && msg.contains("--lr"),
-        "{msg}"
-    );
+    assert!(msg.contains("epoch") && msg.contains("batch") && msg.contains("--lr"), "{msg}");
     assert!(!f.dir.path().join("nan/model.safetensors").exists());
 }
 
@@ -266,11 +146,7 @@ fn bad_checkpoints_are_refused_clearly() {
     let (model, meta) = layers(&d1.checkpoint);
     // misnamed tensor: rewrite the header text
     let text = bytes.iter().map(|&b| b as char).collect::<String>();
-    let renamed: Vec<u8> = text
-        .replacen("head.bias", "head.bial", 1)
-        .chars()
-        .map(|c| c as u8)
-        .collect();
+    let renamed: Vec<u8> = text.replacen("head.bias", "head.bial", 1).chars().map(|c| c as u8).collect();
     let p = dir.join("renamed.safetensors");
     std::fs::write(&p, renamed).unwrap();
     expect_err(&f, &p, "head.bias");
@@ -280,33 +156,16 @@ fn bad_checkpoints_are_refused_clearly() {
     small.hidden[0] = layerwise_nn::glorot_dense(3072, 16, 0);
     small.head = layerwise_nn::glorot_dense(16, 10, 0);
     let p = dir.join("shapes.safetensors");
-    let bytes = layerwise_core::checkpoint::checkpoint_bytes(
-        &small,
-        &CheckpointMeta {
-            widths: vec![16],
-            ..meta.clone()
-        },
-    )
-    .unwrap();
-    let text = bytes
-        .iter()
-        .map(|&b| b as char)
-        .collect::<String>()
-        .replacen("widths\\\":[16]", "widths\\\":[32]", 1);
+    let bytes =
+        layerwise_core::checkpoint::checkpoint_bytes(&small, &CheckpointMeta { widths: vec![16], ..meta.clone() })
+            .unwrap();
+    let text = bytes.iter().map(|&b| b as char).collect::<String>().replacen("widths\\\":[16]", "widths\\\":[32]", 1);
     std::fs::write(&p, text.chars().map(|c| c as u8).collect::<Vec<u8>>()).unwrap();
     expect_err(&f, &p, "expected F32 [32, 3072]");
 
     // another dataset's checkpoint
     let p = dir.join("other.safetensors");
-    save_checkpoint(
-        &p,
-        &model,
-        &CheckpointMeta {
-            dataset_fingerprint: "ab".repeat(32),
-            ..meta.clone()
-        },
-    )
-    .unwrap();
+    save_checkpoint(&p, &model, &CheckpointMeta { dataset_fingerprint: "ab".repeat(32), ..meta.clone() }).unwrap();
     expect_err(&f, &p, "fingerprint");
 
     // not a checkpoint at all: the dataset itself
@@ -335,11 +194,7 @@ fn cuda_without_the_feature_says_how_to_build_it() {
 fn the_binary_takes_defaults_from_a_pipeline_and_flags_override() {
     let f = fixture();
     let pipeline = f.dir.path().join("p.toml");
-    std::fs::write(
-        &pipeline,
-        "name = \"t\"\n[train]\nwidth = 8\nepochs = 1\nbatch_size = 100\n",
-    )
-    .unwrap();
+    std::fs::write(&pipeline, "name = \"t\"\n[train]\nwidth = 8\nepochs = 1\nbatch_size = 100\n").unwrap();
     let out = f.dir.path().join("cli");
     let status = std::process::Command::new(env!("CARGO_BIN_EXE_layerwise-train"))
         .args([
@@ -362,15 +217,7 @@ fn the_binary_takes_defaults_from_a_pipeline_and_flags_override() {
     assert_eq!(meta.config.batch_size, 100);
     // a bad flag value is an error naming it, not a panic
     let o = std::process::Command::new(env!("CARGO_BIN_EXE_layerwise-train"))
-        .args([
-            "--data",
-            f.data.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-            "--epochs",
-            "0",
-            "--quiet",
-        ])
+        .args(["--data", f.data.to_str().unwrap(), "--out", out.to_str().unwrap(), "--epochs", "0", "--quiet"])
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(1));
