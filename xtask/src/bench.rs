@@ -2,7 +2,8 @@
 //! product measured in the same run (these machines are noisy: compare ratios, not
 //! absolute numbers across runs).
 //!
-//! It writes a synthetic dataset of CIFAR-10's shape (40,000 train images by default),
+//! It writes a synthetic dataset of CIFAR-10's shape (40,000 train images by default, from
+//! `layerwise-testkit`),
 //! trains depth 1 through the real training stage, builds random checkpoints of depth 1
 //! and 9, trains depth 2 and depth 10 from them, and reports each epoch's samples/s and
 //! GFLOP/s.
@@ -11,7 +12,7 @@ use anyhow::{Context, Result};
 use dfdx::prelude::*;
 use layerwise_core::checkpoint::{save_checkpoint, CheckpointMeta, Mlp, CHECKPOINT_VERSION};
 use layerwise_core::config::{HeadMode, TrainConfig};
-use layerwise_core::dataset::{write_dataset, DatasetMeta, Normalization, SplitData};
+use layerwise_core::dataset::DatasetMeta;
 use layerwise_nn::device::DeviceKind;
 use layerwise_nn::glorot_dense;
 use layerwise_train::{train, Progress, TrainOptions};
@@ -52,33 +53,6 @@ pub fn matmul_gflops(seconds: f64) -> f64 {
         n += 1;
     }
     n as f64 * flops / start.elapsed().as_secs_f64() / 1e9
-}
-
-fn synthetic_dataset(path: &Path, n: usize) -> Result<DatasetMeta> {
-    let mut state = 0x1234_5678_u64;
-    let mut split = |n: usize| {
-        let images = (0..n * DIM)
-            .map(|_| {
-                state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                (state >> 40) as f32 / (1u64 << 24) as f32
-            })
-            .collect();
-        SplitData { images, labels: (0..n).map(|i| (i % CLASSES) as u8).collect() }
-    };
-    let (tr, va, te) = (split(n), split(VAL), split(10));
-    let classes = (0..CLASSES).map(|c| format!("class{c}")).collect();
-    let val_fraction = VAL as f64 / (n + VAL) as f64;
-    let meta = DatasetMeta::describe(
-        "bench",
-        classes,
-        Normalization::unit(),
-        val_fraction,
-        "synthetic",
-        vec![],
-        [&tr, &va, &te],
-    );
-    write_dataset(path, &meta, [&tr, &va, &te])?;
-    Ok(meta)
 }
 
 /// A random checkpoint of `depth` hidden layers fitting the dataset.
@@ -173,7 +147,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     let dir = tempfile_dir()?;
     let data = dir.join("bench.safetensors");
     eprintln!("writing a synthetic {}-image dataset...", a.train);
-    let meta = synthetic_dataset(&data, a.train)?;
+    let meta = layerwise_testkit::prepared_dataset(&data, a.train, VAL, 10, 1)?;
     let before = matmul_gflops(2.0);
     let d1 = time_depth(&dir, &data, None, "depth 1", a, DIM, HeadMode::Frozen)?;
     let c1 = dir.join("d1.safetensors");
