@@ -384,7 +384,9 @@ fn run_plan(plan: &Plan, a: &GreedyArgs) -> Result<GreedyOutcome> {
     let d = &p.data;
     let limits = ((d.limit_train > 0).then_some(d.limit_train), (d.limit_test > 0).then_some(d.limit_test));
     let normalize = layerwise_prepare::Normalize::parse(&d.normalize)?;
-    if layerwise_prepare::matches_existing(&plan.data, normalize, d.val_fraction, limits).is_some() {
+    if layerwise_prepare::matches_existing(&plan.data, normalize, d.val_fraction, limits, a.source.as_deref())?
+        .is_some()
+    {
         ui.line(&format!("dataset {} is prepared already", plan.data.display()));
     } else {
         ui.line("preparing the dataset");

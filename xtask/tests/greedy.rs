@@ -216,3 +216,30 @@ fn printed_commands_reproduce_the_orchestrated_run() {
     let out = run(&c).unwrap().unwrap();
     assert!(out.depths[0].reused);
 }
+
+#[test]
+fn another_source_is_prepared_again() {
+    let e = env();
+    let mut a = e.args("one");
+    a.max_depth = Some(1);
+    run(&a).unwrap();
+    let data = Plan::new(&a).unwrap().data;
+    let first = layerwise_core::dataset::Dataset::open(&data).unwrap().meta.fingerprint;
+    // Same settings, same source: the prepared dataset is reused as it is.
+    let before = mtime(&data);
+    run(&a).unwrap();
+    assert_eq!(mtime(&data), before);
+    // Same settings, another source (one test label changed): prepared again.
+    let other = e.dir.path().join("other");
+    let copy = layerwise_testkit::synthetic::write_folder(&other, false, 1000).unwrap();
+    let test_batch = copy.join("test_batch.bin");
+    let mut bytes = std::fs::read(&test_batch).unwrap();
+    bytes[0] = (bytes[0] + 1) % 10;
+    std::fs::write(&test_batch, bytes).unwrap();
+    let mut b = e.args("two");
+    b.max_depth = Some(1);
+    b.source = Some(copy);
+    run(&b).unwrap();
+    let second = layerwise_core::dataset::Dataset::open(&data).unwrap().meta.fingerprint;
+    assert_ne!(first, second);
+}

@@ -187,19 +187,31 @@ fn normalize(images: &[u8], norm: &Normalization) -> Vec<f32> {
     out
 }
 
-/// Convenience for callers that only have a path: is this a prepared dataset matching
-/// these options (same normalization, split and sources)? Used to skip re-preparing.
+/// The prepared dataset at `out`, if it was made with these settings (normalization,
+/// split, limits) and, when `source` is given, from exactly that source's files (their
+/// SHA-256 are compared with the ones the dataset records). Used to skip re-preparing.
 pub fn matches_existing(
     out: &Path,
     normalize: Normalize,
     val_fraction: f64,
     limits: (Option<usize>, Option<usize>),
-) -> Option<DatasetMeta> {
-    let ds = layerwise_core::dataset::Dataset::open(out).ok()?;
+    source: Option<&Path>,
+) -> Result<Option<DatasetMeta>> {
+    let Ok(ds) = layerwise_core::dataset::Dataset::open(out) else { return Ok(None) };
     let m = ds.meta;
-    let ok = m.normalization.kind == normalize.name() && m.val_fraction == val_fraction && {
-        let n = m.split_sizes.train + m.split_sizes.val;
-        limits.0.is_none_or(|l| l == n) && limits.1.is_none_or(|l| l == m.split_sizes.test)
-    };
-    ok.then_some(m)
+    let n = m.split_sizes.train + m.split_sizes.val;
+    let settings = m.normalization.kind == normalize.name()
+        && m.val_fraction == val_fraction
+        && limits.0.is_none_or(|l| l == n)
+        && limits.1.is_none_or(|l| l == m.split_sizes.test);
+    if !settings {
+        return Ok(None);
+    }
+    if let Some(src) = source {
+        let (kind, path) = source::detect(src)?;
+        if source::hashes(kind, &path)? != m.sources {
+            return Ok(None);
+        }
+    }
+    Ok(Some(m))
 }

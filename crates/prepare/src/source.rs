@@ -178,6 +178,15 @@ fn read_members(kind: SourceKind, path: &Path) -> Result<BTreeMap<String, Vec<u8
     Ok(found)
 }
 
+/// The SHA-256 of each file of a source, as a prepared dataset records them (cheap: the
+/// files are read and hashed, not parsed).
+pub fn hashes(kind: SourceKind, path: &Path) -> Result<Vec<SourceFile>> {
+    Ok(read_members(kind, path)?
+        .iter()
+        .map(|(name, bytes)| SourceFile { name: name.clone(), sha256: sha256_hex(bytes) })
+        .collect())
+}
+
 /// Read CIFAR-10 from a detected source.
 pub fn read(kind: SourceKind, path: &Path) -> Result<RawCifar> {
     let members = read_members(kind, path)?;
