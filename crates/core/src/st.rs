@@ -136,11 +136,14 @@ pub enum OutTensor<'a> {
     U8(String, Vec<usize>, &'a [u8]),
 }
 
+/// A tensor's name, dtype, shape and little-endian bytes, ready to serialize.
+type PreparedTensor<'a> = (String, (Dtype, Vec<usize>, Cow<'a, [u8]>));
+
 fn prepare_views<'a>(
     format: &str,
     meta: &impl serde::Serialize,
     tensors: Vec<OutTensor<'a>>,
-) -> Result<(HashMap<String, String>, Vec<(String, (Dtype, Vec<usize>, Cow<'a, [u8]>))>)> {
+) -> Result<(HashMap<String, String>, Vec<PreparedTensor<'a>>)> {
     let envelope = Envelope { format: format.to_string(), meta };
     let md = HashMap::from([(
         LAYERWISE_KEY.to_string(),
@@ -163,7 +166,7 @@ fn prepare_views<'a>(
     Ok((md, views))
 }
 
-type Prepared<'a> = [(String, (Dtype, Vec<usize>, Cow<'a, [u8]>))];
+type Prepared<'a> = [PreparedTensor<'a>];
 
 fn tensor_views<'b>(views: &'b Prepared<'_>) -> Result<Vec<(String, TensorView<'b>)>> {
     views

@@ -109,7 +109,7 @@ pub fn forward<D: Backend>(hidden: &[Layer<D>], head: Option<&Layer<D>>, mut x: 
 /// Run `hidden` over `rows` rows of host data in chunks, returning the outputs on the host.
 /// This is how frozen layers are applied once per depth instead of once per batch.
 pub fn features_host<D: Backend>(dev: &D, hidden: &[Layer<D>], data: &[f32], rows: usize, chunk: usize) -> Vec<f32> {
-    let dim = if rows == 0 { 0 } else { data.len() / rows };
+    let dim = data.len().checked_div(rows).unwrap_or(0);
     let out_dim = hidden.last().map_or(dim, |l| l.outputs());
     let mut out = Vec::with_capacity(rows * out_dim);
     for start in (0..rows).step_by(chunk.max(1)) {

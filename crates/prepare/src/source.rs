@@ -232,7 +232,7 @@ pub fn read(kind: SourceKind, path: &Path) -> Result<RawCifar> {
 
 /// Split a binary batch into image bytes and labels.
 pub fn parse_binary(bytes: &[u8], origin: &str) -> Result<(Vec<u8>, Vec<u8>)> {
-    if bytes.is_empty() || bytes.len() % RECORD_BYTES != 0 {
+    if bytes.is_empty() || !bytes.len().is_multiple_of(RECORD_BYTES) {
         bail!(
             "{origin}: {} bytes is not a whole number of {RECORD_BYTES}-byte records: the file is truncated or too long",
             bytes.len()

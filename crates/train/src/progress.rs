@@ -42,7 +42,7 @@ impl Reporter {
     pub(crate) fn batch(&mut self, b: usize, loss: f64, acc: f64) {
         if let Some(bar) = &self.bar {
             bar.set_position(b as u64);
-            if b % 8 == 0 {
+            if b.is_multiple_of(8) {
                 bar.set_message(format!("loss {loss:.4} acc {acc:.4}"));
             }
         }
