@@ -1,5 +1,6 @@
 //! The greedy loop end to end on synthetic CIFAR-10 (the smoke pipeline), resume,
 //! `--from`, the refused resume, and `--print-commands` executed line by line.
+#![allow(clippy::unwrap_used)] // test helpers panic on purpose
 
 use layerwise_core::metrics::{Evaluation, TrainHistory};
 use std::path::{Path, PathBuf};

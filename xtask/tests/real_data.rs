@@ -1,5 +1,6 @@
 //! Bounded checks on the real CIFAR-10 (when `CIFAR10_DIR` is set; skipped otherwise):
 //! the stages chained by hand on a 10,000-image slice.
+#![allow(clippy::unwrap_used)] // test helpers panic on purpose
 
 use layerwise_core::config::TrainConfig;
 use layerwise_core::dataset::Split;

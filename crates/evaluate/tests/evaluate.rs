@@ -1,4 +1,5 @@
 //! The evaluation stage against a plain reference implementation, and its refusals.
+#![allow(clippy::unwrap_used)] // test helpers panic on purpose
 
 use layerwise_core::checkpoint::{save_checkpoint, CheckpointMeta, Mlp, CHECKPOINT_VERSION};
 use layerwise_core::config::TrainConfig;

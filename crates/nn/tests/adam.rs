@@ -1,4 +1,5 @@
 //! Adam against a plain f64 implementation of Keras' formula, on both update paths.
+#![allow(clippy::unwrap_used)] // test helpers panic on purpose
 
 use dfdx::prelude::*;
 use layerwise_nn::{Adam, Matrix};

@@ -1,5 +1,6 @@
 //! The prepare stage on synthetic releases in all four forms, bad inputs, the download
 //! path (against a local HTTP server), and real CIFAR-10 when `CIFAR10_DIR` is set.
+#![allow(clippy::unwrap_used)] // test helpers panic on purpose
 
 use layerwise_core::dataset::{Dataset, Split};
 use layerwise_prepare::fetch::FetchOptions;

@@ -1,5 +1,6 @@
 //! The training stage on small synthetic data: learning, freezing per head mode, the
 //! once-per-depth frozen features, determinism, and bad inputs.
+#![allow(clippy::unwrap_used)] // test helpers panic on purpose
 
 use layerwise_core::checkpoint::{load_checkpoint, save_checkpoint, CheckpointMeta, Mlp};
 use layerwise_core::config::{HeadMode, TrainConfig};
