@@ -144,6 +144,10 @@ impl Plan {
             name += &format!("-test{}", d.limit_test);
         }
         let data = artifacts.join("datasets").join(format!("{name}.safetensors"));
+        // Paths under the working folder are kept relative, so printed plans work on every
+        // machine that mounts the project (and its artifacts) somewhere else.
+        let (pipeline_path, run_dir, data, artifacts) =
+            (relative(pipeline_path), relative(run_dir), relative(data), relative(artifacts));
         Ok(Self { pipeline, pipeline_path, run_dir, data, artifacts, device: a.device })
     }
 
@@ -225,6 +229,15 @@ impl Plan {
     pub fn report_step(&self) -> Step {
         Step::new("layerwise-report", &[&"--run", &self.run_dir])
     }
+}
+
+/// `path` relative to the working folder when it lies under it, else unchanged.
+fn relative(path: PathBuf) -> PathBuf {
+    std::env::current_dir()
+        .ok()
+        .and_then(|cwd| path.strip_prefix(&cwd).ok().map(PathBuf::from))
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(path)
 }
 
 /// The settings that decide what a completed depth contains: a change in them makes the
