@@ -58,6 +58,8 @@ pub struct DepthRow {
     pub eval_loss: Option<f64>,
     /// Evaluation accuracy.
     pub eval_accuracy: Option<f64>,
+    /// Evaluation accuracy per class, with the class names.
+    pub eval_per_class: Option<Vec<(String, f64)>>,
     /// Trainable parameters at this depth.
     pub trainable_params: usize,
     /// All parameters.
@@ -131,6 +133,9 @@ pub fn collect(run: &Path) -> Result<Summary> {
             eval_split: eval.as_ref().map(|e| e.split.to_string()),
             eval_loss: eval.as_ref().map(|e| e.loss),
             eval_accuracy: eval.as_ref().map(|e| e.accuracy),
+            eval_per_class: eval
+                .as_ref()
+                .map(|e| e.classes.iter().cloned().zip(e.per_class_accuracy.iter().copied()).collect()),
             trainable_params: meta.trainable_params,
             total_params: h.total_params,
             trained: meta.trained.clone(),

@@ -91,6 +91,13 @@ pub(crate) fn render(s: &Summary, notes: Option<&str>) -> String {
             opt(b.eval_accuracy)
         );
     }
+    if let Some((best, per_class)) = s.best().and_then(|b| Some((b.depth, b.eval_per_class.as_ref()?))) {
+        let _ = writeln!(md, "Per-class {split} accuracy at the best depth ({best}):\n");
+        let _ = writeln!(md, "| {} |", per_class.iter().map(|(c, _)| c.as_str()).collect::<Vec<_>>().join(" | "));
+        let _ = writeln!(md, "|{}", " ---: |".repeat(per_class.len()));
+        let _ =
+            writeln!(md, "| {} |\n", per_class.iter().map(|(_, a)| format!("{a:.3}")).collect::<Vec<_>>().join(" | "));
+    }
     let _ = writeln!(md, "Total time: {:.1} s over {} depths.\n", s.total_seconds, s.depths.len());
     let _ = writeln!(md, "![accuracy and loss by depth](accuracy.svg)\n");
     if tutorial {
