@@ -13,8 +13,8 @@ use layerwise_core::dataset::Dataset;
 use layerwise_core::hash::sha256_file;
 use layerwise_core::metrics::{Evaluation, TrainHistory};
 use layerwise_core::pipeline::Pipeline;
+use layerwise_core::run::{depth_dir, EVAL_FILE, HISTORY_FILE, MODEL_FILE, PIPELINE_FILE, REPORT_FILES};
 use layerwise_nn::device::DeviceKind;
-use layerwise_report::{depth_dir, RUN_PIPELINE};
 use std::path::{Path, PathBuf};
 
 /// `cargo xtask greedy` arguments.
@@ -195,7 +195,7 @@ impl Plan {
                 &"--out",
                 &depth_dir(&self.run_dir, depth),
                 &"--pipeline",
-                &self.run_dir.join(RUN_PIPELINE),
+                &self.run_dir.join(PIPELINE_FILE),
             ],
         );
         if let Some(f) = from {
@@ -212,13 +212,13 @@ impl Plan {
             "layerwise-evaluate",
             &[
                 &"--model",
-                &dir.join("model.safetensors"),
+                &dir.join(MODEL_FILE),
                 &"--data",
                 &self.data,
                 &"--split",
                 &self.pipeline.greedy.evaluate.name(),
                 &"--out",
-                &dir.join("eval.json"),
+                &dir.join(EVAL_FILE),
             ],
         );
         s.args.extend(self.device_args());
@@ -248,7 +248,7 @@ fn affects_completed(p: &Pipeline) -> impl PartialEq + std::fmt::Debug {
 
 /// Refuse to resume a run whose completed depths were made with other settings.
 fn check_resume(plan: &Plan) -> Result<()> {
-    let recorded = plan.run_dir.join(RUN_PIPELINE);
+    let recorded = plan.run_dir.join(PIPELINE_FILE);
     if !recorded.exists() {
         return Ok(());
     }
@@ -274,7 +274,7 @@ fn overridden(a: &GreedyArgs) -> bool {
 /// Record the pipeline in the run folder: the file itself, or its canonical form when
 /// arguments overrode it.
 fn record_pipeline(plan: &Plan, overridden: bool) -> Result<()> {
-    let dest = plan.run_dir.join(RUN_PIPELINE);
+    let dest = plan.run_dir.join(PIPELINE_FILE);
     let text = if overridden {
         plan.pipeline.to_toml()?
     } else {
@@ -312,10 +312,10 @@ pub struct GreedyOutcome {
 /// the parent, the dataset and the pipeline. Returns its validation accuracy.
 pub fn completed_depth(plan: &Plan, depth: usize, parent_sha: Option<&str>, fingerprint: &str) -> Option<f64> {
     let dir = depth_dir(&plan.run_dir, depth);
-    let model = dir.join("model.safetensors");
+    let model = dir.join(MODEL_FILE);
     let meta = read_checkpoint_meta(&model).ok()?;
-    let history = TrainHistory::read(&dir.join("train.json")).ok()?;
-    let eval = Evaluation::read(&dir.join("eval.json")).ok()?;
+    let history = TrainHistory::read(&dir.join(HISTORY_FILE)).ok()?;
+    let eval = Evaluation::read(&dir.join(EVAL_FILE)).ok()?;
     let sha = sha256_file(&model).ok()?;
     let consistent = meta.depth == depth
         && meta.parent_sha256.as_deref() == parent_sha
@@ -351,7 +351,7 @@ pub fn print_commands(plan: &Plan, a: &GreedyArgs) -> Result<Vec<String>> {
         lines.push(format!("# patience {}: `cargo xtask greedy` stops once validation accuracy has not improved for {} depths; this plan lists every depth", p.greedy.patience, p.greedy.patience));
     }
     let run_dir = shell_quote(&plan.run_dir.to_string_lossy());
-    let recorded = shell_quote(&plan.run_dir.join(RUN_PIPELINE).to_string_lossy());
+    let recorded = shell_quote(&plan.run_dir.join(PIPELINE_FILE).to_string_lossy());
     lines.push(if overridden(a) {
         // The run records the pipeline with the overrides applied, written out line by line.
         let text = plan.pipeline.to_toml()?;
@@ -368,7 +368,7 @@ pub fn print_commands(plan: &Plan, a: &GreedyArgs) -> Result<Vec<String>> {
     for depth in start..=p.greedy.max_depth {
         lines.push(plan.train_step(depth, parent.as_deref()).command_line());
         lines.push(plan.evaluate_step(depth).command_line());
-        parent = Some(depth_dir(&plan.run_dir, depth).join("model.safetensors"));
+        parent = Some(depth_dir(&plan.run_dir, depth).join(MODEL_FILE));
     }
     lines.push(plan.report_step().command_line());
     Ok(lines)
@@ -379,9 +379,7 @@ fn run_plan(plan: &Plan, a: &GreedyArgs) -> Result<GreedyOutcome> {
     if a.restart && plan.run_dir.exists() {
         for entry in std::fs::read_dir(&plan.run_dir)?.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            if name.starts_with("depth-")
-                || ["report.md", "accuracy.svg", "summary.json", RUN_PIPELINE].contains(&name.as_str())
-            {
+            if name.starts_with("depth-") || REPORT_FILES.contains(&name.as_str()) || name == PIPELINE_FILE {
                 let path = entry.path();
                 let r = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
                 r.with_context(|| format!("--restart: cannot remove {}", path.display()))?;
@@ -444,7 +442,7 @@ fn run_plan(plan: &Plan, a: &GreedyArgs) -> Result<GreedyOutcome> {
             best = Some((depth, outcome.val_accuracy));
         }
         depths.push(outcome);
-        parent = Some(depth_dir(&plan.run_dir, depth).join("model.safetensors"));
+        parent = Some(depth_dir(&plan.run_dir, depth).join(MODEL_FILE));
         if let Some((best_depth, _)) = best {
             if p.greedy.patience > 0 && depth - best_depth >= p.greedy.patience && depth < p.greedy.max_depth {
                 ui.line(&format!(

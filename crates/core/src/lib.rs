@@ -19,6 +19,7 @@ pub mod hash;
 pub mod metrics;
 pub mod pipeline;
 pub mod progress;
+pub mod run;
 pub mod st;
 
 /// Derive a per-purpose seed from a base seed, so each depth and epoch gets its own stream.

@@ -19,7 +19,7 @@ use layerwise_core::checkpoint::read_checkpoint_meta;
 use layerwise_core::metrics::{Evaluation, TrainHistory};
 use layerwise_core::pipeline::Pipeline;
 use serde::Serialize;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// The tutorial's test accuracy after each of its 10 depths.
 pub const TUTORIAL_TEST_ACCURACY: [f64; 10] =
@@ -28,16 +28,13 @@ pub const TUTORIAL_TEST_ACCURACY: [f64; 10] =
 pub const TUTORIAL_TEST_LOSS: [f64; 10] =
     [1.4798, 1.3948, 1.4666, 1.6670, 1.9361, 2.1698, 2.3333, 2.4703, 2.5734, 2.6469];
 
-/// Folder of depth `d` inside a run.
-pub fn depth_dir(run: &Path, depth: usize) -> PathBuf {
-    run.join(format!("depth-{depth:02}"))
-}
+use layerwise_core::run::{
+    depth_dir, parse_depth_dir, EVAL_FILE, HISTORY_FILE, MODEL_FILE, NOTES_FILE, PIPELINE_FILE, REPORT_FILES,
+};
 
-/// Notes a person keeps in a run folder; the report ends with them.
-pub const NOTES_FILE: &str = "notes.md";
-
-/// The pipeline copy a run keeps.
-pub const RUN_PIPELINE: &str = "pipeline.toml";
+const REPORT: &str = REPORT_FILES[0];
+const SVG: &str = REPORT_FILES[1];
+const SUMMARY: &str = REPORT_FILES[2];
 
 /// One depth's numbers.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -104,25 +101,25 @@ pub fn collect(run: &Path) -> Result<Summary> {
     if !run.is_dir() {
         anyhow::bail!("run folder {} does not exist", run.display());
     }
-    let pipeline_path = run.join(RUN_PIPELINE);
+    let pipeline_path = run.join(PIPELINE_FILE);
     let pipeline = if pipeline_path.exists() { Some(Pipeline::load(&pipeline_path)?) } else { None };
     let mut depths = Vec::new();
     let mut found: Vec<usize> = std::fs::read_dir(run)
         .with_context(|| format!("cannot list {}", run.display()))?
         .flatten()
-        .filter_map(|e| e.file_name().to_str()?.strip_prefix("depth-")?.parse().ok())
+        .filter_map(|e| parse_depth_dir(e.file_name().to_str()?))
         .collect();
     found.sort_unstable();
     for depth in found {
         let dir = depth_dir(run, depth);
-        let (model, history) = (dir.join("model.safetensors"), dir.join("train.json"));
+        let (model, history) = (dir.join(MODEL_FILE), dir.join(HISTORY_FILE));
         if !model.exists() || !history.exists() {
             continue;
         }
         let meta = read_checkpoint_meta(&model)?;
         let h = TrainHistory::read(&history)?;
         let last = h.last().with_context(|| format!("{} has no epochs", history.display()))?;
-        let eval_path = dir.join("eval.json");
+        let eval_path = dir.join(EVAL_FILE);
         let eval = if eval_path.exists() { Some(Evaluation::read(&eval_path)?) } else { None };
         depths.push(DepthRow {
             depth,
@@ -173,11 +170,11 @@ pub fn write_report(run: &Path) -> Result<Summary> {
         .exists()
         .then(|| std::fs::read_to_string(&notes_path).with_context(|| format!("cannot read {}", notes_path.display())))
         .transpose()?;
-    layerwise_core::atomic::write_bytes_atomic(&run.join("accuracy.svg"), svg.as_bytes())?;
+    layerwise_core::atomic::write_bytes_atomic(&run.join(SVG), svg.as_bytes())?;
     layerwise_core::atomic::write_bytes_atomic(
-        &run.join("report.md"),
+        &run.join(REPORT),
         markdown::render(&summary, notes.as_deref()).as_bytes(),
     )?;
-    layerwise_core::atomic::write_json_atomic(&run.join("summary.json"), &summary)?;
+    layerwise_core::atomic::write_json_atomic(&run.join(SUMMARY), &summary)?;
     Ok(summary)
 }

@@ -36,10 +36,7 @@ use std::time::Instant;
 
 pub use layerwise_core::config;
 
-/// File names inside a depth folder.
-pub const MODEL_FILE: &str = "model.safetensors";
-/// Training history file name.
-pub const HISTORY_FILE: &str = "train.json";
+pub use layerwise_core::run::{HISTORY_FILE, MODEL_FILE};
 
 /// What to train.
 #[derive(Debug, Clone)]
