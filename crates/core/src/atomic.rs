@@ -15,6 +15,26 @@ pub fn temp_path_for(path: &Path) -> PathBuf {
     path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
 }
 
+/// Remove temp files that an earlier, killed writer of `path` left behind (`.NAME.tmp-PID`
+/// where no process PID runs any more): a prepared dataset's is 700 MB. Only where
+/// `/proc` tells which processes run (Linux); elsewhere nothing is removed.
+fn remove_stale_temps(path: &Path) {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else { return };
+    let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+    let prefix = format!(".{}.tmp-", name.to_string_lossy());
+    if !Path::new("/proc/self").exists() {
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let file = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = file.strip_prefix(&prefix).and_then(|p| p.parse::<u32>().ok()) else { continue };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
 /// Create the parent folder of `path` if needed, with a clear error.
 pub fn ensure_parent(path: &Path) -> Result<()> {
     if let Some(parent) = path.parent() {
@@ -34,6 +54,7 @@ where
     F: FnOnce(&Path) -> Result<()>,
 {
     ensure_parent(path)?;
+    remove_stale_temps(path);
     let tmp = temp_path_for(path);
     let result = write(&tmp).and_then(|()| {
         // Make the bytes durable before the rename makes them visible.
@@ -89,6 +110,23 @@ mod tests {
         assert!(err.is_err());
         assert!(!path.exists());
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn temp_files_of_dead_writers_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data.safetensors");
+        // a pid far above any pid_max: no such process
+        let stale = dir.path().join(".data.safetensors.tmp-4294967295");
+        let other = dir.path().join(".other.bin.tmp-4294967295");
+        std::fs::write(&stale, b"half a dataset").unwrap();
+        std::fs::write(&other, b"not ours").unwrap();
+        write_bytes_atomic(&path, b"whole").unwrap();
+        if Path::new("/proc/self").exists() {
+            assert!(!stale.exists());
+        }
+        assert!(other.exists(), "only the same artifact's temp files are touched");
+        assert_eq!(std::fs::read(&path).unwrap(), b"whole");
     }
 
     #[test]
