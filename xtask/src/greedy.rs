@@ -11,9 +11,11 @@ use anyhow::{bail, Context, Result};
 use layerwise_core::checkpoint::read_checkpoint_meta;
 use layerwise_core::dataset::Dataset;
 use layerwise_core::hash::sha256_file;
-use layerwise_core::metrics::{Evaluation, TrainHistory};
+use layerwise_core::metrics::{best_by_validation, Evaluation, TrainHistory};
 use layerwise_core::pipeline::Pipeline;
-use layerwise_core::run::{depth_dir, EVAL_FILE, HISTORY_FILE, MODEL_FILE, PIPELINE_FILE, REPORT_FILES};
+use layerwise_core::run::{
+    depth_dir, parse_depth_dir, EVAL_FILE, HISTORY_FILE, MODEL_FILE, PIPELINE_FILE, REPORT_FILES,
+};
 use layerwise_nn::device::DeviceKind;
 use std::path::{Path, PathBuf};
 
@@ -309,8 +311,14 @@ pub struct GreedyOutcome {
 }
 
 /// A depth is complete when checkpoint, history and evaluation agree with each other, with
-/// the parent, the dataset and the pipeline. Returns its validation accuracy.
-pub fn completed_depth(plan: &Plan, depth: usize, parent_sha: Option<&str>, fingerprint: &str) -> Option<f64> {
+/// the parent, the dataset and the pipeline. Returns its validation accuracy and its
+/// checkpoint's SHA-256 (the next depth's parent).
+pub fn completed_depth(
+    plan: &Plan,
+    depth: usize,
+    parent_sha: Option<&str>,
+    fingerprint: &str,
+) -> Option<(f64, String)> {
     let dir = depth_dir(&plan.run_dir, depth);
     let model = dir.join(MODEL_FILE);
     let meta = read_checkpoint_meta(&model).ok()?;
@@ -325,7 +333,16 @@ pub fn completed_depth(plan: &Plan, depth: usize, parent_sha: Option<&str>, fing
         && eval.checkpoint_sha256 == sha
         && eval.split == plan.pipeline.greedy.evaluate
         && eval.dataset_fingerprint == fingerprint;
-    consistent.then(|| history.last().map(|e| e.val_accuracy)).flatten()
+    let val_accuracy = history.last()?.val_accuracy;
+    consistent.then_some((val_accuracy, sha))
+}
+
+/// Where the loop starts: depth 1 from nothing, or the depth after `--from`'s checkpoint.
+fn start(from: Option<&Path>) -> Result<(usize, Option<PathBuf>)> {
+    match from {
+        Some(c) => Ok((read_checkpoint_meta(c)?.depth + 1, Some(c.to_path_buf()))),
+        None => Ok((1, None)),
+    }
 }
 
 /// Run (or print) the greedy loop.
@@ -361,11 +378,8 @@ pub fn print_commands(plan: &Plan, a: &GreedyArgs) -> Result<Vec<String>> {
         format!("mkdir -p {run_dir} && cp {} {recorded}", shell_quote(&plan.pipeline_path.to_string_lossy()))
     });
     lines.push(plan.prepare_step(a.source.as_deref()).command_line());
-    let (start, mut parent) = match &a.from {
-        Some(c) => (read_checkpoint_meta(c)?.depth + 1, Some(c.clone())),
-        None => (1, None),
-    };
-    for depth in start..=p.greedy.max_depth {
+    let (first, mut parent) = start(a.from.as_deref())?;
+    for depth in first..=p.greedy.max_depth {
         lines.push(plan.train_step(depth, parent.as_deref()).command_line());
         lines.push(plan.evaluate_step(depth).command_line());
         parent = Some(depth_dir(&plan.run_dir, depth).join(MODEL_FILE));
@@ -379,7 +393,7 @@ fn run_plan(plan: &Plan, a: &GreedyArgs) -> Result<GreedyOutcome> {
     if a.restart && plan.run_dir.exists() {
         for entry in std::fs::read_dir(&plan.run_dir)?.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            if name.starts_with("depth-") || REPORT_FILES.contains(&name.as_str()) || name == PIPELINE_FILE {
+            if parse_depth_dir(&name).is_some() || REPORT_FILES.contains(&name.as_str()) || name == PIPELINE_FILE {
                 let path = entry.path();
                 let r = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
                 r.with_context(|| format!("--restart: cannot remove {}", path.display()))?;
@@ -405,23 +419,16 @@ fn run_plan(plan: &Plan, a: &GreedyArgs) -> Result<GreedyOutcome> {
     }
     let fingerprint = Dataset::open(&plan.data)?.meta.fingerprint;
 
-    let (start, mut parent) = match &a.from {
-        Some(c) => {
-            let meta = read_checkpoint_meta(c)?;
-            (meta.depth + 1, Some(c.clone()))
-        }
-        None => (1, None),
-    };
+    let (first, mut parent) = start(a.from.as_deref())?;
+    let mut parent_sha = parent.as_deref().map(sha256_file).transpose()?;
     let mut depths: Vec<DepthOutcome> = Vec::new();
-    let mut best: Option<(usize, f64)> = None;
     let mut stopped_early = false;
-    for depth in start..=p.greedy.max_depth {
+    for depth in first..=p.greedy.max_depth {
         ui.depth(depth);
-        let parent_sha = parent.as_deref().map(sha256_file).transpose()?;
-        let outcome = match completed_depth(plan, depth, parent_sha.as_deref(), &fingerprint) {
-            Some(val_accuracy) => {
+        let (outcome, sha) = match completed_depth(plan, depth, parent_sha.as_deref(), &fingerprint) {
+            Some((val_accuracy, sha)) => {
                 ui.line(&format!("depth {depth}: complete already (val_acc {val_accuracy:.4}), kept"));
-                DepthOutcome { depth, val_accuracy, reused: true }
+                (DepthOutcome { depth, val_accuracy, reused: true }, sha)
             }
             None => {
                 let dir = depth_dir(&plan.run_dir, depth);
@@ -431,19 +438,17 @@ fn run_plan(plan: &Plan, a: &GreedyArgs) -> Result<GreedyOutcome> {
                 }
                 plan.train_step(depth, parent.as_deref()).run()?;
                 plan.evaluate_step(depth).run()?;
-                let val_accuracy =
-                    completed_depth(plan, depth, parent_sha.as_deref(), &fingerprint).with_context(|| {
+                let (val_accuracy, sha) = completed_depth(plan, depth, parent_sha.as_deref(), &fingerprint)
+                    .with_context(|| {
                         format!("depth {depth} was trained but its files do not agree; rerun to redo it")
                     })?;
-                DepthOutcome { depth, val_accuracy, reused: false }
+                (DepthOutcome { depth, val_accuracy, reused: false }, sha)
             }
         };
-        if best.is_none_or(|(_, b)| outcome.val_accuracy > b) {
-            best = Some((depth, outcome.val_accuracy));
-        }
         depths.push(outcome);
         parent = Some(depth_dir(&plan.run_dir, depth).join(MODEL_FILE));
-        if let Some((best_depth, _)) = best {
+        parent_sha = Some(sha);
+        if let Some((best_depth, _)) = best_by_validation(depths.iter().map(|d| (d.depth, d.val_accuracy))) {
             if p.greedy.patience > 0 && depth - best_depth >= p.greedy.patience && depth < p.greedy.max_depth {
                 ui.line(&format!(
                     "validation accuracy has not improved for {} depths (best: depth {best_depth}): stopping",
@@ -456,7 +461,7 @@ fn run_plan(plan: &Plan, a: &GreedyArgs) -> Result<GreedyOutcome> {
     }
     ui.finish();
     plan.report_step().run()?;
-    let best_depth = best.map_or(0, |b| b.0);
+    let best_depth = best_by_validation(depths.iter().map(|d| (d.depth, d.val_accuracy))).map_or(0, |b| b.0);
     Ok(GreedyOutcome { depths, best_depth, stopped_early, run_dir: plan.run_dir.clone() })
 }
 

@@ -92,6 +92,16 @@ pub struct Evaluation {
     pub seconds: f64,
 }
 
+/// The best of `(depth, validation accuracy)` pairs: the highest accuracy, the first one
+/// on a tie (a deeper network must strictly improve to be preferred). The greedy loop and
+/// the report both choose with this, on validation accuracy, never on test accuracy.
+pub fn best_by_validation(depths: impl IntoIterator<Item = (usize, f64)>) -> Option<(usize, f64)> {
+    depths.into_iter().fold(None, |best, (d, acc)| match best {
+        Some((_, b)) if b >= acc => best,
+        _ => Some((d, acc)),
+    })
+}
+
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path, schema: &str, get: fn(&T) -> (&str, u32)) -> Result<T> {
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let value: T = serde_json::from_str(&text)
@@ -118,5 +128,17 @@ impl Evaluation {
     /// Read and check an `eval.json`.
     pub fn read(path: &Path) -> Result<Self> {
         read_json(path, EVAL_SCHEMA, |e: &Self| (e.schema.as_str(), e.version))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::best_by_validation;
+
+    #[test]
+    fn best_depth_is_the_first_highest_validation_accuracy() {
+        assert_eq!(best_by_validation([(1, 0.40), (2, 0.51), (3, 0.51), (4, 0.49)]), Some((2, 0.51)));
+        assert_eq!(best_by_validation([(3, 0.2)]), Some((3, 0.2)));
+        assert_eq!(best_by_validation([]), None);
     }
 }

@@ -106,17 +106,31 @@ pub fn forward<D: Backend>(hidden: &[Layer<D>], head: Option<&Layer<D>>, mut x: 
     }
 }
 
-/// Run `hidden` over `rows` rows of host data in chunks, returning the outputs on the host.
-/// This is how frozen layers are applied once per depth instead of once per batch.
-pub fn features_host<D: Backend>(dev: &D, hidden: &[Layer<D>], data: &[f32], rows: usize, chunk: usize) -> Vec<f32> {
+/// Run [`forward`] over `rows` rows of host data, `chunk` rows at a time, no tape, handing
+/// each chunk's first row and its outputs (on the host) to `each`.
+fn forward_chunks<D: Backend>(
+    dev: &D,
+    hidden: &[Layer<D>],
+    head: Option<&Layer<D>>,
+    data: &[f32],
+    rows: usize,
+    chunk: usize,
+    mut each: impl FnMut(usize, Vec<f32>),
+) {
     let dim = data.len().checked_div(rows).unwrap_or(0);
-    let out_dim = hidden.last().map_or(dim, |l| l.outputs());
-    let mut out = Vec::with_capacity(rows * out_dim);
     for start in (0..rows).step_by(chunk.max(1)) {
         let n = chunk.min(rows - start);
         let x = dev.tensor_from_vec(data[start * dim..(start + n) * dim].to_vec(), (n, dim));
-        out.extend(forward(hidden, None, x).as_vec());
+        each(start, forward(hidden, head, x).as_vec());
     }
+}
+
+/// Run `hidden` over `rows` rows of host data in chunks, returning the outputs on the host.
+/// This is how frozen layers are applied once per depth instead of once per batch.
+pub fn features_host<D: Backend>(dev: &D, hidden: &[Layer<D>], data: &[f32], rows: usize, chunk: usize) -> Vec<f32> {
+    let out_dim = hidden.last().map_or(data.len().checked_div(rows).unwrap_or(0), |l| l.outputs());
+    let mut out = Vec::with_capacity(rows * out_dim);
+    forward_chunks(dev, hidden, None, data, rows, chunk, |_, y| out.extend(y));
     out
 }
 
@@ -157,11 +171,6 @@ impl<D: Backend> Adam<D> {
     pub fn force_device_path(mut self) -> Self {
         self.host_path = false;
         self
-    }
-
-    /// Steps taken.
-    pub fn steps(&self) -> i32 {
-        self.t
     }
 
     /// Start a step: every [`Adam::update`] until the next `tick` uses the same step count.
@@ -289,10 +298,8 @@ pub fn evaluate<D: Backend>(
     batch: usize,
 ) -> EvalSums {
     let mut sums = EvalSums::new(head.outputs());
-    let dim = if labels.is_empty() { 0 } else { data.len() / labels.len() };
-    for (rows, labels) in data.chunks(batch.max(1) * dim.max(1)).zip(labels.chunks(batch.max(1))) {
-        let x = dev.tensor_from_vec(rows.to_vec(), (labels.len(), dim));
-        sums.add(&forward(hidden, Some(head), x).as_vec(), labels);
-    }
+    forward_chunks(dev, hidden, Some(head), data, labels.len(), batch, |start, logits| {
+        sums.add(&logits, &labels[start..]);
+    });
     sums
 }

@@ -149,7 +149,7 @@ pub fn prepare(opts: &PrepareOptions) -> Result<DatasetMeta> {
 
 fn normalization(kind: Normalize, train: &[u8]) -> Normalization {
     match kind {
-        Normalize::Unit => Normalization { kind: "unit".into(), mean: vec![0.0; 3], std: vec![1.0; 3] },
+        Normalize::Unit => Normalization::unit(),
         Normalize::Standardize => {
             let plane = source::IMAGE_BYTES / 3;
             let mut sum = [0f64; 3];

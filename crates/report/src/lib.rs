@@ -16,7 +16,7 @@ mod plot;
 
 use anyhow::{Context, Result};
 use layerwise_core::checkpoint::read_checkpoint_meta;
-use layerwise_core::metrics::{Evaluation, TrainHistory};
+use layerwise_core::metrics::{best_by_validation, Evaluation, TrainHistory};
 use layerwise_core::pipeline::Pipeline;
 use serde::Serialize;
 use std::path::Path;
@@ -140,14 +140,7 @@ pub fn collect(run: &Path) -> Result<Summary> {
             epochs: h.epochs.len(),
         });
     }
-    // First maximum wins: a deeper network must strictly improve to be preferred.
-    let best_depth = depths
-        .iter()
-        .fold(None::<&DepthRow>, |best, r| match best {
-            Some(b) if b.val_accuracy >= r.val_accuracy => Some(b),
-            _ => Some(r),
-        })
-        .map(|r| r.depth);
+    let best_depth = best_by_validation(depths.iter().map(|r| (r.depth, r.val_accuracy))).map(|(d, _)| d);
     let total_seconds = depths.iter().map(|r| r.seconds).sum();
     let name = run.file_name().map_or_else(|| run.display().to_string(), |n| n.to_string_lossy().into_owned());
     Ok(Summary { run: name, pipeline, depths, best_depth, total_seconds })

@@ -34,9 +34,7 @@ use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-pub use layerwise_core::config;
-
-pub use layerwise_core::run::{HISTORY_FILE, MODEL_FILE};
+use layerwise_core::run::{HISTORY_FILE, MODEL_FILE};
 
 /// What to train.
 #[derive(Debug, Clone)]
