@@ -11,7 +11,7 @@ use anyhow::{bail, Context, Result};
 use layerwise_core::checkpoint::read_checkpoint_meta;
 use layerwise_core::dataset::Dataset;
 use layerwise_core::hash::sha256_file;
-use layerwise_core::metrics::{best_by_validation, Evaluation, TrainHistory};
+use layerwise_core::metrics::{best_by_validation, patience_stop, Evaluation, TrainHistory};
 use layerwise_core::pipeline::Pipeline;
 use layerwise_core::run::{
     depth_dir, parse_depth_dir, EVAL_FILE, HISTORY_FILE, MODEL_FILE, PIPELINE_FILE, REPORT_FILES,
@@ -56,6 +56,13 @@ pub struct GreedyArgs {
     /// Plain progress lines even on a terminal.
     #[arg(long)]
     pub plain: bool,
+    /// Hand the plan to a cluster scheduler instead of running it here: `slurm` writes
+    /// one batch script per step into RUN/slurm/ (see --submit, --wait).
+    #[arg(long, value_enum)]
+    pub scheduler: Option<crate::slurm::Scheduler>,
+    /// Slurm options (with --scheduler slurm).
+    #[command(flatten)]
+    pub slurm: crate::slurm::SlurmArgs,
 }
 
 /// One stage invocation.
@@ -82,15 +89,19 @@ impl Step {
 
     /// Run the stage in this process, through its command-line parser.
     pub fn run(&self) -> Result<()> {
+        self.run_bare().with_context(|| format!("step failed: {}", self.command_line()))
+    }
+
+    /// [`Step::run`] without naming the step in an error (as the stage binary itself does).
+    pub fn run_bare(&self) -> Result<()> {
         let argv = std::iter::once(self.program.to_string()).chain(self.args.iter().cloned());
-        let result = match self.program {
+        match self.program {
             "layerwise-prepare" => layerwise_prepare::cli::run(argv),
             "layerwise-train" => layerwise_train::cli::run(argv),
             "layerwise-evaluate" => layerwise_evaluate::cli::run(argv),
             "layerwise-report" => layerwise_report::cli::run(argv),
             other => bail!("internal: unknown stage {other}"),
-        };
-        result.with_context(|| format!("step failed: {}", self.command_line()))
+        }
     }
 }
 
@@ -345,7 +356,7 @@ fn start(from: Option<&Path>) -> Result<(usize, Option<PathBuf>)> {
     }
 }
 
-/// Run (or print) the greedy loop.
+/// Run (or print, or hand to a scheduler) the greedy loop.
 pub fn run(a: &GreedyArgs) -> Result<Option<GreedyOutcome>> {
     let plan = Plan::new(a)?;
     if a.print_commands {
@@ -354,7 +365,79 @@ pub fn run(a: &GreedyArgs) -> Result<Option<GreedyOutcome>> {
         }
         return Ok(None);
     }
-    run_plan(&plan, a).map(Some)
+    match a.scheduler {
+        Some(crate::slurm::Scheduler::Slurm) => {
+            crate::slurm::greedy(&plan, a)?;
+            Ok(None)
+        }
+        None => {
+            a.slurm.refuse_without_scheduler()?;
+            run_plan(&plan, a).map(Some)
+        }
+    }
+}
+
+/// What remains of the plan, as scheduler jobs, by the local loop's rules: no prepare job
+/// when the dataset is prepared; complete depths (see [`completed_depth`]) are skipped,
+/// and from the first incomplete depth on every depth is a train job (after the previous
+/// train job) and an evaluate job (after its train job, so evaluating depth d never holds
+/// up training depth d+1); the report job comes after all of them. No train job is made
+/// past a depth where the complete depths already stop the loop (patience); past that,
+/// each job's gate decides from the files on disk when it runs.
+pub fn remaining_jobs(plan: &Plan, a: &GreedyArgs) -> Result<Vec<crate::slurm::JobSpec>> {
+    use crate::slurm::{Gate, JobSpec};
+    let p = &plan.pipeline;
+    let job = |label: String, step: Step, after: Vec<String>, gate: Option<Gate>| JobSpec {
+        key: label.replace('-', "_"),
+        label,
+        run_dir: plan.run_dir.clone(),
+        gpu: plan.device != DeviceKind::Cpu
+            && step.program != "layerwise-prepare"
+            && step.program != "layerwise-report",
+        step,
+        gate,
+        after,
+    };
+    let mut jobs = Vec::new();
+    let ready = dataset_ready(plan, a.source.as_deref())?;
+    if !ready {
+        jobs.push(job("prepare".into(), plan.prepare_step(a.source.as_deref()), vec![], None));
+    }
+    let fingerprint = if ready { Some(Dataset::open(&plan.data)?.meta.fingerprint) } else { None };
+    let (first, mut parent) = start(a.from.as_deref())?;
+    let mut parent_sha = parent.as_deref().map(sha256_file).transpose()?;
+    let mut accs = Vec::new();
+    let mut reusing = fingerprint.is_some();
+    let mut previous_train: Option<String> = (!ready).then(|| "prepare".into());
+    for depth in first..=p.greedy.max_depth {
+        if reusing {
+            let fp = fingerprint.as_deref().unwrap_or_default();
+            if let Some((acc, sha)) = completed_depth(plan, depth, parent_sha.as_deref(), fp) {
+                accs.push((depth, acc));
+                parent = Some(depth_dir(&plan.run_dir, depth).join(MODEL_FILE));
+                parent_sha = Some(sha);
+                if patience_stop(&accs, p.greedy.patience, p.greedy.max_depth).is_some() {
+                    break;
+                }
+                continue;
+            }
+            reusing = false;
+        }
+        let gate = Some(Gate { first, depth });
+        let train = format!("train-{depth:02}");
+        jobs.push(job(
+            train.clone(),
+            plan.train_step(depth, parent.as_deref()),
+            previous_train.iter().cloned().collect(),
+            gate,
+        ));
+        jobs.push(job(format!("evaluate-{depth:02}"), plan.evaluate_step(depth), vec![train.replace('-', "_")], gate));
+        previous_train = Some(train.replace('-', "_"));
+        parent = Some(depth_dir(&plan.run_dir, depth).join(MODEL_FILE));
+    }
+    let all = jobs.iter().map(|j| j.key.clone()).collect();
+    jobs.push(job("report".into(), plan.report_step(), all, None));
+    Ok(jobs)
 }
 
 /// The whole plan as shell lines: comments, then one stage command per line.
@@ -388,8 +471,9 @@ pub fn print_commands(plan: &Plan, a: &GreedyArgs) -> Result<Vec<String>> {
     Ok(lines)
 }
 
-fn run_plan(plan: &Plan, a: &GreedyArgs) -> Result<GreedyOutcome> {
-    let p = &plan.pipeline;
+/// Open (or start) the run folder: `--restart` clears it, a changed pipeline is refused,
+/// the pipeline is recorded. Shared by the local loop and the scheduler backends.
+pub fn open_run(plan: &Plan, a: &GreedyArgs) -> Result<()> {
     if a.restart && plan.run_dir.exists() {
         for entry in std::fs::read_dir(&plan.run_dir)?.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
@@ -403,15 +487,23 @@ fn run_plan(plan: &Plan, a: &GreedyArgs) -> Result<GreedyOutcome> {
     check_resume(plan)?;
     std::fs::create_dir_all(&plan.run_dir)
         .with_context(|| format!("cannot create run folder {}", plan.run_dir.display()))?;
-    record_pipeline(plan, overridden(a))?;
+    record_pipeline(plan, overridden(a))
+}
 
-    let ui = Ui::new(a.plain, p.greedy.max_depth);
-    let d = &p.data;
+/// Whether the plan's dataset is prepared already, with the pipeline's settings and (given
+/// `--source`) from the same source files.
+pub fn dataset_ready(plan: &Plan, source: Option<&Path>) -> Result<bool> {
+    let d = &plan.pipeline.data;
     let limits = ((d.limit_train > 0).then_some(d.limit_train), (d.limit_test > 0).then_some(d.limit_test));
     let normalize = layerwise_prepare::Normalize::parse(&d.normalize)?;
-    if layerwise_prepare::matches_existing(&plan.data, normalize, d.val_fraction, limits, a.source.as_deref())?
-        .is_some()
-    {
+    Ok(layerwise_prepare::matches_existing(&plan.data, normalize, d.val_fraction, limits, source)?.is_some())
+}
+
+fn run_plan(plan: &Plan, a: &GreedyArgs) -> Result<GreedyOutcome> {
+    let p = &plan.pipeline;
+    open_run(plan, a)?;
+    let ui = Ui::new(a.plain, p.greedy.max_depth);
+    if dataset_ready(plan, a.source.as_deref())? {
         ui.line(&format!("dataset {} is prepared already", plan.data.display()));
     } else {
         ui.line("preparing the dataset");
@@ -448,15 +540,14 @@ fn run_plan(plan: &Plan, a: &GreedyArgs) -> Result<GreedyOutcome> {
         depths.push(outcome);
         parent = Some(depth_dir(&plan.run_dir, depth).join(MODEL_FILE));
         parent_sha = Some(sha);
-        if let Some((best_depth, _)) = best_by_validation(depths.iter().map(|d| (d.depth, d.val_accuracy))) {
-            if p.greedy.patience > 0 && depth - best_depth >= p.greedy.patience && depth < p.greedy.max_depth {
-                ui.line(&format!(
-                    "validation accuracy has not improved for {} depths (best: depth {best_depth}): stopping",
-                    p.greedy.patience
-                ));
-                stopped_early = true;
-                break;
-            }
+        let accs: Vec<(usize, f64)> = depths.iter().map(|d| (d.depth, d.val_accuracy)).collect();
+        if let Some(best_depth) = patience_stop(&accs, p.greedy.patience, p.greedy.max_depth) {
+            ui.line(&format!(
+                "validation accuracy has not improved for {} depths (best: depth {best_depth}): stopping",
+                p.greedy.patience
+            ));
+            stopped_early = true;
+            break;
         }
     }
     ui.finish();

@@ -1,8 +1,13 @@
 //! `cargo xtask`: layerwise's orchestrator (rust-analyzer's xtask pattern: plain Rust
 //! instead of shell scripts, run through the `xtask` alias in `.cargo/config.toml`).
 //!
-//! - `cargo xtask greedy`: the greedy layer-wise loop, stage by stage, resumable.
+//! - `cargo xtask greedy`: the greedy layer-wise loop, stage by stage, resumable; with
+//!   `--scheduler slurm`, as Slurm jobs.
+//! - `cargo xtask sweep`: one greedy run per (pipeline, seed), and a report over them.
 //! - `cargo xtask bench`: training throughput against a plain matrix product.
+//! - `xtask gate`: used by scheduler jobs: has the loop stopped before a depth?
+//!
+//! Called by a stage's name (through a link, as Slurm jobs do), the binary is that stage.
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -18,14 +23,50 @@ struct Cli {
 enum Cmd {
     /// Run the greedy layer-wise loop (prepare, then train + evaluate per depth, then report).
     Greedy(xtask::greedy::GreedyArgs),
+    /// Run the greedy loop once per (pipeline, seed) and report over the runs.
+    Sweep(xtask::sweep::SweepArgs),
     /// Measure training speed on this machine (synthetic data of CIFAR-10's shape).
     Bench(xtask::bench::BenchArgs),
+    /// For scheduler jobs: exit 0 if the run's greedy loop goes on to --depth, 3 if
+    /// patience stopped it before (saying why), 1 on error.
+    Gate(GateArgs),
+}
+
+#[derive(clap::Args)]
+struct GateArgs {
+    /// Run folder.
+    #[arg(long)]
+    run_dir: std::path::PathBuf,
+    /// The run's first depth.
+    #[arg(long, default_value_t = 1)]
+    first: usize,
+    /// The depth a job is about to train or evaluate.
+    #[arg(long)]
+    depth: usize,
 }
 
 fn main() -> ExitCode {
+    let argv0 = std::env::args_os().next().unwrap_or_default();
+    let name = std::path::Path::new(&argv0).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    if let Some(&stage) = xtask::STAGES.iter().find(|s| **s == name) {
+        let step = xtask::greedy::Step { program: stage, args: std::env::args().skip(1).collect() };
+        return layerwise_core::exit_code(stage, step.run_bare());
+    }
     let result = match Cli::parse().cmd {
         Cmd::Greedy(a) => xtask::greedy::run(&a).map(|_| ()),
+        Cmd::Sweep(a) => xtask::sweep::run(&a),
         Cmd::Bench(a) => xtask::bench::run(&a),
+        Cmd::Gate(a) => match xtask::slurm::gate(&a.run_dir, a.first, a.depth) {
+            Ok(None) => {
+                eprintln!("gate: depth {} goes ahead", a.depth);
+                Ok(())
+            }
+            Ok(Some(reason)) => {
+                eprintln!("gate: {reason}");
+                return ExitCode::from(xtask::slurm::GATE_STOPPED);
+            }
+            Err(e) => Err(e),
+        },
     };
     layerwise_core::exit_code("xtask", result)
 }

@@ -33,6 +33,8 @@ impl Env {
             restart: false,
             print_commands: false,
             plain: true,
+            scheduler: None,
+            slurm: Default::default(),
         }
     }
     fn pipeline(&self, text: &str) -> PathBuf {

@@ -57,6 +57,13 @@ pub struct TrainHistory {
     pub seconds: f64,
     /// Device used.
     pub device: String,
+    /// The machine that trained this depth (its host name), when known. Absent in
+    /// histories written before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// The Slurm job that trained this depth (`SLURM_JOB_ID`), when it ran under Slurm.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slurm_job_id: Option<String>,
     /// One entry per epoch.
     pub epochs: Vec<EpochMetrics>,
 }
@@ -90,6 +97,27 @@ pub struct Evaluation {
     pub confusion: Vec<Vec<u64>>,
     /// Wall seconds.
     pub seconds: f64,
+}
+
+/// This machine's host name (`/proc/sys/kernel/hostname`, else `$HOSTNAME`), recorded in
+/// `train.json` so a report can say where each depth ran.
+pub fn host_name() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+}
+
+/// Where patience stops a greedy loop: given the `(depth, validation accuracy)` pairs
+/// trained so far (in depth order), whether the loop stops after the last of them, and
+/// the best depth it stops on. It stops once the best depth lies `patience` depths back
+/// (patience 0 never stops) and the last depth is below `max_depth`. The local loop and
+/// the Slurm gate both decide with this, so a chain stops where a local run does.
+pub fn patience_stop(depths: &[(usize, f64)], patience: usize, max_depth: usize) -> Option<usize> {
+    let &(last, _) = depths.last()?;
+    let (best, _) = best_by_validation(depths.iter().copied())?;
+    (patience > 0 && last - best >= patience && last < max_depth).then_some(best)
 }
 
 /// The best of `(depth, validation accuracy)` pairs: the highest accuracy, the first one
@@ -133,7 +161,17 @@ impl Evaluation {
 
 #[cfg(test)]
 mod tests {
-    use super::best_by_validation;
+    use super::{best_by_validation, patience_stop};
+
+    #[test]
+    fn patience_stops_once_the_best_lies_patience_depths_back() {
+        let accs = [(1, 0.40), (2, 0.51), (3, 0.50), (4, 0.49)];
+        assert_eq!(patience_stop(&accs[..3], 2, 10), None);
+        assert_eq!(patience_stop(&accs, 2, 10), Some(2));
+        assert_eq!(patience_stop(&accs, 0, 10), None, "patience 0 never stops");
+        assert_eq!(patience_stop(&accs, 2, 4), None, "the last depth is no early stop");
+        assert_eq!(patience_stop(&[], 1, 10), None);
+    }
 
     #[test]
     fn best_depth_is_the_first_highest_validation_accuracy() {

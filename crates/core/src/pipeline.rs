@@ -46,6 +46,76 @@ impl Default for GreedyConfig {
     }
 }
 
+/// How `--scheduler slurm` submits the plan's jobs (`[slurm]`). Every key is optional
+/// and there are no site-specific defaults: without a partition, Slurm's default one is used.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SlurmConfig {
+    /// `sbatch --partition` for every job.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub partition: Option<String>,
+    /// The partition of the jobs that use a GPU (train and evaluate with `--device cuda`);
+    /// `partition` when unset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gpu_partition: Option<String>,
+    /// `--cpus-per-task` of the prepare, train and evaluate jobs (the report job takes 1);
+    /// 2 when unset. The stages use that many threads.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpus_per_task: Option<usize>,
+    /// `sbatch --time` of every job (e.g. `"02:00:00"`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub time: Option<String>,
+    /// `sbatch --mem` of every job (e.g. `"4G"`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mem: Option<String>,
+    /// Further `sbatch` options, one per entry, each starting with `--`
+    /// (e.g. `["--account=lab", "--qos=short"]`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub sbatch_args: Vec<String>,
+}
+
+impl SlurmConfig {
+    /// Check every value, naming the key of the first bad one.
+    pub fn validate(&self) -> Result<()> {
+        if self.cpus_per_task == Some(0) {
+            bail!("`slurm.cpus_per_task` must be at least 1");
+        }
+        for (key, v) in [
+            ("slurm.partition", &self.partition),
+            ("slurm.gpu_partition", &self.gpu_partition),
+            ("slurm.time", &self.time),
+            ("slurm.mem", &self.mem),
+        ] {
+            if let Some(v) = v {
+                if v.is_empty() || !v.chars().all(|c| c.is_ascii_alphanumeric() || "-_.:,+=".contains(c)) {
+                    bail!("`{key}` is `{v}`: use letters, digits and - _ . : , + = only");
+                }
+            }
+        }
+        for a in &self.sbatch_args {
+            if !a.starts_with("--") || a.contains(['\n', '\r']) {
+                bail!(
+                    "`slurm.sbatch_args` entry `{a}`: each entry is one sbatch option starting with `--`, on one line"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// This configuration with `over`'s set values taking precedence (command-line flags
+    /// over the pipeline's section); `over`'s sbatch options come after this one's.
+    pub fn overridden_by(&self, over: &SlurmConfig) -> SlurmConfig {
+        SlurmConfig {
+            partition: over.partition.clone().or_else(|| self.partition.clone()),
+            gpu_partition: over.gpu_partition.clone().or_else(|| self.gpu_partition.clone()),
+            cpus_per_task: over.cpus_per_task.or(self.cpus_per_task),
+            time: over.time.clone().or_else(|| self.time.clone()),
+            mem: over.mem.clone().or_else(|| self.mem.clone()),
+            sbatch_args: self.sbatch_args.iter().chain(&over.sbatch_args).cloned().collect(),
+        }
+    }
+}
+
 /// A pipeline file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -67,6 +137,13 @@ pub struct Pipeline {
     /// The loop.
     #[serde(default)]
     pub greedy: GreedyConfig,
+    /// Cluster submission (`--scheduler slurm`); changes nothing a run computes.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub slurm: SlurmConfig,
+}
+
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
 }
 
 impl Pipeline {
@@ -105,6 +182,7 @@ impl Pipeline {
         if self.greedy.max_depth == 0 {
             bail!("`greedy.max_depth` must be at least 1");
         }
+        self.slurm.validate()?;
         Ok(())
     }
 
@@ -144,6 +222,10 @@ mod tests {
             ("name='x'\n[train]\nlearning_rate = 0.1", "learning_rate"),
             ("name='x'\nextra = 1", "extra"),
             ("name='x'\n[train]\nbatch_size = 0", "batch_size"),
+            ("name='x'\n[slurm]\ncpus_per_task = 0", "slurm.cpus_per_task"),
+            ("name='x'\n[slurm]\npartition = 'a b'", "slurm.partition"),
+            ("name='x'\n[slurm]\nsbatch_args = ['-A x']", "slurm.sbatch_args"),
+            ("name='x'\n[slurm]\nqueue = 'gpu'", "queue"),
         ] {
             let e = err(text);
             assert!(e.contains(key), "error for {text:?} should name {key}: {e}");
@@ -152,7 +234,12 @@ mod tests {
 
     #[test]
     fn round_trips_through_toml() {
-        let p = Pipeline::from_toml("name='x'\n[greedy]\npatience = 2", "p.toml").unwrap();
+        let p = Pipeline::from_toml(
+            "name='x'\n[greedy]\npatience = 2\n[slurm]\npartition = 'gpu'\nsbatch_args = ['--qos=short']",
+            "p.toml",
+        )
+        .unwrap();
+        assert_eq!(p.slurm.partition.as_deref(), Some("gpu"));
         let back = Pipeline::from_toml(&p.to_toml().unwrap(), "again").unwrap();
         assert_eq!(p, back);
     }

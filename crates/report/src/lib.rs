@@ -13,6 +13,7 @@
 pub mod cli;
 mod markdown;
 mod plot;
+pub mod sweep;
 
 use anyhow::{Context, Result};
 use layerwise_core::checkpoint::read_checkpoint_meta;
@@ -67,6 +68,8 @@ pub struct DepthRow {
     pub seconds: f64,
     /// Epochs trained.
     pub epochs: usize,
+    /// The machine that trained it (from `train.json`), when recorded.
+    pub host: Option<String>,
 }
 
 /// A run, as the report sees it.
@@ -138,6 +141,7 @@ pub fn collect(run: &Path) -> Result<Summary> {
             trained: meta.trained.clone(),
             seconds: h.seconds + eval.as_ref().map_or(0.0, |e| e.seconds),
             epochs: h.epochs.len(),
+            host: h.host.clone(),
         });
     }
     let best_depth = best_by_validation(depths.iter().map(|r| (r.depth, r.val_accuracy))).map(|(d, _)| d);
@@ -169,5 +173,17 @@ pub fn write_report(run: &Path) -> Result<Summary> {
         markdown::render(&summary, notes.as_deref()).as_bytes(),
     )?;
     layerwise_core::atomic::write_json_atomic(&run.join(SUMMARY), &summary)?;
+    Ok(summary)
+}
+
+/// Aggregate several runs (a sweep) and write `report.md`, `accuracy.svg` and
+/// `summary.json` (schema [`sweep::SWEEP_SCHEMA`]) into `out`.
+pub fn write_sweep_report(runs: &[std::path::PathBuf], out: &Path) -> Result<sweep::SweepSummary> {
+    let summary = sweep::collect_sweep(runs)?;
+    let svg = plot::sweep_svg(&summary)?;
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    layerwise_core::atomic::write_bytes_atomic(&out.join(SVG), svg.as_bytes())?;
+    layerwise_core::atomic::write_bytes_atomic(&out.join(REPORT), sweep::render(&summary).as_bytes())?;
+    layerwise_core::atomic::write_json_atomic(&out.join(SUMMARY), &summary)?;
     Ok(summary)
 }

@@ -49,8 +49,13 @@ pub(crate) fn render(s: &Summary, notes: Option<&str>) -> String {
     if tutorial {
         md.push_str(" tutorial test acc | Δ |");
     }
-    md.push_str(" trainable params | total params | trained | seconds |\n|");
-    let cols = 12 + if tutorial { 2 } else { 0 } - 1;
+    let hosts = s.depths.iter().any(|r| r.host.is_some());
+    md.push_str(" trainable params | total params | trained | seconds |");
+    if hosts {
+        md.push_str(" host |");
+    }
+    md.push_str("\n|");
+    let cols = 12 + if tutorial { 2 } else { 0 } + usize::from(hosts) - 1;
     md.push_str(&" ---: |".repeat(cols));
     md.push('\n');
     for r in &s.depths {
@@ -71,14 +76,12 @@ pub(crate) fn render(s: &Summary, notes: Option<&str>) -> String {
             let d = t.zip(r.eval_accuracy).map(|(t, a)| format!("{:+.4}", a - t)).unwrap_or("–".into());
             let _ = write!(md, " {} | {d} |", opt(t));
         }
-        let _ = writeln!(
-            md,
-            " {} | {} | {} | {:.1} |",
-            r.trainable_params,
-            r.total_params,
-            r.trained.join(", "),
-            r.seconds
-        );
+        let _ =
+            write!(md, " {} | {} | {} | {:.1} |", r.trainable_params, r.total_params, r.trained.join(", "), r.seconds);
+        if hosts {
+            let _ = write!(md, " {} |", r.host.as_deref().unwrap_or("–"));
+        }
+        md.push('\n');
     }
     md.push('\n');
     if let Some(b) = s.best() {

@@ -1,10 +1,33 @@
-//! `accuracy.svg`: accuracy and loss against depth, drawn with plotters.
+//! `accuracy.svg`: accuracy and loss against depth (a run), or mean accuracy with its
+//! range over runs (a sweep), drawn with plotters.
 
+use crate::sweep::SweepSummary;
 use crate::{Summary, TUTORIAL_TEST_ACCURACY, TUTORIAL_TEST_LOSS};
 use anyhow::{anyhow, Result};
 use plotters::prelude::*;
 
-type Series = (String, Vec<(f64, f64)>, RGBColor);
+/// A line: name, points, colour, and a band `(x, low, high)` around it (empty: none).
+struct Series {
+    name: String,
+    points: Vec<(f64, f64)>,
+    color: RGBColor,
+    band: Vec<(f64, f64, f64)>,
+}
+
+impl Series {
+    fn line(name: impl Into<String>, points: Vec<(f64, f64)>, color: RGBColor) -> Self {
+        Self { name: name.into(), points, color, band: Vec::new() }
+    }
+}
+
+const PALETTE: [RGBColor; 6] = [
+    RGBColor(31, 119, 180),
+    RGBColor(214, 39, 40),
+    RGBColor(44, 160, 44),
+    RGBColor(255, 127, 14),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+];
 
 fn draw(
     area: &DrawingArea<SVGBackend, plotters::coord::Shift>,
@@ -15,7 +38,7 @@ fn draw(
     legend: SeriesLabelPosition,
 ) -> Result<()> {
     let err = |e: &dyn std::fmt::Display| anyhow!("cannot draw the plot: {e}");
-    let ys = series.iter().flat_map(|s| s.1.iter().map(|p| p.1));
+    let ys = series.iter().flat_map(|s| s.points.iter().map(|p| p.1).chain(s.band.iter().flat_map(|b| [b.1, b.2])));
     let (lo, hi) = ys.fold((f64::MAX, f64::MIN), |(lo, hi), y| (lo.min(y), hi.max(y)));
     let pad = ((hi - lo) * 0.1).max(0.01);
     let mut chart = ChartBuilder::on(area)
@@ -33,14 +56,19 @@ fn draw(
         .x_label_formatter(&|x| format!("{}", x.round() as i64))
         .draw()
         .map_err(|e| err(&e))?;
-    for (name, points, color) in series {
-        let c = *color;
+    for s in series {
+        let c = s.color;
+        if s.band.len() > 1 {
+            let outline: Vec<(f64, f64)> =
+                s.band.iter().map(|b| (b.0, b.2)).chain(s.band.iter().rev().map(|b| (b.0, b.1))).collect();
+            chart.draw_series(std::iter::once(Polygon::new(outline, c.mix(0.18).filled()))).map_err(|e| err(&e))?;
+        }
         chart
-            .draw_series(LineSeries::new(points.iter().copied(), c.stroke_width(2)))
+            .draw_series(LineSeries::new(s.points.iter().copied(), c.stroke_width(2)))
             .map_err(|e| err(&e))?
-            .label(name.as_str())
+            .label(s.name.as_str())
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
-        chart.draw_series(points.iter().map(|&p| Circle::new(p, 3, c.filled()))).map_err(|e| err(&e))?;
+        chart.draw_series(s.points.iter().map(|&p| Circle::new(p, 3, c.filled()))).map_err(|e| err(&e))?;
     }
     chart
         .configure_series_labels()
@@ -62,24 +90,57 @@ pub(crate) fn accuracy_svg(s: &Summary) -> Result<String> {
             s.depths.iter().filter_map(|r| f(r).map(|v| (r.depth as f64, v))).collect()
         };
         let split = s.depths.iter().find_map(|r| r.eval_split.clone()).unwrap_or_else(|| "test".into());
-        let n = s.depths.len();
+        // The x-axis runs to the deepest depth (a run continued with --from starts above 1).
+        let n = s.depths.iter().map(|r| r.depth).max().unwrap_or(1);
         let mut acc: Vec<Series> = vec![
-            ("validation".into(), pts(&|r| Some(r.val_accuracy)), RGBColor(31, 119, 180)),
-            (split.clone(), pts(&|r| r.eval_accuracy), RGBColor(214, 39, 40)),
+            Series::line("validation", pts(&|r| Some(r.val_accuracy)), PALETTE[0]),
+            Series::line(split.clone(), pts(&|r| r.eval_accuracy), PALETTE[1]),
         ];
         let mut loss: Vec<Series> = vec![
-            ("validation".into(), pts(&|r| Some(r.val_loss)), RGBColor(31, 119, 180)),
-            (split, pts(&|r| r.eval_loss), RGBColor(214, 39, 40)),
+            Series::line("validation", pts(&|r| Some(r.val_loss)), PALETTE[0]),
+            Series::line(split, pts(&|r| r.eval_loss), PALETTE[1]),
         ];
         if s.compares_with_tutorial() {
             let tut = |v: &[f64]| v.iter().take(n).enumerate().map(|(i, &a)| (i as f64 + 1.0, a)).collect();
-            acc.push(("Keras tutorial (test)".into(), tut(&TUTORIAL_TEST_ACCURACY), RGBColor(127, 127, 127)));
-            loss.push(("Keras tutorial (test)".into(), tut(&TUTORIAL_TEST_LOSS), RGBColor(127, 127, 127)));
+            let grey = RGBColor(127, 127, 127);
+            acc.push(Series::line("Keras tutorial (test)", tut(&TUTORIAL_TEST_ACCURACY), grey));
+            loss.push(Series::line("Keras tutorial (test)", tut(&TUTORIAL_TEST_LOSS), grey));
         }
-        acc.retain(|s| !s.1.is_empty());
-        loss.retain(|s| !s.1.is_empty());
+        acc.retain(|s| !s.points.is_empty());
+        loss.retain(|s| !s.points.is_empty());
         draw(&left, "Accuracy by depth", "accuracy", &acc, n, SeriesLabelPosition::UpperRight)?;
         draw(&right, "Loss by depth", "cross-entropy loss", &loss, n, SeriesLabelPosition::UpperLeft)?;
+        root.present().map_err(|e| anyhow!("cannot draw the plot: {e}"))?;
+    }
+    Ok(svg)
+}
+
+/// A sweep's plot: per pipeline, mean validation and evaluation accuracy by depth, each
+/// with a band from the minimum to the maximum over the runs.
+pub(crate) fn sweep_svg(s: &SweepSummary) -> Result<String> {
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (800, 480)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| anyhow!("cannot draw the plot: {e}"))?;
+        let max_depth = s.groups.iter().flat_map(|g| g.depths.iter().map(|d| d.depth)).max().unwrap_or(1);
+        let mut series = Vec::new();
+        for (i, g) in s.groups.iter().enumerate() {
+            let prefix = if s.groups.len() > 1 { format!("{}: ", g.pipeline) } else { String::new() };
+            let runs = g.runs.len();
+            let val: Vec<_> = g.depths.iter().map(|d| (d.depth as f64, &d.val_accuracy)).collect();
+            let eval: Vec<_> =
+                g.depths.iter().filter_map(|d| Some((d.depth as f64, d.eval_accuracy.as_ref()?))).collect();
+            for (k, (name, stats)) in [("validation", val), (g.eval_split.as_str(), eval)].into_iter().enumerate() {
+                series.push(Series {
+                    name: format!("{prefix}{name} (mean, range of {runs} runs)"),
+                    points: stats.iter().map(|(x, st)| (*x, st.mean)).collect(),
+                    color: PALETTE[(2 * i + k) % PALETTE.len()],
+                    band: stats.iter().map(|(x, st)| (*x, st.min, st.max)).collect(),
+                });
+            }
+        }
+        series.retain(|s| !s.points.is_empty());
+        draw(&root, "Accuracy by depth over runs", "accuracy", &series, max_depth, SeriesLabelPosition::LowerRight)?;
         root.present().map_err(|e| anyhow!("cannot draw the plot: {e}"))?;
     }
     Ok(svg)

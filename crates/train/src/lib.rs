@@ -152,6 +152,8 @@ pub fn train(opts: &TrainOptions) -> Result<TrainOutcome> {
         frozen_features_seconds: trained.prefix_seconds,
         seconds: started.elapsed().as_secs_f64(),
         device: opts.device.name().into(),
+        host: layerwise_core::metrics::host_name(),
+        slurm_job_id: std::env::var("SLURM_JOB_ID").ok(),
         epochs: trained.epochs,
     };
     // train.json first, the checkpoint last: a checkpoint on disk always has its history.

@@ -1,0 +1,333 @@
+//! The report over several runs (a sweep over seeds and pipelines): mean, standard
+//! deviation, minimum and maximum of validation and evaluation accuracy by depth, per
+//! pipeline and stage; how often each depth was chosen as best; a plot with a band.
+
+use crate::{collect, Summary};
+use anyhow::{bail, Context, Result};
+use layerwise_core::run::PIPELINE_FILE;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::path::{Path, PathBuf};
+
+/// `schema` of a sweep's `summary.json`.
+pub const SWEEP_SCHEMA: &str = "layerwise-sweep-summary";
+/// What `cargo xtask sweep` writes into a sweep folder: which runs belong to it.
+pub const SWEEP_FILE: &str = "sweep.json";
+/// `schema` of [`SWEEP_FILE`].
+pub const SWEEP_LIST_SCHEMA: &str = "layerwise-sweep";
+
+/// The list of a sweep's runs ([`SWEEP_FILE`]), folder names relative to the sweep folder.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SweepList {
+    /// [`SWEEP_LIST_SCHEMA`].
+    pub schema: String,
+    /// 1.
+    pub version: u32,
+    /// Run folders, relative to the sweep folder.
+    pub runs: Vec<String>,
+}
+
+impl SweepList {
+    /// A list of these runs.
+    pub fn new(runs: Vec<String>) -> Self {
+        Self { schema: SWEEP_LIST_SCHEMA.into(), version: 1, runs }
+    }
+}
+
+/// Mean, sample standard deviation (n − 1; 0 for one value), minimum and maximum.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Stat {
+    /// Values.
+    pub n: usize,
+    /// Mean.
+    pub mean: f64,
+    /// Sample standard deviation.
+    pub std: f64,
+    /// Minimum.
+    pub min: f64,
+    /// Maximum.
+    pub max: f64,
+}
+
+impl Stat {
+    /// Of these values; `None` when there are none.
+    pub fn of(values: &[f64]) -> Option<Stat> {
+        let n = values.len();
+        if n == 0 {
+            return None;
+        }
+        let mean = values.iter().sum::<f64>() / n as f64;
+        let var = if n > 1 { values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1) as f64 } else { 0.0 };
+        let (min, max) = values.iter().fold((f64::MAX, f64::MIN), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+        Some(Stat { n, mean, std: var.sqrt(), min, max })
+    }
+}
+
+/// One depth across a group's runs.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DepthStat {
+    /// Depth.
+    pub depth: usize,
+    /// Validation accuracy (last epoch) over the runs that trained this depth.
+    pub val_accuracy: Stat,
+    /// Evaluation accuracy over the runs that evaluated it.
+    pub eval_accuracy: Option<Stat>,
+    /// In how many runs this depth was the best by validation accuracy.
+    pub chosen_as_best: usize,
+}
+
+/// One run of a sweep.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RunRow {
+    /// Run folder name.
+    pub run: String,
+    /// Its pipeline's name.
+    pub pipeline: String,
+    /// Its seed.
+    pub seed: Option<u64>,
+    /// Depths trained.
+    pub depths: usize,
+    /// Its best depth by validation accuracy.
+    pub best_depth: Option<usize>,
+    /// Validation accuracy of that depth.
+    pub best_val_accuracy: Option<f64>,
+    /// Evaluation accuracy of that depth.
+    pub best_eval_accuracy: Option<f64>,
+    /// Seconds of training and evaluation.
+    pub seconds: f64,
+    /// The hosts its depths ran on.
+    pub hosts: Vec<String>,
+}
+
+/// The runs of one pipeline, at one stage of training.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Group {
+    /// Pipeline name.
+    pub pipeline: String,
+    /// Stage: `greedy` (the greedy loop's depths).
+    pub stage: String,
+    /// Its runs.
+    pub runs: Vec<String>,
+    /// Split evaluated (usually test).
+    pub eval_split: String,
+    /// By depth.
+    pub depths: Vec<DepthStat>,
+    /// Validation accuracy of each run's best depth.
+    pub best_val_accuracy: Option<Stat>,
+    /// Evaluation accuracy of each run's best depth (chosen on validation).
+    pub best_eval_accuracy: Option<Stat>,
+}
+
+/// A sweep's `summary.json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct SweepSummary {
+    /// [`SWEEP_SCHEMA`].
+    pub schema: String,
+    /// 1.
+    pub version: u32,
+    /// Per pipeline and stage.
+    pub groups: Vec<Group>,
+    /// Per run.
+    pub runs: Vec<RunRow>,
+}
+
+/// The runs of a sweep folder: those its `sweep.json` lists, else every sub-folder that
+/// holds a `pipeline.toml`.
+pub fn sweep_runs(dir: &Path) -> Result<Vec<PathBuf>> {
+    if !dir.is_dir() {
+        bail!("sweep folder {} does not exist", dir.display());
+    }
+    let list = dir.join(SWEEP_FILE);
+    if list.exists() {
+        let text = std::fs::read_to_string(&list).with_context(|| format!("cannot read {}", list.display()))?;
+        let l: SweepList = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not a layerwise sweep list (or is damaged)", list.display()))?;
+        if l.schema != SWEEP_LIST_SCHEMA || l.version != 1 {
+            bail!(
+                "{}: schema `{}` version {}, expected `{SWEEP_LIST_SCHEMA}` version 1",
+                list.display(),
+                l.schema,
+                l.version
+            );
+        }
+        return Ok(l.runs.iter().map(|r| dir.join(r)).collect());
+    }
+    let mut runs: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot list {}", dir.display()))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.join(PIPELINE_FILE).is_file())
+        .collect();
+    runs.sort();
+    if runs.is_empty() {
+        bail!("{} holds no run folders (sub-folders with a pipeline.toml) and no {SWEEP_FILE}", dir.display());
+    }
+    Ok(runs)
+}
+
+/// Read the runs and aggregate them.
+pub fn collect_sweep(runs: &[PathBuf]) -> Result<SweepSummary> {
+    if runs.is_empty() {
+        bail!("no runs to report on");
+    }
+    let mut summaries: Vec<Summary> = Vec::new();
+    for r in runs {
+        let s = collect(r).with_context(|| format!("run {}", r.display()))?;
+        if s.depths.is_empty() {
+            bail!(
+                "run {} holds no completed depth: finish it (or leave it out) before reporting the sweep",
+                r.display()
+            );
+        }
+        summaries.push(s);
+    }
+    let pipeline_name =
+        |s: &Summary| s.pipeline.as_ref().map_or_else(|| "(unrecorded)".to_string(), |p| p.name.clone());
+    let mut groups: BTreeMap<String, Vec<&Summary>> = BTreeMap::new();
+    for s in &summaries {
+        groups.entry(pipeline_name(s)).or_default().push(s);
+    }
+    let groups = groups
+        .into_iter()
+        .map(|(pipeline, members)| {
+            let mut by_depth: BTreeMap<usize, (Vec<f64>, Vec<f64>, usize)> = BTreeMap::new();
+            for s in &members {
+                for r in &s.depths {
+                    let e = by_depth.entry(r.depth).or_default();
+                    e.0.push(r.val_accuracy);
+                    e.1.extend(r.eval_accuracy);
+                    e.2 += usize::from(s.best_depth == Some(r.depth));
+                }
+            }
+            let depths = by_depth
+                .into_iter()
+                .filter_map(|(depth, (val, eval, chosen))| {
+                    Some(DepthStat {
+                        depth,
+                        val_accuracy: Stat::of(&val)?,
+                        eval_accuracy: Stat::of(&eval),
+                        chosen_as_best: chosen,
+                    })
+                })
+                .collect();
+            let best_val: Vec<f64> = members.iter().filter_map(|s| s.best().map(|b| b.val_accuracy)).collect();
+            let best_eval: Vec<f64> = members.iter().filter_map(|s| s.best().and_then(|b| b.eval_accuracy)).collect();
+            let eval_split = members
+                .iter()
+                .flat_map(|s| s.depths.iter())
+                .find_map(|r| r.eval_split.clone())
+                .unwrap_or_else(|| "test".into());
+            Group {
+                pipeline,
+                stage: "greedy".into(),
+                runs: members.iter().map(|s| s.run.clone()).collect(),
+                eval_split,
+                depths,
+                best_val_accuracy: Stat::of(&best_val),
+                best_eval_accuracy: Stat::of(&best_eval),
+            }
+        })
+        .collect();
+    let runs = summaries
+        .iter()
+        .map(|s| {
+            let mut hosts: Vec<String> = s.depths.iter().filter_map(|r| r.host.clone()).collect();
+            hosts.sort();
+            hosts.dedup();
+            RunRow {
+                run: s.run.clone(),
+                pipeline: pipeline_name(s),
+                seed: s.pipeline.as_ref().map(|p| p.train.seed),
+                depths: s.depths.len(),
+                best_depth: s.best_depth,
+                best_val_accuracy: s.best().map(|b| b.val_accuracy),
+                best_eval_accuracy: s.best().and_then(|b| b.eval_accuracy),
+                seconds: s.total_seconds,
+                hosts,
+            }
+        })
+        .collect();
+    Ok(SweepSummary { schema: SWEEP_SCHEMA.into(), version: 1, groups, runs })
+}
+
+fn pm(s: &Stat) -> String {
+    format!("{:.4} ± {:.4}", s.mean, s.std)
+}
+
+fn range(s: &Stat) -> String {
+    format!("{:.4}–{:.4}", s.min, s.max)
+}
+
+/// The sweep's `report.md`.
+pub(crate) fn render(s: &SweepSummary) -> String {
+    let mut md = String::new();
+    let _ = writeln!(md, "# layerwise sweep: {} runs\n", s.runs.len());
+    let _ = writeln!(
+        md,
+        "Each row aggregates the runs that trained that depth: mean ± sample standard deviation, \
+         and the range (minimum–maximum). A run's best depth is chosen on validation accuracy, \
+         never on test accuracy.\n"
+    );
+    for g in &s.groups {
+        let sp = &g.eval_split;
+        let _ = writeln!(md, "## Pipeline `{}`, stage {} ({} runs)\n", g.pipeline, g.stage, g.runs.len());
+        let _ = writeln!(
+            md,
+            "| depth | runs | val acc | val range | {sp} acc | {sp} range | chosen as best |\n| ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+        );
+        for d in &g.depths {
+            let (e, er) = d.eval_accuracy.as_ref().map_or(("–".into(), "–".into()), |e| (pm(e), range(e)));
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {e} | {er} | {} of {} |",
+                d.depth,
+                d.val_accuracy.n,
+                pm(&d.val_accuracy),
+                range(&d.val_accuracy),
+                d.chosen_as_best,
+                g.runs.len()
+            );
+        }
+        md.push('\n');
+        let mut chosen: Vec<(usize, usize)> =
+            g.depths.iter().filter(|d| d.chosen_as_best > 0).map(|d| (d.depth, d.chosen_as_best)).collect();
+        chosen.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        let chosen: Vec<String> = chosen.iter().map(|(d, n)| format!("depth {d} in {n}")).collect();
+        let _ = writeln!(md, "Best depth by validation accuracy: {} of {} runs.", chosen.join(", "), g.runs.len());
+        if let (Some(v), Some(e)) = (&g.best_val_accuracy, &g.best_eval_accuracy) {
+            let _ = writeln!(
+                md,
+                "At each run's best depth: validation accuracy {} (range {}), {sp} accuracy {} (range {}).",
+                pm(v),
+                range(v),
+                pm(e),
+                range(e)
+            );
+        }
+        md.push('\n');
+    }
+    let _ = writeln!(md, "![accuracy by depth, mean and range over runs](accuracy.svg)\n");
+    let _ = writeln!(md, "## Runs\n");
+    let _ = writeln!(
+        md,
+        "| run | pipeline | seed | depths | best depth | its val acc | its eval acc | seconds | hosts |\n| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
+    );
+    let opt = |v: Option<f64>| v.map_or("–".into(), |v| format!("{v:.4}"));
+    for r in &s.runs {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} | {} | {:.1} | {} |",
+            r.run,
+            r.pipeline,
+            r.seed.map_or("–".into(), |s| s.to_string()),
+            r.depths,
+            r.best_depth.map_or("–".into(), |d| d.to_string()),
+            opt(r.best_val_accuracy),
+            opt(r.best_eval_accuracy),
+            r.seconds,
+            if r.hosts.is_empty() { "–".into() } else { r.hosts.join(", ") }
+        );
+    }
+    md
+}
