@@ -246,3 +246,110 @@ fn another_source_is_prepared_again() {
     let second = layerwise_core::dataset::Dataset::open(&data).unwrap().meta.fingerprint;
     assert_ne!(first, second);
 }
+
+#[test]
+fn the_gate_stops_where_the_local_loop_stopped() {
+    let e = env();
+    let text = std::fs::read_to_string(xtask::repo_root().join("pipelines/smoke.toml"))
+        .unwrap()
+        .replace("lr = 0.001", "lr = 0.0000001")
+        .replace("patience = 0", "patience = 1")
+        .replace("max_depth = 3", "max_depth = 5");
+    let mut a = e.args("patient");
+    a.pipeline = Some(e.pipeline(&text));
+    let out = run(&a).unwrap().unwrap();
+    let stop = out.depths.last().unwrap().depth;
+    let run_dir = e.dir.path().join("patient");
+    for d in 1..=stop {
+        assert_eq!(xtask::slurm::gate(&run_dir, 1, d).unwrap(), None, "depth {d} was trained locally");
+    }
+    let reason = xtask::slurm::gate(&run_dir, 1, stop + 1).unwrap().unwrap();
+    assert!(reason.contains(&format!("stopped after depth {stop}")), "{reason}");
+    // The binary says so with exit status 3; a missing history is an error (1).
+    let gate = |depth: usize| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_xtask"))
+            .args(["gate", "--run-dir", &run_dir.to_string_lossy(), "--depth", &depth.to_string()])
+            .output()
+            .unwrap()
+    };
+    assert_eq!(gate(stop + 1).status.code(), Some(xtask::slurm::GATE_STOPPED as i32));
+    assert_eq!(gate(stop).status.code(), Some(0));
+    std::fs::remove_file(run_dir.join("depth-01/train.json")).unwrap();
+    let missing = gate(2);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("depth 1"));
+}
+
+#[test]
+fn a_local_sweep_aggregates_its_runs() {
+    let e = env();
+    let sweep_dir = e.dir.path().join("sweep");
+    let a = xtask::sweep::SweepArgs {
+        pipelines: vec![xtask::repo_root().join("pipelines/smoke.toml")],
+        seeds: "0-1".into(),
+        sweep_dir: Some(sweep_dir.clone()),
+        source: Some(e.source.clone()),
+        artifacts: Some(e.dir.path().join("artifacts")),
+        device: layerwise_nn::device::DeviceKind::Cpu,
+        max_depth: Some(2),
+        plain: true,
+        scheduler: None,
+        slurm: Default::default(),
+    };
+    xtask::sweep::run(&a).unwrap();
+    let val = |run: &str, d: usize| {
+        TrainHistory::read(&sweep_dir.join(run).join(format!("depth-{d:02}/train.json")))
+            .unwrap()
+            .last()
+            .unwrap()
+            .val_accuracy
+    };
+    let test = |run: &str, d: usize| {
+        Evaluation::read(&sweep_dir.join(run).join(format!("depth-{d:02}/eval.json"))).unwrap().accuracy
+    };
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(sweep_dir.join("summary.json")).unwrap()).unwrap();
+    let g = &summary["groups"][0];
+    assert_eq!(g["pipeline"], "smoke");
+    assert_eq!(g["runs"], serde_json::json!(["smoke-seed0", "smoke-seed1"]));
+    for d in 1..=2 {
+        let row = &g["depths"][d - 1];
+        let (v0, v1) = (val("smoke-seed0", d), val("smoke-seed1", d));
+        let close = |a: &serde_json::Value, b: f64| (a.as_f64().unwrap() - b).abs() < 1e-12;
+        assert!(close(&row["val_accuracy"]["mean"], (v0 + v1) / 2.0), "{row}");
+        assert!(close(&row["val_accuracy"]["min"], v0.min(v1)) && close(&row["val_accuracy"]["max"], v0.max(v1)));
+        assert!(close(&row["val_accuracy"]["std"], (v0 - v1).abs() / 2f64.sqrt()), "sample standard deviation");
+        let (t0, t1) = (test("smoke-seed0", d), test("smoke-seed1", d));
+        assert!(close(&row["eval_accuracy"]["mean"], (t0 + t1) / 2.0));
+    }
+    let chosen: u64 = g["depths"].as_array().unwrap().iter().map(|d| d["chosen_as_best"].as_u64().unwrap()).sum();
+    assert_eq!(chosen, 2, "each run's best depth counted once");
+    let report = std::fs::read_to_string(sweep_dir.join("report.md")).unwrap();
+    assert!(report.contains("smoke-seed1") && report.contains("chosen as best"), "{report}");
+    let svg = std::fs::read_to_string(sweep_dir.join("accuracy.svg")).unwrap();
+    assert!(svg.contains("range of 2 runs") && svg.contains("<polygon"), "a band per series");
+    // The same report from `layerwise-report --runs ... --out`.
+    let out = e.dir.path().join("by-hand");
+    Step {
+        program: "layerwise-report",
+        args: vec![
+            "--runs".into(),
+            sweep_dir.join("smoke-seed0").to_string_lossy().into_owned(),
+            sweep_dir.join("smoke-seed1").to_string_lossy().into_owned(),
+            "--out".into(),
+            out.to_string_lossy().into_owned(),
+        ],
+    }
+    .run()
+    .unwrap();
+    assert_eq!(std::fs::read_to_string(out.join("report.md")).unwrap(), report);
+    // A sweep folder without runs, and --runs without --out, are refused.
+    let empty = e.dir.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let err = Step { program: "layerwise-report", args: vec!["--sweep".into(), empty.to_string_lossy().into_owned()] }
+        .run()
+        .unwrap_err();
+    assert!(format!("{err:#}").contains("no run folders"), "{err:#}");
+    let err = Step { program: "layerwise-report", args: vec!["--runs".into(), "x".into()] }.run().unwrap_err();
+    assert!(format!("{err:#}").contains("--out"), "{err:#}");
+}

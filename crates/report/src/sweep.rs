@@ -73,6 +73,8 @@ pub struct DepthStat {
     pub val_accuracy: Stat,
     /// Evaluation accuracy over the runs that evaluated it.
     pub eval_accuracy: Option<Stat>,
+    /// Evaluation loss over the runs that evaluated it.
+    pub eval_loss: Option<Stat>,
     /// In how many runs this depth was the best by validation accuracy.
     pub chosen_as_best: usize,
 }
@@ -191,23 +193,32 @@ pub fn collect_sweep(runs: &[PathBuf]) -> Result<SweepSummary> {
     let groups = groups
         .into_iter()
         .map(|(pipeline, members)| {
-            let mut by_depth: BTreeMap<usize, (Vec<f64>, Vec<f64>, usize)> = BTreeMap::new();
+            #[derive(Default)]
+            struct Acc {
+                val: Vec<f64>,
+                eval: Vec<f64>,
+                eval_loss: Vec<f64>,
+                chosen: usize,
+            }
+            let mut by_depth: BTreeMap<usize, Acc> = BTreeMap::new();
             for s in &members {
                 for r in &s.depths {
                     let e = by_depth.entry(r.depth).or_default();
-                    e.0.push(r.val_accuracy);
-                    e.1.extend(r.eval_accuracy);
-                    e.2 += usize::from(s.best_depth == Some(r.depth));
+                    e.val.push(r.val_accuracy);
+                    e.eval.extend(r.eval_accuracy);
+                    e.eval_loss.extend(r.eval_loss);
+                    e.chosen += usize::from(s.best_depth == Some(r.depth));
                 }
             }
             let depths = by_depth
                 .into_iter()
-                .filter_map(|(depth, (val, eval, chosen))| {
+                .filter_map(|(depth, a)| {
                     Some(DepthStat {
                         depth,
-                        val_accuracy: Stat::of(&val)?,
-                        eval_accuracy: Stat::of(&eval),
-                        chosen_as_best: chosen,
+                        val_accuracy: Stat::of(&a.val)?,
+                        eval_accuracy: Stat::of(&a.eval),
+                        eval_loss: Stat::of(&a.eval_loss),
+                        chosen_as_best: a.chosen,
                     })
                 })
                 .collect();
@@ -274,13 +285,15 @@ pub(crate) fn render(s: &SweepSummary) -> String {
         let _ = writeln!(md, "## Pipeline `{}`, stage {} ({} runs)\n", g.pipeline, g.stage, g.runs.len());
         let _ = writeln!(
             md,
-            "| depth | runs | val acc | val range | {sp} acc | {sp} range | chosen as best |\n| ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+            "| depth | runs | val acc | val range | {sp} acc | {sp} range | {sp} loss | {sp} loss range | chosen as best |\n| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
         );
+        let both = |s: Option<&Stat>| s.map_or(("–".into(), "–".into()), |e| (pm(e), range(e)));
         for d in &g.depths {
-            let (e, er) = d.eval_accuracy.as_ref().map_or(("–".into(), "–".into()), |e| (pm(e), range(e)));
+            let (e, er) = both(d.eval_accuracy.as_ref());
+            let (l, lr) = both(d.eval_loss.as_ref());
             let _ = writeln!(
                 md,
-                "| {} | {} | {} | {} | {e} | {er} | {} of {} |",
+                "| {} | {} | {} | {} | {e} | {er} | {l} | {lr} | {} of {} |",
                 d.depth,
                 d.val_accuracy.n,
                 pm(&d.val_accuracy),
@@ -330,4 +343,18 @@ pub(crate) fn render(s: &SweepSummary) -> String {
         );
     }
     md
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Stat;
+
+    #[test]
+    fn stat_is_mean_sample_std_min_max() {
+        let s = Stat::of(&[0.5, 0.7, 0.6]).unwrap();
+        assert!((s.mean - 0.6).abs() < 1e-12 && (s.std - 0.1).abs() < 1e-12, "{s:?}");
+        assert_eq!((s.n, s.min, s.max), (3, 0.5, 0.7));
+        assert_eq!(Stat::of(&[0.4]).unwrap().std, 0.0);
+        assert_eq!(Stat::of(&[]), None);
+    }
 }
