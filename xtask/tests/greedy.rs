@@ -5,44 +5,10 @@
 use layerwise_core::metrics::{Evaluation, TrainHistory};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
-use xtask::greedy::{print_commands, run, GreedyArgs, Plan, Step};
+use xtask::greedy::{print_commands, run, Plan, Step};
 
-struct Env {
-    dir: tempfile::TempDir,
-    source: PathBuf,
-}
-
-/// A synthetic release big enough for the smoke pipeline (3,000 train, 1,000 test).
-fn env() -> Env {
-    let dir = tempfile::tempdir().unwrap();
-    let source = layerwise_testkit::synthetic::write_folder(dir.path(), false, 1000).unwrap();
-    Env { dir, source }
-}
-
-impl Env {
-    fn args(&self, run_dir: &str) -> GreedyArgs {
-        GreedyArgs {
-            pipeline: Some(xtask::repo_root().join("pipelines/smoke.toml")),
-            source: Some(self.source.clone()),
-            run_dir: Some(self.dir.path().join(run_dir)),
-            artifacts: Some(self.dir.path().join("artifacts")),
-            device: layerwise_nn::device::DeviceKind::Cpu,
-            max_depth: None,
-            seed: None,
-            from: None,
-            restart: false,
-            print_commands: false,
-            plain: true,
-            scheduler: None,
-            slurm: Default::default(),
-        }
-    }
-    fn pipeline(&self, text: &str) -> PathBuf {
-        let p = self.dir.path().join("custom.toml");
-        std::fs::write(&p, text).unwrap();
-        p
-    }
-}
+mod common;
+use common::{env, PATIENT};
 
 fn mtime(p: &Path) -> SystemTime {
     std::fs::metadata(p).unwrap().modified().unwrap()
@@ -106,11 +72,7 @@ fn smoke_pipeline_end_to_end_then_resume() {
     assert_eq!(deeper.depths.iter().map(|d| d.reused).collect::<Vec<_>>(), [true, true, true, false]);
 
     // A change that affects completed depths is refused, naming the way out.
-    let changed = e.pipeline(
-        &std::fs::read_to_string(xtask::repo_root().join("pipelines/smoke.toml"))
-            .unwrap()
-            .replace("seed = 0", "seed = 5"),
-    );
+    let changed = e.smoke_with("changed", &[("seed = 0", "seed = 5")]);
     let mut b = a.clone();
     b.pipeline = Some(changed);
     let err = format!("{:#}", run(&b).unwrap_err());
@@ -141,14 +103,8 @@ fn from_checkpoint_continues_the_loop() {
 #[test]
 fn patience_stops_on_validation_accuracy() {
     let e = env();
-    // A learning rate so small nothing improves after depth 1, so patience 1 stops at depth 2.
-    let text = std::fs::read_to_string(xtask::repo_root().join("pipelines/smoke.toml"))
-        .unwrap()
-        .replace("lr = 0.001", "lr = 0.0000001")
-        .replace("patience = 0", "patience = 1")
-        .replace("max_depth = 3", "max_depth = 5");
     let mut a = e.args("patient");
-    a.pipeline = Some(e.pipeline(&text));
+    a.pipeline = Some(e.smoke_with("patient", &PATIENT));
     let out = run(&a).unwrap().unwrap();
     assert!(out.stopped_early, "{out:?}");
     let best = out.depths.iter().fold(&out.depths[0], |b, d| if d.val_accuracy > b.val_accuracy { d } else { b });
@@ -250,13 +206,8 @@ fn another_source_is_prepared_again() {
 #[test]
 fn the_gate_stops_where_the_local_loop_stopped() {
     let e = env();
-    let text = std::fs::read_to_string(xtask::repo_root().join("pipelines/smoke.toml"))
-        .unwrap()
-        .replace("lr = 0.001", "lr = 0.0000001")
-        .replace("patience = 0", "patience = 1")
-        .replace("max_depth = 3", "max_depth = 5");
     let mut a = e.args("patient");
-    a.pipeline = Some(e.pipeline(&text));
+    a.pipeline = Some(e.smoke_with("patient", &PATIENT));
     let out = run(&a).unwrap().unwrap();
     let stop = out.depths.last().unwrap().depth;
     let run_dir = e.dir.path().join("patient");

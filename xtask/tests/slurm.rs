@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
-use xtask::greedy::{run, GreedyArgs};
+use xtask::greedy::run;
 
 /// One chain at a time: the local cluster has 2 CPUs.
 static CLUSTER: Mutex<()> = Mutex::new(());
@@ -30,48 +30,20 @@ fn cluster() -> Option<std::sync::MutexGuard<'static, ()>> {
     Some(CLUSTER.lock().unwrap_or_else(|e| e.into_inner()))
 }
 
-struct Env {
-    dir: tempfile::TempDir,
-    source: PathBuf,
+mod common;
+use common::{env, Env, PATIENT};
+
+trait Chains {
+    fn local(&self, pipeline: &Path, run_dir: &str) -> xtask::greedy::GreedyOutcome;
+    fn xtask(&self, args: &[&str]) -> Output;
+    fn greedy_args(&self, pipeline: &Path, run_dir: &str, extra: &[&str]) -> Vec<String>;
+    fn greedy(&self, pipeline: &Path, run_dir: &str, extra: &[&str]) -> Output;
 }
 
-fn env() -> Env {
-    let dir = tempfile::tempdir().unwrap();
-    let source = layerwise_testkit::synthetic::write_folder(dir.path(), false, 1000).unwrap();
-    Env { dir, source }
-}
-
-impl Env {
-    fn path(&self, p: &str) -> PathBuf {
-        self.dir.path().join(p)
-    }
-    /// A pipeline: the smoke pipeline with text replacements.
-    fn pipeline(&self, name: &str, edits: &[(&str, &str)]) -> PathBuf {
-        let mut text = std::fs::read_to_string(xtask::repo_root().join("pipelines/smoke.toml")).unwrap();
-        for (a, b) in edits {
-            assert!(text.contains(a), "{a} not in smoke.toml");
-            text = text.replace(a, b);
-        }
-        let p = self.path(&format!("{name}.toml"));
-        std::fs::write(&p, text).unwrap();
-        p
-    }
+impl Chains for Env {
     fn local(&self, pipeline: &Path, run_dir: &str) -> xtask::greedy::GreedyOutcome {
-        let a = GreedyArgs {
-            pipeline: Some(pipeline.to_path_buf()),
-            source: Some(self.source.clone()),
-            run_dir: Some(self.path(run_dir)),
-            artifacts: Some(self.path("artifacts")),
-            device: layerwise_nn::device::DeviceKind::Cpu,
-            max_depth: None,
-            seed: None,
-            from: None,
-            restart: false,
-            print_commands: false,
-            plain: true,
-            scheduler: None,
-            slurm: Default::default(),
-        };
+        let mut a = self.args(run_dir);
+        a.pipeline = Some(pipeline.to_path_buf());
         run(&a).unwrap().unwrap()
     }
     /// `xtask ARGS` in the temp folder (so the plan's paths are relative to it).
@@ -197,7 +169,8 @@ fn job_scripts_run_exactly_the_printed_commands_in_a_chain() {
 #[test]
 fn gpu_jobs_ask_for_a_gpu_on_their_partition() {
     let e = env();
-    let smoke = e.pipeline("gpu", &[("[greedy]", "[slurm]\npartition = \"cpu\"\ngpu_partition = \"gpu\"\n\n[greedy]")]);
+    let smoke =
+        e.smoke_with("gpu", &[("[greedy]", "[slurm]\npartition = \"cpu\"\ngpu_partition = \"gpu\"\n\n[greedy]")]);
     let out = e.greedy(&smoke, "runs/gpu", &["--scheduler", "slurm", "--device", "cuda"]);
     assert!(out.status.success());
     let slurm = e.path("runs/gpu/slurm");
@@ -269,10 +242,7 @@ fn patience_stops_a_chain_at_the_local_depth() {
     let Some(_c) = cluster() else { return };
     let e = env();
     // Nothing improves after depth 1, so patience 1 stops at depth 2 of 5.
-    let p = e.pipeline(
-        "patient",
-        &[("lr = 0.001", "lr = 0.0000001"), ("patience = 0", "patience = 1"), ("max_depth = 3", "max_depth = 5")],
-    );
+    let p = e.smoke_with("patient", &PATIENT);
     let local = e.local(&p, "local");
     assert!(local.stopped_early);
     let out = submit_and_wait(&e, &p, "chain");
@@ -305,7 +275,7 @@ fn a_cancelled_training_job_is_recovered_by_submitting_again() {
     let Some(_c) = cluster() else { return };
     let e = env();
     // Long enough epochs that depth 2's training is caught running.
-    let p = e.pipeline("slow", &[("epochs = 1 ", "epochs = 40 "), ("width = 64 ", "width = 256 ")]);
+    let p = e.smoke_with("slow", &[("epochs = 1 ", "epochs = 40 "), ("width = 64 ", "width = 256 ")]);
     let out = e.greedy(&p, "chain", &SUBMIT);
     assert!(out.status.success());
     let jobs = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -345,7 +315,7 @@ fn a_failed_job_is_named_with_its_log() {
     let Some(_c) = cluster() else { return };
     let e = env();
     // A learning rate that makes the loss explode: training depth 1 fails (NaN loss).
-    let p = e.pipeline("explodes", &[("lr = 0.001", "lr = 1e30")]);
+    let p = e.smoke_with("explodes", &[("lr = 0.001", "lr = 1e30")]);
     let mut extra = SUBMIT.to_vec();
     extra.push("--wait");
     let out = e.greedy(&p, "chain", &extra);

@@ -139,6 +139,10 @@ pub(crate) fn sweep_svg(s: &SweepSummary) -> Result<String> {
                 });
             }
         }
+        if s.groups.iter().any(|g| g.reference.as_deref() == Some("keras-tutorial")) {
+            let points = TUTORIAL_TEST_ACCURACY.iter().take(max_depth).enumerate().map(|(i, &a)| (i as f64 + 1.0, a));
+            series.push(Series::line("Keras tutorial (test)", points.collect(), RGBColor(127, 127, 127)));
+        }
         series.retain(|s| !s.points.is_empty());
         draw(&root, "Accuracy by depth over runs", "accuracy", &series, max_depth, SeriesLabelPosition::LowerRight)?;
         root.present().map_err(|e| anyhow!("cannot draw the plot: {e}"))?;

@@ -2,7 +2,7 @@
 //! deviation, minimum and maximum of validation and evaluation accuracy by depth, per
 //! pipeline and stage; how often each depth was chosen as best; a plot with a band.
 
-use crate::{collect, Summary};
+use crate::{collect, Summary, TUTORIAL_TEST_ACCURACY};
 use anyhow::{bail, Context, Result};
 use layerwise_core::run::PIPELINE_FILE;
 use serde::{Deserialize, Serialize};
@@ -109,6 +109,8 @@ pub struct Group {
     pub pipeline: String,
     /// Stage: `greedy` (the greedy loop's depths).
     pub stage: String,
+    /// The pipeline's published reference (`keras-tutorial`), if any.
+    pub reference: Option<String>,
     /// Its runs.
     pub runs: Vec<String>,
     /// Split evaluated (usually test).
@@ -232,6 +234,7 @@ pub fn collect_sweep(runs: &[PathBuf]) -> Result<SweepSummary> {
             Group {
                 pipeline,
                 stage: "greedy".into(),
+                reference: members.iter().find_map(|s| s.pipeline.as_ref()?.reference.clone()),
                 runs: members.iter().map(|s| s.run.clone()).collect(),
                 eval_split,
                 depths,
@@ -283,15 +286,21 @@ pub(crate) fn render(s: &SweepSummary) -> String {
     for g in &s.groups {
         let sp = &g.eval_split;
         let _ = writeln!(md, "## Pipeline `{}`, stage {} ({} runs)\n", g.pipeline, g.stage, g.runs.len());
-        let _ = writeln!(
+        let tutorial = g.reference.as_deref() == Some("keras-tutorial");
+        let _ = write!(
             md,
-            "| depth | runs | val acc | val range | {sp} acc | {sp} range | {sp} loss | {sp} loss range | chosen as best |\n| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+            "| depth | runs | val acc | val range | {sp} acc | {sp} range | {sp} loss | {sp} loss range | chosen as best |"
         );
+        let columns = 9 + usize::from(tutorial);
+        if tutorial {
+            md.push_str(" tutorial test acc |");
+        }
+        let _ = writeln!(md, "\n|{}", " ---: |".repeat(columns));
         let both = |s: Option<&Stat>| s.map_or(("–".into(), "–".into()), |e| (pm(e), range(e)));
         for d in &g.depths {
             let (e, er) = both(d.eval_accuracy.as_ref());
             let (l, lr) = both(d.eval_loss.as_ref());
-            let _ = writeln!(
+            let _ = write!(
                 md,
                 "| {} | {} | {} | {} | {e} | {er} | {l} | {lr} | {} of {} |",
                 d.depth,
@@ -301,6 +310,11 @@ pub(crate) fn render(s: &SweepSummary) -> String {
                 d.chosen_as_best,
                 g.runs.len()
             );
+            if tutorial {
+                let t = TUTORIAL_TEST_ACCURACY.get(d.depth.wrapping_sub(1));
+                let _ = write!(md, " {} |", t.map_or("–".into(), |t| format!("{t:.4}")));
+            }
+            md.push('\n');
         }
         md.push('\n');
         let mut chosen: Vec<(usize, usize)> =
