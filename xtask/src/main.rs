@@ -46,6 +46,8 @@ struct GateArgs {
 }
 
 fn main() -> ExitCode {
+    // Ctrl-C or SIGTERM while an artifact is being written removes its temp file.
+    layerwise_core::atomic::install_signal_cleanup();
     let argv0 = std::env::args_os().next().unwrap_or_default();
     let name = std::path::Path::new(&argv0).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     if let Some(&stage) = xtask::STAGES.iter().find(|s| **s == name) {

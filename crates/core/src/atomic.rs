@@ -1,12 +1,58 @@
 //! Atomic artifact writes: a temp file in the destination folder, flushed, then renamed.
 //!
 //! A reader therefore sees either the previous file, or the complete new one, never a
-//! half-written artifact. A failed write removes its temp file.
+//! half-written artifact. A failed write removes its temp file; so does SIGINT, SIGTERM
+//! or SIGHUP once a binary has called [`install_signal_cleanup`]; the temp file of a
+//! writer killed with SIGKILL is removed by the next write of the same artifact. A path
+//! that exists and is not a regular file (a device, a folder, a socket) is never
+//! replaced.
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+/// Temp files being written by this process right now (removed on a signal).
+static IN_PROGRESS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+fn in_progress() -> std::sync::MutexGuard<'static, Vec<PathBuf>> {
+    IN_PROGRESS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Remove the temp files this process is writing that `which` selects; returns how many
+/// were removed.
+pub fn remove_in_progress(which: impl Fn(&Path) -> bool) -> usize {
+    in_progress().iter().filter(|p| which(p) && std::fs::remove_file(p).is_ok()).count()
+}
+
+/// On SIGINT, SIGTERM or SIGHUP: remove the temp files being written, say so, and exit
+/// with 130 (the shell's code for an interrupt). Call once at the start of a binary;
+/// later calls do nothing.
+pub fn install_signal_cleanup() {
+    let _ = ctrlc::set_handler(|| {
+        let n = remove_in_progress(|_| true);
+        if n > 0 {
+            eprintln!("interrupted: removed {n} unfinished file(s); nothing half-written is left");
+        } else {
+            eprintln!("interrupted");
+        }
+        std::process::exit(130);
+    });
+}
+
+/// Refuse to replace `path` when it exists and is not a regular file.
+pub fn check_replaceable(path: &Path) -> Result<()> {
+    match std::fs::metadata(path) {
+        Ok(m) if !m.is_file() => bail!(
+            "{} exists and is not a regular file ({}): refusing to replace it; give a file path that is free or holds \
+             a file",
+            path.display(),
+            if m.is_dir() { "a folder" } else { "a device, socket or pipe" }
+        ),
+        _ => Ok(()),
+    }
+}
 
 /// The temp path used while `path` is being written: `.NAME.tmp-PID` in the same folder,
 /// so the final rename never crosses a file system.
@@ -53,9 +99,11 @@ pub fn write_atomic_with<F>(path: &Path, write: F) -> Result<()>
 where
     F: FnOnce(&Path) -> Result<()>,
 {
+    check_replaceable(path)?;
     ensure_parent(path)?;
     remove_stale_temps(path);
     let tmp = temp_path_for(path);
+    in_progress().push(tmp.clone());
     let result = write(&tmp).and_then(|()| {
         // Make the bytes durable before the rename makes them visible.
         File::open(&tmp).and_then(|f| f.sync_all()).with_context(|| format!("cannot flush {}", tmp.display()))?;
@@ -65,7 +113,47 @@ where
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
+    in_progress().retain(|p| p != &tmp);
     result
+}
+
+/// Write several files all or nothing: every temp file first, then the renames. If any
+/// write fails, no file is replaced (a report never ends with some of its files new and
+/// others missing because the disk filled up).
+pub fn write_all_atomic(files: &[(&Path, &[u8])]) -> Result<()> {
+    let mut temps: Vec<PathBuf> = Vec::new();
+    let cleanup = |temps: &[PathBuf]| {
+        for t in temps {
+            let _ = std::fs::remove_file(t);
+        }
+        in_progress().retain(|p| !temps.contains(p));
+    };
+    for (path, bytes) in files {
+        let tmp = temp_path_for(path);
+        let written = check_replaceable(path).and_then(|()| ensure_parent(path)).and_then(|()| {
+            remove_stale_temps(path);
+            in_progress().push(tmp.clone());
+            temps.push(tmp.clone());
+            File::create(&tmp)
+                .and_then(|mut f| f.write_all(bytes).and_then(|()| f.sync_all()))
+                .with_context(|| format!("cannot write {}: is the disk full or the folder read-only?", tmp.display()))
+        });
+        if let Err(e) = written {
+            cleanup(&temps);
+            return Err(e.context(format!(
+                "nothing written: {} and the files beside it are left as they were",
+                path.display()
+            )));
+        }
+    }
+    for ((path, _), tmp) in files.iter().zip(&temps) {
+        if let Err(e) = std::fs::rename(tmp, path) {
+            cleanup(&temps);
+            return Err(e).with_context(|| format!("cannot move {} into place as {}", tmp.display(), path.display()));
+        }
+    }
+    in_progress().retain(|p| !temps.contains(p));
+    Ok(())
 }
 
 /// Write `path` atomically through a buffered writer.
@@ -127,6 +215,52 @@ mod tests {
         }
         assert!(other.exists(), "only the same artifact's temp files are touched");
         assert_eq!(std::fs::read(&path).unwrap(), b"whole");
+    }
+
+    #[test]
+    fn what_is_not_a_regular_file_is_never_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let folder = dir.path().join("folder");
+        std::fs::create_dir(&folder).unwrap();
+        let err = format!("{:#}", write_bytes_atomic(&folder, b"x").unwrap_err());
+        assert!(err.contains("not a regular file") && err.contains("a folder"), "{err}");
+        assert!(folder.is_dir());
+        if Path::new("/dev/null").exists() {
+            let err = format!("{:#}", check_replaceable(Path::new("/dev/null")).unwrap_err());
+            assert!(err.contains("device"), "{err}");
+        }
+        let err = write_all_atomic(&[(&dir.path().join("a"), b"a"), (&folder, b"b")]).unwrap_err();
+        assert!(format!("{err:#}").contains("not a regular file"));
+        assert!(!dir.path().join("a").exists(), "all or nothing");
+    }
+
+    #[test]
+    fn all_or_nothing_leaves_the_old_files_when_one_write_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("sub/b"));
+        write_all_atomic(&[(&a, b"1"), (&b, b"1")]).unwrap();
+        // The second file's folder becomes unwritable: a file where the folder should be.
+        std::fs::remove_dir_all(dir.path().join("sub")).unwrap();
+        std::fs::write(dir.path().join("sub"), b"").unwrap();
+        assert!(write_all_atomic(&[(&a, b"2"), (&b, b"2")]).is_err());
+        assert_eq!(std::fs::read(&a).unwrap(), b"1", "a is not replaced when b fails");
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().flatten().map(|e| e.file_name()).collect();
+        assert_eq!(names.len(), 2, "no temp file left: {names:?}");
+    }
+
+    #[test]
+    fn temp_files_in_progress_are_removed_on_request() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big");
+        let mut seen = 0;
+        write_atomic_with(&path, |tmp| {
+            std::fs::write(tmp, b"partial").unwrap();
+            seen = remove_in_progress(|p| p.starts_with(dir.path()));
+            anyhow::bail!("interrupted")
+        })
+        .unwrap_err();
+        assert_eq!(seen, 1, "the temp file being written was registered and removed");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 
     #[test]

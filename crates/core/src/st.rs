@@ -13,7 +13,7 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use crate::atomic::write_atomic_with;
+use std::io::Write as _;
 
 /// The metadata key of every layerwise artifact.
 pub const LAYERWISE_KEY: &str = "layerwise";
@@ -35,6 +35,12 @@ impl MappedSafetensors {
     /// Map `path` and check it is a layerwise file of `format`.
     /// `what` names the expected artifact in messages ("dataset", "checkpoint").
     pub fn open(path: &Path, format: &str, what: &str) -> Result<Self> {
+        if path.is_dir() {
+            bail!(
+                "{} is a folder, but a layerwise {what} is one .safetensors file: give the file's path",
+                path.display()
+            );
+        }
         let file = std::fs::File::open(path)
             .with_context(|| format!("cannot open {what} {}: does the file exist?", path.display()))?;
         // SAFETY: the file is opened read-only; layerwise only ever replaces artifacts by
@@ -193,10 +199,66 @@ pub fn write_safetensors(
     meta: &impl serde::Serialize,
     tensors: Vec<OutTensor<'_>>,
 ) -> Result<()> {
-    let (md, views) = prepare_views(format, meta, tensors)?;
-    let views = tensor_views(&views)?;
-    write_atomic_with(path, |tmp| {
-        safetensors::serialize_to_file(views, Some(md), tmp).map_err(|e| anyhow!("cannot write {}: {e}", tmp.display()))
+    let (md, mut views) = prepare_views(format, meta, tensors)?;
+    // safetensors' own order: by descending dtype alignment, then by name.
+    views.sort_by(|(ln, (ld, ..)), (rn, (rd, ..))| rd.cmp(ld).then(ln.cmp(rn)));
+    let mut offset = 0;
+    let mut infos = Vec::with_capacity(views.len());
+    for (name, (dtype, shape, bytes)) in &views {
+        let info = safetensors::tensor::TensorInfo {
+            dtype: *dtype,
+            shape: shape.clone(),
+            data_offsets: (offset, offset + bytes.len()),
+        };
+        offset += bytes.len();
+        infos.push((name.clone(), info));
+    }
+    let header = safetensors::tensor::Metadata::new(Some(md), infos)
+        .map_err(|e| anyhow!("cannot describe the tensors of {}: {e}", path.display()))?;
+    let mut header = serde_json::to_string(&header).context("cannot serialize the safetensors header")?.into_bytes();
+    header.resize(header.len().next_multiple_of(8), b' ');
+    // Streamed through the project's own atomic writer (no second temp file of
+    // safetensors' own, which a killed writer would leave behind).
+    crate::atomic::write_atomic(path, |w| {
+        w.write_all(&(header.len() as u64).to_le_bytes())?;
+        w.write_all(&header)?;
+        for (_, (_, _, bytes)) in &views {
+            w.write_all(bytes)?;
+        }
+        Ok(())
     })
-    .with_context(|| format!("cannot write {}: is the folder writable?", path.display()))
+    .with_context(|| format!("cannot write {}: is the folder writable and the disk not full?", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_streamed_file_is_what_safetensors_serializes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.safetensors");
+        let (a, b, c) = (vec![1.5f32, -2.0, 3.25], vec![7u8, 8], vec![0.5f32; 6]);
+        let tensors = || {
+            vec![
+                OutTensor::U8("labels".into(), vec![2], &b[..]),
+                OutTensor::F32("z.images".into(), vec![2, 3], &c[..]),
+                OutTensor::F32("a.images".into(), vec![3], &a[..]),
+            ]
+        };
+        write_safetensors(&path, "layerwise-test", &serde_json::json!({"v": 1}), tensors()).unwrap();
+        let expected = safetensors_bytes("layerwise-test", &serde_json::json!({"v": 1}), tensors()).unwrap();
+        assert!(std::fs::read(&path).unwrap() == expected, "same bytes as safetensors::serialize");
+        // Readable with the checked reader, and with the mode of every other artifact.
+        let st = MappedSafetensors::open(&path, "layerwise-test", "test file").unwrap();
+        assert_eq!(st.f32s("z.images", &[2, 3]).unwrap().as_ref(), &c[..]);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        let other = dir.path().join("other");
+        std::fs::write(&other, b"").unwrap();
+        assert_eq!(mode, std::fs::metadata(&other).unwrap().permissions().mode() & 0o777);
+        // A folder is named as one.
+        let err = format!("{:#}", MappedSafetensors::open(dir.path(), "layerwise-test", "dataset").err().unwrap());
+        assert!(err.contains("is a folder"), "{err}");
+    }
 }
