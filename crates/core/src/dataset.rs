@@ -158,13 +158,18 @@ pub struct SplitData {
 /// Fingerprint of a dataset's content: SHA-256 over the normalization and each split's
 /// images and labels, so two files with the same numbers share a fingerprint.
 pub fn fingerprint(norm: &Normalization, splits: [&SplitData; 3]) -> String {
+    fingerprint_of(norm, splits.map(|s| (&s.images[..], &s.labels[..])))
+}
+
+/// [`fingerprint`] over borrowed `(images, labels)` of the three splits.
+fn fingerprint_of(norm: &Normalization, splits: [(&[f32], &[u8]); 3]) -> String {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
     h.update(serde_json::to_string(norm).unwrap_or_default().as_bytes());
-    for s in splits {
-        h.update((s.labels.len() as u64).to_le_bytes());
-        h.update(bytemuck::cast_slice::<f32, u8>(&s.images));
-        h.update(&s.labels);
+    for (images, labels) in splits {
+        h.update((labels.len() as u64).to_le_bytes());
+        h.update(bytemuck::cast_slice::<f32, u8>(images));
+        h.update(labels);
     }
     hex::encode(h.finalize())
 }
@@ -255,9 +260,21 @@ impl Dataset {
             );
         }
         let ds = Self { file, meta };
-        // Check every tensor's shape up front: a dataset that opens is usable.
+        // Check every tensor's shape, and every value's finiteness, up front: a dataset
+        // that opens is usable (one NaN pixel would otherwise train to NaN weights).
+        let dim = ds.meta.input_size();
         for split in Split::ALL {
-            ds.split(split)?;
+            let view = ds.split(split)?;
+            if let Some(i) = view.images.iter().position(|v| !v.is_finite()) {
+                bail!(
+                    "{}: {split} image {} holds {} at value {}: the file is corrupt; prepare the dataset again \
+                     (layerwise-prepare --verify checks a dataset file)",
+                    path.display(),
+                    i / dim.max(1),
+                    view.images[i],
+                    i % dim.max(1)
+                );
+            }
         }
         Ok(ds)
     }
@@ -265,6 +282,23 @@ impl Dataset {
     /// The file it was opened from.
     pub fn path(&self) -> &Path {
         self.file.path()
+    }
+
+    /// Recompute the content fingerprint and compare it with the recorded one: catches a
+    /// changed value that opening (shapes, finiteness, labels) cannot.
+    pub fn verify(&self) -> Result<()> {
+        let views = [self.split(Split::Train)?, self.split(Split::Val)?, self.split(Split::Test)?];
+        let found = fingerprint_of(&self.meta.normalization, views.each_ref().map(|v| (&v.images[..], v.labels)));
+        if found != self.meta.fingerprint {
+            bail!(
+                "{}: its contents do not match its recorded fingerprint ({} recorded, {} found): the file was changed \
+                 or damaged after it was written; prepare it again",
+                self.path().display(),
+                &self.meta.fingerprint[..12.min(self.meta.fingerprint.len())],
+                &found[..12]
+            );
+        }
+        Ok(())
     }
 
     /// One split, checked against the metadata.

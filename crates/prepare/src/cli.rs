@@ -15,8 +15,12 @@ pub struct Args {
     #[arg(long)]
     source: Option<PathBuf>,
     /// Output file (.safetensors).
-    #[arg(long)]
-    out: PathBuf,
+    #[arg(long, required_unless_present = "verify")]
+    out: Option<PathBuf>,
+    /// Check a prepared dataset instead: recompute its fingerprint from its contents (and
+    /// every value's finiteness) and compare with the one it records.
+    #[arg(long, conflicts_with_all = ["out", "source"])]
+    verify: Option<PathBuf>,
     /// Pixel normalization.
     #[arg(long, value_enum, default_value = "unit")]
     normalize: Normalize,
@@ -37,7 +41,21 @@ pub struct Args {
 /// Run `layerwise-prepare` with these arguments (program name first).
 pub fn run(args: impl IntoIterator<Item = String>) -> Result<()> {
     let a: Args = layerwise_core::parse_args(args)?;
-    let mut opts = PrepareOptions::new(a.out);
+    if let Some(path) = &a.verify {
+        let start = std::time::Instant::now();
+        let ds = layerwise_core::dataset::Dataset::open(path)?;
+        ds.verify()?;
+        eprintln!(
+            "{}: intact (fingerprint {} recomputed from its {} values in {:.1}s)",
+            path.display(),
+            &ds.meta.fingerprint[..12],
+            ds.meta.input_size() * (ds.meta.split_sizes.train + ds.meta.split_sizes.val + ds.meta.split_sizes.test),
+            start.elapsed().as_secs_f64()
+        );
+        return Ok(());
+    }
+    let out = a.out.ok_or_else(|| anyhow::anyhow!("--out is required (the dataset file to write)"))?;
+    let mut opts = PrepareOptions::new(out);
     opts.source = a.source;
     opts.normalize = a.normalize;
     opts.val_fraction = a.val_fraction;

@@ -364,3 +364,31 @@ fn a_killed_prepare_leaves_no_temp_file() {
     let names: Vec<_> = std::fs::read_dir(out.path()).unwrap().flatten().map(|e| e.file_name()).collect();
     assert_eq!(names, ["c.safetensors"], "the killed writer's temp file was removed");
 }
+
+/// Overwrite the first value of the first f32 tensor (`test.images`) of a safetensors file.
+fn poke_first_float(path: &std::path::Path, value: f32) {
+    let mut bytes = std::fs::read(path).unwrap();
+    let header = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    bytes[8 + header..8 + header + 4].copy_from_slice(&value.to_le_bytes());
+    std::fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn a_nan_or_a_changed_pixel_is_caught() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("d.safetensors");
+    layerwise_testkit::prepared_dataset(&path, 40, 10, 10, 3).unwrap();
+    let verify = |p: &std::path::Path| {
+        layerwise_prepare::cli::run(["layerwise-prepare", "--verify", &p.to_string_lossy()].map(String::from))
+    };
+    verify(&path).unwrap();
+    // A NaN: refused when the file is opened, naming the split and image.
+    poke_first_float(&path, f32::NAN);
+    let err = format!("{:#}", layerwise_core::dataset::Dataset::open(&path).err().unwrap());
+    assert!(err.contains("test image 0 holds NaN"), "{err}");
+    // One changed pixel: the file opens, but --verify finds the fingerprint wrong.
+    poke_first_float(&path, 0.123);
+    layerwise_core::dataset::Dataset::open(&path).unwrap();
+    let err = format!("{:#}", verify(&path).unwrap_err());
+    assert!(err.contains("do not match its recorded fingerprint"), "{err}");
+}

@@ -167,12 +167,7 @@ pub fn write_report(run: &Path) -> Result<Summary> {
         .exists()
         .then(|| std::fs::read_to_string(&notes_path).with_context(|| format!("cannot read {}", notes_path.display())))
         .transpose()?;
-    layerwise_core::atomic::write_bytes_atomic(&run.join(SVG), svg.as_bytes())?;
-    layerwise_core::atomic::write_bytes_atomic(
-        &run.join(REPORT),
-        markdown::render(&summary, notes.as_deref()).as_bytes(),
-    )?;
-    layerwise_core::atomic::write_json_atomic(&run.join(SUMMARY), &summary)?;
+    write_three(run, &svg, &markdown::render(&summary, notes.as_deref()), &summary)?;
     Ok(summary)
 }
 
@@ -182,8 +177,18 @@ pub fn write_sweep_report(runs: &[std::path::PathBuf], out: &Path) -> Result<swe
     let summary = sweep::collect_sweep(runs)?;
     let svg = plot::sweep_svg(&summary)?;
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
-    layerwise_core::atomic::write_bytes_atomic(&out.join(SVG), svg.as_bytes())?;
-    layerwise_core::atomic::write_bytes_atomic(&out.join(REPORT), sweep::render(&summary).as_bytes())?;
-    layerwise_core::atomic::write_json_atomic(&out.join(SUMMARY), &summary)?;
+    write_three(out, &svg, &sweep::render(&summary), &summary)?;
     Ok(summary)
+}
+
+/// `accuracy.svg`, `report.md` and `summary.json`, all or nothing: a full disk never
+/// leaves a report whose files disagree.
+fn write_three(dir: &Path, svg: &str, markdown: &str, summary: &impl Serialize) -> Result<()> {
+    let mut json = serde_json::to_string_pretty(summary).context("cannot serialize the summary")?;
+    json.push('\n');
+    layerwise_core::atomic::write_all_atomic(&[
+        (&dir.join(SVG), svg.as_bytes()),
+        (&dir.join(REPORT), markdown.as_bytes()),
+        (&dir.join(SUMMARY), json.as_bytes()),
+    ])
 }
