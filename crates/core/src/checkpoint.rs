@@ -111,6 +111,17 @@ impl CheckpointMeta {
                 data_path.display(), data.input_size(), data.num_classes()
             );
         }
+        if self.classes != data.classes {
+            bail!(
+                "checkpoint {} (depth {}) names its classes {:?}, but dataset {} names them {:?}: \
+                 use the dataset the checkpoint was trained on",
+                ckpt.display(),
+                self.depth,
+                self.classes,
+                data_path.display(),
+                data.classes
+            );
+        }
         if self.dataset_fingerprint != data.fingerprint {
             bail!(
                 "checkpoint {} (depth {}) was trained on dataset fingerprint {}…, but {} has fingerprint {}…: \
@@ -169,6 +180,14 @@ fn parse_meta(file: &MappedSafetensors) -> Result<CheckpointMeta> {
             "{}: checkpoint format version {} is not supported (this layerwise reads version {CHECKPOINT_VERSION})",
             file.path().display(),
             meta.version
+        );
+    }
+    if meta.activation != "relu" {
+        bail!(
+            "{}: its hidden layers use activation `{}`, but layerwise builds ReLU networks only: \
+             this checkpoint was not written by layerwise, or was edited",
+            file.path().display(),
+            meta.activation
         );
     }
     if meta.widths.len() != meta.depth || meta.classes.is_empty() || meta.input_size == 0 {

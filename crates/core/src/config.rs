@@ -90,7 +90,11 @@ impl TrainConfig {
             ("lr", self.lr.is_finite() && self.lr > 0.0, "must be a positive number"),
             ("beta1", (0.0..1.0).contains(&self.beta1), "must be in [0, 1)"),
             ("beta2", (0.0..1.0).contains(&self.beta2), "must be in [0, 1)"),
-            ("epsilon", self.epsilon.is_finite() && self.epsilon > 0.0, "must be a positive number"),
+            (
+                "epsilon",
+                self.epsilon > 0.0 && self.epsilon <= 1.0,
+                "must be in (0, 1]: a larger ε shrinks every Adam step to nothing (Keras' default is 1e-7)",
+            ),
         ];
         for (key, ok, why) in checks {
             if !ok {

@@ -15,6 +15,10 @@ const BIN_DIR: &str = "cifar-10-batches-bin";
 const PY_DIR: &str = "cifar-10-batches-py";
 const TRAIN_BATCHES: usize = 5;
 
+/// The largest member file a CIFAR-10 release holds is a batch: 30,730,000 bytes in the
+/// binary release, about 31 MB pickled. Nothing larger is ever read or allocated.
+pub const MAX_MEMBER_BYTES: u64 = 64 << 20;
+
 /// Which official form a source is in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SourceKind {
@@ -140,6 +144,10 @@ fn read_members(kind: SourceKind, path: &Path) -> Result<BTreeMap<String, Vec<u8
             for name in &wanted {
                 let p = path.join(name);
                 if p.exists() {
+                    let size = std::fs::metadata(&p).with_context(|| format!("cannot read {}", p.display()))?.len();
+                    if size > MAX_MEMBER_BYTES {
+                        bail!("{}: {size} bytes is far more than any CIFAR-10 batch holds (30,730,000): not CIFAR-10", p.display());
+                    }
                     let bytes = std::fs::read(&p).with_context(|| format!("cannot read {}", p.display()))?;
                     found.insert(name.clone(), bytes);
                 }
@@ -159,12 +167,31 @@ fn read_members(kind: SourceKind, path: &Path) -> Result<BTreeMap<String, Vec<u8
                 if !entry.header().entry_type().is_file() || !wanted.iter().any(|w| w == name) {
                     continue;
                 }
-                let mut bytes = Vec::with_capacity(entry.size() as usize);
-                entry.read_to_end(&mut bytes).with_context(|| {
+                // Never allocate from a size the archive claims before checking it.
+                let size = entry.size();
+                if size > MAX_MEMBER_BYTES {
+                    bail!(
+                        "{}: member {member} claims {size} bytes, far more than any CIFAR-10 batch holds (30,730,000): \
+                         the archive is corrupt or not CIFAR-10",
+                        path.display()
+                    );
+                }
+                let mut bytes = Vec::with_capacity(size as usize);
+                entry.by_ref().take(MAX_MEMBER_BYTES).read_to_end(&mut bytes).with_context(|| {
                     format!("{}: cannot read member {member}: the archive is truncated or corrupt", path.display())
                 })?;
                 found.insert(name.to_string(), bytes);
             }
+            // Read the compressed stream to its end: the gzip trailer's CRC and length
+            // catch a truncated or damaged tarball that the tar entries alone would not.
+            let mut rest = archive.into_inner();
+            std::io::copy(&mut rest, &mut std::io::sink()).with_context(|| {
+                format!(
+                    "{}: the gzip stream is truncated or fails its checksum: the download is incomplete or damaged; \
+                     fetch the tarball again",
+                    path.display()
+                )
+            })?;
         }
     }
     let missing: Vec<&String> = wanted[..=TRAIN_BATCHES].iter().filter(|n| !found.contains_key(*n)).collect();

@@ -392,3 +392,36 @@ fn a_nan_or_a_changed_pixel_is_caught() {
     let err = format!("{:#}", verify(&path).unwrap_err());
     assert!(err.contains("do not match its recorded fingerprint"), "{err}");
 }
+
+#[test]
+fn crafted_and_damaged_tarballs_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let fails = |name: &str, bytes: &[u8], needle: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, bytes).unwrap();
+        let out = dir.path().join(format!("{name}.safetensors"));
+        let err = format!("{:#}", prepare(&opts(&p, &out)).unwrap_err());
+        assert!(err.contains(needle), "{name}: expected {needle:?} in: {err}");
+        assert!(!out.exists());
+    };
+    // A header claiming a 2^40- or 2^60-byte member, and no data: refused before allocating.
+    for exp in [40u32, 60] {
+        let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        let mut t = tar::Builder::new(gz);
+        let mut h = tar::Header::new_gnu();
+        h.set_path("cifar-10-batches-bin/data_batch_1.bin").unwrap();
+        h.set_size(1u64 << exp);
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_cksum();
+        t.get_mut().write_all(h.as_bytes()).unwrap();
+        let bytes = t.into_inner().unwrap().finish().unwrap();
+        fails(&format!("huge{exp}.tar.gz"), &bytes, "claims");
+    }
+    // A truncated gzip stream, and one whose CRC is wrong.
+    let good = synthetic::tarball_bytes(false, PER_BATCH).unwrap();
+    fails("truncated.tar.gz", &good[..good.len() - 6], "truncated");
+    let mut bad_crc = good.clone();
+    let n = bad_crc.len();
+    bad_crc[n - 8] ^= 0xff;
+    fails("crc.tar.gz", &bad_crc, "checksum");
+}

@@ -169,8 +169,25 @@ fn bad_checkpoints_are_refused_clearly() {
     save_checkpoint(&p, &model, &CheckpointMeta { dataset_fingerprint: "ab".repeat(32), ..meta.clone() }).unwrap();
     expect_err(&f, &p, "fingerprint");
 
+    // edited metadata: another activation, other class names
+    let p = dir.join("tanh.safetensors");
+    save_checkpoint(&p, &model, &CheckpointMeta { activation: "tanh".into(), ..meta.clone() }).unwrap();
+    expect_err(&f, &p, "activation `tanh`");
+    let p = dir.join("classes.safetensors");
+    let mut classes = meta.classes.clone();
+    classes.swap(0, 1);
+    save_checkpoint(&p, &model, &CheckpointMeta { classes, ..meta.clone() }).unwrap();
+    expect_err(&f, &p, "names its classes");
+
     // not a checkpoint at all: the dataset itself
     expect_err(&f, &f.data.clone(), "not a layerwise checkpoint");
+}
+
+#[test]
+fn an_epsilon_that_stops_every_step_is_refused() {
+    let f = fixture();
+    let err = f.run(None, "eps", TrainConfig { epsilon: 1e300, ..config() }).unwrap_err();
+    assert!(format!("{err:#}").contains("`epsilon`"), "{err:#}");
 }
 
 #[test]
