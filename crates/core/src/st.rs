@@ -13,7 +13,6 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-
 /// The metadata key of every layerwise artifact.
 pub const LAYERWISE_KEY: &str = "layerwise";
 

@@ -14,6 +14,7 @@
 
 pub mod cli;
 pub mod fetch;
+pub mod pickle_scan;
 pub mod source;
 
 use anyhow::{bail, Result};

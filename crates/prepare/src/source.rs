@@ -146,7 +146,10 @@ fn read_members(kind: SourceKind, path: &Path) -> Result<BTreeMap<String, Vec<u8
                 if p.exists() {
                     let size = std::fs::metadata(&p).with_context(|| format!("cannot read {}", p.display()))?.len();
                     if size > MAX_MEMBER_BYTES {
-                        bail!("{}: {size} bytes is far more than any CIFAR-10 batch holds (30,730,000): not CIFAR-10", p.display());
+                        bail!(
+                            "{}: {size} bytes is far more than any CIFAR-10 batch holds (30,730,000): not CIFAR-10",
+                            p.display()
+                        );
                     }
                     let bytes = std::fs::read(&p).with_context(|| format!("cannot read {}", p.display()))?;
                     found.insert(name.clone(), bytes);
@@ -285,6 +288,7 @@ fn parse_meta_txt(bytes: &[u8], origin: &str) -> Result<Vec<String>> {
 }
 
 fn load_pickle(bytes: &[u8], origin: &str) -> Result<serde_pickle::Value> {
+    crate::pickle_scan::containers(bytes).map_err(|e| anyhow!("{origin}: not a CIFAR-10 Python pickle: {e:#}"))?;
     serde_pickle::value_from_slice(bytes, serde_pickle::DeOptions::new().replace_unresolved_globals())
         .map_err(|e| anyhow!("{origin}: not a CIFAR-10 Python pickle ({e})"))
 }

@@ -424,4 +424,12 @@ fn crafted_and_damaged_tarballs_are_clear_errors() {
     let n = bad_crc.len();
     bad_crc[n - 8] ^= 0xff;
     fails("crc.tar.gz", &bad_crc, "checksum");
+    // A pickle nested 20,000 lists deep (it overflowed the stack): a clear error.
+    let src = synthetic::write_folder(&dir.path().join("py"), true, PER_BATCH).unwrap();
+    let mut deep = vec![0x80, 2];
+    deep.extend(std::iter::repeat_n(b']', 20_000));
+    deep.extend(std::iter::repeat_n(b'a', 19_999));
+    deep.push(b'.');
+    std::fs::write(src.join("data_batch_1"), deep).unwrap();
+    check_fails(&src, "containers");
 }

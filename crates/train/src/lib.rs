@@ -83,6 +83,9 @@ pub fn train(opts: &TrainOptions) -> Result<TrainOutcome> {
         }
     };
     let depth = parent.as_ref().map_or(1, |(m, _)| m.depth() + 1);
+    let inputs =
+        parent.as_ref().map_or(ds.meta.input_size(), |(m, _)| m.hidden.last().map_or(m.input_size(), |l| l.outputs));
+    check_memory(depth, inputs, cfg.width, cfg.batch_size, ds.meta.split_sizes.train + ds.meta.split_sizes.val)?;
     let seed = |layer: u64| mix_seed(cfg.seed, &[depth as u64, layer]);
     let classes = ds.meta.num_classes();
     // The grown model, on the host: frozen prefix, new layer, head.
@@ -296,6 +299,47 @@ impl Run<'_> {
         bar.finish();
         Ok(Trained { new_layer: layer.to_dense(), head: head.to_dense(), epochs, prefix_rows, prefix_seconds })
     }
+}
+
+/// Bytes a depth's training needs, roughly: the new layer's weights six times over
+/// (parameters, gradient, Adam's two moments, the fused host update's copies), the
+/// activations of a batch and of an evaluation chunk, and the cached frozen features.
+pub fn memory_needed(depth: usize, inputs: usize, width: usize, batch: usize, rows: usize) -> f64 {
+    let (i, w) = (inputs as f64, width as f64);
+    let features = if depth > 1 { rows as f64 * i } else { 0.0 };
+    4.0 * (6.0 * i * w + 6.0 * batch as f64 * w + 2.0 * CHUNK as f64 * w + features)
+}
+
+/// Memory this machine can still give (`MemAvailable`, or a cgroup's limit when lower);
+/// `None` where it cannot be read.
+pub fn memory_available() -> Option<f64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib: f64 = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?.split_whitespace().nth(1)?.parse().ok()?;
+    let mut avail = kib * 1024.0;
+    if let Some(limit) =
+        std::fs::read_to_string("/sys/fs/cgroup/memory.max").ok().and_then(|t| t.trim().parse::<f64>().ok())
+    {
+        avail = avail.min(limit);
+    }
+    Some(avail)
+}
+
+/// Refuse a width whose training would not fit in memory, before allocating anything
+/// (a huge width would otherwise abort on allocation, or be killed by the kernel).
+fn check_memory(depth: usize, inputs: usize, width: usize, batch: usize, rows: usize) -> Result<()> {
+    let need = memory_needed(depth, inputs, width, batch, rows);
+    let gib = |b: f64| b / (1u64 << 30) as f64;
+    if let Some(avail) = memory_available() {
+        if need > avail {
+            bail!(
+                "depth {depth} with width {width} needs about {:.1} GiB of memory (a {inputs}×{width} layer, its gradient \
+                 and Adam state, and the activations), but this machine has {:.1} GiB available: use a smaller --width",
+                gib(need),
+                gib(avail)
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Create the output folder, so an unwritable one fails before any training.

@@ -184,6 +184,16 @@ fn bad_checkpoints_are_refused_clearly() {
 }
 
 #[test]
+fn a_width_beyond_the_machines_memory_is_refused_before_allocating() {
+    let f = fixture();
+    for width in [1_000_000, 100_000_000] {
+        let err = format!("{:#}", f.run(None, "wide", TrainConfig { width, ..config() }).unwrap_err());
+        assert!(err.contains("GiB of memory") && err.contains("--width"), "{err}");
+    }
+    assert!(!f.dir.path().join("wide/model.safetensors").exists());
+}
+
+#[test]
 fn an_epsilon_that_stops_every_step_is_refused() {
     let f = fixture();
     let err = f.run(None, "eps", TrainConfig { epsilon: 1e300, ..config() }).unwrap_err();
