@@ -14,7 +14,7 @@ use layerwise_core::hash::sha256_file;
 use layerwise_core::metrics::{best_by_validation, patience_stop, Evaluation, TrainHistory};
 use layerwise_core::pipeline::Pipeline;
 use layerwise_core::run::{
-    depth_dir, parse_depth_dir, EVAL_FILE, HISTORY_FILE, MODEL_FILE, PIPELINE_FILE, REPORT_FILES,
+    depth_dir, parse_depth_dir, RunLock, EVAL_FILE, HISTORY_FILE, LOCK_FILE, MODEL_FILE, PIPELINE_FILE, REPORT_FILES,
 };
 use layerwise_nn::device::DeviceKind;
 use std::path::{Path, PathBuf};
@@ -321,6 +321,80 @@ pub struct GreedyOutcome {
     pub run_dir: PathBuf,
 }
 
+/// What a depth folder holds, judged against its parent, the dataset and the pipeline.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DepthState {
+    /// Checkpoint, history and evaluation agree with each other, with the parent, the
+    /// dataset and the pipeline: kept as it is.
+    Complete {
+        /// Validation accuracy of its last epoch.
+        val_accuracy: f64,
+        /// Its checkpoint's SHA-256 (the next depth's parent).
+        sha: String,
+    },
+    /// Checkpoint and history are complete, the evaluation is missing or wrong: only the
+    /// evaluation is redone (the checkpoint is never deleted).
+    NeedsEvaluation {
+        /// Validation accuracy of its last epoch.
+        val_accuracy: f64,
+        /// Its checkpoint's SHA-256.
+        sha: String,
+        /// Why the evaluation is not kept.
+        why: String,
+    },
+    /// The depth must be trained (again).
+    NeedsTraining {
+        /// Why.
+        why: String,
+    },
+}
+
+/// Judge depth `depth` of the plan's run folder: see [`DepthState`].
+pub fn depth_state(plan: &Plan, depth: usize, parent_sha: Option<&str>, fingerprint: &str) -> DepthState {
+    let dir = depth_dir(&plan.run_dir, depth);
+    let model = dir.join(MODEL_FILE);
+    let retrain = |why: String| DepthState::NeedsTraining { why };
+    if !model.exists() {
+        return retrain(format!("{} does not exist", model.display()));
+    }
+    let meta = match read_checkpoint_meta(&model) {
+        Ok(m) => m,
+        Err(e) => return retrain(format!("its checkpoint cannot be read ({e:#})")),
+    };
+    if meta.depth != depth {
+        return retrain(format!("its checkpoint is of depth {}", meta.depth));
+    }
+    if meta.parent_sha256.as_deref() != parent_sha {
+        return retrain("its checkpoint grew from another parent than the depth before it now holds".into());
+    }
+    if meta.dataset_fingerprint != fingerprint {
+        return retrain("its checkpoint was trained on another dataset".into());
+    }
+    if meta.config != plan.pipeline.train {
+        return retrain("its checkpoint was trained with other [train] settings".into());
+    }
+    let sha = match sha256_file(&model) {
+        Ok(s) => s,
+        Err(e) => return retrain(format!("its checkpoint cannot be read ({e:#})")),
+    };
+    let history = match TrainHistory::read(&dir.join(HISTORY_FILE)) {
+        Ok(h) if h.checkpoint_sha256 == sha => h,
+        Ok(_) => return retrain("its train.json belongs to another checkpoint".into()),
+        Err(e) => return retrain(format!("its training history cannot be read ({e:#})")),
+    };
+    let Some(val_accuracy) = history.last().map(|e| e.val_accuracy) else {
+        return retrain("its train.json has no epochs".into());
+    };
+    let why = match Evaluation::read(&dir.join(EVAL_FILE)) {
+        Err(e) => format!("its evaluation cannot be read ({e:#})"),
+        Ok(e) if e.checkpoint_sha256 != sha => "its eval.json belongs to another checkpoint".into(),
+        Ok(e) if e.split != plan.pipeline.greedy.evaluate => format!("its eval.json evaluates the {} split", e.split),
+        Ok(e) if e.dataset_fingerprint != fingerprint => "its eval.json used another dataset".into(),
+        Ok(_) => return DepthState::Complete { val_accuracy, sha },
+    };
+    DepthState::NeedsEvaluation { val_accuracy, sha, why }
+}
+
 /// A depth is complete when checkpoint, history and evaluation agree with each other, with
 /// the parent, the dataset and the pipeline. Returns its validation accuracy and its
 /// checkpoint's SHA-256 (the next depth's parent).
@@ -330,22 +404,36 @@ pub fn completed_depth(
     parent_sha: Option<&str>,
     fingerprint: &str,
 ) -> Option<(f64, String)> {
-    let dir = depth_dir(&plan.run_dir, depth);
-    let model = dir.join(MODEL_FILE);
-    let meta = read_checkpoint_meta(&model).ok()?;
-    let history = TrainHistory::read(&dir.join(HISTORY_FILE)).ok()?;
-    let eval = Evaluation::read(&dir.join(EVAL_FILE)).ok()?;
-    let sha = sha256_file(&model).ok()?;
-    let consistent = meta.depth == depth
-        && meta.parent_sha256.as_deref() == parent_sha
-        && meta.dataset_fingerprint == fingerprint
-        && meta.config == plan.pipeline.train
-        && history.checkpoint_sha256 == sha
-        && eval.checkpoint_sha256 == sha
-        && eval.split == plan.pipeline.greedy.evaluate
-        && eval.dataset_fingerprint == fingerprint;
-    let val_accuracy = history.last()?.val_accuracy;
-    consistent.then_some((val_accuracy, sha))
+    match depth_state(plan, depth, parent_sha, fingerprint) {
+        DepthState::Complete { val_accuracy, sha } => Some((val_accuracy, sha)),
+        _ => None,
+    }
+}
+
+/// A run never changes its dataset: refuse when the run folder holds depths trained on
+/// another dataset than the file the plan now finds (e.g. prepared again from other
+/// source files into the shared `artifacts/datasets/` name).
+pub fn check_dataset_of_run(plan: &Plan, fingerprint: &str) -> Result<()> {
+    let Ok(entries) = std::fs::read_dir(&plan.run_dir) else { return Ok(()) };
+    let mut depths: Vec<usize> = entries.flatten().filter_map(|e| parse_depth_dir(e.file_name().to_str()?)).collect();
+    depths.sort_unstable();
+    for depth in depths {
+        let model = depth_dir(&plan.run_dir, depth).join(MODEL_FILE);
+        let Ok(meta) = read_checkpoint_meta(&model) else { continue };
+        if meta.dataset_fingerprint != fingerprint {
+            bail!(
+                "{} holds depths trained on dataset fingerprint {}… ({} depth {depth}), but {} now holds fingerprint {}… \
+                 (prepared again, from other source files?). A run never changes its dataset: pass the --source it was \
+                 trained on, or use --restart to train it again on this dataset, or --run-dir for a new run",
+                plan.run_dir.display(),
+                &meta.dataset_fingerprint[..12.min(meta.dataset_fingerprint.len())],
+                model.display(),
+                plan.data.display(),
+                &fingerprint[..12.min(fingerprint.len())]
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Where the loop starts: depth 1 from nothing, or the depth after `--from`'s checkpoint.
@@ -404,6 +492,9 @@ pub fn remaining_jobs(plan: &Plan, a: &GreedyArgs) -> Result<Vec<crate::slurm::J
         jobs.push(job("prepare".into(), plan.prepare_step(a.source.as_deref()), vec![], None));
     }
     let fingerprint = if ready { Some(Dataset::open(&plan.data)?.meta.fingerprint) } else { None };
+    if let Some(fp) = &fingerprint {
+        check_dataset_of_run(plan, fp)?;
+    }
     let (first, mut parent) = start(a.from.as_deref())?;
     let mut parent_sha = parent.as_deref().map(sha256_file).transpose()?;
     let mut accs = Vec::new();
@@ -412,8 +503,17 @@ pub fn remaining_jobs(plan: &Plan, a: &GreedyArgs) -> Result<Vec<crate::slurm::J
     for depth in first..=p.greedy.max_depth {
         if reusing {
             let fp = fingerprint.as_deref().unwrap_or_default();
-            if let Some((acc, sha)) = completed_depth(plan, depth, parent_sha.as_deref(), fp) {
-                accs.push((depth, acc));
+            let kept = match depth_state(plan, depth, parent_sha.as_deref(), fp) {
+                DepthState::Complete { val_accuracy, sha } => Some((val_accuracy, sha, false)),
+                DepthState::NeedsEvaluation { val_accuracy, sha, .. } => Some((val_accuracy, sha, true)),
+                DepthState::NeedsTraining { .. } => None,
+            };
+            if let Some((val_accuracy, sha, evaluate)) = kept {
+                if evaluate {
+                    // The checkpoint stays; only its evaluation is redone.
+                    jobs.push(job(format!("evaluate-{depth:02}"), plan.evaluate_step(depth), vec![], None));
+                }
+                accs.push((depth, val_accuracy));
                 parent = Some(depth_dir(&plan.run_dir, depth).join(MODEL_FILE));
                 parent_sha = Some(sha);
                 if patience_stop(&accs, p.greedy.patience, p.greedy.max_depth).is_some() {
@@ -473,8 +573,21 @@ pub fn print_commands(plan: &Plan, a: &GreedyArgs) -> Result<Vec<String>> {
 
 /// Open (or start) the run folder: `--restart` clears it, a changed pipeline is refused,
 /// the pipeline is recorded. Shared by the local loop and the scheduler backends.
-pub fn open_run(plan: &Plan, a: &GreedyArgs) -> Result<()> {
-    if a.restart && plan.run_dir.exists() {
+pub fn open_run(plan: &Plan, a: &GreedyArgs) -> Result<RunLock> {
+    let what = std::env::args().collect::<Vec<_>>().join(" ");
+    let lock = RunLock::acquire(&plan.run_dir, &what)?;
+    if a.restart && !plan.run_dir.join(PIPELINE_FILE).exists() {
+        let other = std::fs::read_dir(&plan.run_dir)?.flatten().any(|e| e.file_name() != LOCK_FILE);
+        if other {
+            bail!(
+                "--restart deletes a run's depth folders and report, and {} is not a layerwise run (it has no {}): \
+                 refusing to delete anything in it; choose another --run-dir",
+                plan.run_dir.display(),
+                PIPELINE_FILE
+            );
+        }
+    }
+    if a.restart {
         for entry in std::fs::read_dir(&plan.run_dir)?.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
             if parse_depth_dir(&name).is_some() || REPORT_FILES.contains(&name.as_str()) || name == PIPELINE_FILE {
@@ -485,9 +598,8 @@ pub fn open_run(plan: &Plan, a: &GreedyArgs) -> Result<()> {
         }
     }
     check_resume(plan)?;
-    std::fs::create_dir_all(&plan.run_dir)
-        .with_context(|| format!("cannot create run folder {}", plan.run_dir.display()))?;
-    record_pipeline(plan, overridden(a))
+    record_pipeline(plan, overridden(a))?;
+    Ok(lock)
 }
 
 /// Whether the plan's dataset is prepared already, with the pipeline's settings and (given
@@ -501,7 +613,7 @@ pub fn dataset_ready(plan: &Plan, source: Option<&Path>) -> Result<bool> {
 
 fn run_plan(plan: &Plan, a: &GreedyArgs) -> Result<GreedyOutcome> {
     let p = &plan.pipeline;
-    open_run(plan, a)?;
+    let _lock = open_run(plan, a)?;
     let ui = Ui::new(a.plain, p.greedy.max_depth);
     if dataset_ready(plan, a.source.as_deref())? {
         ui.line(&format!("dataset {} is prepared already", plan.data.display()));
@@ -510,6 +622,7 @@ fn run_plan(plan: &Plan, a: &GreedyArgs) -> Result<GreedyOutcome> {
         plan.prepare_step(a.source.as_deref()).run()?;
     }
     let fingerprint = Dataset::open(&plan.data)?.meta.fingerprint;
+    check_dataset_of_run(plan, &fingerprint)?;
 
     let (first, mut parent) = start(a.from.as_deref())?;
     let mut parent_sha = parent.as_deref().map(sha256_file).transpose()?;
@@ -517,17 +630,26 @@ fn run_plan(plan: &Plan, a: &GreedyArgs) -> Result<GreedyOutcome> {
     let mut stopped_early = false;
     for depth in first..=p.greedy.max_depth {
         ui.depth(depth);
-        let (outcome, sha) = match completed_depth(plan, depth, parent_sha.as_deref(), &fingerprint) {
-            Some((val_accuracy, sha)) => {
+        let (outcome, sha) = match depth_state(plan, depth, parent_sha.as_deref(), &fingerprint) {
+            DepthState::Complete { val_accuracy, sha } => {
                 ui.line(&format!("depth {depth}: complete already (val_acc {val_accuracy:.4}), kept"));
                 (DepthOutcome { depth, val_accuracy, reused: true }, sha)
             }
-            None => {
-                let dir = depth_dir(&plan.run_dir, depth);
-                if dir.exists() {
-                    std::fs::remove_dir_all(&dir)
-                        .with_context(|| format!("cannot clear interrupted depth {}", dir.display()))?;
+            DepthState::NeedsEvaluation { why, .. } => {
+                ui.line(&format!("depth {depth}: checkpoint and history kept, evaluating again: {why}"));
+                plan.evaluate_step(depth).run()?;
+                let (val_accuracy, sha) = completed_depth(plan, depth, parent_sha.as_deref(), &fingerprint)
+                    .with_context(|| {
+                        format!("depth {depth} was evaluated but its files do not agree; rerun to redo it")
+                    })?;
+                (DepthOutcome { depth, val_accuracy, reused: true }, sha)
+            }
+            DepthState::NeedsTraining { why } => {
+                if depth_dir(&plan.run_dir, depth).exists() {
+                    ui.line(&format!("depth {depth}: training again: {why}"));
                 }
+                // Nothing is deleted first: the new files replace the old ones atomically,
+                // only once each is complete.
                 plan.train_step(depth, parent.as_deref()).run()?;
                 plan.evaluate_step(depth).run()?;
                 let (val_accuracy, sha) = completed_depth(plan, depth, parent_sha.as_deref(), &fingerprint)

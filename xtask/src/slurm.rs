@@ -514,7 +514,7 @@ pub fn greedy(plan: &Plan, a: &GreedyArgs) -> Result<()> {
         bail!("--wait waits for submitted jobs: add --submit");
     }
     let cfg = a.slurm.config(&plan.pipeline.slurm)?;
-    crate::greedy::open_run(plan, a)?;
+    let _lock = crate::greedy::open_run(plan, a)?;
     let jobs = crate::greedy::remaining_jobs(plan, a)?;
     let exe = std::env::current_exe().context("cannot locate the xtask binary the jobs are to run")?;
     let written = write_jobs(&jobs, &plan.run_dir, &cfg, &exe)?;

@@ -161,8 +161,9 @@ fn slurm(a: &SweepArgs, sweep_dir: &Path, runs: &[SweepRun]) -> Result<()> {
     let mut jobs: Vec<JobSpec> = Vec::new();
     let mut prepare_of: HashMap<PathBuf, String> = HashMap::new();
     let mut reports = Vec::new();
+    let mut locks = Vec::new();
     for (i, r) in runs.iter().enumerate() {
-        crate::greedy::open_run(&r.plan, &r.args)?;
+        locks.push(crate::greedy::open_run(&r.plan, &r.args)?);
         let prefix = format!("r{i}_");
         let mut renamed: HashMap<String, String> = HashMap::new();
         for mut job in crate::greedy::remaining_jobs(&r.plan, &r.args)? {

@@ -53,11 +53,19 @@ fn smoke_pipeline_end_to_end_then_resume() {
     // A person's notes end the report from the next report on.
     std::fs::write(run_dir.join("notes.md"), "Checked by hand: fine.").unwrap();
 
-    // Interrupt: depth 3 lost its evaluation.
+    // Interrupt: depth 3 lost its evaluation: only the evaluation is redone.
     let before: Vec<SystemTime> = depth_files(&run_dir, 1).iter().map(|f| mtime(f)).collect();
-    std::fs::remove_file(&depth_files(&run_dir, 3)[2]).unwrap();
+    let [model3, _, eval3] = depth_files(&run_dir, 3);
+    let model3_bytes = std::fs::read(&model3).unwrap();
+    std::fs::remove_file(&eval3).unwrap();
+    let again = run(&a).unwrap().unwrap();
+    assert_eq!(again.depths.iter().map(|d| d.reused).collect::<Vec<_>>(), [true, true, true]);
+    assert!(eval3.exists());
+    // Depth 3 lost its checkpoint: trained again, to the same bytes.
+    std::fs::remove_file(&model3).unwrap();
     let again = run(&a).unwrap().unwrap();
     assert_eq!(again.depths.iter().map(|d| d.reused).collect::<Vec<_>>(), [true, true, false]);
+    assert!(std::fs::read(&model3).unwrap() == model3_bytes, "deterministic");
     let after: Vec<SystemTime> = depth_files(&run_dir, 1).iter().map(|f| mtime(f)).collect();
     assert_eq!(before, after, "completed depths are never retrained");
     // an identical rerun of depth 3 gives identical bytes (determinism)
@@ -303,4 +311,87 @@ fn a_local_sweep_aggregates_its_runs() {
     assert!(format!("{err:#}").contains("no run folders"), "{err:#}");
     let err = Step { program: "layerwise-report", args: vec!["--runs".into(), "x".into()] }.run().unwrap_err();
     assert!(format!("{err:#}").contains("--out"), "{err:#}");
+}
+
+#[test]
+fn a_run_never_silently_changes_its_dataset() {
+    let e = env();
+    let mut a = e.args("r1");
+    a.max_depth = Some(2);
+    run(&a).unwrap();
+    let model = e.path("r1/depth-01/model.safetensors");
+    let (bytes, when) = (std::fs::read(&model).unwrap(), mtime(&model));
+    // Source B: A with one pixel changed. A second run prepares the shared dataset file again.
+    let other = layerwise_testkit::synthetic::write_folder(&e.path("b"), false, 1000).unwrap();
+    let batch = other.join("data_batch_1.bin");
+    let mut pixels = std::fs::read(&batch).unwrap();
+    pixels[1] = pixels[1].wrapping_add(1);
+    std::fs::write(&batch, pixels).unwrap();
+    let mut b = e.args("r2");
+    b.max_depth = Some(1);
+    b.source = Some(other);
+    run(&b).unwrap();
+    // r1 again, without naming its source: it would find B's data. Refused, saying why.
+    let mut again = a.clone();
+    again.source = None;
+    let err = format!("{:#}", run(&again).unwrap_err());
+    assert!(err.contains("never changes its dataset") && err.contains("--source"), "{err}");
+    assert_eq!((std::fs::read(&model).unwrap(), mtime(&model)), (bytes.clone(), when), "nothing retrained");
+    // With its own source named, the dataset is prepared from A again and every depth is kept.
+    let out = run(&a).unwrap().unwrap();
+    assert!(out.depths.iter().all(|d| d.reused), "{out:?}");
+    assert_eq!(std::fs::read(&model).unwrap(), bytes);
+}
+
+#[test]
+fn a_damaged_evaluation_never_costs_its_checkpoint() {
+    let e = env();
+    let a = e.args("run");
+    run(&a).unwrap();
+    let [model, history, eval] = depth_files(&e.path("run"), 2);
+    let kept = (std::fs::read(&model).unwrap(), std::fs::read(&history).unwrap());
+    let text = std::fs::read(&eval).unwrap();
+    std::fs::write(&eval, &text[..text.len() / 2]).unwrap();
+    if !layerwise_nn::device::CUDA_BUILT {
+        // A rerun whose steps fail (CUDA asked of a CPU build) leaves depth 2 as it was.
+        let mut gpu = a.clone();
+        gpu.device = layerwise_nn::device::DeviceKind::Cuda;
+        assert!(run(&gpu).is_err());
+        assert_eq!((std::fs::read(&model).unwrap(), std::fs::read(&history).unwrap()), kept.clone());
+    }
+    // A working rerun evaluates depth 2 again, and trains nothing.
+    let out = run(&a).unwrap().unwrap();
+    assert!(out.depths.iter().all(|d| d.reused), "{out:?}");
+    assert_eq!((std::fs::read(&model).unwrap(), std::fs::read(&history).unwrap()), kept);
+    assert_eq!(Evaluation::read(&eval).unwrap().checkpoint_sha256, layerwise_core::hash::sha256_file(&model).unwrap());
+    // A hole in the depths is marked by the report, not passed over.
+    std::fs::remove_file(&model).unwrap();
+    std::fs::remove_file(&history).unwrap();
+    Step { program: "layerwise-report", args: vec!["--run".into(), e.path("run").to_string_lossy().into_owned()] }
+        .run()
+        .unwrap();
+    let report = std::fs::read_to_string(e.path("run/report.md")).unwrap();
+    assert!(report.contains("Incomplete run: depth 2 missing"), "{report}");
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(e.path("run/summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["missing_depths"], serde_json::json!([2]));
+}
+
+#[test]
+fn a_run_folder_is_locked_and_restart_spares_what_is_not_a_run() {
+    let e = env();
+    let a = e.args("run");
+    let lock = layerwise_core::run::RunLock::acquire(&e.path("run"), "cargo xtask greedy (the other one)").unwrap();
+    let err = format!("{:#}", run(&a).unwrap_err());
+    assert!(err.contains("in use") && err.contains("the other one"), "{err}");
+    drop(lock);
+    // --restart on a folder that is not a layerwise run deletes nothing.
+    let mine = e.path("mine");
+    std::fs::create_dir_all(mine.join("depth-7")).unwrap();
+    std::fs::write(mine.join("depth-7/notes.txt"), "my own work").unwrap();
+    let mut r = e.args("mine");
+    r.restart = true;
+    let err = format!("{:#}", run(&r).unwrap_err());
+    assert!(err.contains("not a layerwise run"), "{err}");
+    assert!(mine.join("depth-7/notes.txt").exists());
 }

@@ -8,9 +8,56 @@
 //! RUN/depth-NN/train.json                training history
 //! RUN/depth-NN/eval.json                 evaluation
 //! RUN/report.md, accuracy.svg, summary.json
+//! RUN/.layerwise.lock                    held (flock) by the process working on the run
 //! ```
 
+use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
+
+/// The lock file of a run folder.
+pub const LOCK_FILE: &str = ".layerwise.lock";
+
+/// An exclusive lock on a run folder, held until dropped (and released by the kernel when
+/// its process dies, however it dies). The lock file says who holds it.
+#[derive(Debug)]
+pub struct RunLock {
+    _file: std::fs::File,
+}
+
+impl RunLock {
+    /// Lock `run` (created if needed) for `what` (the command, for the message a second
+    /// process gets), or fail saying who holds it.
+    pub fn acquire(run: &Path, what: &str) -> Result<RunLock> {
+        use std::io::{Read, Seek, Write};
+        use std::os::unix::io::AsRawFd;
+        std::fs::create_dir_all(run).with_context(|| format!("cannot create run folder {}", run.display()))?;
+        let path = run.join(LOCK_FILE);
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .with_context(|| format!("cannot open the run's lock file {}", path.display()))?;
+        // SAFETY: flock on a file descriptor this function owns; no memory is shared.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc != 0 {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            bail!(
+                "run folder {} is in use by another process ({}): wait until it finishes, or stop it, or use another \
+                 --run-dir",
+                run.display(),
+                if holder.trim().is_empty() { "holder unknown" } else { holder.trim() }
+            );
+        }
+        let host = crate::metrics::host_name().unwrap_or_else(|| "this machine".into());
+        let _ = file.set_len(0);
+        let _ = file.rewind();
+        let _ = write!(file, "pid {} on {host}: {what}", std::process::id());
+        Ok(RunLock { _file: file })
+    }
+}
 
 /// The pipeline copy a run keeps.
 pub const PIPELINE_FILE: &str = "pipeline.toml";
@@ -33,4 +80,20 @@ pub fn depth_dir(run: &Path, depth: usize) -> PathBuf {
 /// The depth a folder name stands for (`depth-03` → 3).
 pub fn parse_depth_dir(name: &str) -> Option<usize> {
     name.strip_prefix("depth-")?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_lock_on_a_run_says_who_holds_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let lock = RunLock::acquire(dir.path(), "cargo xtask greedy (first)").unwrap();
+        let err = format!("{:#}", RunLock::acquire(dir.path(), "second").unwrap_err());
+        assert!(err.contains("in use") && err.contains("cargo xtask greedy (first)"), "{err}");
+        assert!(err.contains(&format!("pid {}", std::process::id())), "{err}");
+        drop(lock);
+        RunLock::acquire(dir.path(), "second").unwrap();
+    }
 }

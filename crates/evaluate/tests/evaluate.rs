@@ -115,3 +115,16 @@ fn refuses_a_checkpoint_of_another_dataset() {
     let err = format!("{:#}", evaluate(&opts(&other, &other, Split::Test, None)).unwrap_err());
     assert!(err.contains("not a layerwise checkpoint"), "{err}");
 }
+
+#[test]
+fn an_out_that_is_not_a_regular_file_is_never_replaced() {
+    let (dir, data, ckpt) = setup();
+    // A named pipe stands in for a device node such as /dev/full (which, as root, the
+    // atomic rename used to replace with a regular file).
+    let fifo = dir.path().join("pipe");
+    assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let err = format!("{:#}", evaluate(&opts(&ckpt, &data, Split::Test, Some(fifo.clone()))).unwrap_err());
+    assert!(err.contains("not a regular file"), "{err}");
+    use std::os::unix::fs::FileTypeExt;
+    assert!(std::fs::symlink_metadata(&fifo).unwrap().file_type().is_fifo(), "the pipe is still a pipe");
+}

@@ -85,6 +85,13 @@ pub struct Summary {
     pub best_depth: Option<usize>,
     /// Sum of the depths' seconds.
     pub total_seconds: f64,
+    /// Depths between the first and the last reported one that have no checkpoint and
+    /// history: a hole the report marks (a run should have none).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub missing_depths: Vec<usize>,
+    /// What else is wrong with the run folder (an unreadable evaluation, ...).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<String>,
 }
 
 impl Summary {
@@ -113,6 +120,7 @@ pub fn collect(run: &Path) -> Result<Summary> {
         .filter_map(|e| parse_depth_dir(e.file_name().to_str()?))
         .collect();
     found.sort_unstable();
+    let mut problems = Vec::new();
     for depth in found {
         let dir = depth_dir(run, depth);
         let (model, history) = (dir.join(MODEL_FILE), dir.join(HISTORY_FILE));
@@ -123,7 +131,13 @@ pub fn collect(run: &Path) -> Result<Summary> {
         let h = TrainHistory::read(&history)?;
         let last = h.last().with_context(|| format!("{} has no epochs", history.display()))?;
         let eval_path = dir.join(EVAL_FILE);
-        let eval = if eval_path.exists() { Some(Evaluation::read(&eval_path)?) } else { None };
+        let eval = match eval_path.exists().then(|| Evaluation::read(&eval_path)).transpose() {
+            Ok(e) => e,
+            Err(e) => {
+                problems.push(format!("depth {depth}: its evaluation is not shown: {e:#}"));
+                None
+            }
+        };
         depths.push(DepthRow {
             depth,
             train_loss: last.train_loss,
@@ -147,7 +161,11 @@ pub fn collect(run: &Path) -> Result<Summary> {
     let best_depth = best_by_validation(depths.iter().map(|r| (r.depth, r.val_accuracy))).map(|(d, _)| d);
     let total_seconds = depths.iter().map(|r| r.seconds).sum();
     let name = run.file_name().map_or_else(|| run.display().to_string(), |n| n.to_string_lossy().into_owned());
-    Ok(Summary { run: name, pipeline, depths, best_depth, total_seconds })
+    let missing_depths = match (depths.first(), depths.last()) {
+        (Some(a), Some(b)) => (a.depth..b.depth).filter(|d| !depths.iter().any(|r| r.depth == *d)).collect(),
+        _ => Vec::new(),
+    };
+    Ok(Summary { run: name, pipeline, depths, best_depth, total_seconds, missing_depths, problems })
 }
 
 /// Collect the run and write `report.md` (ending with the run's `notes.md`, if any),

@@ -45,6 +45,19 @@ pub(crate) fn render(s: &Summary, notes: Option<&str>) -> String {
     let split = s.depths.iter().find_map(|r| r.eval_split.clone()).unwrap_or_else(|| "test".into());
     let tutorial = s.compares_with_tutorial();
     let _ = writeln!(md, "## Results by depth\n");
+    if !s.missing_depths.is_empty() {
+        let list: Vec<String> = s.missing_depths.iter().map(|d| d.to_string()).collect();
+        let _ = writeln!(
+            md,
+            "> **Incomplete run: depth {} missing** (no checkpoint and training history). The table, the plot and \
+             the best depth cover only the depths present; finish the run (rerun the same `cargo xtask greedy`) \
+             before drawing conclusions.\n",
+            list.join(", ")
+        );
+    }
+    for p in &s.problems {
+        let _ = writeln!(md, "> **Warning:** {p}\n");
+    }
     let _ = write!(md, "| depth | train loss | train acc | val loss | val acc | {split} loss | {split} acc |");
     if tutorial {
         md.push_str(" tutorial test acc | Δ |");
