@@ -158,13 +158,37 @@ pub struct Adam<D: Backend> {
     t: i32,
     slots: Vec<Slot<D>>,
     host_path: bool,
+    /// Moments restored from a saved state, taken up by each slot when first used.
+    restored: Vec<(Vec<f32>, Vec<f32>)>,
 }
 
 impl<D: Backend> Adam<D> {
     /// A fresh optimizer (Keras creates one per `compile`, so one per depth).
     pub fn new(lr: f64, beta1: f64, beta2: f64, eps: f64) -> Self {
         let host_path = std::any::TypeId::of::<D>() == std::any::TypeId::of::<dfdx::tensor::Cpu>();
-        Self { lr, betas: [beta1, beta2], eps, t: 0, slots: Vec::new(), host_path }
+        Self { lr, betas: [beta1, beta2], eps, t: 0, slots: Vec::new(), host_path, restored: Vec::new() }
+    }
+
+    /// The step count and each slot's moments `(m, v)`, copied to the host: with the
+    /// parameters, everything a resumed run needs to continue bit for bit.
+    pub fn state(&self) -> (i32, Vec<(Vec<f32>, Vec<f32>)>) {
+        let slots = self
+            .slots
+            .iter()
+            .map(|s| match s {
+                Slot::Host { m, v, .. } => (m.clone(), v.clone()),
+                Slot::Device { m, v } => (m.as_vec(), v.as_vec()),
+            })
+            .collect();
+        (self.t, slots)
+    }
+
+    /// Continue from a [`Adam::state`]: the step count now, each slot's moments when the
+    /// slot is first used (its parameters are the tensor's values then).
+    pub fn restore(&mut self, t: i32, moments: Vec<(Vec<f32>, Vec<f32>)>) {
+        self.t = t;
+        self.slots.clear();
+        self.restored = moments;
     }
 
     /// Use the device path even on the CPU (to test that both paths agree).
@@ -192,12 +216,17 @@ impl<D: Backend> Adam<D> {
         let n = param.shape().num_elements();
         if self.slots.len() == slot {
             let dev = param.device().clone();
+            let (m0, v0) = match self.restored.get(slot) {
+                Some((m, v)) if m.len() == n && v.len() == n => (m.clone(), v.clone()),
+                Some(_) => anyhow::bail!("restored Adam state does not fit slot {slot} ({n} values)"),
+                None => (vec![0.0; n], vec![0.0; n]),
+            };
             self.slots.push(if self.host_path {
                 let mut p = vec![0.0; n];
                 param.copy_into(&mut p);
-                Slot::Host { p, m: vec![0.0; n], v: vec![0.0; n], g: vec![0.0; n] }
+                Slot::Host { p, m: m0, v: v0, g: vec![0.0; n] }
             } else {
-                Slot::Device { m: dev.zeros_like(&(n,)), v: dev.zeros_like(&(n,)) }
+                Slot::Device { m: dev.tensor_from_vec(m0, (n,)), v: dev.tensor_from_vec(v0, (n,)) }
             });
         }
         let failed = |e: <D as HasErr>::Err| anyhow!("Adam update failed: {e:?}");

@@ -14,6 +14,7 @@
 
 pub mod cli;
 mod progress;
+pub mod state;
 
 pub use progress::Progress;
 
@@ -113,7 +114,14 @@ pub fn train(opts: &TrainOptions) -> Result<TrainOutcome> {
             (model.hidden.clone(), new_layer, head, trains)
         }
     };
-    let run = Run { ds: &ds, prefix: &prefix, new_layer: &new_layer, head: &head, head_trains, depth, opts };
+    let state_key = state::state_key(&serde_json::json!({
+        "config": cfg,
+        "dataset": ds.meta.fingerprint,
+        "parent": parent_sha,
+        "depth": depth,
+        "device": opts.device.name(),
+    }));
+    let run = Run { ds: &ds, prefix: &prefix, new_layer: &new_layer, head: &head, head_trains, depth, opts, state_key };
     let trained = layerwise_nn::with_device!(opts.device, cfg.seed, |dev| run.go(&dev))?;
 
     let mut hidden = prefix;
@@ -163,6 +171,8 @@ pub fn train(opts: &TrainOptions) -> Result<TrainOutcome> {
     let checkpoint = opts.out.join(MODEL_FILE);
     atomic::write_json_atomic(&opts.out.join(HISTORY_FILE), &history)?;
     atomic::write_bytes_atomic(&checkpoint, &bytes)?;
+    // The depth is complete: an interrupted run's state is of no more use.
+    let _ = std::fs::remove_file(opts.out.join(state::STATE_FILE));
     Ok(TrainOutcome { checkpoint, meta, history, prefix_rows: trained.prefix_rows })
 }
 
@@ -174,6 +184,7 @@ struct Run<'a> {
     head_trains: bool,
     depth: usize,
     opts: &'a TrainOptions,
+    state_key: String,
 }
 
 struct Trained {
@@ -231,12 +242,48 @@ impl Run<'_> {
         let bs = cfg.batch_size.min(n);
         let batches = n.div_ceil(bs);
         let mut epochs = Vec::with_capacity(cfg.epochs);
+        // An interrupted run of this same command left its state: continue from there.
+        let state_path = self.opts.out.join(state::STATE_FILE);
+        let mut first_epoch = 1;
+        match state::load(&state_path, &self.state_key) {
+            Ok(Some(st)) if st.epoch < cfg.epochs => {
+                let restore = |l: &Layer<D>, (weight, bias): (Vec<f32>, Vec<f32>)| -> Result<Layer<D>> {
+                    let (outputs, inputs) = *l.weight.shape();
+                    if weight.len() != outputs * inputs || bias.len() != outputs {
+                        bail!("{}: its tensors do not fit this depth", state_path.display());
+                    }
+                    Ok(Layer::from_dense(&Dense { inputs, outputs, weight, bias }, dev))
+                };
+                layer = restore(&layer, st.layer)?;
+                head = restore(&head, st.head)?;
+                adam.restore(st.adam_t, st.adam);
+                epochs = st.epochs;
+                first_epoch = st.epoch + 1;
+                layerwise_core::progress::println(&format!(
+                    "depth {}: resuming at epoch {first_epoch} of {} from the state an interrupted run left ({})",
+                    self.depth,
+                    cfg.epochs,
+                    state_path.display()
+                ));
+            }
+            Ok(_) => {}
+            Err(why) => layerwise_core::progress::println(&format!(
+                "depth {}: not resuming ({why:#}); training from epoch 1",
+                self.depth
+            )),
+        }
         let mut bar = self.opts.progress.start(self.depth, cfg.epochs, batches);
-        for epoch in 1..=cfg.epochs {
+        let epoch_rng = |epoch: usize| {
+            rand_chacha::ChaCha8Rng::seed_from_u64(mix_seed(cfg.seed, &[self.depth as u64, 1000 + epoch as u64]))
+        };
+        // Each epoch shuffles the previous epoch's order: a resumed run replays the
+        // shuffles of the epochs it skips, so its batches are the uninterrupted run's.
+        for epoch in 1..first_epoch {
+            order.shuffle(&mut epoch_rng(epoch));
+        }
+        for epoch in first_epoch..=cfg.epochs {
             let te = Instant::now();
-            let mut rng =
-                rand_chacha::ChaCha8Rng::seed_from_u64(mix_seed(cfg.seed, &[self.depth as u64, 1000 + epoch as u64]));
-            order.shuffle(&mut rng);
+            order.shuffle(&mut epoch_rng(epoch));
             let mut sums = EvalSums::new(classes);
             for (b, chunk) in order.chunks(bs).enumerate() {
                 // Batches are gathered on the host and sent to the device whole: a memcpy
@@ -295,6 +342,22 @@ impl Run<'_> {
             };
             bar.epoch(&m);
             epochs.push(m);
+            if epoch < cfg.epochs {
+                let (adam_t, adam_moments) = adam.state();
+                let (l, h) = (layer.to_dense(), head.to_dense());
+                let st = state::TrainState {
+                    format: state::STATE_FORMAT.into(),
+                    version: state::STATE_VERSION,
+                    key: self.state_key.clone(),
+                    epoch,
+                    layer: (l.weight, l.bias),
+                    head: (h.weight, h.bias),
+                    adam_t,
+                    adam: adam_moments,
+                    epochs: epochs.clone(),
+                };
+                state::save(&state_path, &st)?;
+            }
         }
         bar.finish();
         Ok(Trained { new_layer: layer.to_dense(), head: head.to_dense(), epochs, prefix_rows, prefix_seconds })

@@ -251,3 +251,51 @@ fn the_binary_takes_defaults_from_a_pipeline_and_flags_override() {
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("epochs"));
 }
+
+#[test]
+fn a_depth_killed_between_epochs_resumes_to_the_same_bytes() {
+    let f = fixture();
+    let out = f.dir.path().join("killed");
+    let state = out.join(layerwise_train::state::STATE_FILE);
+    let args = |out: &Path, lr: &str| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_layerwise-train"));
+        c.args(["--data", &f.data.to_string_lossy(), "--out", &out.to_string_lossy()]);
+        c.args(["--epochs", "150", "--width", "32", "--batch-size", "50", "--seed", "1", "--lr", lr]);
+        c
+    };
+    let whole = f.dir.path().join("whole");
+    assert!(args(&whole, "0.001").output().unwrap().status.success());
+    let mut child = args(&out, "0.001").stderr(std::process::Stdio::null()).spawn().unwrap();
+    let started = std::time::Instant::now();
+    while !state.exists() {
+        assert!(started.elapsed().as_secs() < 60 && child.try_wait().unwrap().is_none(), "no state was written");
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(30));
+    child.kill().unwrap(); // SIGKILL: between epochs, or in the middle of one
+    assert!(!child.wait().unwrap().success(), "killed before it finished");
+    assert!(!out.join("model.safetensors").exists());
+    // Another command (another learning rate) does not use that state.
+    let elsewhere = f.dir.path().join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    std::fs::copy(&state, elsewhere.join(layerwise_train::state::STATE_FILE)).unwrap();
+    let other = args(&elsewhere, "0.002").output().unwrap();
+    let log = String::from_utf8_lossy(&other.stderr);
+    assert!(
+        other.status.success() && log.contains("not resuming") && log.contains("another training command"),
+        "{log}"
+    );
+    // The same command continues it, to the bytes of an uninterrupted run.
+    let again = args(&out, "0.001").output().unwrap();
+    let log = String::from_utf8_lossy(&again.stderr);
+    assert!(again.status.success(), "{log}");
+    assert!(log.contains("resuming at epoch"), "{log}");
+    assert!(
+        std::fs::read(out.join("model.safetensors")).unwrap()
+            == std::fs::read(whole.join("model.safetensors")).unwrap(),
+        "a resumed depth writes the same checkpoint as an uninterrupted one"
+    );
+    assert!(!state.exists(), "the state file is removed once the depth is complete");
+    let h = TrainHistory::read(&out.join("train.json")).unwrap();
+    assert_eq!(h.epochs.len(), 150);
+}
