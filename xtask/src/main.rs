@@ -10,7 +10,45 @@
 //! Called by a stage's name (through a link, as Slurm jobs do), the binary is that stage.
 
 use clap::{Parser, Subcommand};
+use std::alloc::{GlobalAlloc, Layout, System};
 use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+
+/// The system allocator, which refuses (loudly) any single allocation over
+/// `fuzz::ALLOCATION_BOUND` while `cargo xtask fuzz` runs a reader.
+struct Bounded;
+
+fn check(size: usize) {
+    if size > xtask::fuzz::ALLOCATION_BOUND && xtask::fuzz::BOUND_ON.load(Ordering::Relaxed) {
+        xtask::fuzz::allocation_over_bound(size);
+    }
+}
+
+// SAFETY: every call is passed on to the system allocator unchanged.
+unsafe impl GlobalAlloc for Bounded {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        check(layout.size());
+        // SAFETY: the caller's contract is passed on.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        check(layout.size());
+        // SAFETY: the caller's contract is passed on.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        check(new_size);
+        // SAFETY: the caller's contract is passed on.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: the caller's contract is passed on.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Bounded = Bounded;
 
 #[derive(Parser)]
 #[command(about = "layerwise's orchestrator")]
@@ -27,6 +65,8 @@ enum Cmd {
     Sweep(xtask::sweep::SweepArgs),
     /// Measure training speed on this machine (synthetic data of CIFAR-10's shape).
     Bench(xtask::bench::BenchArgs),
+    /// Feed every file reader seeded mutations of valid files: no panic, no huge allocation.
+    Fuzz(xtask::fuzz::FuzzArgs),
     /// For scheduler jobs: exit 0 if the run's greedy loop goes on to --depth, 3 if
     /// patience stopped it before (saying why), 1 on error.
     Gate(GateArgs),
@@ -58,6 +98,7 @@ fn main() -> ExitCode {
         Cmd::Greedy(a) => xtask::greedy::run(&a).map(|_| ()),
         Cmd::Sweep(a) => xtask::sweep::run(&a),
         Cmd::Bench(a) => xtask::bench::run(&a),
+        Cmd::Fuzz(a) => xtask::fuzz::run(&a),
         Cmd::Gate(a) => match xtask::slurm::gate(&a.run_dir, a.first, a.depth) {
             Ok(None) => {
                 eprintln!("gate: depth {} goes ahead", a.depth);

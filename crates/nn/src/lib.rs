@@ -134,6 +134,9 @@ pub fn features_host<D: Backend>(dev: &D, hidden: &[Layer<D>], data: &[f32], row
     out
 }
 
+/// Adam's first and second moments `(m, v)`, one pair per slot, on the host.
+pub type Moments = Vec<(Vec<f32>, Vec<f32>)>;
+
 /// One tensor's optimizer state.
 enum Slot<D: Backend> {
     /// CPU: master weights, moments and a gradient buffer in host memory, updated in one
@@ -159,7 +162,7 @@ pub struct Adam<D: Backend> {
     slots: Vec<Slot<D>>,
     host_path: bool,
     /// Moments restored from a saved state, taken up by each slot when first used.
-    restored: Vec<(Vec<f32>, Vec<f32>)>,
+    restored: Moments,
 }
 
 impl<D: Backend> Adam<D> {
@@ -171,7 +174,7 @@ impl<D: Backend> Adam<D> {
 
     /// The step count and each slot's moments `(m, v)`, copied to the host: with the
     /// parameters, everything a resumed run needs to continue bit for bit.
-    pub fn state(&self) -> (i32, Vec<(Vec<f32>, Vec<f32>)>) {
+    pub fn state(&self) -> (i32, Moments) {
         let slots = self
             .slots
             .iter()
@@ -185,7 +188,7 @@ impl<D: Backend> Adam<D> {
 
     /// Continue from a [`Adam::state`]: the step count now, each slot's moments when the
     /// slot is first used (its parameters are the tensor's values then).
-    pub fn restore(&mut self, t: i32, moments: Vec<(Vec<f32>, Vec<f32>)>) {
+    pub fn restore(&mut self, t: i32, moments: Moments) {
         self.t = t;
         self.slots.clear();
         self.restored = moments;

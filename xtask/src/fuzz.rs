@@ -1,0 +1,448 @@
+//! `cargo xtask fuzz`: every reader of a file a user can hand layerwise, fed seeded
+//! mutations of a valid file (truncation, bit flips, length fields set huge, spliced
+//! chunks, deep nesting). A reader may refuse an input with an error; it may never panic,
+//! overflow its stack or allocate beyond a bound (the xtask binary's allocator refuses,
+//! loudly, any single allocation over [`ALLOCATION_BOUND`] while fuzzing). Reproducible:
+//! case `i` of a reader is drawn from `--seed` and `i` alone; a panicking input is saved.
+
+use anyhow::{bail, Context, Result};
+use layerwise_core::mix_seed;
+use rand::{Rng, SeedableRng};
+use std::io::{Read, Write};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+/// The largest single allocation a reader may make on any input while fuzzing.
+pub const ALLOCATION_BOUND: usize = 256 << 20;
+
+/// Whether the bound is enforced now (only around a reader's call).
+pub static BOUND_ON: AtomicBool = AtomicBool::new(false);
+/// The reader and case being run (for the allocator's message).
+pub static CURRENT: [AtomicUsize; 2] = [AtomicUsize::new(0), AtomicUsize::new(0)];
+
+/// Called by the xtask binary's allocator for an allocation over the bound while
+/// fuzzing: say which reader and case asked (without allocating), then abort.
+pub fn allocation_over_bound(size: usize) -> ! {
+    fn put(buf: &mut [u8], at: &mut usize, s: &[u8]) {
+        for &c in s {
+            if *at < buf.len() {
+                buf[*at] = c;
+                *at += 1;
+            }
+        }
+    }
+    fn num(buf: &mut [u8], at: &mut usize, mut v: usize) {
+        let mut digits = [0u8; 20];
+        let mut n = 0;
+        loop {
+            digits[n] = b'0' + (v % 10) as u8;
+            n += 1;
+            v /= 10;
+            if v == 0 {
+                break;
+            }
+        }
+        for i in (0..n).rev() {
+            put(buf, at, &[digits[i]]);
+        }
+    }
+    let mut buf = [0u8; 200];
+    let mut at = 0;
+    put(&mut buf, &mut at, b"fuzz: reader #");
+    num(&mut buf, &mut at, CURRENT[0].load(Ordering::SeqCst));
+    put(&mut buf, &mut at, b", case ");
+    num(&mut buf, &mut at, CURRENT[1].load(Ordering::SeqCst));
+    put(&mut buf, &mut at, b": an allocation of ");
+    num(&mut buf, &mut at, size);
+    put(&mut buf, &mut at, b" bytes, over the bound\n");
+    // SAFETY: write(2) on stderr with a buffer this function owns.
+    unsafe {
+        libc::write(2, buf.as_ptr().cast(), at);
+    }
+    std::process::abort()
+}
+
+/// `cargo xtask fuzz` arguments.
+#[derive(Debug, Clone, clap::Args)]
+pub struct FuzzArgs {
+    /// Cases per reader.
+    #[arg(long, default_value_t = 300)]
+    pub cases: usize,
+    /// Seed of the mutations.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Only this reader (default: all; see the table for their names).
+    #[arg(long)]
+    pub reader: Option<String>,
+    /// Where inputs that made a reader panic are saved.
+    #[arg(long, default_value = "target/fuzz-failures")]
+    pub failures: PathBuf,
+}
+
+/// How a reader is fed: bytes in memory, or a file at a path.
+type ReadFn = Box<dyn Fn(&Path, &[u8]) -> Result<()>>;
+
+struct Reader {
+    name: &'static str,
+    /// A valid input.
+    valid: Vec<u8>,
+    /// Write the mutated bytes to a file first (file name), or pass them in memory.
+    file: Option<&'static str>,
+    /// Deeply nested input of this format, for the nesting mutation.
+    nest: fn(usize) -> Vec<u8>,
+    /// Turn mutated bytes into what is written (the tarball's are gzipped after mutating
+    /// the tar inside, so the tar headers themselves get mutated).
+    encode: fn(Vec<u8>) -> Vec<u8>,
+    read: ReadFn,
+}
+
+fn identity(b: Vec<u8>) -> Vec<u8> {
+    b
+}
+
+/// Give every tar header block (`ustar` magic) a correct checksum again, so that a
+/// mutated header (a huge size, a strange name) reaches the reader instead of being
+/// refused by the checksum alone; then gzip.
+fn tar_gzip(mut b: Vec<u8>) -> Vec<u8> {
+    for block in b.chunks_exact_mut(512) {
+        if &block[257..262] == b"ustar" {
+            block[148..156].copy_from_slice(b"        ");
+            let sum: u32 = block.iter().map(|&x| x as u32).sum();
+            let field = format!("{sum:06o}\0 ");
+            block[148..156].copy_from_slice(&field.as_bytes()[..8]);
+        }
+    }
+    gzip(b)
+}
+
+fn gzip(b: Vec<u8>) -> Vec<u8> {
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    let _ = gz.write_all(&b);
+    gz.finish().unwrap_or_default()
+}
+
+fn nest_json(n: usize) -> Vec<u8> {
+    let mut v = b"{\"schema\": ".to_vec();
+    v.extend(std::iter::repeat_n(b'[', n));
+    v
+}
+
+fn nest_toml(n: usize) -> Vec<u8> {
+    let mut v = b"name = 'x'\n[train]\nwidth = ".to_vec();
+    v.extend(std::iter::repeat_n(b'[', n));
+    v
+}
+
+fn nest_pickle(n: usize) -> Vec<u8> {
+    let mut v = vec![0x80, 2];
+    v.extend(std::iter::repeat_n(b']', n));
+    v.extend(std::iter::repeat_n(b'a', n.saturating_sub(1)));
+    v.push(b'.');
+    v
+}
+
+fn nest_safetensors(n: usize) -> Vec<u8> {
+    let mut header = b"{\"__metadata__\": {\"layerwise\": \"x\"}, \"a\": ".to_vec();
+    header.extend(std::iter::repeat_n(b'[', n));
+    let mut v = (header.len() as u64).to_le_bytes().to_vec();
+    v.extend(header);
+    v
+}
+
+fn nest_bytes(n: usize) -> Vec<u8> {
+    vec![0xff; n]
+}
+
+fn ungzip(b: &[u8]) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(b).read_to_end(&mut out)?;
+    Ok(out)
+}
+
+/// Valid files of every kind, made here: a synthetic release, a dataset, a checkpoint,
+/// its history and evaluation, a training state, a pipeline.
+fn readers(work: &Path) -> Result<Vec<Reader>> {
+    use layerwise_testkit::synthetic;
+    let data = work.join("valid-dataset.safetensors");
+    layerwise_testkit::prepared_dataset(&data, 12, 4, 4, 1)?;
+    let cfg = layerwise_core::config::TrainConfig { width: 4, epochs: 2, batch_size: 4, ..Default::default() };
+    let trained = layerwise_train::train(&layerwise_train::TrainOptions {
+        data: data.clone(),
+        from: None,
+        out: work.join("valid-depth"),
+        config: cfg,
+        device: layerwise_nn::device::DeviceKind::Cpu,
+        progress: layerwise_train::Progress::Quiet,
+    })?;
+    let eval_path = work.join("valid-depth/eval.json");
+    layerwise_evaluate::evaluate(&layerwise_evaluate::EvaluateOptions {
+        model: trained.checkpoint.clone(),
+        data: data.clone(),
+        split: layerwise_core::dataset::Split::Test,
+        out: Some(eval_path.clone()),
+        device: layerwise_nn::device::DeviceKind::Cpu,
+    })?;
+    let state = layerwise_train::state::TrainState {
+        format: layerwise_train::state::STATE_FORMAT.into(),
+        version: layerwise_train::state::STATE_VERSION,
+        key: "k".into(),
+        epoch: 1,
+        layer: (vec![0.5; 8], vec![0.0; 2]),
+        head: (vec![0.1; 4], vec![0.0; 2]),
+        adam_t: 3,
+        adam: vec![(vec![0.0; 8], vec![0.0; 8])],
+        epochs: trained.history.epochs.clone(),
+    };
+    let state_path = work.join("valid-state.bin");
+    layerwise_train::state::save(&state_path, &state)?;
+    let binary_tar = ungzip(&synthetic::tarball_bytes(false, 2)?)?;
+    let python_tar = ungzip(&synthetic::tarball_bytes(true, 2)?)?;
+    let tar_read: ReadFn = Box::new(|p, _| {
+        let (kind, path) = layerwise_prepare::source::detect(p)?;
+        layerwise_prepare::source::read(kind, &path).map(|_| ())
+    });
+    let python_tar_read: ReadFn = Box::new(|p, _| {
+        let (kind, path) = layerwise_prepare::source::detect(p)?;
+        layerwise_prepare::source::read(kind, &path).map(|_| ())
+    });
+    Ok(vec![
+        Reader {
+            name: "cifar-binary",
+            valid: synthetic::binary_batch(3, 1),
+            file: None,
+            nest: nest_bytes,
+            encode: identity,
+            read: Box::new(|_, b| layerwise_prepare::source::parse_binary(b, "batch").map(|_| ())),
+        },
+        Reader {
+            name: "cifar-pickle",
+            valid: synthetic::python_batch(3, 1),
+            file: None,
+            nest: nest_pickle,
+            encode: identity,
+            read: Box::new(|_, b| layerwise_prepare::source::parse_pickle(b, "batch").map(|_| ())),
+        },
+        Reader {
+            name: "tarball-binary",
+            valid: binary_tar,
+            file: Some("cifar-10-binary.tar.gz"),
+            nest: nest_bytes,
+            encode: tar_gzip,
+            read: tar_read,
+        },
+        Reader {
+            name: "tarball-python",
+            valid: python_tar,
+            file: Some("cifar-10-python.tar.gz"),
+            nest: nest_pickle,
+            encode: tar_gzip,
+            read: python_tar_read,
+        },
+        Reader {
+            name: "dataset",
+            valid: std::fs::read(&data)?,
+            file: Some("d.safetensors"),
+            nest: nest_safetensors,
+            encode: identity,
+            read: Box::new(|p, _| {
+                let ds = layerwise_core::dataset::Dataset::open(p)?;
+                ds.verify()
+            }),
+        },
+        Reader {
+            name: "checkpoint",
+            valid: std::fs::read(&trained.checkpoint)?,
+            file: Some("m.safetensors"),
+            nest: nest_safetensors,
+            encode: identity,
+            read: Box::new(|p, _| layerwise_core::checkpoint::load_checkpoint(p).map(|_| ())),
+        },
+        Reader {
+            name: "train-json",
+            valid: std::fs::read(work.join("valid-depth/train.json"))?,
+            file: Some("train.json"),
+            nest: nest_json,
+            encode: identity,
+            read: Box::new(|p, _| layerwise_core::metrics::TrainHistory::read(p).map(|_| ())),
+        },
+        Reader {
+            name: "eval-json",
+            valid: std::fs::read(&eval_path)?,
+            file: Some("eval.json"),
+            nest: nest_json,
+            encode: identity,
+            read: Box::new(|p, _| layerwise_core::metrics::Evaluation::read(p).map(|_| ())),
+        },
+        Reader {
+            name: "pipeline-toml",
+            valid: std::fs::read(crate::repo_root().join("pipelines/default.toml"))?,
+            file: None,
+            nest: nest_toml,
+            encode: identity,
+            read: Box::new(|_, b| {
+                let text = std::str::from_utf8(b)?;
+                layerwise_core::pipeline::Pipeline::from_toml(text, "fuzz.toml").map(|_| ())
+            }),
+        },
+        Reader {
+            name: "train-state",
+            valid: std::fs::read(&state_path)?,
+            file: Some(".train-state.bin"),
+            nest: nest_bytes,
+            encode: identity,
+            read: Box::new(|p, _| layerwise_train::state::load(p, "k").map(|_| ())),
+        },
+    ])
+}
+
+/// One seeded mutation of `valid`.
+fn mutate(valid: &[u8], rng: &mut rand_chacha::ChaCha8Rng, nest: fn(usize) -> Vec<u8>) -> Vec<u8> {
+    let mut b = valid.to_vec();
+    let rounds = rng.gen_range(1..=3);
+    for _ in 0..rounds {
+        let len = b.len().max(1);
+        match rng.gen_range(0..7) {
+            0 => b.truncate(rng.gen_range(0..len)),
+            1 => {
+                for _ in 0..rng.gen_range(1..=8) {
+                    let i = rng.gen_range(0..len);
+                    if let Some(x) = b.get_mut(i) {
+                        *x ^= 1 << rng.gen_range(0..8);
+                    }
+                }
+            }
+            2 | 3 => {
+                // A length field set huge: 8 little-endian bytes, or the header length of a
+                // safetensors file, or an octal tar size field.
+                let huge = [u64::MAX, 1 << 60, 1 << 40, u32::MAX as u64, (1 << 31) + 7][rng.gen_range(0..5)];
+                let at = match rng.gen_range(0..3) {
+                    0 => 0,
+                    1 => 124 + 512 * rng.gen_range(0..(len / 512).max(1)),
+                    _ => rng.gen_range(0..len),
+                };
+                let bytes: Vec<u8> = if at % 512 == 124 && rng.gen_bool(0.5) {
+                    b"77777777777\0".to_vec()
+                } else {
+                    huge.to_le_bytes().to_vec()
+                };
+                for (k, x) in bytes.into_iter().enumerate() {
+                    if let Some(slot) = b.get_mut(at + k) {
+                        *slot = x;
+                    }
+                }
+            }
+            4 => {
+                // Splice: a chunk copied elsewhere.
+                let (from, to) = (rng.gen_range(0..len), rng.gen_range(0..len));
+                let n = rng.gen_range(1..=64.min(len));
+                let chunk: Vec<u8> = b.iter().skip(from).take(n).copied().collect();
+                let at = to.min(b.len());
+                b.splice(at..at, chunk);
+            }
+            5 => {
+                let at = rng.gen_range(0..len).min(b.len());
+                let v = [0u8, 0xff, 0x7f, 0x80][rng.gen_range(0..4)];
+                let n = rng.gen_range(1..=16);
+                b.splice(at..at, std::iter::repeat_n(v, n));
+            }
+            _ => {
+                // Deep nesting (rarely: it is the slowest mutation).
+                if rng.gen_ratio(1, 8) {
+                    b = nest(rng.gen_range(1_000..100_000));
+                }
+            }
+        }
+    }
+    b
+}
+
+/// Outcome counts of one reader.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Tally {
+    /// Inputs read without error.
+    pub accepted: usize,
+    /// Inputs refused with an error.
+    pub refused: usize,
+    /// Inputs that made the reader panic.
+    pub panicked: usize,
+}
+
+/// Run the harness; fails if any reader panicked.
+pub fn run(a: &FuzzArgs) -> Result<()> {
+    let work = tempfile::tempdir().context("cannot create a temp folder")?;
+    let all = readers(work.path())?;
+    if let Some(r) = &a.reader {
+        if !all.iter().any(|x| x.name == r) {
+            bail!("no reader named `{r}`: use one of {}", all.iter().map(|x| x.name).collect::<Vec<_>>().join(", "));
+        }
+    }
+    let started = std::time::Instant::now();
+    println!(
+        "| reader | cases | refused | accepted | panicked | seconds |\n| --- | ---: | ---: | ---: | ---: | ---: |"
+    );
+    let mut total = Tally::default();
+    for (r_index, reader) in all.iter().enumerate() {
+        if a.reader.as_deref().is_some_and(|r| r != reader.name) {
+            continue;
+        }
+        // The valid input itself must be accepted, or the mutations test nothing.
+        let mut tally = Tally::default();
+        let t0 = std::time::Instant::now();
+        let case_dir = work.path().join(format!("case-{}", reader.name));
+        std::fs::create_dir_all(&case_dir)?;
+        for case in 0..=a.cases {
+            let bytes = if case == 0 {
+                (reader.encode)(reader.valid.clone())
+            } else {
+                let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(mix_seed(a.seed, &[r_index as u64, case as u64]));
+                (reader.encode)(mutate(&reader.valid, &mut rng, reader.nest))
+            };
+            let path = case_dir.join(reader.file.unwrap_or("input"));
+            if reader.file.is_some() {
+                std::fs::write(&path, &bytes).with_context(|| format!("cannot write {}", path.display()))?;
+            }
+            CURRENT[0].store(r_index, Ordering::SeqCst);
+            CURRENT[1].store(case, Ordering::SeqCst);
+            BOUND_ON.store(true, Ordering::SeqCst);
+            let outcome = catch_unwind(AssertUnwindSafe(|| (reader.read)(&path, &bytes)));
+            BOUND_ON.store(false, Ordering::SeqCst);
+            match outcome {
+                Ok(Ok(())) => tally.accepted += 1,
+                Ok(Err(_)) if case > 0 => tally.refused += 1,
+                Ok(Err(e)) => bail!("reader {}: its valid input was refused: {e:#}", reader.name),
+                Err(_) => {
+                    tally.panicked += 1;
+                    std::fs::create_dir_all(&a.failures)?;
+                    let saved = a.failures.join(format!("{}-seed{}-case{case}.bin", reader.name, a.seed));
+                    std::fs::write(&saved, &bytes)?;
+                    eprintln!("fuzz: {} panicked on case {case}; input saved as {}", reader.name, saved.display());
+                }
+            }
+        }
+        println!(
+            "| {} | {} | {} | {} | {} | {:.1} |",
+            reader.name,
+            a.cases,
+            tally.refused,
+            tally.accepted.saturating_sub(1),
+            tally.panicked,
+            t0.elapsed().as_secs_f64()
+        );
+        total.refused += tally.refused;
+        total.accepted += tally.accepted.saturating_sub(1);
+        total.panicked += tally.panicked;
+    }
+    let cases = total.refused + total.accepted + total.panicked;
+    println!(
+        "fuzz: {cases} cases, {} panics, no allocation over {} MiB, {:.0} s (seed {})",
+        total.panicked,
+        ALLOCATION_BOUND >> 20,
+        started.elapsed().as_secs_f64(),
+        a.seed
+    );
+    if total.panicked > 0 {
+        bail!("{} inputs made a reader panic (saved under {})", total.panicked, a.failures.display());
+    }
+    Ok(())
+}

@@ -1,0 +1,22 @@
+//! The robustness harness (`cargo xtask fuzz`) at CI size: a few hundred seeded mutations
+//! of a valid file per reader, run through the xtask binary so that its allocation bound
+//! applies (an allocation over it, a panic or a stack overflow fails this test).
+#![allow(clippy::unwrap_used)] // test helpers panic on purpose
+
+#[test]
+fn every_reader_survives_mutated_files() {
+    let failures = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(["fuzz", "--cases", "300", "--seed", "7", "--failures"])
+        .arg(failures.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("fuzz: 3000 cases, 0 panics"), "{stdout}");
+    // Every reader refused some inputs and accepted its valid one: the cases tested something.
+    for line in stdout.lines().filter(|l| l.starts_with("| ") && !l.starts_with("| reader") && !l.contains("---")) {
+        let cols: Vec<&str> = line.split('|').map(str::trim).collect();
+        assert!(cols[3].parse::<usize>().unwrap() > 0, "{line}");
+    }
+}
