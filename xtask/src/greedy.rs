@@ -674,8 +674,26 @@ fn run_plan(plan: &Plan, a: &GreedyArgs) -> Result<GreedyOutcome> {
     }
     ui.finish();
     plan.report_step().run()?;
+    tidy(plan, &depths);
     let best_depth = best_by_validation(depths.iter().map(|d| (d.depth, d.val_accuracy))).map_or(0, |b| b.0);
     Ok(GreedyOutcome { depths, best_depth, stopped_early, run_dir: plan.run_dir.clone() })
+}
+
+/// After a run: remove what killed processes left and nothing will write again: temp files
+/// of dead writers in the run folder, its depth folders and the datasets folder, and the
+/// training state of complete depths (a kill between the checkpoint's rename and the
+/// state's removal leaves one).
+fn tidy(plan: &Plan, depths: &[DepthOutcome]) {
+    use layerwise_core::atomic::remove_dead_temps;
+    remove_dead_temps(&plan.run_dir);
+    if let Some(datasets) = plan.data.parent() {
+        remove_dead_temps(datasets);
+    }
+    for d in depths {
+        let dir = depth_dir(&plan.run_dir, d.depth);
+        remove_dead_temps(&dir);
+        let _ = std::fs::remove_file(dir.join(layerwise_train::state::STATE_FILE));
+    }
 }
 
 /// The bar over depths (on a terminal) or plain lines.

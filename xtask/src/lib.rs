@@ -5,6 +5,7 @@
 #![deny(missing_docs)]
 
 pub mod bench;
+pub mod chaos;
 pub mod fuzz;
 pub mod greedy;
 pub mod slurm;

@@ -67,6 +67,8 @@ enum Cmd {
     Bench(xtask::bench::BenchArgs),
     /// Feed every file reader seeded mutations of valid files: no panic, no huge allocation.
     Fuzz(xtask::fuzz::FuzzArgs),
+    /// Kill greedy runs with SIGKILL at seeded moments, rerun, compare with an uninterrupted run.
+    Chaos(xtask::chaos::ChaosArgs),
     /// For scheduler jobs: exit 0 if the run's greedy loop goes on to --depth, 3 if
     /// patience stopped it before (saying why), 1 on error.
     Gate(GateArgs),
@@ -99,6 +101,7 @@ fn main() -> ExitCode {
         Cmd::Sweep(a) => xtask::sweep::run(&a),
         Cmd::Bench(a) => xtask::bench::run(&a),
         Cmd::Fuzz(a) => xtask::fuzz::run(&a),
+        Cmd::Chaos(a) => xtask::chaos::run(&a).map(|_| ()),
         Cmd::Gate(a) => match xtask::slurm::gate(&a.run_dir, a.first, a.depth) {
             Ok(None) => {
                 eprintln!("gate: depth {} goes ahead", a.depth);

@@ -20,3 +20,17 @@ fn every_reader_survives_mutated_files() {
         assert!(cols[3].parse::<usize>().unwrap() > 0, "{line}");
     }
 }
+
+#[test]
+fn killed_runs_resume_to_the_uninterrupted_files_and_leave_nothing() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(["chaos", "--kills", "4", "--seed", "3"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    for scenario in ["smoke", "resume"] {
+        assert!(stdout.contains(&format!("chaos {scenario}: 4 kills")), "{stdout}");
+    }
+    assert!(stdout.contains("0 differences, 0 leftovers"), "{stdout}");
+}

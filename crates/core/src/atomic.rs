@@ -81,6 +81,32 @@ fn remove_stale_temps(path: &Path) {
     }
 }
 
+/// Remove every temp file in `dir` whose writer is dead (`.NAME.tmp-PID`, no process PID):
+/// the orchestrator's sweep after a run, for artifacts that will not be written again.
+/// Returns how many were removed. Only where `/proc` tells which processes run (Linux).
+pub fn remove_dead_temps(dir: &Path) -> usize {
+    if !Path::new("/proc/self").exists() {
+        return 0;
+    }
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let file = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) =
+            file.strip_prefix('.').and_then(|f| f.rsplit_once(".tmp-")).and_then(|(_, p)| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id()
+            && !Path::new(&format!("/proc/{pid}")).exists()
+            && std::fs::remove_file(entry.path()).is_ok()
+        {
+            removed += 1;
+        }
+    }
+    removed
+}
+
 /// Create the parent folder of `path` if needed, with a clear error.
 pub fn ensure_parent(path: &Path) -> Result<()> {
     if let Some(parent) = path.parent() {
