@@ -36,7 +36,7 @@ pub struct ChaosOutcome {
     pub kills: usize,
     /// Completed runs compared with the reference.
     pub rounds: usize,
-    /// Reruns that continued a depth mid-way from its training state.
+    /// Reruns (killed ones included) that continued a depth mid-way from its training state.
     pub resumed_mid_depth: usize,
     /// Files that differ from the reference (or are missing).
     pub differences: Vec<String>,
@@ -172,7 +172,7 @@ fn scenario(exe: &Path, work: &Path, source: &Path, s: &Scenario, index: u64, a:
     let run = format!("{}-chaos", s.name);
     let mut attempt = 0u64;
     while out.kills < a.kills {
-        let mut child = greedy(exe, work, s, source, "chaos-artifacts", &run).spawn()?;
+        let mut child = greedy(exe, work, s, source, "chaos-artifacts", &run).stderr(Stdio::piped()).spawn()?;
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(mix_seed(a.seed, &[index, attempt]));
         attempt += 1;
         let delay = span.mul_f64(rng.gen_range(0.0..1.0));
@@ -181,7 +181,11 @@ fn scenario(exe: &Path, work: &Path, source: &Path, s: &Scenario, index: u64, a:
             child.kill()?; // SIGKILL
             out.kills += 1;
         }
-        child.wait()?;
+        // (its log is small: a few lines per epoch, well within a pipe's buffer)
+        let log = child.wait_with_output()?.stderr;
+        if String::from_utf8_lossy(&log).contains("resuming at epoch") {
+            out.resumed_mid_depth += 1;
+        }
         if attempt > 20 * a.kills as u64 + 20 {
             bail!("the {} run kept finishing before a kill could land", s.name);
         }
@@ -240,7 +244,7 @@ pub fn run(a: &ChaosArgs) -> Result<Vec<(String, ChaosOutcome)>> {
         let t = Instant::now();
         let o = scenario(&exe, &work, &source, s, i as u64, a)?;
         println!(
-            "chaos {}: {} kills, {} completed runs compared ({} resumed a depth mid-way), {} differences, {} leftovers ({:.0} s, seed {})",
+            "chaos {}: {} kills, {} completed runs compared, {} reruns resumed a depth mid-way, {} differences, {} leftovers ({:.0} s, seed {})",
             s.name,
             o.kills,
             o.rounds,
