@@ -77,6 +77,7 @@ fn random_checkpoint(path: &Path, depth: usize, data: &DatasetMeta) -> Result<()
         parent_sha256: None,
         config: TrainConfig::default(),
         device: "cpu".into(),
+        regime: Default::default(),
     };
     save_checkpoint(path, &model, &meta)
 }
@@ -125,6 +126,8 @@ fn time_depth(
         config: cfg,
         device: a.device,
         progress: Progress::Quiet,
+        regime: layerwise_core::config::Regime::Grow,
+        depth: None,
     })?;
     let timed: Vec<_> =
         if out.history.epochs.len() > 1 { out.history.epochs[1..].to_vec() } else { out.history.epochs.clone() };

@@ -174,6 +174,8 @@ fn readers(work: &Path) -> Result<Vec<Reader>> {
         config: cfg,
         device: layerwise_nn::device::DeviceKind::Cpu,
         progress: layerwise_train::Progress::Quiet,
+        regime: layerwise_core::config::Regime::Grow,
+        depth: None,
     })?;
     let eval_path = work.join("valid-depth/eval.json");
     layerwise_evaluate::evaluate(&layerwise_evaluate::EvaluateOptions {
@@ -188,11 +190,12 @@ fn readers(work: &Path) -> Result<Vec<Reader>> {
         version: layerwise_train::state::STATE_VERSION,
         key: "k".into(),
         epoch: 1,
-        layer: (vec![0.5; 8], vec![0.0; 2]),
+        layers: vec![(vec![0.5; 8], vec![0.0; 2])],
         head: (vec![0.1; 4], vec![0.0; 2]),
         adam_t: 3,
-        adam: vec![(vec![0.0; 8], vec![0.0; 8])],
+        adam: vec![("hidden.0.weight".into(), vec![0.0; 8], vec![0.0; 8])],
         epochs: trained.history.epochs.clone(),
+        best: None,
     };
     let state_path = work.join("valid-state.bin");
     layerwise_train::state::save(&state_path, &state)?;

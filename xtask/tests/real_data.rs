@@ -26,6 +26,8 @@ fn depth_one_on_10000_real_images_beats_30_percent() {
         config: TrainConfig { epochs: 2, ..TrainConfig::default() },
         device: DeviceKind::Cpu,
         progress: layerwise_train::Progress::Quiet,
+        regime: layerwise_core::config::Regime::Grow,
+        depth: None,
     })
     .unwrap();
     let eval = layerwise_evaluate::evaluate(&layerwise_evaluate::EvaluateOptions {

@@ -98,6 +98,9 @@ pub struct CheckpointMeta {
     pub config: TrainConfig,
     /// The device it was trained on (`cpu`, `cuda`).
     pub device: String,
+    /// The regime that produced it (checkpoints written before regimes existed were grown).
+    #[serde(default)]
+    pub regime: crate::config::Regime,
 }
 
 impl CheckpointMeta {

@@ -40,6 +40,45 @@ impl std::str::FromStr for HeadMode {
     }
 }
 
+/// How a training run treats the network it is given: what grows and what trains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Hash, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Regime {
+    /// Greedy layer-wise: freeze the parent checkpoint (or start from nothing), append one
+    /// hidden layer, train it (and the output layer, by the head mode).
+    #[default]
+    Grow,
+    /// Train every layer of the parent checkpoint and its output layer end to end; append
+    /// nothing. Keeps the weights of the epoch with the best validation accuracy.
+    Finetune,
+    /// A fresh network of N hidden layers, every layer trained end to end from Glorot
+    /// initialization: the baseline greedy training is compared against.
+    Scratch,
+}
+
+impl Regime {
+    /// Lowercase name, as on the command line and in metadata.
+    pub fn name(self) -> &'static str {
+        match self {
+            Regime::Grow => "grow",
+            Regime::Finetune => "finetune",
+            Regime::Scratch => "scratch",
+        }
+    }
+}
+
+impl std::str::FromStr for Regime {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "grow" => Ok(Regime::Grow),
+            "finetune" => Ok(Regime::Finetune),
+            "scratch" => Ok(Regime::Scratch),
+            _ => bail!("unknown regime `{s}`: use grow, finetune or scratch"),
+        }
+    }
+}
+
 /// The settings of one depth's training run (Keras' defaults unless told otherwise).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]

@@ -64,6 +64,16 @@ pub struct TrainHistory {
     /// The Slurm job that trained this depth (`SLURM_JOB_ID`), when it ran under Slurm.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slurm_job_id: Option<String>,
+    /// The regime that trained it (histories written before regimes existed: grow).
+    #[serde(default)]
+    pub regime: crate::config::Regime,
+    /// The tensors that trained, named as in the checkpoint (`hidden.2.weight`, ...).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trained_tensors: Vec<String>,
+    /// The epoch whose weights the checkpoint holds, when not the last (fine-tuning keeps
+    /// the epoch with the best validation accuracy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub best_epoch: Option<usize>,
     /// One entry per epoch.
     pub epochs: Vec<EpochMetrics>,
 }

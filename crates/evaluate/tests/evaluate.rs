@@ -29,6 +29,7 @@ fn meta(model: &Mlp, fingerprint: &str) -> CheckpointMeta {
         parent_sha256: None,
         config: TrainConfig::default(),
         device: "cpu".into(),
+        regime: Default::default(),
     }
 }
 

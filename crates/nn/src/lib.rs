@@ -87,6 +87,57 @@ impl<D: Backend> Layer<D> {
     }
 }
 
+/// What one training batch gives: the mean loss, the logits (on the host) and the gradient
+/// of every trainable tensor.
+pub struct BatchGrads<D: Backend> {
+    /// Mean softmax cross-entropy of the batch.
+    pub loss: f32,
+    /// `[rows, classes]` logits, row-major.
+    pub logits: Vec<f32>,
+    /// `(weight, bias)` gradients of each trainable hidden layer, in order.
+    pub layers: Vec<(Matrix<D>, Vector<D>)>,
+    /// The output layer's, when it trains.
+    pub head: Option<(Matrix<D>, Vector<D>)>,
+}
+
+/// Forward and backward for one batch through `trainable` hidden layers (each followed by
+/// ReLU) and `head`, from `x`, the fixed input of the first trainable layer (images, or
+/// the frozen layers' output), against one-hot targets `y`.
+///
+/// The first trainable layer's pre-activation is computed without a tape and traced from
+/// there: its weight gradient is then one product, `gzᵀ·x`, and no gradient is ever
+/// computed for the input. Every later trainable layer is traced as usual.
+pub fn batch_gradients<D: Backend>(
+    trainable: &[Layer<D>],
+    head: &Layer<D>,
+    head_trains: bool,
+    x: Matrix<D>,
+    y: Matrix<D>,
+) -> Result<BatchGrads<D>> {
+    let (first, rest) = trainable.split_first().ok_or_else(|| anyhow!("internal: no trainable hidden layer"))?;
+    let z = first.apply(x.clone());
+    let zt = z.clone().traced(Gradients::leaky());
+    let mut h = zt.relu();
+    for l in rest {
+        h = l.apply_traced(h, true).relu();
+    }
+    let logits = head.apply_traced(h, head_trains);
+    let (logits, tape) = logits.split_tape();
+    let host_logits = logits.as_vec();
+    let loss = cross_entropy_with_logits_loss(logits.put_tape(tape), y);
+    let loss_value = loss.as_vec()[0];
+    let grads = loss.backward();
+    let gz: Matrix<D> = grads.get(&z);
+    let gw = gz.clone().permute().matmul(x);
+    let gb = gz.sum::<(usize,), Axis<0>>();
+    let mut layers = vec![(gw, gb)];
+    for l in rest {
+        layers.push((grads.get(&l.weight), grads.get(&l.bias)));
+    }
+    let head = head_trains.then(|| (grads.get(&head.weight), grads.get(&head.bias)));
+    Ok(BatchGrads { loss: loss_value, logits: host_logits, layers, head })
+}
+
 /// A new layer, Glorot-uniform weights (limit √(6/(in+out)), as Keras) and zero biases.
 pub fn glorot_dense(inputs: usize, outputs: usize, seed: u64) -> Dense {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
@@ -134,8 +185,8 @@ pub fn features_host<D: Backend>(dev: &D, hidden: &[Layer<D>], data: &[f32], row
     out
 }
 
-/// Adam's first and second moments `(m, v)`, one pair per slot, on the host.
-pub type Moments = Vec<(Vec<f32>, Vec<f32>)>;
+/// Adam's first and second moments `(name, m, v)`, one per tensor, on the host.
+pub type Moments = Vec<(String, Vec<f32>, Vec<f32>)>;
 
 /// One tensor's optimizer state.
 enum Slot<D: Backend> {
@@ -159,6 +210,9 @@ pub struct Adam<D: Backend> {
     betas: [f64; 2],
     eps: f64,
     t: i32,
+    /// The tensors' names (as in the checkpoint: `hidden.0.weight`, `head.bias`, ...),
+    /// index = slot.
+    names: Vec<String>,
     slots: Vec<Slot<D>>,
     host_path: bool,
     /// Moments restored from a saved state, taken up by each slot when first used.
@@ -169,18 +223,28 @@ impl<D: Backend> Adam<D> {
     /// A fresh optimizer (Keras creates one per `compile`, so one per depth).
     pub fn new(lr: f64, beta1: f64, beta2: f64, eps: f64) -> Self {
         let host_path = std::any::TypeId::of::<D>() == std::any::TypeId::of::<dfdx::tensor::Cpu>();
-        Self { lr, betas: [beta1, beta2], eps, t: 0, slots: Vec::new(), host_path, restored: Vec::new() }
+        Self {
+            lr,
+            betas: [beta1, beta2],
+            eps,
+            t: 0,
+            names: Vec::new(),
+            slots: Vec::new(),
+            host_path,
+            restored: Vec::new(),
+        }
     }
 
     /// The step count and each slot's moments `(m, v)`, copied to the host: with the
     /// parameters, everything a resumed run needs to continue bit for bit.
     pub fn state(&self) -> (i32, Moments) {
         let slots = self
-            .slots
+            .names
             .iter()
-            .map(|s| match s {
-                Slot::Host { m, v, .. } => (m.clone(), v.clone()),
-                Slot::Device { m, v } => (m.as_vec(), v.as_vec()),
+            .zip(&self.slots)
+            .map(|(name, s)| match s {
+                Slot::Host { m, v, .. } => (name.clone(), m.clone(), v.clone()),
+                Slot::Device { m, v } => (name.clone(), m.as_vec(), v.as_vec()),
             })
             .collect();
         (self.t, slots)
@@ -191,6 +255,7 @@ impl<D: Backend> Adam<D> {
     pub fn restore(&mut self, t: i32, moments: Moments) {
         self.t = t;
         self.slots.clear();
+        self.names.clear();
         self.restored = moments;
     }
 
@@ -205,23 +270,31 @@ impl<D: Backend> Adam<D> {
         self.t += 1;
     }
 
-    /// Update `param` (the optimizer's `slot`-th tensor) from its gradient `grad`.
-    /// Slots must be used in the same order every step.
+    /// Update `param`, the tensor called `name` (its name in the checkpoint), from its
+    /// gradient `grad`. The optimizer keeps each named tensor's moments; a tensor never
+    /// passed in (a frozen one) is never touched.
     pub fn update<S: Shape>(
         &mut self,
-        slot: usize,
+        name: &str,
         param: &mut Tensor<S, f32, D>,
         grad: &Tensor<S, f32, D>,
     ) -> Result<()> {
+        let slot = match self.names.iter().position(|n| n == name) {
+            Some(i) => i,
+            None => {
+                self.names.push(name.to_string());
+                self.slots.len()
+            }
+        };
         let t = self.t.max(1);
         let [b1, b2] = self.betas;
         let alpha = self.lr * (1.0 - b2.powi(t)).sqrt() / (1.0 - b1.powi(t));
         let n = param.shape().num_elements();
         if self.slots.len() == slot {
             let dev = param.device().clone();
-            let (m0, v0) = match self.restored.get(slot) {
-                Some((m, v)) if m.len() == n && v.len() == n => (m.clone(), v.clone()),
-                Some(_) => anyhow::bail!("restored Adam state does not fit slot {slot} ({n} values)"),
+            let (m0, v0) = match self.restored.iter().find(|(k, ..)| k == name) {
+                Some((_, m, v)) if m.len() == n && v.len() == n => (m.clone(), v.clone()),
+                Some(_) => anyhow::bail!("restored Adam state does not fit tensor {name} ({n} values)"),
                 None => (vec![0.0; n], vec![0.0; n]),
             };
             self.slots.push(if self.host_path {
@@ -266,7 +339,7 @@ impl<D: Backend> Adam<D> {
                 let shape = *param.shape();
                 param.try_axpy(1.0, &step.reshape_like(&shape), -alpha).map_err(failed)?;
             }
-            None => anyhow::bail!("internal: Adam slot {slot} used before slot {}", self.slots.len()),
+            None => anyhow::bail!("internal: Adam has no slot for {name}"),
         }
         Ok(())
     }

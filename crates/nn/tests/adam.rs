@@ -38,7 +38,7 @@ fn run(rows: usize, cols: usize, scale: f32, device_path: bool) -> (Vec<f32>, Ve
     for g in &grads {
         adam.tick();
         let g: Matrix<_> = dev.tensor_from_vec(g.clone(), (rows, cols));
-        adam.update(0, &mut w, &g).unwrap();
+        adam.update("w", &mut w, &g).unwrap();
     }
     (w.as_vec(), reference(&w0, &grads, 1e-2, 1e-7))
 }

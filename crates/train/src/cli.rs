@@ -4,12 +4,14 @@
 use crate::{train, Progress, TrainOptions};
 use anyhow::Result;
 use clap::Parser;
-use layerwise_core::config::{HeadMode, TrainConfig};
+use layerwise_core::config::{HeadMode, Regime, TrainConfig};
 use layerwise_core::pipeline::Pipeline;
 use layerwise_nn::device::DeviceKind;
 use std::path::PathBuf;
 
-/// Train one depth: load a checkpoint, freeze it, append a hidden layer, train, save.
+/// Train one depth: load a checkpoint, freeze it, append a hidden layer, train, save
+/// (`--regime grow`). Or fine-tune a checkpoint end to end (`--regime finetune`), or train
+/// a fresh network of --depth layers end to end (`--regime scratch`).
 #[derive(Parser)]
 #[command(version, about)]
 pub struct Args {
@@ -46,6 +48,13 @@ pub struct Args {
     /// Output layer from depth 2 on: frozen (tutorial code), retrain (tutorial prose), fresh.
     #[arg(long)]
     head: Option<HeadMode>,
+    /// grow (freeze --from, append a layer), finetune (train all of --from end to end; lr
+    /// defaults to the pipeline's / 10) or scratch (a fresh network of --depth layers).
+    #[arg(long, default_value = "grow")]
+    regime: Regime,
+    /// Hidden layers of a scratch network.
+    #[arg(long)]
+    depth: Option<usize>,
     /// cpu or cuda.
     #[arg(long, default_value = "cpu")]
     device: DeviceKind,
@@ -64,6 +73,10 @@ fn config(a: &Args) -> Result<TrainConfig> {
     };
     macro_rules! set {
         ($($f:ident),*) => { $( if let Some(v) = a.$f.clone() { c.$f = v; } )* };
+    }
+    // Fine-tuning moves trained weights: by default a tenth of the pipeline's rate.
+    if a.regime == Regime::Finetune && a.lr.is_none() {
+        c.lr /= 10.0;
     }
     set!(epochs, batch_size, lr, epsilon, seed, width, head);
     c.validate()?;
@@ -86,14 +99,22 @@ pub fn run(args: impl IntoIterator<Item = String>) -> Result<()> {
         from: a.from,
         out: a.out,
         device: a.device,
+        regime: a.regime,
+        depth: a.depth,
     };
     let out = train(&opts)?;
     let last = out.history.last();
     eprintln!(
-        "wrote {} (depth {}, val_acc {:.4}, {:.1}s)",
+        "wrote {} ({} depth {}, val_acc {:.4}{}, {:.1}s)",
         out.checkpoint.display(),
+        out.meta.regime.name(),
         out.meta.depth,
-        last.map_or(f64::NAN, |e| e.val_accuracy),
+        out.history
+            .best_epoch
+            .and_then(|b| out.history.epochs.get(b - 1))
+            .or(last)
+            .map_or(f64::NAN, |e| e.val_accuracy),
+        out.history.best_epoch.map_or(String::new(), |b| format!(" at its best epoch, {b}")),
         out.history.seconds
     );
     Ok(())

@@ -23,7 +23,7 @@ use dfdx::prelude::*;
 use layerwise_core::checkpoint::{
     checkpoint_bytes, hidden_name, load_checkpoint, CheckpointMeta, Dense, Mlp, CHECKPOINT_VERSION,
 };
-use layerwise_core::config::{HeadMode, TrainConfig};
+use layerwise_core::config::{HeadMode, Regime, TrainConfig};
 use layerwise_core::dataset::{Dataset, Split};
 use layerwise_core::metrics::{EpochMetrics, TrainHistory, METRICS_VERSION, TRAIN_SCHEMA};
 use layerwise_core::{atomic, hash, mix_seed};
@@ -42,7 +42,8 @@ use layerwise_core::run::{HISTORY_FILE, MODEL_FILE};
 pub struct TrainOptions {
     /// Prepared dataset.
     pub data: PathBuf,
-    /// Checkpoint of depth d-1; None trains depth 1.
+    /// The parent checkpoint: grown by one layer (`grow`, None trains depth 1) or trained
+    /// end to end (`finetune`); none for `scratch`.
     pub from: Option<PathBuf>,
     /// Output folder (gets `model.safetensors` and `train.json`).
     pub out: PathBuf,
@@ -52,6 +53,26 @@ pub struct TrainOptions {
     pub device: DeviceKind,
     /// How to show progress.
     pub progress: Progress,
+    /// What grows and what trains.
+    pub regime: Regime,
+    /// Hidden layers of a `scratch` network.
+    pub depth: Option<usize>,
+}
+
+impl TrainOptions {
+    /// Grow `from` (or start at depth 1) by one layer, the tutorial's way, quietly.
+    pub fn grow(data: impl Into<PathBuf>, from: Option<PathBuf>, out: impl Into<PathBuf>, config: TrainConfig) -> Self {
+        Self {
+            data: data.into(),
+            from,
+            out: out.into(),
+            config,
+            device: DeviceKind::Cpu,
+            progress: Progress::Quiet,
+            regime: Regime::Grow,
+            depth: None,
+        }
+    }
 }
 
 /// What a training run produced.
@@ -67,7 +88,102 @@ pub struct TrainOutcome {
     pub prefix_rows: usize,
 }
 
-/// Train one depth.
+/// The network a regime trains, on the host: frozen layers, trainable layers, the output
+/// layer and whether it trains. The regime is data: one epoch loop trains any of them.
+struct Plan {
+    depth: usize,
+    prefix: Vec<Dense>,
+    trainable: Vec<Dense>,
+    head: Dense,
+    head_trains: bool,
+}
+
+/// Build what `opts.regime` trains from the parent (if any).
+fn plan(opts: &TrainOptions, ds: &Dataset, parent: Option<&(Mlp, CheckpointMeta)>) -> Result<Plan> {
+    let cfg = &opts.config;
+    let classes = ds.meta.num_classes();
+    let rows = ds.meta.split_sizes.train + ds.meta.split_sizes.val;
+    // Refuse what would not fit in memory before allocating any of it.
+    let fits = |depth: usize, inputs: usize, width: usize, cached: bool| {
+        check_memory(depth, inputs, width, cfg.batch_size, if cached { rows } else { 0 })
+    };
+    if opts.depth.is_some() && opts.regime != Regime::Scratch {
+        bail!("--depth sets the size of a `scratch` network; `{}` takes its depth from --from", opts.regime.name());
+    }
+    match (opts.regime, parent) {
+        (Regime::Grow, None) => {
+            fits(1, ds.meta.input_size(), cfg.width, false)?;
+            let seed = |layer: u64| mix_seed(cfg.seed, &[1, layer]);
+            Ok(Plan {
+                depth: 1,
+                prefix: Vec::new(),
+                trainable: vec![glorot_dense(ds.meta.input_size(), cfg.width, seed(0))],
+                head: glorot_dense(cfg.width, classes, seed(1)),
+                head_trains: true,
+            })
+        }
+        (Regime::Grow, Some((model, meta))) => {
+            let depth = model.depth() + 1;
+            let seed = |layer: u64| mix_seed(cfg.seed, &[depth as u64, layer]);
+            let last = model.hidden.last().map_or(model.input_size(), |l| l.outputs);
+            fits(depth, last, cfg.width, true)?;
+            let new_layer = glorot_dense(last, cfg.width, seed(0));
+            let (head, head_trains) = match cfg.head {
+                HeadMode::Fresh => (glorot_dense(cfg.width, classes, seed(1)), true),
+                mode => {
+                    if model.head.inputs != cfg.width {
+                        bail!(
+                            "head mode `{}` keeps the depth-{} output layer, which takes {} inputs, but the new layer is {} wide: \
+                             use --width {} or --head fresh",
+                            mode.name(), meta.depth, model.head.inputs, cfg.width, model.head.inputs
+                        );
+                    }
+                    (model.head.clone(), mode == HeadMode::Retrain)
+                }
+            };
+            Ok(Plan { depth, prefix: model.hidden.clone(), trainable: vec![new_layer], head, head_trains })
+        }
+        (Regime::Finetune, Some((model, _))) => {
+            for l in &model.hidden {
+                fits(model.depth(), l.inputs, l.outputs, false)?;
+            }
+            Ok(Plan {
+                depth: model.depth(),
+                prefix: Vec::new(),
+                trainable: model.hidden.clone(),
+                head: model.head.clone(),
+                head_trains: true,
+            })
+        }
+        (Regime::Finetune, None) => bail!("--regime finetune trains a checkpoint end to end: give it with --from"),
+        (Regime::Scratch, Some(_)) => {
+            bail!("--regime scratch trains a fresh network: drop --from (and give its size with --depth)")
+        }
+        (Regime::Scratch, None) => {
+            let depth = opts.depth.unwrap_or(1);
+            if depth == 0 {
+                bail!("--depth must be at least 1");
+            }
+            let seed = |layer: u64| mix_seed(cfg.seed, &[depth as u64, 100 + layer]);
+            fits(depth, ds.meta.input_size(), cfg.width, false)?;
+            let mut inputs = ds.meta.input_size();
+            let mut trainable = Vec::with_capacity(depth);
+            for i in 0..depth {
+                trainable.push(glorot_dense(inputs, cfg.width, seed(i as u64)));
+                inputs = cfg.width;
+            }
+            Ok(Plan {
+                depth,
+                prefix: Vec::new(),
+                trainable,
+                head: glorot_dense(cfg.width, classes, seed(99)),
+                head_trains: true,
+            })
+        }
+    }
+}
+
+/// Train one depth (or fine-tune one, or train a network from scratch).
 pub fn train(opts: &TrainOptions) -> Result<TrainOutcome> {
     opts.config.validate()?;
     // Fail on an unwritable output folder now, not after the training.
@@ -83,58 +199,45 @@ pub fn train(opts: &TrainOptions) -> Result<TrainOutcome> {
             (Some((model, meta)), Some(hash::sha256_file(p)?))
         }
     };
-    let depth = parent.as_ref().map_or(1, |(m, _)| m.depth() + 1);
-    let inputs =
-        parent.as_ref().map_or(ds.meta.input_size(), |(m, _)| m.hidden.last().map_or(m.input_size(), |l| l.outputs));
-    check_memory(depth, inputs, cfg.width, cfg.batch_size, ds.meta.split_sizes.train + ds.meta.split_sizes.val)?;
-    let seed = |layer: u64| mix_seed(cfg.seed, &[depth as u64, layer]);
-    let classes = ds.meta.num_classes();
-    // The grown model, on the host: frozen prefix, new layer, head.
-    let (prefix, new_layer, head, head_trains) = match &parent {
-        None => {
-            let h = glorot_dense(ds.meta.input_size(), cfg.width, seed(0));
-            (Vec::new(), h, glorot_dense(cfg.width, classes, seed(1)), true)
-        }
-        Some((model, meta)) => {
-            let last = model.hidden.last().map_or(model.input_size(), |l| l.outputs);
-            let new_layer = glorot_dense(last, cfg.width, seed(0));
-            let (head, trains) = match cfg.head {
-                HeadMode::Fresh => (glorot_dense(cfg.width, classes, seed(1)), true),
-                mode => {
-                    if model.head.inputs != cfg.width {
-                        bail!(
-                            "head mode `{}` keeps the depth-{} output layer, which takes {} inputs, but the new layer is {} wide: \
-                             use --width {} or --head fresh",
-                            mode.name(), meta.depth, model.head.inputs, cfg.width, model.head.inputs
-                        );
-                    }
-                    (model.head.clone(), mode == HeadMode::Retrain)
-                }
-            };
-            (model.hidden.clone(), new_layer, head, trains)
-        }
-    };
+    let plan = plan(opts, &ds, parent.as_ref())?;
+    let depth = plan.depth;
+    let rows = ds.meta.split_sizes.train + ds.meta.split_sizes.val;
+    for (i, l) in plan.trainable.iter().enumerate() {
+        check_memory(
+            depth,
+            l.inputs,
+            l.outputs,
+            cfg.batch_size,
+            if i == 0 && !plan.prefix.is_empty() { rows } else { 0 },
+        )?;
+    }
     let state_key = state::state_key(&serde_json::json!({
         "config": cfg,
         "dataset": ds.meta.fingerprint,
         "parent": parent_sha,
         "depth": depth,
         "device": opts.device.name(),
+        "regime": opts.regime.name(),
     }));
-    let run = Run { ds: &ds, prefix: &prefix, new_layer: &new_layer, head: &head, head_trains, depth, opts, state_key };
+    let run = Run { ds: &ds, plan: &plan, depth, opts, state_key };
     let trained = layerwise_nn::with_device!(opts.device, cfg.seed, |dev| run.go(&dev))?;
 
-    let mut hidden = prefix;
-    hidden.push(trained.new_layer);
-    let model = Mlp { hidden, head: if head_trains { trained.head } else { head } };
-    let mut frozen: Vec<String> = (0..depth - 1).map(hidden_name).collect();
-    let mut trained_names = vec![hidden_name(depth - 1)];
-    if head_trains {
+    let first = plan.prefix.len();
+    let n_trained = trained.layers.len();
+    let mut hidden = plan.prefix.clone();
+    hidden.extend(trained.layers);
+    let model = Mlp { hidden, head: if plan.head_trains { trained.head } else { plan.head.clone() } };
+    let mut frozen: Vec<String> = (0..first).map(hidden_name).collect();
+    let mut trained_names: Vec<String> = (first..first + n_trained).map(hidden_name).collect();
+    if plan.head_trains {
         trained_names.push("head".into())
     } else {
         frozen.push("head".into())
     }
-    let trainable_params = model.hidden[depth - 1].num_params() + if head_trains { model.head.num_params() } else { 0 };
+    let trained_tensors =
+        trained_names.iter().flat_map(|n| [format!("{n}.weight"), format!("{n}.bias")]).collect::<Vec<_>>();
+    let trainable_params = model.hidden[first..].iter().map(Dense::num_params).sum::<usize>()
+        + if plan.head_trains { model.head.num_params() } else { 0 };
     let meta = CheckpointMeta {
         version: CHECKPOINT_VERSION,
         depth,
@@ -150,6 +253,7 @@ pub fn train(opts: &TrainOptions) -> Result<TrainOutcome> {
         parent_sha256: parent_sha,
         config: cfg.clone(),
         device: opts.device.name().into(),
+        regime: opts.regime,
     };
     let bytes = checkpoint_bytes(&model, &meta)?;
     let history = TrainHistory {
@@ -165,6 +269,9 @@ pub fn train(opts: &TrainOptions) -> Result<TrainOutcome> {
         device: opts.device.name().into(),
         host: layerwise_core::metrics::host_name(),
         slurm_job_id: std::env::var("SLURM_JOB_ID").ok(),
+        regime: opts.regime,
+        trained_tensors,
+        best_epoch: trained.best_epoch,
         epochs: trained.epochs,
     };
     // train.json first, the checkpoint last: a checkpoint on disk always has its history.
@@ -178,19 +285,17 @@ pub fn train(opts: &TrainOptions) -> Result<TrainOutcome> {
 
 struct Run<'a> {
     ds: &'a Dataset,
-    prefix: &'a [Dense],
-    new_layer: &'a Dense,
-    head: &'a Dense,
-    head_trains: bool,
+    plan: &'a Plan,
     depth: usize,
     opts: &'a TrainOptions,
     state_key: String,
 }
 
 struct Trained {
-    new_layer: Dense,
+    layers: Vec<Dense>,
     head: Dense,
     epochs: Vec<EpochMetrics>,
+    best_epoch: Option<usize>,
     prefix_rows: usize,
     prefix_seconds: f64,
 }
@@ -198,9 +303,14 @@ struct Trained {
 /// Rows per chunk when pushing data through frozen layers or evaluating.
 const CHUNK: usize = 2500;
 
+/// The checkpoint names of a layer's tensors.
+fn tensor_names(layer: &str) -> [String; 2] {
+    [format!("{layer}.weight"), format!("{layer}.bias")]
+}
+
 impl Run<'_> {
-    /// The frozen prefix's output for a split, on the host: the images themselves at
-    /// depth 1 (borrowed from the memory map), else computed once, here.
+    /// The frozen prefix's output for a split, on the host: the images themselves when
+    /// nothing is frozen (borrowed from the memory map), else computed once, here.
     fn features<D: Backend>(
         &self,
         dev: &D,
@@ -221,9 +331,10 @@ impl Run<'_> {
 
     fn go<D: Backend>(&self, dev: &D) -> Result<Trained> {
         let cfg = &self.opts.config;
-        let classes = self.head.outputs;
+        let plan = self.plan;
+        let classes = plan.head.outputs;
         let t0 = Instant::now();
-        let prefix: Vec<Layer<D>> = self.prefix.iter().map(|l| Layer::from_dense(l, dev)).collect();
+        let prefix: Vec<Layer<D>> = plan.prefix.iter().map(|l| Layer::from_dense(l, dev)).collect();
         let mut prefix_rows = 0;
         let (x_train, y_train) = self.features(dev, &prefix, Split::Train, &mut prefix_rows)?;
         let (x_val, y_val) = self.features(dev, &prefix, Split::Val, &mut prefix_rows)?;
@@ -235,29 +346,37 @@ impl Run<'_> {
         }
         let dim = x_train.len() / n;
 
-        let mut layer = Layer::from_dense(self.new_layer, dev);
-        let mut head = Layer::from_dense(self.head, dev);
+        let first = plan.prefix.len();
+        let names: Vec<[String; 2]> =
+            (first..first + plan.trainable.len()).map(|i| tensor_names(&hidden_name(i))).collect();
+        let head_names = tensor_names("head");
+        let mut layers: Vec<Layer<D>> = plan.trainable.iter().map(|l| Layer::from_dense(l, dev)).collect();
+        let mut head = Layer::from_dense(&plan.head, dev);
         let mut adam = Adam::new(cfg.lr, cfg.beta1, cfg.beta2, cfg.epsilon);
         let mut order: Vec<usize> = (0..n).collect();
         let bs = cfg.batch_size.min(n);
         let batches = n.div_ceil(bs);
         let mut epochs = Vec::with_capacity(cfg.epochs);
+        // Fine-tuning keeps the weights of its best epoch by validation accuracy.
+        let keep_best = self.opts.regime == Regime::Finetune;
+        let mut best: Option<state::Best> = None;
         // An interrupted run of this same command left its state: continue from there.
         let state_path = self.opts.out.join(state::STATE_FILE);
         let mut first_epoch = 1;
         match state::load(&state_path, &self.state_key) {
-            Ok(Some(st)) if st.epoch < cfg.epochs => {
-                let restore = |l: &Layer<D>, (weight, bias): (Vec<f32>, Vec<f32>)| -> Result<Layer<D>> {
+            Ok(Some(st)) if st.epoch < cfg.epochs && st.layers.len() == layers.len() => {
+                let restore = |l: &Layer<D>, (weight, bias): &(Vec<f32>, Vec<f32>)| -> Result<Layer<D>> {
                     let (outputs, inputs) = *l.weight.shape();
                     if weight.len() != outputs * inputs || bias.len() != outputs {
-                        bail!("{}: its tensors do not fit this depth", state_path.display());
+                        bail!("{}: its tensors do not fit this network", state_path.display());
                     }
-                    Ok(Layer::from_dense(&Dense { inputs, outputs, weight, bias }, dev))
+                    Ok(Layer::from_dense(&Dense { inputs, outputs, weight: weight.clone(), bias: bias.clone() }, dev))
                 };
-                layer = restore(&layer, st.layer)?;
-                head = restore(&head, st.head)?;
+                layers = layers.iter().zip(&st.layers).map(|(l, t)| restore(l, t)).collect::<Result<_>>()?;
+                head = restore(&head, &st.head)?;
                 adam.restore(st.adam_t, st.adam);
                 epochs = st.epochs;
+                best = st.best;
                 first_epoch = st.epoch + 1;
                 layerwise_core::progress::println(&format!(
                     "depth {}: resuming at epoch {first_epoch} of {} from the state an interrupted run left ({})",
@@ -272,15 +391,21 @@ impl Run<'_> {
                 self.depth
             )),
         }
-        let mut bar = self.opts.progress.start(self.depth, cfg.epochs, batches);
+        // Each regime shuffles with its own stream (grow's is the one it always had).
+        let stream = match self.opts.regime {
+            Regime::Grow => 1000,
+            Regime::Finetune => 3000,
+            Regime::Scratch => 5000,
+        };
         let epoch_rng = |epoch: usize| {
-            rand_chacha::ChaCha8Rng::seed_from_u64(mix_seed(cfg.seed, &[self.depth as u64, 1000 + epoch as u64]))
+            rand_chacha::ChaCha8Rng::seed_from_u64(mix_seed(cfg.seed, &[self.depth as u64, stream + epoch as u64]))
         };
         // Each epoch shuffles the previous epoch's order: a resumed run replays the
         // shuffles of the epochs it skips, so its batches are the uninterrupted run's.
         for epoch in 1..first_epoch {
             order.shuffle(&mut epoch_rng(epoch));
         }
+        let mut bar = self.opts.progress.start(self.depth, cfg.epochs, batches);
         for epoch in first_epoch..=cfg.epochs {
             let te = Instant::now();
             order.shuffle(&mut epoch_rng(epoch));
@@ -296,40 +421,30 @@ impl Run<'_> {
                 }
                 let xb: Matrix<D> = dev.tensor_from_vec(rows, (chunk.len(), dim));
                 let yb: Matrix<D> = dev.tensor_from_vec(onehot, (chunk.len(), classes));
-                // The new layer's pre-activation is computed without a tape and traced from
-                // there: its weight gradient is then one product, gzᵀ·x, and no gradient is
-                // ever computed for the input.
-                let z = layer.apply(xb.clone());
-                let zt = z.clone().traced(Gradients::leaky());
-                let logits = head.apply_traced(zt.relu(), self.head_trains);
-                let (logits, tape) = logits.split_tape();
-                let host_logits = logits.as_vec();
+                let g = layerwise_nn::batch_gradients(&layers, &head, plan.head_trains, xb, yb)?;
                 let batch_labels: Vec<u8> = chunk.iter().map(|&i| y_train[i]).collect();
-                sums.add(&host_logits, &batch_labels);
-                let loss = cross_entropy_with_logits_loss(logits.put_tape(tape), yb);
-                let loss_value = loss.as_vec()[0];
-                if !loss_value.is_finite() {
+                sums.add(&g.logits, &batch_labels);
+                if !g.loss.is_finite() {
                     bail!(
-                        "depth {}: the loss became {loss_value} at epoch {epoch}, batch {} of {batches}: training diverged; \
+                        "depth {}: the loss became {} at epoch {epoch}, batch {} of {batches}: training diverged; \
                          lower the learning rate (--lr) or check the dataset; no checkpoint was written",
-                        self.depth, b + 1
+                        self.depth,
+                        g.loss,
+                        b + 1
                     );
                 }
-                let grads = loss.backward();
-                let gz: Matrix<D> = grads.get(&z);
-                let gw = gz.clone().permute().matmul(xb);
-                let gb = gz.sum::<(usize,), Axis<0>>();
                 adam.tick();
-                adam.update(0, &mut layer.weight, &gw)?;
-                adam.update(1, &mut layer.bias, &gb)?;
-                if self.head_trains {
-                    let (gw, gb) = (grads.get(&head.weight), grads.get(&head.bias));
-                    adam.update(2, &mut head.weight, &gw)?;
-                    adam.update(3, &mut head.bias, &gb)?;
+                for ((layer, (gw, gb)), [wn, bn]) in layers.iter_mut().zip(&g.layers).zip(&names) {
+                    adam.update(wn, &mut layer.weight, gw)?;
+                    adam.update(bn, &mut layer.bias, gb)?;
+                }
+                if let Some((gw, gb)) = &g.head {
+                    adam.update(&head_names[0], &mut head.weight, gw)?;
+                    adam.update(&head_names[1], &mut head.bias, gb)?;
                 }
                 bar.batch(b + 1, sums.loss(), sums.accuracy());
             }
-            let val = layerwise_nn::evaluate(dev, std::slice::from_ref(&layer), &head, &x_val, &y_val, CHUNK);
+            let val = layerwise_nn::evaluate(dev, &layers, &head, &x_val, &y_val, CHUNK);
             let seconds = te.elapsed().as_secs_f64();
             let m = EpochMetrics {
                 epoch,
@@ -341,26 +456,54 @@ impl Run<'_> {
                 samples_per_second: n as f64 / seconds,
             };
             bar.epoch(&m);
+            if keep_best && best.as_ref().is_none_or(|b| m.val_accuracy > b.val_accuracy) {
+                best = Some(state::Best {
+                    epoch,
+                    val_accuracy: m.val_accuracy,
+                    layers: layers.iter().map(|l| l.to_dense()).map(|d| (d.weight, d.bias)).collect(),
+                    head: {
+                        let d = head.to_dense();
+                        (d.weight, d.bias)
+                    },
+                });
+            }
             epochs.push(m);
             if epoch < cfg.epochs {
                 let (adam_t, adam_moments) = adam.state();
-                let (l, h) = (layer.to_dense(), head.to_dense());
                 let st = state::TrainState {
                     format: state::STATE_FORMAT.into(),
                     version: state::STATE_VERSION,
                     key: self.state_key.clone(),
                     epoch,
-                    layer: (l.weight, l.bias),
-                    head: (h.weight, h.bias),
+                    layers: layers.iter().map(|l| l.to_dense()).map(|d| (d.weight, d.bias)).collect(),
+                    head: {
+                        let d = head.to_dense();
+                        (d.weight, d.bias)
+                    },
                     adam_t,
                     adam: adam_moments,
                     epochs: epochs.clone(),
+                    best: best.clone(),
                 };
                 state::save(&state_path, &st)?;
             }
         }
         bar.finish();
-        Ok(Trained { new_layer: layer.to_dense(), head: head.to_dense(), epochs, prefix_rows, prefix_seconds })
+        let dense = |w: Vec<f32>, b: Vec<f32>, like: &Dense| Dense {
+            inputs: like.inputs,
+            outputs: like.outputs,
+            weight: w,
+            bias: b,
+        };
+        let (out_layers, out_head, best_epoch) = match best {
+            Some(b) if keep_best => (
+                b.layers.into_iter().zip(&plan.trainable).map(|((w, bias), like)| dense(w, bias, like)).collect(),
+                dense(b.head.0, b.head.1, &plan.head),
+                Some(b.epoch),
+            ),
+            _ => (layers.iter().map(Layer::to_dense).collect(), head.to_dense(), None),
+        };
+        Ok(Trained { layers: out_layers, head: out_head, epochs, best_epoch, prefix_rows, prefix_seconds })
     }
 }
 

@@ -31,16 +31,31 @@ pub struct TrainState {
     pub key: String,
     /// Epochs finished.
     pub epoch: usize,
-    /// The new layer's weight and bias.
-    pub layer: (Vec<f32>, Vec<f32>),
+    /// Each trainable hidden layer's weight and bias.
+    pub layers: Vec<(Vec<f32>, Vec<f32>)>,
     /// The output layer's weight and bias.
     pub head: (Vec<f32>, Vec<f32>),
     /// Adam's step count.
     pub adam_t: i32,
-    /// Adam's moments `(m, v)` per slot.
-    pub adam: Vec<(Vec<f32>, Vec<f32>)>,
+    /// Adam's moments per tensor.
+    pub adam: layerwise_nn::Moments,
     /// The history of the finished epochs.
     pub epochs: Vec<EpochMetrics>,
+    /// The best epoch so far and its weights, where the regime keeps them (fine-tuning).
+    pub best: Option<Best>,
+}
+
+/// The weights of the epoch with the best validation accuracy so far.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Best {
+    /// The epoch.
+    pub epoch: usize,
+    /// Its validation accuracy.
+    pub val_accuracy: f64,
+    /// Each trainable hidden layer's weight and bias after it.
+    pub layers: Vec<(Vec<f32>, Vec<f32>)>,
+    /// The output layer's weight and bias after it.
+    pub head: (Vec<f32>, Vec<f32>),
 }
 
 /// The key of a training run: SHA-256 over what decides its result.

@@ -3,7 +3,7 @@
 #![allow(clippy::unwrap_used)] // test helpers panic on purpose
 
 use layerwise_core::checkpoint::{load_checkpoint, save_checkpoint, CheckpointMeta, Mlp};
-use layerwise_core::config::{HeadMode, TrainConfig};
+use layerwise_core::config::{HeadMode, Regime, TrainConfig};
 use layerwise_core::metrics::TrainHistory;
 use layerwise_nn::device::DeviceKind;
 use layerwise_train::{train, Progress, TrainOptions, TrainOutcome};
@@ -34,6 +34,8 @@ impl Fixture {
             config: cfg,
             device: DeviceKind::Cpu,
             progress: Progress::Quiet,
+            regime: layerwise_core::config::Regime::Grow,
+            depth: None,
         })
     }
 }
@@ -213,6 +215,8 @@ fn cuda_without_the_feature_says_how_to_build_it() {
         config: config(),
         device: DeviceKind::Cuda,
         progress: Progress::Quiet,
+        regime: layerwise_core::config::Regime::Grow,
+        depth: None,
     })
     .unwrap_err();
     assert!(format!("{err:#}").contains("--features cuda"), "{err:#}");
@@ -255,15 +259,27 @@ fn the_binary_takes_defaults_from_a_pipeline_and_flags_override() {
 #[test]
 fn a_depth_killed_between_epochs_resumes_to_the_same_bytes() {
     let f = fixture();
-    let out = f.dir.path().join("killed");
+    killed_and_resumed(&f, &[], "grow");
+    // Fine-tuning keeps its best epoch's weights in the state too.
+    let d1 = f.run(None, "d1", config()).unwrap();
+    let from = d1.checkpoint.to_string_lossy().into_owned();
+    killed_and_resumed(&f, &["--regime", "finetune", "--from", &from], "finetune");
+}
+
+/// Train with `extra` arguments three ways: uninterrupted; SIGKILLed once its state file
+/// exists, then rerun; and from a copy of that state with another learning rate. The
+/// rerun resumes to the uninterrupted run's bytes; the other command does not resume.
+fn killed_and_resumed(f: &Fixture, extra: &[&str], tag: &str) {
+    let out = f.dir.path().join(format!("{tag}-killed"));
     let state = out.join(layerwise_train::state::STATE_FILE);
     let args = |out: &Path, lr: &str| {
         let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_layerwise-train"));
         c.args(["--data", &f.data.to_string_lossy(), "--out", &out.to_string_lossy()]);
         c.args(["--epochs", "150", "--width", "32", "--batch-size", "50", "--seed", "1", "--lr", lr]);
+        c.args(extra);
         c
     };
-    let whole = f.dir.path().join("whole");
+    let whole = f.dir.path().join(format!("{tag}-whole"));
     assert!(args(&whole, "0.001").output().unwrap().status.success());
     let mut child = args(&out, "0.001").stderr(std::process::Stdio::null()).spawn().unwrap();
     let started = std::time::Instant::now();
@@ -276,7 +292,7 @@ fn a_depth_killed_between_epochs_resumes_to_the_same_bytes() {
     assert!(!child.wait().unwrap().success(), "killed before it finished");
     assert!(!out.join("model.safetensors").exists());
     // Another command (another learning rate) does not use that state.
-    let elsewhere = f.dir.path().join("elsewhere");
+    let elsewhere = f.dir.path().join(format!("{tag}-elsewhere"));
     std::fs::create_dir_all(&elsewhere).unwrap();
     std::fs::copy(&state, elsewhere.join(layerwise_train::state::STATE_FILE)).unwrap();
     let other = args(&elsewhere, "0.002").output().unwrap();
@@ -293,9 +309,76 @@ fn a_depth_killed_between_epochs_resumes_to_the_same_bytes() {
     assert!(
         std::fs::read(out.join("model.safetensors")).unwrap()
             == std::fs::read(whole.join("model.safetensors")).unwrap(),
-        "a resumed depth writes the same checkpoint as an uninterrupted one"
+        "{tag}: a resumed run writes the same checkpoint as an uninterrupted one"
     );
     assert!(!state.exists(), "the state file is removed once the depth is complete");
     let h = TrainHistory::read(&out.join("train.json")).unwrap();
     assert_eq!(h.epochs.len(), 150);
+    let w = TrainHistory::read(&whole.join("train.json")).unwrap();
+    assert_eq!(h.best_epoch, w.best_epoch);
+}
+
+fn with_regime(
+    f: &Fixture,
+    from: Option<&Path>,
+    out: &str,
+    cfg: TrainConfig,
+    regime: Regime,
+    depth: Option<usize>,
+) -> anyhow::Result<TrainOutcome> {
+    train(&TrainOptions {
+        data: f.data.clone(),
+        from: from.map(Path::to_path_buf),
+        out: f.dir.path().join(out),
+        config: cfg,
+        device: DeviceKind::Cpu,
+        progress: Progress::Quiet,
+        regime,
+        depth,
+    })
+}
+
+#[test]
+fn finetune_trains_every_tensor_and_keeps_its_best_epoch() {
+    let f = fixture();
+    let d1 = f.run(None, "d1", config()).unwrap();
+    let d2 = f.run(Some(&d1.checkpoint), "d2", TrainConfig { head: HeadMode::Frozen, ..config() }).unwrap();
+    let cfg = TrainConfig { epochs: 4, lr: 1e-4, ..config() };
+    let ft = with_regime(&f, Some(&d2.checkpoint), "ft", cfg.clone(), Regime::Finetune, None).unwrap();
+    let (before, _) = layers(&d2.checkpoint);
+    let (after, meta) = layers(&ft.checkpoint);
+    assert_eq!((meta.depth, meta.regime), (2, Regime::Finetune), "fine-tuning appends nothing");
+    assert_eq!(meta.frozen, Vec::<String>::new());
+    assert_eq!(meta.trained, ["hidden.0", "hidden.1", "head"]);
+    for i in 0..2 {
+        assert_ne!(before.hidden[i].weight, after.hidden[i].weight, "hidden.{i}.weight trained");
+        assert_ne!(before.hidden[i].bias, after.hidden[i].bias, "hidden.{i}.bias trained");
+    }
+    assert_ne!(before.head.weight, after.head.weight);
+    assert_eq!(ft.history.trained_tensors.len(), 6);
+    assert_eq!(ft.history.regime, Regime::Finetune);
+    // The kept epoch is the first with the highest validation accuracy.
+    let accs: Vec<f64> = ft.history.epochs.iter().map(|e| e.val_accuracy).collect();
+    let best = accs.iter().enumerate().fold(0, |b, (i, a)| if *a > accs[b] { i } else { b }) + 1;
+    assert_eq!(ft.history.best_epoch, Some(best));
+    // ...and the same command gives the same bytes.
+    let again = with_regime(&f, Some(&d2.checkpoint), "ft2", cfg, Regime::Finetune, None).unwrap();
+    assert!(std::fs::read(&again.checkpoint).unwrap() == std::fs::read(&ft.checkpoint).unwrap());
+}
+
+#[test]
+fn scratch_trains_a_fresh_network_end_to_end() {
+    let f = fixture();
+    let s = with_regime(&f, None, "s3", config(), Regime::Scratch, Some(3)).unwrap();
+    let (_, meta) = layers(&s.checkpoint);
+    assert_eq!((meta.depth, meta.regime, meta.parent_sha256.clone()), (3, Regime::Scratch, None));
+    assert_eq!(meta.trained, ["hidden.0", "hidden.1", "hidden.2", "head"]);
+    assert!(meta.frozen.is_empty());
+    assert_eq!(s.prefix_rows, 0, "nothing frozen, nothing cached");
+    assert!(s.history.last().unwrap().val_accuracy > 0.3, "{:?}", s.history.last());
+    // Regimes refuse what makes no sense for them.
+    let err = |r: anyhow::Result<TrainOutcome>| format!("{:#}", r.unwrap_err());
+    assert!(err(with_regime(&f, None, "x", config(), Regime::Finetune, None)).contains("--from"));
+    assert!(err(with_regime(&f, Some(&s.checkpoint), "x", config(), Regime::Scratch, Some(2))).contains("drop --from"));
+    assert!(err(with_regime(&f, None, "x", config(), Regime::Grow, Some(2))).contains("--depth"));
 }

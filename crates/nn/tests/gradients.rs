@@ -1,0 +1,67 @@
+//! The hand-derived gradients of a training batch (the first trainable layer's `gzᵀ·x`,
+//! traced layers after it, the head) against dfdx's autograd over every parameter.
+#![allow(clippy::unwrap_used)] // test helpers panic on purpose
+
+use dfdx::prelude::*;
+use layerwise_nn::{batch_gradients, glorot_dense, Layer, Matrix};
+
+/// Largest relative difference between two gradient vectors.
+fn rel_diff(a: &[f32], b: &[f32]) -> f64 {
+    let scale = b.iter().map(|v| v.abs() as f64).fold(1e-12, f64::max);
+    a.iter().zip(b).map(|(x, y)| (*x as f64 - *y as f64).abs()).fold(0.0, f64::max) / scale
+}
+
+fn agree(a: &[f32], b: &[f32]) -> bool {
+    a.len() == b.len() && rel_diff(a, b) < 1e-4
+}
+
+#[test]
+fn batch_gradients_match_autograd_and_a_doubled_gradient_does_not() {
+    let dev = layerwise_nn::device::cpu(0);
+    let (rows, inputs, width, classes) = (7, 12, 5, 4);
+    for head_trains in [true, false] {
+        for n_layers in [1, 3] {
+            let layers: Vec<Layer<_>> = (0..n_layers)
+                .map(|i| {
+                    let mut d = glorot_dense(if i == 0 { inputs } else { width }, width, 10 + i as u64);
+                    d.bias.iter_mut().enumerate().for_each(|(k, b)| *b = 0.1 * k as f32 - 0.2);
+                    Layer::from_dense(&d, &dev)
+                })
+                .collect();
+            let head = Layer::from_dense(&glorot_dense(width, classes, 3), &dev);
+            let x: Vec<f32> = (0..rows * inputs).map(|i| ((i * 17 % 23) as f32 - 11.0) / 7.0).collect();
+            let mut y = vec![0f32; rows * classes];
+            for r in 0..rows {
+                y[r * classes + r % classes] = 1.0;
+            }
+            let xb: Matrix<_> = dev.tensor_from_vec(x.clone(), (rows, inputs));
+            let yb: Matrix<_> = dev.tensor_from_vec(y.clone(), (rows, classes));
+            let got = batch_gradients(&layers, &head, head_trains, xb.clone(), yb.clone()).unwrap();
+
+            // Reference: every parameter traced, plain autograd.
+            let mut h = xb.traced(Gradients::leaky());
+            for l in &layers {
+                h = l.apply_traced(h, true).relu();
+            }
+            let loss = cross_entropy_with_logits_loss(head.apply_traced(h, true), yb);
+            assert!((loss.as_vec()[0] - got.loss).abs() < 1e-6);
+            let grads = loss.backward();
+            for (i, (l, (gw, gb))) in layers.iter().zip(&got.layers).enumerate() {
+                let (rw, rb) = (grads.get(&l.weight).as_vec(), grads.get(&l.bias).as_vec());
+                assert!(agree(&gw.as_vec(), &rw), "layer {i} weight: {}", rel_diff(&gw.as_vec(), &rw));
+                assert!(agree(&gb.as_vec(), &rb), "layer {i} bias");
+                // The check would catch a gradient off by a constant factor.
+                let doubled: Vec<f32> = gw.as_vec().iter().map(|v| 2.0 * v).collect();
+                assert!(!agree(&doubled, &rw), "a doubled gradient must not pass");
+            }
+            match &got.head {
+                Some((gw, gb)) => {
+                    assert!(head_trains);
+                    assert!(agree(&gw.as_vec(), &grads.get(&head.weight).as_vec()), "head weight");
+                    assert!(agree(&gb.as_vec(), &grads.get(&head.bias).as_vec()), "head bias");
+                }
+                None => assert!(!head_trains),
+            }
+        }
+    }
+}
