@@ -9,12 +9,15 @@
 
 use anyhow::{bail, Context, Result};
 use layerwise_core::checkpoint::read_checkpoint_meta;
+use layerwise_core::config::{Regime, TrainConfig};
 use layerwise_core::dataset::Dataset;
 use layerwise_core::hash::sha256_file;
 use layerwise_core::metrics::{best_by_validation, patience_stop, Evaluation, TrainHistory};
+use layerwise_core::pipeline::Depths;
 use layerwise_core::pipeline::Pipeline;
 use layerwise_core::run::{
-    depth_dir, parse_depth_dir, RunLock, EVAL_FILE, HISTORY_FILE, LOCK_FILE, MODEL_FILE, PIPELINE_FILE, REPORT_FILES,
+    depth_dir, parse_depth_dir, parse_stage_dir, stage_dir, RunLock, Stage, EVAL_FILE, HISTORY_FILE, LOCK_FILE,
+    MODEL_FILE, PIPELINE_FILE, REPORT_FILES,
 };
 use layerwise_nn::device::DeviceKind;
 use std::path::{Path, PathBuf};
@@ -220,7 +223,56 @@ impl Plan {
 
     /// Evaluate depth `depth`.
     pub fn evaluate_step(&self, depth: usize) -> Step {
-        let dir = depth_dir(&self.run_dir, depth);
+        self.evaluate_stage_step(Stage::Greedy, depth)
+    }
+
+    /// The training settings of `stage`'s runs: `[train]`, with `[finetune]`/`[baseline]`'s
+    /// epochs and learning rate (fine-tuning: a tenth of `[train]`'s by default).
+    pub fn stage_config(&self, stage: Stage) -> TrainConfig {
+        let t = self.pipeline.train.clone();
+        let (section, lr_default) = match stage {
+            Stage::Greedy => return t,
+            Stage::Finetune => (self.pipeline.finetune.clone(), t.lr / 10.0),
+            Stage::Baseline => (self.pipeline.baseline.clone(), t.lr),
+        };
+        let section = section.unwrap_or_default();
+        TrainConfig { epochs: section.epochs.unwrap_or(t.epochs), lr: section.lr.unwrap_or(lr_default), ..t }
+    }
+
+    /// Fine-tune greedy depth `depth` end to end, or train `depth` layers from scratch.
+    pub fn stage_train_step(&self, stage: Stage, depth: usize) -> Step {
+        let c = self.stage_config(stage);
+        let mut s = Step::new(
+            "layerwise-train",
+            &[
+                &"--data",
+                &self.data,
+                &"--out",
+                &stage_dir(&self.run_dir, stage, depth),
+                &"--pipeline",
+                &self.run_dir.join(PIPELINE_FILE),
+                &"--regime",
+                &if stage == Stage::Finetune { "finetune" } else { "scratch" },
+                &"--epochs",
+                &c.epochs.to_string(),
+                &"--lr",
+                &c.lr.to_string(),
+            ],
+        );
+        match stage {
+            Stage::Finetune => {
+                let from = depth_dir(&self.run_dir, depth).join(MODEL_FILE);
+                s.args.extend(["--from".into(), from.to_string_lossy().into_owned()]);
+            }
+            _ => s.args.extend(["--depth".into(), depth.to_string()]),
+        }
+        s.args.extend(self.device_args());
+        s
+    }
+
+    /// Evaluate `stage`'s model of depth `depth`.
+    pub fn evaluate_stage_step(&self, stage: Stage, depth: usize) -> Step {
+        let dir = stage_dir(&self.run_dir, stage, depth);
         let mut s = Step::new(
             "layerwise-evaluate",
             &[
@@ -259,6 +311,19 @@ fn affects_completed(p: &Pipeline) -> impl PartialEq + std::fmt::Debug {
     (p.data.clone(), p.train.clone(), p.greedy.evaluate)
 }
 
+/// A changed `[finetune]` or `[baseline]` section (one that was there before and is
+/// different now) would make those stages' outputs stale, like a changed `[train]`.
+fn changed_stage_sections(old: &Pipeline, new: &Pipeline) -> Option<&'static str> {
+    let changed = |a: &Option<_>, b: &Option<_>| matches!((a, b), (Some(x), Some(y)) if x != y);
+    if changed(&old.finetune, &new.finetune) {
+        Some("[finetune]")
+    } else if changed(&old.baseline, &new.baseline) {
+        Some("[baseline]")
+    } else {
+        None
+    }
+}
+
 /// Refuse to resume a run whose completed depths were made with other settings.
 fn check_resume(plan: &Plan) -> Result<()> {
     let recorded = plan.run_dir.join(PIPELINE_FILE);
@@ -267,6 +332,15 @@ fn check_resume(plan: &Plan) -> Result<()> {
     }
     let old = Pipeline::load(&recorded)
         .with_context(|| format!("cannot read the run's recorded pipeline {}", recorded.display()))?;
+    if let Some(section) = changed_stage_sections(&old, &plan.pipeline) {
+        bail!(
+            "{} was run with another {section} section than {} now has ({} records it): its outputs would not match. \
+             Use --restart to start the run over, or --run-dir for a new run",
+            plan.run_dir.display(),
+            plan.pipeline_path.display(),
+            recorded.display()
+        );
+    }
     if affects_completed(&old) != affects_completed(&plan.pipeline) {
         bail!(
             "{} was run with other [data]/[train] settings or evaluation split than {} now has ({} records them): \
@@ -308,6 +382,19 @@ pub struct DepthOutcome {
     pub reused: bool,
 }
 
+/// What the loop found or did for a stage after the greedy loop (`[finetune]`, `[baseline]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StageOutcome {
+    /// The stage.
+    pub stage: Stage,
+    /// The depth.
+    pub depth: usize,
+    /// Validation accuracy of the weights it kept.
+    pub val_accuracy: f64,
+    /// Whether it was already complete (not retrained).
+    pub reused: bool,
+}
+
 /// The result of a greedy run.
 #[derive(Debug, Clone)]
 pub struct GreedyOutcome {
@@ -317,6 +404,8 @@ pub struct GreedyOutcome {
     pub best_depth: usize,
     /// Whether patience stopped the loop before max_depth.
     pub stopped_early: bool,
+    /// The fine-tuned and baseline models, after the loop.
+    pub stages: Vec<StageOutcome>,
     /// The run folder.
     pub run_dir: PathBuf,
 }
@@ -351,7 +440,19 @@ pub enum DepthState {
 
 /// Judge depth `depth` of the plan's run folder: see [`DepthState`].
 pub fn depth_state(plan: &Plan, depth: usize, parent_sha: Option<&str>, fingerprint: &str) -> DepthState {
-    let dir = depth_dir(&plan.run_dir, depth);
+    stage_state(plan, Stage::Greedy, depth, parent_sha, fingerprint)
+}
+
+/// Judge `stage`'s folder of depth `depth`: its checkpoint must come from the stage's
+/// regime and settings, from `parent_sha` (the depth before, for the greedy loop; the
+/// greedy depth, for fine-tuning; none, for the baseline).
+pub fn stage_state(plan: &Plan, stage: Stage, depth: usize, parent_sha: Option<&str>, fingerprint: &str) -> DepthState {
+    let dir = stage_dir(&plan.run_dir, stage, depth);
+    let regime = match stage {
+        Stage::Greedy => Regime::Grow,
+        Stage::Finetune => Regime::Finetune,
+        Stage::Baseline => Regime::Scratch,
+    };
     let model = dir.join(MODEL_FILE);
     let retrain = |why: String| DepthState::NeedsTraining { why };
     if !model.exists() {
@@ -370,8 +471,11 @@ pub fn depth_state(plan: &Plan, depth: usize, parent_sha: Option<&str>, fingerpr
     if meta.dataset_fingerprint != fingerprint {
         return retrain("its checkpoint was trained on another dataset".into());
     }
-    if meta.config != plan.pipeline.train {
-        return retrain("its checkpoint was trained with other [train] settings".into());
+    if meta.regime != regime {
+        return retrain(format!("its checkpoint was made by the `{}` regime", meta.regime.name()));
+    }
+    if meta.config != plan.stage_config(stage) {
+        return retrain("its checkpoint was trained with other settings".into());
     }
     let sha = match sha256_file(&model) {
         Ok(s) => s,
@@ -382,7 +486,9 @@ pub fn depth_state(plan: &Plan, depth: usize, parent_sha: Option<&str>, fingerpr
         Ok(_) => return retrain("its train.json belongs to another checkpoint".into()),
         Err(e) => return retrain(format!("its training history cannot be read ({e:#})")),
     };
-    let Some(val_accuracy) = history.last().map(|e| e.val_accuracy) else {
+    // A run that keeps its best epoch is judged by that epoch.
+    let kept = history.best_epoch.and_then(|b| history.epochs.get(b.wrapping_sub(1))).or(history.last());
+    let Some(val_accuracy) = kept.map(|e| e.val_accuracy) else {
         return retrain("its train.json has no epochs".into());
     };
     let why = match Evaluation::read(&dir.join(EVAL_FILE)) {
@@ -498,6 +604,8 @@ pub fn remaining_jobs(plan: &Plan, a: &GreedyArgs) -> Result<Vec<crate::slurm::J
     let (first, mut parent) = start(a.from.as_deref())?;
     let mut parent_sha = parent.as_deref().map(sha256_file).transpose()?;
     let mut accs = Vec::new();
+    let mut shas: Vec<(usize, String)> = Vec::new();
+    let mut trains: Vec<String> = Vec::new();
     let mut reusing = fingerprint.is_some();
     let mut previous_train: Option<String> = (!ready).then(|| "prepare".into());
     for depth in first..=p.greedy.max_depth {
@@ -515,6 +623,7 @@ pub fn remaining_jobs(plan: &Plan, a: &GreedyArgs) -> Result<Vec<crate::slurm::J
                 }
                 accs.push((depth, val_accuracy));
                 parent = Some(depth_dir(&plan.run_dir, depth).join(MODEL_FILE));
+                shas.push((depth, sha.clone()));
                 parent_sha = Some(sha);
                 if patience_stop(&accs, p.greedy.patience, p.greedy.max_depth).is_some() {
                     break;
@@ -523,7 +632,7 @@ pub fn remaining_jobs(plan: &Plan, a: &GreedyArgs) -> Result<Vec<crate::slurm::J
             }
             reusing = false;
         }
-        let gate = Some(Gate { first, depth });
+        let gate = Some(Gate { first, depth, after_loop: None });
         let train = format!("train-{depth:02}");
         jobs.push(job(
             train.clone(),
@@ -534,6 +643,34 @@ pub fn remaining_jobs(plan: &Plan, a: &GreedyArgs) -> Result<Vec<crate::slurm::J
         jobs.push(job(format!("evaluate-{depth:02}"), plan.evaluate_step(depth), vec![train.replace('-', "_")], gate));
         previous_train = Some(train.replace('-', "_"));
         parent = Some(depth_dir(&plan.run_dir, depth).join(MODEL_FILE));
+        trains.push(train.replace('-', "_"));
+    }
+    // After the loop: fine-tuning and the baseline. When the loop's depths are all complete
+    // already, the depths they cover are known and complete outputs get no job; else a
+    // job per possible depth waits for every training job, and its gate decides.
+    for (stage, section) in [(Stage::Finetune, &p.finetune), (Stage::Baseline, &p.baseline)] {
+        let Some(section) = section else { continue };
+        let candidates: Vec<usize> = if trains.is_empty() {
+            let best = best_by_validation(accs.iter().copied()).map(|b| b.0);
+            accs.iter().map(|a| a.0).filter(|d| section.depths == Depths::All || Some(*d) == best).collect()
+        } else {
+            (first..=p.greedy.max_depth).collect()
+        };
+        for depth in candidates {
+            if trains.is_empty() {
+                let fp = fingerprint.as_deref().unwrap_or_default();
+                let parent = shas.iter().find(|(d, _)| *d == depth).map(|(_, s)| s.as_str());
+                let parent = if stage == Stage::Finetune { parent } else { None };
+                if let DepthState::Complete { .. } = stage_state(plan, stage, depth, parent, fp) {
+                    continue;
+                }
+            }
+            let gate = Some(Gate { first, depth, after_loop: Some(section.depths) });
+            let label = format!("{}-{depth:02}", stage.name());
+            jobs.push(job(label.clone(), plan.stage_train_step(stage, depth), trains.clone(), gate));
+            let evaluate = format!("evaluate-{label}");
+            jobs.push(job(evaluate, plan.evaluate_stage_step(stage, depth), vec![label.replace('-', "_")], gate));
+        }
     }
     let all = jobs.iter().map(|j| j.key.clone()).collect();
     jobs.push(job("report".into(), plan.report_step(), all, None));
@@ -567,6 +704,21 @@ pub fn print_commands(plan: &Plan, a: &GreedyArgs) -> Result<Vec<String>> {
         lines.push(plan.evaluate_step(depth).command_line());
         parent = Some(depth_dir(&plan.run_dir, depth).join(MODEL_FILE));
     }
+    for (stage, section) in [(Stage::Finetune, &p.finetune), (Stage::Baseline, &p.baseline)] {
+        let Some(section) = section else { continue };
+        lines.push(match section.depths {
+            Depths::All => format!("# [{}]: every depth the loop trained", stage.name()),
+            Depths::Best => format!(
+                "# [{}] depths = \"best\": run only the best depth's two lines (the highest validation accuracy \
+                 in depth-NN/train.json, the first on a tie); `cargo xtask greedy` decides this itself",
+                stage.name()
+            ),
+        });
+        for depth in first..=p.greedy.max_depth {
+            lines.push(plan.stage_train_step(stage, depth).command_line());
+            lines.push(plan.evaluate_stage_step(stage, depth).command_line());
+        }
+    }
     lines.push(plan.report_step().command_line());
     Ok(lines)
 }
@@ -590,7 +742,7 @@ pub fn open_run(plan: &Plan, a: &GreedyArgs) -> Result<RunLock> {
     if a.restart {
         for entry in std::fs::read_dir(&plan.run_dir)?.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            if parse_depth_dir(&name).is_some() || REPORT_FILES.contains(&name.as_str()) || name == PIPELINE_FILE {
+            if parse_stage_dir(&name).is_some() || REPORT_FILES.contains(&name.as_str()) || name == PIPELINE_FILE {
                 let path = entry.path();
                 let r = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
                 r.with_context(|| format!("--restart: cannot remove {}", path.display()))?;
@@ -627,6 +779,7 @@ fn run_plan(plan: &Plan, a: &GreedyArgs) -> Result<GreedyOutcome> {
     let (first, mut parent) = start(a.from.as_deref())?;
     let mut parent_sha = parent.as_deref().map(sha256_file).transpose()?;
     let mut depths: Vec<DepthOutcome> = Vec::new();
+    let mut shas: Vec<(usize, String)> = Vec::new();
     let mut stopped_early = false;
     for depth in first..=p.greedy.max_depth {
         ui.depth(depth);
@@ -661,6 +814,7 @@ fn run_plan(plan: &Plan, a: &GreedyArgs) -> Result<GreedyOutcome> {
         };
         depths.push(outcome);
         parent = Some(depth_dir(&plan.run_dir, depth).join(MODEL_FILE));
+        shas.push((depth, sha.clone()));
         parent_sha = Some(sha);
         let accs: Vec<(usize, f64)> = depths.iter().map(|d| (d.depth, d.val_accuracy)).collect();
         if let Some(best_depth) = patience_stop(&accs, p.greedy.patience, p.greedy.max_depth) {
@@ -673,24 +827,78 @@ fn run_plan(plan: &Plan, a: &GreedyArgs) -> Result<GreedyOutcome> {
         }
     }
     ui.finish();
-    plan.report_step().run()?;
-    tidy(plan, &depths);
     let best_depth = best_by_validation(depths.iter().map(|d| (d.depth, d.val_accuracy))).map_or(0, |b| b.0);
-    Ok(GreedyOutcome { depths, best_depth, stopped_early, run_dir: plan.run_dir.clone() })
+    let mut stages = Vec::new();
+    for stage in [Stage::Finetune, Stage::Baseline] {
+        for depth in stage_depths(plan, stage, &depths, best_depth) {
+            let parent_sha = match stage {
+                Stage::Finetune => shas.iter().find(|(d, _)| *d == depth).map(|(_, s)| s.as_str()),
+                _ => None,
+            };
+            let name = format!("{} of depth {depth}", stage.name());
+            let (val_accuracy, reused) = match stage_state(plan, stage, depth, parent_sha, &fingerprint) {
+                DepthState::Complete { val_accuracy, .. } => {
+                    ui.line(&format!("{name}: complete already (val_acc {val_accuracy:.4}), kept"));
+                    (val_accuracy, true)
+                }
+                state => {
+                    let trains = !matches!(state, DepthState::NeedsEvaluation { .. });
+                    if let DepthState::NeedsEvaluation { why, .. } = &state {
+                        ui.line(&format!("{name}: checkpoint and history kept, evaluating again: {why}"));
+                    } else {
+                        if let DepthState::NeedsTraining { why } = &state {
+                            if stage_dir(&plan.run_dir, stage, depth).exists() {
+                                ui.line(&format!("{name}: training again: {why}"));
+                            }
+                        }
+                        ui.line(&format!("{name}: training"));
+                        plan.stage_train_step(stage, depth).run()?;
+                    }
+                    plan.evaluate_stage_step(stage, depth).run()?;
+                    match stage_state(plan, stage, depth, parent_sha, &fingerprint) {
+                        DepthState::Complete { val_accuracy, .. } => (val_accuracy, !trains),
+                        _ => bail!("{name} was trained but its files do not agree; rerun to redo it"),
+                    }
+                }
+            };
+            stages.push(StageOutcome { stage, depth, val_accuracy, reused });
+        }
+    }
+    plan.report_step().run()?;
+    tidy(plan, &depths, &stages);
+    Ok(GreedyOutcome { depths, best_depth, stopped_early, stages, run_dir: plan.run_dir.clone() })
+}
+
+/// The greedy depths `stage` covers after the loop: none without its section; the best
+/// depth by validation accuracy, or every depth the loop went through.
+fn stage_depths(plan: &Plan, stage: Stage, depths: &[DepthOutcome], best: usize) -> Vec<usize> {
+    let section = match stage {
+        Stage::Finetune => &plan.pipeline.finetune,
+        Stage::Baseline => &plan.pipeline.baseline,
+        Stage::Greedy => return Vec::new(),
+    };
+    match section.as_ref().map(|s| s.depths) {
+        None => Vec::new(),
+        Some(Depths::Best) => depths.iter().filter(|d| d.depth == best).map(|d| d.depth).collect(),
+        Some(Depths::All) => depths.iter().map(|d| d.depth).collect(),
+    }
 }
 
 /// After a run: remove what killed processes left and nothing will write again: temp files
 /// of dead writers in the run folder, its depth folders and the datasets folder, and the
 /// training state of complete depths (a kill between the checkpoint's rename and the
 /// state's removal leaves one).
-fn tidy(plan: &Plan, depths: &[DepthOutcome]) {
+fn tidy(plan: &Plan, depths: &[DepthOutcome], stages: &[StageOutcome]) {
     use layerwise_core::atomic::remove_dead_temps;
     remove_dead_temps(&plan.run_dir);
     if let Some(datasets) = plan.data.parent() {
         remove_dead_temps(datasets);
     }
-    for d in depths {
-        let dir = depth_dir(&plan.run_dir, d.depth);
+    let dirs = depths
+        .iter()
+        .map(|d| depth_dir(&plan.run_dir, d.depth))
+        .chain(stages.iter().map(|s| stage_dir(&plan.run_dir, s.stage, s.depth)));
+    for dir in dirs {
         remove_dead_temps(&dir);
         let _ = std::fs::remove_file(dir.join(layerwise_train::state::STATE_FILE));
     }

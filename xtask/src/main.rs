@@ -85,6 +85,15 @@ struct GateArgs {
     /// The depth a job is about to train or evaluate.
     #[arg(long)]
     depth: usize,
+    /// A job after the loop ([finetune], [baseline]) covering `best` or `all` depths.
+    #[arg(long)]
+    after_loop: Option<AfterLoop>,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum AfterLoop {
+    Best,
+    All,
 }
 
 fn main() -> ExitCode {
@@ -102,7 +111,15 @@ fn main() -> ExitCode {
         Cmd::Bench(a) => xtask::bench::run(&a),
         Cmd::Fuzz(a) => xtask::fuzz::run(&a),
         Cmd::Chaos(a) => xtask::chaos::run(&a).map(|_| ()),
-        Cmd::Gate(a) => match xtask::slurm::gate(&a.run_dir, a.first, a.depth) {
+        Cmd::Gate(a) => match xtask::slurm::gate(
+            &a.run_dir,
+            a.first,
+            a.depth,
+            a.after_loop.map(|d| match d {
+                AfterLoop::Best => layerwise_core::pipeline::Depths::Best,
+                AfterLoop::All => layerwise_core::pipeline::Depths::All,
+            }),
+        ) {
             Ok(None) => {
                 eprintln!("gate: depth {} goes ahead", a.depth);
                 Ok(())

@@ -97,6 +97,9 @@ pub struct Gate {
     pub first: usize,
     /// The job's depth.
     pub depth: usize,
+    /// For a job after the loop (fine-tuning, baseline): which greedy depths it covers;
+    /// the job runs only if the loop trained its depth (and, for `best`, found it best).
+    pub after_loop: Option<layerwise_core::pipeline::Depths>,
 }
 
 /// One job: a step of a plan, what it waits for, and its gate.
@@ -213,13 +216,15 @@ fn job_script(job: &JobSpec, cfg: &SlurmConfig, cwd: &Path, bin: &Path, logs: &P
     ));
     if let Some(g) = job.gate {
         s.push_str(&format!(
-            "# Patience: end at once, successfully, when the loop stopped before this depth.\n\
+            "# Patience: end at once, successfully, when the loop stopped before this depth\n\
+             # (or, after the loop, when this depth is not one this stage covers).\n\
              status=0\n\
-             xtask gate --run-dir {} --first {} --depth {} || status=$?\n\
+             xtask gate --run-dir {} --first {} --depth {}{} || status=$?\n\
              if [ \"$status\" -eq {GATE_STOPPED} ]; then exit 0; elif [ \"$status\" -ne 0 ]; then exit \"$status\"; fi\n",
             q(&job.run_dir),
             g.first,
-            g.depth
+            g.depth,
+            g.after_loop.map_or(String::new(), |d| format!(" --after-loop {}", d.name()))
         ));
     }
     s.push_str(&job.step.command_line());
@@ -570,18 +575,26 @@ pub fn announce(
 }
 
 /// `xtask gate`: whether the greedy loop of RUN goes on to `depth`, from the `train.json`
-/// of each depth before it and the run's recorded pipeline (patience, max depth). `None`:
-/// go on; `Some(reason)`: the loop stopped before it.
-pub fn gate(run_dir: &Path, first: usize, depth: usize) -> Result<Option<String>> {
-    use layerwise_core::metrics::{patience_stop, TrainHistory};
+/// of each depth before it and the run's recorded pipeline (patience, max depth). With
+/// `after_loop` (a fine-tuning or baseline job, run once the loop's jobs are done): whether
+/// the loop trained `depth` and, for `best`, found it the best by validation accuracy.
+/// `None`: go on; `Some(reason)`: the job has nothing to do.
+pub fn gate(
+    run_dir: &Path,
+    first: usize,
+    depth: usize,
+    after_loop: Option<layerwise_core::pipeline::Depths>,
+) -> Result<Option<String>> {
+    use layerwise_core::metrics::{best_by_validation, patience_stop, TrainHistory};
     use layerwise_core::run::{depth_dir, HISTORY_FILE, PIPELINE_FILE};
     let pipeline = layerwise_core::pipeline::Pipeline::load(&run_dir.join(PIPELINE_FILE))?;
     let g = &pipeline.greedy;
     if depth > g.max_depth {
         return Ok(Some(format!("depth {depth} is beyond the pipeline's max_depth {}", g.max_depth)));
     }
+    let last = if after_loop.is_some() { g.max_depth } else { depth - 1 };
     let mut accs = Vec::new();
-    for d in first..depth {
+    for d in first..=last {
         let path = depth_dir(run_dir, d).join(HISTORY_FILE);
         let h = TrainHistory::read(&path).with_context(|| {
             format!("depth {depth} needs depth {d}'s history to apply patience, and cannot read it (did depth {d}'s training job complete?)")
@@ -589,10 +602,26 @@ pub fn gate(run_dir: &Path, first: usize, depth: usize) -> Result<Option<String>
         let acc = h.last().with_context(|| format!("{} has no epochs", path.display()))?.val_accuracy;
         accs.push((d, acc));
         if let Some(best) = patience_stop(&accs, g.patience, g.max_depth) {
+            if after_loop.is_none() || d < depth {
+                let subject = match after_loop {
+                    Some(_) => format!("this stage's model of depth {depth} is"),
+                    None => format!("depth {depth} is"),
+                };
+                return Ok(Some(format!(
+                    "the greedy loop stopped after depth {d}: validation accuracy has not improved for {} depths \
+                     (best: depth {best}), so {subject} not trained or evaluated",
+                    g.patience
+                )));
+            }
+            break;
+        }
+    }
+    if after_loop == Some(layerwise_core::pipeline::Depths::Best) {
+        let best = best_by_validation(accs.iter().copied()).map(|b| b.0);
+        if best != Some(depth) {
             return Ok(Some(format!(
-                "the greedy loop stopped after depth {d}: validation accuracy has not improved for {} depths \
-                 (best: depth {best}), so depth {depth} is not trained or evaluated",
-                g.patience
+                "depth {depth} is not the best greedy depth by validation accuracy (depth {} is)",
+                best.map_or("–".into(), |b| b.to_string())
             )));
         }
     }

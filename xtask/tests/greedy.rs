@@ -220,9 +220,9 @@ fn the_gate_stops_where_the_local_loop_stopped() {
     let stop = out.depths.last().unwrap().depth;
     let run_dir = e.dir.path().join("patient");
     for d in 1..=stop {
-        assert_eq!(xtask::slurm::gate(&run_dir, 1, d).unwrap(), None, "depth {d} was trained locally");
+        assert_eq!(xtask::slurm::gate(&run_dir, 1, d, None).unwrap(), None, "depth {d} was trained locally");
     }
-    let reason = xtask::slurm::gate(&run_dir, 1, stop + 1).unwrap().unwrap();
+    let reason = xtask::slurm::gate(&run_dir, 1, stop + 1, None).unwrap().unwrap();
     assert!(reason.contains(&format!("stopped after depth {stop}")), "{reason}");
     // The binary says so with exit status 3; a missing history is an error (1).
     let gate = |depth: usize| {
@@ -394,4 +394,79 @@ fn a_run_folder_is_locked_and_restart_spares_what_is_not_a_run() {
     let err = format!("{:#}", run(&r).unwrap_err());
     assert!(err.contains("not a layerwise run"), "{err}");
     assert!(mine.join("depth-7/notes.txt").exists());
+}
+
+const STAGES: [(&str, &str); 1] = [(
+    "[greedy]",
+    "[finetune]\ndepths = \"all\"\nepochs = 2\n\n[baseline]\ndepths = \"all\"\nepochs = 1\nlr = 0.002\n\n[greedy]",
+)];
+
+#[test]
+fn finetune_and_baseline_follow_the_loop_and_resume() {
+    let e = env();
+    let mut a = e.args("run");
+    a.pipeline = Some(e.smoke_with("stages", &STAGES));
+    a.max_depth = Some(2);
+    let out = run(&a).unwrap().unwrap();
+    let run_dir = e.path("run");
+    let got: Vec<(String, usize)> = out.stages.iter().map(|s| (s.stage.name().to_string(), s.depth)).collect();
+    assert_eq!(got, [("finetune".into(), 1), ("finetune".into(), 2), ("baseline".into(), 1), ("baseline".into(), 2)]);
+    for dir in ["finetune-01", "finetune-02", "baseline-01", "baseline-02"] {
+        for f in ["model.safetensors", "train.json", "eval.json"] {
+            assert!(run_dir.join(dir).join(f).exists(), "{dir}/{f}");
+        }
+    }
+    let (_, meta) =
+        layerwise_core::checkpoint::load_checkpoint(&run_dir.join("finetune-02/model.safetensors")).unwrap();
+    assert_eq!(meta.regime, layerwise_core::config::Regime::Finetune);
+    assert_eq!(meta.config.lr, 0.0001, "a tenth of [train]'s rate by default");
+    assert_eq!(
+        meta.parent_sha256.unwrap(),
+        layerwise_core::hash::sha256_file(&run_dir.join("depth-02/model.safetensors")).unwrap()
+    );
+    let (_, meta) =
+        layerwise_core::checkpoint::load_checkpoint(&run_dir.join("baseline-02/model.safetensors")).unwrap();
+    assert_eq!((meta.regime, meta.depth, meta.config.lr), (layerwise_core::config::Regime::Scratch, 2, 0.002));
+    // The report compares the three, and chooses the best model on validation accuracy.
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run_dir.join("summary.json")).unwrap()).unwrap();
+    let mut best = ("greedy", 0, f64::MIN);
+    for (stage, key) in [("greedy", "depths"), ("finetune", "finetune"), ("baseline", "baseline")] {
+        for r in summary[key].as_array().unwrap() {
+            let v = r["val_accuracy"].as_f64().unwrap();
+            if v > best.2 {
+                best = (stage, r["depth"].as_u64().unwrap() as usize, v);
+            }
+        }
+    }
+    assert_eq!(summary["best"]["stage"], best.0);
+    assert_eq!(summary["best"]["depth"], best.1);
+    let report = std::fs::read_to_string(run_dir.join("report.md")).unwrap();
+    assert!(
+        report.contains("## Greedy, fine-tuned, and trained from scratch") && report.contains("Best model of the run")
+    );
+    // Resume: everything is complete and kept; a lost evaluation is redone alone.
+    std::fs::remove_file(run_dir.join("baseline-01/eval.json")).unwrap();
+    let model = std::fs::read(run_dir.join("baseline-01/model.safetensors")).unwrap();
+    let again = run(&a).unwrap().unwrap();
+    assert!(again.stages.iter().all(|s| s.reused), "{:?}", again.stages);
+    assert!(std::fs::read(run_dir.join("baseline-01/model.safetensors")).unwrap() == model);
+    assert!(run_dir.join("baseline-01/eval.json").exists());
+    // The printed plan, run by hand, gives the same models.
+    let mut b = e.args("by-hand");
+    b.pipeline = a.pipeline.clone();
+    b.max_depth = Some(2);
+    for line in print_commands(&Plan::new(&b).unwrap(), &b).unwrap() {
+        execute(&line);
+    }
+    for dir in ["finetune-02", "baseline-01"] {
+        let f = |r: &str| std::fs::read(e.path(r).join(dir).join("model.safetensors")).unwrap();
+        assert!(f("run") == f("by-hand"), "{dir}");
+    }
+    // A changed [finetune] section is refused, like a changed [train].
+    let mut c = a.clone();
+    c.pipeline =
+        Some(e.smoke_with("changed-stages", &[(STAGES[0].0, &STAGES[0].1.replace("epochs = 2", "epochs = 3"))]));
+    let err = format!("{:#}", run(&c).unwrap_err());
+    assert!(err.contains("[finetune]") && err.contains("--restart"), "{err}");
 }

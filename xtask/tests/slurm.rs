@@ -376,3 +376,48 @@ fn a_sweep_runs_as_independent_chains_and_aggregates() {
     // (the local sweep reused the complete runs: same folder, nothing retrained)
     assert!(String::from_utf8_lossy(&local.stderr).contains("complete already"));
 }
+
+#[test]
+fn finetune_and_baseline_jobs_give_the_local_bytes() {
+    let Some(_c) = cluster() else { return };
+    let e = env();
+    let p = e.smoke_with(
+        "stages",
+        &[(
+            "[greedy]",
+            "[finetune]\ndepths = \"best\"\nepochs = 2\n\n[baseline]\ndepths = \"all\"\nepochs = 1\n\n[greedy]",
+        )],
+    );
+    let local = e.local(&p, "local");
+    let out = submit_and_wait(&e, &p, "chain");
+    assert!(out.status.success());
+    let stages = |run: &str| -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(e.path(run))
+            .unwrap()
+            .flatten()
+            .map(|f| f.file_name().to_string_lossy().into_owned())
+            .filter(|n| {
+                (n.starts_with("finetune-") || n.starts_with("baseline-"))
+                    && e.path(run).join(n).join("model.safetensors").exists()
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(stages("chain"), stages("local"));
+    assert_eq!(stages("local").iter().filter(|s| s.starts_with("finetune-")).count(), 1, "only the best depth");
+    assert_eq!(local.stages.len(), 4);
+    for s in stages("local") {
+        let f = |run: &str| std::fs::read(e.path(run).join(&s).join("model.safetensors")).unwrap();
+        assert!(f("local") == f("chain"), "{s} differs");
+    }
+    // The fine-tuning jobs of the other depths ended at once, saying why.
+    let logs: Vec<String> = std::fs::read_dir(e.path("chain/slurm/logs"))
+        .unwrap()
+        .flatten()
+        .map(|f| std::fs::read_to_string(f.path()).unwrap())
+        .filter(|t| t.contains("layerwise job finetune-"))
+        .collect();
+    assert_eq!(logs.len(), 3);
+    assert_eq!(logs.iter().filter(|t| t.contains("is not the best greedy depth")).count(), 2);
+}

@@ -46,6 +46,56 @@ impl Default for GreedyConfig {
     }
 }
 
+/// Which greedy depths a stage after the loop covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Depths {
+    /// The best greedy depth by validation accuracy.
+    #[default]
+    Best,
+    /// Every greedy depth the loop trained.
+    All,
+}
+
+impl Depths {
+    /// Lowercase name, as in pipelines.
+    pub fn name(self) -> &'static str {
+        match self {
+            Depths::Best => "best",
+            Depths::All => "all",
+        }
+    }
+}
+
+/// `[finetune]` (fine-tune greedy depths end to end after the loop) or `[baseline]`
+/// (train networks of the same depths end to end from scratch).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct StageConfig {
+    /// `best` (the best greedy depth by validation accuracy) or `all`.
+    pub depths: Depths,
+    /// Epochs; default: `[train]`'s.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub epochs: Option<usize>,
+    /// Adam learning rate; default: `[train]`'s, divided by 10 for fine-tuning.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lr: Option<f64>,
+}
+
+impl StageConfig {
+    fn validate(&self, section: &str) -> Result<()> {
+        if self.epochs == Some(0) {
+            bail!("`{section}.epochs` must be at least 1");
+        }
+        if let Some(lr) = self.lr {
+            if !(lr.is_finite() && lr > 0.0) {
+                bail!("`{section}.lr` must be a positive number");
+            }
+        }
+        Ok(())
+    }
+}
+
 /// How `--scheduler slurm` submits the plan's jobs (`[slurm]`). Every key is optional
 /// and there are no site-specific defaults: without a partition, Slurm's default one is used.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -137,6 +187,12 @@ pub struct Pipeline {
     /// The loop.
     #[serde(default)]
     pub greedy: GreedyConfig,
+    /// After the loop: fine-tune greedy depths end to end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finetune: Option<StageConfig>,
+    /// After the loop: the end-to-end baseline, networks of the same depths trained from scratch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<StageConfig>,
     /// Cluster submission (`--scheduler slurm`); changes nothing a run computes.
     #[serde(default, skip_serializing_if = "is_default")]
     pub slurm: SlurmConfig,
@@ -182,6 +238,12 @@ impl Pipeline {
         if self.greedy.max_depth == 0 {
             bail!("`greedy.max_depth` must be at least 1");
         }
+        if let Some(f) = &self.finetune {
+            f.validate("finetune")?;
+        }
+        if let Some(b) = &self.baseline {
+            b.validate("baseline")?;
+        }
         self.slurm.validate()?;
         Ok(())
     }
@@ -226,6 +288,9 @@ mod tests {
             ("name='x'\n[slurm]\npartition = 'a b'", "slurm.partition"),
             ("name='x'\n[slurm]\nsbatch_args = ['-A x']", "slurm.sbatch_args"),
             ("name='x'\n[slurm]\nqueue = 'gpu'", "queue"),
+            ("name='x'\n[finetune]\nepochs = 0", "finetune.epochs"),
+            ("name='x'\n[baseline]\nlr = -1", "baseline.lr"),
+            ("name='x'\n[baseline]\ndepths = 'some'", "depths"),
         ] {
             let e = err(text);
             assert!(e.contains(key), "error for {text:?} should name {key}: {e}");

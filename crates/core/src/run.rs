@@ -7,6 +7,8 @@
 //! RUN/depth-NN/model.safetensors         checkpoint
 //! RUN/depth-NN/train.json                training history
 //! RUN/depth-NN/eval.json                 evaluation
+//! RUN/finetune-NN/…                      greedy depth NN fine-tuned end to end ([finetune])
+//! RUN/baseline-NN/…                      NN layers trained end to end from scratch ([baseline])
 //! RUN/report.md, accuracy.svg, summary.json
 //! RUN/.layerwise.lock                    held (flock) by the process working on the run
 //! ```
@@ -71,6 +73,51 @@ pub const HISTORY_FILE: &str = "train.json";
 pub const EVAL_FILE: &str = "eval.json";
 /// What the report stage writes into the run folder.
 pub const REPORT_FILES: [&str; 3] = ["report.md", "accuracy.svg", "summary.json"];
+
+/// The stages of a run, each with a folder per depth.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stage {
+    /// The greedy loop's depths (`depth-NN`).
+    Greedy,
+    /// Greedy depths fine-tuned end to end (`finetune-NN`).
+    Finetune,
+    /// Networks of the same depths trained end to end from scratch (`baseline-NN`).
+    Baseline,
+}
+
+impl Stage {
+    /// Every stage, in report order.
+    pub const ALL: [Stage; 3] = [Stage::Greedy, Stage::Finetune, Stage::Baseline];
+
+    /// Lowercase name (as in `summary.json`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Greedy => "greedy",
+            Stage::Finetune => "finetune",
+            Stage::Baseline => "baseline",
+        }
+    }
+
+    /// The folder prefix: `depth`, `finetune`, `baseline`.
+    pub fn prefix(self) -> &'static str {
+        match self {
+            Stage::Greedy => "depth",
+            Stage::Finetune => "finetune",
+            Stage::Baseline => "baseline",
+        }
+    }
+}
+
+/// Folder of `stage` at `depth` inside a run: `depth-NN`, `finetune-NN`, `baseline-NN`.
+pub fn stage_dir(run: &Path, stage: Stage, depth: usize) -> PathBuf {
+    run.join(format!("{}-{depth:02}", stage.prefix()))
+}
+
+/// The stage and depth a folder name stands for (`finetune-03` → finetune, 3).
+pub fn parse_stage_dir(name: &str) -> Option<(Stage, usize)> {
+    Stage::ALL.into_iter().find_map(|s| Some((s, name.strip_prefix(s.prefix())?.strip_prefix('-')?.parse().ok()?)))
+}
 
 /// Folder of depth `depth` inside a run: `depth-NN`.
 pub fn depth_dir(run: &Path, depth: usize) -> PathBuf {

@@ -30,7 +30,7 @@ pub const TUTORIAL_TEST_LOSS: [f64; 10] =
     [1.4798, 1.3948, 1.4666, 1.6670, 1.9361, 2.1698, 2.3333, 2.4703, 2.5734, 2.6469];
 
 use layerwise_core::run::{
-    depth_dir, parse_depth_dir, EVAL_FILE, HISTORY_FILE, MODEL_FILE, NOTES_FILE, PIPELINE_FILE, REPORT_FILES,
+    parse_stage_dir, stage_dir, Stage, EVAL_FILE, HISTORY_FILE, MODEL_FILE, NOTES_FILE, PIPELINE_FILE, REPORT_FILES,
 };
 
 const REPORT: &str = REPORT_FILES[0];
@@ -72,6 +72,19 @@ pub struct DepthRow {
     pub host: Option<String>,
 }
 
+/// The best model of a run, chosen on validation accuracy among every stage's models.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct BestModel {
+    /// `greedy`, `finetune` or `baseline`.
+    pub stage: Stage,
+    /// Its depth.
+    pub depth: usize,
+    /// Its validation accuracy (the kept epoch's).
+    pub val_accuracy: f64,
+    /// Its accuracy on the evaluated split (usually test), reported, never used to choose.
+    pub test_accuracy: Option<f64>,
+}
+
 /// A run, as the report sees it.
 #[derive(Debug, Clone, Serialize)]
 pub struct Summary {
@@ -79,10 +92,18 @@ pub struct Summary {
     pub run: String,
     /// The pipeline it ran, if recorded.
     pub pipeline: Option<Pipeline>,
-    /// Completed depths, in order.
+    /// Completed depths of the greedy loop, in order.
     pub depths: Vec<DepthRow>,
-    /// Best depth by validation accuracy (never by test accuracy).
+    /// Greedy depths fine-tuned end to end (`[finetune]`), in order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub finetune: Vec<DepthRow>,
+    /// Networks of the same depths trained end to end from scratch (`[baseline]`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub baseline: Vec<DepthRow>,
+    /// Best greedy depth by validation accuracy (never by test accuracy).
     pub best_depth: Option<usize>,
+    /// The best model of the run among every stage, chosen on validation accuracy.
+    pub best: Option<BestModel>,
     /// Sum of the depths' seconds.
     pub total_seconds: f64,
     /// Depths between the first and the last reported one that have no checkpoint and
@@ -113,59 +134,102 @@ pub fn collect(run: &Path) -> Result<Summary> {
     }
     let pipeline_path = run.join(PIPELINE_FILE);
     let pipeline = if pipeline_path.exists() { Some(Pipeline::load(&pipeline_path)?) } else { None };
-    let mut depths = Vec::new();
-    let mut found: Vec<usize> = std::fs::read_dir(run)
+    let mut found: Vec<(Stage, usize)> = std::fs::read_dir(run)
         .with_context(|| format!("cannot list {}", run.display()))?
         .flatten()
-        .filter_map(|e| parse_depth_dir(e.file_name().to_str()?))
+        .filter_map(|e| parse_stage_dir(e.file_name().to_str()?))
         .collect();
-    found.sort_unstable();
+    found.sort_unstable_by_key(|(s, d)| (Stage::ALL.iter().position(|x| x == s), *d));
     let mut problems = Vec::new();
-    for depth in found {
-        let dir = depth_dir(run, depth);
-        let (model, history) = (dir.join(MODEL_FILE), dir.join(HISTORY_FILE));
-        if !model.exists() || !history.exists() {
-            continue;
+    let (mut depths, mut finetune, mut baseline) = (Vec::new(), Vec::new(), Vec::new());
+    for (stage, depth) in found {
+        let Some(r) = row(run, stage, depth, &mut problems)? else { continue };
+        match stage {
+            Stage::Greedy => depths.push(r),
+            Stage::Finetune => finetune.push(r),
+            Stage::Baseline => baseline.push(r),
         }
-        let meta = read_checkpoint_meta(&model)?;
-        let h = TrainHistory::read(&history)?;
-        let last = h.last().with_context(|| format!("{} has no epochs", history.display()))?;
-        let eval_path = dir.join(EVAL_FILE);
-        let eval = match eval_path.exists().then(|| Evaluation::read(&eval_path)).transpose() {
-            Ok(e) => e,
-            Err(e) => {
-                problems.push(format!("depth {depth}: its evaluation is not shown: {e:#}"));
-                None
-            }
-        };
-        depths.push(DepthRow {
-            depth,
-            train_loss: last.train_loss,
-            train_accuracy: last.train_accuracy,
-            val_loss: last.val_loss,
-            val_accuracy: last.val_accuracy,
-            eval_split: eval.as_ref().map(|e| e.split.to_string()),
-            eval_loss: eval.as_ref().map(|e| e.loss),
-            eval_accuracy: eval.as_ref().map(|e| e.accuracy),
-            eval_per_class: eval
-                .as_ref()
-                .map(|e| e.classes.iter().cloned().zip(e.per_class_accuracy.iter().copied()).collect()),
-            trainable_params: meta.trainable_params,
-            total_params: h.total_params,
-            trained: meta.trained.clone(),
-            seconds: h.seconds + eval.as_ref().map_or(0.0, |e| e.seconds),
-            epochs: h.epochs.len(),
-            host: h.host.clone(),
-        });
     }
     let best_depth = best_by_validation(depths.iter().map(|r| (r.depth, r.val_accuracy))).map(|(d, _)| d);
-    let total_seconds = depths.iter().map(|r| r.seconds).sum();
+    let total_seconds: f64 = depths.iter().map(|r| r.seconds).sum();
     let name = run.file_name().map_or_else(|| run.display().to_string(), |n| n.to_string_lossy().into_owned());
     let missing_depths = match (depths.first(), depths.last()) {
         (Some(a), Some(b)) => (a.depth..b.depth).filter(|d| !depths.iter().any(|r| r.depth == *d)).collect(),
         _ => Vec::new(),
     };
-    Ok(Summary { run: name, pipeline, depths, best_depth, total_seconds, missing_depths, problems })
+    // The best model of the run, among every stage, on validation accuracy (the first on
+    // a tie, greedy before fine-tuned before baseline, shallower before deeper).
+    let best = [(Stage::Greedy, &depths), (Stage::Finetune, &finetune), (Stage::Baseline, &baseline)]
+        .into_iter()
+        .flat_map(|(stage, rows)| rows.iter().map(move |r| (stage, r)))
+        .fold(None::<(Stage, &DepthRow)>, |b, (stage, r)| match b {
+            Some((_, br)) if br.val_accuracy >= r.val_accuracy => b,
+            _ => Some((stage, r)),
+        })
+        .map(|(stage, r)| BestModel {
+            stage,
+            depth: r.depth,
+            val_accuracy: r.val_accuracy,
+            test_accuracy: r.eval_accuracy,
+        });
+    let total_seconds = total_seconds + finetune.iter().chain(&baseline).map(|r| r.seconds).sum::<f64>();
+    Ok(Summary {
+        run: name,
+        pipeline,
+        depths,
+        finetune,
+        baseline,
+        best_depth,
+        best,
+        total_seconds,
+        missing_depths,
+        problems,
+    })
+}
+
+/// One stage's model of one depth, as the report shows it: the kept epoch's training and
+/// validation numbers (the best epoch where the run kept it), and its evaluation. `None`
+/// when the folder holds no checkpoint and history yet.
+fn row(run: &Path, stage: Stage, depth: usize, problems: &mut Vec<String>) -> Result<Option<DepthRow>> {
+    let dir = stage_dir(run, stage, depth);
+    let (model, history) = (dir.join(MODEL_FILE), dir.join(HISTORY_FILE));
+    if !model.exists() || !history.exists() {
+        return Ok(None);
+    }
+    let meta = read_checkpoint_meta(&model)?;
+    let h = TrainHistory::read(&history)?;
+    let kept = h
+        .best_epoch
+        .and_then(|b| h.epochs.get(b.wrapping_sub(1)))
+        .or(h.last())
+        .with_context(|| format!("{} has no epochs", history.display()))?;
+    let eval_path = dir.join(EVAL_FILE);
+    let eval = match eval_path.exists().then(|| Evaluation::read(&eval_path)).transpose() {
+        Ok(e) => e,
+        Err(e) => {
+            problems.push(format!("{} {depth}: its evaluation is not shown: {e:#}", stage.prefix()));
+            None
+        }
+    };
+    Ok(Some(DepthRow {
+        depth,
+        train_loss: kept.train_loss,
+        train_accuracy: kept.train_accuracy,
+        val_loss: kept.val_loss,
+        val_accuracy: kept.val_accuracy,
+        eval_split: eval.as_ref().map(|e| e.split.to_string()),
+        eval_loss: eval.as_ref().map(|e| e.loss),
+        eval_accuracy: eval.as_ref().map(|e| e.accuracy),
+        eval_per_class: eval
+            .as_ref()
+            .map(|e| e.classes.iter().cloned().zip(e.per_class_accuracy.iter().copied()).collect()),
+        trainable_params: meta.trainable_params,
+        total_params: h.total_params,
+        trained: meta.trained.clone(),
+        seconds: h.seconds + eval.as_ref().map_or(0.0, |e| e.seconds),
+        epochs: h.epochs.len(),
+        host: h.host.clone(),
+    }))
 }
 
 /// Collect the run and write `report.md` (ending with the run's `notes.md`, if any),

@@ -36,6 +36,28 @@ pub(crate) fn render(s: &Summary, notes: Option<&str>) -> String {
             ("Adam", format!("lr {}, β1 {}, β2 {}, ε {:e}", t.lr, t.beta1, t.beta2, t.epsilon)),
             ("seed", t.seed.to_string()),
             ("max depth", p.greedy.max_depth.to_string()),
+            (
+                "fine-tuning",
+                p.finetune.as_ref().map_or("none".into(), |f| {
+                    format!(
+                        "{} depth(s), {} epochs, lr {}",
+                        f.depths.name(),
+                        f.epochs.unwrap_or(t.epochs),
+                        f.lr.unwrap_or(t.lr / 10.0)
+                    )
+                }),
+            ),
+            (
+                "baseline from scratch",
+                p.baseline.as_ref().map_or("none".into(), |b| {
+                    format!(
+                        "{} depth(s), {} epochs, lr {}",
+                        b.depths.name(),
+                        b.epochs.unwrap_or(t.epochs),
+                        b.lr.unwrap_or(t.lr)
+                    )
+                }),
+            ),
             ("patience", if p.greedy.patience == 0 { "none".into() } else { format!("{} depths", p.greedy.patience) }),
         ] {
             let _ = writeln!(md, "| {k} | {v} |");
@@ -114,6 +136,9 @@ pub(crate) fn render(s: &Summary, notes: Option<&str>) -> String {
         let _ =
             writeln!(md, "| {} |\n", per_class.iter().map(|(_, a)| format!("{a:.3}")).collect::<Vec<_>>().join(" | "));
     }
+    if !s.finetune.is_empty() || !s.baseline.is_empty() {
+        compare(&mut md, s, &split);
+    }
     let _ = writeln!(md, "Total time: {:.1} s over {} depths.\n", s.total_seconds, s.depths.len());
     let _ = writeln!(md, "![accuracy and loss by depth](accuracy.svg)\n");
     if tutorial {
@@ -128,4 +153,50 @@ pub(crate) fn render(s: &Summary, notes: Option<&str>) -> String {
         let _ = writeln!(md, "## Notes\n\n{}", notes.trim());
     }
     md
+}
+
+/// Greedy, greedy + fine-tuned and end to end from scratch, side by side by depth, and the
+/// run's best model (chosen on validation accuracy among all of them).
+fn compare(md: &mut String, s: &Summary, split: &str) {
+    let _ = writeln!(md, "## Greedy, fine-tuned, and trained from scratch\n");
+    let _ = writeln!(
+        md,
+        "Each depth three ways: the greedy stack as the loop left it, the same stack fine-tuned end to end \
+         (`[finetune]`, the epoch with the best validation accuracy kept), and a network of the same depth \
+         trained end to end from Glorot initialization (`[baseline]`).\n"
+    );
+    let _ = writeln!(
+        md,
+        "| depth | greedy val | greedy {split} | fine-tuned val | fine-tuned {split} | from scratch val | from scratch {split} |\n| ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    );
+    let mut all: Vec<usize> = s.depths.iter().chain(&s.finetune).chain(&s.baseline).map(|r| r.depth).collect();
+    all.sort_unstable();
+    all.dedup();
+    let cell = |rows: &[crate::DepthRow], d: usize| -> (String, String) {
+        rows.iter()
+            .find(|r| r.depth == d)
+            .map_or(("–".into(), "–".into()), |r| (format!("{:.4}", r.val_accuracy), opt(r.eval_accuracy)))
+    };
+    for d in all {
+        let (gv, gt) = cell(&s.depths, d);
+        let (fv, ft) = cell(&s.finetune, d);
+        let (bv, bt) = cell(&s.baseline, d);
+        let _ = writeln!(md, "| {d} | {gv} | {gt} | {fv} | {ft} | {bv} | {bt} |");
+    }
+    md.push('\n');
+    if let Some(b) = &s.best {
+        let stage = match b.stage {
+            layerwise_core::run::Stage::Greedy => "greedy",
+            layerwise_core::run::Stage::Finetune => "greedy + fine-tuned",
+            layerwise_core::run::Stage::Baseline => "end to end from scratch",
+        };
+        let _ = writeln!(
+            md,
+            "**Best model of the run: {stage}, depth {}**, by validation accuracy ({:.4}) among every model above; \
+             its {split} accuracy is {}. It is chosen on validation accuracy only.\n",
+            b.depth,
+            b.val_accuracy,
+            opt(b.test_accuracy)
+        );
+    }
 }

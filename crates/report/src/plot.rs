@@ -100,6 +100,15 @@ pub(crate) fn accuracy_svg(s: &Summary) -> Result<String> {
             Series::line("validation", pts(&|r| Some(r.val_loss)), PALETTE[0]),
             Series::line(split, pts(&|r| r.eval_loss), PALETTE[1]),
         ];
+        let rows_pts = |rows: &[crate::DepthRow], f: &dyn Fn(&crate::DepthRow) -> Option<f64>| -> Vec<(f64, f64)> {
+            rows.iter().filter_map(|r| f(r).map(|v| (r.depth as f64, v))).collect()
+        };
+        for (name, rows, color) in [("fine-tuned", &s.finetune, PALETTE[2]), ("from scratch", &s.baseline, PALETTE[3])]
+        {
+            acc.push(Series::line(format!("{name} (validation)"), rows_pts(rows, &|r| Some(r.val_accuracy)), color));
+            loss.push(Series::line(format!("{name} (validation)"), rows_pts(rows, &|r| Some(r.val_loss)), color));
+        }
+        let n = n.max(s.finetune.iter().chain(&s.baseline).map(|r| r.depth).max().unwrap_or(1));
         if s.compares_with_tutorial() {
             let tut = |v: &[f64]| v.iter().take(n).enumerate().map(|(i, &a)| (i as f64 + 1.0, a)).collect();
             let grey = RGBColor(127, 127, 127);
