@@ -183,7 +183,7 @@ impl Plan {
                 &"--out",
                 &self.data,
                 &"--normalize",
-                &d.normalize,
+                &d.normalize.name(),
                 &"--val-fraction",
                 &d.val_fraction.to_string(),
                 &"--artifacts",
@@ -759,8 +759,7 @@ pub fn open_run(plan: &Plan, a: &GreedyArgs) -> Result<RunLock> {
 pub fn dataset_ready(plan: &Plan, source: Option<&Path>) -> Result<bool> {
     let d = &plan.pipeline.data;
     let limits = ((d.limit_train > 0).then_some(d.limit_train), (d.limit_test > 0).then_some(d.limit_test));
-    let normalize = layerwise_prepare::Normalize::parse(&d.normalize)?;
-    Ok(layerwise_prepare::matches_existing(&plan.data, normalize, d.val_fraction, limits, source)?.is_some())
+    Ok(layerwise_prepare::matches_existing(&plan.data, d.normalize, d.val_fraction, limits, source)?.is_some())
 }
 
 fn run_plan(plan: &Plan, a: &GreedyArgs) -> Result<GreedyOutcome> {

@@ -4,6 +4,65 @@
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
+/// How pixels become floats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Normalize {
+    /// x / 255 (the tutorial's).
+    #[default]
+    Unit,
+    /// (x / 255 - mean[c]) / std[c], statistics of the train split.
+    Standardize,
+}
+
+impl Normalize {
+    /// Lowercase name, as in pipelines, metadata and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Normalize::Unit => "unit",
+            Normalize::Standardize => "standardize",
+        }
+    }
+}
+
+impl std::fmt::Display for Normalize {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A device a user can ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceKind {
+    /// dfdx's CPU device (gemm, all cores).
+    #[default]
+    Cpu,
+    /// dfdx's CUDA device (built with the `cuda` feature).
+    Cuda,
+}
+
+impl DeviceKind {
+    /// `cpu` or `cuda`.
+    pub fn name(self) -> &'static str {
+        match self {
+            DeviceKind::Cpu => "cpu",
+            DeviceKind::Cuda => "cuda",
+        }
+    }
+}
+
+impl std::str::FromStr for DeviceKind {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "cpu" => Ok(DeviceKind::Cpu),
+            "cuda" | "gpu" => Ok(DeviceKind::Cuda),
+            _ => bail!("unknown device `{s}`: use cpu or cuda"),
+        }
+    }
+}
+
 /// What happens to the output layer when a depth is added.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Hash)]
 #[serde(rename_all = "lowercase")]

@@ -63,7 +63,7 @@ impl std::str::FromStr for Split {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Normalization {
     /// `unit` (x/255) or `standardize` ((x/255 - mean[c]) / std[c], train split statistics).
-    pub kind: String,
+    pub kind: crate::config::Normalize,
     /// Per-channel mean subtracted after /255 (zeros for `unit`).
     pub mean: Vec<f64>,
     /// Per-channel standard deviation divided by (ones for `unit`).
@@ -73,7 +73,7 @@ pub struct Normalization {
 impl Normalization {
     /// x / 255.
     pub fn unit() -> Self {
-        Self { kind: "unit".into(), mean: vec![0.0; 3], std: vec![1.0; 3] }
+        Self { kind: crate::config::Normalize::Unit, mean: vec![0.0; 3], std: vec![1.0; 3] }
     }
 }
 

@@ -13,7 +13,7 @@ use crate::dataset::Split;
 #[serde(deny_unknown_fields, default)]
 pub struct DataConfig {
     /// `unit` (x/255, the tutorial's) or `standardize` (per-channel, train statistics).
-    pub normalize: String,
+    pub normalize: crate::config::Normalize,
     /// Fraction of training images held out (the LAST ones, like Keras' `validation_split`).
     pub val_fraction: f64,
     /// Use only the first N training images (before the split); 0 = all.
@@ -24,7 +24,7 @@ pub struct DataConfig {
 
 impl Default for DataConfig {
     fn default() -> Self {
-        Self { normalize: "unit".into(), val_fraction: 0.2, limit_train: 0, limit_test: 0 }
+        Self { normalize: crate::config::Normalize::Unit, val_fraction: 0.2, limit_train: 0, limit_test: 0 }
     }
 }
 
@@ -227,9 +227,6 @@ impl Pipeline {
                 bail!("`reference` is `{r}`: the only published reference known is `keras-tutorial`");
             }
         }
-        if !matches!(self.data.normalize.as_str(), "unit" | "standardize") {
-            bail!("`data.normalize` is `{}`: use `unit` or `standardize`", self.data.normalize);
-        }
         let f = self.data.val_fraction;
         if !(f > 0.0 && f < 1.0) {
             bail!("`data.val_fraction` is {f}: it must be strictly between 0 and 1");
@@ -278,7 +275,7 @@ mod tests {
             ("name='x'\n[train]\nlr = -0.1", "lr"),
             ("name='x'\n[data]\nval_fraction = 1.0", "data.val_fraction"),
             ("name='x'\n[data]\nval_fraction = 0", "data.val_fraction"),
-            ("name='x'\n[data]\nnormalize = 'zscore'", "data.normalize"),
+            ("name='x'\n[data]\nnormalize = 'zscore'", "normalize"),
             ("name='x'\n[greedy]\nmax_depth = 0", "greedy.max_depth"),
             ("name='x'\n[train]\nhead = 'thawed'", "head"),
             ("name='x'\n[train]\nlearning_rate = 0.1", "learning_rate"),

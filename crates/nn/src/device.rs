@@ -1,37 +1,7 @@
 //! Choosing the compute device at run time. The training and evaluation code is generic
 //! over the dfdx device; this module names the devices and builds them.
 
-use anyhow::{bail, Result};
-
-/// A device a user can ask for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DeviceKind {
-    /// dfdx's CPU device (gemm, all cores).
-    Cpu,
-    /// dfdx's CUDA device (built with the `cuda` feature).
-    Cuda,
-}
-
-impl DeviceKind {
-    /// `cpu` or `cuda`.
-    pub fn name(self) -> &'static str {
-        match self {
-            DeviceKind::Cpu => "cpu",
-            DeviceKind::Cuda => "cuda",
-        }
-    }
-}
-
-impl std::str::FromStr for DeviceKind {
-    type Err = anyhow::Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "cpu" => Ok(DeviceKind::Cpu),
-            "cuda" | "gpu" => Ok(DeviceKind::Cuda),
-            _ => bail!("unknown device `{s}`: use cpu or cuda"),
-        }
-    }
-}
+pub use layerwise_core::config::DeviceKind;
 
 /// Whether this build can use CUDA.
 pub const CUDA_BUILT: bool = cfg!(feature = "cuda");
@@ -52,7 +22,7 @@ pub fn cpu(seed: u64) -> dfdx::tensor::Cpu {
 
 /// The first CUDA device, seeded.
 #[cfg(feature = "cuda")]
-pub fn cuda(seed: u64) -> Result<dfdx::tensor::Cuda> {
+pub fn cuda(seed: u64) -> anyhow::Result<dfdx::tensor::Cuda> {
     dfdx::tensor::Cuda::try_seed_from_u64(seed).map_err(|e| anyhow::anyhow!("cannot open CUDA device 0: {e:?}"))
 }
 

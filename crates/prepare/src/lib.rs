@@ -21,32 +21,7 @@ use anyhow::{bail, Result};
 use layerwise_core::dataset::{write_dataset, DatasetMeta, Normalization, SplitData};
 use std::path::{Path, PathBuf};
 
-/// How pixels become floats.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Normalize {
-    /// x / 255 (the tutorial's).
-    Unit,
-    /// (x / 255 - mean[c]) / std[c], statistics of the train split.
-    Standardize,
-}
-
-impl Normalize {
-    /// Name as in pipelines.
-    pub fn name(self) -> &'static str {
-        match self {
-            Normalize::Unit => "unit",
-            Normalize::Standardize => "standardize",
-        }
-    }
-    /// Parse a pipeline's `data.normalize`.
-    pub fn parse(s: &str) -> Result<Self> {
-        match s {
-            "unit" => Ok(Normalize::Unit),
-            "standardize" => Ok(Normalize::Standardize),
-            _ => bail!("unknown normalization `{s}`: use unit or standardize"),
-        }
-    }
-}
+pub use layerwise_core::config::Normalize;
 
 /// What to prepare.
 #[derive(Debug, Clone)]
@@ -167,7 +142,7 @@ fn normalization(kind: Normalize, train: &[u8]) -> Normalization {
             let count = (train.len() / 3).max(1) as f64;
             let mean: Vec<f64> = sum.iter().map(|s| s / count).collect();
             let std: Vec<f64> = (0..3).map(|c| (sq[c] / count - mean[c] * mean[c]).max(1e-12).sqrt()).collect();
-            Normalization { kind: "standardize".into(), mean, std }
+            Normalization { kind: Normalize::Standardize, mean, std }
         }
     }
 }
@@ -175,7 +150,7 @@ fn normalization(kind: Normalize, train: &[u8]) -> Normalization {
 /// Bytes to normalized floats, CHW order kept.
 fn normalize(images: &[u8], norm: &Normalization) -> Vec<f32> {
     let plane = source::IMAGE_BYTES / 3;
-    if norm.kind == "unit" {
+    if norm.kind == Normalize::Unit {
         return images.iter().map(|&b| b as f32 / 255.0).collect();
     }
     let mut out = Vec::with_capacity(images.len());
@@ -201,7 +176,7 @@ pub fn matches_existing(
     let Ok(ds) = layerwise_core::dataset::Dataset::open(out) else { return Ok(None) };
     let m = ds.meta;
     let n = m.split_sizes.train + m.split_sizes.val;
-    let settings = m.normalization.kind == normalize.name()
+    let settings = m.normalization.kind == normalize
         && m.val_fraction == val_fraction
         && limits.0.is_none_or(|l| l == n)
         && limits.1.is_none_or(|l| l == m.split_sizes.test);

@@ -19,7 +19,7 @@ pub(crate) fn render(s: &Summary, notes: Option<&str>) -> String {
         let _ = writeln!(md, "## Settings\n");
         let _ = writeln!(md, "| setting | value |\n| --- | --- |");
         for (k, v) in [
-            ("normalization", p.data.normalize.clone()),
+            ("normalization", p.data.normalize.name().to_string()),
             ("validation fraction", format!("{} (the last images of the training set)", p.data.val_fraction)),
             (
                 "images",
