@@ -138,6 +138,71 @@ impl std::str::FromStr for Regime {
     }
 }
 
+/// How the learning rate moves over a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LrSchedule {
+    /// The same rate throughout (Keras' default).
+    #[default]
+    Constant,
+    /// Cosine decay from the rate to zero over the run (after the warm-up).
+    Cosine,
+}
+
+impl LrSchedule {
+    /// Lowercase name.
+    pub fn name(self) -> &'static str {
+        match self {
+            LrSchedule::Constant => "constant",
+            LrSchedule::Cosine => "cosine",
+        }
+    }
+}
+
+impl std::str::FromStr for LrSchedule {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "constant" => Ok(LrSchedule::Constant),
+            "cosine" => Ok(LrSchedule::Cosine),
+            _ => bail!("unknown lr_schedule `{s}`: use constant or cosine"),
+        }
+    }
+}
+
+/// On-the-fly data augmentation of training images.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Augment {
+    /// The images as they are.
+    #[default]
+    None,
+    /// A random horizontal flip and a random 32×32 crop of the image zero-padded by 4
+    /// pixels, drawn per image, seeded per epoch and batch.
+    FlipCrop,
+}
+
+impl Augment {
+    /// Its name: `none` or `flip-crop`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Augment::None => "none",
+            Augment::FlipCrop => "flip-crop",
+        }
+    }
+}
+
+impl std::str::FromStr for Augment {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "none" => Ok(Augment::None),
+            "flip-crop" => Ok(Augment::FlipCrop),
+            _ => bail!("unknown augment `{s}`: use none or flip-crop"),
+        }
+    }
+}
+
 /// The settings of one depth's training run (Keras' defaults unless told otherwise).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -160,6 +225,32 @@ pub struct TrainConfig {
     pub seed: u64,
     /// Output-layer policy from depth 2 on.
     pub head: HeadMode,
+    /// One width per depth (depth d uses `widths[d-1]`); empty: `width` at every depth.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub widths: Vec<usize>,
+    /// Dropout rate on the trainable hidden layers' activations while training, in [0, 1).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub dropout: f64,
+    /// Decoupled weight decay (AdamW): each step, weights shrink by lr × weight_decay.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub weight_decay: f64,
+    /// `constant` or `cosine`.
+    #[serde(skip_serializing_if = "is_default")]
+    pub lr_schedule: LrSchedule,
+    /// Epochs of linear warm-up from 0 to `lr` before the schedule.
+    #[serde(skip_serializing_if = "is_default")]
+    pub warmup_epochs: usize,
+    /// `none` or `flip-crop`.
+    #[serde(skip_serializing_if = "is_default")]
+    pub augment: Augment,
+}
+
+fn is_zero(v: &f64) -> bool {
+    *v == 0.0
+}
+
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
 }
 
 impl Default for TrainConfig {
@@ -174,6 +265,12 @@ impl Default for TrainConfig {
             epsilon: 1e-7,
             seed: 0,
             head: HeadMode::Frozen,
+            widths: Vec::new(),
+            dropout: 0.0,
+            weight_decay: 0.0,
+            lr_schedule: LrSchedule::Constant,
+            warmup_epochs: 0,
+            augment: Augment::None,
         }
     }
 }
@@ -181,8 +278,12 @@ impl Default for TrainConfig {
 impl TrainConfig {
     /// Reject values that cannot train, naming the key.
     pub fn validate(&self) -> Result<()> {
-        let checks: [(&str, bool, &str); 7] = [
+        let checks: [(&str, bool, &str); 11] = [
             ("width", self.width >= 1, "must be at least 1"),
+            ("widths", self.widths.iter().all(|&w| w >= 1), "every width must be at least 1"),
+            ("dropout", (0.0..1.0).contains(&self.dropout), "must be in [0, 1)"),
+            ("weight_decay", self.weight_decay.is_finite() && self.weight_decay >= 0.0, "must be 0 or positive"),
+            ("warmup_epochs", self.warmup_epochs < self.epochs, "must be fewer than `epochs`"),
             ("epochs", self.epochs >= 1, "must be at least 1"),
             ("batch_size", self.batch_size >= 1, "must be at least 1"),
             ("lr", self.lr.is_finite() && self.lr > 0.0, "must be a positive number"),
@@ -200,5 +301,50 @@ impl TrainConfig {
             }
         }
         Ok(())
+    }
+
+    /// The width of depth `depth` (1-based): `widths[depth-1]`, else `width`.
+    pub fn width_at(&self, depth: usize) -> usize {
+        self.widths.get(depth.wrapping_sub(1)).copied().unwrap_or(self.width)
+    }
+
+    /// The learning rate of step `step` (0-based) of `total` steps, `per_epoch` a epoch:
+    /// linear warm-up over `warmup_epochs`, then the schedule.
+    pub fn lr_at(&self, step: usize, total: usize, per_epoch: usize) -> f64 {
+        let warmup = self.warmup_epochs * per_epoch;
+        if step < warmup {
+            return self.lr * (step + 1) as f64 / warmup as f64;
+        }
+        match self.lr_schedule {
+            LrSchedule::Constant => self.lr,
+            LrSchedule::Cosine => {
+                let span = total.saturating_sub(warmup).max(1) as f64;
+                let progress = (step - warmup) as f64 / span;
+                self.lr * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn warmup_then_cosine() {
+        let c = TrainConfig {
+            lr: 1.0,
+            epochs: 3,
+            warmup_epochs: 1,
+            lr_schedule: LrSchedule::Cosine,
+            ..TrainConfig::default()
+        };
+        let lrs: Vec<f64> = (0..6).map(|s| c.lr_at(s, 6, 2)).collect();
+        assert_eq!(&lrs[..2], [0.5, 1.0], "linear warm-up over the first epoch");
+        assert!((lrs[2] - 1.0).abs() < 1e-12 && lrs[3] < 1.0 && lrs[5] < lrs[4] && lrs[5] > 0.0, "{lrs:?}");
+        let flat = TrainConfig { lr: 0.1, ..TrainConfig::default() };
+        assert_eq!(flat.lr_at(123, 1000, 10), 0.1);
+        assert_eq!(TrainConfig { widths: vec![8, 4], ..TrainConfig::default() }.width_at(2), 4);
+        assert_eq!(TrainConfig { widths: vec![8, 4], ..TrainConfig::default() }.width_at(3), 256);
     }
 }

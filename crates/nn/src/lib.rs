@@ -106,20 +106,29 @@ pub struct BatchGrads<D: Backend> {
 ///
 /// The first trainable layer's pre-activation is computed without a tape and traced from
 /// there: its weight gradient is then one product, `gzᵀ·x`, and no gradient is ever
-/// computed for the input. Every later trainable layer is traced as usual.
+/// computed for the input. Every later trainable layer is traced as usual. `dropout`, when
+/// not empty, holds one mask per trainable layer (0, or 1/(1-p) for kept units) that
+/// multiplies its activations.
 pub fn batch_gradients<D: Backend>(
     trainable: &[Layer<D>],
     head: &Layer<D>,
     head_trains: bool,
     x: Matrix<D>,
     y: Matrix<D>,
+    dropout: &[Matrix<D>],
 ) -> Result<BatchGrads<D>> {
     let (first, rest) = trainable.split_first().ok_or_else(|| anyhow!("internal: no trainable hidden layer"))?;
     let z = first.apply(x.clone());
     let zt = z.clone().traced(Gradients::leaky());
     let mut h = zt.relu();
-    for l in rest {
+    if let Some(mask) = dropout.first() {
+        h = h * mask.clone();
+    }
+    for (i, l) in rest.iter().enumerate() {
         h = l.apply_traced(h, true).relu();
+        if let Some(mask) = dropout.get(i + 1) {
+            h = h * mask.clone();
+        }
     }
     let logits = head.apply_traced(h, head_trains);
     let (logits, tape) = logits.split_tape();
@@ -136,6 +145,53 @@ pub fn batch_gradients<D: Backend>(
     }
     let head = head_trains.then(|| (grads.get(&head.weight), grads.get(&head.bias)));
     Ok(BatchGrads { loss: loss_value, logits: host_logits, layers, head })
+}
+
+/// Inverted-dropout masks for activations of `rows × widths[i]`: each unit kept with
+/// probability `1 - rate` and scaled by `1 / (1 - rate)`, drawn from `seed` alone (so a
+/// resumed run draws the same masks).
+pub fn dropout_masks<D: Backend>(dev: &D, rows: usize, widths: &[usize], rate: f64, seed: u64) -> Vec<Matrix<D>> {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let keep = 1.0 / (1.0 - rate) as f32;
+    widths
+        .iter()
+        .map(|&w| {
+            let m: Vec<f32> = (0..rows * w).map(|_| if rng.gen::<f64>() < rate { 0.0 } else { keep }).collect();
+            dev.tensor_from_vec(m, (rows, w))
+        })
+        .collect()
+}
+
+/// Random horizontal flip and random 32×32 crop of the image zero-padded by `pad` pixels,
+/// per image, in place: `images` holds `[n, channels·height·width]` rows (CHW).
+pub fn flip_crop(images: &mut [f32], shape: [usize; 3], pad: usize, seed: u64) {
+    let [c, h, w] = shape;
+    let size = c * h * w;
+    if size == 0 {
+        return;
+    }
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let mut out = vec![0f32; size];
+    for img in images.chunks_exact_mut(size) {
+        let flip = rng.gen_bool(0.5);
+        let dy = rng.gen_range(0..=2 * pad) as isize - pad as isize;
+        let dx = rng.gen_range(0..=2 * pad) as isize - pad as isize;
+        for ch in 0..c {
+            for y in 0..h {
+                let sy = y as isize + dy;
+                for x in 0..w {
+                    let xx = if flip { w - 1 - x } else { x };
+                    let sx = xx as isize + dx;
+                    out[ch * h * w + y * w + x] = if sy >= 0 && sy < h as isize && sx >= 0 && sx < w as isize {
+                        img[ch * h * w + sy as usize * w + sx as usize]
+                    } else {
+                        0.0
+                    };
+                }
+            }
+        }
+        img.copy_from_slice(&out);
+    }
 }
 
 /// A new layer, Glorot-uniform weights (limit √(6/(in+out)), as Keras) and zero biases.
@@ -259,6 +315,11 @@ impl<D: Backend> Adam<D> {
         self.restored = moments;
     }
 
+    /// Set the learning rate of the next steps (a schedule).
+    pub fn set_lr(&mut self, lr: f64) {
+        self.lr = lr;
+    }
+
     /// Use the device path even on the CPU (to test that both paths agree).
     pub fn force_device_path(mut self) -> Self {
         self.host_path = false;
@@ -279,6 +340,19 @@ impl<D: Backend> Adam<D> {
         param: &mut Tensor<S, f32, D>,
         grad: &Tensor<S, f32, D>,
     ) -> Result<()> {
+        self.update_decayed(name, param, grad, 0.0)
+    }
+
+    /// [`Adam::update`] with decoupled weight decay (AdamW, as Keras): the tensor first
+    /// shrinks by `lr × weight_decay`, then takes the Adam step.
+    pub fn update_decayed<S: Shape>(
+        &mut self,
+        name: &str,
+        param: &mut Tensor<S, f32, D>,
+        grad: &Tensor<S, f32, D>,
+        weight_decay: f64,
+    ) -> Result<()> {
+        let shrink = (self.lr * weight_decay) as f32;
         let slot = match self.names.iter().position(|n| n == name) {
             Some(i) => i,
             None => {
@@ -312,6 +386,9 @@ impl<D: Backend> Adam<D> {
                 let (b1, b2, alpha, eps) = (b1 as f32, b2 as f32, alpha as f32, self.eps as f32);
                 let step = |p: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32]| {
                     for (((p, m), v), &g) in p.iter_mut().zip(m.iter_mut()).zip(v.iter_mut()).zip(g) {
+                        if shrink != 0.0 {
+                            *p -= shrink * *p;
+                        }
                         *m = b1 * *m + (1.0 - b1) * g;
                         *v = b2 * *v + (1.0 - b2) * g * g;
                         *p -= alpha * *m / (v.sqrt() + eps);
@@ -332,6 +409,9 @@ impl<D: Backend> Adam<D> {
                 param.copy_from(p);
             }
             Some(Slot::Device { m, v }) => {
+                if shrink != 0.0 {
+                    param.try_axpy(1.0 - shrink, &param.clone(), 0.0).map_err(failed)?;
+                }
                 let g = grad.clone().reshape_like(&(n,));
                 m.try_axpy(b1, &g, 1.0 - b1).map_err(failed)?;
                 v.try_axpy(b2, &g.square(), 1.0 - b2).map_err(failed)?;

@@ -36,7 +36,7 @@ fn batch_gradients_match_autograd_and_a_doubled_gradient_does_not() {
             }
             let xb: Matrix<_> = dev.tensor_from_vec(x.clone(), (rows, inputs));
             let yb: Matrix<_> = dev.tensor_from_vec(y.clone(), (rows, classes));
-            let got = batch_gradients(&layers, &head, head_trains, xb.clone(), yb.clone()).unwrap();
+            let got = batch_gradients(&layers, &head, head_trains, xb.clone(), yb.clone(), &[]).unwrap();
 
             // Reference: every parameter traced, plain autograd.
             let mut h = xb.traced(Gradients::leaky());
@@ -64,4 +64,24 @@ fn batch_gradients_match_autograd_and_a_doubled_gradient_does_not() {
             }
         }
     }
+}
+
+#[test]
+fn flip_crop_flips_and_shifts_with_zero_fill() {
+    // One 1×2×3 image: rows [1 2 3] [4 5 6].
+    let img = vec![1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0];
+    let mut seen = std::collections::BTreeSet::new();
+    for seed in 0..200 {
+        let mut x = img.clone();
+        layerwise_nn::flip_crop(&mut x, [1, 2, 3], 1, seed);
+        let ints: Vec<i32> = x.iter().map(|v| *v as i32).collect();
+        // Every output is a shifted (and maybe mirrored) copy: its non-zero values keep
+        // their row neighbours, in order or reversed.
+        seen.insert(ints);
+    }
+    assert!(seen.contains(&vec![1, 2, 3, 4, 5, 6]), "identity");
+    assert!(seen.contains(&vec![3, 2, 1, 6, 5, 4]), "mirror");
+    assert!(seen.contains(&vec![0, 1, 2, 0, 4, 5]), "shift right, zero-filled");
+    assert!(seen.contains(&vec![4, 5, 6, 0, 0, 0]), "shift up");
+    assert!(seen.len() <= 18, "2 flips × 9 shifts at most: {}", seen.len());
 }

@@ -4,7 +4,7 @@
 use crate::{train, Progress, TrainOptions};
 use anyhow::Result;
 use clap::Parser;
-use layerwise_core::config::{HeadMode, Regime, TrainConfig};
+use layerwise_core::config::{Augment, HeadMode, LrSchedule, Regime, TrainConfig};
 use layerwise_core::pipeline::Pipeline;
 use layerwise_nn::device::DeviceKind;
 use std::path::PathBuf;
@@ -42,9 +42,28 @@ pub struct Args {
     /// Seed for initialization and shuffling.
     #[arg(long)]
     seed: Option<u64>,
-    /// Width of the new hidden layer.
+    /// Width of the new hidden layer (every layer of a scratch network); overrides the
+    /// pipeline's `widths`.
     #[arg(long)]
     width: Option<usize>,
+    /// One width per depth, e.g. 1024,1024,512 (depth d uses the d-th).
+    #[arg(long, value_delimiter = ',')]
+    widths: Option<Vec<usize>>,
+    /// Dropout rate on the trainable hidden layers' activations, in [0, 1).
+    #[arg(long)]
+    dropout: Option<f64>,
+    /// Decoupled weight decay (AdamW).
+    #[arg(long)]
+    weight_decay: Option<f64>,
+    /// constant or cosine.
+    #[arg(long)]
+    lr_schedule: Option<LrSchedule>,
+    /// Epochs of linear learning-rate warm-up.
+    #[arg(long)]
+    warmup_epochs: Option<usize>,
+    /// none or flip-crop (random horizontal flip, random crop of the 4-pixel padded image).
+    #[arg(long)]
+    augment: Option<Augment>,
     /// Output layer from depth 2 on: frozen (tutorial code), retrain (tutorial prose), fresh.
     #[arg(long)]
     head: Option<HeadMode>,
@@ -78,7 +97,24 @@ fn config(a: &Args) -> Result<TrainConfig> {
     if a.regime == Regime::Finetune && a.lr.is_none() {
         c.lr /= 10.0;
     }
-    set!(epochs, batch_size, lr, epsilon, seed, width, head);
+    if a.width.is_some() {
+        c.widths.clear();
+    }
+    set!(
+        epochs,
+        batch_size,
+        lr,
+        epsilon,
+        seed,
+        width,
+        head,
+        widths,
+        dropout,
+        weight_decay,
+        lr_schedule,
+        warmup_epochs,
+        augment
+    );
     c.validate()?;
     Ok(c)
 }

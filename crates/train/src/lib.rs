@@ -23,7 +23,7 @@ use dfdx::prelude::*;
 use layerwise_core::checkpoint::{
     checkpoint_bytes, hidden_name, load_checkpoint, CheckpointMeta, Dense, Mlp, CHECKPOINT_VERSION,
 };
-use layerwise_core::config::{HeadMode, Regime, TrainConfig};
+use layerwise_core::config::{Augment, HeadMode, Regime, TrainConfig};
 use layerwise_core::dataset::{Dataset, Split};
 use layerwise_core::metrics::{EpochMetrics, TrainHistory, METRICS_VERSION, TRAIN_SCHEMA};
 use layerwise_core::{atomic, hash, mix_seed};
@@ -112,13 +112,14 @@ fn plan(opts: &TrainOptions, ds: &Dataset, parent: Option<&(Mlp, CheckpointMeta)
     }
     match (opts.regime, parent) {
         (Regime::Grow, None) => {
-            fits(1, ds.meta.input_size(), cfg.width, false)?;
+            let width = cfg.width_at(1);
+            fits(1, ds.meta.input_size(), width, false)?;
             let seed = |layer: u64| mix_seed(cfg.seed, &[1, layer]);
             Ok(Plan {
                 depth: 1,
                 prefix: Vec::new(),
-                trainable: vec![glorot_dense(ds.meta.input_size(), cfg.width, seed(0))],
-                head: glorot_dense(cfg.width, classes, seed(1)),
+                trainable: vec![glorot_dense(ds.meta.input_size(), width, seed(0))],
+                head: glorot_dense(width, classes, seed(1)),
                 head_trains: true,
             })
         }
@@ -126,16 +127,17 @@ fn plan(opts: &TrainOptions, ds: &Dataset, parent: Option<&(Mlp, CheckpointMeta)
             let depth = model.depth() + 1;
             let seed = |layer: u64| mix_seed(cfg.seed, &[depth as u64, layer]);
             let last = model.hidden.last().map_or(model.input_size(), |l| l.outputs);
-            fits(depth, last, cfg.width, true)?;
-            let new_layer = glorot_dense(last, cfg.width, seed(0));
+            let width = cfg.width_at(depth);
+            fits(depth, last, width, true)?;
+            let new_layer = glorot_dense(last, width, seed(0));
             let (head, head_trains) = match cfg.head {
-                HeadMode::Fresh => (glorot_dense(cfg.width, classes, seed(1)), true),
+                HeadMode::Fresh => (glorot_dense(width, classes, seed(1)), true),
                 mode => {
-                    if model.head.inputs != cfg.width {
+                    if model.head.inputs != width {
                         bail!(
                             "head mode `{}` keeps the depth-{} output layer, which takes {} inputs, but the new layer is {} wide: \
                              use --width {} or --head fresh",
-                            mode.name(), meta.depth, model.head.inputs, cfg.width, model.head.inputs
+                            mode.name(), meta.depth, model.head.inputs, width, model.head.inputs
                         );
                     }
                     (model.head.clone(), mode == HeadMode::Retrain)
@@ -165,18 +167,22 @@ fn plan(opts: &TrainOptions, ds: &Dataset, parent: Option<&(Mlp, CheckpointMeta)
                 bail!("--depth must be at least 1");
             }
             let seed = |layer: u64| mix_seed(cfg.seed, &[depth as u64, 100 + layer]);
-            fits(depth, ds.meta.input_size(), cfg.width, false)?;
+            let mut inputs = ds.meta.input_size();
+            for i in 0..depth {
+                fits(depth, inputs, cfg.width_at(i + 1), false)?;
+                inputs = cfg.width_at(i + 1);
+            }
             let mut inputs = ds.meta.input_size();
             let mut trainable = Vec::with_capacity(depth);
             for i in 0..depth {
-                trainable.push(glorot_dense(inputs, cfg.width, seed(i as u64)));
-                inputs = cfg.width;
+                trainable.push(glorot_dense(inputs, cfg.width_at(i + 1), seed(i as u64)));
+                inputs = cfg.width_at(i + 1);
             }
             Ok(Plan {
                 depth,
                 prefix: Vec::new(),
                 trainable,
-                head: glorot_dense(cfg.width, classes, seed(99)),
+                head: glorot_dense(cfg.width_at(depth), classes, seed(99)),
                 head_trains: true,
             })
         }
@@ -336,9 +342,25 @@ impl Run<'_> {
         let t0 = Instant::now();
         let prefix: Vec<Layer<D>> = plan.prefix.iter().map(|l| Layer::from_dense(l, dev)).collect();
         let mut prefix_rows = 0;
-        let (x_train, y_train) = self.features(dev, &prefix, Split::Train, &mut prefix_rows)?;
+        // Augmented images change every batch: the frozen layers' outputs cannot be cached,
+        // so they are recomputed per batch from the augmented images.
+        let augment = cfg.augment == Augment::FlipCrop;
+        let (x_train, y_train) = if augment {
+            let view = self.ds.split(Split::Train)?;
+            if !prefix.is_empty() {
+                layerwise_core::progress::println(&format!(
+                    "depth {}: augmentation ({}) is on: the frozen layers' outputs are recomputed for every batch",
+                    self.depth,
+                    cfg.augment.name()
+                ));
+            }
+            (view.images, view.labels.to_vec())
+        } else {
+            self.features(dev, &prefix, Split::Train, &mut prefix_rows)?
+        };
         let (x_val, y_val) = self.features(dev, &prefix, Split::Val, &mut prefix_rows)?;
-        drop(prefix);
+        let prefix = if augment { prefix } else { Vec::new() };
+        let image_shape = self.ds.meta.image_shape;
         let prefix_seconds = t0.elapsed().as_secs_f64();
         let n = y_train.len();
         if n == 0 {
@@ -419,9 +441,25 @@ impl Run<'_> {
                     rows.extend_from_slice(&x_train[i * dim..(i + 1) * dim]);
                     onehot[j * classes + y_train[i] as usize] = 1.0;
                 }
-                let xb: Matrix<D> = dev.tensor_from_vec(rows, (chunk.len(), dim));
+                let batch_seed =
+                    |purpose: u64| mix_seed(cfg.seed, &[self.depth as u64, stream + epoch as u64, purpose, b as u64]);
+                if augment {
+                    layerwise_nn::flip_crop(&mut rows, image_shape, 4, batch_seed(1));
+                }
+                let mut xb: Matrix<D> = dev.tensor_from_vec(rows, (chunk.len(), dim));
+                for l in &prefix {
+                    xb = l.apply(xb).relu();
+                    prefix_rows += chunk.len();
+                }
                 let yb: Matrix<D> = dev.tensor_from_vec(onehot, (chunk.len(), classes));
-                let g = layerwise_nn::batch_gradients(&layers, &head, plan.head_trains, xb, yb)?;
+                let masks = if cfg.dropout > 0.0 {
+                    let widths: Vec<usize> = layers.iter().map(Layer::outputs).collect();
+                    layerwise_nn::dropout_masks(dev, chunk.len(), &widths, cfg.dropout, batch_seed(2))
+                } else {
+                    Vec::new()
+                };
+                adam.set_lr(cfg.lr_at((epoch - 1) * batches + b, cfg.epochs * batches, batches));
+                let g = layerwise_nn::batch_gradients(&layers, &head, plan.head_trains, xb, yb, &masks)?;
                 let batch_labels: Vec<u8> = chunk.iter().map(|&i| y_train[i]).collect();
                 sums.add(&g.logits, &batch_labels);
                 if !g.loss.is_finite() {
@@ -434,12 +472,13 @@ impl Run<'_> {
                     );
                 }
                 adam.tick();
+                // Decoupled weight decay shrinks weights, never biases.
                 for ((layer, (gw, gb)), [wn, bn]) in layers.iter_mut().zip(&g.layers).zip(&names) {
-                    adam.update(wn, &mut layer.weight, gw)?;
+                    adam.update_decayed(wn, &mut layer.weight, gw, cfg.weight_decay)?;
                     adam.update(bn, &mut layer.bias, gb)?;
                 }
                 if let Some((gw, gb)) = &g.head {
-                    adam.update(&head_names[0], &mut head.weight, gw)?;
+                    adam.update_decayed(&head_names[0], &mut head.weight, gw, cfg.weight_decay)?;
                     adam.update(&head_names[1], &mut head.bias, gb)?;
                 }
                 bar.batch(b + 1, sums.loss(), sums.accuracy());

@@ -382,3 +382,50 @@ fn scratch_trains_a_fresh_network_end_to_end() {
     assert!(err(with_regime(&f, Some(&s.checkpoint), "x", config(), Regime::Scratch, Some(2))).contains("drop --from"));
     assert!(err(with_regime(&f, None, "x", config(), Regime::Grow, Some(2))).contains("--depth"));
 }
+
+#[test]
+fn dropout_augmentation_schedule_and_decay_are_reproducible() {
+    use layerwise_core::config::{Augment, LrSchedule};
+    let f = fixture();
+    let recipe = TrainConfig {
+        dropout: 0.2,
+        weight_decay: 0.05,
+        lr_schedule: LrSchedule::Cosine,
+        warmup_epochs: 1,
+        augment: Augment::FlipCrop,
+        ..config()
+    };
+    let a = f.run(None, "a", recipe.clone()).unwrap();
+    let b = f.run(None, "b", recipe.clone()).unwrap();
+    let bytes = |o: &TrainOutcome| std::fs::read(&o.checkpoint).unwrap();
+    assert!(bytes(&a) == bytes(&b), "same seed, same bytes");
+    let plain = f.run(None, "plain", config()).unwrap();
+    assert!(bytes(&a) != bytes(&plain), "the recipe changes the training");
+    // Depth 2 with augmentation recomputes the frozen layer per batch, reproducibly.
+    let d2 =
+        |out: &str| f.run(Some(&a.checkpoint), out, TrainConfig { head: HeadMode::Retrain, ..recipe.clone() }).unwrap();
+    let (x, y) = (d2("a2"), d2("b2"));
+    assert!(bytes(&x) == bytes(&y));
+    assert!(x.prefix_rows > 600, "the frozen layer ran per batch: {}", x.prefix_rows);
+    // Bad values name their key.
+    for (cfg, key) in [
+        (TrainConfig { dropout: 1.0, ..config() }, "dropout"),
+        (TrainConfig { warmup_epochs: 3, ..config() }, "warmup_epochs"),
+        (TrainConfig { weight_decay: -1.0, ..config() }, "weight_decay"),
+        (TrainConfig { widths: vec![8, 0], ..config() }, "widths"),
+    ] {
+        let err = format!("{:#}", f.run(None, "bad", cfg).unwrap_err());
+        assert!(err.contains(key), "{err}");
+    }
+}
+
+#[test]
+fn widths_set_each_depth() {
+    let f = fixture();
+    let cfg = TrainConfig { widths: vec![24, 12], head: HeadMode::Fresh, ..config() };
+    let d1 = f.run(None, "d1", cfg.clone()).unwrap();
+    let d2 = f.run(Some(&d1.checkpoint), "d2", cfg.clone()).unwrap();
+    assert_eq!(d2.meta.widths, [24, 12]);
+    let s = with_regime(&f, None, "s", cfg, Regime::Scratch, Some(2)).unwrap();
+    assert_eq!(s.meta.widths, [24, 12]);
+}
