@@ -92,13 +92,15 @@ pub(crate) fn accuracy_svg(s: &Summary) -> Result<String> {
         let split = s.depths.iter().find_map(|r| r.eval_split.clone()).unwrap_or_else(|| "test".into());
         // The x-axis runs to the deepest depth (a run continued with --from starts above 1).
         let n = s.depths.iter().map(|r| r.depth).max().unwrap_or(1);
+        // With fine-tuned or baseline models beside them, the greedy lines say so.
+        let g = if s.finetune.is_empty() && s.baseline.is_empty() { "" } else { "greedy " };
         let mut acc: Vec<Series> = vec![
-            Series::line("validation", pts(&|r| Some(r.val_accuracy)), PALETTE[0]),
-            Series::line(split.clone(), pts(&|r| r.eval_accuracy), PALETTE[1]),
+            Series::line(format!("{g}validation"), pts(&|r| Some(r.val_accuracy)), PALETTE[0]),
+            Series::line(format!("{g}{split}"), pts(&|r| r.eval_accuracy), PALETTE[1]),
         ];
         let mut loss: Vec<Series> = vec![
-            Series::line("validation", pts(&|r| Some(r.val_loss)), PALETTE[0]),
-            Series::line(split, pts(&|r| r.eval_loss), PALETTE[1]),
+            Series::line(format!("{g}validation"), pts(&|r| Some(r.val_loss)), PALETTE[0]),
+            Series::line(format!("{g}{split}"), pts(&|r| r.eval_loss), PALETTE[1]),
         ];
         let rows_pts = |rows: &[crate::DepthRow], f: &dyn Fn(&crate::DepthRow) -> Option<f64>| -> Vec<(f64, f64)> {
             rows.iter().filter_map(|r| f(r).map(|v| (r.depth as f64, v))).collect()
