@@ -17,7 +17,8 @@ pub mod sweep;
 
 use anyhow::{Context, Result};
 use layerwise_core::checkpoint::read_checkpoint_meta;
-use layerwise_core::metrics::{best_by_validation, Evaluation, TrainHistory};
+pub(crate) use layerwise_core::metrics::best_by_validation;
+use layerwise_core::metrics::{Evaluation, TrainHistory};
 use layerwise_core::pipeline::Pipeline;
 use serde::Serialize;
 use std::path::Path;

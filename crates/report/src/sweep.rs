@@ -2,8 +2,9 @@
 //! deviation, minimum and maximum of validation and evaluation accuracy by depth, per
 //! pipeline and stage; how often each depth was chosen as best; a plot with a band.
 
-use crate::{collect, Summary, TUTORIAL_TEST_ACCURACY};
+use crate::{collect, DepthRow, Summary, TUTORIAL_TEST_ACCURACY};
 use anyhow::{bail, Context, Result};
+use layerwise_core::run::Stage;
 use layerwise_core::run::PIPELINE_FILE;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -107,7 +108,7 @@ pub struct RunRow {
 pub struct Group {
     /// Pipeline name.
     pub pipeline: String,
-    /// Stage: `greedy` (the greedy loop's depths).
+    /// Stage: `greedy` (the loop's depths), `finetune` or `baseline`.
     pub stage: String,
     /// The pipeline's published reference (`keras-tutorial`), if any.
     pub reference: Option<String>,
@@ -192,9 +193,19 @@ pub fn collect_sweep(runs: &[PathBuf]) -> Result<SweepSummary> {
     for s in &summaries {
         groups.entry(pipeline_name(s)).or_default().push(s);
     }
-    let groups = groups
-        .into_iter()
-        .map(|(pipeline, members)| {
+    let mut out_groups = Vec::new();
+    for (pipeline, members) in groups {
+        for stage in Stage::ALL {
+            let rows_of = |s: &'_ Summary| -> Vec<DepthRow> {
+                match stage {
+                    Stage::Greedy => s.depths.clone(),
+                    Stage::Finetune => s.finetune.clone(),
+                    Stage::Baseline => s.baseline.clone(),
+                }
+            };
+            if members.iter().all(|s| rows_of(s).is_empty()) {
+                continue;
+            }
             #[derive(Default)]
             struct Acc {
                 val: Vec<f64>,
@@ -203,13 +214,20 @@ pub fn collect_sweep(runs: &[PathBuf]) -> Result<SweepSummary> {
                 chosen: usize,
             }
             let mut by_depth: BTreeMap<usize, Acc> = BTreeMap::new();
-            for s in &members {
-                for r in &s.depths {
+            // Each run's best depth of this stage, on validation accuracy.
+            let mut bests: Vec<&DepthRow> = Vec::new();
+            let rows: Vec<Vec<DepthRow>> = members.iter().map(|s| rows_of(s)).collect();
+            for run_rows in &rows {
+                let best = crate::best_by_validation(run_rows.iter().map(|r| (r.depth, r.val_accuracy))).map(|b| b.0);
+                for r in run_rows {
                     let e = by_depth.entry(r.depth).or_default();
                     e.val.push(r.val_accuracy);
                     e.eval.extend(r.eval_accuracy);
                     e.eval_loss.extend(r.eval_loss);
-                    e.chosen += usize::from(s.best_depth == Some(r.depth));
+                    e.chosen += usize::from(best == Some(r.depth));
+                    if best == Some(r.depth) {
+                        bests.push(r);
+                    }
                 }
             }
             let depths = by_depth
@@ -224,25 +242,26 @@ pub fn collect_sweep(runs: &[PathBuf]) -> Result<SweepSummary> {
                     })
                 })
                 .collect();
-            let best_val: Vec<f64> = members.iter().filter_map(|s| s.best().map(|b| b.val_accuracy)).collect();
-            let best_eval: Vec<f64> = members.iter().filter_map(|s| s.best().and_then(|b| b.eval_accuracy)).collect();
-            let eval_split = members
-                .iter()
-                .flat_map(|s| s.depths.iter())
-                .find_map(|r| r.eval_split.clone())
-                .unwrap_or_else(|| "test".into());
-            Group {
-                pipeline,
-                stage: "greedy".into(),
-                reference: members.iter().find_map(|s| s.pipeline.as_ref()?.reference.clone()),
+            let best_val: Vec<f64> = bests.iter().map(|b| b.val_accuracy).collect();
+            let best_eval: Vec<f64> = bests.iter().filter_map(|b| b.eval_accuracy).collect();
+            let eval_split = rows.iter().flatten().find_map(|r| r.eval_split.clone()).unwrap_or_else(|| "test".into());
+            out_groups.push(Group {
+                pipeline: pipeline.clone(),
+                stage: stage.name().into(),
+                reference: if stage == Stage::Greedy {
+                    members.iter().find_map(|s| s.pipeline.as_ref()?.reference.clone())
+                } else {
+                    None
+                },
                 runs: members.iter().map(|s| s.run.clone()).collect(),
                 eval_split,
                 depths,
                 best_val_accuracy: Stat::of(&best_val),
                 best_eval_accuracy: Stat::of(&best_eval),
-            }
-        })
-        .collect();
+            });
+        }
+    }
+    let groups = out_groups;
     let runs = summaries
         .iter()
         .map(|s| {
