@@ -109,19 +109,12 @@ fn flops_per_sample(new_in: usize, head_trains: bool) -> f64 {
     2.0 * (new_p + head_p) + 2.0 * new_p + if head_trains { 2.0 * head_p } else { 0.0 } + 2.0 * head_p
 }
 
-fn time_depth(
-    dir: &Path,
-    data: &Path,
-    from: Option<&Path>,
-    label: &str,
-    a: &BenchArgs,
-    new_in: usize,
-    head: HeadMode,
-) -> Result<Row> {
-    time_depth_with(dir, data, from, label, a, new_in, TrainConfig { head, ..TrainConfig::default() })
+/// The defaults with this head mode.
+fn plain(head: HeadMode) -> TrainConfig {
+    TrainConfig { head, ..TrainConfig::default() }
 }
 
-fn time_depth_with(
+fn time_depth(
     dir: &Path,
     data: &Path,
     from: Option<&Path>,
@@ -165,23 +158,23 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     eprintln!("writing a synthetic {}-image dataset...", a.train);
     let meta = layerwise_testkit::prepared_dataset(&data, a.train, VAL, 10, 1)?;
     let before = matmul_gflops(2.0);
-    let d1 = time_depth(&dir, &data, None, "depth 1", a, DIM, HeadMode::Frozen)?;
+    let d1 = time_depth(&dir, &data, None, "depth 1", a, DIM, plain(HeadMode::Frozen))?;
     let c1 = dir.join("d1.safetensors");
     random_checkpoint(&c1, 1, &meta)?;
     let c9 = dir.join("d9.safetensors");
     random_checkpoint(&c9, 9, &meta)?;
     // Depth 2 and depth 10 alternate, twice each, and keep their fastest epoch: whichever
     // runs later in the process is otherwise a few percent slower.
-    let mut d2 = time_depth(&dir, &data, Some(&c1), "depth 2", a, WIDTH, HeadMode::Frozen)?;
-    let mut d10 = time_depth(&dir, &data, Some(&c9), "depth 10", a, WIDTH, HeadMode::Frozen)?;
-    d2 = d2.faster(time_depth(&dir, &data, Some(&c1), "depth 2", a, WIDTH, HeadMode::Frozen)?);
-    d10 = d10.faster(time_depth(&dir, &data, Some(&c9), "depth 10", a, WIDTH, HeadMode::Frozen)?);
-    let d10r = time_depth(&dir, &data, Some(&c9), "depth 10 retrain", a, WIDTH, HeadMode::Retrain)?;
+    let mut d2 = time_depth(&dir, &data, Some(&c1), "depth 2", a, WIDTH, plain(HeadMode::Frozen))?;
+    let mut d10 = time_depth(&dir, &data, Some(&c9), "depth 10", a, WIDTH, plain(HeadMode::Frozen))?;
+    d2 = d2.faster(time_depth(&dir, &data, Some(&c1), "depth 2", a, WIDTH, plain(HeadMode::Frozen))?);
+    d10 = d10.faster(time_depth(&dir, &data, Some(&c9), "depth 10", a, WIDTH, plain(HeadMode::Frozen))?);
+    let d10r = time_depth(&dir, &data, Some(&c9), "depth 10 retrain", a, WIDTH, plain(HeadMode::Retrain))?;
     // What flip-crop augmentation costs: the images are transformed per batch, and the
     // frozen layers' outputs can no longer be cached (depth 10 recomputes 9 layers per batch).
     let aug = |head| TrainConfig { head, augment: Augment::FlipCrop, ..TrainConfig::default() };
-    let d1a = time_depth_with(&dir, &data, None, "depth 1 + flip-crop", a, DIM, aug(HeadMode::Frozen))?;
-    let d10a = time_depth_with(&dir, &data, Some(&c9), "depth 10 + flip-crop", a, WIDTH, aug(HeadMode::Frozen))?;
+    let d1a = time_depth(&dir, &data, None, "depth 1 + flip-crop", a, DIM, aug(HeadMode::Frozen))?;
+    let d10a = time_depth(&dir, &data, Some(&c9), "depth 10 + flip-crop", a, WIDTH, aug(HeadMode::Frozen))?;
     let after = matmul_gflops(2.0);
     let reference = (before + after) / 2.0;
     println!("layerwise bench: {} training images, batch 250, width 256, device {}", a.train, a.device.name());

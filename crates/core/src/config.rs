@@ -4,6 +4,53 @@
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
+/// An enum whose variants have one string form each: `name()`, `Display` and `FromStr`
+/// all come from one table (and a test holds serde's names to it).
+macro_rules! named_enum {
+    ($ty:ident, $what:literal, { $($variant:ident => $name:literal),+ $(,)? } $(, also { $($alias:literal => $avariant:ident),* })?) => {
+        impl $ty {
+            /// Every variant.
+            pub const VARIANTS: &'static [$ty] = &[$($ty::$variant),+];
+
+            /// Its one string form: in pipelines, metadata and on the command line.
+            pub fn name(self) -> &'static str {
+                match self {
+                    $($ty::$variant => $name),+
+                }
+            }
+        }
+
+        impl std::fmt::Display for $ty {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.name())
+            }
+        }
+
+        impl std::str::FromStr for $ty {
+            type Err = anyhow::Error;
+            fn from_str(s: &str) -> Result<Self> {
+                match s {
+                    $($name => Ok($ty::$variant),)+
+                    $($($alias => Ok($ty::$avariant),)*)?
+                    _ => {
+                        let names = [$($name),+];
+                        let (last, rest) = names.split_last().unwrap_or((&"", &[]));
+                        let choices = if rest.is_empty() { last.to_string() } else { format!("{} or {last}", rest.join(", ")) };
+                        bail!("unknown {} `{s}`: use {choices}", $what)
+                    }
+                }
+            }
+        }
+    };
+}
+
+named_enum!(Normalize, "normalization", { Unit => "unit", Standardize => "standardize" });
+named_enum!(DeviceKind, "device", { Cpu => "cpu", Cuda => "cuda" }, also { "gpu" => Cuda });
+named_enum!(HeadMode, "head mode", { Frozen => "frozen", Retrain => "retrain", Fresh => "fresh" });
+named_enum!(Regime, "regime", { Grow => "grow", Finetune => "finetune", Scratch => "scratch" });
+named_enum!(LrSchedule, "lr_schedule", { Constant => "constant", Cosine => "cosine" });
+named_enum!(Augment, "augment", { None => "none", FlipCrop => "flip-crop" });
+
 /// How pixels become floats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -13,22 +60,6 @@ pub enum Normalize {
     Unit,
     /// (x / 255 - mean[c]) / std[c], statistics of the train split.
     Standardize,
-}
-
-impl Normalize {
-    /// Lowercase name, as in pipelines, metadata and on the command line.
-    pub fn name(self) -> &'static str {
-        match self {
-            Normalize::Unit => "unit",
-            Normalize::Standardize => "standardize",
-        }
-    }
-}
-
-impl std::fmt::Display for Normalize {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
 }
 
 /// A device a user can ask for.
@@ -42,27 +73,6 @@ pub enum DeviceKind {
     Cuda,
 }
 
-impl DeviceKind {
-    /// `cpu` or `cuda`.
-    pub fn name(self) -> &'static str {
-        match self {
-            DeviceKind::Cpu => "cpu",
-            DeviceKind::Cuda => "cuda",
-        }
-    }
-}
-
-impl std::str::FromStr for DeviceKind {
-    type Err = anyhow::Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "cpu" => Ok(DeviceKind::Cpu),
-            "cuda" | "gpu" => Ok(DeviceKind::Cuda),
-            _ => bail!("unknown device `{s}`: use cpu or cuda"),
-        }
-    }
-}
-
 /// What happens to the output layer when a depth is added.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Hash)]
 #[serde(rename_all = "lowercase")]
@@ -74,29 +84,6 @@ pub enum HeadMode {
     Retrain,
     /// A newly initialized output layer trains with the new layer.
     Fresh,
-}
-
-impl HeadMode {
-    /// Lowercase name, as in pipelines and on the command line.
-    pub fn name(self) -> &'static str {
-        match self {
-            HeadMode::Frozen => "frozen",
-            HeadMode::Retrain => "retrain",
-            HeadMode::Fresh => "fresh",
-        }
-    }
-}
-
-impl std::str::FromStr for HeadMode {
-    type Err = anyhow::Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "frozen" => Ok(HeadMode::Frozen),
-            "retrain" => Ok(HeadMode::Retrain),
-            "fresh" => Ok(HeadMode::Fresh),
-            _ => bail!("unknown head mode `{s}`: use frozen, retrain or fresh"),
-        }
-    }
 }
 
 /// How a training run treats the network it is given: what grows and what trains.
@@ -115,29 +102,6 @@ pub enum Regime {
     Scratch,
 }
 
-impl Regime {
-    /// Lowercase name, as on the command line and in metadata.
-    pub fn name(self) -> &'static str {
-        match self {
-            Regime::Grow => "grow",
-            Regime::Finetune => "finetune",
-            Regime::Scratch => "scratch",
-        }
-    }
-}
-
-impl std::str::FromStr for Regime {
-    type Err = anyhow::Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "grow" => Ok(Regime::Grow),
-            "finetune" => Ok(Regime::Finetune),
-            "scratch" => Ok(Regime::Scratch),
-            _ => bail!("unknown regime `{s}`: use grow, finetune or scratch"),
-        }
-    }
-}
-
 /// How the learning rate moves over a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -147,27 +111,6 @@ pub enum LrSchedule {
     Constant,
     /// Cosine decay from the rate to zero over the run (after the warm-up).
     Cosine,
-}
-
-impl LrSchedule {
-    /// Lowercase name.
-    pub fn name(self) -> &'static str {
-        match self {
-            LrSchedule::Constant => "constant",
-            LrSchedule::Cosine => "cosine",
-        }
-    }
-}
-
-impl std::str::FromStr for LrSchedule {
-    type Err = anyhow::Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "constant" => Ok(LrSchedule::Constant),
-            "cosine" => Ok(LrSchedule::Cosine),
-            _ => bail!("unknown lr_schedule `{s}`: use constant or cosine"),
-        }
-    }
 }
 
 /// On-the-fly data augmentation of training images.
@@ -180,27 +123,6 @@ pub enum Augment {
     /// A random horizontal flip and a random 32×32 crop of the image zero-padded by 4
     /// pixels, drawn per image, seeded per epoch and batch.
     FlipCrop,
-}
-
-impl Augment {
-    /// Its name: `none` or `flip-crop`.
-    pub fn name(self) -> &'static str {
-        match self {
-            Augment::None => "none",
-            Augment::FlipCrop => "flip-crop",
-        }
-    }
-}
-
-impl std::str::FromStr for Augment {
-    type Err = anyhow::Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "none" => Ok(Augment::None),
-            "flip-crop" => Ok(Augment::FlipCrop),
-            _ => bail!("unknown augment `{s}`: use none or flip-crop"),
-        }
-    }
 }
 
 /// The settings of one depth's training run (Keras' defaults unless told otherwise).
@@ -329,6 +251,29 @@ impl TrainConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// serde's names (pipelines, metadata) are the one string form of each variant.
+    #[test]
+    fn each_enum_has_one_string_form() {
+        fn check<T: Copy + std::fmt::Display + serde::Serialize + std::str::FromStr + PartialEq + std::fmt::Debug>(
+            all: &[T],
+        ) where
+            T::Err: std::fmt::Debug,
+        {
+            for v in all {
+                assert_eq!(serde_json::to_string(v).unwrap(), format!("\"{v}\""));
+                assert_eq!(v.to_string().parse::<T>().unwrap(), *v);
+            }
+        }
+        check(Normalize::VARIANTS);
+        check(DeviceKind::VARIANTS);
+        check(HeadMode::VARIANTS);
+        check(Regime::VARIANTS);
+        check(LrSchedule::VARIANTS);
+        check(Augment::VARIANTS);
+        let err = format!("{}", "thawed".parse::<HeadMode>().unwrap_err());
+        assert_eq!(err, "unknown head mode `thawed`: use frozen, retrain or fresh");
+    }
 
     #[test]
     fn warmup_then_cosine() {
