@@ -29,7 +29,25 @@ pub(crate) fn render(s: &Summary, notes: Option<&str>) -> String {
                     format!("first {} train, {} test", p.data.limit_train, p.data.limit_test)
                 },
             ),
-            ("hidden width", t.width.to_string()),
+            (
+                "hidden width",
+                if t.widths.is_empty() {
+                    t.width.to_string()
+                } else {
+                    format!("{} by depth ({} beyond)", t.widths.iter().map(|w| w.to_string()).collect::<Vec<_>>().join(", "), t.width)
+                },
+            ),
+            (
+                "regularization and schedule",
+                format!(
+                    "dropout {}, weight decay {} (AdamW), lr schedule {}{}, augmentation {}",
+                    t.dropout,
+                    t.weight_decay,
+                    t.lr_schedule,
+                    if t.warmup_epochs > 0 { format!(" after {} warm-up epoch(s)", t.warmup_epochs) } else { String::new() },
+                    t.augment
+                ),
+            ),
             ("head from depth 2", t.head.name().to_string()),
             ("epochs per depth", t.epochs.to_string()),
             ("batch size", t.batch_size.to_string()),
