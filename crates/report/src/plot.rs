@@ -41,12 +41,14 @@ fn draw(
     let ys = series.iter().flat_map(|s| s.points.iter().map(|p| p.1).chain(s.band.iter().flat_map(|b| [b.1, b.2])));
     let (lo, hi) = ys.fold((f64::MAX, f64::MIN), |(lo, hi), y| (lo.min(y), hi.max(y)));
     let pad = ((hi - lo) * 0.1).max(0.01);
+    // Room above the data for the legend (drawn in an upper corner): a line per series.
+    let top = pad + (hi - lo + 2.0 * pad) * 0.08 * series.len() as f64;
     let mut chart = ChartBuilder::on(area)
         .caption(title, ("sans-serif", 22))
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(60)
-        .build_cartesian_2d(0.5f64..max_depth as f64 + 0.5, (lo - pad)..(hi + pad))
+        .build_cartesian_2d(0.5f64..max_depth as f64 + 0.5, (lo - pad)..(hi + top))
         .map_err(|e| err(&e))?;
     chart
         .configure_mesh()
