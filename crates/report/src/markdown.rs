@@ -34,7 +34,11 @@ pub(crate) fn render(s: &Summary, notes: Option<&str>) -> String {
                 if t.widths.is_empty() {
                     t.width.to_string()
                 } else {
-                    format!("{} by depth ({} beyond)", t.widths.iter().map(|w| w.to_string()).collect::<Vec<_>>().join(", "), t.width)
+                    format!(
+                        "{} by depth ({} beyond)",
+                        t.widths.iter().map(|w| w.to_string()).collect::<Vec<_>>().join(", "),
+                        t.width
+                    )
                 },
             ),
             (
@@ -44,7 +48,11 @@ pub(crate) fn render(s: &Summary, notes: Option<&str>) -> String {
                     t.dropout,
                     t.weight_decay,
                     t.lr_schedule,
-                    if t.warmup_epochs > 0 { format!(" after {} warm-up epoch(s)", t.warmup_epochs) } else { String::new() },
+                    if t.warmup_epochs > 0 {
+                        format!(" after {} warm-up epoch(s)", t.warmup_epochs)
+                    } else {
+                        String::new()
+                    },
                     t.augment
                 ),
             ),
