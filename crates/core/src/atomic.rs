@@ -62,29 +62,25 @@ pub fn temp_path_for(path: &Path) -> PathBuf {
 }
 
 /// Remove temp files that an earlier, killed writer of `path` left behind (`.NAME.tmp-PID`
-/// where no process PID runs any more): a prepared dataset's is 700 MB. Only where
-/// `/proc` tells which processes run (Linux); elsewhere nothing is removed.
+/// where no process PID runs any more): a prepared dataset's is 700 MB.
 fn remove_stale_temps(path: &Path) {
     let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else { return };
     let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
-    let prefix = format!(".{}.tmp-", name.to_string_lossy());
-    if !Path::new("/proc/self").exists() {
-        return;
-    }
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
-    for entry in entries.flatten() {
-        let file = entry.file_name().to_string_lossy().into_owned();
-        let Some(pid) = file.strip_prefix(&prefix).and_then(|p| p.parse::<u32>().ok()) else { continue };
-        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
-            let _ = std::fs::remove_file(entry.path());
-        }
-    }
+    let artifact = name.to_string_lossy();
+    remove_temps_of_dead_writers(dir, |a| a == artifact);
 }
 
 /// Remove every temp file in `dir` whose writer is dead (`.NAME.tmp-PID`, no process PID):
 /// the orchestrator's sweep after a run, for artifacts that will not be written again.
-/// Returns how many were removed. Only where `/proc` tells which processes run (Linux).
+/// Returns how many were removed.
 pub fn remove_dead_temps(dir: &Path) -> usize {
+    remove_temps_of_dead_writers(dir, |_| true)
+}
+
+/// Remove the temp files `.NAME.tmp-PID` in `dir` of the artifacts NAME that `which`
+/// selects, where no process PID runs any more. Only where `/proc` tells which processes
+/// run (Linux); elsewhere nothing is removed. Returns how many were removed.
+fn remove_temps_of_dead_writers(dir: &Path, which: impl Fn(&str) -> bool) -> usize {
     if !Path::new("/proc/self").exists() {
         return 0;
     }
@@ -92,12 +88,10 @@ pub fn remove_dead_temps(dir: &Path) -> usize {
     let mut removed = 0;
     for entry in entries.flatten() {
         let file = entry.file_name().to_string_lossy().into_owned();
-        let Some(pid) =
-            file.strip_prefix('.').and_then(|f| f.rsplit_once(".tmp-")).and_then(|(_, p)| p.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if pid != std::process::id()
+        let Some((artifact, pid)) = file.strip_prefix('.').and_then(|f| f.rsplit_once(".tmp-")) else { continue };
+        let Ok(pid) = pid.parse::<u32>() else { continue };
+        if which(artifact)
+            && pid != std::process::id()
             && !Path::new(&format!("/proc/{pid}")).exists()
             && std::fs::remove_file(entry.path()).is_ok()
         {
@@ -105,6 +99,18 @@ pub fn remove_dead_temps(dir: &Path) -> usize {
         }
     }
     removed
+}
+
+/// Get the temp path of `path` ready for a writer: refuse a target that is not a regular
+/// file, create the folder, remove dead writers' temp files, and register the temp path
+/// for removal on a signal (the caller unregisters it when done).
+fn start_temp(path: &Path) -> Result<PathBuf> {
+    check_replaceable(path)?;
+    ensure_parent(path)?;
+    remove_stale_temps(path);
+    let tmp = temp_path_for(path);
+    in_progress().push(tmp.clone());
+    Ok(tmp)
 }
 
 /// Create the parent folder of `path` if needed, with a clear error.
@@ -125,11 +131,7 @@ pub fn write_atomic_with<F>(path: &Path, write: F) -> Result<()>
 where
     F: FnOnce(&Path) -> Result<()>,
 {
-    check_replaceable(path)?;
-    ensure_parent(path)?;
-    remove_stale_temps(path);
-    let tmp = temp_path_for(path);
-    in_progress().push(tmp.clone());
+    let tmp = start_temp(path)?;
     let result = write(&tmp).and_then(|()| {
         // Make the bytes durable before the rename makes them visible.
         File::open(&tmp).and_then(|f| f.sync_all()).with_context(|| format!("cannot flush {}", tmp.display()))?;
@@ -155,10 +157,7 @@ pub fn write_all_atomic(files: &[(&Path, &[u8])]) -> Result<()> {
         in_progress().retain(|p| !temps.contains(p));
     };
     for (path, bytes) in files {
-        let tmp = temp_path_for(path);
-        let written = check_replaceable(path).and_then(|()| ensure_parent(path)).and_then(|()| {
-            remove_stale_temps(path);
-            in_progress().push(tmp.clone());
+        let written = start_temp(path).and_then(|tmp| {
             temps.push(tmp.clone());
             File::create(&tmp)
                 .and_then(|mut f| f.write_all(bytes).and_then(|()| f.sync_all()))
