@@ -9,7 +9,7 @@
 
 use anyhow::{bail, Context, Result};
 use layerwise_core::checkpoint::read_checkpoint_meta;
-use layerwise_core::config::{Regime, TrainConfig};
+use layerwise_core::config::TrainConfig;
 use layerwise_core::dataset::Dataset;
 use layerwise_core::hash::sha256_file;
 use layerwise_core::metrics::{best_by_validation, patience_stop, Evaluation, TrainHistory};
@@ -252,7 +252,7 @@ impl Plan {
                 &"--pipeline",
                 &self.run_dir.join(PIPELINE_FILE),
                 &"--regime",
-                &if stage == Stage::Finetune { "finetune" } else { "scratch" },
+                &stage.regime().name(),
                 &"--epochs",
                 &c.epochs.to_string(),
                 &"--lr",
@@ -448,11 +448,7 @@ pub fn depth_state(plan: &Plan, depth: usize, parent_sha: Option<&str>, fingerpr
 /// greedy depth, for fine-tuning; none, for the baseline).
 pub fn stage_state(plan: &Plan, stage: Stage, depth: usize, parent_sha: Option<&str>, fingerprint: &str) -> DepthState {
     let dir = stage_dir(&plan.run_dir, stage, depth);
-    let regime = match stage {
-        Stage::Greedy => Regime::Grow,
-        Stage::Finetune => Regime::Finetune,
-        Stage::Baseline => Regime::Scratch,
-    };
+    let regime = stage.regime();
     let model = dir.join(MODEL_FILE);
     let retrain = |why: String| DepthState::NeedsTraining { why };
     if !model.exists() {
@@ -487,8 +483,7 @@ pub fn stage_state(plan: &Plan, stage: Stage, depth: usize, parent_sha: Option<&
         Err(e) => return retrain(format!("its training history cannot be read ({e:#})")),
     };
     // A run that keeps its best epoch is judged by that epoch.
-    let kept = history.best_epoch.and_then(|b| history.epochs.get(b.wrapping_sub(1))).or(history.last());
-    let Some(val_accuracy) = kept.map(|e| e.val_accuracy) else {
+    let Some(val_accuracy) = history.kept().map(|e| e.val_accuracy) else {
         return retrain("its train.json has no epochs".into());
     };
     let why = match Evaluation::read(&dir.join(EVAL_FILE)) {

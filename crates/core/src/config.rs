@@ -271,6 +271,8 @@ mod tests {
         check(Regime::VARIANTS);
         check(LrSchedule::VARIANTS);
         check(Augment::VARIANTS);
+        check(crate::pipeline::Depths::VARIANTS);
+        check(crate::run::Stage::VARIANTS);
         let err = format!("{}", "thawed".parse::<HeadMode>().unwrap_err());
         assert_eq!(err, "unknown head mode `thawed`: use frozen, retrain or fresh");
     }

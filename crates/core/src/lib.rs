@@ -13,6 +13,7 @@
 pub mod atomic;
 pub mod checkpoint;
 pub mod cifar10;
+#[macro_use]
 pub mod config;
 pub mod dataset;
 pub mod hash;

@@ -160,6 +160,12 @@ impl TrainHistory {
     pub fn last(&self) -> Option<&EpochMetrics> {
         self.epochs.last()
     }
+
+    /// The epoch whose weights the checkpoint holds: the best one where the run kept it
+    /// (fine-tuning), else the last.
+    pub fn kept(&self) -> Option<&EpochMetrics> {
+        self.best_epoch.and_then(|b| self.epochs.get(b.wrapping_sub(1))).or(self.last())
+    }
 }
 
 impl Evaluation {

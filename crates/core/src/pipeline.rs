@@ -57,15 +57,7 @@ pub enum Depths {
     All,
 }
 
-impl Depths {
-    /// Lowercase name, as in pipelines.
-    pub fn name(self) -> &'static str {
-        match self {
-            Depths::Best => "best",
-            Depths::All => "all",
-        }
-    }
-}
+named_enum!(Depths, "depths", { Best => "best", All => "all" });
 
 /// `[finetune]` (fine-tune greedy depths end to end after the loop) or `[baseline]`
 /// (train networks of the same depths end to end from scratch).

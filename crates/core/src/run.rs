@@ -90,12 +90,12 @@ impl Stage {
     /// Every stage, in report order.
     pub const ALL: [Stage; 3] = [Stage::Greedy, Stage::Finetune, Stage::Baseline];
 
-    /// Lowercase name (as in `summary.json`).
-    pub fn name(self) -> &'static str {
+    /// The training regime that makes this stage's models.
+    pub fn regime(self) -> crate::config::Regime {
         match self {
-            Stage::Greedy => "greedy",
-            Stage::Finetune => "finetune",
-            Stage::Baseline => "baseline",
+            Stage::Greedy => crate::config::Regime::Grow,
+            Stage::Finetune => crate::config::Regime::Finetune,
+            Stage::Baseline => crate::config::Regime::Scratch,
         }
     }
 
@@ -108,6 +108,8 @@ impl Stage {
         }
     }
 }
+
+named_enum!(Stage, "stage", { Greedy => "greedy", Finetune => "finetune", Baseline => "baseline" });
 
 /// Folder of `stage` at `depth` inside a run: `depth-NN`, `finetune-NN`, `baseline-NN`.
 pub fn stage_dir(run: &Path, stage: Stage, depth: usize) -> PathBuf {

@@ -199,11 +199,7 @@ fn row(run: &Path, stage: Stage, depth: usize, problems: &mut Vec<String>) -> Re
     }
     let meta = read_checkpoint_meta(&model)?;
     let h = TrainHistory::read(&history)?;
-    let kept = h
-        .best_epoch
-        .and_then(|b| h.epochs.get(b.wrapping_sub(1)))
-        .or(h.last())
-        .with_context(|| format!("{} has no epochs", history.display()))?;
+    let kept = h.kept().with_context(|| format!("{} has no epochs", history.display()))?;
     let eval_path = dir.join(EVAL_FILE);
     let eval = match eval_path.exists().then(|| Evaluation::read(&eval_path)).transpose() {
         Ok(e) => e,

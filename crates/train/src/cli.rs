@@ -139,17 +139,12 @@ pub fn run(args: impl IntoIterator<Item = String>) -> Result<()> {
         depth: a.depth,
     };
     let out = train(&opts)?;
-    let last = out.history.last();
     eprintln!(
         "wrote {} ({} depth {}, val_acc {:.4}{}, {:.1}s)",
         out.checkpoint.display(),
         out.meta.regime.name(),
         out.meta.depth,
-        out.history
-            .best_epoch
-            .and_then(|b| out.history.epochs.get(b - 1))
-            .or(last)
-            .map_or(f64::NAN, |e| e.val_accuracy),
+        out.history.kept().map_or(f64::NAN, |e| e.val_accuracy),
         out.history.best_epoch.map_or(String::new(), |b| format!(" at its best epoch, {b}")),
         out.history.seconds
     );
