@@ -152,28 +152,24 @@ pub fn collect(run: &Path) -> Result<Summary> {
         }
     }
     let best_depth = best_by_validation(depths.iter().map(|r| (r.depth, r.val_accuracy))).map(|(d, _)| d);
-    let total_seconds: f64 = depths.iter().map(|r| r.seconds).sum();
     let name = run.file_name().map_or_else(|| run.display().to_string(), |n| n.to_string_lossy().into_owned());
     let missing_depths = match (depths.first(), depths.last()) {
         (Some(a), Some(b)) => (a.depth..b.depth).filter(|d| !depths.iter().any(|r| r.depth == *d)).collect(),
         _ => Vec::new(),
     };
-    // The best model of the run, among every stage, on validation accuracy (the first on
-    // a tie, greedy before fine-tuned before baseline, shallower before deeper).
-    let best = [(Stage::Greedy, &depths), (Stage::Finetune, &finetune), (Stage::Baseline, &baseline)]
-        .into_iter()
-        .flat_map(|(stage, rows)| rows.iter().map(move |r| (stage, r)))
-        .fold(None::<(Stage, &DepthRow)>, |b, (stage, r)| match b {
-            Some((_, br)) if br.val_accuracy >= r.val_accuracy => b,
-            _ => Some((stage, r)),
-        })
-        .map(|(stage, r)| BestModel {
-            stage,
-            depth: r.depth,
-            val_accuracy: r.val_accuracy,
-            test_accuracy: r.eval_accuracy,
-        });
-    let total_seconds = total_seconds + finetune.iter().chain(&baseline).map(|r| r.seconds).sum::<f64>();
+    // The best model of the run, among every stage, on validation accuracy, by the rule
+    // the loop uses (the first on a tie: greedy before fine-tuned before baseline,
+    // shallower before deeper).
+    let all: Vec<(Stage, &DepthRow)> =
+        [(Stage::Greedy, &depths), (Stage::Finetune, &finetune), (Stage::Baseline, &baseline)]
+            .into_iter()
+            .flat_map(|(stage, rows)| rows.iter().map(move |r| (stage, r)))
+            .collect();
+    let best = best_by_validation(all.iter().enumerate().map(|(i, (_, r))| (i, r.val_accuracy))).map(|(i, _)| {
+        let (stage, r) = all[i];
+        BestModel { stage, depth: r.depth, val_accuracy: r.val_accuracy, test_accuracy: r.eval_accuracy }
+    });
+    let total_seconds = all.iter().map(|(_, r)| r.seconds).sum();
     Ok(Summary {
         run: name,
         pipeline,

@@ -59,22 +59,6 @@ pub struct TrainOptions {
     pub depth: Option<usize>,
 }
 
-impl TrainOptions {
-    /// Grow `from` (or start at depth 1) by one layer, the tutorial's way, quietly.
-    pub fn grow(data: impl Into<PathBuf>, from: Option<PathBuf>, out: impl Into<PathBuf>, config: TrainConfig) -> Self {
-        Self {
-            data: data.into(),
-            from,
-            out: out.into(),
-            config,
-            device: DeviceKind::Cpu,
-            progress: Progress::Quiet,
-            regime: Regime::Grow,
-            depth: None,
-        }
-    }
-}
-
 /// What a training run produced.
 #[derive(Debug, Clone)]
 pub struct TrainOutcome {
@@ -167,17 +151,22 @@ fn plan(opts: &TrainOptions, ds: &Dataset, parent: Option<&(Mlp, CheckpointMeta)
                 bail!("--depth must be at least 1");
             }
             let seed = |layer: u64| mix_seed(cfg.seed, &[depth as u64, 100 + layer]);
-            let mut inputs = ds.meta.input_size();
-            for i in 0..depth {
-                fits(depth, inputs, cfg.width_at(i + 1), false)?;
-                inputs = cfg.width_at(i + 1);
+            // Layer i takes the previous layer's width (the images, first).
+            let shapes: Vec<(usize, usize)> = (1..=depth)
+                .scan(ds.meta.input_size(), |inputs, d| {
+                    let shape = (*inputs, cfg.width_at(d));
+                    *inputs = shape.1;
+                    Some(shape)
+                })
+                .collect();
+            for &(inputs, width) in &shapes {
+                fits(depth, inputs, width, false)?;
             }
-            let mut inputs = ds.meta.input_size();
-            let mut trainable = Vec::with_capacity(depth);
-            for i in 0..depth {
-                trainable.push(glorot_dense(inputs, cfg.width_at(i + 1), seed(i as u64)));
-                inputs = cfg.width_at(i + 1);
-            }
+            let trainable = shapes
+                .iter()
+                .enumerate()
+                .map(|(i, &(inputs, width))| glorot_dense(inputs, width, seed(i as u64)))
+                .collect();
             Ok(Plan {
                 depth,
                 prefix: Vec::new(),
@@ -207,16 +196,6 @@ pub fn train(opts: &TrainOptions) -> Result<TrainOutcome> {
     };
     let plan = plan(opts, &ds, parent.as_ref())?;
     let depth = plan.depth;
-    let rows = ds.meta.split_sizes.train + ds.meta.split_sizes.val;
-    for (i, l) in plan.trainable.iter().enumerate() {
-        check_memory(
-            depth,
-            l.inputs,
-            l.outputs,
-            cfg.batch_size,
-            if i == 0 && !plan.prefix.is_empty() { rows } else { 0 },
-        )?;
-    }
     let state_key = state::state_key(&serde_json::json!({
         "config": cfg,
         "dataset": ds.meta.fingerprint,
@@ -240,8 +219,7 @@ pub fn train(opts: &TrainOptions) -> Result<TrainOutcome> {
     } else {
         frozen.push("head".into())
     }
-    let trained_tensors =
-        trained_names.iter().flat_map(|n| [format!("{n}.weight"), format!("{n}.bias")]).collect::<Vec<_>>();
+    let trained_tensors = trained_names.iter().flat_map(|n| tensor_names(n)).collect::<Vec<_>>();
     let trainable_params = model.hidden[first..].iter().map(Dense::num_params).sum::<usize>()
         + if plan.head_trains { model.head.num_params() } else { 0 };
     let meta = CheckpointMeta {
@@ -308,6 +286,17 @@ struct Trained {
 
 /// Rows per chunk when pushing data through frozen layers or evaluating.
 const CHUNK: usize = 2500;
+
+/// The weights and biases of trainable layers and the head, copied to the host.
+type HostTensors = (Vec<(Vec<f32>, Vec<f32>)>, (Vec<f32>, Vec<f32>));
+
+fn host_copy<D: Backend>(layers: &[Layer<D>], head: &Layer<D>) -> HostTensors {
+    let pair = |l: &Layer<D>| {
+        let d = l.to_dense();
+        (d.weight, d.bias)
+    };
+    (layers.iter().map(pair).collect(), pair(head))
+}
 
 /// The checkpoint names of a layer's tensors.
 fn tensor_names(layer: &str) -> [String; 2] {
@@ -427,6 +416,7 @@ impl Run<'_> {
         for epoch in 1..first_epoch {
             order.shuffle(&mut epoch_rng(epoch));
         }
+        let widths: Vec<usize> = layers.iter().map(Layer::outputs).collect();
         let mut bar = self.opts.progress.start(self.depth, cfg.epochs, batches);
         for epoch in first_epoch..=cfg.epochs {
             let te = Instant::now();
@@ -453,7 +443,6 @@ impl Run<'_> {
                 }
                 let yb: Matrix<D> = dev.tensor_from_vec(onehot, (chunk.len(), classes));
                 let masks = if cfg.dropout > 0.0 {
-                    let widths: Vec<usize> = layers.iter().map(Layer::outputs).collect();
                     layerwise_nn::dropout_masks(dev, chunk.len(), &widths, cfg.dropout, batch_seed(2))
                 } else {
                     Vec::new()
@@ -495,30 +484,28 @@ impl Run<'_> {
                 samples_per_second: n as f64 / seconds,
             };
             bar.epoch(&m);
-            if keep_best && best.as_ref().is_none_or(|b| m.val_accuracy > b.val_accuracy) {
+            // One copy of the weights to the host per epoch, for the best epoch and the state.
+            let improved = keep_best && best.as_ref().is_none_or(|b| m.val_accuracy > b.val_accuracy);
+            let resumable = epoch < cfg.epochs;
+            let snapshot = (improved || resumable).then(|| host_copy(&layers, &head));
+            if let (true, Some((layers, head))) = (improved, &snapshot) {
                 best = Some(state::Best {
                     epoch,
                     val_accuracy: m.val_accuracy,
-                    layers: layers.iter().map(|l| l.to_dense()).map(|d| (d.weight, d.bias)).collect(),
-                    head: {
-                        let d = head.to_dense();
-                        (d.weight, d.bias)
-                    },
+                    layers: layers.clone(),
+                    head: head.clone(),
                 });
             }
             epochs.push(m);
-            if epoch < cfg.epochs {
+            if let (true, Some((layers, head))) = (resumable, snapshot) {
                 let (adam_t, adam_moments) = adam.state();
                 let st = state::TrainState {
                     format: state::STATE_FORMAT.into(),
                     version: state::STATE_VERSION,
                     key: self.state_key.clone(),
                     epoch,
-                    layers: layers.iter().map(|l| l.to_dense()).map(|d| (d.weight, d.bias)).collect(),
-                    head: {
-                        let d = head.to_dense();
-                        (d.weight, d.bias)
-                    },
+                    layers,
+                    head,
                     adam_t,
                     adam: adam_moments,
                     epochs: epochs.clone(),
@@ -546,13 +533,12 @@ impl Run<'_> {
     }
 }
 
-/// Bytes a depth's training needs, roughly: the new layer's weights six times over
-/// (parameters, gradient, Adam's two moments, the fused host update's copies), the
-/// activations of a batch and of an evaluation chunk, and the cached frozen features.
-pub fn memory_needed(depth: usize, inputs: usize, width: usize, batch: usize, rows: usize) -> f64 {
+/// Bytes a layer's training needs, roughly: its weights six times over (parameters,
+/// gradient, Adam's two moments, the fused host update's copies), the activations of a
+/// batch and of an evaluation chunk, and `cached_rows` rows of cached frozen features.
+pub fn memory_needed(inputs: usize, width: usize, batch: usize, cached_rows: usize) -> f64 {
     let (i, w) = (inputs as f64, width as f64);
-    let features = if depth > 1 { rows as f64 * i } else { 0.0 };
-    4.0 * (6.0 * i * w + 6.0 * batch as f64 * w + 2.0 * CHUNK as f64 * w + features)
+    4.0 * (6.0 * i * w + 6.0 * batch as f64 * w + 2.0 * CHUNK as f64 * w + cached_rows as f64 * i)
 }
 
 /// Memory this machine can still give (`MemAvailable`, or a cgroup's limit when lower);
@@ -572,7 +558,7 @@ pub fn memory_available() -> Option<f64> {
 /// Refuse a width whose training would not fit in memory, before allocating anything
 /// (a huge width would otherwise abort on allocation, or be killed by the kernel).
 fn check_memory(depth: usize, inputs: usize, width: usize, batch: usize, rows: usize) -> Result<()> {
-    let need = memory_needed(depth, inputs, width, batch, rows);
+    let need = memory_needed(inputs, width, batch, rows);
     let gib = |b: f64| b / (1u64 << 30) as f64;
     if let Some(avail) = memory_available() {
         if need > avail {
