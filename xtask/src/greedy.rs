@@ -28,21 +28,9 @@ pub struct GreedyArgs {
     /// Pipeline file (default: pipelines/seed.toml, the tutorial).
     #[arg(long)]
     pub pipeline: Option<PathBuf>,
-    /// CIFAR-10 folder or tarball (default: found or downloaded by the prepare stage).
-    #[arg(long)]
-    pub source: Option<PathBuf>,
     /// Run folder (default: artifacts/runs/<pipeline name>).
     #[arg(long)]
     pub run_dir: Option<PathBuf>,
-    /// Artifacts folder: datasets, downloads and default run folders.
-    #[arg(long)]
-    pub artifacts: Option<PathBuf>,
-    /// cpu or cuda.
-    #[arg(long, default_value = "cpu")]
-    pub device: DeviceKind,
-    /// Override the pipeline's greedy.max_depth.
-    #[arg(long)]
-    pub max_depth: Option<usize>,
     /// Override the pipeline's train.seed (the default run folder gets a `-seedN` suffix),
     /// to see run-to-run variation.
     #[arg(long)]
@@ -56,6 +44,27 @@ pub struct GreedyArgs {
     /// Print the plan as stage commands, one per line, and run nothing.
     #[arg(long)]
     pub print_commands: bool,
+    /// Where the data comes from, where things go, how and where it runs.
+    #[command(flatten)]
+    pub inputs: RunInputs,
+}
+
+/// What a greedy run is given besides its pipeline and run folder: shared by
+/// `cargo xtask greedy` and `cargo xtask sweep` (which passes it to each of its runs).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct RunInputs {
+    /// CIFAR-10 folder or tarball (default: found or downloaded by the prepare stage).
+    #[arg(long)]
+    pub source: Option<PathBuf>,
+    /// Artifacts folder: datasets, downloads and default run and sweep folders.
+    #[arg(long)]
+    pub artifacts: Option<PathBuf>,
+    /// cpu or cuda.
+    #[arg(long, default_value = "cpu")]
+    pub device: DeviceKind,
+    /// Override the pipeline's greedy.max_depth.
+    #[arg(long)]
+    pub max_depth: Option<usize>,
     /// Plain progress lines even on a terminal.
     #[arg(long)]
     pub plain: bool,
@@ -140,7 +149,7 @@ impl Plan {
         let root = crate::repo_root();
         let pipeline_path = a.pipeline.clone().unwrap_or_else(|| root.join("pipelines/seed.toml"));
         let mut pipeline = Pipeline::load(&pipeline_path)?;
-        if let Some(d) = a.max_depth {
+        if let Some(d) = a.inputs.max_depth {
             pipeline.greedy.max_depth = d;
             pipeline.validate().context("--max-depth")?;
         }
@@ -149,7 +158,7 @@ impl Plan {
             pipeline.train.seed = seed;
             run_name += &format!("-seed{seed}");
         }
-        let artifacts = a.artifacts.clone().unwrap_or_else(|| root.join("artifacts"));
+        let artifacts = a.inputs.artifacts.clone().unwrap_or_else(|| root.join("artifacts"));
         let run_dir = a.run_dir.clone().unwrap_or_else(|| artifacts.join("runs").join(run_name));
         let d = &pipeline.data;
         let mut name = format!("cifar-10-{}-val{}", d.normalize, d.val_fraction);
@@ -164,7 +173,7 @@ impl Plan {
         // machine that mounts the project (and its artifacts) somewhere else.
         let (pipeline_path, run_dir, data, artifacts) =
             (relative(pipeline_path), relative(run_dir), relative(data), relative(artifacts));
-        Ok(Self { pipeline, pipeline_path, run_dir, data, artifacts, device: a.device })
+        Ok(Self { pipeline, pipeline_path, run_dir, data, artifacts, device: a.inputs.device })
     }
 
     fn device_args(&self) -> Vec<String> {
@@ -355,7 +364,7 @@ fn check_resume(plan: &Plan) -> Result<()> {
 
 /// Whether arguments changed the pipeline file's settings.
 fn overridden(a: &GreedyArgs) -> bool {
-    a.max_depth.is_some() || a.seed.is_some()
+    a.inputs.max_depth.is_some() || a.seed.is_some()
 }
 
 /// Record the pipeline in the run folder: the file itself, or its canonical form when
@@ -496,21 +505,6 @@ pub fn stage_state(plan: &Plan, stage: Stage, depth: usize, parent_sha: Option<&
     DepthState::NeedsEvaluation { val_accuracy, sha, why }
 }
 
-/// A depth is complete when checkpoint, history and evaluation agree with each other, with
-/// the parent, the dataset and the pipeline. Returns its validation accuracy and its
-/// checkpoint's SHA-256 (the next depth's parent).
-pub fn completed_depth(
-    plan: &Plan,
-    depth: usize,
-    parent_sha: Option<&str>,
-    fingerprint: &str,
-) -> Option<(f64, String)> {
-    match depth_state(plan, depth, parent_sha, fingerprint) {
-        DepthState::Complete { val_accuracy, sha } => Some((val_accuracy, sha)),
-        _ => None,
-    }
-}
-
 /// A run never changes its dataset: refuse when the run folder holds depths trained on
 /// another dataset than the file the plan now finds (e.g. prepared again from other
 /// source files into the shared `artifacts/datasets/` name).
@@ -554,20 +548,18 @@ pub fn run(a: &GreedyArgs) -> Result<Option<GreedyOutcome>> {
         }
         return Ok(None);
     }
-    match a.scheduler {
+    a.inputs.slurm.check(a.inputs.scheduler)?;
+    match a.inputs.scheduler {
         Some(crate::slurm::Scheduler::Slurm) => {
             crate::slurm::greedy(&plan, a)?;
             Ok(None)
         }
-        None => {
-            a.slurm.refuse_without_scheduler()?;
-            run_plan(&plan, a).map(Some)
-        }
+        None => run_plan(&plan, a).map(Some),
     }
 }
 
 /// What remains of the plan, as scheduler jobs, by the local loop's rules: no prepare job
-/// when the dataset is prepared; complete depths (see [`completed_depth`]) are skipped,
+/// when the dataset is prepared; complete depths (see [`depth_state`]) are skipped,
 /// and from the first incomplete depth on every depth is a train job (after the previous
 /// train job) and an evaluate job (after its train job, so evaluating depth d never holds
 /// up training depth d+1); the report job comes after all of them. No train job is made
@@ -588,9 +580,9 @@ pub fn remaining_jobs(plan: &Plan, a: &GreedyArgs) -> Result<Vec<crate::slurm::J
         after,
     };
     let mut jobs = Vec::new();
-    let ready = dataset_ready(plan, a.source.as_deref())?;
+    let ready = dataset_ready(plan, a.inputs.source.as_deref())?;
     if !ready {
-        jobs.push(job("prepare".into(), plan.prepare_step(a.source.as_deref()), vec![], None));
+        jobs.push(job("prepare".into(), plan.prepare_step(a.inputs.source.as_deref()), vec![], None));
     }
     let fingerprint = if ready { Some(Dataset::open(&plan.data)?.meta.fingerprint) } else { None };
     if let Some(fp) = &fingerprint {
@@ -628,17 +620,18 @@ pub fn remaining_jobs(plan: &Plan, a: &GreedyArgs) -> Result<Vec<crate::slurm::J
             reusing = false;
         }
         let gate = Some(Gate { first, depth, after_loop: None });
-        let train = format!("train-{depth:02}");
-        jobs.push(job(
-            train.clone(),
+        let train = job(
+            format!("train-{depth:02}"),
             plan.train_step(depth, parent.as_deref()),
             previous_train.iter().cloned().collect(),
             gate,
-        ));
-        jobs.push(job(format!("evaluate-{depth:02}"), plan.evaluate_step(depth), vec![train.replace('-', "_")], gate));
-        previous_train = Some(train.replace('-', "_"));
+        );
+        let key = train.key.clone();
+        jobs.push(train);
+        jobs.push(job(format!("evaluate-{depth:02}"), plan.evaluate_step(depth), vec![key.clone()], gate));
+        previous_train = Some(key.clone());
         parent = Some(depth_dir(&plan.run_dir, depth).join(MODEL_FILE));
-        trains.push(train.replace('-', "_"));
+        trains.push(key);
     }
     // After the loop: fine-tuning and the baseline. When the loop's depths are all complete
     // already, the depths they cover are known and complete outputs get no job; else a
@@ -661,10 +654,11 @@ pub fn remaining_jobs(plan: &Plan, a: &GreedyArgs) -> Result<Vec<crate::slurm::J
                 }
             }
             let gate = Some(Gate { first, depth, after_loop: Some(section.depths) });
-            let label = format!("{}-{depth:02}", stage.name());
-            jobs.push(job(label.clone(), plan.stage_train_step(stage, depth), trains.clone(), gate));
-            let evaluate = format!("evaluate-{label}");
-            jobs.push(job(evaluate, plan.evaluate_stage_step(stage, depth), vec![label.replace('-', "_")], gate));
+            let train = job(format!("{stage}-{depth:02}"), plan.stage_train_step(stage, depth), trains.clone(), gate);
+            let evaluate = format!("evaluate-{}", train.label);
+            let after = vec![train.key.clone()];
+            jobs.push(train);
+            jobs.push(job(evaluate, plan.evaluate_stage_step(stage, depth), after, gate));
         }
     }
     let all = jobs.iter().map(|j| j.key.clone()).collect();
@@ -692,7 +686,7 @@ pub fn print_commands(plan: &Plan, a: &GreedyArgs) -> Result<Vec<String>> {
     } else {
         format!("mkdir -p {run_dir} && cp {} {recorded}", shell_quote(&plan.pipeline_path.to_string_lossy()))
     });
-    lines.push(plan.prepare_step(a.source.as_deref()).command_line());
+    lines.push(plan.prepare_step(a.inputs.source.as_deref()).command_line());
     let (first, mut parent) = start(a.from.as_deref())?;
     for depth in first..=p.greedy.max_depth {
         lines.push(plan.train_step(depth, parent.as_deref()).command_line());
@@ -760,12 +754,12 @@ pub fn dataset_ready(plan: &Plan, source: Option<&Path>) -> Result<bool> {
 fn run_plan(plan: &Plan, a: &GreedyArgs) -> Result<GreedyOutcome> {
     let p = &plan.pipeline;
     let _lock = open_run(plan, a)?;
-    let ui = Ui::new(a.plain, p.greedy.max_depth);
-    if dataset_ready(plan, a.source.as_deref())? {
+    let ui = Ui::new(a.inputs.plain, p.greedy.max_depth);
+    if dataset_ready(plan, a.inputs.source.as_deref())? {
         ui.line(&format!("dataset {} is prepared already", plan.data.display()));
     } else {
         ui.line("preparing the dataset");
-        plan.prepare_step(a.source.as_deref()).run()?;
+        plan.prepare_step(a.inputs.source.as_deref()).run()?;
     }
     let fingerprint = Dataset::open(&plan.data)?.meta.fingerprint;
     check_dataset_of_run(plan, &fingerprint)?;
@@ -777,35 +771,10 @@ fn run_plan(plan: &Plan, a: &GreedyArgs) -> Result<GreedyOutcome> {
     let mut stopped_early = false;
     for depth in first..=p.greedy.max_depth {
         ui.depth(depth);
-        let (outcome, sha) = match depth_state(plan, depth, parent_sha.as_deref(), &fingerprint) {
-            DepthState::Complete { val_accuracy, sha } => {
-                ui.line(&format!("depth {depth}: complete already (val_acc {val_accuracy:.4}), kept"));
-                (DepthOutcome { depth, val_accuracy, reused: true }, sha)
-            }
-            DepthState::NeedsEvaluation { why, .. } => {
-                ui.line(&format!("depth {depth}: checkpoint and history kept, evaluating again: {why}"));
-                plan.evaluate_step(depth).run()?;
-                let (val_accuracy, sha) = completed_depth(plan, depth, parent_sha.as_deref(), &fingerprint)
-                    .with_context(|| {
-                        format!("depth {depth} was evaluated but its files do not agree; rerun to redo it")
-                    })?;
-                (DepthOutcome { depth, val_accuracy, reused: true }, sha)
-            }
-            DepthState::NeedsTraining { why } => {
-                if depth_dir(&plan.run_dir, depth).exists() {
-                    ui.line(&format!("depth {depth}: training again: {why}"));
-                }
-                // Nothing is deleted first: the new files replace the old ones atomically,
-                // only once each is complete.
-                plan.train_step(depth, parent.as_deref()).run()?;
-                plan.evaluate_step(depth).run()?;
-                let (val_accuracy, sha) = completed_depth(plan, depth, parent_sha.as_deref(), &fingerprint)
-                    .with_context(|| {
-                        format!("depth {depth} was trained but its files do not agree; rerun to redo it")
-                    })?;
-                (DepthOutcome { depth, val_accuracy, reused: false }, sha)
-            }
-        };
+        let train = || plan.train_step(depth, parent.as_deref());
+        let (val_accuracy, sha, reused) =
+            bring_up_to_date(plan, &ui, Stage::Greedy, depth, parent_sha.as_deref(), &fingerprint, train)?;
+        let outcome = DepthOutcome { depth, val_accuracy, reused };
         depths.push(outcome);
         parent = Some(depth_dir(&plan.run_dir, depth).join(MODEL_FILE));
         shas.push((depth, sha.clone()));
@@ -829,38 +798,62 @@ fn run_plan(plan: &Plan, a: &GreedyArgs) -> Result<GreedyOutcome> {
                 Stage::Finetune => shas.iter().find(|(d, _)| *d == depth).map(|(_, s)| s.as_str()),
                 _ => None,
             };
-            let name = format!("{} of depth {depth}", stage.name());
-            let (val_accuracy, reused) = match stage_state(plan, stage, depth, parent_sha, &fingerprint) {
-                DepthState::Complete { val_accuracy, .. } => {
-                    ui.line(&format!("{name}: complete already (val_acc {val_accuracy:.4}), kept"));
-                    (val_accuracy, true)
-                }
-                state => {
-                    let trains = !matches!(state, DepthState::NeedsEvaluation { .. });
-                    if let DepthState::NeedsEvaluation { why, .. } = &state {
-                        ui.line(&format!("{name}: checkpoint and history kept, evaluating again: {why}"));
-                    } else {
-                        if let DepthState::NeedsTraining { why } = &state {
-                            if stage_dir(&plan.run_dir, stage, depth).exists() {
-                                ui.line(&format!("{name}: training again: {why}"));
-                            }
-                        }
-                        ui.line(&format!("{name}: training"));
-                        plan.stage_train_step(stage, depth).run()?;
-                    }
-                    plan.evaluate_stage_step(stage, depth).run()?;
-                    match stage_state(plan, stage, depth, parent_sha, &fingerprint) {
-                        DepthState::Complete { val_accuracy, .. } => (val_accuracy, !trains),
-                        _ => bail!("{name} was trained but its files do not agree; rerun to redo it"),
-                    }
-                }
-            };
+            let train = || plan.stage_train_step(stage, depth);
+            let (val_accuracy, _, reused) = bring_up_to_date(plan, &ui, stage, depth, parent_sha, &fingerprint, train)?;
             stages.push(StageOutcome { stage, depth, val_accuracy, reused });
         }
     }
     plan.report_step().run()?;
     tidy(plan, &depths, &stages);
     Ok(GreedyOutcome { depths, best_depth, stopped_early, stages, run_dir: plan.run_dir.clone() })
+}
+
+/// Make `stage`'s model of depth `depth` complete, doing only what is missing: nothing
+/// when it is complete, the evaluation alone when only that is missing or wrong, else
+/// `train` and the evaluation (nothing is deleted first: the new files replace the old ones
+/// atomically, each once complete). Says why whenever the folder is not kept as it is.
+/// Returns the validation accuracy, the checkpoint's SHA-256, and whether it was kept
+/// (not trained now).
+fn bring_up_to_date(
+    plan: &Plan,
+    ui: &Ui,
+    stage: Stage,
+    depth: usize,
+    parent_sha: Option<&str>,
+    fingerprint: &str,
+    train: impl FnOnce() -> Step,
+) -> Result<(f64, String, bool)> {
+    let name = match stage {
+        Stage::Greedy => format!("depth {depth}"),
+        other => format!("{other} of depth {depth}"),
+    };
+    let kept = match stage_state(plan, stage, depth, parent_sha, fingerprint) {
+        DepthState::Complete { val_accuracy, sha } => {
+            ui.line(&format!("{name}: complete already (val_acc {val_accuracy:.4}), kept"));
+            return Ok((val_accuracy, sha, true));
+        }
+        DepthState::NeedsEvaluation { why, .. } => {
+            ui.line(&format!("{name}: checkpoint and history kept, evaluating again: {why}"));
+            true
+        }
+        DepthState::NeedsTraining { why } => {
+            if stage_dir(&plan.run_dir, stage, depth).exists() {
+                ui.line(&format!("{name}: training again: {why}"));
+            } else if stage != Stage::Greedy {
+                ui.line(&format!("{name}: training"));
+            }
+            train().run()?;
+            false
+        }
+    };
+    plan.evaluate_stage_step(stage, depth).run()?;
+    match stage_state(plan, stage, depth, parent_sha, fingerprint) {
+        DepthState::Complete { val_accuracy, sha } => Ok((val_accuracy, sha, kept)),
+        _ => bail!(
+            "{name} was {} but its files do not agree; rerun to redo it",
+            if kept { "evaluated" } else { "trained" }
+        ),
+    }
 }
 
 /// The greedy depths `stage` covers after the loop: none without its section; the best

@@ -81,10 +81,14 @@ impl SlurmArgs {
         Ok(c)
     }
 
-    /// `--submit`/`--wait` mean nothing without a scheduler: say so rather than run locally.
-    pub fn refuse_without_scheduler(&self) -> Result<()> {
-        if self.submit || self.wait {
+    /// Refuse what these options cannot mean with `scheduler`: `--submit`/`--wait`
+    /// without a scheduler (say so rather than run locally), `--wait` without `--submit`.
+    pub fn check(&self, scheduler: Option<Scheduler>) -> Result<()> {
+        if scheduler.is_none() && (self.submit || self.wait) {
             bail!("--submit and --wait hand the plan to a cluster scheduler: add --scheduler slurm");
+        }
+        if self.wait && !self.submit {
+            bail!("--wait waits for submitted jobs: add --submit");
         }
         Ok(())
     }
@@ -515,10 +519,7 @@ pub fn wait(jobs: &[Submitted], run_dirs: &HashMap<String, PathBuf>, poll: Durat
 /// `cargo xtask greedy --scheduler slurm`: write (and with --submit, submit; with --wait,
 /// wait for) the jobs of what remains of the plan.
 pub fn greedy(plan: &Plan, a: &GreedyArgs) -> Result<()> {
-    if a.slurm.wait && !a.slurm.submit {
-        bail!("--wait waits for submitted jobs: add --submit");
-    }
-    let cfg = a.slurm.config(&plan.pipeline.slurm)?;
+    let cfg = a.inputs.slurm.config(&plan.pipeline.slurm)?;
     let _lock = crate::greedy::open_run(plan, a)?;
     let jobs = crate::greedy::remaining_jobs(plan, a)?;
     let exe = std::env::current_exe().context("cannot locate the xtask binary the jobs are to run")?;
@@ -527,8 +528,8 @@ pub fn greedy(plan: &Plan, a: &GreedyArgs) -> Result<()> {
         &jobs,
         &written,
         &[(run_name(&plan.run_dir), plan.run_dir.clone())],
-        a.slurm.submit,
-        a.slurm.wait,
+        a.inputs.slurm.submit,
+        a.inputs.slurm.wait,
         &plan.run_dir,
     )
 }

@@ -3,10 +3,9 @@
 //! go one after another; with `--scheduler slurm` each run is an independent chain of
 //! jobs (they share one prepare job per dataset) and a last job writes the sweep report.
 
-use crate::greedy::{GreedyArgs, Plan, Step};
-use crate::slurm::{JobSpec, Scheduler, SlurmArgs};
+use crate::greedy::{GreedyArgs, Plan, RunInputs, Step};
+use crate::slurm::{JobSpec, Scheduler};
 use anyhow::{bail, Context, Result};
-use layerwise_nn::device::DeviceKind;
 use layerwise_report::sweep::{SweepList, SWEEP_FILE};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -23,27 +22,9 @@ pub struct SweepArgs {
     /// Sweep folder (default: artifacts/sweeps/<pipeline names>-seeds<SEEDS>).
     #[arg(long)]
     pub sweep_dir: Option<PathBuf>,
-    /// CIFAR-10 folder or tarball (default: found or downloaded by the prepare stage).
-    #[arg(long)]
-    pub source: Option<PathBuf>,
-    /// Artifacts folder: datasets, downloads and default sweep folders.
-    #[arg(long)]
-    pub artifacts: Option<PathBuf>,
-    /// cpu or cuda.
-    #[arg(long, default_value = "cpu")]
-    pub device: DeviceKind,
-    /// Override each pipeline's greedy.max_depth.
-    #[arg(long)]
-    pub max_depth: Option<usize>,
-    /// Plain progress lines even on a terminal.
-    #[arg(long)]
-    pub plain: bool,
-    /// Run each (pipeline, seed) as a chain of cluster jobs: `slurm`.
-    #[arg(long, value_enum)]
-    pub scheduler: Option<Scheduler>,
-    /// Slurm options (with --scheduler slurm).
+    /// Where the data comes from, where things go, how and where each run runs.
     #[command(flatten)]
-    pub slurm: SlurmArgs,
+    pub inputs: RunInputs,
 }
 
 /// Parse `0-4`, `0,3,7`, `0-2,10`: seeds in the order given, without repeats.
@@ -89,7 +70,7 @@ fn runs(a: &SweepArgs) -> Result<(PathBuf, Vec<SweepRun>)> {
         }
         names.push(name);
     }
-    let artifacts = a.artifacts.clone().unwrap_or_else(|| crate::repo_root().join("artifacts"));
+    let artifacts = a.inputs.artifacts.clone().unwrap_or_else(|| crate::repo_root().join("artifacts"));
     let sweep_dir = a.sweep_dir.clone().unwrap_or_else(|| {
         artifacts.join("sweeps").join(format!("{}-seeds{}", names.join("+"), a.seeds.replace(',', "_")))
     });
@@ -98,18 +79,12 @@ fn runs(a: &SweepArgs) -> Result<(PathBuf, Vec<SweepRun>)> {
         for &seed in &seeds {
             let args = GreedyArgs {
                 pipeline: Some(pipeline.clone()),
-                source: a.source.clone(),
                 run_dir: Some(sweep_dir.join(format!("{name}-seed{seed}"))),
-                artifacts: Some(artifacts.clone()),
-                device: a.device,
-                max_depth: a.max_depth,
                 seed: Some(seed),
                 from: None,
                 restart: false,
                 print_commands: false,
-                plain: a.plain,
-                scheduler: a.scheduler,
-                slurm: a.slurm.clone(),
+                inputs: RunInputs { artifacts: Some(artifacts.clone()), ..a.inputs.clone() },
             };
             let plan = Plan::new(&args)?;
             out.push(SweepRun { args, plan });
@@ -134,11 +109,11 @@ fn report_step(sweep_dir: &Path) -> Step {
 
 /// Run the sweep (locally, or as Slurm chains).
 pub fn run(a: &SweepArgs) -> Result<()> {
+    a.inputs.slurm.check(a.inputs.scheduler)?;
     let (sweep_dir, runs) = runs(a)?;
     record(&sweep_dir, &runs)?;
-    match a.scheduler {
+    match a.inputs.scheduler {
         None => {
-            a.slurm.refuse_without_scheduler()?;
             for (i, r) in runs.iter().enumerate() {
                 eprintln!("== sweep run {}/{}: {} ==", i + 1, runs.len(), r.plan.run_dir.display());
                 crate::greedy::run(&r.args)?;
@@ -154,10 +129,7 @@ pub fn run(a: &SweepArgs) -> Result<()> {
 /// Every run's remaining jobs as one submission: keys prefixed per run, one prepare job per
 /// dataset file, and the sweep report after every run's report.
 fn slurm(a: &SweepArgs, sweep_dir: &Path, runs: &[SweepRun]) -> Result<()> {
-    if a.slurm.wait && !a.slurm.submit {
-        bail!("--wait waits for submitted jobs: add --submit");
-    }
-    let cfg = a.slurm.config(&runs[0].plan.pipeline.slurm)?;
+    let cfg = a.inputs.slurm.config(&runs[0].plan.pipeline.slurm)?;
     let mut jobs: Vec<JobSpec> = Vec::new();
     let mut prepare_of: HashMap<PathBuf, String> = HashMap::new();
     let mut reports = Vec::new();
@@ -200,7 +172,7 @@ fn slurm(a: &SweepArgs, sweep_dir: &Path, runs: &[SweepRun]) -> Result<()> {
     let mut dirs: Vec<(String, PathBuf)> =
         runs.iter().map(|r| (name(&r.plan.run_dir), r.plan.run_dir.clone())).collect();
     dirs.push((name(sweep_dir), sweep_dir.to_path_buf()));
-    crate::slurm::announce(&jobs, &written, &dirs, a.slurm.submit, a.slurm.wait, sweep_dir)
+    crate::slurm::announce(&jobs, &written, &dirs, a.inputs.slurm.submit, a.inputs.slurm.wait, sweep_dir)
 }
 
 #[cfg(test)]

@@ -75,7 +75,7 @@ fn smoke_pipeline_end_to_end_then_resume() {
 
     // More depths: accepted, the old ones are kept.
     let mut more = a.clone();
-    more.max_depth = Some(4);
+    more.inputs.max_depth = Some(4);
     let deeper = run(&more).unwrap().unwrap();
     assert_eq!(deeper.depths.iter().map(|d| d.reused).collect::<Vec<_>>(), [true, true, true, false]);
 
@@ -96,7 +96,7 @@ fn smoke_pipeline_end_to_end_then_resume() {
 fn from_checkpoint_continues_the_loop() {
     let e = env();
     let mut a = e.args("first");
-    a.max_depth = Some(1);
+    a.inputs.max_depth = Some(1);
     run(&a).unwrap();
     let ckpt = e.dir.path().join("first/depth-01/model.safetensors");
     let mut b = e.args("second");
@@ -169,7 +169,7 @@ fn printed_commands_reproduce_the_orchestrated_run() {
     // With overrides, the printed plan records the overridden pipeline, as the run does.
     let mut c = e.args("overridden");
     c.seed = Some(4);
-    c.max_depth = Some(1);
+    c.inputs.max_depth = Some(1);
     let lines = print_commands(&Plan::new(&c).unwrap(), &c).unwrap();
     for line in &lines {
         execute(line);
@@ -188,7 +188,7 @@ fn printed_commands_reproduce_the_orchestrated_run() {
 fn another_source_is_prepared_again() {
     let e = env();
     let mut a = e.args("one");
-    a.max_depth = Some(1);
+    a.inputs.max_depth = Some(1);
     run(&a).unwrap();
     let data = Plan::new(&a).unwrap().data;
     let first = layerwise_core::dataset::Dataset::open(&data).unwrap().meta.fingerprint;
@@ -204,8 +204,8 @@ fn another_source_is_prepared_again() {
     bytes[0] = (bytes[0] + 1) % 10;
     std::fs::write(&test_batch, bytes).unwrap();
     let mut b = e.args("two");
-    b.max_depth = Some(1);
-    b.source = Some(copy);
+    b.inputs.max_depth = Some(1);
+    b.inputs.source = Some(copy);
     run(&b).unwrap();
     let second = layerwise_core::dataset::Dataset::open(&data).unwrap().meta.fingerprint;
     assert_ne!(first, second);
@@ -247,13 +247,13 @@ fn a_local_sweep_aggregates_its_runs() {
         pipelines: vec![xtask::repo_root().join("pipelines/smoke.toml")],
         seeds: "0-1".into(),
         sweep_dir: Some(sweep_dir.clone()),
-        source: Some(e.source.clone()),
-        artifacts: Some(e.dir.path().join("artifacts")),
-        device: layerwise_nn::device::DeviceKind::Cpu,
-        max_depth: Some(2),
-        plain: true,
-        scheduler: None,
-        slurm: Default::default(),
+        inputs: xtask::greedy::RunInputs {
+            source: Some(e.source.clone()),
+            artifacts: Some(e.dir.path().join("artifacts")),
+            max_depth: Some(2),
+            plain: true,
+            ..Default::default()
+        },
     };
     xtask::sweep::run(&a).unwrap();
     let val = |run: &str, d: usize| {
@@ -317,7 +317,7 @@ fn a_local_sweep_aggregates_its_runs() {
 fn a_run_never_silently_changes_its_dataset() {
     let e = env();
     let mut a = e.args("r1");
-    a.max_depth = Some(2);
+    a.inputs.max_depth = Some(2);
     run(&a).unwrap();
     let model = e.path("r1/depth-01/model.safetensors");
     let (bytes, when) = (std::fs::read(&model).unwrap(), mtime(&model));
@@ -328,12 +328,12 @@ fn a_run_never_silently_changes_its_dataset() {
     pixels[1] = pixels[1].wrapping_add(1);
     std::fs::write(&batch, pixels).unwrap();
     let mut b = e.args("r2");
-    b.max_depth = Some(1);
-    b.source = Some(other);
+    b.inputs.max_depth = Some(1);
+    b.inputs.source = Some(other);
     run(&b).unwrap();
     // r1 again, without naming its source: it would find B's data. Refused, saying why.
     let mut again = a.clone();
-    again.source = None;
+    again.inputs.source = None;
     let err = format!("{:#}", run(&again).unwrap_err());
     assert!(err.contains("never changes its dataset") && err.contains("--source"), "{err}");
     assert_eq!((std::fs::read(&model).unwrap(), mtime(&model)), (bytes.clone(), when), "nothing retrained");
@@ -355,7 +355,7 @@ fn a_damaged_evaluation_never_costs_its_checkpoint() {
     if !layerwise_nn::device::CUDA_BUILT {
         // A rerun whose steps fail (CUDA asked of a CPU build) leaves depth 2 as it was.
         let mut gpu = a.clone();
-        gpu.device = layerwise_nn::device::DeviceKind::Cuda;
+        gpu.inputs.device = layerwise_nn::device::DeviceKind::Cuda;
         assert!(run(&gpu).is_err());
         assert_eq!((std::fs::read(&model).unwrap(), std::fs::read(&history).unwrap()), kept.clone());
     }
@@ -406,7 +406,7 @@ fn finetune_and_baseline_follow_the_loop_and_resume() {
     let e = env();
     let mut a = e.args("run");
     a.pipeline = Some(e.smoke_with("stages", &STAGES));
-    a.max_depth = Some(2);
+    a.inputs.max_depth = Some(2);
     let out = run(&a).unwrap().unwrap();
     let run_dir = e.path("run");
     let got: Vec<(String, usize)> = out.stages.iter().map(|s| (s.stage.name().to_string(), s.depth)).collect();
@@ -455,7 +455,7 @@ fn finetune_and_baseline_follow_the_loop_and_resume() {
     // The printed plan, run by hand, gives the same models.
     let mut b = e.args("by-hand");
     b.pipeline = a.pipeline.clone();
-    b.max_depth = Some(2);
+    b.inputs.max_depth = Some(2);
     for line in print_commands(&Plan::new(&b).unwrap(), &b).unwrap() {
         execute(&line);
     }

@@ -3,7 +3,7 @@
 #![allow(dead_code, clippy::unwrap_used)] // each test file uses part of it; helpers panic on purpose
 
 use std::path::PathBuf;
-use xtask::greedy::GreedyArgs;
+use xtask::greedy::{GreedyArgs, RunInputs};
 
 /// Edits to the smoke pipeline under which nothing improves after depth 1, so patience 1
 /// stops the loop at depth 2 of 5.
@@ -31,18 +31,17 @@ impl Env {
     pub fn args(&self, run_dir: &str) -> GreedyArgs {
         GreedyArgs {
             pipeline: Some(xtask::repo_root().join("pipelines/smoke.toml")),
-            source: Some(self.source.clone()),
             run_dir: Some(self.path(run_dir)),
-            artifacts: Some(self.path("artifacts")),
-            device: layerwise_nn::device::DeviceKind::Cpu,
-            max_depth: None,
             seed: None,
             from: None,
             restart: false,
             print_commands: false,
-            plain: true,
-            scheduler: None,
-            slurm: Default::default(),
+            inputs: RunInputs {
+                source: Some(self.source.clone()),
+                artifacts: Some(self.path("artifacts")),
+                plain: true,
+                ..Default::default()
+            },
         }
     }
 
