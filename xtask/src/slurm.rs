@@ -344,7 +344,7 @@ fn still_queued(home: &Path) -> Result<Vec<Submitted>> {
         return Ok(vec![]);
     }
     let states = squeue(&old)?;
-    Ok(old.into_iter().filter(|j| states.get(&j.id).is_some_and(|s| !is_terminal(&s.0))).collect())
+    Ok(old.into_iter().filter(|j| states.get(&j.id).is_some_and(|s| !is_terminal(s))).collect())
 }
 
 fn parse_submitted(text: &str) -> Vec<Submitted> {
@@ -413,12 +413,12 @@ fn is_terminal(state: &str) -> bool {
     )
 }
 
-/// `squeue` states (`STATE`, `REASON`) of these jobs, finished ones included while the
+/// `squeue` states of these jobs, finished ones included while the
 /// controller still knows them. Jobs it no longer knows are absent.
-fn squeue(jobs: &[Submitted]) -> Result<HashMap<String, (String, String)>> {
+fn squeue(jobs: &[Submitted]) -> Result<HashMap<String, String>> {
     let ids: Vec<&str> = jobs.iter().map(|j| j.id.as_str()).collect();
     let out = Command::new("squeue")
-        .args(["-h", "-t", "all", "-o", "%i|%T|%r", "-j", &ids.join(",")])
+        .args(["-h", "-t", "all", "-o", "%i|%T", "-j", &ids.join(",")])
         .output()
         .context("cannot run squeue (is a Slurm client on PATH?)")?;
     let text = String::from_utf8_lossy(&out.stdout);
@@ -433,11 +433,8 @@ fn squeue(jobs: &[Submitted]) -> Result<HashMap<String, (String, String)>> {
     Ok(text
         .lines()
         .filter_map(|l| {
-            let mut f = l.split('|');
-            Some((
-                f.next()?.trim().to_string(),
-                (f.next()?.trim().to_string(), f.next().unwrap_or("").trim().to_string()),
-            ))
+            let (id, state) = l.split_once('|')?;
+            Some((id.trim().to_string(), state.trim().to_string()))
         })
         .collect())
 }
@@ -457,7 +454,7 @@ pub fn wait(jobs: &[Submitted], run_dirs: &HashMap<String, PathBuf>, poll: Durat
         let mut done = true;
         for j in jobs {
             let state = match states.get(&j.id) {
-                Some((s, _)) => s.clone(),
+                Some(s) => s.clone(),
                 // Known before, gone now: purged after it ended.
                 None if last.get(&j.id).is_some_and(|s| is_terminal(s)) => last[&j.id].clone(),
                 None => "UNKNOWN".into(),
