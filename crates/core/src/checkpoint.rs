@@ -151,11 +151,19 @@ pub fn hidden_name(i: usize) -> String {
 
 /// Save a checkpoint atomically; the metadata's shape fields must agree with the model.
 pub fn save_checkpoint(path: &Path, model: &Mlp, meta: &CheckpointMeta) -> Result<()> {
-    crate::atomic::write_bytes_atomic(path, &checkpoint_bytes(model, meta)?)
+    crate::atomic::write_bytes_atomic(path, &checkpoint_bytes(model, meta, &[])?)
 }
 
-/// A checkpoint file's bytes (so its SHA-256 is known before it is written).
-pub fn checkpoint_bytes(model: &Mlp, meta: &CheckpointMeta) -> Result<Vec<u8>> {
+/// Tensors a checkpoint may hold besides the network's: an autoencoder layer's decoder
+/// (`decoder.{i}.weight`, `decoder.{i}.bias`), as `(name, shape, values)`. Loading ignores them.
+pub type ExtraTensors<'a> = [(String, Vec<usize>, &'a [f32])];
+
+/// The prefix of the extra tensors a checkpoint may hold ([`ExtraTensors`]).
+pub const DECODER_PREFIX: &str = "decoder.";
+
+/// A checkpoint file's bytes (so its SHA-256 is known before it is written), with `extra`
+/// tensors (each named `decoder.*`).
+pub fn checkpoint_bytes(model: &Mlp, meta: &CheckpointMeta, extra: &ExtraTensors<'_>) -> Result<Vec<u8>> {
     if meta.depth != model.depth() || meta.widths != model.widths() || meta.input_size != model.input_size() {
         bail!("internal: checkpoint metadata does not describe the model being saved");
     }
@@ -167,6 +175,12 @@ pub fn checkpoint_bytes(model: &Mlp, meta: &CheckpointMeta) -> Result<Vec<u8>> {
     let h = &model.head;
     tensors.push(OutTensor::F32("head.weight".into(), vec![h.outputs, h.inputs], &h.weight));
     tensors.push(OutTensor::F32("head.bias".into(), vec![h.outputs], &h.bias));
+    for (name, shape, values) in extra {
+        if !name.starts_with(DECODER_PREFIX) {
+            bail!("internal: extra checkpoint tensor {name} is not a decoder's");
+        }
+        tensors.push(OutTensor::F32(name.clone(), shape.clone(), values));
+    }
     safetensors_bytes(CHECKPOINT_FORMAT, meta, tensors)
 }
 
@@ -209,7 +223,8 @@ pub fn load_checkpoint(path: &Path) -> Result<(Mlp, CheckpointMeta)> {
     let file = MappedSafetensors::open(path, CHECKPOINT_FORMAT, "checkpoint")?;
     let meta = parse_meta(&file)?;
     let expected = 2 * meta.depth + 2;
-    let names = file.names();
+    // An autoencoder layer's decoder may be kept beside the network: not part of it.
+    let names: Vec<_> = file.names().into_iter().filter(|n| !n.starts_with(DECODER_PREFIX)).collect();
     if names.len() != expected {
         let mut names = names;
         names.sort();

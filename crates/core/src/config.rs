@@ -50,6 +50,8 @@ named_enum!(HeadMode, "head mode", { Frozen => "frozen", Retrain => "retrain", F
 named_enum!(Regime, "regime", { Grow => "grow", Finetune => "finetune", Scratch => "scratch" });
 named_enum!(LrSchedule, "lr_schedule", { Constant => "constant", Cosine => "cosine" });
 named_enum!(Augment, "augment", { None => "none", FlipCrop => "flip-crop" });
+named_enum!(Objective, "objective", { Supervised => "supervised", Autoencoder => "autoencoder" });
+named_enum!(Decoder, "decoder", { Tied => "tied", Untied => "untied" });
 
 /// How pixels become floats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default, clap::ValueEnum)]
@@ -125,6 +127,30 @@ pub enum Augment {
     FlipCrop,
 }
 
+/// What a depth's new layer learns from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Objective {
+    /// The labels: softmax cross-entropy through the output layer (the tutorial).
+    #[default]
+    Supervised,
+    /// No labels: the new layer is the encoder of a denoising autoencoder of its input
+    /// (Bengio et al. 2007; Vincent et al. 2008), then a softmax probe is trained on the
+    /// frozen stack with the labels.
+    Autoencoder,
+}
+
+/// The decoder of an autoencoder layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Decoder {
+    /// The encoder's weight, transposed, with a bias of its own (the Theano SdA tutorial).
+    #[default]
+    Tied,
+    /// A weight of its own, Glorot-initialized.
+    Untied,
+}
+
 /// The settings of one depth's training run (Keras' defaults unless told otherwise).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -165,6 +191,27 @@ pub struct TrainConfig {
     /// `none` or `flip-crop`.
     #[serde(skip_serializing_if = "is_default")]
     pub augment: Augment,
+    /// `supervised` or `autoencoder` (the new layer is pretrained without labels for
+    /// `epochs` epochs, then a probe output layer trains for `probe_epochs`).
+    #[serde(skip_serializing_if = "is_default")]
+    pub objective: Objective,
+    /// Autoencoder only: the fraction of its inputs masking noise zeroes, in [0, 1) (0: a
+    /// plain autoencoder).
+    #[serde(skip_serializing_if = "is_default_corruption")]
+    pub corruption: f64,
+    /// Autoencoder only: `tied` or `untied`.
+    #[serde(skip_serializing_if = "is_default")]
+    pub decoder: Decoder,
+    /// Autoencoder only: epochs of the probe (default: `epochs`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub probe_epochs: Option<usize>,
+}
+
+/// The default masking-noise fraction of a denoising autoencoder.
+pub const DEFAULT_CORRUPTION: f64 = 0.2;
+
+fn is_default_corruption(v: &f64) -> bool {
+    *v == DEFAULT_CORRUPTION
 }
 
 fn is_zero(v: &f64) -> bool {
@@ -193,6 +240,10 @@ impl Default for TrainConfig {
             lr_schedule: LrSchedule::Constant,
             warmup_epochs: 0,
             augment: Augment::None,
+            objective: Objective::Supervised,
+            corruption: DEFAULT_CORRUPTION,
+            decoder: Decoder::Tied,
+            probe_epochs: None,
         }
     }
 }
@@ -200,13 +251,19 @@ impl Default for TrainConfig {
 impl TrainConfig {
     /// Reject values that cannot train, naming the key.
     pub fn validate(&self) -> Result<()> {
-        let checks: [(&str, bool, &str); 11] = [
+        let checks: [(&str, bool, &str); 13] = [
             ("width", self.width >= 1, "must be at least 1"),
             ("widths", self.widths.iter().all(|&w| w >= 1), "every width must be at least 1"),
             ("dropout", (0.0..1.0).contains(&self.dropout), "must be in [0, 1)"),
             ("weight_decay", self.weight_decay.is_finite() && self.weight_decay >= 0.0, "must be 0 or positive"),
             ("warmup_epochs", self.warmup_epochs < self.epochs, "must be fewer than `epochs`"),
             ("epochs", self.epochs >= 1, "must be at least 1"),
+            (
+                "corruption",
+                (0.0..1.0).contains(&self.corruption),
+                "must be in [0, 1): the fraction of an autoencoder's inputs that masking noise zeroes (0: no noise)",
+            ),
+            ("probe_epochs", self.probe_epochs != Some(0), "must be at least 1"),
             ("batch_size", self.batch_size >= 1, "must be at least 1"),
             ("lr", self.lr.is_finite() && self.lr > 0.0, "must be a positive number"),
             ("beta1", (0.0..1.0).contains(&self.beta1), "must be in [0, 1)"),
@@ -222,12 +279,23 @@ impl TrainConfig {
                 bail!("invalid training setting `{key}`: {why}");
             }
         }
+        if self.objective == Objective::Autoencoder && self.augment != Augment::None {
+            bail!(
+                "invalid training setting `augment`: the autoencoder objective pretrains on cached features; \
+                 use augment = \"none\" with objective = \"autoencoder\""
+            );
+        }
         Ok(())
     }
 
     /// The width of depth `depth` (1-based): `widths[depth-1]`, else `width`.
     pub fn width_at(&self, depth: usize) -> usize {
         self.widths.get(depth.wrapping_sub(1)).copied().unwrap_or(self.width)
+    }
+
+    /// Epochs of the autoencoder objective's probe: `probe_epochs`, else `epochs`.
+    pub fn probe_epochs(&self) -> usize {
+        self.probe_epochs.unwrap_or(self.epochs)
     }
 
     /// The learning rate of step `step` (0-based) of `total` steps, `per_epoch` a epoch:
@@ -271,6 +339,8 @@ mod tests {
         check(Regime::VARIANTS);
         check(LrSchedule::VARIANTS);
         check(Augment::VARIANTS);
+        check(Objective::VARIANTS);
+        check(Decoder::VARIANTS);
         check(crate::pipeline::Depths::VARIANTS);
         check(crate::run::Stage::VARIANTS);
         let err = format!("{}", "thawed".parse::<HeadMode>().unwrap_err());

@@ -12,8 +12,26 @@ use crate::dataset::Split;
 pub const TRAIN_SCHEMA: &str = "layerwise-train-history";
 /// `schema` of an evaluation.
 pub const EVAL_SCHEMA: &str = "layerwise-evaluation";
-/// Version of both schemas.
-pub const METRICS_VERSION: u32 = 1;
+/// Version of the training history: 2 added `pretraining` (the autoencoder objective's
+/// epochs). Version 1 histories read as they are (they have none).
+pub const TRAIN_VERSION: u32 = 2;
+/// Version of the evaluation.
+pub const EVAL_VERSION: u32 = 1;
+
+/// One epoch of unsupervised pretraining (the autoencoder objective): the mean squared
+/// reconstruction error of the clean input, on the training split (from its corrupted
+/// input, weights changing, as Keras reports) and on the validation split (uncorrupted).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PretrainEpoch {
+    /// 1-based epoch number.
+    pub epoch: usize,
+    /// Mean reconstruction loss over the epoch's batches.
+    pub reconstruction_loss: f64,
+    /// Reconstruction loss of the validation split after the epoch.
+    pub val_reconstruction_loss: f64,
+    /// Wall seconds of the epoch.
+    pub seconds: f64,
+}
 
 /// One epoch of training.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -39,7 +57,7 @@ pub struct EpochMetrics {
 pub struct TrainHistory {
     /// [`TRAIN_SCHEMA`].
     pub schema: String,
-    /// [`METRICS_VERSION`].
+    /// [`TRAIN_VERSION`].
     pub version: u32,
     /// Depth trained.
     pub depth: usize,
@@ -74,7 +92,11 @@ pub struct TrainHistory {
     /// the epoch with the best validation accuracy).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub best_epoch: Option<usize>,
-    /// One entry per epoch.
+    /// The autoencoder objective's pretraining epochs (no labels read), before `epochs`,
+    /// which are then its probe's. Empty for the supervised objective.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pretraining: Vec<PretrainEpoch>,
+    /// One entry per supervised epoch (the probe's, after autoencoder pretraining).
     pub epochs: Vec<EpochMetrics>,
 }
 
@@ -83,7 +105,7 @@ pub struct TrainHistory {
 pub struct Evaluation {
     /// [`EVAL_SCHEMA`].
     pub schema: String,
-    /// [`METRICS_VERSION`].
+    /// [`EVAL_VERSION`].
     pub version: u32,
     /// Split evaluated.
     pub split: Split,
@@ -140,13 +162,27 @@ pub fn best_by_validation(depths: impl IntoIterator<Item = (usize, f64)>) -> Opt
     })
 }
 
-fn read_json<T: serde::de::DeserializeOwned>(path: &Path, schema: &str, get: fn(&T) -> (&str, u32)) -> Result<T> {
+/// Read a JSON document of `schema`, versions 1 to `newest` (each version only adds
+/// optional fields, so older documents read as they are); a newer one is refused.
+fn read_json<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    schema: &str,
+    newest: u32,
+    get: fn(&T) -> (&str, u32),
+) -> Result<T> {
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let value: T = serde_json::from_str(&text)
         .with_context(|| format!("{} is not a layerwise `{schema}` document (or is damaged)", path.display()))?;
     let (found, version) = get(&value);
-    if found != schema || version != METRICS_VERSION {
-        bail!("{}: schema `{found}` version {version}, expected `{schema}` version {METRICS_VERSION}", path.display());
+    if found != schema {
+        bail!("{}: schema `{found}`, expected `{schema}`", path.display());
+    }
+    if !(1..=newest).contains(&version) {
+        bail!(
+            "{}: `{schema}` version {version}, but this layerwise reads versions 1 to {newest}: it was written by a \
+             newer layerwise; update layerwise to read it",
+            path.display()
+        );
     }
     Ok(value)
 }
@@ -154,7 +190,7 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &Path, schema: &str, get: fn(
 impl TrainHistory {
     /// Read and check a `train.json`.
     pub fn read(path: &Path) -> Result<Self> {
-        read_json(path, TRAIN_SCHEMA, |h: &Self| (h.schema.as_str(), h.version))
+        read_json(path, TRAIN_SCHEMA, TRAIN_VERSION, |h: &Self| (h.schema.as_str(), h.version))
     }
     /// The last epoch, if any.
     pub fn last(&self) -> Option<&EpochMetrics> {
@@ -171,7 +207,7 @@ impl TrainHistory {
 impl Evaluation {
     /// Read and check an `eval.json`.
     pub fn read(path: &Path) -> Result<Self> {
-        read_json(path, EVAL_SCHEMA, |e: &Self| (e.schema.as_str(), e.version))
+        read_json(path, EVAL_SCHEMA, EVAL_VERSION, |e: &Self| (e.schema.as_str(), e.version))
     }
 }
 

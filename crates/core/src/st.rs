@@ -124,6 +124,16 @@ impl MappedSafetensors {
         Ok(self.view(name, Dtype::U8, shape)?.data())
     }
 
+    /// A tensor's bytes as stored, whatever its dtype and shape (to compare tensors bit
+    /// for bit).
+    pub fn raw(&self, name: &str) -> Result<&[u8]> {
+        let st =
+            SafeTensors::deserialize(&self.mmap).map_err(|e| anyhow!("{} is corrupt ({e})", self.path.display()))?;
+        let view = st.tensor(name).map_err(|_| anyhow!("{}: tensor `{name}` is missing", self.path.display()))?;
+        let range = view.data().as_ptr() as usize - self.mmap.as_ptr() as usize;
+        Ok(&self.mmap[range..range + view.data().len()])
+    }
+
     /// Names of all tensors in the file.
     pub fn names(&self) -> Vec<String> {
         SafeTensors::deserialize(&self.mmap)

@@ -14,7 +14,7 @@ use layerwise_core::atomic::write_json_atomic;
 use layerwise_core::checkpoint::load_checkpoint;
 use layerwise_core::dataset::{Dataset, Split};
 use layerwise_core::hash::sha256_file;
-use layerwise_core::metrics::{Evaluation, EVAL_SCHEMA, METRICS_VERSION};
+use layerwise_core::metrics::{Evaluation, EVAL_SCHEMA, EVAL_VERSION};
 use layerwise_nn::device::DeviceKind;
 use layerwise_nn::{Backend, EvalSums, Layer};
 use std::path::PathBuf;
@@ -59,7 +59,7 @@ pub fn evaluate(opts: &EvaluateOptions) -> Result<Evaluation> {
         .collect();
     let eval = Evaluation {
         schema: EVAL_SCHEMA.into(),
-        version: METRICS_VERSION,
+        version: EVAL_VERSION,
         split: opts.split,
         depth: meta.depth,
         checkpoint_sha256: sha256_file(&opts.model)?,

@@ -20,7 +20,8 @@ fn batch_gradients_match_autograd_and_a_doubled_gradient_does_not() {
     let dev = layerwise_nn::device::cpu(0);
     let (rows, inputs, width, classes) = (7, 12, 5, 4);
     for head_trains in [true, false] {
-        for n_layers in [1, 3] {
+        // No trainable hidden layer: a probe (only the head trains).
+        for n_layers in if head_trains { vec![0, 1, 3] } else { vec![1, 3] } {
             let layers: Vec<Layer<_>> = (0..n_layers)
                 .map(|i| {
                     let mut d = glorot_dense(if i == 0 { inputs } else { width }, width, 10 + i as u64);
@@ -28,7 +29,7 @@ fn batch_gradients_match_autograd_and_a_doubled_gradient_does_not() {
                     Layer::from_dense(&d, &dev)
                 })
                 .collect();
-            let head = Layer::from_dense(&glorot_dense(width, classes, 3), &dev);
+            let head = Layer::from_dense(&glorot_dense(if n_layers == 0 { inputs } else { width }, classes, 3), &dev);
             let x: Vec<f32> = (0..rows * inputs).map(|i| ((i * 17 % 23) as f32 - 11.0) / 7.0).collect();
             let mut y = vec![0f32; rows * classes];
             for r in 0..rows {
@@ -84,4 +85,61 @@ fn flip_crop_flips_and_shifts_with_zero_fill() {
     assert!(seen.contains(&vec![0, 1, 2, 0, 4, 5]), "shift right, zero-filled");
     assert!(seen.contains(&vec![4, 5, 6, 0, 0, 0]), "shift up");
     assert!(seen.len() <= 18, "2 flips × 9 shifts at most: {}", seen.len());
+}
+
+#[test]
+fn autoencoder_gradients_match_autograd_and_a_tied_decoder_shares_the_weight() {
+    use layerwise_nn::{autoencoder_gradients, AeDecoder};
+    let dev = layerwise_nn::device::cpu(0);
+    let (rows, inputs, width) = (6, 10, 4);
+    let mut enc = glorot_dense(inputs, width, 5);
+    enc.bias.iter_mut().enumerate().for_each(|(k, b)| *b = 0.1 * k as f32 - 0.1);
+    let enc = Layer::from_dense(&enc, &dev);
+    let clean: Vec<f32> = (0..rows * inputs).map(|i| ((i * 13 % 17) as f32) / 17.0).collect();
+    let noisy = layerwise_nn::masking_noise(&clean, 0.3, 9);
+    assert!(noisy.iter().filter(|v| **v == 0.0).count() > clean.iter().filter(|v| **v == 0.0).count());
+    let xn: Matrix<_> = dev.tensor_from_vec(noisy, (rows, inputs));
+    let xc: Matrix<_> = dev.tensor_from_vec(clean, (rows, inputs));
+    for tied in [true, false] {
+        let mut dec = AeDecoder::new(&enc, tied, 7, &dev);
+        if let AeDecoder::Tied { bias } = &mut dec {
+            *bias = dev.tensor_from_vec((0..inputs).map(|i| 0.05 * i as f32).collect(), (inputs,));
+        }
+        let got = autoencoder_gradients(&enc, &dec, xn.clone(), xc.clone());
+        // Reference: every parameter traced through encoder and decoder.
+        let h = enc.apply_traced(xn.clone().traced(Gradients::leaky()), true).relu();
+        let recon = match &dec {
+            AeDecoder::Tied { bias } => {
+                let y = h.matmul(enc.weight.retaped::<OwnedTape<f32, _>>());
+                let shape = *y.shape();
+                y + bias.retaped::<OwnedTape<f32, _>>().broadcast_like::<(usize, usize), Axis<0>>(&shape)
+            }
+            AeDecoder::Untied(l) => l.apply_traced(h, true),
+        };
+        let loss = mse_loss(recon, xc.clone());
+        assert!((loss.as_vec()[0] - got.loss).abs() < 1e-6);
+        let grads = loss.backward();
+        let rw = grads.get(&enc.weight).as_vec();
+        assert!(agree(&got.encoder_weight.as_vec(), &rw), "{tied}: {}", rel_diff(&got.encoder_weight.as_vec(), &rw));
+        assert!(agree(&got.encoder_bias.as_vec(), &grads.get(&enc.bias).as_vec()));
+        assert!(agree(&got.decoder_bias.as_vec(), &grads.get(dec.bias()).as_vec()));
+        match (&dec, &got.decoder_weight) {
+            (AeDecoder::Untied(l), Some(gw)) => assert!(agree(&gw.as_vec(), &grads.get(&l.weight).as_vec())),
+            (AeDecoder::Tied { .. }, None) => {
+                // The encoder's gradient holds the decoder's use of the weight: the
+                // encoder's share alone does not pass.
+                let ref_h = enc.apply_traced(xn.clone().traced(Gradients::leaky()), true).relu();
+                // (a copy: dfdx would count a use of the same tensor, traced or not)
+                let copy: Matrix<_> = dev.tensor_from_vec(enc.weight.as_vec(), (width, inputs));
+                let y = ref_h.matmul(copy);
+                let shape = *y.shape();
+                let only_encoder = y + dec.bias().clone().broadcast_like::<(usize, usize), Axis<0>>(&shape);
+                let g = mse_loss(only_encoder, xc.clone()).backward();
+                assert!(!agree(&g.get(&enc.weight).as_vec(), &rw), "the decoder's share must count");
+            }
+            _ => panic!("decoder and gradients disagree"),
+        }
+        let doubled: Vec<f32> = got.encoder_weight.as_vec().iter().map(|v| 2.0 * v).collect();
+        assert!(!agree(&doubled, &rw));
+    }
 }

@@ -4,7 +4,7 @@
 use crate::{train, Progress, TrainOptions};
 use anyhow::Result;
 use clap::Parser;
-use layerwise_core::config::{Augment, HeadMode, LrSchedule, Regime, TrainConfig};
+use layerwise_core::config::{Augment, Decoder, HeadMode, LrSchedule, Objective, Regime, TrainConfig};
 use layerwise_core::pipeline::Pipeline;
 use layerwise_nn::device::DeviceKind;
 use std::path::PathBuf;
@@ -65,8 +65,27 @@ pub struct Args {
     #[arg(long)]
     augment: Option<Augment>,
     /// Output layer from depth 2 on: frozen (tutorial code), retrain (tutorial prose), fresh.
+    /// (The autoencoder objective always trains a fresh probe.)
     #[arg(long)]
     head: Option<HeadMode>,
+    /// supervised (the labels train the new layer) or autoencoder (the new layer is
+    /// pretrained without labels as a denoising autoencoder of its input for --epochs, then
+    /// a softmax probe is trained on the frozen stack for --probe-epochs). With --regime
+    /// finetune or scratch the pipeline's objective does not apply: they are supervised.
+    #[arg(long)]
+    objective: Option<Objective>,
+    /// Autoencoder: the fraction of its inputs masking noise zeroes, in [0, 1); 0 gives a
+    /// plain autoencoder.
+    #[arg(long)]
+    corruption: Option<f64>,
+    /// Autoencoder: tied (the encoder's weight, transposed, with a bias of its own) or
+    /// untied (a weight of its own).
+    #[arg(long)]
+    decoder: Option<Decoder>,
+    /// Autoencoder: epochs of the softmax probe trained on the frozen stack (default: the
+    /// epochs).
+    #[arg(long)]
+    probe_epochs: Option<usize>,
     /// grow (freeze --from, append a layer), finetune (train all of --from end to end; lr
     /// defaults to the pipeline's / 10) or scratch (a fresh network of --depth layers).
     #[arg(long, default_value = "grow")]
@@ -100,6 +119,14 @@ fn config(a: &Args) -> Result<TrainConfig> {
     if a.width.is_some() {
         c.widths.clear();
     }
+    // Greedy pretraining's objective is the pipeline's; fine-tuning and the baseline learn
+    // from the labels unless told otherwise (and are then refused).
+    if a.regime != Regime::Grow {
+        c.objective = Objective::Supervised;
+    }
+    if let Some(p) = a.probe_epochs {
+        c.probe_epochs = Some(p);
+    }
     set!(
         epochs,
         batch_size,
@@ -113,7 +140,10 @@ fn config(a: &Args) -> Result<TrainConfig> {
         weight_decay,
         lr_schedule,
         warmup_epochs,
-        augment
+        augment,
+        objective,
+        corruption,
+        decoder
     );
     c.validate()?;
     Ok(c)

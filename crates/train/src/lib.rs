@@ -23,12 +23,12 @@ use dfdx::prelude::*;
 use layerwise_core::checkpoint::{
     checkpoint_bytes, hidden_name, load_checkpoint, CheckpointMeta, Dense, Mlp, CHECKPOINT_VERSION,
 };
-use layerwise_core::config::{Augment, HeadMode, Regime, TrainConfig};
+use layerwise_core::config::{Augment, Decoder, HeadMode, Objective, Regime, TrainConfig};
 use layerwise_core::dataset::{Dataset, Split};
-use layerwise_core::metrics::{EpochMetrics, TrainHistory, METRICS_VERSION, TRAIN_SCHEMA};
+use layerwise_core::metrics::{EpochMetrics, PretrainEpoch, TrainHistory, TRAIN_SCHEMA, TRAIN_VERSION};
 use layerwise_core::{atomic, hash, mix_seed};
 use layerwise_nn::device::DeviceKind;
-use layerwise_nn::{features_host, glorot_dense, Adam, Backend, EvalSums, Layer, Matrix};
+use layerwise_nn::{features_host, glorot_dense, Adam, AeDecoder, Backend, EvalSums, Layer, Matrix};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use std::borrow::Cow;
@@ -91,6 +91,23 @@ fn plan(opts: &TrainOptions, ds: &Dataset, parent: Option<&(Mlp, CheckpointMeta)
     let fits = |depth: usize, inputs: usize, width: usize, cached: bool| {
         check_memory(depth, inputs, width, cfg.batch_size, if cached { rows } else { 0 })
     };
+    if cfg.objective == Objective::Autoencoder {
+        if opts.regime != Regime::Grow {
+            bail!(
+                "the autoencoder objective pretrains one new layer without labels, so it needs --regime grow; \
+                 `{}` trains with the labels end to end: use --objective supervised for it (fine-tune an \
+                 autoencoder-pretrained checkpoint with --regime finetune --objective supervised)",
+                opts.regime.name()
+            );
+        }
+        if classes < 2 {
+            bail!(
+                "{}: the dataset names {classes} classes, but the autoencoder objective's probe is trained with the \
+                 labels: prepare a dataset with its labels",
+                opts.data.display()
+            );
+        }
+    }
     if opts.depth.is_some() && opts.regime != Regime::Scratch {
         bail!("--depth sets the size of a `scratch` network; `{}` takes its depth from --from", opts.regime.name());
     }
@@ -115,6 +132,8 @@ fn plan(opts: &TrainOptions, ds: &Dataset, parent: Option<&(Mlp, CheckpointMeta)
             fits(depth, last, width, true)?;
             let new_layer = glorot_dense(last, width, seed(0));
             let (head, head_trains) = match cfg.head {
+                // The autoencoder objective's probe is a new output layer at every depth.
+                _ if cfg.objective == Objective::Autoencoder => (glorot_dense(width, classes, seed(1)), true),
                 HeadMode::Fresh => (glorot_dense(width, classes, seed(1)), true),
                 mode => {
                     if model.head.inputs != width {
@@ -219,9 +238,24 @@ pub fn train(opts: &TrainOptions) -> Result<TrainOutcome> {
     } else {
         frozen.push("head".into())
     }
-    let trained_tensors = trained_names.iter().flat_map(|n| tensor_names(n)).collect::<Vec<_>>();
+    let mut trained_tensors = trained_names.iter().flat_map(|n| tensor_names(n)).collect::<Vec<_>>();
+    // The autoencoder's decoder goes into the checkpoint too (evaluation ignores it): a
+    // bias, and a weight of its own when untied.
+    let decoder = trained.pretrained.as_ref().map(|p| {
+        let [w, b] = tensor_names(&decoder_name(first));
+        let (inputs, width) = (model.hidden[first].inputs, model.hidden[first].outputs);
+        let mut t = Vec::new();
+        if !p.decoder.0.is_empty() {
+            t.push((w, vec![inputs, width], p.decoder.0.as_slice()));
+        }
+        t.push((b, vec![inputs], p.decoder.1.as_slice()));
+        t
+    });
+    let decoder = decoder.unwrap_or_default();
+    trained_tensors.extend(decoder.iter().map(|(name, ..)| name.clone()));
     let trainable_params = model.hidden[first..].iter().map(Dense::num_params).sum::<usize>()
-        + if plan.head_trains { model.head.num_params() } else { 0 };
+        + if plan.head_trains { model.head.num_params() } else { 0 }
+        + decoder.iter().map(|(_, _, v)| v.len()).sum::<usize>();
     let meta = CheckpointMeta {
         version: CHECKPOINT_VERSION,
         depth,
@@ -239,10 +273,10 @@ pub fn train(opts: &TrainOptions) -> Result<TrainOutcome> {
         device: opts.device.name().into(),
         regime: opts.regime,
     };
-    let bytes = checkpoint_bytes(&model, &meta)?;
+    let bytes = checkpoint_bytes(&model, &meta, &decoder)?;
     let history = TrainHistory {
         schema: TRAIN_SCHEMA.into(),
-        version: METRICS_VERSION,
+        version: TRAIN_VERSION,
         depth,
         checkpoint_sha256: hash::sha256_hex(&bytes),
         dataset_fingerprint: ds.meta.fingerprint.clone(),
@@ -256,6 +290,7 @@ pub fn train(opts: &TrainOptions) -> Result<TrainOutcome> {
         regime: opts.regime,
         trained_tensors,
         best_epoch: trained.best_epoch,
+        pretraining: trained.pretrained.as_ref().map(|p| p.epochs.clone()).unwrap_or_default(),
         epochs: trained.epochs,
     };
     // train.json first, the checkpoint last: a checkpoint on disk always has its history.
@@ -282,6 +317,29 @@ struct Trained {
     best_epoch: Option<usize>,
     prefix_rows: usize,
     prefix_seconds: f64,
+    /// The autoencoder objective's pretraining: its epochs and the decoder (weight, empty
+    /// when tied, and bias).
+    pretrained: Option<state::Pretrained>,
+}
+
+/// What a supervised loop trained.
+struct Supervised {
+    prefix_rows: usize,
+    layers: Vec<Dense>,
+    head: Dense,
+    epochs: Vec<EpochMetrics>,
+    best_epoch: Option<usize>,
+}
+
+/// The inputs of a supervised loop: the fixed input of its first trainable layer, on the
+/// host, for the train and validation splits, and the frozen layers to apply per batch
+/// (only when augmentation changes the images every batch).
+struct Inputs<'a, D: Backend> {
+    x_train: &'a [f32],
+    y_train: &'a [u8],
+    x_val: &'a [f32],
+    y_val: &'a [u8],
+    per_batch_prefix: &'a [Layer<D>],
 }
 
 /// Rows per chunk when pushing data through frozen layers or evaluating.
@@ -291,17 +349,44 @@ const CHUNK: usize = 2500;
 type HostTensors = (Vec<(Vec<f32>, Vec<f32>)>, (Vec<f32>, Vec<f32>));
 
 fn host_copy<D: Backend>(layers: &[Layer<D>], head: &Layer<D>) -> HostTensors {
-    let pair = |l: &Layer<D>| {
-        let d = l.to_dense();
-        (d.weight, d.bias)
-    };
-    (layers.iter().map(pair).collect(), pair(head))
+    (layers.iter().map(host_pair).collect(), host_pair(head))
+}
+
+fn host_pair<D: Backend>(l: &Layer<D>) -> (Vec<f32>, Vec<f32>) {
+    (l.weight.as_vec(), l.bias.as_vec())
+}
+
+/// A host `(weight, bias)` pair as a layer shaped like `like`, refusing a pair of other
+/// sizes (a state file of another network).
+fn restore_layer<D: Backend>(
+    like: &Layer<D>,
+    (weight, bias): &(Vec<f32>, Vec<f32>),
+    dev: &D,
+    from: &Path,
+) -> Result<Layer<D>> {
+    let (outputs, inputs) = *like.weight.shape();
+    if weight.len() != outputs * inputs || bias.len() != outputs {
+        bail!("{}: its tensors do not fit this network", from.display());
+    }
+    Ok(Layer::from_dense(&Dense { inputs, outputs, weight: weight.clone(), bias: bias.clone() }, dev))
 }
 
 /// The checkpoint names of a layer's tensors.
 fn tensor_names(layer: &str) -> [String; 2] {
     [format!("{layer}.weight"), format!("{layer}.bias")]
 }
+
+/// The checkpoint name of hidden layer `i`'s autoencoder decoder.
+fn decoder_name(i: usize) -> String {
+    format!("decoder.{i}")
+}
+
+/// Shuffle streams: each loop shuffles (and draws its noise) with its own seeds.
+const GROW_STREAM: u64 = 1000;
+const FINETUNE_STREAM: u64 = 3000;
+const SCRATCH_STREAM: u64 = 5000;
+const PRETRAIN_STREAM: u64 = 7000;
+const PROBE_STREAM: u64 = 9000;
 
 impl Run<'_> {
     /// The frozen prefix's output for a split, on the host: the images themselves when
@@ -324,10 +409,27 @@ impl Run<'_> {
         Ok((feats, view.labels.to_vec()))
     }
 
+    fn say(&self, text: &str) {
+        if self.opts.progress != Progress::Quiet {
+            layerwise_core::progress::println(&format!("depth {}: {text}", self.depth));
+        }
+    }
+
+    /// The state an interrupted run of this same command left, if any.
+    fn saved_state(&self) -> Option<state::TrainState> {
+        let path = self.opts.out.join(state::STATE_FILE);
+        match state::load(&path, &self.state_key) {
+            Ok(st) => st,
+            Err(why) => {
+                self.say(&format!("not resuming ({why:#}); training from epoch 1"));
+                None
+            }
+        }
+    }
+
     fn go<D: Backend>(&self, dev: &D) -> Result<Trained> {
         let cfg = &self.opts.config;
         let plan = self.plan;
-        let classes = plan.head.outputs;
         let t0 = Instant::now();
         let prefix: Vec<Layer<D>> = plan.prefix.iter().map(|l| Layer::from_dense(l, dev)).collect();
         let mut prefix_rows = 0;
@@ -337,9 +439,8 @@ impl Run<'_> {
         let (x_train, y_train) = if augment {
             let view = self.ds.split(Split::Train)?;
             if !prefix.is_empty() {
-                layerwise_core::progress::println(&format!(
-                    "depth {}: augmentation ({}) is on: the frozen layers' outputs are recomputed for every batch",
-                    self.depth,
+                self.say(&format!(
+                    "augmentation ({}) is on: the frozen layers' outputs are recomputed for every batch",
                     cfg.augment.name()
                 ));
             }
@@ -348,65 +449,275 @@ impl Run<'_> {
             self.features(dev, &prefix, Split::Train, &mut prefix_rows)?
         };
         let (x_val, y_val) = self.features(dev, &prefix, Split::Val, &mut prefix_rows)?;
-        let prefix = if augment { prefix } else { Vec::new() };
-        let image_shape = self.ds.meta.image_shape;
+        let per_batch_prefix = if augment { prefix } else { Vec::new() };
         let prefix_seconds = t0.elapsed().as_secs_f64();
-        let n = y_train.len();
-        if n == 0 {
+        if y_train.is_empty() {
             bail!("{}: the train split is empty", self.ds.path().display());
         }
-        let dim = x_train.len() / n;
+        let saved = self.saved_state();
+        match cfg.objective {
+            Objective::Supervised => {
+                let inputs = Inputs {
+                    x_train: &x_train,
+                    y_train: &y_train,
+                    x_val: &x_val,
+                    y_val: &y_val,
+                    per_batch_prefix: &per_batch_prefix,
+                };
+                let s = self.supervised(dev, &inputs, &plan.trainable, &plan.head, plan.head_trains, saved, None)?;
+                Ok(Trained {
+                    layers: s.layers,
+                    head: s.head,
+                    epochs: s.epochs,
+                    best_epoch: s.best_epoch,
+                    prefix_rows: prefix_rows + s.prefix_rows,
+                    prefix_seconds,
+                    pretrained: None,
+                })
+            }
+            Objective::Autoencoder => {
+                // Pretraining reads the inputs, never the labels.
+                let pretrained = self.pretrain(dev, &x_train, &x_val, saved.as_ref())?;
+                let (weight, bias) = pretrained.encoder.clone();
+                let like = &plan.trainable[0];
+                let encoder = Dense { inputs: like.inputs, outputs: like.outputs, weight, bias };
+                let layer = [Layer::from_dense(&encoder, dev)];
+                // The probe: a softmax layer on the frozen stack's features, with labels.
+                let (n_train, n_val) = (y_train.len(), y_val.len());
+                let f_train = features_host(dev, &layer, &x_train, n_train, CHUNK);
+                let f_val = features_host(dev, &layer, &x_val, n_val, CHUNK);
+                drop((x_train, x_val));
+                let inputs = Inputs {
+                    x_train: &f_train,
+                    y_train: &y_train,
+                    x_val: &f_val,
+                    y_val: &y_val,
+                    per_batch_prefix: &[],
+                };
+                let saved = saved.filter(|s| s.pretrained.as_ref().is_some_and(|p| p.epoch >= cfg.epochs));
+                let s = self.supervised(dev, &inputs, &[], &plan.head, true, saved, Some(&pretrained))?;
+                Ok(Trained {
+                    layers: vec![encoder],
+                    head: s.head,
+                    epochs: s.epochs,
+                    best_epoch: s.best_epoch,
+                    prefix_rows,
+                    prefix_seconds,
+                    pretrained: Some(pretrained),
+                })
+            }
+        }
+    }
 
-        let first = plan.prefix.len();
-        let names: Vec<[String; 2]> =
-            (first..first + plan.trainable.len()).map(|i| tensor_names(&hidden_name(i))).collect();
+    /// Train the new layer as the encoder of a denoising autoencoder of its input `x_train`
+    /// (validated on `x_val`), for `epochs` epochs, from a saved state when there is one.
+    fn pretrain<D: Backend>(
+        &self,
+        dev: &D,
+        x_train: &[f32],
+        x_val: &[f32],
+        saved: Option<&state::TrainState>,
+    ) -> Result<state::Pretrained> {
+        let cfg = &self.opts.config;
+        let plan = self.plan;
+        let index = plan.prefix.len();
+        let [ew, eb] = tensor_names(&hidden_name(index));
+        let [dw, db] = tensor_names(&decoder_name(index));
+        let like = &plan.trainable[0];
+        let dim = like.inputs;
+        let (n, n_val) = (x_train.len() / dim, x_val.len() / dim);
+        let mut encoder = Layer::from_dense(like, dev);
+        let seed = |parts: &[u64]| mix_seed(cfg.seed, &[&[self.depth as u64], parts].concat());
+        let mut decoder = AeDecoder::new(&encoder, cfg.decoder == Decoder::Tied, seed(&[2]), dev);
+        let mut adam = Adam::new(cfg.lr, cfg.beta1, cfg.beta2, cfg.epsilon);
+        let mut history = Vec::new();
+        let mut first_epoch = 1;
+        let state_path = self.opts.out.join(state::STATE_FILE);
+        if let Some(p) = saved.and_then(|s| s.pretrained.as_ref()) {
+            if p.epoch >= cfg.epochs {
+                self.say(&format!("pretraining finished in an interrupted run ({}): kept", state_path.display()));
+                return Ok(p.clone());
+            }
+            encoder = restore_layer(&encoder, &p.encoder, dev, &state_path)?;
+            decoder = match decoder {
+                AeDecoder::Tied { .. } if p.decoder.0.is_empty() && p.decoder.1.len() == dim => {
+                    AeDecoder::Tied { bias: dev.tensor_from_vec(p.decoder.1.clone(), (dim,)) }
+                }
+                AeDecoder::Untied(l) => AeDecoder::Untied(restore_layer(&l, &p.decoder, dev, &state_path)?),
+                _ => bail!("{}: its decoder does not fit this network", state_path.display()),
+            };
+            adam.restore(p.adam_t, p.adam.clone());
+            history = p.epochs.clone();
+            first_epoch = p.epoch + 1;
+            self.say(&format!(
+                "resuming at epoch {first_epoch} of {} of pretraining from the state an interrupted run left ({})",
+                cfg.epochs,
+                state_path.display()
+            ));
+        }
+        let bs = cfg.batch_size.min(n);
+        let batches = n.div_ceil(bs);
+        let mut order: Vec<usize> = (0..n).collect();
+        let epoch_rng = |epoch: usize| rand_chacha::ChaCha8Rng::seed_from_u64(seed(&[PRETRAIN_STREAM + epoch as u64]));
+        for epoch in 1..first_epoch {
+            order.shuffle(&mut epoch_rng(epoch));
+        }
+        let mut bar = self.opts.progress.start(format!("depth {} pretraining", self.depth), cfg.epochs, batches);
+        let mut rows = Vec::with_capacity(bs * dim);
+        for epoch in first_epoch..=cfg.epochs {
+            let te = Instant::now();
+            order.shuffle(&mut epoch_rng(epoch));
+            let mut loss_sum = 0f64;
+            for (b, chunk) in order.chunks(bs).enumerate() {
+                rows.clear();
+                for &i in chunk {
+                    rows.extend_from_slice(&x_train[i * dim..(i + 1) * dim]);
+                }
+                let noisy = layerwise_nn::masking_noise(
+                    &rows,
+                    cfg.corruption,
+                    seed(&[PRETRAIN_STREAM + epoch as u64, 3, b as u64]),
+                );
+                let noisy: Matrix<D> = dev.tensor_from_vec(noisy, (chunk.len(), dim));
+                let clean: Matrix<D> = dev.tensor_from_vec(rows.clone(), (chunk.len(), dim));
+                adam.set_lr(cfg.lr_at((epoch - 1) * batches + b, cfg.epochs * batches, batches));
+                let g = layerwise_nn::autoencoder_gradients(&encoder, &decoder, noisy, clean);
+                if !g.loss.is_finite() {
+                    bail!(
+                        "depth {}: the reconstruction loss became {} at pretraining epoch {epoch}, batch {} of \
+                         {batches}: training diverged; lower the learning rate (--lr) or check the dataset; no \
+                         checkpoint was written",
+                        self.depth,
+                        g.loss,
+                        b + 1
+                    );
+                }
+                loss_sum += g.loss as f64 * chunk.len() as f64;
+                adam.tick();
+                adam.update_decayed(&ew, &mut encoder.weight, &g.encoder_weight, cfg.weight_decay)?;
+                adam.update(&eb, &mut encoder.bias, &g.encoder_bias)?;
+                match (&mut decoder, &g.decoder_weight) {
+                    (AeDecoder::Untied(l), Some(gw)) => {
+                        adam.update_decayed(&dw, &mut l.weight, gw, cfg.weight_decay)?;
+                        adam.update(&db, &mut l.bias, &g.decoder_bias)?;
+                    }
+                    (AeDecoder::Tied { bias }, None) => adam.update(&db, bias, &g.decoder_bias)?,
+                    _ => bail!("internal: decoder and its gradients disagree"),
+                }
+                let seen = (b * bs + chunk.len()) as f64;
+                bar.batch(b + 1, || format!("reconstruction {:.5}", loss_sum / seen));
+            }
+            let val = layerwise_nn::reconstruction_loss(dev, &encoder, &decoder, x_val, n_val, CHUNK);
+            let m = PretrainEpoch {
+                epoch,
+                reconstruction_loss: loss_sum / n as f64,
+                val_reconstruction_loss: val,
+                seconds: te.elapsed().as_secs_f64(),
+            };
+            bar.pretrain_epoch(&m);
+            history.push(m);
+            // The state after every epoch, the last one too: the probe follows.
+            let (adam_t, adam_moments) = adam.state();
+            let decoder_host = match &decoder {
+                AeDecoder::Tied { bias } => (Vec::new(), bias.as_vec()),
+                AeDecoder::Untied(l) => host_pair(l),
+            };
+            let p = state::Pretrained {
+                epoch,
+                encoder: host_pair(&encoder),
+                decoder: decoder_host,
+                adam_t,
+                adam: if epoch < cfg.epochs { adam_moments } else { Vec::new() },
+                epochs: history.clone(),
+            };
+            let st = state::TrainState {
+                format: state::STATE_FORMAT.into(),
+                version: state::STATE_VERSION,
+                key: self.state_key.clone(),
+                epoch: 0,
+                layers: Vec::new(),
+                head: (Vec::new(), Vec::new()),
+                adam_t: 0,
+                adam: Vec::new(),
+                epochs: Vec::new(),
+                best: None,
+                pretrained: Some(p.clone()),
+            };
+            state::save(&state_path, &st)?;
+            if epoch == cfg.epochs {
+                bar.finish();
+                return Ok(p);
+            }
+        }
+        bar.finish();
+        bail!("internal: pretraining ran no epoch")
+    }
+
+    /// The supervised loop: train `trainable` (and `head` when `head_trains`) with the
+    /// labels, from a saved state when there is one. `pretrained` (the autoencoder
+    /// objective's, for its probe) goes into every state written.
+    #[allow(clippy::too_many_arguments)]
+    fn supervised<D: Backend>(
+        &self,
+        dev: &D,
+        inputs: &Inputs<'_, D>,
+        trainable: &[Dense],
+        head0: &Dense,
+        head_trains: bool,
+        saved: Option<state::TrainState>,
+        pretrained: Option<&state::Pretrained>,
+    ) -> Result<Supervised> {
+        let cfg = &self.opts.config;
+        let probe = pretrained.is_some();
+        let total_epochs = if probe { cfg.probe_epochs() } else { cfg.epochs };
+        let Inputs { x_train, y_train, x_val, y_val, per_batch_prefix } = *inputs;
+        let classes = head0.outputs;
+        let n = y_train.len();
+        let dim = x_train.len() / n;
+        let image_shape = self.ds.meta.image_shape;
+        let augment = cfg.augment == Augment::FlipCrop;
+        let mut prefix_rows = 0;
+
+        let first = self.plan.prefix.len();
+        let names: Vec<[String; 2]> = (first..first + trainable.len()).map(|i| tensor_names(&hidden_name(i))).collect();
         let head_names = tensor_names("head");
-        let mut layers: Vec<Layer<D>> = plan.trainable.iter().map(|l| Layer::from_dense(l, dev)).collect();
-        let mut head = Layer::from_dense(&plan.head, dev);
+        let mut layers: Vec<Layer<D>> = trainable.iter().map(|l| Layer::from_dense(l, dev)).collect();
+        let mut head = Layer::from_dense(head0, dev);
         let mut adam = Adam::new(cfg.lr, cfg.beta1, cfg.beta2, cfg.epsilon);
         let mut order: Vec<usize> = (0..n).collect();
         let bs = cfg.batch_size.min(n);
         let batches = n.div_ceil(bs);
-        let mut epochs = Vec::with_capacity(cfg.epochs);
+        let mut epochs = Vec::with_capacity(total_epochs);
         // Fine-tuning keeps the weights of its best epoch by validation accuracy.
         let keep_best = self.opts.regime == Regime::Finetune;
         let mut best: Option<state::Best> = None;
         // An interrupted run of this same command left its state: continue from there.
         let state_path = self.opts.out.join(state::STATE_FILE);
         let mut first_epoch = 1;
-        match state::load(&state_path, &self.state_key) {
-            Ok(Some(st)) if st.epoch < cfg.epochs && st.layers.len() == layers.len() => {
-                let restore = |l: &Layer<D>, (weight, bias): &(Vec<f32>, Vec<f32>)| -> Result<Layer<D>> {
-                    let (outputs, inputs) = *l.weight.shape();
-                    if weight.len() != outputs * inputs || bias.len() != outputs {
-                        bail!("{}: its tensors do not fit this network", state_path.display());
-                    }
-                    Ok(Layer::from_dense(&Dense { inputs, outputs, weight: weight.clone(), bias: bias.clone() }, dev))
-                };
-                layers = layers.iter().zip(&st.layers).map(|(l, t)| restore(l, t)).collect::<Result<_>>()?;
-                head = restore(&head, &st.head)?;
-                adam.restore(st.adam_t, st.adam);
-                epochs = st.epochs;
-                best = st.best;
-                first_epoch = st.epoch + 1;
-                layerwise_core::progress::println(&format!(
-                    "depth {}: resuming at epoch {first_epoch} of {} from the state an interrupted run left ({})",
-                    self.depth,
-                    cfg.epochs,
-                    state_path.display()
-                ));
-            }
-            Ok(_) => {}
-            Err(why) => layerwise_core::progress::println(&format!(
-                "depth {}: not resuming ({why:#}); training from epoch 1",
-                self.depth
-            )),
+        if let Some(st) = saved.filter(|st| st.epoch >= 1 && st.epoch < total_epochs && st.layers.len() == layers.len())
+        {
+            layers = layers
+                .iter()
+                .zip(&st.layers)
+                .map(|(l, t)| restore_layer(l, t, dev, &state_path))
+                .collect::<Result<_>>()?;
+            head = restore_layer(&head, &st.head, dev, &state_path)?;
+            adam.restore(st.adam_t, st.adam);
+            epochs = st.epochs;
+            best = st.best;
+            first_epoch = st.epoch + 1;
+            self.say(&format!(
+                "resuming at {}epoch {first_epoch} of {total_epochs} from the state an interrupted run left ({})",
+                if probe { "probe " } else { "" },
+                state_path.display()
+            ));
         }
-        // Each regime shuffles with its own stream (grow's is the one it always had).
-        let stream = match self.opts.regime {
-            Regime::Grow => 1000,
-            Regime::Finetune => 3000,
-            Regime::Scratch => 5000,
+        // Each loop shuffles with its own stream (grow's is the one it always had).
+        let stream = match (self.opts.regime, probe) {
+            (_, true) => PROBE_STREAM,
+            (Regime::Grow, false) => GROW_STREAM,
+            (Regime::Finetune, false) => FINETUNE_STREAM,
+            (Regime::Scratch, false) => SCRATCH_STREAM,
         };
         let epoch_rng = |epoch: usize| {
             rand_chacha::ChaCha8Rng::seed_from_u64(mix_seed(cfg.seed, &[self.depth as u64, stream + epoch as u64]))
@@ -417,8 +728,9 @@ impl Run<'_> {
             order.shuffle(&mut epoch_rng(epoch));
         }
         let widths: Vec<usize> = layers.iter().map(Layer::outputs).collect();
-        let mut bar = self.opts.progress.start(self.depth, cfg.epochs, batches);
-        for epoch in first_epoch..=cfg.epochs {
+        let what = format!("depth {}{}", self.depth, if probe { " probe" } else { "" });
+        let mut bar = self.opts.progress.start(what, total_epochs, batches);
+        for epoch in first_epoch..=total_epochs {
             let te = Instant::now();
             order.shuffle(&mut epoch_rng(epoch));
             let mut sums = EvalSums::new(classes);
@@ -437,7 +749,7 @@ impl Run<'_> {
                     layerwise_nn::flip_crop(&mut rows, image_shape, 4, batch_seed(1));
                 }
                 let mut xb: Matrix<D> = dev.tensor_from_vec(rows, (chunk.len(), dim));
-                for l in &prefix {
+                for l in per_batch_prefix {
                     xb = l.apply(xb).relu();
                     prefix_rows += chunk.len();
                 }
@@ -447,8 +759,8 @@ impl Run<'_> {
                 } else {
                     Vec::new()
                 };
-                adam.set_lr(cfg.lr_at((epoch - 1) * batches + b, cfg.epochs * batches, batches));
-                let g = layerwise_nn::batch_gradients(&layers, &head, plan.head_trains, xb, yb, &masks)?;
+                adam.set_lr(cfg.lr_at((epoch - 1) * batches + b, total_epochs * batches, batches));
+                let g = layerwise_nn::batch_gradients(&layers, &head, head_trains, xb, yb, &masks)?;
                 let batch_labels: Vec<u8> = chunk.iter().map(|&i| y_train[i]).collect();
                 sums.add(&g.logits, &batch_labels);
                 if !g.loss.is_finite() {
@@ -470,9 +782,9 @@ impl Run<'_> {
                     adam.update_decayed(&head_names[0], &mut head.weight, gw, cfg.weight_decay)?;
                     adam.update(&head_names[1], &mut head.bias, gb)?;
                 }
-                bar.batch(b + 1, sums.loss(), sums.accuracy());
+                bar.batch(b + 1, || format!("loss {:.4} acc {:.4}", sums.loss(), sums.accuracy()));
             }
-            let val = layerwise_nn::evaluate(dev, &layers, &head, &x_val, &y_val, CHUNK);
+            let val = layerwise_nn::evaluate(dev, &layers, &head, x_val, y_val, CHUNK);
             let seconds = te.elapsed().as_secs_f64();
             let m = EpochMetrics {
                 epoch,
@@ -486,7 +798,7 @@ impl Run<'_> {
             bar.epoch(&m);
             // One copy of the weights to the host per epoch, for the best epoch and the state.
             let improved = keep_best && best.as_ref().is_none_or(|b| m.val_accuracy > b.val_accuracy);
-            let resumable = epoch < cfg.epochs;
+            let resumable = epoch < total_epochs;
             let snapshot = (improved || resumable).then(|| host_copy(&layers, &head));
             if let (true, Some((layers, head))) = (improved, &snapshot) {
                 best = Some(state::Best {
@@ -510,6 +822,7 @@ impl Run<'_> {
                     adam: adam_moments,
                     epochs: epochs.clone(),
                     best: best.clone(),
+                    pretrained: pretrained.cloned(),
                 };
                 state::save(&state_path, &st)?;
             }
@@ -521,15 +834,22 @@ impl Run<'_> {
             weight: w,
             bias: b,
         };
-        let (out_layers, out_head, best_epoch) = match best {
-            Some(b) if keep_best => (
-                b.layers.into_iter().zip(&plan.trainable).map(|((w, bias), like)| dense(w, bias, like)).collect(),
-                dense(b.head.0, b.head.1, &plan.head),
-                Some(b.epoch),
-            ),
-            _ => (layers.iter().map(Layer::to_dense).collect(), head.to_dense(), None),
-        };
-        Ok(Trained { layers: out_layers, head: out_head, epochs, best_epoch, prefix_rows, prefix_seconds })
+        Ok(match best {
+            Some(b) if keep_best => Supervised {
+                prefix_rows,
+                layers: b.layers.into_iter().zip(trainable).map(|((w, bias), like)| dense(w, bias, like)).collect(),
+                head: dense(b.head.0, b.head.1, head0),
+                epochs,
+                best_epoch: Some(b.epoch),
+            },
+            _ => Supervised {
+                prefix_rows,
+                layers: layers.iter().map(Layer::to_dense).collect(),
+                head: head.to_dense(),
+                epochs,
+                best_epoch: None,
+            },
+        })
     }
 }
 

@@ -2,7 +2,7 @@
 //! otherwise, or nothing.
 
 use indicatif::{ProgressBar, ProgressStyle};
-use layerwise_core::metrics::EpochMetrics;
+use layerwise_core::metrics::{EpochMetrics, PretrainEpoch};
 
 /// How a run reports progress.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,44 +18,60 @@ pub enum Progress {
 pub(crate) struct Reporter {
     bar: Option<ProgressBar>,
     plain: bool,
-    depth: usize,
+    /// `depth 3`, `depth 3 pretraining`, `depth 3 probe`.
+    what: String,
     epochs: usize,
 }
 
 impl Progress {
-    pub(crate) fn start(self, depth: usize, epochs: usize, batches: usize) -> Reporter {
+    /// Progress of `epochs` epochs of `batches` batches of `what` (`depth 3`, `depth 3 probe`).
+    pub(crate) fn start(self, what: String, epochs: usize, batches: usize) -> Reporter {
         let tty = layerwise_core::progress::stderr_is_terminal();
         let bar = (self == Progress::Auto && tty).then(|| {
             let b = layerwise_core::progress::add(ProgressBar::new(batches as u64));
             b.set_style(
-                ProgressStyle::with_template("depth {prefix} {bar:30} {pos}/{len} batches {msg}")
+                ProgressStyle::with_template("{prefix} {bar:30} {pos}/{len} batches {msg}")
                     .unwrap_or_else(|_| ProgressStyle::default_bar()),
             );
-            b.set_prefix(format!("{depth} epoch 1/{epochs}"));
+            b.set_prefix(format!("{what} epoch 1/{epochs}"));
             b
         });
-        Reporter { bar, plain: self == Progress::Plain || (self == Progress::Auto && !tty), depth, epochs }
+        Reporter { bar, plain: self == Progress::Plain || (self == Progress::Auto && !tty), what, epochs }
     }
 }
 
 impl Reporter {
-    pub(crate) fn batch(&mut self, b: usize, loss: f64, acc: f64) {
+    /// Batch `b` done; `message` (the running loss) is formatted only when shown.
+    pub(crate) fn batch(&mut self, b: usize, message: impl FnOnce() -> String) {
         if let Some(bar) = &self.bar {
             bar.set_position(b as u64);
             if b.is_multiple_of(8) {
-                bar.set_message(format!("loss {loss:.4} acc {acc:.4}"));
+                bar.set_message(message());
             }
         }
     }
 
     pub(crate) fn epoch(&mut self, m: &EpochMetrics) {
-        let line = format!(
-            "depth {:>2} epoch {:>3}/{:<3} loss {:.4} acc {:.4} | val_loss {:.4} val_acc {:.4} | {:.1}s {:.0} samples/s",
-            self.depth, m.epoch, self.epochs, m.train_loss, m.train_accuracy, m.val_loss, m.val_accuracy, m.seconds, m.samples_per_second
+        let text = format!(
+            "loss {:.4} acc {:.4} | val_loss {:.4} val_acc {:.4} | {:.1}s {:.0} samples/s",
+            m.train_loss, m.train_accuracy, m.val_loss, m.val_accuracy, m.seconds, m.samples_per_second
         );
+        self.line(m.epoch, text);
+    }
+
+    pub(crate) fn pretrain_epoch(&mut self, m: &PretrainEpoch) {
+        let text = format!(
+            "reconstruction {:.5} | val_reconstruction {:.5} | {:.1}s",
+            m.reconstruction_loss, m.val_reconstruction_loss, m.seconds
+        );
+        self.line(m.epoch, text);
+    }
+
+    fn line(&mut self, epoch: usize, text: String) {
+        let line = format!("{} epoch {:>3}/{:<3} {text}", self.what, epoch, self.epochs);
         if let Some(bar) = &self.bar {
             bar.println(line);
-            bar.set_prefix(format!("{} epoch {}/{}", self.depth, (m.epoch + 1).min(self.epochs), self.epochs));
+            bar.set_prefix(format!("{} epoch {}/{}", self.what, (epoch + 1).min(self.epochs), self.epochs));
             bar.set_position(0);
         } else if self.plain {
             layerwise_core::progress::println(&line);

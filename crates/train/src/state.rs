@@ -9,7 +9,7 @@
 
 use anyhow::{bail, Context, Result};
 use bincode::Options;
-use layerwise_core::metrics::EpochMetrics;
+use layerwise_core::metrics::{EpochMetrics, PretrainEpoch};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -18,7 +18,7 @@ pub const STATE_FILE: &str = ".train-state.bin";
 /// What the file says it is.
 pub const STATE_FORMAT: &str = "layerwise-train-state";
 /// Its layout's version.
-pub const STATE_VERSION: u32 = 1;
+pub const STATE_VERSION: u32 = 2;
 
 /// A depth's training, after `epoch` epochs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -43,6 +43,26 @@ pub struct TrainState {
     pub epochs: Vec<EpochMetrics>,
     /// The best epoch so far and its weights, where the regime keeps them (fine-tuning).
     pub best: Option<Best>,
+    /// The autoencoder objective's pretraining: in progress (`epoch` is then 0), or done
+    /// and followed by the probe's `epoch` epochs.
+    pub pretrained: Option<Pretrained>,
+}
+
+/// An autoencoder layer's pretraining after `epoch` epochs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Pretrained {
+    /// Pretraining epochs finished.
+    pub epoch: usize,
+    /// The encoder's (the new hidden layer's) weight and bias.
+    pub encoder: (Vec<f32>, Vec<f32>),
+    /// The decoder's weight (empty when tied) and bias.
+    pub decoder: (Vec<f32>, Vec<f32>),
+    /// Adam's step count (while pretraining).
+    pub adam_t: i32,
+    /// Adam's moments (while pretraining; empty once done).
+    pub adam: layerwise_nn::Moments,
+    /// The history of the finished pretraining epochs.
+    pub epochs: Vec<PretrainEpoch>,
 }
 
 /// The weights of the epoch with the best validation accuracy so far.

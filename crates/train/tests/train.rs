@@ -160,7 +160,7 @@ fn bad_checkpoints_are_refused_clearly() {
     small.head = layerwise_nn::glorot_dense(16, 10, 0);
     let p = dir.join("shapes.safetensors");
     let bytes =
-        layerwise_core::checkpoint::checkpoint_bytes(&small, &CheckpointMeta { widths: vec![16], ..meta.clone() })
+        layerwise_core::checkpoint::checkpoint_bytes(&small, &CheckpointMeta { widths: vec![16], ..meta.clone() }, &[])
             .unwrap();
     let text = bytes.iter().map(|&b| b as char).collect::<String>().replacen("widths\\\":[16]", "widths\\\":[32]", 1);
     std::fs::write(&p, text.chars().map(|c| c as u8).collect::<Vec<u8>>()).unwrap();
@@ -259,14 +259,18 @@ fn the_binary_takes_defaults_from_a_pipeline_and_flags_override() {
 #[test]
 fn a_depth_killed_between_epochs_resumes_to_the_same_bytes() {
     let f = fixture();
-    killed_and_resumed(&f, &[], "grow");
+    killed_and_resumed(&f, &["--epochs", "150"], "grow");
     // Fine-tuning keeps its best epoch's weights in the state too.
     let d1 = f.run(None, "d1", config()).unwrap();
     let from = d1.checkpoint.to_string_lossy().into_owned();
-    killed_and_resumed(&f, &["--regime", "finetune", "--from", &from], "finetune");
+    killed_and_resumed(&f, &["--epochs", "150", "--regime", "finetune", "--from", &from], "finetune");
+    // The autoencoder objective: killed while pretraining, and (most likely) in its probe.
+    let ae = ["--objective", "autoencoder", "--corruption", "0.3"];
+    killed_and_resumed(&f, &[&ae[..], &["--epochs", "150", "--probe-epochs", "3"]].concat(), "pretraining");
+    killed_and_resumed(&f, &[&ae[..], &["--epochs", "2", "--probe-epochs", "150"]].concat(), "probe");
 }
 
-/// Train with `extra` arguments three ways: uninterrupted; SIGKILLed once its state file
+/// Train with `extra` arguments (the epochs among them) three ways: uninterrupted; SIGKILLed once its state file
 /// exists, then rerun; and from a copy of that state with another learning rate. The
 /// rerun resumes to the uninterrupted run's bytes; the other command does not resume.
 fn killed_and_resumed(f: &Fixture, extra: &[&str], tag: &str) {
@@ -275,7 +279,7 @@ fn killed_and_resumed(f: &Fixture, extra: &[&str], tag: &str) {
     let args = |out: &Path, lr: &str| {
         let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_layerwise-train"));
         c.args(["--data", &f.data.to_string_lossy(), "--out", &out.to_string_lossy()]);
-        c.args(["--epochs", "150", "--width", "32", "--batch-size", "50", "--seed", "1", "--lr", lr]);
+        c.args(["--width", "32", "--batch-size", "50", "--seed", "1", "--lr", lr]);
         c.args(extra);
         c
     };
@@ -313,8 +317,9 @@ fn killed_and_resumed(f: &Fixture, extra: &[&str], tag: &str) {
     );
     assert!(!state.exists(), "the state file is removed once the depth is complete");
     let h = TrainHistory::read(&out.join("train.json")).unwrap();
-    assert_eq!(h.epochs.len(), 150);
     let w = TrainHistory::read(&whole.join("train.json")).unwrap();
+    assert_eq!(h.epochs.len(), w.epochs.len());
+    assert_eq!(h.pretraining.len(), w.pretraining.len());
     assert_eq!(h.best_epoch, w.best_epoch);
 }
 
