@@ -196,6 +196,14 @@ fn readers(work: &Path) -> Result<Vec<Reader>> {
         adam: vec![("hidden.0.weight".into(), vec![0.0; 8], vec![0.0; 8])],
         epochs: trained.history.epochs.clone(),
         best: None,
+        pretrained: Some(layerwise_train::state::Pretrained {
+            epoch: 1,
+            encoder: (vec![0.5; 8], vec![0.0; 2]),
+            decoder: (Vec::new(), vec![0.0; 4]),
+            adam_t: 1,
+            adam: Vec::new(),
+            epochs: Vec::new(),
+        }),
     };
     let state_path = work.join("valid-state.bin");
     layerwise_train::state::save(&state_path, &state)?;
