@@ -241,11 +241,18 @@ impl Plan {
         let t = self.pipeline.train.clone();
         let (section, lr_default) = match stage {
             Stage::Greedy => return t,
-            Stage::Finetune => (self.pipeline.finetune.clone(), t.lr / 10.0),
+            Stage::Autoencoder => return self.pipeline.autoencoder.clone().unwrap_or_default().config(&t),
+            Stage::Finetune | Stage::AutoencoderFinetune => (self.pipeline.finetune.clone(), t.lr / 10.0),
             Stage::Baseline => (self.pipeline.baseline.clone(), t.lr),
         };
         let section = section.unwrap_or_default();
-        TrainConfig { epochs: section.epochs.unwrap_or(t.epochs), lr: section.lr.unwrap_or(lr_default), ..t }
+        // Fine-tuning and the baseline learn from the labels, whatever the loop's objective.
+        TrainConfig {
+            epochs: section.epochs.unwrap_or(t.epochs),
+            lr: section.lr.unwrap_or(lr_default),
+            objective: layerwise_core::config::Objective::Supervised,
+            ..t
+        }
     }
 
     /// Fine-tune greedy depth `depth` end to end, or train `depth` layers from scratch.
@@ -268,12 +275,23 @@ impl Plan {
                 &c.lr.to_string(),
             ],
         );
-        match stage {
-            Stage::Finetune => {
-                let from = depth_dir(&self.run_dir, depth).join(MODEL_FILE);
-                s.args.extend(["--from".into(), from.to_string_lossy().into_owned()]);
+        let from = match stage {
+            Stage::Finetune => Some(depth_dir(&self.run_dir, depth)),
+            Stage::AutoencoderFinetune => Some(stage_dir(&self.run_dir, Stage::Autoencoder, depth)),
+            Stage::Autoencoder => {
+                s.args.extend(["--objective".into(), c.objective.name().into()]);
+                s.args.extend(["--corruption".into(), c.corruption.to_string()]);
+                s.args.extend(["--decoder".into(), c.decoder.name().into()]);
+                s.args.extend(["--probe-epochs".into(), c.probe_epochs().to_string()]);
+                (depth > 1).then(|| stage_dir(&self.run_dir, Stage::Autoencoder, depth - 1))
             }
-            _ => s.args.extend(["--depth".into(), depth.to_string()]),
+            Stage::Baseline | Stage::Greedy => {
+                s.args.extend(["--depth".into(), depth.to_string()]);
+                None
+            }
+        };
+        if let Some(dir) = from {
+            s.args.extend(["--from".into(), dir.join(MODEL_FILE).to_string_lossy().into_owned()]);
         }
         s.args.extend(self.device_args());
         s
@@ -320,14 +338,19 @@ fn affects_completed(p: &Pipeline) -> impl PartialEq + std::fmt::Debug {
     (p.data.clone(), p.train.clone(), p.greedy.evaluate)
 }
 
-/// A changed `[finetune]` or `[baseline]` section (one that was there before and is
-/// different now) would make those stages' outputs stale, like a changed `[train]`.
+/// A changed `[finetune]`, `[baseline]` or `[autoencoder]` section (one that was there
+/// before and is different now) would make those stages' outputs stale, like a changed
+/// `[train]`.
 fn changed_stage_sections(old: &Pipeline, new: &Pipeline) -> Option<&'static str> {
-    let changed = |a: &Option<_>, b: &Option<_>| matches!((a, b), (Some(x), Some(y)) if x != y);
+    fn changed<T: PartialEq>(a: &Option<T>, b: &Option<T>) -> bool {
+        matches!((a, b), (Some(x), Some(y)) if x != y)
+    }
     if changed(&old.finetune, &new.finetune) {
         Some("[finetune]")
     } else if changed(&old.baseline, &new.baseline) {
         Some("[baseline]")
+    } else if changed(&old.autoencoder, &new.autoencoder) {
+        Some("[autoencoder]")
     } else {
         None
     }
@@ -619,7 +642,7 @@ pub fn remaining_jobs(plan: &Plan, a: &GreedyArgs) -> Result<Vec<crate::slurm::J
             }
             reusing = false;
         }
-        let gate = Some(Gate { first, depth, after_loop: None });
+        let gate = Some(Gate { first, depth, after_loop: None, best_of: Stage::Greedy });
         let train = job(
             format!("train-{depth:02}"),
             plan.train_step(depth, parent.as_deref()),
@@ -633,28 +656,74 @@ pub fn remaining_jobs(plan: &Plan, a: &GreedyArgs) -> Result<Vec<crate::slurm::J
         parent = Some(depth_dir(&plan.run_dir, depth).join(MODEL_FILE));
         trains.push(key);
     }
-    // After the loop: fine-tuning and the baseline. When the loop's depths are all complete
+    // The [autoencoder] loop: a chain over the same depths, from depth 1, after the loop's
+    // training jobs (each job's gate checks that the loop reached its depth). When the
+    // loop is complete, its complete depths get no job, as the loop's own.
+    let fp = fingerprint.as_deref().unwrap_or_default();
+    let mut ae_accs: Vec<(usize, f64)> = Vec::new();
+    let mut ae_shas: Vec<(usize, String)> = Vec::new();
+    let mut ae_trains: Vec<String> = Vec::new();
+    if p.autoencoder.is_some() {
+        let loop_known = trains.is_empty() && fingerprint.is_some();
+        let last = if loop_known { accs.last().map_or(0, |a| a.0) } else { p.greedy.max_depth };
+        let mut reusing = loop_known;
+        let mut previous: Option<String> = None;
+        for depth in 1..=last {
+            if reusing {
+                let parent = ae_shas.last().map(|(_, s)| s.clone());
+                let kept = match stage_state(plan, Stage::Autoencoder, depth, parent.as_deref(), fp) {
+                    DepthState::Complete { val_accuracy, sha } => Some((val_accuracy, sha, false)),
+                    DepthState::NeedsEvaluation { val_accuracy, sha, .. } => Some((val_accuracy, sha, true)),
+                    DepthState::NeedsTraining { .. } => None,
+                };
+                if let Some((val_accuracy, sha, evaluate)) = kept {
+                    if evaluate {
+                        let step = plan.evaluate_stage_step(Stage::Autoencoder, depth);
+                        jobs.push(job(format!("evaluate-autoencoder-{depth:02}"), step, vec![], None));
+                    }
+                    ae_accs.push((depth, val_accuracy));
+                    ae_shas.push((depth, sha));
+                    continue;
+                }
+                reusing = false;
+            }
+            let gate = Some(Gate { first, depth, after_loop: Some(Depths::All), best_of: Stage::Greedy });
+            let after = trains.iter().chain(&previous).cloned().collect();
+            let train =
+                job(format!("autoencoder-{depth:02}"), plan.stage_train_step(Stage::Autoencoder, depth), after, gate);
+            let key = train.key.clone();
+            let evaluate = format!("evaluate-{}", train.label);
+            jobs.push(train);
+            jobs.push(job(evaluate, plan.evaluate_stage_step(Stage::Autoencoder, depth), vec![key.clone()], gate));
+            previous = Some(key.clone());
+            ae_trains.push(key);
+        }
+    }
+    // After the loops: fine-tuning and the baseline. When a loop's depths are all complete
     // already, the depths they cover are known and complete outputs get no job; else a
     // job per possible depth waits for every training job, and its gate decides.
-    for (stage, section) in [(Stage::Finetune, &p.finetune), (Stage::Baseline, &p.baseline)] {
-        let Some(section) = section else { continue };
-        let candidates: Vec<usize> = if trains.is_empty() {
-            let best = best_by_validation(accs.iter().copied()).map(|b| b.0);
-            accs.iter().map(|a| a.0).filter(|d| section.depths == Depths::All || Some(*d) == best).collect()
+    for (stage, section) in after_loop_stages(p) {
+        let (loop_accs, loop_shas, loop_trains, lowest) = match stage.loop_stage() {
+            Stage::Autoencoder => (&ae_accs, &ae_shas, [&trains[..], &ae_trains[..]].concat(), 1),
+            _ => (&accs, &shas, trains.clone(), first),
+        };
+        let candidates: Vec<usize> = if loop_trains.is_empty() {
+            let best = best_by_validation(loop_accs.iter().copied()).map(|b| b.0);
+            loop_accs.iter().map(|a| a.0).filter(|d| section.depths == Depths::All || Some(*d) == best).collect()
         } else {
-            (first..=p.greedy.max_depth).collect()
+            (lowest..=p.greedy.max_depth).collect()
         };
         for depth in candidates {
-            if trains.is_empty() {
-                let fp = fingerprint.as_deref().unwrap_or_default();
-                let parent = shas.iter().find(|(d, _)| *d == depth).map(|(_, s)| s.as_str());
-                let parent = if stage == Stage::Finetune { parent } else { None };
+            if loop_trains.is_empty() {
+                let parent = loop_shas.iter().find(|(d, _)| *d == depth).map(|(_, s)| s.as_str());
+                let parent = if stage == Stage::Baseline { None } else { parent };
                 if let DepthState::Complete { .. } = stage_state(plan, stage, depth, parent, fp) {
                     continue;
                 }
             }
-            let gate = Some(Gate { first, depth, after_loop: Some(section.depths) });
-            let train = job(format!("{stage}-{depth:02}"), plan.stage_train_step(stage, depth), trains.clone(), gate);
+            let gate = Some(Gate { first, depth, after_loop: Some(section.depths), best_of: stage.loop_stage() });
+            let train =
+                job(format!("{stage}-{depth:02}"), plan.stage_train_step(stage, depth), loop_trains.clone(), gate);
             let evaluate = format!("evaluate-{}", train.label);
             let after = vec![train.key.clone()];
             jobs.push(train);
@@ -693,17 +762,25 @@ pub fn print_commands(plan: &Plan, a: &GreedyArgs) -> Result<Vec<String>> {
         lines.push(plan.evaluate_step(depth).command_line());
         parent = Some(depth_dir(&plan.run_dir, depth).join(MODEL_FILE));
     }
-    for (stage, section) in [(Stage::Finetune, &p.finetune), (Stage::Baseline, &p.baseline)] {
-        let Some(section) = section else { continue };
+    if p.autoencoder.is_some() {
+        lines.push("# [autoencoder]: the same depths again, each layer pretrained without labels, then probed".into());
+        for depth in 1..=p.greedy.max_depth {
+            lines.push(plan.stage_train_step(Stage::Autoencoder, depth).command_line());
+            lines.push(plan.evaluate_stage_step(Stage::Autoencoder, depth).command_line());
+        }
+    }
+    for (stage, section) in after_loop_stages(p) {
         lines.push(match section.depths {
             Depths::All => format!("# [{}]: every depth the loop trained", stage.name()),
             Depths::Best => format!(
                 "# [{}] depths = \"best\": run only the best depth's two lines (the highest validation accuracy \
-                 in depth-NN/train.json, the first on a tie); `cargo xtask greedy` decides this itself",
-                stage.name()
+                 in {}-NN/train.json, the first on a tie); `cargo xtask greedy` decides this itself",
+                stage.name(),
+                stage.loop_stage().prefix()
             ),
         });
-        for depth in first..=p.greedy.max_depth {
+        let from = if stage.loop_stage() == Stage::Autoencoder { 1 } else { first };
+        for depth in from..=p.greedy.max_depth {
             lines.push(plan.stage_train_step(stage, depth).command_line());
             lines.push(plan.evaluate_stage_step(stage, depth).command_line());
         }
@@ -792,11 +869,32 @@ fn run_plan(plan: &Plan, a: &GreedyArgs) -> Result<GreedyOutcome> {
     ui.finish();
     let best_depth = best_by_validation(depths.iter().map(|d| (d.depth, d.val_accuracy))).map_or(0, |b| b.0);
     let mut stages = Vec::new();
-    for stage in [Stage::Finetune, Stage::Baseline] {
-        for depth in stage_depths(plan, stage, &depths, best_depth) {
+    // The [autoencoder] loop: the depths the loop reached, from depth 1, each grown from
+    // the autoencoder loop's depth before.
+    let mut ae_depths: Vec<DepthOutcome> = Vec::new();
+    let mut ae_shas: Vec<(usize, String)> = Vec::new();
+    if p.autoencoder.is_some() {
+        let last = depths.last().map_or(0, |d| d.depth);
+        for depth in 1..=last {
+            let parent_sha = ae_shas.last().map(|(_, s)| s.clone());
+            let train = || plan.stage_train_step(Stage::Autoencoder, depth);
+            let (val_accuracy, sha, reused) =
+                bring_up_to_date(plan, &ui, Stage::Autoencoder, depth, parent_sha.as_deref(), &fingerprint, train)?;
+            ae_depths.push(DepthOutcome { depth, val_accuracy, reused });
+            ae_shas.push((depth, sha));
+            stages.push(StageOutcome { stage: Stage::Autoencoder, depth, val_accuracy, reused });
+        }
+    }
+    let ae_best = best_by_validation(ae_depths.iter().map(|d| (d.depth, d.val_accuracy))).map_or(0, |b| b.0);
+    for (stage, _) in after_loop_stages(p) {
+        let (loop_depths, loop_shas, best) = match stage.loop_stage() {
+            Stage::Autoencoder => (&ae_depths, &ae_shas, ae_best),
+            _ => (&depths, &shas, best_depth),
+        };
+        for depth in stage_depths(plan, stage, loop_depths, best) {
             let parent_sha = match stage {
-                Stage::Finetune => shas.iter().find(|(d, _)| *d == depth).map(|(_, s)| s.as_str()),
-                _ => None,
+                Stage::Baseline => None,
+                _ => loop_shas.iter().find(|(d, _)| *d == depth).map(|(_, s)| s.as_str()),
             };
             let train = || plan.stage_train_step(stage, depth);
             let (val_accuracy, _, reused) = bring_up_to_date(plan, &ui, stage, depth, parent_sha, &fingerprint, train)?;
@@ -856,13 +954,29 @@ fn bring_up_to_date(
     }
 }
 
-/// The greedy depths `stage` covers after the loop: none without its section; the best
+/// The stages after the loops, in order, with their sections: `[finetune]` of the loop,
+/// `[finetune]` of the `[autoencoder]` loop, `[baseline]`.
+pub fn after_loop_stages(p: &Pipeline) -> Vec<(Stage, &layerwise_core::pipeline::StageConfig)> {
+    let mut out = Vec::new();
+    if let Some(f) = &p.finetune {
+        out.push((Stage::Finetune, f));
+        if p.autoencoder.is_some() {
+            out.push((Stage::AutoencoderFinetune, f));
+        }
+    }
+    if let Some(b) = &p.baseline {
+        out.push((Stage::Baseline, b));
+    }
+    out
+}
+
+/// The depths `stage` covers after its loop (`depths`): none without its section; the best
 /// depth by validation accuracy, or every depth the loop went through.
 fn stage_depths(plan: &Plan, stage: Stage, depths: &[DepthOutcome], best: usize) -> Vec<usize> {
     let section = match stage {
-        Stage::Finetune => &plan.pipeline.finetune,
+        Stage::Finetune | Stage::AutoencoderFinetune => &plan.pipeline.finetune,
         Stage::Baseline => &plan.pipeline.baseline,
-        Stage::Greedy => return Vec::new(),
+        Stage::Greedy | Stage::Autoencoder => return Vec::new(),
     };
     match section.as_ref().map(|s| s.depths) {
         None => Vec::new(),

@@ -88,6 +88,9 @@ struct GateArgs {
     /// A job after the loop ([finetune], [baseline]) covering `best` or `all` depths.
     #[arg(long)]
     after_loop: Option<AfterLoop>,
+    /// The loop whose depths decide `best`: greedy (the [train] loop) or autoencoder.
+    #[arg(long, default_value = "greedy")]
+    best_of: layerwise_core::run::Stage,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -119,6 +122,7 @@ fn main() -> ExitCode {
                 AfterLoop::Best => layerwise_core::pipeline::Depths::Best,
                 AfterLoop::All => layerwise_core::pipeline::Depths::All,
             }),
+            a.best_of,
         ) {
             Ok(None) => {
                 eprintln!("gate: depth {} goes ahead", a.depth);

@@ -104,6 +104,8 @@ pub struct Gate {
     /// For a job after the loop (fine-tuning, baseline): which greedy depths it covers;
     /// the job runs only if the loop trained its depth (and, for `best`, found it best).
     pub after_loop: Option<layerwise_core::pipeline::Depths>,
+    /// The loop whose depths decide `best`: the `[train]` loop, or the `[autoencoder]` one.
+    pub best_of: layerwise_core::run::Stage,
 }
 
 /// One job: a step of a plan, what it waits for, and its gate.
@@ -223,12 +225,17 @@ fn job_script(job: &JobSpec, cfg: &SlurmConfig, cwd: &Path, bin: &Path, logs: &P
             "# Patience: end at once, successfully, when the loop stopped before this depth\n\
              # (or, after the loop, when this depth is not one this stage covers).\n\
              status=0\n\
-             xtask gate --run-dir {} --first {} --depth {}{} || status=$?\n\
+             xtask gate --run-dir {} --first {} --depth {}{}{} || status=$?\n\
              if [ \"$status\" -eq {GATE_STOPPED} ]; then exit 0; elif [ \"$status\" -ne 0 ]; then exit \"$status\"; fi\n",
             q(&job.run_dir),
             g.first,
             g.depth,
-            g.after_loop.map_or(String::new(), |d| format!(" --after-loop {}", d.name()))
+            g.after_loop.map_or(String::new(), |d| format!(" --after-loop {}", d.name())),
+            if g.best_of == layerwise_core::run::Stage::Greedy {
+                String::new()
+            } else {
+                format!(" --best-of {}", g.best_of.name())
+            }
         ));
     }
     s.push_str(&job.step.command_line());
@@ -577,11 +584,28 @@ pub fn announce(
 /// `after_loop` (a fine-tuning or baseline job, run once the loop's jobs are done): whether
 /// the loop trained `depth` and, for `best`, found it the best by validation accuracy.
 /// `None`: go on; `Some(reason)`: the job has nothing to do.
+/// The kept validation accuracy of each depth of `stage`'s loop that has a history.
+fn accs_of_loop(run_dir: &Path, stage: layerwise_core::run::Stage, max_depth: usize) -> Result<Vec<(usize, f64)>> {
+    use layerwise_core::metrics::TrainHistory;
+    let mut accs = Vec::new();
+    for d in 1..=max_depth {
+        let path = layerwise_core::run::stage_dir(run_dir, stage, d).join(layerwise_core::run::HISTORY_FILE);
+        if path.exists() {
+            let h = TrainHistory::read(&path)?;
+            accs.push((d, h.kept().with_context(|| format!("{} has no epochs", path.display()))?.val_accuracy));
+        }
+    }
+    Ok(accs)
+}
+
+/// `best_of`: the loop whose depths decide `best` (the `[autoencoder]` loop's fine-tuning
+/// asks about that loop's best depth).
 pub fn gate(
     run_dir: &Path,
     first: usize,
     depth: usize,
     after_loop: Option<layerwise_core::pipeline::Depths>,
+    best_of: layerwise_core::run::Stage,
 ) -> Result<Option<String>> {
     use layerwise_core::metrics::{best_by_validation, patience_stop, TrainHistory};
     use layerwise_core::run::{depth_dir, HISTORY_FILE, PIPELINE_FILE};
@@ -615,6 +639,10 @@ pub fn gate(
         }
     }
     if after_loop == Some(layerwise_core::pipeline::Depths::Best) {
+        if best_of != layerwise_core::run::Stage::Greedy {
+            // That loop's depths, as far as the loop reached (its jobs are done by now).
+            accs = accs_of_loop(run_dir, best_of, g.max_depth)?;
+        }
         let best = best_by_validation(accs.iter().copied()).map(|b| b.0);
         if best != Some(depth) {
             return Ok(Some(format!(

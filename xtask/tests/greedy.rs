@@ -220,9 +220,13 @@ fn the_gate_stops_where_the_local_loop_stopped() {
     let stop = out.depths.last().unwrap().depth;
     let run_dir = e.dir.path().join("patient");
     for d in 1..=stop {
-        assert_eq!(xtask::slurm::gate(&run_dir, 1, d, None).unwrap(), None, "depth {d} was trained locally");
+        assert_eq!(
+            xtask::slurm::gate(&run_dir, 1, d, None, layerwise_core::run::Stage::Greedy).unwrap(),
+            None,
+            "depth {d} was trained locally"
+        );
     }
-    let reason = xtask::slurm::gate(&run_dir, 1, stop + 1, None).unwrap().unwrap();
+    let reason = xtask::slurm::gate(&run_dir, 1, stop + 1, None, layerwise_core::run::Stage::Greedy).unwrap().unwrap();
     assert!(reason.contains(&format!("stopped after depth {stop}")), "{reason}");
     // The binary says so with exit status 3; a missing history is an error (1).
     let gate = |depth: usize| {
@@ -443,7 +447,9 @@ fn finetune_and_baseline_follow_the_loop_and_resume() {
     assert_eq!(summary["best"]["depth"], best.1);
     let report = std::fs::read_to_string(run_dir.join("report.md")).unwrap();
     assert!(
-        report.contains("## Greedy, fine-tuned, and trained from scratch") && report.contains("Best model of the run")
+        report.contains("## Does greedy pretraining help?")
+            && report.contains("| end to end from scratch (no pretraining) |")
+            && report.contains("Best model of the run")
     );
     // Resume: everything is complete and kept; a lost evaluation is redone alone.
     std::fs::remove_file(run_dir.join("baseline-01/eval.json")).unwrap();
@@ -469,4 +475,97 @@ fn finetune_and_baseline_follow_the_loop_and_resume() {
         Some(e.smoke_with("changed-stages", &[(STAGES[0].0, &STAGES[0].1.replace("epochs = 2", "epochs = 3"))]));
     let err = format!("{:#}", run(&c).unwrap_err());
     assert!(err.contains("[finetune]") && err.contains("--restart"), "{err}");
+}
+
+/// Beside the loop, the `[autoencoder]` loop over the same depths, and `[finetune]` of both.
+const AUTOENCODER: [(&str, &str); 1] = [(
+    "[greedy]",
+    "[autoencoder]\nepochs = 1\nprobe_epochs = 2\ncorruption = 0.25\n\n[finetune]\ndepths = \"best\"\nepochs = 1\n\n[greedy]",
+)];
+
+#[test]
+fn the_autoencoder_loop_runs_beside_the_loop_resumes_and_prints() {
+    use layerwise_core::checkpoint::read_checkpoint_meta;
+    use layerwise_core::config::Objective;
+    let e = env();
+    let mut a = e.args("run");
+    a.pipeline = Some(e.smoke_with("autoencoder", &AUTOENCODER));
+    a.inputs.max_depth = Some(2);
+    let out = run(&a).unwrap().unwrap();
+    let run_dir = e.path("run");
+    let got: Vec<(String, usize)> = out.stages.iter().map(|s| (s.stage.name().to_string(), s.depth)).collect();
+    assert_eq!(&got[..2], [("autoencoder".into(), 1), ("autoencoder".into(), 2)]);
+    assert_eq!(got.len(), 4, "one fine-tuned best depth per loop: {got:?}");
+    assert_eq!((got[2].0.as_str(), got[3].0.as_str()), ("finetune", "autoencoder-finetune"));
+    let sha = |p: &str| layerwise_core::hash::sha256_file(&run_dir.join(p).join("model.safetensors")).unwrap();
+    let meta = |p: &str| read_checkpoint_meta(&run_dir.join(p).join("model.safetensors")).unwrap();
+    let ae2 = meta("autoencoder-02");
+    assert_eq!(ae2.config.objective, Objective::Autoencoder);
+    assert_eq!((ae2.config.corruption, ae2.config.probe_epochs), (0.25, Some(2)));
+    assert_eq!(ae2.parent_sha256.unwrap(), sha("autoencoder-01"), "grown from the autoencoder loop");
+    let h = TrainHistory::read(&run_dir.join("autoencoder-02/train.json")).unwrap();
+    assert_eq!((h.pretraining.len(), h.epochs.len()), (1, 2));
+    // The autoencoder loop's best depth (by its probe's validation accuracy) is fine-tuned.
+    let best_ae =
+        out.stages[..2]
+            .iter()
+            .fold((0, f64::MIN), |b, s| if s.val_accuracy > b.1 { (s.depth, s.val_accuracy) } else { b });
+    assert_eq!(got[3].1, best_ae.0);
+    let ft = meta(&format!("autoencoder-finetune-{:02}", best_ae.0));
+    assert_eq!(ft.config.objective, Objective::Supervised);
+    assert_eq!(ft.parent_sha256.unwrap(), sha(&format!("autoencoder-{:02}", best_ae.0)));
+    let report = std::fs::read_to_string(run_dir.join("report.md")).unwrap();
+    for needle in [
+        "| autoencoder greedy, probe only (before fine-tuning) |",
+        "| autoencoder greedy + fine-tuning |",
+        "| supervised greedy (before fine-tuning) |",
+        "## Reconstruction by depth",
+    ] {
+        assert!(report.contains(needle), "{needle}\n{report}");
+    }
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run_dir.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["autoencoder"].as_array().unwrap().len(), 2);
+    assert!(summary["autoencoder"][1]["val_reconstruction_loss"].as_f64().unwrap() > 0.0);
+    // Resume: everything is kept.
+    let again = run(&a).unwrap().unwrap();
+    assert!(again.stages.iter().all(|s| s.reused), "{:?}", again.stages);
+    // The printed plan, run by hand, gives the same models.
+    let mut b = e.args("by-hand");
+    b.pipeline = a.pipeline.clone();
+    b.inputs.max_depth = Some(2);
+    let lines = print_commands(&Plan::new(&b).unwrap(), &b).unwrap();
+    assert!(lines
+        .iter()
+        .any(|l| l.contains("--objective autoencoder") && l.contains("autoencoder-01/model.safetensors")));
+    for line in lines {
+        execute(&line);
+    }
+    for dir in ["autoencoder-02".to_string(), format!("autoencoder-finetune-{:02}", best_ae.0)] {
+        let f = |r: &str| std::fs::read(e.path(r).join(&dir).join("model.safetensors")).unwrap();
+        assert!(f("run") == f("by-hand"), "{dir}");
+    }
+
+    // The loop itself pretrained as autoencoders (pipelines/autoencoder.toml's shape).
+    let mut c = e.args("loop");
+    c.pipeline = Some(e.smoke_with(
+        "ae-loop",
+        &[("head = \"retrain\"", "head = \"fresh\"\nobjective = \"autoencoder\"\nprobe_epochs = 1"), AUTOENCODER[0]],
+    ));
+    let err = format!("{:#}", run(&c).unwrap_err());
+    assert!(err.contains("[autoencoder]") && err.contains("drop one"), "{err}");
+    c.pipeline = Some(e.smoke_with(
+        "ae-loop",
+        &[
+            ("head = \"retrain\"", "head = \"fresh\"\nobjective = \"autoencoder\"\nprobe_epochs = 1"),
+            ("[greedy]", "[finetune]\ndepths = \"all\"\nepochs = 1\n\n[greedy]"),
+        ],
+    ));
+    c.inputs.max_depth = Some(2);
+    let out = run(&c).unwrap().unwrap();
+    assert_eq!(out.stages.len(), 2);
+    let h = TrainHistory::read(&e.path("loop/depth-02/train.json")).unwrap();
+    assert_eq!(h.pretraining.len(), 1);
+    let report = std::fs::read_to_string(e.path("loop/report.md")).unwrap();
+    assert!(report.contains("| autoencoder greedy + fine-tuning |") && report.contains("## Reconstruction by depth"));
 }

@@ -421,3 +421,34 @@ fn finetune_and_baseline_jobs_give_the_local_bytes() {
     assert_eq!(logs.len(), 3);
     assert_eq!(logs.iter().filter(|t| t.contains("is not the best greedy depth")).count(), 2);
 }
+
+#[test]
+fn an_autoencoder_loop_and_its_fine_tuning_chain_to_the_local_bytes() {
+    let Some(_c) = cluster() else { return };
+    let e = env();
+    let p = e.smoke_with(
+        "autoencoder",
+        &[
+            ("max_depth = 3", "max_depth = 2"),
+            (
+                "[greedy]",
+                "[autoencoder]\nepochs = 1\nprobe_epochs = 1\n\n[finetune]\ndepths = \"best\"\nepochs = 1\n\n[greedy]",
+            ),
+        ],
+    );
+    let local = e.local(&p, "local");
+    let out = submit_and_wait(&e, &p, "chain");
+    assert!(out.status.success());
+    assert_same_models(&e.path("local"), &e.path("chain"));
+    for s in &local.stages {
+        let f = layerwise_core::run::stage_dir(Path::new(""), s.stage, s.depth).join("model.safetensors");
+        let (a, b) = (std::fs::read(e.path("local").join(&f)).unwrap(), std::fs::read(e.path("chain").join(&f)));
+        assert!(b.is_ok_and(|b| b == a), "{}: the chain's differs from the local run's", f.display());
+    }
+    // The fine-tuning jobs of depths not best in their loop ended at once.
+    let ft = std::fs::read_dir(e.path("chain"))
+        .unwrap()
+        .flatten()
+        .filter(|d| d.file_name().to_string_lossy().starts_with("autoencoder-finetune-"));
+    assert_eq!(ft.count(), 1, "only the autoencoder loop's best depth is fine-tuned");
+}

@@ -88,6 +88,45 @@ impl StageConfig {
     }
 }
 
+/// `[autoencoder]`: a second greedy loop over the same depths whose layers are pretrained
+/// without labels (denoising autoencoders) and probed, beside the `[train]` loop: the
+/// comparison of Bengio et al. (2007). Unset keys take `[train]`'s values.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct AutoencoderConfig {
+    /// Pretraining epochs per depth.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub epochs: Option<usize>,
+    /// Adam learning rate (pretraining and probe).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lr: Option<f64>,
+    /// Masking-noise fraction, in [0, 1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub corruption: Option<f64>,
+    /// `tied` or `untied`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decoder: Option<crate::config::Decoder>,
+    /// Epochs of each depth's probe.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub probe_epochs: Option<usize>,
+}
+
+impl AutoencoderConfig {
+    /// The training settings of the autoencoder loop: `train`'s, with this section's.
+    pub fn config(&self, train: &TrainConfig) -> TrainConfig {
+        let epochs = self.epochs.unwrap_or(train.epochs);
+        TrainConfig {
+            objective: crate::config::Objective::Autoencoder,
+            epochs,
+            lr: self.lr.unwrap_or(train.lr),
+            corruption: self.corruption.unwrap_or(train.corruption),
+            decoder: self.decoder.unwrap_or(train.decoder),
+            probe_epochs: Some(self.probe_epochs.or(train.probe_epochs).unwrap_or(epochs)),
+            ..train.clone()
+        }
+    }
+}
+
 /// How `--scheduler slurm` submits the plan's jobs (`[slurm]`). Every key is optional
 /// and there are no site-specific defaults: without a partition, Slurm's default one is used.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -185,6 +224,10 @@ pub struct Pipeline {
     /// After the loop: the end-to-end baseline, networks of the same depths trained from scratch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub baseline: Option<StageConfig>,
+    /// Beside the loop: the same depths pretrained as denoising autoencoders (and, with
+    /// `[finetune]`, fine-tuned end to end too).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoencoder: Option<AutoencoderConfig>,
     /// Cluster submission (`--scheduler slurm`); changes nothing a run computes.
     #[serde(default, skip_serializing_if = "is_default")]
     pub slurm: SlurmConfig,
@@ -233,6 +276,15 @@ impl Pipeline {
         if let Some(b) = &self.baseline {
             b.validate("baseline")?;
         }
+        if let Some(a) = &self.autoencoder {
+            if self.train.objective == crate::config::Objective::Autoencoder {
+                bail!(
+                    "`[autoencoder]` runs a second greedy loop of autoencoders beside the [train] loop, but \
+                     `train.objective` is already \"autoencoder\": drop one of them"
+                );
+            }
+            a.config(&self.train).validate().map_err(|e| anyhow::anyhow!("{e}").context("in section [autoencoder]"))?;
+        }
         self.slurm.validate()?;
         Ok(())
     }
@@ -280,6 +332,11 @@ mod tests {
             ("name='x'\n[finetune]\nepochs = 0", "finetune.epochs"),
             ("name='x'\n[baseline]\nlr = -1", "baseline.lr"),
             ("name='x'\n[baseline]\ndepths = 'some'", "depths"),
+            ("name='x'\n[autoencoder]\ncorruption = 1.0", "corruption"),
+            ("name='x'\n[autoencoder]\ndecoder = 'tide'", "decoder"),
+            ("name='x'\n[autoencoder]\nnoise = 0.1", "noise"),
+            ("name='x'\n[train]\nobjective = 'autoencoder'\n[autoencoder]", "autoencoder"),
+            ("name='x'\n[train]\nobjective = 'unsupervised'", "objective"),
         ] {
             let e = err(text);
             assert!(e.contains(key), "error for {text:?} should name {key}: {e}");

@@ -9,6 +9,8 @@
 //! RUN/depth-NN/eval.json                 evaluation
 //! RUN/finetune-NN/…                      greedy depth NN fine-tuned end to end ([finetune])
 //! RUN/baseline-NN/…                      NN layers trained end to end from scratch ([baseline])
+//! RUN/autoencoder-NN/…                   the [autoencoder] loop: layer NN pretrained without labels, probed
+//! RUN/autoencoder-finetune-NN/…          autoencoder-NN fine-tuned end to end ([autoencoder] with [finetune])
 //! RUN/report.md, accuracy.svg, summary.json
 //! RUN/.layerwise.lock                    held (flock) by the process working on the run
 //! ```
@@ -84,17 +86,24 @@ pub enum Stage {
     Finetune,
     /// Networks of the same depths trained end to end from scratch (`baseline-NN`).
     Baseline,
+    /// The `[autoencoder]` loop: the same depths, each layer pretrained without labels
+    /// and probed (`autoencoder-NN`).
+    Autoencoder,
+    /// Its depths fine-tuned end to end (`autoencoder-finetune-NN`).
+    #[serde(rename = "autoencoder-finetune")]
+    AutoencoderFinetune,
 }
 
 impl Stage {
     /// Every stage, in report order.
-    pub const ALL: [Stage; 3] = [Stage::Greedy, Stage::Finetune, Stage::Baseline];
+    pub const ALL: [Stage; 5] =
+        [Stage::Greedy, Stage::Finetune, Stage::Autoencoder, Stage::AutoencoderFinetune, Stage::Baseline];
 
     /// The training regime that makes this stage's models.
     pub fn regime(self) -> crate::config::Regime {
         match self {
-            Stage::Greedy => crate::config::Regime::Grow,
-            Stage::Finetune => crate::config::Regime::Finetune,
+            Stage::Greedy | Stage::Autoencoder => crate::config::Regime::Grow,
+            Stage::Finetune | Stage::AutoencoderFinetune => crate::config::Regime::Finetune,
             Stage::Baseline => crate::config::Regime::Scratch,
         }
     }
@@ -105,18 +114,36 @@ impl Stage {
             Stage::Greedy => "depth",
             Stage::Finetune => "finetune",
             Stage::Baseline => "baseline",
+            Stage::Autoencoder => "autoencoder",
+            Stage::AutoencoderFinetune => "autoencoder-finetune",
+        }
+    }
+
+    /// The greedy loop whose depths this stage covers (fine-tuning: the loop it
+    /// fine-tunes; a loop: itself; the baseline: the `[train]` loop's depths).
+    pub fn loop_stage(self) -> Stage {
+        match self {
+            Stage::Autoencoder | Stage::AutoencoderFinetune => Stage::Autoencoder,
+            _ => Stage::Greedy,
         }
     }
 }
 
-named_enum!(Stage, "stage", { Greedy => "greedy", Finetune => "finetune", Baseline => "baseline" });
+named_enum!(Stage, "stage", {
+    Greedy => "greedy",
+    Finetune => "finetune",
+    Baseline => "baseline",
+    Autoencoder => "autoencoder",
+    AutoencoderFinetune => "autoencoder-finetune",
+});
 
 /// Folder of `stage` at `depth` inside a run: `depth-NN`, `finetune-NN`, `baseline-NN`.
 pub fn stage_dir(run: &Path, stage: Stage, depth: usize) -> PathBuf {
     run.join(format!("{}-{depth:02}", stage.prefix()))
 }
 
-/// The stage and depth a folder name stands for (`finetune-03` → finetune, 3).
+/// The stage and depth a folder name stands for (`finetune-03` → finetune, 3;
+/// `autoencoder-finetune-03` → autoencoder-finetune, 3).
 pub fn parse_stage_dir(name: &str) -> Option<(Stage, usize)> {
     Stage::ALL.into_iter().find_map(|s| Some((s, name.strip_prefix(s.prefix())?.strip_prefix('-')?.parse().ok()?)))
 }

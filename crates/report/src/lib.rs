@@ -71,6 +71,12 @@ pub struct DepthRow {
     pub epochs: usize,
     /// The machine that trained it (from `train.json`), when recorded.
     pub host: Option<String>,
+    /// The autoencoder objective: the last pretraining epoch's reconstruction loss (train).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reconstruction_loss: Option<f64>,
+    /// The autoencoder objective: the last pretraining epoch's validation reconstruction loss.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub val_reconstruction_loss: Option<f64>,
 }
 
 /// The best model of a run, chosen on validation accuracy among every stage's models.
@@ -101,6 +107,12 @@ pub struct Summary {
     /// Networks of the same depths trained end to end from scratch (`[baseline]`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub baseline: Vec<DepthRow>,
+    /// The `[autoencoder]` loop's depths (pretrained without labels, then probed).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub autoencoder: Vec<DepthRow>,
+    /// The `[autoencoder]` loop's depths fine-tuned end to end.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub autoencoder_finetune: Vec<DepthRow>,
     /// Best greedy depth by validation accuracy (never by test accuracy).
     pub best_depth: Option<usize>,
     /// The best model of the run among every stage, chosen on validation accuracy.
@@ -125,6 +137,58 @@ impl Summary {
     pub fn best(&self) -> Option<&DepthRow> {
         self.best_depth.and_then(|d| self.depths.iter().find(|r| r.depth == d))
     }
+
+    /// The rows of `stage`.
+    pub fn rows(&self, stage: Stage) -> &[DepthRow] {
+        match stage {
+            Stage::Greedy => &self.depths,
+            Stage::Finetune => &self.finetune,
+            Stage::Baseline => &self.baseline,
+            Stage::Autoencoder => &self.autoencoder,
+            Stage::AutoencoderFinetune => &self.autoencoder_finetune,
+        }
+    }
+
+    fn rows_mut(&mut self, stage: Stage) -> &mut Vec<DepthRow> {
+        match stage {
+            Stage::Greedy => &mut self.depths,
+            Stage::Finetune => &mut self.finetune,
+            Stage::Baseline => &mut self.baseline,
+            Stage::Autoencoder => &mut self.autoencoder,
+            Stage::AutoencoderFinetune => &mut self.autoencoder_finetune,
+        }
+    }
+
+    /// Whether any model besides the `[train]` loop's is in the run.
+    pub fn has_other_stages(&self) -> bool {
+        Stage::ALL.iter().any(|&s| s != Stage::Greedy && !self.rows(s).is_empty())
+    }
+
+    /// Whether any depth was pretrained as an autoencoder.
+    pub fn has_reconstruction(&self) -> bool {
+        [Stage::Greedy, Stage::Autoencoder]
+            .iter()
+            .any(|&st| self.rows(st).iter().any(|r| r.reconstruction_loss.is_some()))
+    }
+
+    /// Whether the `[train]` loop pretrained its layers as autoencoders.
+    pub fn loop_is_autoencoder(&self) -> bool {
+        self.pipeline.as_ref().is_some_and(|p| p.train.objective == layerwise_core::config::Objective::Autoencoder)
+    }
+
+    /// What `stage`'s models are, in the words of Bengio et al. (2007)'s table.
+    pub fn stage_label(&self, stage: Stage) -> &'static str {
+        let autoencoder = self.loop_is_autoencoder();
+        match stage {
+            Stage::Baseline => "end to end from scratch (no pretraining)",
+            Stage::Greedy if autoencoder => "autoencoder greedy, probe only (before fine-tuning)",
+            Stage::Greedy => "supervised greedy (before fine-tuning)",
+            Stage::Finetune if autoencoder => "autoencoder greedy + fine-tuning",
+            Stage::Finetune => "supervised greedy + fine-tuning",
+            Stage::Autoencoder => "autoencoder greedy, probe only (before fine-tuning)",
+            Stage::AutoencoderFinetune => "autoencoder greedy + fine-tuning",
+        }
+    }
 }
 
 /// Read a run folder: every `depth-NN` folder holding a checkpoint and its training
@@ -141,47 +205,44 @@ pub fn collect(run: &Path) -> Result<Summary> {
         .filter_map(|e| parse_stage_dir(e.file_name().to_str()?))
         .collect();
     found.sort_unstable_by_key(|(s, d)| (Stage::ALL.iter().position(|x| x == s), *d));
-    let mut problems = Vec::new();
-    let (mut depths, mut finetune, mut baseline) = (Vec::new(), Vec::new(), Vec::new());
-    for (stage, depth) in found {
-        let Some(r) = row(run, stage, depth, &mut problems)? else { continue };
-        match stage {
-            Stage::Greedy => depths.push(r),
-            Stage::Finetune => finetune.push(r),
-            Stage::Baseline => baseline.push(r),
-        }
-    }
-    let best_depth = best_by_validation(depths.iter().map(|r| (r.depth, r.val_accuracy))).map(|(d, _)| d);
     let name = run.file_name().map_or_else(|| run.display().to_string(), |n| n.to_string_lossy().into_owned());
-    let missing_depths = match (depths.first(), depths.last()) {
+    let mut s = Summary {
+        run: name,
+        pipeline,
+        depths: Vec::new(),
+        finetune: Vec::new(),
+        baseline: Vec::new(),
+        autoencoder: Vec::new(),
+        autoencoder_finetune: Vec::new(),
+        best_depth: None,
+        best: None,
+        total_seconds: 0.0,
+        missing_depths: Vec::new(),
+        problems: Vec::new(),
+    };
+    for (stage, depth) in found {
+        let Some(r) = row(run, stage, depth, &mut s.problems)? else { continue };
+        s.rows_mut(stage).push(r);
+    }
+    let depths = &s.depths;
+    s.best_depth = best_by_validation(depths.iter().map(|r| (r.depth, r.val_accuracy))).map(|(d, _)| d);
+    s.missing_depths = match (depths.first(), depths.last()) {
         (Some(a), Some(b)) => (a.depth..b.depth).filter(|d| !depths.iter().any(|r| r.depth == *d)).collect(),
         _ => Vec::new(),
     };
     // The best model of the run, among every stage, on validation accuracy, by the rule
-    // the loop uses (the first on a tie: greedy before fine-tuned before baseline,
-    // shallower before deeper).
+    // the loop uses (the first on a tie, in the order of `Stage::ALL`, shallower before
+    // deeper).
     let all: Vec<(Stage, &DepthRow)> =
-        [(Stage::Greedy, &depths), (Stage::Finetune, &finetune), (Stage::Baseline, &baseline)]
-            .into_iter()
-            .flat_map(|(stage, rows)| rows.iter().map(move |r| (stage, r)))
-            .collect();
+        Stage::ALL.into_iter().flat_map(|stage| s.rows(stage).iter().map(move |r| (stage, r))).collect();
     let best = best_by_validation(all.iter().enumerate().map(|(i, (_, r))| (i, r.val_accuracy))).map(|(i, _)| {
         let (stage, r) = all[i];
         BestModel { stage, depth: r.depth, val_accuracy: r.val_accuracy, test_accuracy: r.eval_accuracy }
     });
     let total_seconds = all.iter().map(|(_, r)| r.seconds).sum();
-    Ok(Summary {
-        run: name,
-        pipeline,
-        depths,
-        finetune,
-        baseline,
-        best_depth,
-        best,
-        total_seconds,
-        missing_depths,
-        problems,
-    })
+    s.best = best;
+    s.total_seconds = total_seconds;
+    Ok(s)
 }
 
 /// One stage's model of one depth, as the report shows it: the kept epoch's training and
@@ -222,6 +283,8 @@ fn row(run: &Path, stage: Stage, depth: usize, problems: &mut Vec<String>) -> Re
         seconds: h.seconds + eval.as_ref().map_or(0.0, |e| e.seconds),
         epochs: h.epochs.len(),
         host: h.host.clone(),
+        reconstruction_loss: h.pretraining.last().map(|e| e.reconstruction_loss),
+        val_reconstruction_loss: h.pretraining.last().map(|e| e.val_reconstruction_loss),
     }))
 }
 

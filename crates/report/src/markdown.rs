@@ -7,6 +7,19 @@ fn opt(v: Option<f64>) -> String {
     v.map_or("–".into(), |v| format!("{v:.4}"))
 }
 
+/// The objective, with the autoencoder's settings.
+fn objective(t: &layerwise_core::config::TrainConfig) -> String {
+    match t.objective {
+        layerwise_core::config::Objective::Supervised => "supervised".into(),
+        layerwise_core::config::Objective::Autoencoder => format!(
+            "denoising autoencoder (masking noise {}, {} decoder), then a probe for {} epochs",
+            t.corruption,
+            t.decoder,
+            t.probe_epochs()
+        ),
+    }
+}
+
 pub(crate) fn render(s: &Summary, notes: Option<&str>) -> String {
     let mut md = String::new();
     let name = s.pipeline.as_ref().map_or("(pipeline not recorded)", |p| p.name.as_str());
@@ -55,6 +68,14 @@ pub(crate) fn render(s: &Summary, notes: Option<&str>) -> String {
                     },
                     t.augment
                 ),
+            ),
+            ("objective", objective(t)),
+            (
+                "autoencoder loop",
+                p.autoencoder.as_ref().map_or("none".into(), |a| {
+                    let c = a.config(t);
+                    format!("beside the loop: {}, {} pretraining epochs, lr {}", objective(&c), c.epochs, c.lr)
+                }),
             ),
             ("head from depth 2", t.head.name().to_string()),
             ("epochs per depth", t.epochs.to_string()),
@@ -162,8 +183,11 @@ pub(crate) fn render(s: &Summary, notes: Option<&str>) -> String {
         let _ =
             writeln!(md, "| {} |\n", per_class.iter().map(|(_, a)| format!("{a:.3}")).collect::<Vec<_>>().join(" | "));
     }
-    if !s.finetune.is_empty() || !s.baseline.is_empty() {
+    if s.has_other_stages() {
         compare(&mut md, s, &split);
+    }
+    if s.has_reconstruction() {
+        reconstruction(&mut md, s);
     }
     let _ = writeln!(md, "Total time: {:.1} s over {} depths.\n", s.total_seconds, s.depths.len());
     let _ = writeln!(md, "![accuracy and loss by depth](accuracy.svg)\n");
@@ -181,48 +205,83 @@ pub(crate) fn render(s: &Summary, notes: Option<&str>) -> String {
     md
 }
 
-/// Greedy, greedy + fine-tuned and end to end from scratch, side by side by depth, and the
-/// run's best model (chosen on validation accuracy among all of them).
+/// The run's models side by side in the layout of Bengio et al. (2007)'s table: a row per
+/// way of training (no pretraining; supervised greedy, before and after fine-tuning;
+/// autoencoder greedy, before and after fine-tuning), validation and evaluation accuracy
+/// by depth; then the run's best model (chosen on validation accuracy among all of them).
 fn compare(md: &mut String, s: &Summary, split: &str) {
-    let _ = writeln!(md, "## Greedy, fine-tuned, and trained from scratch\n");
+    use layerwise_core::run::Stage;
+    let _ = writeln!(md, "## Does greedy pretraining help?\n");
     let _ = writeln!(
         md,
-        "Each depth three ways: the greedy stack as the loop left it, the same stack fine-tuned end to end \
-         (`[finetune]`, the epoch with the best validation accuracy kept), and a network of the same depth \
-         trained end to end from Glorot initialization (`[baseline]`).\n"
+        "Each depth every way the run trained it (the layout of Bengio et al. 2007, Table 1): a network trained end \
+         to end from Glorot initialization (`[baseline]`); the greedy stack as its loop left it; the same stack \
+         fine-tuned end to end (`[finetune]`, the epoch with the best validation accuracy kept). An autoencoder \
+         stack before fine-tuning is scored by its probe, a softmax layer trained on the frozen features. Cells \
+         are validation / {split} accuracy.\n"
     );
-    let _ = writeln!(
-        md,
-        "| depth | greedy val | greedy {split} | fine-tuned val | fine-tuned {split} | from scratch val | from scratch {split} |\n| ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
-    );
-    let mut all: Vec<usize> = s.depths.iter().chain(&s.finetune).chain(&s.baseline).map(|r| r.depth).collect();
+    // The paper's order: no pretraining, supervised, unsupervised.
+    let order = [Stage::Baseline, Stage::Greedy, Stage::Finetune, Stage::Autoencoder, Stage::AutoencoderFinetune];
+    let order: Vec<Stage> = if s.loop_is_autoencoder() {
+        [Stage::Baseline, Stage::Greedy, Stage::Finetune].into_iter().collect()
+    } else {
+        order.into_iter().collect()
+    };
+    let mut all: Vec<usize> = Stage::ALL.iter().flat_map(|&st| s.rows(st).iter().map(|r| r.depth)).collect();
     all.sort_unstable();
     all.dedup();
-    let cell = |rows: &[crate::DepthRow], d: usize| -> (String, String) {
-        rows.iter()
-            .find(|r| r.depth == d)
-            .map_or(("–".into(), "–".into()), |r| (format!("{:.4}", r.val_accuracy), opt(r.eval_accuracy)))
-    };
-    for d in all {
-        let (gv, gt) = cell(&s.depths, d);
-        let (fv, ft) = cell(&s.finetune, d);
-        let (bv, bt) = cell(&s.baseline, d);
-        let _ = writeln!(md, "| {d} | {gv} | {gt} | {fv} | {ft} | {bv} | {bt} |");
+    let _ = write!(md, "| training |");
+    for d in &all {
+        let _ = write!(md, " depth {d} |");
+    }
+    let _ = writeln!(md, "\n| --- |{}", " ---: |".repeat(all.len()));
+    for stage in order {
+        let rows = s.rows(stage);
+        if rows.is_empty() {
+            continue;
+        }
+        let _ = write!(md, "| {} |", s.stage_label(stage));
+        for d in &all {
+            let cell = rows
+                .iter()
+                .find(|r| r.depth == *d)
+                .map_or("–".into(), |r| format!("{:.4} / {}", r.val_accuracy, opt(r.eval_accuracy)));
+            let _ = write!(md, " {cell} |");
+        }
+        md.push('\n');
     }
     md.push('\n');
     if let Some(b) = &s.best {
-        let stage = match b.stage {
-            layerwise_core::run::Stage::Greedy => "greedy",
-            layerwise_core::run::Stage::Finetune => "greedy + fine-tuned",
-            layerwise_core::run::Stage::Baseline => "end to end from scratch",
-        };
         let _ = writeln!(
             md,
-            "**Best model of the run: {stage}, depth {}**, by validation accuracy ({:.4}) among every model above; \
+            "**Best model of the run: {}, depth {}**, by validation accuracy ({:.4}) among every model above; \
              its {split} accuracy is {}. It is chosen on validation accuracy only.\n",
+            s.stage_label(b.stage),
             b.depth,
             b.val_accuracy,
             opt(b.test_accuracy)
         );
     }
+}
+
+/// Reconstruction loss by depth of every autoencoder-pretrained depth.
+fn reconstruction(md: &mut String, s: &Summary) {
+    use layerwise_core::run::Stage;
+    let _ = writeln!(md, "## Reconstruction by depth\n");
+    let _ = writeln!(
+        md,
+        "Each autoencoder layer's mean squared reconstruction error of its clean input (the images at depth 1, the \
+         frozen stack's features after), at its last pretraining epoch: on the training split from corrupted \
+         inputs, and on the validation split uncorrupted. Depths differ in what they reconstruct, so compare a \
+         depth's two columns, not depths with each other.\n"
+    );
+    let _ = writeln!(md, "| loop | depth | train reconstruction | val reconstruction | probe val acc |\n| --- | ---: | ---: | ---: | ---: |");
+    for stage in [Stage::Greedy, Stage::Autoencoder] {
+        for r in s.rows(stage) {
+            if let (Some(t), Some(v)) = (r.reconstruction_loss, r.val_reconstruction_loss) {
+                let _ = writeln!(md, "| {} | {} | {t:.5} | {v:.5} | {:.4} |", stage.prefix(), r.depth, r.val_accuracy);
+            }
+        }
+    }
+    md.push('\n');
 }

@@ -85,9 +85,12 @@ fn draw(
 pub(crate) fn accuracy_svg(s: &Summary) -> Result<String> {
     let mut svg = String::new();
     {
-        let root = SVGBackend::with_string(&mut svg, (1100, 450)).into_drawing_area();
+        // A third panel shows the reconstruction loss of autoencoder-pretrained depths.
+        let panels = if s.has_reconstruction() { 3 } else { 2 };
+        let root = SVGBackend::with_string(&mut svg, (550 * panels, 450)).into_drawing_area();
         root.fill(&WHITE).map_err(|e| anyhow!("cannot draw the plot: {e}"))?;
-        let (left, right) = root.split_horizontally(550);
+        let (left, rest) = root.split_horizontally(550);
+        let (right, third) = rest.split_horizontally(550);
         let pts = |f: &dyn Fn(&crate::DepthRow) -> Option<f64>| -> Vec<(f64, f64)> {
             s.depths.iter().filter_map(|r| f(r).map(|v| (r.depth as f64, v))).collect()
         };
@@ -95,7 +98,7 @@ pub(crate) fn accuracy_svg(s: &Summary) -> Result<String> {
         // The x-axis runs to the deepest depth (a run continued with --from starts above 1).
         let n = s.depths.iter().map(|r| r.depth).max().unwrap_or(1);
         // With fine-tuned or baseline models beside them, the greedy lines say so.
-        let g = if s.finetune.is_empty() && s.baseline.is_empty() { "" } else { "greedy " };
+        let g = if s.has_other_stages() { "greedy " } else { "" };
         let mut acc: Vec<Series> = vec![
             Series::line(format!("{g}validation"), pts(&|r| Some(r.val_accuracy)), PALETTE[0]),
             Series::line(format!("{g}{split}"), pts(&|r| r.eval_accuracy), PALETTE[1]),
@@ -107,12 +110,31 @@ pub(crate) fn accuracy_svg(s: &Summary) -> Result<String> {
         let rows_pts = |rows: &[crate::DepthRow], f: &dyn Fn(&crate::DepthRow) -> Option<f64>| -> Vec<(f64, f64)> {
             rows.iter().filter_map(|r| f(r).map(|v| (r.depth as f64, v))).collect()
         };
-        for (name, rows, color) in [("fine-tuned", &s.finetune, PALETTE[2]), ("from scratch", &s.baseline, PALETTE[3])]
-        {
+        for (name, rows, color) in [
+            ("fine-tuned", &s.finetune, PALETTE[2]),
+            ("from scratch", &s.baseline, PALETTE[3]),
+            ("autoencoder probe", &s.autoencoder, PALETTE[4]),
+            ("autoencoder fine-tuned", &s.autoencoder_finetune, PALETTE[5]),
+        ] {
             acc.push(Series::line(format!("{name} (validation)"), rows_pts(rows, &|r| Some(r.val_accuracy)), color));
             loss.push(Series::line(format!("{name} (validation)"), rows_pts(rows, &|r| Some(r.val_loss)), color));
         }
-        let n = n.max(s.finetune.iter().chain(&s.baseline).map(|r| r.depth).max().unwrap_or(1));
+        let n = layerwise_core::run::Stage::ALL
+            .iter()
+            .flat_map(|&st| s.rows(st).iter().map(|r| r.depth))
+            .max()
+            .unwrap_or(1)
+            .max(n);
+        let mut recon = Vec::new();
+        for (name, rows) in [("", &s.depths), ("autoencoder loop ", &s.autoencoder)] {
+            recon.push(Series::line(format!("{name}train"), rows_pts(rows, &|r| r.reconstruction_loss), PALETTE[4]));
+            recon.push(Series::line(
+                format!("{name}validation"),
+                rows_pts(rows, &|r| r.val_reconstruction_loss),
+                PALETTE[5],
+            ));
+        }
+        recon.retain(|s| !s.points.is_empty());
         if s.compares_with_tutorial() {
             let tut = |v: &[f64]| v.iter().take(n).enumerate().map(|(i, &a)| (i as f64 + 1.0, a)).collect();
             let grey = RGBColor(127, 127, 127);
@@ -123,6 +145,10 @@ pub(crate) fn accuracy_svg(s: &Summary) -> Result<String> {
         loss.retain(|s| !s.points.is_empty());
         draw(&left, "Accuracy by depth", "accuracy", &acc, n, SeriesLabelPosition::UpperRight)?;
         draw(&right, "Loss by depth", "cross-entropy loss", &loss, n, SeriesLabelPosition::UpperLeft)?;
+        if panels == 3 {
+            let title = "Reconstruction by depth";
+            draw(&third, title, "mean squared error", &recon, n, SeriesLabelPosition::UpperRight)?;
+        }
         root.present().map_err(|e| anyhow!("cannot draw the plot: {e}"))?;
     }
     Ok(svg)

@@ -196,13 +196,7 @@ pub fn collect_sweep(runs: &[PathBuf]) -> Result<SweepSummary> {
     let mut out_groups = Vec::new();
     for (pipeline, members) in groups {
         for stage in Stage::ALL {
-            let rows_of = |s: &'_ Summary| -> Vec<DepthRow> {
-                match stage {
-                    Stage::Greedy => s.depths.clone(),
-                    Stage::Finetune => s.finetune.clone(),
-                    Stage::Baseline => s.baseline.clone(),
-                }
-            };
+            let rows_of = |s: &'_ Summary| -> Vec<DepthRow> { s.rows(stage).to_vec() };
             if members.iter().all(|s| rows_of(s).is_empty()) {
                 continue;
             }
