@@ -5,6 +5,7 @@
 #![deny(missing_docs)]
 
 pub mod bench;
+pub mod bench_pipeline;
 pub mod chaos;
 pub mod fuzz;
 pub mod greedy;

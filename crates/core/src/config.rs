@@ -100,7 +100,8 @@ pub enum Regime {
     /// nothing. Keeps the weights of the epoch with the best validation accuracy.
     Finetune,
     /// A fresh network of N hidden layers, every layer trained end to end from Glorot
-    /// initialization: the baseline greedy training is compared against.
+    /// initialization: the baseline greedy training is compared against. Keeps the
+    /// weights of its best epoch by validation accuracy, as fine-tuning does.
     Scratch,
 }
 

@@ -19,8 +19,9 @@ pub const TRAIN_VERSION: u32 = 2;
 pub const EVAL_VERSION: u32 = 1;
 
 /// One epoch of unsupervised pretraining (the autoencoder objective): the mean squared
-/// reconstruction error of the clean input, on the training split (from its corrupted
-/// input, weights changing, as Keras reports) and on the validation split (uncorrupted).
+/// error between the clean input and its reconstruction from the corrupted input, on the
+/// training split (weights changing, as Keras reports) and on the validation split after
+/// the epoch (with fixed masks, the same every epoch).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PretrainEpoch {
     /// 1-based epoch number.

@@ -16,7 +16,7 @@ use layerwise_core::dataset::{Dataset, Split};
 use layerwise_core::hash::sha256_file;
 use layerwise_core::metrics::{Evaluation, EVAL_SCHEMA, EVAL_VERSION};
 use layerwise_nn::device::DeviceKind;
-use layerwise_nn::{Backend, EvalSums, Layer};
+use layerwise_nn::{Backend, EvalSums};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -34,9 +34,6 @@ pub struct EvaluateOptions {
     /// Device.
     pub device: DeviceKind,
 }
-
-/// Rows per forward pass.
-const BATCH: usize = 2500;
 
 /// Evaluate and (if asked) write the JSON.
 pub fn evaluate(opts: &EvaluateOptions) -> Result<Evaluation> {
@@ -78,8 +75,11 @@ pub fn evaluate(opts: &EvaluateOptions) -> Result<Evaluation> {
     Ok(eval)
 }
 
-fn run<D: Backend>(dev: &D, model: &layerwise_core::checkpoint::Mlp, images: &[f32], labels: &[u8]) -> EvalSums {
-    let hidden: Vec<Layer<D>> = model.hidden.iter().map(|l| Layer::from_dense(l, dev)).collect();
-    let head = Layer::from_dense(&model.head, dev);
-    layerwise_nn::evaluate(dev, &hidden, &head, images, labels, BATCH)
+fn run<D: Backend + 'static>(
+    dev: &D,
+    model: &layerwise_core::checkpoint::Mlp,
+    images: &[f32],
+    labels: &[u8],
+) -> EvalSums {
+    layerwise_nn::evaluate_dense(dev, &model.hidden, &model.head, images, labels)
 }

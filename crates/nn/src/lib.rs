@@ -12,6 +12,10 @@
 #![deny(missing_docs)]
 
 pub mod device;
+pub mod host;
+pub mod trainer;
+
+pub use trainer::{evaluate_dense, trainer, Frozen, HostTensors, Trainer, TrainerSpec, CHUNK};
 
 use anyhow::{anyhow, Result};
 use dfdx::prelude::*;
@@ -260,14 +264,17 @@ pub fn autoencoder_gradients<D: Backend>(
     AeGrads { loss: loss_value, encoder_weight, encoder_bias, decoder_weight, decoder_bias }
 }
 
-/// The mean squared reconstruction error of `rows` clean host rows through `encoder` and
-/// `decoder`, `chunk` rows at a time, no tape, no noise.
+/// The denoising objective on held-out rows: the mean squared error between `rows` clean
+/// host rows and their reconstruction from a corrupted copy (masking noise `corruption`,
+/// drawn from `seed` and the chunk, so every call draws the same masks), `chunk` rows at a
+/// time, no tape. With `corruption` 0 it is the plain reconstruction error.
 pub fn reconstruction_loss<D: Backend>(
     dev: &D,
     encoder: &Layer<D>,
     decoder: &AeDecoder<D>,
     data: &[f32],
     rows: usize,
+    (corruption, seed): (f64, u64),
     chunk: usize,
 ) -> f64 {
     let dim = data.len().checked_div(rows).unwrap_or(0);
@@ -275,7 +282,8 @@ pub fn reconstruction_loss<D: Backend>(
     for start in (0..rows).step_by(chunk.max(1)) {
         let n = chunk.min(rows - start);
         let clean = &data[start * dim..(start + n) * dim];
-        let x = dev.tensor_from_vec(clean.to_vec(), (n, dim));
+        let noisy = masking_noise(clean, corruption, seed ^ start as u64);
+        let x = dev.tensor_from_vec(noisy, (n, dim));
         let recon = decoder.reconstruct(encoder, encoder.apply(x).relu()).as_vec();
         sum += recon.iter().zip(clean).map(|(&r, &c)| ((r - c) as f64).powi(2)).sum::<f64>();
     }
@@ -292,18 +300,13 @@ pub fn masking_noise(rows: &[f32], fraction: f64, seed: u64) -> Vec<f32> {
     rows.iter().map(|&v| if rng.gen::<f64>() < fraction { 0.0 } else { v }).collect()
 }
 
-/// Inverted-dropout masks for activations of `rows × widths[i]`: each unit kept with
-/// probability `1 - rate` and scaled by `1 / (1 - rate)`, drawn from `seed` alone (so a
-/// resumed run draws the same masks).
+/// Inverted-dropout masks for activations of `rows × widths[i]`, on device `dev`:
+/// [`trainer::host_dropout_masks`], copied over.
 pub fn dropout_masks<D: Backend>(dev: &D, rows: usize, widths: &[usize], rate: f64, seed: u64) -> Vec<Matrix<D>> {
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    let keep = 1.0 / (1.0 - rate) as f32;
-    widths
-        .iter()
-        .map(|&w| {
-            let m: Vec<f32> = (0..rows * w).map(|_| if rng.gen::<f64>() < rate { 0.0 } else { keep }).collect();
-            dev.tensor_from_vec(m, (rows, w))
-        })
+    trainer::host_dropout_masks(rows, widths, rate, seed)
+        .into_iter()
+        .zip(widths)
+        .map(|(m, &w)| dev.tensor_from_vec(m, (rows, w)))
         .collect()
 }
 
@@ -396,6 +399,46 @@ enum Slot<D: Backend> {
     Host { p: Vec<f32>, m: Vec<f32>, v: Vec<f32>, g: Vec<f32> },
     /// Any other device: moments as flat tensors, updated with dfdx ops.
     Device { m: Vector<D>, v: Vector<D> },
+    /// Parameters that live in host memory ([`Adam::update_host`]): moments only.
+    Slices { m: Vec<f32>, v: Vec<f32> },
+}
+
+/// One fused Adam pass over host buffers: decay, moments, step.
+#[allow(clippy::too_many_arguments)]
+fn host_adam_pass(
+    p: &mut [f32],
+    m: &mut [f32],
+    v: &mut [f32],
+    g: &[f32],
+    b1: f32,
+    b2: f32,
+    alpha: f32,
+    eps: f32,
+    shrink: f32,
+) {
+    let step = |p: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32]| {
+        for (((p, m), v), &g) in p.iter_mut().zip(m.iter_mut()).zip(v.iter_mut()).zip(g) {
+            if shrink != 0.0 {
+                *p -= shrink * *p;
+            }
+            *m = b1 * *m + (1.0 - b1) * g;
+            *v = b2 * *v + (1.0 - b2) * g * g;
+            *p -= alpha * *m / (v.sqrt() + eps);
+        }
+    };
+    // Two halves on two threads: the update is memory-bound, and for a 3072×256 layer it
+    // would otherwise cost as much as a matrix product.
+    let n = p.len();
+    if n >= 1 << 16 {
+        let h = n / 2;
+        let (p0, p1) = p.split_at_mut(h);
+        let (m0, m1) = m.split_at_mut(h);
+        let (v0, v1) = v.split_at_mut(h);
+        let (g0, g1) = g.split_at(h);
+        rayon::join(|| step(p0, m0, v0, g0), || step(p1, m1, v1, g1));
+    } else {
+        step(p, m, v, g);
+    }
 }
 
 /// Adam exactly as Keras computes it: `m ← β1·m + (1-β1)·g`, `v ← β2·v + (1-β2)·g²`,
@@ -446,6 +489,7 @@ impl<D: Backend> Adam<D> {
             .map(|(name, s)| match s {
                 Slot::Host { m, v, .. } => (name.clone(), m.clone(), v.clone()),
                 Slot::Device { m, v } => (name.clone(), m.as_vec(), v.as_vec()),
+                Slot::Slices { m, v } => (name.clone(), m.clone(), v.clone()),
             })
             .collect();
         (self.t, slots)
@@ -488,6 +532,39 @@ impl<D: Backend> Adam<D> {
         self.update_decayed(name, param, grad, 0.0)
     }
 
+    /// [`Adam::update_decayed`] for a parameter in host memory (the CPU's host kernels):
+    /// one fused pass over `param`, its gradient and the moments.
+    pub fn update_host(&mut self, name: &str, param: &mut [f32], grad: &[f32], weight_decay: f64) -> Result<()> {
+        let shrink = (self.lr * weight_decay) as f32;
+        let n = param.len();
+        if grad.len() != n {
+            anyhow::bail!("internal: gradient of {name} has {} values, the tensor {n}", grad.len());
+        }
+        let slot = match self.names.iter().position(|k| k == name) {
+            Some(i) => i,
+            None => {
+                let (m, v) = match self.restored.iter().find(|(k, ..)| k == name) {
+                    Some((_, m, v)) if m.len() == n && v.len() == n => (m.clone(), v.clone()),
+                    Some(_) => anyhow::bail!("restored Adam state does not fit tensor {name} ({n} values)"),
+                    None => (vec![0.0; n], vec![0.0; n]),
+                };
+                self.names.push(name.to_string());
+                self.slots.push(Slot::Slices { m, v });
+                self.slots.len() - 1
+            }
+        };
+        let t = self.t.max(1);
+        let [b1, b2] = self.betas;
+        let alpha = self.lr * (1.0 - b2.powi(t)).sqrt() / (1.0 - b1.powi(t));
+        match self.slots.get_mut(slot) {
+            Some(Slot::Slices { m, v }) => {
+                host_adam_pass(param, m, v, grad, b1 as f32, b2 as f32, alpha as f32, self.eps as f32, shrink);
+                Ok(())
+            }
+            _ => anyhow::bail!("internal: Adam tensor {name} lives on a device"),
+        }
+    }
+
     /// [`Adam::update`] with decoupled weight decay (AdamW, as Keras): the tensor first
     /// shrinks by `lr × weight_decay`, then takes the Adam step.
     pub fn update_decayed<S: Shape>(
@@ -528,31 +605,10 @@ impl<D: Backend> Adam<D> {
         match self.slots.get_mut(slot) {
             Some(Slot::Host { p, m, v, g }) => {
                 grad.copy_into(g);
-                let (b1, b2, alpha, eps) = (b1 as f32, b2 as f32, alpha as f32, self.eps as f32);
-                let step = |p: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32]| {
-                    for (((p, m), v), &g) in p.iter_mut().zip(m.iter_mut()).zip(v.iter_mut()).zip(g) {
-                        if shrink != 0.0 {
-                            *p -= shrink * *p;
-                        }
-                        *m = b1 * *m + (1.0 - b1) * g;
-                        *v = b2 * *v + (1.0 - b2) * g * g;
-                        *p -= alpha * *m / (v.sqrt() + eps);
-                    }
-                };
-                // Two halves on two threads: the update is memory-bound, and for a
-                // 3072×256 layer it would otherwise cost as much as a matrix product.
-                if n >= 1 << 16 {
-                    let h = n / 2;
-                    let (p0, p1) = p.split_at_mut(h);
-                    let (m0, m1) = m.split_at_mut(h);
-                    let (v0, v1) = v.split_at_mut(h);
-                    let (g0, g1) = g.split_at(h);
-                    rayon::join(|| step(p0, m0, v0, g0), || step(p1, m1, v1, g1));
-                } else {
-                    step(p, m, v, g);
-                }
+                host_adam_pass(p, m, v, g, b1 as f32, b2 as f32, alpha as f32, self.eps as f32, shrink);
                 param.copy_from(p);
             }
+            Some(Slot::Slices { .. }) => anyhow::bail!("internal: Adam tensor {name} lives in host memory"),
             Some(Slot::Device { m, v }) => {
                 if shrink != 0.0 {
                     param.try_axpy(1.0 - shrink, &param.clone(), 0.0).map_err(failed)?;
@@ -604,6 +660,22 @@ impl EvalSums {
             }
             self.samples += 1;
         }
+    }
+
+    /// Add a batch whose summed loss is known already (a training step computed it):
+    /// only the predictions are taken from the logits.
+    pub fn add_predictions(&mut self, logits: &[f32], labels: &[u8], loss_sum: f64) {
+        let c = self.confusion.len();
+        for (row, &label) in logits.chunks_exact(c).zip(labels) {
+            // first maximum wins, as numpy's argmax
+            let pred = row.iter().enumerate().fold(0, |best, (i, &v)| if v > row[best] { i } else { best });
+            self.confusion[label as usize][pred] += 1;
+            if pred == label as usize {
+                self.correct += 1;
+            }
+            self.samples += 1;
+        }
+        self.loss_sum += loss_sum;
     }
 
     /// Mean loss.

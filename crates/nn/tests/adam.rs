@@ -1,4 +1,4 @@
-//! Adam against a plain f64 implementation of Keras' formula, on both update paths.
+//! Adam against a plain f64 implementation of Keras' formula, on its three update paths.
 #![allow(clippy::unwrap_used)] // test helpers panic on purpose
 
 use dfdx::prelude::*;
@@ -23,7 +23,16 @@ fn reference(w0: &[f32], grads: &[Vec<f32>], lr: f64, eps: f64) -> Vec<f64> {
     w
 }
 
-fn run(rows: usize, cols: usize, scale: f32, device_path: bool) -> (Vec<f32>, Vec<f64>) {
+/// Which update path: host tensor (fused pass), dfdx ops (other devices), or a parameter
+/// in host memory (the CPU's host kernels).
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Path {
+    HostTensor,
+    Device,
+    Slices,
+}
+
+fn run(rows: usize, cols: usize, scale: f32, path: Path) -> (Vec<f32>, Vec<f64>) {
     let dev = layerwise_nn::device::cpu(0);
     let n = rows * cols;
     let w0: Vec<f32> = (0..n).map(|i| ((i * 37 % 101) as f32 - 50.0) / 100.0).collect();
@@ -32,15 +41,21 @@ fn run(rows: usize, cols: usize, scale: f32, device_path: bool) -> (Vec<f32>, Ve
         .collect();
     let mut w: Matrix<_> = dev.tensor_from_vec(w0.clone(), (rows, cols));
     let mut adam = Adam::new(1e-2, 0.9, 0.999, 1e-7);
-    if device_path {
+    if path == Path::Device {
         adam = adam.force_device_path();
     }
+    let mut host = w0.clone();
     for g in &grads {
         adam.tick();
-        let g: Matrix<_> = dev.tensor_from_vec(g.clone(), (rows, cols));
-        adam.update("w", &mut w, &g).unwrap();
+        if path == Path::Slices {
+            adam.update_host("w", &mut host, g, 0.0).unwrap();
+        } else {
+            let g: Matrix<_> = dev.tensor_from_vec(g.clone(), (rows, cols));
+            adam.update("w", &mut w, &g).unwrap();
+        }
     }
-    (w.as_vec(), reference(&w0, &grads, 1e-2, 1e-7))
+    let got = if path == Path::Slices { host } else { w.as_vec() };
+    (got, reference(&w0, &grads, 1e-2, 1e-7))
 }
 
 #[test]
@@ -50,13 +65,10 @@ fn both_paths_match_keras_formula() {
     // (PyTorch's placement would move these weights ~3x further per step)
     for (rows, cols) in [(3, 5), (300, 300)] {
         for scale in [1e-3, 1e-6] {
-            for device_path in [false, true] {
-                let (got, want) = run(rows, cols, scale, device_path);
+            for path in [Path::HostTensor, Path::Device, Path::Slices] {
+                let (got, want) = run(rows, cols, scale, path);
                 for (g, w) in got.iter().zip(&want) {
-                    assert!(
-                        (*g as f64 - w).abs() < 2e-6,
-                        "rows {rows} scale {scale} device_path {device_path}: {g} vs {w}"
-                    );
+                    assert!((*g as f64 - w).abs() < 2e-6, "rows {rows} scale {scale} {path:?}: {g} vs {w}");
                 }
             }
         }

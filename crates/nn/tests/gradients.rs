@@ -143,3 +143,96 @@ fn autoencoder_gradients_match_autograd_and_a_tied_decoder_shares_the_weight() {
         assert!(!agree(&doubled, &rw));
     }
 }
+
+#[test]
+fn the_host_step_matches_autograd_with_and_without_dropout() {
+    use layerwise_nn::host;
+    let dev = layerwise_nn::device::cpu(0);
+    let (rows, inputs, width, classes) = (9, 14, 6, 5);
+    for head_trains in [true, false] {
+        for n_layers in if head_trains { vec![0, 1, 3] } else { vec![1, 3] } {
+            for dropout in [false, true] {
+                let dense: Vec<_> = (0..n_layers)
+                    .map(|i| {
+                        let mut d = glorot_dense(if i == 0 { inputs } else { width }, width, 20 + i as u64);
+                        d.bias.iter_mut().enumerate().for_each(|(k, b)| *b = 0.05 * k as f32 - 0.1);
+                        d
+                    })
+                    .collect();
+                let head_d = glorot_dense(if n_layers == 0 { inputs } else { width }, classes, 4);
+                let x: Vec<f32> = (0..rows * inputs).map(|i| ((i * 29 % 31) as f32 - 15.0) / 9.0).collect();
+                let labels: Vec<u8> = (0..rows).map(|r| (r * 3 % classes) as u8).collect();
+                let widths = vec![width; n_layers];
+                let masks =
+                    if dropout { layerwise_nn::trainer::host_dropout_masks(rows, &widths, 0.3, 5) } else { Vec::new() };
+                let host_layers: Vec<host::HostLayer> = dense.iter().map(host::HostLayer::from_dense).collect();
+                let host_head = host::HostLayer::from_dense(&head_d);
+                let mut buf = host::StepBuffers::new(&host_layers, &host_head, rows);
+                let loss = host::step(&host_layers, &host_head, head_trains, &x, &labels, &masks, &mut buf);
+                // The host layout's weight gradients ([in, out]) in the checkpoint layout.
+                let shapes: Vec<(usize, usize)> =
+                    dense.iter().chain(std::iter::once(&head_d)).map(|l| (l.inputs, l.outputs)).collect();
+                for (g, &(i, o)) in buf.grads.iter_mut().zip(&shapes) {
+                    g.0 = host::transpose(&g.0, i, o);
+                }
+
+                // Reference: dfdx autograd over every parameter.
+                let layers: Vec<Layer<_>> = dense.iter().map(|d| Layer::from_dense(d, &dev)).collect();
+                let head = Layer::from_dense(&head_d, &dev);
+                let mut y = vec![0f32; rows * classes];
+                for (r, &l) in labels.iter().enumerate() {
+                    y[r * classes + l as usize] = 1.0;
+                }
+                let mut h = dev.tensor_from_vec(x.clone(), (rows, inputs)).traced(Gradients::leaky());
+                for (i, l) in layers.iter().enumerate() {
+                    h = l.apply_traced(h, true).relu();
+                    if let Some(m) = masks.get(i) {
+                        h = h * dev.tensor_from_vec(m.clone(), (rows, width));
+                    }
+                }
+                let logits = head.apply_traced(h, true);
+                let reference_logits = logits.retaped::<NoneTape>().as_vec();
+                let loss_ref = cross_entropy_with_logits_loss(logits, dev.tensor_from_vec(y, (rows, classes)));
+                assert!((loss_ref.as_vec()[0] - loss).abs() < 1e-5, "loss {loss} vs {:?}", loss_ref.as_vec());
+                assert!(agree(buf.logits(rows, classes), &reference_logits));
+                let grads = loss_ref.backward();
+                for (i, l) in layers.iter().enumerate() {
+                    let rw = grads.get(&l.weight).as_vec();
+                    assert!(agree(&buf.grads[i].0, &rw), "layer {i} weight: {}", rel_diff(&buf.grads[i].0, &rw));
+                    assert!(agree(&buf.grads[i].1, &grads.get(&l.bias).as_vec()), "layer {i} bias");
+                    let doubled: Vec<f32> = buf.grads[i].0.iter().map(|v| 2.0 * v).collect();
+                    assert!(!agree(&doubled, &rw));
+                }
+                if head_trains {
+                    assert!(agree(&buf.grads[n_layers].0, &grads.get(&head.weight).as_vec()), "head weight");
+                    assert!(agree(&buf.grads[n_layers].1, &grads.get(&head.bias).as_vec()), "head bias");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn host_products_match_a_plain_triple_loop_in_every_layout() {
+    use layerwise_nn::host::{matmul, View};
+    let (m, k, n) = (7, 300, 5);
+    let a: Vec<f32> = (0..m * k).map(|i| ((i * 7 % 13) as f32 - 6.0) / 5.0).collect();
+    let b: Vec<f32> = (0..k * n).map(|i| ((i * 11 % 17) as f32 - 8.0) / 7.0).collect();
+    let reference: Vec<f32> = (0..m * n)
+        .map(|ij| (0..k).map(|p| a[ij / n * k + p] as f64 * b[p * n + ij % n] as f64).sum::<f64>() as f32)
+        .collect();
+    let at: Vec<f32> = (0..k * m).map(|i| a[(i % m) * k + i / m]).collect(); // [k × m]
+    let bt: Vec<f32> = (0..n * k).map(|i| b[(i % k) * n + i / k]).collect(); // [n × k]
+    for (name, av, bv) in [
+        ("a·b", View::rows(&a, m, k), View::rows(&b, k, n)),
+        ("(aᵀ)ᵀ·b", View::transposed(&at, k, m), View::rows(&b, k, n)),
+        ("a·(bᵀ)ᵀ", View::rows(&a, m, k), View::transposed(&bt, n, k)),
+    ] {
+        let mut c = vec![1.0f32; m * n];
+        matmul(&mut c, av, bv, false);
+        assert!(agree(&c, &reference), "{name}");
+        matmul(&mut c, av, bv, true);
+        let twice: Vec<f32> = reference.iter().map(|v| 2.0 * v).collect();
+        assert!(agree(&c, &twice), "{name} accumulated");
+    }
+}

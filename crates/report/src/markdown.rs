@@ -270,10 +270,11 @@ fn reconstruction(md: &mut String, s: &Summary) {
     let _ = writeln!(md, "## Reconstruction by depth\n");
     let _ = writeln!(
         md,
-        "Each autoencoder layer's mean squared reconstruction error of its clean input (the images at depth 1, the \
-         frozen stack's features after), at its last pretraining epoch: on the training split from corrupted \
-         inputs, and on the validation split uncorrupted. Depths differ in what they reconstruct, so compare a \
-         depth's two columns, not depths with each other.\n"
+        "Each autoencoder layer's denoising objective at its last pretraining epoch: the mean squared error between \
+         its clean input (the images at depth 1, the frozen stack's features after) and the reconstruction from a \
+         corrupted copy, on the training split (during the epoch) and on the validation split (after it, with fixed \
+         masks). Depths differ in what they reconstruct, so compare a depth's two columns, not depths with each \
+         other.\n"
     );
     let _ = writeln!(md, "| loop | depth | train reconstruction | val reconstruction | probe val acc |\n| --- | ---: | ---: | ---: | ---: |");
     for stage in [Stage::Greedy, Stage::Autoencoder] {

@@ -28,7 +28,7 @@ use layerwise_core::dataset::{Dataset, Split};
 use layerwise_core::metrics::{EpochMetrics, PretrainEpoch, TrainHistory, TRAIN_SCHEMA, TRAIN_VERSION};
 use layerwise_core::{atomic, hash, mix_seed};
 use layerwise_nn::device::DeviceKind;
-use layerwise_nn::{features_host, glorot_dense, Adam, AeDecoder, Backend, EvalSums, Layer, Matrix};
+use layerwise_nn::{glorot_dense, Adam, AeDecoder, Backend, EvalSums, Layer, Matrix};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use std::borrow::Cow;
@@ -339,18 +339,10 @@ struct Inputs<'a, D: Backend> {
     y_train: &'a [u8],
     x_val: &'a [f32],
     y_val: &'a [u8],
-    per_batch_prefix: &'a [Layer<D>],
+    per_batch_prefix: layerwise_nn::Frozen<'a, D>,
 }
 
-/// Rows per chunk when pushing data through frozen layers or evaluating.
-const CHUNK: usize = 2500;
-
-/// The weights and biases of trainable layers and the head, copied to the host.
-type HostTensors = (Vec<(Vec<f32>, Vec<f32>)>, (Vec<f32>, Vec<f32>));
-
-fn host_copy<D: Backend>(layers: &[Layer<D>], head: &Layer<D>) -> HostTensors {
-    (layers.iter().map(host_pair).collect(), host_pair(head))
-}
+use layerwise_nn::CHUNK;
 
 fn host_pair<D: Backend>(l: &Layer<D>) -> (Vec<f32>, Vec<f32>) {
     (l.weight.as_vec(), l.bias.as_vec())
@@ -393,8 +385,7 @@ impl Run<'_> {
     /// nothing is frozen (borrowed from the memory map), else computed once, here.
     fn features<D: Backend>(
         &self,
-        dev: &D,
-        prefix: &[Layer<D>],
+        prefix: &layerwise_nn::Frozen<'_, D>,
         split: Split,
         rows: &mut usize,
     ) -> Result<(Cow<'_, [f32]>, Vec<u8>)> {
@@ -404,7 +395,7 @@ impl Run<'_> {
             view.images
         } else {
             *rows += n;
-            Cow::Owned(features_host(dev, prefix, &view.images, n, CHUNK))
+            Cow::Owned(prefix.apply(&view.images, n))
         };
         Ok((feats, view.labels.to_vec()))
     }
@@ -427,11 +418,11 @@ impl Run<'_> {
         }
     }
 
-    fn go<D: Backend>(&self, dev: &D) -> Result<Trained> {
+    fn go<D: Backend + 'static>(&self, dev: &D) -> Result<Trained> {
         let cfg = &self.opts.config;
         let plan = self.plan;
         let t0 = Instant::now();
-        let prefix: Vec<Layer<D>> = plan.prefix.iter().map(|l| Layer::from_dense(l, dev)).collect();
+        let prefix = layerwise_nn::Frozen::new(dev, &plan.prefix);
         let mut prefix_rows = 0;
         // Augmented images change every batch: the frozen layers' outputs cannot be cached,
         // so they are recomputed per batch from the augmented images.
@@ -446,10 +437,10 @@ impl Run<'_> {
             }
             (view.images, view.labels.to_vec())
         } else {
-            self.features(dev, &prefix, Split::Train, &mut prefix_rows)?
+            self.features(&prefix, Split::Train, &mut prefix_rows)?
         };
-        let (x_val, y_val) = self.features(dev, &prefix, Split::Val, &mut prefix_rows)?;
-        let per_batch_prefix = if augment { prefix } else { Vec::new() };
+        let (x_val, y_val) = self.features(&prefix, Split::Val, &mut prefix_rows)?;
+        let per_batch_prefix = layerwise_nn::Frozen::new(dev, if augment { &plan.prefix[..] } else { &[] });
         let prefix_seconds = t0.elapsed().as_secs_f64();
         if y_train.is_empty() {
             bail!("{}: the train split is empty", self.ds.path().display());
@@ -457,13 +448,8 @@ impl Run<'_> {
         let saved = self.saved_state();
         match cfg.objective {
             Objective::Supervised => {
-                let inputs = Inputs {
-                    x_train: &x_train,
-                    y_train: &y_train,
-                    x_val: &x_val,
-                    y_val: &y_val,
-                    per_batch_prefix: &per_batch_prefix,
-                };
+                let inputs =
+                    Inputs { x_train: &x_train, y_train: &y_train, x_val: &x_val, y_val: &y_val, per_batch_prefix };
                 let s = self.supervised(dev, &inputs, &plan.trainable, &plan.head, plan.head_trains, saved, None)?;
                 Ok(Trained {
                     layers: s.layers,
@@ -481,19 +467,16 @@ impl Run<'_> {
                 let (weight, bias) = pretrained.encoder.clone();
                 let like = &plan.trainable[0];
                 let encoder = Dense { inputs: like.inputs, outputs: like.outputs, weight, bias };
-                let layer = [Layer::from_dense(&encoder, dev)];
+                let layer = [encoder.clone()];
+                let layer = layerwise_nn::Frozen::new(dev, &layer);
                 // The probe: a softmax layer on the frozen stack's features, with labels.
                 let (n_train, n_val) = (y_train.len(), y_val.len());
-                let f_train = features_host(dev, &layer, &x_train, n_train, CHUNK);
-                let f_val = features_host(dev, &layer, &x_val, n_val, CHUNK);
+                let f_train = layer.apply(&x_train, n_train);
+                let f_val = layer.apply(&x_val, n_val);
                 drop((x_train, x_val));
-                let inputs = Inputs {
-                    x_train: &f_train,
-                    y_train: &y_train,
-                    x_val: &f_val,
-                    y_val: &y_val,
-                    per_batch_prefix: &[],
-                };
+                let per_batch_prefix = layerwise_nn::Frozen::new(dev, &[]);
+                let inputs =
+                    Inputs { x_train: &f_train, y_train: &y_train, x_val: &f_val, y_val: &y_val, per_batch_prefix };
                 let saved = saved.filter(|s| s.pretrained.as_ref().is_some_and(|p| p.epoch >= cfg.epochs));
                 let s = self.supervised(dev, &inputs, &[], &plan.head, true, saved, Some(&pretrained))?;
                 Ok(Trained {
@@ -607,7 +590,9 @@ impl Run<'_> {
                 let seen = (b * bs + chunk.len()) as f64;
                 bar.batch(b + 1, || format!("reconstruction {:.5}", loss_sum / seen));
             }
-            let val = layerwise_nn::reconstruction_loss(dev, &encoder, &decoder, x_val, n_val, CHUNK);
+            // The same objective on the validation split, with fixed masks (the same every epoch).
+            let noise = (cfg.corruption, seed(&[PRETRAIN_STREAM, 4]));
+            let val = layerwise_nn::reconstruction_loss(dev, &encoder, &decoder, x_val, n_val, noise, CHUNK);
             let m = PretrainEpoch {
                 epoch,
                 reconstruction_loss: loss_sum / n as f64,
@@ -657,7 +642,7 @@ impl Run<'_> {
     /// labels, from a saved state when there is one. `pretrained` (the autoencoder
     /// objective's, for its probe) goes into every state written.
     #[allow(clippy::too_many_arguments)]
-    fn supervised<D: Backend>(
+    fn supervised<D: Backend + 'static>(
         &self,
         dev: &D,
         inputs: &Inputs<'_, D>,
@@ -670,39 +655,54 @@ impl Run<'_> {
         let cfg = &self.opts.config;
         let probe = pretrained.is_some();
         let total_epochs = if probe { cfg.probe_epochs() } else { cfg.epochs };
-        let Inputs { x_train, y_train, x_val, y_val, per_batch_prefix } = *inputs;
-        let classes = head0.outputs;
+        let Inputs { x_train, y_train, x_val, y_val, per_batch_prefix } = inputs;
         let n = y_train.len();
         let dim = x_train.len() / n;
         let image_shape = self.ds.meta.image_shape;
         let augment = cfg.augment == Augment::FlipCrop;
         let mut prefix_rows = 0;
-
-        let first = self.plan.prefix.len();
-        let names: Vec<[String; 2]> = (first..first + trainable.len()).map(|i| tensor_names(&hidden_name(i))).collect();
-        let head_names = tensor_names("head");
-        let mut layers: Vec<Layer<D>> = trainable.iter().map(|l| Layer::from_dense(l, dev)).collect();
-        let mut head = Layer::from_dense(head0, dev);
-        let mut adam = Adam::new(cfg.lr, cfg.beta1, cfg.beta2, cfg.epsilon);
-        let mut order: Vec<usize> = (0..n).collect();
         let bs = cfg.batch_size.min(n);
         let batches = n.div_ceil(bs);
-        let mut epochs = Vec::with_capacity(total_epochs);
-        // Fine-tuning keeps the weights of its best epoch by validation accuracy.
-        let keep_best = self.opts.regime == Regime::Finetune;
-        let mut best: Option<state::Best> = None;
+
         // An interrupted run of this same command left its state: continue from there.
         let state_path = self.opts.out.join(state::STATE_FILE);
+        let saved = saved.filter(|st| st.epoch >= 1 && st.epoch < total_epochs && st.layers.len() == trainable.len());
+        let fit = |like: &Dense, (weight, bias): &(Vec<f32>, Vec<f32>)| -> Result<Dense> {
+            if weight.len() != like.weight.len() || bias.len() != like.bias.len() {
+                bail!("{}: its tensors do not fit this network", state_path.display());
+            }
+            Ok(Dense { weight: weight.clone(), bias: bias.clone(), ..like.clone() })
+        };
+        let (start_layers, start_head, restored) = match &saved {
+            Some(st) => (
+                trainable.iter().zip(&st.layers).map(|(l, t)| fit(l, t)).collect::<Result<Vec<_>>>()?,
+                fit(head0, &st.head)?,
+                Some((st.adam_t, st.adam.clone())),
+            ),
+            None => (trainable.to_vec(), head0.clone(), None),
+        };
+        let first = self.plan.prefix.len();
+        let mut net = layerwise_nn::trainer(
+            dev,
+            layerwise_nn::TrainerSpec {
+                trainable: &start_layers,
+                head: &start_head,
+                head_trains,
+                names: (first..first + trainable.len()).map(|i| tensor_names(&hidden_name(i))).collect(),
+                dropout: cfg.dropout,
+                weight_decay: cfg.weight_decay,
+                adam: [cfg.lr, cfg.beta1, cfg.beta2, cfg.epsilon],
+                batch: bs,
+                restored,
+            },
+        );
+        let mut epochs = Vec::with_capacity(total_epochs);
+        // End-to-end training (fine-tuning, from scratch) keeps the weights of its best
+        // epoch by validation accuracy: early stopping, the same for both.
+        let keep_best = self.opts.regime != Regime::Grow;
+        let mut best: Option<state::Best> = None;
         let mut first_epoch = 1;
-        if let Some(st) = saved.filter(|st| st.epoch >= 1 && st.epoch < total_epochs && st.layers.len() == layers.len())
-        {
-            layers = layers
-                .iter()
-                .zip(&st.layers)
-                .map(|(l, t)| restore_layer(l, t, dev, &state_path))
-                .collect::<Result<_>>()?;
-            head = restore_layer(&head, &st.head, dev, &state_path)?;
-            adam.restore(st.adam_t, st.adam);
+        if let Some(st) = saved {
             epochs = st.epochs;
             best = st.best;
             first_epoch = st.epoch + 1;
@@ -724,67 +724,51 @@ impl Run<'_> {
         };
         // Each epoch shuffles the previous epoch's order: a resumed run replays the
         // shuffles of the epochs it skips, so its batches are the uninterrupted run's.
+        let mut order: Vec<usize> = (0..n).collect();
         for epoch in 1..first_epoch {
             order.shuffle(&mut epoch_rng(epoch));
         }
-        let widths: Vec<usize> = layers.iter().map(Layer::outputs).collect();
         let what = format!("depth {}{}", self.depth, if probe { " probe" } else { "" });
         let mut bar = self.opts.progress.start(what, total_epochs, batches);
+        // The batch's rows and labels, gathered into buffers allocated once.
+        let mut rows: Vec<f32> = Vec::with_capacity(bs * dim);
+        let mut labels: Vec<u8> = Vec::with_capacity(bs);
         for epoch in first_epoch..=total_epochs {
             let te = Instant::now();
             order.shuffle(&mut epoch_rng(epoch));
-            let mut sums = EvalSums::new(classes);
+            let mut sums = EvalSums::new(head0.outputs);
             for (b, chunk) in order.chunks(bs).enumerate() {
-                // Batches are gathered on the host and sent to the device whole: a memcpy
-                // per row here, one transfer per batch on a GPU.
-                let mut rows = Vec::with_capacity(chunk.len() * dim);
-                let mut onehot = vec![0f32; chunk.len() * classes];
-                for (j, &i) in chunk.iter().enumerate() {
+                rows.clear();
+                labels.clear();
+                for &i in chunk {
                     rows.extend_from_slice(&x_train[i * dim..(i + 1) * dim]);
-                    onehot[j * classes + y_train[i] as usize] = 1.0;
+                    labels.push(y_train[i]);
                 }
                 let batch_seed =
                     |purpose: u64| mix_seed(cfg.seed, &[self.depth as u64, stream + epoch as u64, purpose, b as u64]);
                 if augment {
                     layerwise_nn::flip_crop(&mut rows, image_shape, 4, batch_seed(1));
                 }
-                let mut xb: Matrix<D> = dev.tensor_from_vec(rows, (chunk.len(), dim));
-                for l in per_batch_prefix {
-                    xb = l.apply(xb).relu();
-                    prefix_rows += chunk.len();
-                }
-                let yb: Matrix<D> = dev.tensor_from_vec(onehot, (chunk.len(), classes));
-                let masks = if cfg.dropout > 0.0 {
-                    layerwise_nn::dropout_masks(dev, chunk.len(), &widths, cfg.dropout, batch_seed(2))
+                let lr = cfg.lr_at((epoch - 1) * batches + b, total_epochs * batches, batches);
+                let (loss, logits) = if per_batch_prefix.is_empty() {
+                    net.step(&rows, &labels, batch_seed(2), lr)?
                 } else {
-                    Vec::new()
+                    prefix_rows += chunk.len() * self.plan.prefix.len();
+                    let features = per_batch_prefix.apply(&rows, chunk.len());
+                    net.step(&features, &labels, batch_seed(2), lr)?
                 };
-                adam.set_lr(cfg.lr_at((epoch - 1) * batches + b, total_epochs * batches, batches));
-                let g = layerwise_nn::batch_gradients(&layers, &head, head_trains, xb, yb, &masks)?;
-                let batch_labels: Vec<u8> = chunk.iter().map(|&i| y_train[i]).collect();
-                sums.add(&g.logits, &batch_labels);
-                if !g.loss.is_finite() {
+                if !loss.is_finite() {
                     bail!(
-                        "depth {}: the loss became {} at epoch {epoch}, batch {} of {batches}: training diverged; \
+                        "depth {}: the loss became {loss} at epoch {epoch}, batch {} of {batches}: training diverged; \
                          lower the learning rate (--lr) or check the dataset; no checkpoint was written",
                         self.depth,
-                        g.loss,
                         b + 1
                     );
                 }
-                adam.tick();
-                // Decoupled weight decay shrinks weights, never biases.
-                for ((layer, (gw, gb)), [wn, bn]) in layers.iter_mut().zip(&g.layers).zip(&names) {
-                    adam.update_decayed(wn, &mut layer.weight, gw, cfg.weight_decay)?;
-                    adam.update(bn, &mut layer.bias, gb)?;
-                }
-                if let Some((gw, gb)) = &g.head {
-                    adam.update_decayed(&head_names[0], &mut head.weight, gw, cfg.weight_decay)?;
-                    adam.update(&head_names[1], &mut head.bias, gb)?;
-                }
+                sums.add_predictions(logits, &labels, loss as f64 * labels.len() as f64);
                 bar.batch(b + 1, || format!("loss {:.4} acc {:.4}", sums.loss(), sums.accuracy()));
             }
-            let val = layerwise_nn::evaluate(dev, &layers, &head, x_val, y_val, CHUNK);
+            let val = net.evaluate(x_val, y_val);
             let seconds = te.elapsed().as_secs_f64();
             let m = EpochMetrics {
                 epoch,
@@ -799,7 +783,7 @@ impl Run<'_> {
             // One copy of the weights to the host per epoch, for the best epoch and the state.
             let improved = keep_best && best.as_ref().is_none_or(|b| m.val_accuracy > b.val_accuracy);
             let resumable = epoch < total_epochs;
-            let snapshot = (improved || resumable).then(|| host_copy(&layers, &head));
+            let snapshot = (improved || resumable).then(|| net.snapshot());
             if let (true, Some((layers, head))) = (improved, &snapshot) {
                 best = Some(state::Best {
                     epoch,
@@ -810,7 +794,7 @@ impl Run<'_> {
             }
             epochs.push(m);
             if let (true, Some((layers, head))) = (resumable, snapshot) {
-                let (adam_t, adam_moments) = adam.state();
+                let (adam_t, adam_moments) = net.adam_state();
                 let st = state::TrainState {
                     format: state::STATE_FORMAT.into(),
                     version: state::STATE_VERSION,
@@ -828,27 +812,17 @@ impl Run<'_> {
             }
         }
         bar.finish();
-        let dense = |w: Vec<f32>, b: Vec<f32>, like: &Dense| Dense {
-            inputs: like.inputs,
-            outputs: like.outputs,
-            weight: w,
-            bias: b,
+        let dense = |(w, b): (Vec<f32>, Vec<f32>), like: &Dense| Dense { weight: w, bias: b, ..like.clone() };
+        let (kept, best_epoch) = match best {
+            Some(b) if keep_best => ((b.layers, b.head), Some(b.epoch)),
+            _ => (net.snapshot(), None),
         };
-        Ok(match best {
-            Some(b) if keep_best => Supervised {
-                prefix_rows,
-                layers: b.layers.into_iter().zip(trainable).map(|((w, bias), like)| dense(w, bias, like)).collect(),
-                head: dense(b.head.0, b.head.1, head0),
-                epochs,
-                best_epoch: Some(b.epoch),
-            },
-            _ => Supervised {
-                prefix_rows,
-                layers: layers.iter().map(Layer::to_dense).collect(),
-                head: head.to_dense(),
-                epochs,
-                best_epoch: None,
-            },
+        Ok(Supervised {
+            prefix_rows,
+            layers: kept.0.into_iter().zip(trainable).map(|(t, like)| dense(t, like)).collect(),
+            head: dense(kept.1, head0),
+            epochs,
+            best_epoch,
         })
     }
 }

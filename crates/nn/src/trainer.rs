@@ -1,0 +1,312 @@
+//! What a training loop asks of a network, whichever kernels run it: a step on a batch of
+//! host rows, an evaluation, the weights and the optimizer state on the host. This is the
+//! one place that decides which kernels run: on the CPU, [`crate::host`] (gemm 0.19 on
+//! host buffers); on any other device, dfdx ([`crate::batch_gradients`], [`crate::Adam`]).
+
+use crate::{batch_gradients, host, Adam, Backend, EvalSums, Layer, Matrix, Moments};
+use anyhow::Result;
+use layerwise_core::checkpoint::Dense;
+
+/// Whether device `D` is dfdx's CPU, whose work the host kernels do instead.
+pub fn is_cpu<D: Backend>() -> bool {
+    std::any::TypeId::of::<D>() == std::any::TypeId::of::<dfdx::tensor::Cpu>()
+}
+
+/// The weights and biases of the trainable layers and the head, on the host.
+pub type HostTensors = (Vec<(Vec<f32>, Vec<f32>)>, (Vec<f32>, Vec<f32>));
+
+/// Rows per chunk of an evaluation or a frozen-feature pass.
+pub const CHUNK: usize = 2500;
+
+/// A network being trained.
+pub trait Trainer {
+    /// One Adam step (learning rate `lr`) on the batch `x` (host rows) with `labels`;
+    /// dropout masks, when the network has dropout, are drawn from `dropout_seed`.
+    /// Returns the batch's mean loss and its logits (`rows × classes`, host).
+    fn step(&mut self, x: &[f32], labels: &[u8], dropout_seed: u64, lr: f64) -> Result<(f32, &[f32])>;
+    /// Loss, accuracy and confusion over host rows, no dropout.
+    fn evaluate(&self, x: &[f32], labels: &[u8]) -> EvalSums;
+    /// The trainable layers' and the head's weights, copied to the host.
+    fn snapshot(&self) -> HostTensors;
+    /// Adam's step count and moments, copied to the host.
+    fn adam_state(&self) -> (i32, Moments);
+}
+
+/// What to train: trainable layers and the output layer (host copies, possibly restored
+/// from a saved state), their checkpoint names, and the optimizer's settings.
+pub struct TrainerSpec<'a> {
+    /// Trainable hidden layers, in order.
+    pub trainable: &'a [Dense],
+    /// The output layer.
+    pub head: &'a Dense,
+    /// Whether the output layer trains.
+    pub head_trains: bool,
+    /// `[weight, bias]` names of each trainable layer (`hidden.2.weight`, ...).
+    pub names: Vec<[String; 2]>,
+    /// Dropout rate on the trainable layers' activations.
+    pub dropout: f64,
+    /// Decoupled weight decay on weights.
+    pub weight_decay: f64,
+    /// Adam's learning rate, β1, β2 and ε.
+    pub adam: [f64; 4],
+    /// Largest batch.
+    pub batch: usize,
+    /// Adam's state to continue from (a resumed run).
+    pub restored: Option<(i32, Moments)>,
+}
+
+/// A trainer for `spec` on device `dev`: the host kernels on the CPU, dfdx elsewhere.
+pub fn trainer<'a, D: Backend + 'static>(dev: &D, spec: TrainerSpec<'a>) -> Box<dyn Trainer + 'a> {
+    if is_cpu::<D>() {
+        Box::new(HostTrainer::new(spec))
+    } else {
+        Box::new(DeviceTrainer::new(dev, spec))
+    }
+}
+
+fn new_adam<D: Backend>(spec: &TrainerSpec<'_>) -> Adam<D> {
+    let [lr, b1, b2, eps] = spec.adam;
+    let mut adam = Adam::new(lr, b1, b2, eps);
+    if let Some((t, moments)) = spec.restored.clone() {
+        adam.restore(t, moments);
+    }
+    adam
+}
+
+const HEAD: [&str; 2] = ["head.weight", "head.bias"];
+
+/// Inverted-dropout masks for `rows × widths[i]` activations, on the host: each unit kept
+/// with probability `1 - rate` and scaled by `1 / (1 - rate)`, drawn from `seed` alone (so
+/// a resumed run draws the same masks).
+pub fn host_dropout_masks(rows: usize, widths: &[usize], rate: f64, seed: u64) -> Vec<Vec<f32>> {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let keep = 1.0 / (1.0 - rate) as f32;
+    widths.iter().map(|&w| (0..rows * w).map(|_| if rng.gen::<f64>() < rate { 0.0 } else { keep }).collect()).collect()
+}
+
+/// The CPU: layers on host buffers in the host kernels' layout (weights `[in, out]`),
+/// gemm 0.19, Adam in one fused pass per tensor, the step's buffers allocated once.
+/// Weights and their Adam moments go back to the checkpoint layout (`[out, in]`) whenever
+/// they leave (snapshots, saved states), so a state does not depend on the kernels.
+struct HostTrainer {
+    layers: Vec<host::HostLayer>,
+    head: host::HostLayer,
+    head_trains: bool,
+    names: Vec<[String; 2]>,
+    dropout: f64,
+    weight_decay: f64,
+    adam: Adam<dfdx::tensor::Cpu>,
+    buf: host::StepBuffers,
+}
+
+impl HostTrainer {
+    fn new(mut spec: TrainerSpec<'_>) -> Self {
+        let layers: Vec<host::HostLayer> = spec.trainable.iter().map(host::HostLayer::from_dense).collect();
+        let head = host::HostLayer::from_dense(spec.head);
+        // Restored weight moments, into the host layout.
+        let shapes = weight_shapes(spec.trainable, spec.head, &spec.names);
+        if let Some((_, moments)) = &mut spec.restored {
+            relayout(moments, &shapes, false);
+        }
+        Self {
+            adam: new_adam(&spec),
+            buf: host::StepBuffers::new(&layers, &head, spec.batch),
+            layers,
+            head,
+            head_trains: spec.head_trains,
+            names: spec.names,
+            dropout: spec.dropout,
+            weight_decay: spec.weight_decay,
+        }
+    }
+}
+
+/// Each weight's name and checkpoint shape `(out, in)`.
+fn weight_shapes(trainable: &[Dense], head: &Dense, names: &[[String; 2]]) -> Vec<(String, usize, usize)> {
+    let mut shapes: Vec<_> = trainable.iter().zip(names).map(|(l, [w, _])| (w.clone(), l.outputs, l.inputs)).collect();
+    shapes.push((HEAD[0].to_string(), head.outputs, head.inputs));
+    shapes
+}
+
+/// Weight moments between the checkpoint layout (`[out, in]`) and the host layout
+/// (`[in, out]`): `to_checkpoint` says which way.
+fn relayout(moments: &mut Moments, shapes: &[(String, usize, usize)], to_checkpoint: bool) {
+    for (name, m, v) in moments.iter_mut() {
+        if let Some((_, out, inp)) = shapes.iter().find(|(n, ..)| n == name) {
+            let (rows, cols) = if to_checkpoint { (*inp, *out) } else { (*out, *inp) };
+            if m.len() == rows * cols && v.len() == rows * cols {
+                *m = host::transpose(m, rows, cols);
+                *v = host::transpose(v, rows, cols);
+            }
+        }
+    }
+}
+
+impl Trainer for HostTrainer {
+    fn step(&mut self, x: &[f32], labels: &[u8], dropout_seed: u64, lr: f64) -> Result<(f32, &[f32])> {
+        let rows = labels.len();
+        let masks = if self.dropout > 0.0 {
+            let widths: Vec<usize> = self.layers.iter().map(|l| l.outputs).collect();
+            host_dropout_masks(rows, &widths, self.dropout, dropout_seed)
+        } else {
+            Vec::new()
+        };
+        let loss = host::step(&self.layers, &self.head, self.head_trains, x, labels, &masks, &mut self.buf);
+        if loss.is_finite() {
+            self.adam.set_lr(lr);
+            self.adam.tick();
+            let t = self.layers.len();
+            for ((layer, (gw, gb)), [wn, bn]) in self.layers.iter_mut().zip(&self.buf.grads).zip(&self.names) {
+                self.adam.update_host(wn, &mut layer.wt, gw, self.weight_decay)?;
+                self.adam.update_host(bn, &mut layer.bias, gb, 0.0)?;
+            }
+            if self.head_trains {
+                let (gw, gb) = &self.buf.grads[t];
+                self.adam.update_host(HEAD[0], &mut self.head.wt, gw, self.weight_decay)?;
+                self.adam.update_host(HEAD[1], &mut self.head.bias, gb, 0.0)?;
+            }
+        }
+        Ok((loss, self.buf.logits(rows, self.head.outputs)))
+    }
+
+    fn evaluate(&self, x: &[f32], labels: &[u8]) -> EvalSums {
+        host::evaluate_host(&self.layers, &self.head, x, labels, CHUNK)
+    }
+
+    fn snapshot(&self) -> HostTensors {
+        let pair = |l: &host::HostLayer| {
+            let d = l.to_dense();
+            (d.weight, d.bias)
+        };
+        (self.layers.iter().map(pair).collect(), pair(&self.head))
+    }
+
+    fn adam_state(&self) -> (i32, Moments) {
+        let (t, mut moments) = self.adam.state();
+        let trainable: Vec<Dense> = self.layers.iter().map(host::HostLayer::to_dense).collect();
+        relayout(&mut moments, &weight_shapes(&trainable, &self.head.to_dense(), &self.names), true);
+        (t, moments)
+    }
+}
+
+/// Any other device: dfdx tensors, its autograd, [`Adam`]'s device path.
+struct DeviceTrainer<D: Backend> {
+    dev: D,
+    layers: Vec<Layer<D>>,
+    head: Layer<D>,
+    head_trains: bool,
+    names: Vec<[String; 2]>,
+    dropout: f64,
+    weight_decay: f64,
+    adam: Adam<D>,
+    logits: Vec<f32>,
+}
+
+impl<D: Backend> DeviceTrainer<D> {
+    fn new(dev: &D, spec: TrainerSpec<'_>) -> Self {
+        Self {
+            dev: dev.clone(),
+            adam: new_adam(&spec),
+            layers: spec.trainable.iter().map(|l| Layer::from_dense(l, dev)).collect(),
+            head: Layer::from_dense(spec.head, dev),
+            head_trains: spec.head_trains,
+            names: spec.names,
+            dropout: spec.dropout,
+            weight_decay: spec.weight_decay,
+            logits: Vec::new(),
+        }
+    }
+}
+
+impl<D: Backend> Trainer for DeviceTrainer<D> {
+    fn step(&mut self, x: &[f32], labels: &[u8], dropout_seed: u64, lr: f64) -> Result<(f32, &[f32])> {
+        let rows = labels.len();
+        let classes = self.head.outputs();
+        let dim = x.len() / rows.max(1);
+        let mut onehot = vec![0f32; rows * classes];
+        for (j, &l) in labels.iter().enumerate() {
+            onehot[j * classes + l as usize] = 1.0;
+        }
+        let xb: Matrix<D> = self.dev.tensor_from_vec(x.to_vec(), (rows, dim));
+        let yb: Matrix<D> = self.dev.tensor_from_vec(onehot, (rows, classes));
+        let masks: Vec<Matrix<D>> = if self.dropout > 0.0 {
+            let widths: Vec<usize> = self.layers.iter().map(Layer::outputs).collect();
+            host_dropout_masks(rows, &widths, self.dropout, dropout_seed)
+                .into_iter()
+                .zip(&widths)
+                .map(|(m, &w)| self.dev.tensor_from_vec(m, (rows, w)))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let g = batch_gradients(&self.layers, &self.head, self.head_trains, xb, yb, &masks)?;
+        if g.loss.is_finite() {
+            self.adam.set_lr(lr);
+            self.adam.tick();
+            for ((layer, (gw, gb)), [wn, bn]) in self.layers.iter_mut().zip(&g.layers).zip(&self.names) {
+                self.adam.update_decayed(wn, &mut layer.weight, gw, self.weight_decay)?;
+                self.adam.update(bn, &mut layer.bias, gb)?;
+            }
+            if let Some((gw, gb)) = &g.head {
+                self.adam.update_decayed(HEAD[0], &mut self.head.weight, gw, self.weight_decay)?;
+                self.adam.update(HEAD[1], &mut self.head.bias, gb)?;
+            }
+        }
+        self.logits = g.logits;
+        Ok((g.loss, &self.logits))
+    }
+
+    fn evaluate(&self, x: &[f32], labels: &[u8]) -> EvalSums {
+        crate::evaluate(&self.dev, &self.layers, &self.head, x, labels, CHUNK)
+    }
+
+    fn snapshot(&self) -> HostTensors {
+        let pair = |l: &Layer<D>| (l.weight.as_vec(), l.bias.as_vec());
+        (self.layers.iter().map(pair).collect(), pair(&self.head))
+    }
+
+    fn adam_state(&self) -> (i32, Moments) {
+        self.adam.state()
+    }
+}
+
+/// Frozen layers applied to host rows: on the CPU with the host kernels, elsewhere with
+/// dfdx (the layers copied to the device once).
+pub struct Frozen<'a, D: Backend> {
+    dense: &'a [Dense],
+    device: Option<(D, Vec<Layer<D>>)>,
+}
+
+impl<'a, D: Backend> Frozen<'a, D> {
+    /// `layers`, ready to run on `dev`.
+    pub fn new(dev: &D, layers: &'a [Dense]) -> Self {
+        let device =
+            (!is_cpu::<D>()).then(|| (dev.clone(), layers.iter().map(|l| Layer::from_dense(l, dev)).collect()));
+        Self { dense: layers, device }
+    }
+
+    /// Whether there is no layer.
+    pub fn is_empty(&self) -> bool {
+        self.dense.is_empty()
+    }
+
+    /// The layers' outputs (each followed by ReLU) over `rows` host rows, [`CHUNK`] rows
+    /// at a time.
+    pub fn apply(&self, data: &[f32], rows: usize) -> Vec<f32> {
+        match &self.device {
+            None => host::features(self.dense, data, rows, CHUNK),
+            Some((dev, layers)) => crate::features_host(dev, layers, data, rows, CHUNK),
+        }
+    }
+}
+
+/// Evaluate `hidden` + `head` over host rows on `dev`: the host kernels on the CPU.
+pub fn evaluate_dense<D: Backend>(dev: &D, hidden: &[Dense], head: &Dense, data: &[f32], labels: &[u8]) -> EvalSums {
+    if is_cpu::<D>() {
+        host::evaluate(hidden, head, data, labels, CHUNK)
+    } else {
+        let layers: Vec<Layer<D>> = hidden.iter().map(|l| Layer::from_dense(l, dev)).collect();
+        crate::evaluate(dev, &layers, &Layer::from_dense(head, dev), data, labels, CHUNK)
+    }
+}

@@ -1,0 +1,193 @@
+//! `cargo xtask bench --pipeline FILE`: a whole greedy run (prepare included), timed, with
+//! its useful FLOPs counted per phase from the run folder it leaves, against the fastest
+//! matrix product of this machine measured in the same process.
+//!
+//! The count (BENCHMARKS.md has the formulas): for every training run, per epoch, the
+//! forward pass of the layers it trains and of the output layer, their weight gradients,
+//! and the input gradients the layers above the first trained one pass down, over the
+//! training split, plus the forward pass over the validation split; once per depth, the
+//! frozen features as one layer applied to the previous depth's features; every
+//! evaluation's forward pass. Autoencoder pretraining counts encoder and decoder.
+
+use crate::bench::{dfdx_matmul_gflops, matmul_gflops};
+use crate::greedy::{GreedyArgs, RunInputs};
+use anyhow::{Context, Result};
+use layerwise_core::checkpoint::read_checkpoint_meta;
+use layerwise_core::config::Objective;
+use layerwise_core::metrics::{Evaluation, TrainHistory};
+use layerwise_core::run::{parse_stage_dir, EVAL_FILE, HISTORY_FILE, MODEL_FILE};
+use layerwise_nn::device::DeviceKind;
+use std::path::Path;
+use std::time::Instant;
+
+/// FLOPs and seconds of one phase.
+#[derive(Default, Clone, Copy)]
+struct Phase {
+    flops: f64,
+    seconds: f64,
+}
+
+impl Phase {
+    fn add(&mut self, flops: f64, seconds: f64) {
+        self.flops += flops;
+        self.seconds += seconds;
+    }
+}
+
+/// This process's peak resident memory (`VmHWM`), in bytes.
+pub fn peak_memory() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kib: f64 = status.lines().find(|l| l.starts_with("VmHWM:"))?.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024.0)
+}
+
+/// Where the CIFAR-10 for the run comes from: `--source`, else `CIFAR10_DIR`, else a
+/// synthetic release of the same shape written into `dir`.
+fn source(given: Option<&Path>, dir: &Path) -> Result<(std::path::PathBuf, &'static str)> {
+    if let Some(s) = given {
+        return Ok((s.to_path_buf(), "CIFAR-10 (--source)"));
+    }
+    if let Some(d) = std::env::var_os("CIFAR10_DIR").map(std::path::PathBuf::from).filter(|d| d.exists()) {
+        return Ok((d, "CIFAR-10 (CIFAR10_DIR)"));
+    }
+    eprintln!("no CIFAR-10 given (--source or CIFAR10_DIR): writing a synthetic release of the same shape");
+    Ok((layerwise_testkit::synthetic::write_folder(dir, false, 10_000)?, "a synthetic release of CIFAR-10's shape"))
+}
+
+/// Run the pipeline and print the phase table and the efficiency.
+pub fn run(pipeline: &Path, given: Option<&Path>, device: DeviceKind) -> Result<()> {
+    let dir = std::env::temp_dir().join(format!("layerwise-bench-pipeline-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let (src, what) = source(given, &dir)?;
+    let big = |s| matmul_gflops(250, 3072, 256, s);
+    let before = big(2.0);
+    let run_dir = dir.join("run");
+    let args = GreedyArgs {
+        pipeline: Some(pipeline.to_path_buf()),
+        run_dir: Some(run_dir.clone()),
+        seed: None,
+        from: None,
+        restart: false,
+        print_commands: false,
+        inputs: RunInputs {
+            source: Some(src),
+            artifacts: Some(dir.join("artifacts")),
+            device,
+            plain: true,
+            ..Default::default()
+        },
+    };
+    let started = Instant::now();
+    crate::greedy::run(&args)?;
+    let wall = started.elapsed().as_secs_f64();
+    let peak = peak_memory();
+    let after = big(2.0);
+    let dfdx = dfdx_matmul_gflops(1.0);
+    let reference = (before + after) / 2.0;
+
+    let datasets = dir.join("artifacts/datasets");
+    let data = std::fs::read_dir(&datasets)?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "safetensors"))
+        .context("the run left no dataset")?;
+    let sizes = layerwise_core::dataset::Dataset::open(&data)?.meta.split_sizes;
+    let (n, v) = (sizes.train as f64, sizes.val as f64);
+    let (mut epochs, mut features, mut evaluation) = (Phase::default(), Phase::default(), Phase::default());
+    let mut pretraining = Phase::default();
+    let mut dirs: Vec<_> =
+        std::fs::read_dir(&run_dir)?.flatten().filter_map(|e| parse_stage_dir(e.file_name().to_str()?)).collect();
+    dirs.sort_unstable_by_key(|(s, d)| (s.name(), *d));
+    for (stage, depth) in dirs {
+        let folder = layerwise_core::run::stage_dir(&run_dir, stage, depth);
+        let meta = read_checkpoint_meta(&folder.join(MODEL_FILE))?;
+        let h = TrainHistory::read(&folder.join(HISTORY_FILE))?;
+        let e = Evaluation::read(&folder.join(EVAL_FILE))?;
+        // Parameters of each hidden layer, and the head.
+        let mut inputs = meta.input_size;
+        let p: Vec<f64> = meta
+            .widths
+            .iter()
+            .map(|&w| {
+                let x = (inputs * w) as f64;
+                inputs = w;
+                x
+            })
+            .collect();
+        let head = (inputs * meta.classes.len()) as f64;
+        let is_trained = |i: usize| meta.trained.iter().any(|t| *t == layerwise_core::checkpoint::hidden_name(i));
+        let t: Vec<usize> = (0..p.len()).filter(|&i| is_trained(i)).collect();
+        let head_trains = meta.trained.iter().any(|t| t == "head");
+        let sum_t: f64 = t.iter().map(|&i| p[i]).sum();
+        let autoencoder = meta.config.objective == Objective::Autoencoder;
+        let epoch_seconds: f64 = h.epochs.iter().map(|e| e.seconds).sum();
+        if autoencoder {
+            // Pretraining: encoder and decoder forward (4P), decoder weight and input
+            // gradients and the encoder's weight gradient (6P) per training row; the
+            // validation reconstruction (4P). The probe: a head on fixed features.
+            let pe = p[p.len() - 1];
+            let per_epoch = n * 10.0 * pe + v * 4.0 * pe;
+            let secs: f64 = h.pretraining.iter().map(|e| e.seconds).sum();
+            pretraining.add(per_epoch * h.pretraining.len() as f64, secs);
+            let probe = n * 4.0 * head + v * 2.0 * head;
+            epochs.add(probe * h.epochs.len() as f64, epoch_seconds);
+        } else {
+            let fwd = 2.0 * (sum_t + head);
+            let wgrad = 2.0 * sum_t + if head_trains { 2.0 * head } else { 0.0 };
+            let first = t.first().copied().unwrap_or(p.len());
+            let igrad = if t.is_empty() { 0.0 } else { 2.0 * head }
+                + 2.0 * t.iter().filter(|&&i| i != first).map(|&i| p[i]).sum::<f64>();
+            let per_epoch = n * (fwd + wgrad + igrad) + v * fwd;
+            epochs.add(per_epoch * h.epochs.len() as f64, epoch_seconds);
+        }
+        // Frozen features: one layer over the train and validation rows (the layer below
+        // the first trained one), however the stage computed them.
+        let first = t.first().copied().unwrap_or(p.len());
+        if first > 0 {
+            features.add((n + v) * 2.0 * p[first - 1], h.frozen_features_seconds);
+        }
+        evaluation.add(e.samples as f64 * 2.0 * (p.iter().sum::<f64>() + head), e.seconds);
+    }
+    let counted = epochs.seconds + pretraining.seconds + features.seconds + evaluation.seconds;
+    let rest = Phase { flops: 0.0, seconds: (wall - counted).max(0.0) };
+    let total = epochs.flops + pretraining.flops + features.flops + evaluation.flops;
+    println!("layerwise bench --pipeline {}: {what}, device {}", pipeline.display(), device.name());
+    println!(
+        "reference (250x3072)·(3072x256), gemm 0.19: {reference:.1} GFLOP/s (before {before:.1}, after {after:.1}); \
+         dfdx 0.13's matmul (gemm 0.15): {dfdx:.1} GFLOP/s"
+    );
+    println!("| phase | useful GFLOP | seconds | GFLOP/s | vs reference |");
+    println!("| --- | ---: | ---: | ---: | ---: |");
+    for (name, ph) in [
+        ("training epochs (train + validation passes)", epochs),
+        ("autoencoder pretraining", pretraining),
+        ("frozen features (one layer per depth)", features),
+        ("evaluations", evaluation),
+        ("prepare, report, orchestration", rest),
+    ] {
+        if ph.seconds == 0.0 && ph.flops == 0.0 {
+            continue;
+        }
+        let rate = if ph.seconds > 0.0 { ph.flops / ph.seconds / 1e9 } else { 0.0 };
+        println!(
+            "| {name} | {:.1} | {:.2} | {:.1} | {:.0}% |",
+            ph.flops / 1e9,
+            ph.seconds,
+            rate,
+            100.0 * rate / reference
+        );
+    }
+    let rate = total / wall / 1e9;
+    println!("| **whole run** | {:.1} | {wall:.2} | {rate:.1} | {:.0}% |", total / 1e9, 100.0 * rate / reference);
+    println!(
+        "whole-pipeline efficiency: {:.2} (useful FLOPs / wall time / reference rate; at the reference rate the run \
+         would take {:.1} s)",
+        rate / reference,
+        total / 1e9 / reference
+    );
+    if let Some(peak) = peak {
+        println!("peak resident memory of the process: {:.2} GB", peak / 1e9);
+    }
+    std::fs::remove_dir_all(&dir).ok();
+    Ok(())
+}
