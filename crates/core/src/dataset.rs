@@ -4,7 +4,7 @@
 //! Tensors: `{train,val,test}.images` (f32 `[N, C*H*W]`, CHW order) and
 //! `{train,val,test}.labels` (u8 `[N]`). Metadata: [`DatasetMeta`].
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 use std::path::Path;
@@ -186,19 +186,175 @@ impl DatasetMeta {
         splits: [&SplitData; 3],
     ) -> Self {
         let [train, val, test] = splits;
+        let sizes = SplitSizes { train: train.labels.len(), val: val.labels.len(), test: test.labels.len() };
+        let fingerprint = fingerprint(&normalization, splits);
+        Self {
+            fingerprint,
+            ..Self::describe_sizes(name, classes, normalization, val_fraction, source_kind, sources, sizes)
+        }
+    }
+
+    /// Describe CIFAR-shaped splits of these sizes, the fingerprint left empty (for
+    /// [`write_dataset_streamed`], which computes it while writing).
+    pub fn describe_sizes(
+        name: &str,
+        classes: Vec<String>,
+        normalization: Normalization,
+        val_fraction: f64,
+        source_kind: &str,
+        sources: Vec<SourceFile>,
+        split_sizes: SplitSizes,
+    ) -> Self {
         Self {
             version: DATASET_VERSION,
             name: name.into(),
             classes,
             image_shape: [3, 32, 32],
-            fingerprint: fingerprint(&normalization, splits),
+            fingerprint: String::new(),
             normalization,
             val_fraction,
-            split_sizes: SplitSizes { train: train.labels.len(), val: val.labels.len(), test: test.labels.len() },
+            split_sizes,
             source_kind: source_kind.into(),
             sources,
         }
     }
+}
+
+/// A split as a source holds it: one byte (0-255) per value, CHW images one after another,
+/// and the labels.
+#[derive(Clone, Copy)]
+pub struct ByteSplit<'a> {
+    /// `[n * 3072]` bytes.
+    pub images: &'a [u8],
+    /// `[n]` labels.
+    pub labels: &'a [u8],
+}
+
+impl Normalization {
+    /// Whole images of bytes into the floats a dataset stores, appended to `out`: x/255,
+    /// or (x/255 - mean[c]) / std[c] for the image's channel c.
+    pub fn apply(&self, images: &[u8], image_shape: [usize; 3], out: &mut Vec<f32>) {
+        let plane = image_shape[1] * image_shape[2];
+        if self.kind == crate::config::Normalize::Unit {
+            out.extend(images.iter().map(|&b| b as f32 / 255.0));
+            return;
+        }
+        let size = plane * image_shape[0];
+        for img in images.chunks_exact(size) {
+            for (c, values) in img.chunks_exact(plane).enumerate() {
+                let (m, s) = (self.mean[c], self.std[c]);
+                out.extend(values.iter().map(|&b| ((b as f64 / 255.0 - m) / s) as f32));
+            }
+        }
+    }
+}
+
+/// Write a dataset straight from its bytes, normalizing while writing: the floats are
+/// never all in memory, and the fingerprint is computed on a second core while the file
+/// is written (its header holds a placeholder until then, patched before the file is
+/// renamed into place). The bytes written are those of [`write_dataset`] for the same
+/// floats. `meta`'s fingerprint is replaced; the described metadata is returned.
+pub fn write_dataset_streamed(path: &Path, mut meta: DatasetMeta, splits: [ByteSplit<'_>; 3]) -> Result<DatasetMeta> {
+    use crate::st::{header_for, TensorSlot};
+    use safetensors::tensor::Dtype;
+    use std::io::{Seek, SeekFrom, Write};
+    let dim = meta.input_size();
+    let shape = meta.image_shape;
+    for (split, data) in Split::ALL.iter().zip(&splits) {
+        let n = data.labels.len();
+        if n != meta.split_sizes.get(*split) || data.images.len() != n * dim {
+            bail!(
+                "internal: split {split} holds {n} labels and {} bytes, metadata says {n} images of {dim}",
+                data.images.len()
+            );
+        }
+    }
+    const PLACEHOLDER: &str = "fingerprint-being-computed-fingerprint-being-computed-0123456789";
+    meta.fingerprint = PLACEHOLDER.into();
+    let mut slots = Vec::new();
+    for (split, data) in Split::ALL.iter().zip(&splits) {
+        let n = data.labels.len();
+        slots.push(TensorSlot {
+            name: format!("{split}.images"),
+            dtype: Dtype::F32,
+            shape: vec![n, dim],
+            bytes: 4 * n * dim,
+        });
+        slots.push(TensorSlot { name: format!("{split}.labels"), dtype: Dtype::U8, shape: vec![n], bytes: n });
+    }
+    let (header, order) = header_for(DATASET_FORMAT, &meta, &slots)?;
+    let at = header
+        .windows(PLACEHOLDER.len())
+        .position(|w| w == PLACEHOLDER.as_bytes())
+        .ok_or_else(|| anyhow::anyhow!("internal: the fingerprint placeholder is not in the header"))?;
+    // Images a chunk: whole images, a few MB of floats.
+    let per_chunk = 256 * dim.max(1);
+    let floats = |images: &[u8], each: &mut dyn FnMut(&[f32]) -> Result<()>| -> Result<()> {
+        let mut buf = Vec::with_capacity(per_chunk);
+        for chunk in images.chunks(per_chunk) {
+            buf.clear();
+            meta.normalization.apply(chunk, shape, &mut buf);
+            each(&buf)?;
+        }
+        Ok(())
+    };
+    let as_bytes = |v: &[f32]| -> Vec<u8> { v.iter().flat_map(|x| x.to_le_bytes()).collect() };
+    let little = cfg!(target_endian = "little");
+    let mut fingerprint = String::new();
+    crate::atomic::write_atomic_with(path, |tmp| {
+        let file = std::fs::File::create(tmp)
+            .with_context(|| format!("cannot create {}: is the folder writable?", tmp.display()))?;
+        let mut w = std::io::BufWriter::with_capacity(1 << 22, file);
+        std::thread::scope(|scope| -> Result<()> {
+            // The fingerprint (as `fingerprint_of` computes it), on a second core.
+            let hasher = scope.spawn(|| -> Result<String> {
+                use sha2::{Digest, Sha256};
+                let mut h = Sha256::new();
+                h.update(serde_json::to_string(&meta.normalization).unwrap_or_default().as_bytes());
+                for data in &splits {
+                    h.update((data.labels.len() as u64).to_le_bytes());
+                    floats(data.images, &mut |v| {
+                        if little {
+                            h.update(bytemuck::cast_slice::<f32, u8>(v));
+                        } else {
+                            h.update(as_bytes(v));
+                        }
+                        Ok(())
+                    })?;
+                    h.update(data.labels);
+                }
+                Ok(hex::encode(h.finalize()))
+            });
+            w.write_all(&header)?;
+            for &i in &order {
+                let data = &splits[i / 2];
+                if i % 2 == 0 {
+                    floats(data.images, &mut |v| {
+                        if little {
+                            w.write_all(bytemuck::cast_slice::<f32, u8>(v))?;
+                        } else {
+                            w.write_all(&as_bytes(v))?;
+                        }
+                        Ok(())
+                    })?;
+                } else {
+                    w.write_all(data.labels)?;
+                }
+            }
+            fingerprint = hasher.join().map_err(|_| anyhow::anyhow!("internal: the fingerprint thread panicked"))??;
+            Ok(())
+        })?;
+        if fingerprint.len() != PLACEHOLDER.len() {
+            bail!("internal: a fingerprint of {} characters", fingerprint.len());
+        }
+        let mut file = w.into_inner().map_err(|e| anyhow::anyhow!("cannot write {}: {}", tmp.display(), e.error()))?;
+        file.seek(SeekFrom::Start(at as u64))?;
+        file.write_all(fingerprint.as_bytes())?;
+        Ok(())
+    })
+    .with_context(|| format!("cannot write {}: is the folder writable and the disk not full?", path.display()))?;
+    meta.fingerprint = fingerprint;
+    Ok(meta)
 }
 
 /// Write a prepared dataset atomically. `meta.split_sizes` must match the data.
@@ -311,5 +467,57 @@ impl Dataset {
             bail!("{}: {split} label {i} is {}, but there are {classes} classes", self.path().display(), labels[i]);
         }
         Ok(SplitView { images, labels })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_streamed_writer_writes_the_bytes_of_the_in_memory_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let dim = 3 * 32 * 32;
+        let bytes =
+            |n: usize, seed: usize| -> Vec<u8> { (0..n * dim).map(|i| ((i * 131 + seed * 7) % 256) as u8).collect() };
+        let (tr, va, te) = (bytes(5, 1), bytes(3, 2), bytes(2, 3));
+        let (ltr, lva, lte) = (vec![1u8, 2, 3, 4, 5], vec![0u8, 9, 8], vec![7u8, 6]);
+        let standardize = Normalization {
+            kind: crate::config::Normalize::Standardize,
+            mean: vec![0.4, 0.5, 0.6],
+            std: vec![0.2, 0.25, 0.3],
+        };
+        for norm in [Normalization::unit(), standardize] {
+            let floats = |b: &[u8]| {
+                let mut v = Vec::new();
+                norm.apply(b, [3, 32, 32], &mut v);
+                v
+            };
+            let split = |b: &[u8], l: &[u8]| SplitData { images: floats(b), labels: l.to_vec() };
+            let (a, b, c) = (split(&tr, &ltr), split(&va, &lva), split(&te, &lte));
+            let meta =
+                DatasetMeta::describe("t", vec!["x".into(); 10], norm.clone(), 0.4, "synthetic", vec![], [&a, &b, &c]);
+            let old = dir.path().join("old.safetensors");
+            write_dataset(&old, &meta, [&a, &b, &c]).unwrap();
+            let new = dir.path().join("new.safetensors");
+            let base = DatasetMeta::describe_sizes(
+                "t",
+                vec!["x".into(); 10],
+                norm.clone(),
+                0.4,
+                "synthetic",
+                vec![],
+                meta.split_sizes.clone(),
+            );
+            let splits = [
+                ByteSplit { images: &tr, labels: &ltr },
+                ByteSplit { images: &va, labels: &lva },
+                ByteSplit { images: &te, labels: &lte },
+            ];
+            let written = write_dataset_streamed(&new, base, splits).unwrap();
+            assert_eq!(written, meta, "{:?}", norm.kind);
+            assert!(std::fs::read(&old).unwrap() == std::fs::read(&new).unwrap(), "{:?}: same bytes", norm.kind);
+            Dataset::open(&new).unwrap().verify().unwrap();
+        }
     }
 }

@@ -16,6 +16,7 @@ pub mod cifar10;
 #[macro_use]
 pub mod config;
 pub mod dataset;
+pub mod features;
 pub mod hash;
 pub mod metrics;
 pub mod pipeline;

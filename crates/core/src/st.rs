@@ -200,6 +200,50 @@ pub fn safetensors_bytes(format: &str, meta: &impl serde::Serialize, tensors: Ve
     safetensors::serialize(tensor_views(&views)?, Some(md)).map_err(|e| anyhow!("cannot serialize tensors: {e}"))
 }
 
+/// A tensor's place in a file about to be written: its name, dtype, shape and byte length.
+pub struct TensorSlot {
+    /// Name.
+    pub name: String,
+    /// Data type.
+    pub dtype: Dtype,
+    /// Shape.
+    pub shape: Vec<usize>,
+    /// Bytes of data.
+    pub bytes: usize,
+}
+
+/// The start of a safetensors file holding `slots` with layerwise metadata: the 8-byte
+/// header length and the padded header, and the order the tensors' data must follow
+/// (safetensors' own: by descending dtype alignment, then by name), as indices into `slots`.
+pub fn header_for(format: &str, meta: &impl serde::Serialize, slots: &[TensorSlot]) -> Result<(Vec<u8>, Vec<usize>)> {
+    let envelope = Envelope { format: format.to_string(), meta };
+    let md = HashMap::from([(
+        LAYERWISE_KEY.to_string(),
+        serde_json::to_string(&envelope).context("cannot serialize metadata")?,
+    )]);
+    let mut order: Vec<usize> = (0..slots.len()).collect();
+    order.sort_by(|&l, &r| slots[r].dtype.cmp(&slots[l].dtype).then(slots[l].name.cmp(&slots[r].name)));
+    let mut offset = 0;
+    let mut infos = Vec::with_capacity(slots.len());
+    for &i in &order {
+        let s = &slots[i];
+        let info = safetensors::tensor::TensorInfo {
+            dtype: s.dtype,
+            shape: s.shape.clone(),
+            data_offsets: (offset, offset + s.bytes),
+        };
+        offset += s.bytes;
+        infos.push((s.name.clone(), info));
+    }
+    let header =
+        safetensors::tensor::Metadata::new(Some(md), infos).map_err(|e| anyhow!("cannot describe the tensors: {e}"))?;
+    let mut header = serde_json::to_string(&header).context("cannot serialize the safetensors header")?.into_bytes();
+    header.resize(header.len().next_multiple_of(8), b' ');
+    let mut out = (header.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(&header);
+    Ok((out, order))
+}
+
 /// Write tensors with layerwise metadata, atomically, streaming to the file.
 pub fn write_safetensors(
     path: &Path,
@@ -207,31 +251,24 @@ pub fn write_safetensors(
     meta: &impl serde::Serialize,
     tensors: Vec<OutTensor<'_>>,
 ) -> Result<()> {
-    let (md, mut views) = prepare_views(format, meta, tensors)?;
-    // safetensors' own order: by descending dtype alignment, then by name.
-    views.sort_by(|(ln, (ld, ..)), (rn, (rd, ..))| rd.cmp(ld).then(ln.cmp(rn)));
-    let mut offset = 0;
-    let mut infos = Vec::with_capacity(views.len());
-    for (name, (dtype, shape, bytes)) in &views {
-        let info = safetensors::tensor::TensorInfo {
+    let (_, views) = prepare_views(format, meta, tensors)?;
+    let slots: Vec<TensorSlot> = views
+        .iter()
+        .map(|(name, (dtype, shape, bytes))| TensorSlot {
+            name: name.clone(),
             dtype: *dtype,
             shape: shape.clone(),
-            data_offsets: (offset, offset + bytes.len()),
-        };
-        offset += bytes.len();
-        infos.push((name.clone(), info));
-    }
-    let header = safetensors::tensor::Metadata::new(Some(md), infos)
-        .map_err(|e| anyhow!("cannot describe the tensors of {}: {e}", path.display()))?;
-    let mut header = serde_json::to_string(&header).context("cannot serialize the safetensors header")?.into_bytes();
-    header.resize(header.len().next_multiple_of(8), b' ');
+            bytes: bytes.len(),
+        })
+        .collect();
+    let (header, order) = header_for(format, meta, &slots)
+        .with_context(|| format!("cannot describe the tensors of {}", path.display()))?;
     // Streamed through the project's own atomic writer (no second temp file of
     // safetensors' own, which a killed writer would leave behind).
     crate::atomic::write_atomic(path, |w| {
-        w.write_all(&(header.len() as u64).to_le_bytes())?;
         w.write_all(&header)?;
-        for (_, (_, _, bytes)) in &views {
-            w.write_all(bytes)?;
+        for &i in &order {
+            w.write_all(&views[i].1 .2)?;
         }
         Ok(())
     })

@@ -18,7 +18,7 @@ pub mod pickle_scan;
 pub mod source;
 
 use anyhow::{bail, Result};
-use layerwise_core::dataset::{write_dataset, DatasetMeta, Normalization, SplitData};
+use layerwise_core::dataset::{write_dataset_streamed, ByteSplit, DatasetMeta, Normalization, SplitSizes};
 use std::path::{Path, PathBuf};
 
 pub use layerwise_core::config::Normalize;
@@ -105,21 +105,22 @@ pub fn prepare(opts: &PrepareOptions) -> Result<DatasetMeta> {
         );
     }
     let norm = normalization(opts.normalize, &raw.train_images[..n_train * d]);
-    let to_split =
-        |images: &[u8], labels: &[u8]| SplitData { images: normalize(images, &norm), labels: labels.to_vec() };
-    let train = to_split(&raw.train_images[..n_train * d], &raw.train_labels[..n_train]);
-    let val = to_split(&raw.train_images[n_train * d..], &raw.train_labels[n_train..]);
-    let test = to_split(&raw.test_images, &raw.test_labels);
-    let meta = DatasetMeta::describe(
+    // The floats are made while the file is written (never all in memory at once), and
+    // the fingerprint is computed beside the write, on the other core.
+    let train = ByteSplit { images: &raw.train_images[..n_train * d], labels: &raw.train_labels[..n_train] };
+    let val = ByteSplit { images: &raw.train_images[n_train * d..], labels: &raw.train_labels[n_train..] };
+    let test = ByteSplit { images: &raw.test_images, labels: &raw.test_labels };
+    let sizes = SplitSizes { train: train.labels.len(), val: val.labels.len(), test: test.labels.len() };
+    let meta = DatasetMeta::describe_sizes(
         "cifar-10",
         raw.classes.clone(),
         norm,
         opts.val_fraction,
         kind.name(),
         raw.sources.clone(),
-        [&train, &val, &test],
+        sizes,
     );
-    write_dataset(&opts.out, &meta, [&train, &val, &test])?;
+    let meta = write_dataset_streamed(&opts.out, meta, [train, val, test])?;
     Ok(meta)
 }
 
@@ -148,20 +149,6 @@ fn normalization(kind: Normalize, train: &[u8]) -> Normalization {
 }
 
 /// Bytes to normalized floats, CHW order kept.
-fn normalize(images: &[u8], norm: &Normalization) -> Vec<f32> {
-    let plane = source::IMAGE_BYTES / 3;
-    if norm.kind == Normalize::Unit {
-        return images.iter().map(|&b| b as f32 / 255.0).collect();
-    }
-    let mut out = Vec::with_capacity(images.len());
-    for img in images.chunks_exact(source::IMAGE_BYTES) {
-        for c in 0..3 {
-            let (m, s) = (norm.mean[c], norm.std[c]);
-            out.extend(img[c * plane..(c + 1) * plane].iter().map(|&b| ((b as f64 / 255.0 - m) / s) as f32));
-        }
-    }
-    out
-}
 
 /// The prepared dataset at `out`, if it was made with these settings (normalization,
 /// split, limits) and, when `source` is given, from exactly that source's files (their

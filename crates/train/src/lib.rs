@@ -35,6 +35,7 @@ use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use layerwise_core::features::{write_features, Features, FeaturesMeta, FEATURES_FILE, FEATURES_VERSION};
 use layerwise_core::run::{HISTORY_FILE, MODEL_FILE};
 
 /// What to train.
@@ -223,7 +224,7 @@ pub fn train(opts: &TrainOptions) -> Result<TrainOutcome> {
         "device": opts.device.name(),
         "regime": opts.regime.name(),
     }));
-    let run = Run { ds: &ds, plan: &plan, depth, opts, state_key };
+    let run = Run { ds: &ds, plan: &plan, depth, opts, state_key, parent_sha: parent_sha.clone() };
     let trained = layerwise_nn::with_device!(opts.device, cfg.seed, |dev| run.go(&dev))?;
 
     let first = plan.prefix.len();
@@ -293,7 +294,26 @@ pub fn train(opts: &TrainOptions) -> Result<TrainOutcome> {
         pretraining: trained.pretrained.as_ref().map(|p| p.epochs.clone()).unwrap_or_default(),
         epochs: trained.epochs,
     };
-    // train.json first, the checkpoint last: a checkpoint on disk always has its history.
+    // The new layer's output for the next depth, bound to this checkpoint; then train.json;
+    // the checkpoint last: a checkpoint on disk always has its history.
+    let features_path = opts.out.join(FEATURES_FILE);
+    match &trained.next_features {
+        Some((train, val)) => {
+            let meta = FeaturesMeta {
+                version: FEATURES_VERSION,
+                depth,
+                width: model.hidden[depth - 1].outputs,
+                checkpoint_sha256: history.checkpoint_sha256.clone(),
+                dataset_fingerprint: ds.meta.fingerprint.clone(),
+                train_rows: ds.meta.split_sizes.train,
+                val_rows: ds.meta.split_sizes.val,
+            };
+            write_features(&features_path, &meta, train, val)?;
+        }
+        None => {
+            let _ = std::fs::remove_file(&features_path);
+        }
+    }
     let checkpoint = opts.out.join(MODEL_FILE);
     atomic::write_json_atomic(&opts.out.join(HISTORY_FILE), &history)?;
     atomic::write_bytes_atomic(&checkpoint, &bytes)?;
@@ -308,6 +328,7 @@ struct Run<'a> {
     depth: usize,
     opts: &'a TrainOptions,
     state_key: String,
+    parent_sha: Option<String>,
 }
 
 struct Trained {
@@ -320,6 +341,9 @@ struct Trained {
     /// The autoencoder objective's pretraining: its epochs and the decoder (weight, empty
     /// when tied, and bias).
     pretrained: Option<state::Pretrained>,
+    /// The new layer's output over the train and validation splits, for the next depth
+    /// (grown depths without augmentation).
+    next_features: Option<(Vec<f32>, Vec<f32>)>,
 }
 
 /// What a supervised loop trained.
@@ -400,6 +424,34 @@ impl Run<'_> {
         Ok((feats, view.labels.to_vec()))
     }
 
+    /// The parent depth's `features.safetensors`, when it is there and belongs to the
+    /// parent checkpoint and this dataset; says why one that is there is not used.
+    fn parent_features(&self) -> Option<Features> {
+        let plan = self.plan;
+        let (from, sha, last) = (self.opts.from.as_ref()?, self.parent_sha.as_deref()?, plan.prefix.last()?);
+        if self.opts.regime != Regime::Grow {
+            return None;
+        }
+        let path = from.parent().unwrap_or(Path::new(".")).join(FEATURES_FILE);
+        if !path.exists() {
+            return None;
+        }
+        let sizes = &self.ds.meta.split_sizes;
+        match Features::open_for(&path, sha, &self.ds.meta.fingerprint, last.outputs, sizes.train, sizes.val) {
+            Ok(f) => {
+                self.say(&format!("frozen features read from {}", path.display()));
+                Some(f)
+            }
+            Err(e) => {
+                self.say(&format!(
+                    "not using {} ({e:#}): computing the frozen features from the images",
+                    path.display()
+                ));
+                None
+            }
+        }
+    }
+
     fn say(&self, text: &str) {
         if self.opts.progress != Progress::Quiet {
             layerwise_core::progress::println(&format!("depth {}: {text}", self.depth));
@@ -427,7 +479,13 @@ impl Run<'_> {
         // Augmented images change every batch: the frozen layers' outputs cannot be cached,
         // so they are recomputed per batch from the augmented images.
         let augment = cfg.augment == Augment::FlipCrop;
-        let (x_train, y_train) = if augment {
+        // The parent's output, when it left it, is the new layer's input: one layer was
+        // computed per depth, not the whole frozen stack.
+        let cached = if augment { None } else { self.parent_features() };
+        let labels = |split| -> Result<Vec<u8>> { Ok(self.ds.split(split)?.labels.to_vec()) };
+        let (x_train, y_train) = if let Some(f) = &cached {
+            (f.split(Split::Train)?, labels(Split::Train)?)
+        } else if augment {
             let view = self.ds.split(Split::Train)?;
             if !prefix.is_empty() {
                 self.say(&format!(
@@ -439,7 +497,10 @@ impl Run<'_> {
         } else {
             self.features(&prefix, Split::Train, &mut prefix_rows)?
         };
-        let (x_val, y_val) = self.features(&prefix, Split::Val, &mut prefix_rows)?;
+        let (x_val, y_val) = match &cached {
+            Some(f) => (f.split(Split::Val)?, labels(Split::Val)?),
+            None => self.features(&prefix, Split::Val, &mut prefix_rows)?,
+        };
         let per_batch_prefix = layerwise_nn::Frozen::new(dev, if augment { &plan.prefix[..] } else { &[] });
         let prefix_seconds = t0.elapsed().as_secs_f64();
         if y_train.is_empty() {
@@ -451,7 +512,13 @@ impl Run<'_> {
                 let inputs =
                     Inputs { x_train: &x_train, y_train: &y_train, x_val: &x_val, y_val: &y_val, per_batch_prefix };
                 let s = self.supervised(dev, &inputs, &plan.trainable, &plan.head, plan.head_trains, saved, None)?;
+                // The new layer's output, for the next depth.
+                let next_features = (self.opts.regime == Regime::Grow && !augment).then(|| {
+                    let layer = layerwise_nn::Frozen::new(dev, &s.layers[..1]);
+                    (layer.apply(&x_train, y_train.len()), layer.apply(&x_val, y_val.len()))
+                });
                 Ok(Trained {
+                    next_features,
                     layers: s.layers,
                     head: s.head,
                     epochs: s.epochs,
@@ -480,6 +547,7 @@ impl Run<'_> {
                 let saved = saved.filter(|s| s.pretrained.as_ref().is_some_and(|p| p.epoch >= cfg.epochs));
                 let s = self.supervised(dev, &inputs, &[], &plan.head, true, saved, Some(&pretrained))?;
                 Ok(Trained {
+                    next_features: Some((f_train, f_val)),
                     layers: vec![encoder],
                     head: s.head,
                     epochs: s.epochs,

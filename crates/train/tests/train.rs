@@ -99,13 +99,58 @@ fn head_modes_freeze_exactly_what_they_say() {
 fn frozen_layers_run_once_per_depth_whatever_the_epochs() {
     let f = fixture();
     let d1 = f.run(None, "d1", TrainConfig { epochs: 1, ..config() }).unwrap();
+    // Without the parent's features file, the frozen layer runs once over train + val.
+    std::fs::remove_file(f.dir.path().join("d1/features.safetensors")).unwrap();
     let d2 = f.run(Some(&d1.checkpoint), "d2", TrainConfig { epochs: 4, ..config() }).unwrap();
     assert_eq!(d2.prefix_rows, 600 + 200, "train + val rows, once");
+    std::fs::remove_file(f.dir.path().join("d2/features.safetensors")).unwrap();
     let d3 = f.run(Some(&d2.checkpoint), "d3", TrainConfig { epochs: 2, ..config() }).unwrap();
     assert_eq!(d3.prefix_rows, 800);
     let (m, _) = layers(&d3.checkpoint);
     let (p, _) = layers(&d2.checkpoint);
     assert_eq!(m.hidden[..2], p.hidden[..2]);
+}
+
+#[test]
+fn a_depth_reads_its_parents_features_and_falls_back_when_they_do_not_fit() {
+    use layerwise_core::features::{Features, FEATURES_FILE};
+    let f = fixture();
+    let cfg = || TrainConfig { epochs: 2, ..config() };
+    let d1 = f.run(None, "d1", cfg()).unwrap();
+    let d2 = f.run(Some(&d1.checkpoint), "d2", cfg()).unwrap();
+    assert_eq!(d2.prefix_rows, 0, "depth 1's output read from its features file");
+    let features = f.dir.path().join("d2").join(FEATURES_FILE);
+    let fp = &d2.meta.dataset_fingerprint;
+    let sha = layerwise_core::hash::sha256_file(&d2.checkpoint).unwrap();
+    let file = Features::open_for(&features, &sha, fp, 32, 600, 200).unwrap();
+    assert_eq!(file.meta.depth, 2);
+    assert!(Features::open_for(&features, "0000", fp, 32, 600, 200).is_err(), "another checkpoint's");
+    assert!(Features::open_for(&features, &sha, "other", 32, 600, 200).is_err(), "another dataset's");
+    drop(file);
+    // Depth 3 from the file gives the bytes depth 3 from the images gives.
+    let with = f.run(Some(&d2.checkpoint), "d3-with", cfg()).unwrap();
+    assert_eq!(with.prefix_rows, 0);
+    let saved = std::fs::read(&features).unwrap();
+    std::fs::remove_file(&features).unwrap();
+    let without = f.run(Some(&d2.checkpoint), "d3-without", cfg()).unwrap();
+    assert_eq!(without.prefix_rows, 800, "recomputed from the images through both frozen layers");
+    let bytes = |p: &Path| std::fs::read(p).unwrap();
+    assert!(bytes(&with.checkpoint) == bytes(&without.checkpoint), "the file only saves time");
+    // Features of another checkpoint (depth 1's, put in depth 2's place) are refused and
+    // recomputed, with the same result.
+    std::fs::copy(f.dir.path().join("d1").join(FEATURES_FILE), &features).unwrap();
+    let other = f.run(Some(&d2.checkpoint), "d3-other", cfg()).unwrap();
+    assert_eq!(other.prefix_rows, 800);
+    assert!(bytes(&other.checkpoint) == bytes(&with.checkpoint));
+    // A damaged file (a NaN written into its data) is refused too.
+    let mut damaged = saved.clone();
+    let end = damaged.len();
+    damaged[end - 4..].copy_from_slice(&f32::NAN.to_le_bytes());
+    std::fs::write(&features, &damaged).unwrap();
+    let err = Features::open_for(&features, &sha, fp, 32, 600, 200).err().unwrap();
+    assert!(format!("{err:#}").contains("not finite"), "{err:#}");
+    let again = f.run(Some(&d2.checkpoint), "d3-damaged", cfg()).unwrap();
+    assert_eq!(again.prefix_rows, 800);
 }
 
 #[test]
