@@ -507,7 +507,7 @@ mod tests {
                 0.4,
                 "synthetic",
                 vec![],
-                meta.split_sizes.clone(),
+                meta.split_sizes,
             );
             let splits = [
                 ByteSplit { images: &tr, labels: &ltr },

@@ -163,6 +163,20 @@ pub fn forward_chunks(
     data: &[f32],
     rows: usize,
     chunk: usize,
+    each: impl FnMut(usize, &[f32]),
+) {
+    let hidden: Vec<HostLayer> = hidden.iter().map(HostLayer::from_dense).collect();
+    let head = head.map(HostLayer::from_dense);
+    run_chunks(&hidden, head.as_ref(), data, rows, chunk, each);
+}
+
+/// [`forward_chunks`] for layers in the host layout.
+fn run_chunks(
+    hidden: &[HostLayer],
+    head: Option<&HostLayer>,
+    data: &[f32],
+    rows: usize,
+    chunk: usize,
     mut each: impl FnMut(usize, &[f32]),
 ) {
     let dim = data.len().checked_div(rows).unwrap_or(0);
@@ -170,18 +184,14 @@ pub fn forward_chunks(
     let chunk = chunk.max(1);
     // Two buffers in turn: each layer reads one and writes the other.
     let (mut cur, mut next) = (vec![0f32; chunk * widest], vec![0f32; chunk * widest]);
-    let layers: Vec<(HostLayer, bool)> = hidden
-        .iter()
-        .map(|l| (HostLayer::from_dense(l), true))
-        .chain(head.map(|h| (HostLayer::from_dense(h), false)))
-        .collect();
+    let layers: Vec<(&HostLayer, bool)> = hidden.iter().map(|l| (l, true)).chain(head.map(|h| (h, false))).collect();
     for start in (0..rows).step_by(chunk) {
         let n = chunk.min(rows - start);
         let x = &data[start * dim..(start + n) * dim];
         let mut width = dim;
-        for (i, (layer, relu)) in layers.iter().enumerate() {
+        for (i, &(layer, relu)) in layers.iter().enumerate() {
             let input: &[f32] = if i == 0 { x } else { &cur[..n * width] };
-            dense_forward(layer, input, n, &mut next, *relu);
+            dense_forward(layer, input, n, &mut next, relu);
             std::mem::swap(&mut cur, &mut next);
             width = layer.outputs;
         }
@@ -208,24 +218,8 @@ pub fn evaluate(hidden: &[Dense], head: &Dense, data: &[f32], labels: &[u8], chu
 
 /// [`evaluate`] for layers already in the host layout (the training loop's validation).
 pub fn evaluate_host(hidden: &[HostLayer], head: &HostLayer, data: &[f32], labels: &[u8], chunk: usize) -> EvalSums {
-    let rows = labels.len();
     let mut sums = EvalSums::new(head.outputs);
-    let dim = data.len().checked_div(rows).unwrap_or(0);
-    let widest = hidden.iter().chain(std::iter::once(head)).map(|l| l.outputs).max().unwrap_or(dim);
-    let chunk = chunk.max(1);
-    let (mut cur, mut next) = (vec![0f32; chunk * widest], vec![0f32; chunk * widest]);
-    for start in (0..rows).step_by(chunk) {
-        let n = chunk.min(rows - start);
-        let x = &data[start * dim..(start + n) * dim];
-        let mut width = dim;
-        for (i, layer) in hidden.iter().chain(std::iter::once(head)).enumerate() {
-            let input: &[f32] = if i == 0 { x } else { &cur[..n * width] };
-            dense_forward(layer, input, n, &mut next, i < hidden.len());
-            std::mem::swap(&mut cur, &mut next);
-            width = layer.outputs;
-        }
-        sums.add(&cur[..n * width], &labels[start..start + n]);
-    }
+    run_chunks(hidden, Some(head), data, labels.len(), chunk, |start, logits| sums.add(logits, &labels[start..]));
     sums
 }
 

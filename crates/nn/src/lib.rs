@@ -15,7 +15,7 @@ pub mod device;
 pub mod host;
 pub mod trainer;
 
-pub use trainer::{evaluate_dense, trainer, Frozen, HostTensors, Trainer, TrainerSpec, CHUNK};
+pub use trainer::{device_trainer, evaluate_dense, trainer, Frozen, HostTensors, Trainer, TrainerSpec, CHUNK};
 
 use anyhow::{anyhow, Result};
 use dfdx::prelude::*;
@@ -91,13 +91,14 @@ impl<D: Backend> Layer<D> {
     }
 }
 
-/// What one training batch gives: the mean loss, the logits (on the host) and the gradient
-/// of every trainable tensor.
+/// What one training batch gives: the mean loss, the logits and the gradient of every
+/// trainable tensor, all on the device (nothing is read back: a caller on a GPU decides
+/// when to synchronize).
 pub struct BatchGrads<D: Backend> {
     /// Mean softmax cross-entropy of the batch.
-    pub loss: f32,
-    /// `[rows, classes]` logits, row-major.
-    pub logits: Vec<f32>,
+    pub loss: Tensor<(), f32, D>,
+    /// `[rows, classes]` logits.
+    pub logits: Matrix<D>,
     /// `(weight, bias)` gradients of each trainable hidden layer, in order.
     pub layers: Vec<(Matrix<D>, Vector<D>)>,
     /// The output layer's, when it trains.
@@ -128,14 +129,12 @@ pub fn batch_gradients<D: Backend>(
         }
         let z = head.apply(x.clone());
         let zt = z.clone().traced(Gradients::leaky());
-        let (logits, tape) = zt.split_tape();
-        let host_logits = logits.as_vec();
-        let loss = cross_entropy_with_logits_loss(logits.put_tape(tape), y);
-        let loss_value = loss.as_vec()[0];
+        let loss = cross_entropy_with_logits_loss(zt, y);
+        let loss_value = loss.retaped::<NoneTape>();
         let grads = loss.backward();
         let gz: Matrix<D> = grads.get(&z);
         let head = Some((gz.clone().permute().matmul(x), gz.sum::<(usize,), Axis<0>>()));
-        return Ok(BatchGrads { loss: loss_value, logits: host_logits, layers: Vec::new(), head });
+        return Ok(BatchGrads { loss: loss_value, logits: z, layers: Vec::new(), head });
     };
     let z = first.apply(x.clone());
     let zt = z.clone().traced(Gradients::leaky());
@@ -151,9 +150,9 @@ pub fn batch_gradients<D: Backend>(
     }
     let logits = head.apply_traced(h, head_trains);
     let (logits, tape) = logits.split_tape();
-    let host_logits = logits.as_vec();
+    let logits_value = logits.clone();
     let loss = cross_entropy_with_logits_loss(logits.put_tape(tape), y);
-    let loss_value = loss.as_vec()[0];
+    let loss_value = loss.retaped::<NoneTape>();
     let grads = loss.backward();
     let gz: Matrix<D> = grads.get(&z);
     let gw = gz.clone().permute().matmul(x);
@@ -163,7 +162,7 @@ pub fn batch_gradients<D: Backend>(
         layers.push((grads.get(&l.weight), grads.get(&l.bias)));
     }
     let head = head_trains.then(|| (grads.get(&head.weight), grads.get(&head.bias)));
-    Ok(BatchGrads { loss: loss_value, logits: host_logits, layers, head })
+    Ok(BatchGrads { loss: loss_value, logits: logits_value, layers, head })
 }
 
 /// The decoder of a denoising autoencoder layer: the encoder's weight transposed (tied)

@@ -5,6 +5,7 @@
 
 use crate::{batch_gradients, host, Adam, Backend, EvalSums, Layer, Matrix, Moments};
 use anyhow::Result;
+use dfdx::prelude::*;
 use layerwise_core::checkpoint::Dense;
 
 /// Whether device `D` is dfdx's CPU, whose work the host kernels do instead.
@@ -19,11 +20,26 @@ pub type HostTensors = (Vec<(Vec<f32>, Vec<f32>)>, (Vec<f32>, Vec<f32>));
 pub const CHUNK: usize = 2500;
 
 /// A network being trained.
-pub trait Trainer {
-    /// One Adam step (learning rate `lr`) on the batch `x` (host rows) with `labels`;
-    /// dropout masks, when the network has dropout, are drawn from `dropout_seed`.
-    /// Returns the batch's mean loss and its logits (`rows × classes`, host).
-    fn step(&mut self, x: &[f32], labels: &[u8], dropout_seed: u64, lr: f64) -> Result<(f32, &[f32])>;
+///
+/// Batches come two ways: rows of the split given once to [`Trainer::load_split`] (a GPU
+/// keeps it resident and gathers each batch there), or host rows made per batch
+/// (augmentation). Loss and accuracy add up inside the trainer and are read once per epoch
+/// ([`Trainer::take_sums`]): on a GPU nothing is read back per batch.
+pub trait Trainer<'a> {
+    /// Keep the training split (`rows × inputs` host values, and the labels) for
+    /// [`Trainer::step_rows`]; a device uploads it once.
+    fn load_split(&mut self, x: &'a [f32], labels: &'a [u8]) -> Result<()>;
+    /// One Adam step (learning rate `lr`) on rows `rows` of the loaded split; dropout
+    /// masks, when the network has dropout, are drawn from `dropout_seed`. Returns the
+    /// batch's mean loss where it is known without waiting for a device (the CPU).
+    fn step_rows(&mut self, rows: &[usize], dropout_seed: u64, lr: f64) -> Result<Option<f32>>;
+    /// [`Trainer::step_rows`] on a batch of host rows `x` with `labels`.
+    fn step(&mut self, x: &[f32], labels: &[u8], dropout_seed: u64, lr: f64) -> Result<Option<f32>>;
+    /// The mean loss and accuracy of the steps so far this epoch, where known without
+    /// waiting for a device (for a progress bar).
+    fn running(&self) -> Option<(f64, f64)>;
+    /// Loss and accuracy of the steps since the last call (one read from a device).
+    fn take_sums(&mut self) -> EvalSums;
     /// Loss, accuracy and confusion over host rows, no dropout.
     fn evaluate(&self, x: &[f32], labels: &[u8]) -> EvalSums;
     /// The trainable layers' and the head's weights, copied to the host.
@@ -56,12 +72,17 @@ pub struct TrainerSpec<'a> {
 }
 
 /// A trainer for `spec` on device `dev`: the host kernels on the CPU, dfdx elsewhere.
-pub fn trainer<'a, D: Backend + 'static>(dev: &D, spec: TrainerSpec<'a>) -> Box<dyn Trainer + 'a> {
+pub fn trainer<'a, D: Backend + 'static>(dev: &D, spec: TrainerSpec<'_>) -> Box<dyn Trainer<'a> + 'a> {
     if is_cpu::<D>() {
         Box::new(HostTrainer::new(spec))
     } else {
         Box::new(DeviceTrainer::new(dev, spec))
     }
+}
+
+/// The dfdx trainer whatever the device, the CPU included: what a GPU runs, testable here.
+pub fn device_trainer<'a, D: Backend + 'static>(dev: &D, spec: TrainerSpec<'_>) -> Box<dyn Trainer<'a> + 'a> {
+    Box::new(DeviceTrainer::new(dev, spec))
 }
 
 fn new_adam<D: Backend>(spec: &TrainerSpec<'_>) -> Adam<D> {
@@ -89,7 +110,11 @@ pub fn host_dropout_masks(rows: usize, widths: &[usize], rate: f64, seed: u64) -
 /// gemm 0.19, Adam in one fused pass per tensor, the step's buffers allocated once.
 /// Weights and their Adam moments go back to the checkpoint layout (`[out, in]`) whenever
 /// they leave (snapshots, saved states), so a state does not depend on the kernels.
-struct HostTrainer {
+struct HostTrainer<'a> {
+    split: Option<(&'a [f32], &'a [u8])>,
+    rows: Vec<f32>,
+    labels: Vec<u8>,
+    sums: EvalSums,
     layers: Vec<host::HostLayer>,
     head: host::HostLayer,
     head_trains: bool,
@@ -100,7 +125,7 @@ struct HostTrainer {
     buf: host::StepBuffers,
 }
 
-impl HostTrainer {
+impl HostTrainer<'_> {
     fn new(mut spec: TrainerSpec<'_>) -> Self {
         let layers: Vec<host::HostLayer> = spec.trainable.iter().map(host::HostLayer::from_dense).collect();
         let head = host::HostLayer::from_dense(spec.head);
@@ -110,6 +135,10 @@ impl HostTrainer {
             relayout(moments, &shapes, false);
         }
         Self {
+            split: None,
+            rows: Vec::new(),
+            labels: Vec::new(),
+            sums: EvalSums::new(head.outputs),
             adam: new_adam(&spec),
             buf: host::StepBuffers::new(&layers, &head, spec.batch),
             layers,
@@ -143,8 +172,37 @@ fn relayout(moments: &mut Moments, shapes: &[(String, usize, usize)], to_checkpo
     }
 }
 
-impl Trainer for HostTrainer {
-    fn step(&mut self, x: &[f32], labels: &[u8], dropout_seed: u64, lr: f64) -> Result<(f32, &[f32])> {
+impl<'a> Trainer<'a> for HostTrainer<'a> {
+    fn load_split(&mut self, x: &'a [f32], labels: &'a [u8]) -> Result<()> {
+        self.split = Some((x, labels));
+        Ok(())
+    }
+
+    fn step_rows(&mut self, rows: &[usize], dropout_seed: u64, lr: f64) -> Result<Option<f32>> {
+        let (x, y) = self.split.ok_or_else(|| anyhow::anyhow!("internal: no split loaded"))?;
+        let dim = x.len() / y.len().max(1);
+        // Gathered into buffers allocated once.
+        let (mut batch, mut labels) = (std::mem::take(&mut self.rows), std::mem::take(&mut self.labels));
+        batch.clear();
+        labels.clear();
+        for &i in rows {
+            batch.extend_from_slice(&x[i * dim..(i + 1) * dim]);
+            labels.push(y[i]);
+        }
+        let loss = self.step(&batch, &labels, dropout_seed, lr);
+        (self.rows, self.labels) = (batch, labels);
+        loss
+    }
+
+    fn running(&self) -> Option<(f64, f64)> {
+        Some((self.sums.loss(), self.sums.accuracy()))
+    }
+
+    fn take_sums(&mut self) -> EvalSums {
+        std::mem::replace(&mut self.sums, EvalSums::new(self.head.outputs))
+    }
+
+    fn step(&mut self, x: &[f32], labels: &[u8], dropout_seed: u64, lr: f64) -> Result<Option<f32>> {
         let rows = labels.len();
         let masks = if self.dropout > 0.0 {
             let widths: Vec<usize> = self.layers.iter().map(|l| l.outputs).collect();
@@ -167,7 +225,8 @@ impl Trainer for HostTrainer {
                 self.adam.update_host(HEAD[1], &mut self.head.bias, gb, 0.0)?;
             }
         }
-        Ok((loss, self.buf.logits(rows, self.head.outputs)))
+        self.sums.add_predictions(self.buf.logits(rows, self.head.outputs), labels, loss as f64 * rows as f64);
+        Ok(Some(loss))
     }
 
     fn evaluate(&self, x: &[f32], labels: &[u8]) -> EvalSums {
@@ -190,7 +249,9 @@ impl Trainer for HostTrainer {
     }
 }
 
-/// Any other device: dfdx tensors, its autograd, [`Adam`]'s device path.
+/// Any other device: dfdx tensors, its autograd, [`Adam`]'s device path. The split stays
+/// on the device; each batch is gathered there; loss and correct predictions add up in
+/// device scalars, read once per epoch.
 struct DeviceTrainer<D: Backend> {
     dev: D,
     layers: Vec<Layer<D>>,
@@ -200,7 +261,12 @@ struct DeviceTrainer<D: Backend> {
     dropout: f64,
     weight_decay: f64,
     adam: Adam<D>,
-    logits: Vec<f32>,
+    /// The split's inputs and one-hot labels, resident.
+    split: Option<(Matrix<D>, Matrix<D>)>,
+    /// Summed loss and correct predictions of this epoch's steps, on the device.
+    loss_sum: Tensor<(), f32, D>,
+    correct: Tensor<(), f32, D>,
+    samples: u64,
 }
 
 impl<D: Backend> DeviceTrainer<D> {
@@ -214,47 +280,88 @@ impl<D: Backend> DeviceTrainer<D> {
             names: spec.names,
             dropout: spec.dropout,
             weight_decay: spec.weight_decay,
-            logits: Vec::new(),
+            split: None,
+            loss_sum: dev.zeros(),
+            correct: dev.zeros(),
+            samples: 0,
         }
     }
-}
 
-impl<D: Backend> Trainer for DeviceTrainer<D> {
-    fn step(&mut self, x: &[f32], labels: &[u8], dropout_seed: u64, lr: f64) -> Result<(f32, &[f32])> {
-        let rows = labels.len();
+    fn onehot(&self, labels: &[u8]) -> Matrix<D> {
         let classes = self.head.outputs();
-        let dim = x.len() / rows.max(1);
-        let mut onehot = vec![0f32; rows * classes];
+        let mut y = vec![0f32; labels.len() * classes];
         for (j, &l) in labels.iter().enumerate() {
-            onehot[j * classes + l as usize] = 1.0;
+            y[j * classes + l as usize] = 1.0;
         }
-        let xb: Matrix<D> = self.dev.tensor_from_vec(x.to_vec(), (rows, dim));
-        let yb: Matrix<D> = self.dev.tensor_from_vec(onehot, (rows, classes));
+        self.dev.tensor_from_vec(y, (labels.len(), classes))
+    }
+
+    /// One step on a batch already on the device.
+    fn step_tensors(&mut self, xb: Matrix<D>, yb: Matrix<D>, dropout_seed: u64, lr: f64) -> Result<()> {
+        let rows = xb.shape().0;
         let masks: Vec<Matrix<D>> = if self.dropout > 0.0 {
             let widths: Vec<usize> = self.layers.iter().map(Layer::outputs).collect();
-            host_dropout_masks(rows, &widths, self.dropout, dropout_seed)
-                .into_iter()
-                .zip(&widths)
-                .map(|(m, &w)| self.dev.tensor_from_vec(m, (rows, w)))
-                .collect()
+            crate::dropout_masks(&self.dev, rows, &widths, self.dropout, dropout_seed)
         } else {
             Vec::new()
         };
-        let g = batch_gradients(&self.layers, &self.head, self.head_trains, xb, yb, &masks)?;
-        if g.loss.is_finite() {
-            self.adam.set_lr(lr);
-            self.adam.tick();
-            for ((layer, (gw, gb)), [wn, bn]) in self.layers.iter_mut().zip(&g.layers).zip(&self.names) {
-                self.adam.update_decayed(wn, &mut layer.weight, gw, self.weight_decay)?;
-                self.adam.update(bn, &mut layer.bias, gb)?;
-            }
-            if let Some((gw, gb)) = &g.head {
-                self.adam.update_decayed(HEAD[0], &mut self.head.weight, gw, self.weight_decay)?;
-                self.adam.update(HEAD[1], &mut self.head.bias, gb)?;
-            }
+        let g = batch_gradients(&self.layers, &self.head, self.head_trains, xb, yb.clone(), &masks)?;
+        self.adam.set_lr(lr);
+        self.adam.tick();
+        for ((layer, (gw, gb)), [wn, bn]) in self.layers.iter_mut().zip(&g.layers).zip(&self.names) {
+            self.adam.update_decayed(wn, &mut layer.weight, gw, self.weight_decay)?;
+            self.adam.update(bn, &mut layer.bias, gb)?;
         }
-        self.logits = g.logits;
-        Ok((g.loss, &self.logits))
+        if let Some((gw, gb)) = &g.head {
+            self.adam.update_decayed(HEAD[0], &mut self.head.weight, gw, self.weight_decay)?;
+            self.adam.update(HEAD[1], &mut self.head.bias, gb)?;
+        }
+        // Correct predictions: rows whose label's logit is the row's largest.
+        let shape = *g.logits.shape();
+        let max = g.logits.clone().max::<(usize,), Axis<1>>().broadcast_like::<(usize, usize), Axis<1>>(&shape);
+        let hits = g.logits.eq(&max).choose(yb, self.dev.zeros_like(&shape)).sum::<(), _>();
+        self.loss_sum = self.loss_sum.clone() + g.loss * rows as f32;
+        self.correct = self.correct.clone() + hits;
+        self.samples += rows as u64;
+        Ok(())
+    }
+}
+
+impl<'a, D: Backend> Trainer<'a> for DeviceTrainer<D> {
+    fn load_split(&mut self, x: &'a [f32], labels: &'a [u8]) -> Result<()> {
+        let rows = labels.len();
+        let dim = x.len() / rows.max(1);
+        self.split = Some((self.dev.tensor_from_vec(x.to_vec(), (rows, dim)), self.onehot(labels)));
+        Ok(())
+    }
+
+    fn step_rows(&mut self, rows: &[usize], dropout_seed: u64, lr: f64) -> Result<Option<f32>> {
+        let (x, y) = self.split.clone().ok_or_else(|| anyhow::anyhow!("internal: no split loaded"))?;
+        let idx = self.dev.tensor_from_vec(rows.to_vec(), (rows.len(),));
+        let (xb, yb): (Matrix<D>, Matrix<D>) = (x.gather(idx.clone()), y.gather(idx));
+        self.step_tensors(xb, yb, dropout_seed, lr)?;
+        Ok(None)
+    }
+
+    fn step(&mut self, x: &[f32], labels: &[u8], dropout_seed: u64, lr: f64) -> Result<Option<f32>> {
+        let rows = labels.len();
+        let xb: Matrix<D> = self.dev.tensor_from_vec(x.to_vec(), (rows, x.len() / rows.max(1)));
+        let yb = self.onehot(labels);
+        self.step_tensors(xb, yb, dropout_seed, lr)?;
+        Ok(None)
+    }
+
+    fn running(&self) -> Option<(f64, f64)> {
+        None
+    }
+
+    fn take_sums(&mut self) -> EvalSums {
+        let mut sums = EvalSums::new(self.head.outputs());
+        sums.loss_sum = self.loss_sum.as_vec()[0] as f64;
+        sums.correct = self.correct.as_vec()[0].round() as u64;
+        sums.samples = self.samples;
+        (self.loss_sum, self.correct, self.samples) = (self.dev.zeros(), self.dev.zeros(), 0);
+        sums
     }
 
     fn evaluate(&self, x: &[f32], labels: &[u8]) -> EvalSums {

@@ -148,8 +148,6 @@ fn normalization(kind: Normalize, train: &[u8]) -> Normalization {
     }
 }
 
-/// Bytes to normalized floats, CHW order kept.
-
 /// The prepared dataset at `out`, if it was made with these settings (normalization,
 /// split, limits) and, when `source` is given, from exactly that source's files (their
 /// SHA-256 are compared with the ones the dataset records). Used to skip re-preparing.

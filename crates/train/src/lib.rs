@@ -28,7 +28,7 @@ use layerwise_core::dataset::{Dataset, Split};
 use layerwise_core::metrics::{EpochMetrics, PretrainEpoch, TrainHistory, TRAIN_SCHEMA, TRAIN_VERSION};
 use layerwise_core::{atomic, hash, mix_seed};
 use layerwise_nn::device::DeviceKind;
-use layerwise_nn::{glorot_dense, Adam, AeDecoder, Backend, EvalSums, Layer, Matrix};
+use layerwise_nn::{glorot_dense, Adam, AeDecoder, Backend, Layer, Matrix};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use std::borrow::Cow;
@@ -798,43 +798,57 @@ impl Run<'_> {
         }
         let what = format!("depth {}{}", self.depth, if probe { " probe" } else { "" });
         let mut bar = self.opts.progress.start(what, total_epochs, batches);
-        // The batch's rows and labels, gathered into buffers allocated once.
-        let mut rows: Vec<f32> = Vec::with_capacity(bs * dim);
+        // Without augmentation the trainer keeps the split (a GPU: resident) and gathers
+        // each batch itself; augmented batches are made here, on the host.
+        let made_here = augment || !per_batch_prefix.is_empty();
+        if !made_here {
+            net.load_split(x_train, y_train)?;
+        }
+        let diverged = |loss: f64, when: String| {
+            anyhow::anyhow!(
+                "depth {}: the loss became {loss} {when}: training diverged; lower the learning rate (--lr) or check \
+                 the dataset; no checkpoint was written",
+                self.depth
+            )
+        };
+        // Host batches, gathered into buffers allocated once.
+        let mut rows: Vec<f32> = Vec::with_capacity(if made_here { bs * dim } else { 0 });
         let mut labels: Vec<u8> = Vec::with_capacity(bs);
         for epoch in first_epoch..=total_epochs {
             let te = Instant::now();
             order.shuffle(&mut epoch_rng(epoch));
-            let mut sums = EvalSums::new(head0.outputs);
             for (b, chunk) in order.chunks(bs).enumerate() {
-                rows.clear();
-                labels.clear();
-                for &i in chunk {
-                    rows.extend_from_slice(&x_train[i * dim..(i + 1) * dim]);
-                    labels.push(y_train[i]);
-                }
                 let batch_seed =
                     |purpose: u64| mix_seed(cfg.seed, &[self.depth as u64, stream + epoch as u64, purpose, b as u64]);
-                if augment {
-                    layerwise_nn::flip_crop(&mut rows, image_shape, 4, batch_seed(1));
-                }
                 let lr = cfg.lr_at((epoch - 1) * batches + b, total_epochs * batches, batches);
-                let (loss, logits) = if per_batch_prefix.is_empty() {
-                    net.step(&rows, &labels, batch_seed(2), lr)?
+                let loss = if made_here {
+                    rows.clear();
+                    labels.clear();
+                    for &i in chunk {
+                        rows.extend_from_slice(&x_train[i * dim..(i + 1) * dim]);
+                        labels.push(y_train[i]);
+                    }
+                    if augment {
+                        layerwise_nn::flip_crop(&mut rows, image_shape, 4, batch_seed(1));
+                    }
+                    if per_batch_prefix.is_empty() {
+                        net.step(&rows, &labels, batch_seed(2), lr)?
+                    } else {
+                        prefix_rows += chunk.len() * self.plan.prefix.len();
+                        let features = per_batch_prefix.apply(&rows, chunk.len());
+                        net.step(&features, &labels, batch_seed(2), lr)?
+                    }
                 } else {
-                    prefix_rows += chunk.len() * self.plan.prefix.len();
-                    let features = per_batch_prefix.apply(&rows, chunk.len());
-                    net.step(&features, &labels, batch_seed(2), lr)?
+                    net.step_rows(chunk, batch_seed(2), lr)?
                 };
-                if !loss.is_finite() {
-                    bail!(
-                        "depth {}: the loss became {loss} at epoch {epoch}, batch {} of {batches}: training diverged; \
-                         lower the learning rate (--lr) or check the dataset; no checkpoint was written",
-                        self.depth,
-                        b + 1
-                    );
+                if let Some(loss) = loss.filter(|l| !l.is_finite()) {
+                    return Err(diverged(loss as f64, format!("at epoch {epoch}, batch {} of {batches}", b + 1)));
                 }
-                sums.add_predictions(logits, &labels, loss as f64 * labels.len() as f64);
-                bar.batch(b + 1, || format!("loss {:.4} acc {:.4}", sums.loss(), sums.accuracy()));
+                bar.batch(b + 1, || net.running().map_or(String::new(), |(l, a)| format!("loss {l:.4} acc {a:.4}")));
+            }
+            let sums = net.take_sums();
+            if !sums.loss().is_finite() {
+                return Err(diverged(sums.loss(), format!("during epoch {epoch}")));
             }
             let val = net.evaluate(x_val, y_val);
             let seconds = te.elapsed().as_secs_f64();
