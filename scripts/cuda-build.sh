@@ -7,7 +7,8 @@
 #
 # What it does, and what it fakes:
 # - pip-downloads nvidia-cuda-nvcc, nvidia-nvvm (cicc, libdevice), nvidia-cuda-crt,
-#   nvidia-cuda-runtime, nvidia-cuda-nvrtc and nvidia-cublas (13.*) into
+#   nvidia-cuda-cccl (the headers cuda_fp16.h includes), nvidia-cuda-runtime,
+#   nvidia-cuda-nvrtc and nvidia-cublas (13.*) into
 #   target/cuda-toolkit/ and unpacks them (the `-cu12` nvcc wheel has only ptxas);
 # - `libcuda.so` (the driver library) is in no wheel. The link needs one, so the script
 #   builds a STUB: a tiny shared library exporting every `cu*` function cudarc's driver
@@ -28,14 +29,14 @@ started=$(date +%s)
 say() { echo "cuda-build: $*" >&2; }
 
 root=$tk/nvidia/cu13
-if [ ! -x "$root/bin/nvcc" ] || [ ! -x "$root/nvvm/bin/cicc" ]; then
+if [ ! -x "$root/bin/nvcc" ] || [ ! -x "$root/nvvm/bin/cicc" ] || [ ! -e "$root/include/cccl/nv/target" ]; then
     say "downloading the CUDA $version wheels from PyPI into $tk/wheels"
     command -v pip >/dev/null || { say "pip is needed (python3 -m ensurepip)"; exit 1; }
     mkdir -p "$tk/wheels"
     pip download --quiet --no-deps --only-binary=:all: --python-version 3.11 \
         --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 \
         -d "$tk/wheels" \
-        "nvidia-cuda-nvcc==$version" "nvidia-nvvm==$version" "nvidia-cuda-crt==$version" \
+        "nvidia-cuda-nvcc==$version" "nvidia-nvvm==$version" "nvidia-cuda-crt==$version" "nvidia-cuda-cccl==$version" \
         "nvidia-cuda-runtime==$version" "nvidia-cuda-nvrtc==$version" "nvidia-cublas==$version"
     for w in "$tk"/wheels/*.whl; do
         python3 -m zipfile -e "$w" "$tk"
@@ -60,8 +61,13 @@ cudarc=$(cargo metadata --format-version 1 --manifest-path "$repo/Cargo.toml" 2>
     python3 -c 'import json,sys; print(next(p["manifest_path"] for p in json.load(sys.stdin)["packages"] if p["name"]=="cudarc"))')
 sys_rs=$(dirname "$cudarc")/src/driver/sys.rs
 [ -f "$sys_rs" ] || { say "cannot find cudarc's driver bindings ($sys_rs)"; exit 1; }
-grep -o 'pub fn cu[A-Za-z0-9_]*' "$sys_rs" | sed 's/pub fn //' | sort -u |
-    awk '{ printf "int %s(void) { return 34; /* CUDA_ERROR_STUB_LIBRARY */ }\n", $1 }' > "$tk/libcuda-stub.c"
+{
+    # Error names and strings succeed, so an error met through the stub can be printed.
+    echo 'int cuGetErrorName(int e, const char **s) { (void)e; *s = "CUDA_ERROR_STUB_LIBRARY"; return 0; }'
+    echo 'int cuGetErrorString(int e, const char **s) { (void)e; *s = "layerwise build stub: no NVIDIA driver here"; return 0; }'
+    grep -o 'pub fn cu[A-Za-z0-9_]*' "$sys_rs" | sed 's/pub fn //' | sort -u | grep -v '^cuGetError\(Name\|String\)$' |
+        awk '{ printf "int %s(void) { return 34; /* CUDA_ERROR_STUB_LIBRARY */ }\n", $1 }'
+} > "$tk/libcuda-stub.c"
 cc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$tk/lib/libcuda.so" "$tk/libcuda-stub.c"
 say "built the libcuda stub ($(wc -l < "$tk/libcuda-stub.c") functions, soname libcuda.so.1): link-time only"
 

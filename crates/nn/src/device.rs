@@ -20,10 +20,19 @@ pub fn cpu(seed: u64) -> dfdx::tensor::Cpu {
     dfdx::tensor::Cpu::seed_from_u64(seed)
 }
 
-/// The first CUDA device, seeded.
+/// The first CUDA device, seeded. cudarc 0.9 panics (rather than erring) when the driver
+/// cannot initialize (no GPU visible, or no driver): that becomes an error here.
 #[cfg(feature = "cuda")]
 pub fn cuda(seed: u64) -> anyhow::Result<dfdx::tensor::Cuda> {
-    dfdx::tensor::Cuda::try_seed_from_u64(seed).map_err(|e| anyhow::anyhow!("cannot open CUDA device 0: {e:?}"))
+    let opened = std::panic::catch_unwind(|| dfdx::tensor::Cuda::try_seed_from_u64(seed));
+    match opened {
+        Ok(Ok(dev)) => Ok(dev),
+        Ok(Err(e)) => Err(anyhow::anyhow!("cannot open CUDA device 0: {e:?}")),
+        Err(_) => Err(anyhow::anyhow!(
+            "cannot open CUDA device 0: the CUDA driver did not initialize (see the message above): is a GPU \
+             visible here (nvidia-smi) and its driver installed? Use --device cpu otherwise"
+        )),
+    }
 }
 
 /// Run `$body` with `$dev` bound to the device `$kind` names: a generic function is
