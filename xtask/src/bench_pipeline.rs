@@ -60,7 +60,9 @@ pub fn run(pipeline: &Path, given: Option<&Path>, device: DeviceKind) -> Result<
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let (src, what) = source(given, &dir)?;
     let big = |s| matmul_gflops(250, 3072, 256, s);
+    let small = |s| matmul_gflops(250, 256, 256, s);
     let before = big(2.0);
+    let small_before = small(1.0);
     let run_dir = dir.join("run");
     let args = GreedyArgs {
         pipeline: Some(pipeline.to_path_buf()),
@@ -82,8 +84,10 @@ pub fn run(pipeline: &Path, given: Option<&Path>, device: DeviceKind) -> Result<
     let wall = started.elapsed().as_secs_f64();
     let peak = peak_memory();
     let after = big(2.0);
+    let small_after = small(1.0);
     let dfdx = dfdx_matmul_gflops(1.0);
     let reference = (before + after) / 2.0;
+    let small_reference = (small_before + small_after) / 2.0;
 
     let datasets = dir.join("artifacts/datasets");
     let data = std::fs::read_dir(&datasets)?
@@ -95,6 +99,9 @@ pub fn run(pipeline: &Path, given: Option<&Path>, device: DeviceKind) -> Result<
     let (n, v) = (sizes.train as f64, sizes.val as f64);
     let (mut epochs, mut features, mut evaluation) = (Phase::default(), Phase::default(), Phase::default());
     let mut pretraining = Phase::default();
+    // The greedy loop's epochs at depth 1 and at depths ≥ 2 (its dominant products have
+    // those two shapes), each against the product of its own shape.
+    let (mut depth1, mut deeper) = (Phase::default(), Phase::default());
     let mut dirs: Vec<_> =
         std::fs::read_dir(&run_dir)?.flatten().filter_map(|e| parse_stage_dir(e.file_name().to_str()?)).collect();
     dirs.sort_unstable_by_key(|(s, d)| (s.name(), *d));
@@ -139,6 +146,10 @@ pub fn run(pipeline: &Path, given: Option<&Path>, device: DeviceKind) -> Result<
                 + 2.0 * t.iter().filter(|&&i| i != first).map(|&i| p[i]).sum::<f64>();
             let per_epoch = n * (fwd + wgrad + igrad) + v * fwd;
             epochs.add(per_epoch * h.epochs.len() as f64, epoch_seconds);
+            if stage == layerwise_core::run::Stage::Greedy {
+                let phase = if depth == 1 { &mut depth1 } else { &mut deeper };
+                phase.add(per_epoch * h.epochs.len() as f64, epoch_seconds);
+            }
         }
         // Frozen features: one layer over the train and validation rows (the layer below
         // the first trained one), however the stage computed them.
@@ -155,6 +166,10 @@ pub fn run(pipeline: &Path, given: Option<&Path>, device: DeviceKind) -> Result<
     println!(
         "reference (250x3072)·(3072x256), gemm 0.19: {reference:.1} GFLOP/s (before {before:.1}, after {after:.1}); \
          dfdx 0.13's matmul (gemm 0.15): {dfdx:.1} GFLOP/s"
+    );
+    println!(
+        "reference (250x256)·(256x256), gemm 0.19: {small_reference:.1} GFLOP/s (before {small_before:.1}, after \
+         {small_after:.1})"
     );
     println!("| phase | useful GFLOP | seconds | GFLOP/s | vs reference |");
     println!("| --- | ---: | ---: | ---: | ---: |");
@@ -179,6 +194,18 @@ pub fn run(pipeline: &Path, given: Option<&Path>, device: DeviceKind) -> Result<
     }
     let rate = total / wall / 1e9;
     println!("| **whole run** | {:.1} | {wall:.2} | {rate:.1} | {:.0}% |", total / 1e9, 100.0 * rate / reference);
+    for (name, ph, refr, shape) in [
+        ("depth-1 epochs", depth1, reference, "(250x3072)·(3072x256)"),
+        ("depth-2+ epochs", deeper, small_reference, "(250x256)·(256x256)"),
+    ] {
+        if ph.seconds > 0.0 {
+            let rate = ph.flops / ph.seconds / 1e9;
+            println!(
+                "{name}: {rate:.1} GFLOP/s, {:.0}% of the {shape} product ({refr:.1} GFLOP/s)",
+                100.0 * rate / refr
+            );
+        }
+    }
     println!(
         "whole-pipeline efficiency: {:.2} (useful FLOPs / wall time / reference rate; at the reference rate the run \
          would take {:.1} s)",

@@ -70,7 +70,8 @@ pub struct TrainHistory {
     pub trainable_params: usize,
     /// All parameters.
     pub total_params: usize,
-    /// Seconds spent computing the frozen layers' outputs (once per depth).
+    /// Seconds spent on frozen features: reading (or computing) the new layer's input
+    /// once per depth, and computing and writing its output for the next depth.
     pub frozen_features_seconds: f64,
     /// Wall seconds of the whole run.
     pub seconds: f64,

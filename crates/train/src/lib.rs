@@ -275,27 +275,10 @@ pub fn train(opts: &TrainOptions) -> Result<TrainOutcome> {
         regime: opts.regime,
     };
     let bytes = checkpoint_bytes(&model, &meta, &decoder)?;
-    let history = TrainHistory {
-        schema: TRAIN_SCHEMA.into(),
-        version: TRAIN_VERSION,
-        depth,
-        checkpoint_sha256: hash::sha256_hex(&bytes),
-        dataset_fingerprint: ds.meta.fingerprint.clone(),
-        trainable_params,
-        total_params: model.num_params(),
-        frozen_features_seconds: trained.prefix_seconds,
-        seconds: started.elapsed().as_secs_f64(),
-        device: opts.device.name().into(),
-        host: layerwise_core::metrics::host_name(),
-        slurm_job_id: std::env::var("SLURM_JOB_ID").ok(),
-        regime: opts.regime,
-        trained_tensors,
-        best_epoch: trained.best_epoch,
-        pretraining: trained.pretrained.as_ref().map(|p| p.epochs.clone()).unwrap_or_default(),
-        epochs: trained.epochs,
-    };
-    // The new layer's output for the next depth, bound to this checkpoint; then train.json;
-    // the checkpoint last: a checkpoint on disk always has its history.
+    // The new layer's output for the next depth, bound to this checkpoint, first; then
+    // train.json; the checkpoint last: a checkpoint on disk always has its history.
+    let checkpoint_sha = hash::sha256_hex(&bytes);
+    let t_features = Instant::now();
     let features_path = opts.out.join(FEATURES_FILE);
     match &trained.next_features {
         Some((train, val)) => {
@@ -303,7 +286,7 @@ pub fn train(opts: &TrainOptions) -> Result<TrainOutcome> {
                 version: FEATURES_VERSION,
                 depth,
                 width: model.hidden[depth - 1].outputs,
-                checkpoint_sha256: history.checkpoint_sha256.clone(),
+                checkpoint_sha256: checkpoint_sha.clone(),
                 dataset_fingerprint: ds.meta.fingerprint.clone(),
                 train_rows: ds.meta.split_sizes.train,
                 val_rows: ds.meta.split_sizes.val,
@@ -314,6 +297,26 @@ pub fn train(opts: &TrainOptions) -> Result<TrainOutcome> {
             let _ = std::fs::remove_file(&features_path);
         }
     }
+    let features_seconds = t_features.elapsed().as_secs_f64();
+    let history = TrainHistory {
+        schema: TRAIN_SCHEMA.into(),
+        version: TRAIN_VERSION,
+        depth,
+        checkpoint_sha256: checkpoint_sha,
+        dataset_fingerprint: ds.meta.fingerprint.clone(),
+        trainable_params,
+        total_params: model.num_params(),
+        frozen_features_seconds: trained.prefix_seconds + features_seconds,
+        seconds: started.elapsed().as_secs_f64(),
+        device: opts.device.name().into(),
+        host: layerwise_core::metrics::host_name(),
+        slurm_job_id: std::env::var("SLURM_JOB_ID").ok(),
+        regime: opts.regime,
+        trained_tensors,
+        best_epoch: trained.best_epoch,
+        pretraining: trained.pretrained.as_ref().map(|p| p.epochs.clone()).unwrap_or_default(),
+        epochs: trained.epochs,
+    };
     let checkpoint = opts.out.join(MODEL_FILE);
     atomic::write_json_atomic(&opts.out.join(HISTORY_FILE), &history)?;
     atomic::write_bytes_atomic(&checkpoint, &bytes)?;
@@ -512,11 +515,13 @@ impl Run<'_> {
                 let inputs =
                     Inputs { x_train: &x_train, y_train: &y_train, x_val: &x_val, y_val: &y_val, per_batch_prefix };
                 let s = self.supervised(dev, &inputs, &plan.trainable, &plan.head, plan.head_trains, saved, None)?;
-                // The new layer's output, for the next depth.
+                // The new layer's output, for the next depth (frozen-feature time too).
+                let t1 = Instant::now();
                 let next_features = (self.opts.regime == Regime::Grow && !augment).then(|| {
                     let layer = layerwise_nn::Frozen::new(dev, &s.layers[..1]);
                     (layer.apply(&x_train, y_train.len()), layer.apply(&x_val, y_val.len()))
                 });
+                let prefix_seconds = prefix_seconds + t1.elapsed().as_secs_f64();
                 Ok(Trained {
                     next_features,
                     layers: s.layers,
@@ -538,8 +543,10 @@ impl Run<'_> {
                 let layer = layerwise_nn::Frozen::new(dev, &layer);
                 // The probe: a softmax layer on the frozen stack's features, with labels.
                 let (n_train, n_val) = (y_train.len(), y_val.len());
+                let t1 = Instant::now();
                 let f_train = layer.apply(&x_train, n_train);
                 let f_val = layer.apply(&x_val, n_val);
+                let prefix_seconds = prefix_seconds + t1.elapsed().as_secs_f64();
                 drop((x_train, x_val));
                 let per_batch_prefix = layerwise_nn::Frozen::new(dev, &[]);
                 let inputs =
