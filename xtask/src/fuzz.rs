@@ -161,7 +161,7 @@ fn ungzip(b: &[u8]) -> Result<Vec<u8>> {
 }
 
 /// Valid files of every kind, made here: a synthetic release, a dataset, a checkpoint,
-/// its history and evaluation, a training state, a pipeline.
+/// its frozen features, history and evaluation, a training state, a pipeline.
 fn readers(work: &Path) -> Result<Vec<Reader>> {
     use layerwise_testkit::synthetic;
     let data = work.join("valid-dataset.safetensors");
@@ -268,6 +268,20 @@ fn readers(work: &Path) -> Result<Vec<Reader>> {
             nest: nest_safetensors,
             encode: identity,
             read: Box::new(|p, _| layerwise_core::checkpoint::load_checkpoint(p).map(|_| ())),
+        },
+        Reader {
+            name: "features",
+            valid: std::fs::read(work.join("valid-depth").join(layerwise_core::features::FEATURES_FILE))?,
+            file: Some("features.safetensors"),
+            nest: nest_safetensors,
+            encode: identity,
+            read: {
+                let (sha, fp) = (trained.history.checkpoint_sha256.clone(), trained.meta.dataset_fingerprint.clone());
+                Box::new(move |p, _| {
+                    let f = layerwise_core::features::Features::open_for(p, &sha, &fp, 4, 12, 4)?;
+                    f.split(layerwise_core::dataset::Split::Train).map(|_| ())
+                })
+            },
         },
         Reader {
             name: "train-json",
