@@ -280,7 +280,7 @@ fn reconstruction(md: &mut String, s: &Summary) {
     for stage in [Stage::Greedy, Stage::Autoencoder] {
         for r in s.rows(stage) {
             if let (Some(t), Some(v)) = (r.reconstruction_loss, r.val_reconstruction_loss) {
-                let _ = writeln!(md, "| {} | {} | {t:.5} | {v:.5} | {:.4} |", stage.prefix(), r.depth, r.val_accuracy);
+                let _ = writeln!(md, "| {} | {} | {t:.5} | {v:.5} | {:.4} |", stage.name(), r.depth, r.val_accuracy);
             }
         }
     }
