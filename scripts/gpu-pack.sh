@@ -13,7 +13,7 @@ src=${CIFAR10_DIR:-../shared/data/cifar-10-batches-bin}
 [ -d "$src" ] || { echo "gpu-pack: CIFAR-10 not found at $src (set CIFAR10_DIR)" >&2; exit 1; }
 scripts/cuda-build.sh
 mkdir -p gpu
-grep -qx '/gpu/' .git/info/exclude 2>/dev/null || echo '/gpu/' >> .git/info/exclude
+# gpu/ is in .gitignore: it travels only as a carried path.
 strip -o gpu/xtask target/cuda/release/xtask
 # The CPU side of the comparison runs this same binary with --device cpu.
 cargo build --release -p layerwise-prepare
