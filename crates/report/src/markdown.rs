@@ -189,7 +189,17 @@ pub(crate) fn render(s: &Summary, notes: Option<&str>) -> String {
     if s.has_reconstruction() {
         reconstruction(&mut md, s);
     }
-    let _ = writeln!(md, "Total time: {:.1} s over {} depths.\n", s.total_seconds, s.depths.len());
+    let models: usize = layerwise_core::run::Stage::ALL.iter().map(|&st| s.rows(st).len()).sum();
+    if models > s.depths.len() {
+        let _ = writeln!(
+            md,
+            "Total time: {:.1} s of training and evaluation over {models} models ({} greedy depths).\n",
+            s.total_seconds,
+            s.depths.len()
+        );
+    } else {
+        let _ = writeln!(md, "Total time: {:.1} s over {} depths.\n", s.total_seconds, s.depths.len());
+    }
     let _ = writeln!(md, "![accuracy and loss by depth](accuracy.svg)\n");
     if tutorial {
         let _ = writeln!(
