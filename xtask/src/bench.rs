@@ -184,13 +184,13 @@ fn time_depth(
 
 /// The reference rates, measured before and after the timed work: the dominant product
 /// of depth 1, that of depths ≥ 2, and dfdx's own matmul for comparison.
-struct References {
-    big: f64,
-    small: f64,
-    dfdx: f64,
+pub(crate) struct References {
+    pub(crate) big: f64,
+    pub(crate) small: f64,
+    pub(crate) dfdx: f64,
 }
 
-fn references() -> References {
+pub(crate) fn references() -> References {
     References {
         big: matmul_gflops(250, DIM, WIDTH, 1.0),
         small: matmul_gflops(250, WIDTH, WIDTH, 1.0),
@@ -202,7 +202,7 @@ fn mean_references(a: &References, b: &References) -> References {
     References { big: (a.big + b.big) / 2.0, small: (a.small + b.small) / 2.0, dfdx: (a.dfdx + b.dfdx) / 2.0 }
 }
 
-fn print_references(before: &References, after: &References) -> References {
+pub(crate) fn print_references(before: &References, after: &References) -> References {
     let r = mean_references(before, after);
     println!(
         "reference (250x3072)·(3072x256), gemm 0.19 (the CPU training kernel): {:.1} GFLOP/s (before {:.1}, after {:.1})",

@@ -9,7 +9,7 @@
 //! frozen features as one layer applied to the previous depth's features; every
 //! evaluation's forward pass. Autoencoder pretraining counts encoder and decoder.
 
-use crate::bench::{dfdx_matmul_gflops, matmul_gflops};
+use crate::bench::{print_references, references};
 use crate::greedy::{GreedyArgs, RunInputs};
 use anyhow::{Context, Result};
 use layerwise_core::checkpoint::read_checkpoint_meta;
@@ -59,10 +59,7 @@ pub fn run(pipeline: &Path, given: Option<&Path>, device: DeviceKind) -> Result<
     let dir = std::env::temp_dir().join(format!("layerwise-bench-pipeline-{}", std::process::id()));
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let (src, what) = source(given, &dir)?;
-    let big = |s| matmul_gflops(250, 3072, 256, s);
-    let small = |s| matmul_gflops(250, 256, 256, s);
-    let before = big(2.0);
-    let small_before = small(1.0);
+    let before = references();
     let run_dir = dir.join("run");
     let args = GreedyArgs {
         pipeline: Some(pipeline.to_path_buf()),
@@ -83,11 +80,7 @@ pub fn run(pipeline: &Path, given: Option<&Path>, device: DeviceKind) -> Result<
     crate::greedy::run(&args)?;
     let wall = started.elapsed().as_secs_f64();
     let peak = peak_memory();
-    let after = big(2.0);
-    let small_after = small(1.0);
-    let dfdx = dfdx_matmul_gflops(1.0);
-    let reference = (before + after) / 2.0;
-    let small_reference = (small_before + small_after) / 2.0;
+    let after = references();
 
     let datasets = dir.join("artifacts/datasets");
     let data = std::fs::read_dir(&datasets)?
@@ -126,6 +119,8 @@ pub fn run(pipeline: &Path, given: Option<&Path>, device: DeviceKind) -> Result<
         let t: Vec<usize> = (0..p.len()).filter(|&i| is_trained(i)).collect();
         let head_trains = meta.trained.iter().any(|t| t == "head");
         let sum_t: f64 = t.iter().map(|&i| p[i]).sum();
+        // The first trained hidden layer (none: the number of layers).
+        let first = t.first().copied().unwrap_or(p.len());
         let autoencoder = meta.config.objective == Objective::Autoencoder;
         let epoch_seconds: f64 = h.epochs.iter().map(|e| e.seconds).sum();
         if autoencoder {
@@ -141,7 +136,6 @@ pub fn run(pipeline: &Path, given: Option<&Path>, device: DeviceKind) -> Result<
         } else {
             let fwd = 2.0 * (sum_t + head);
             let wgrad = 2.0 * sum_t + if head_trains { 2.0 * head } else { 0.0 };
-            let first = t.first().copied().unwrap_or(p.len());
             let igrad = if t.is_empty() { 0.0 } else { 2.0 * head }
                 + 2.0 * t.iter().filter(|&&i| i != first).map(|&i| p[i]).sum::<f64>();
             let per_epoch = n * (fwd + wgrad + igrad) + v * fwd;
@@ -153,7 +147,6 @@ pub fn run(pipeline: &Path, given: Option<&Path>, device: DeviceKind) -> Result<
         }
         // Frozen features: one layer over the train and validation rows (the layer below
         // the first trained one), however the stage computed them.
-        let first = t.first().copied().unwrap_or(p.len());
         if first > 0 {
             features.add((n + v) * 2.0 * p[first - 1], h.frozen_features_seconds);
         }
@@ -163,14 +156,8 @@ pub fn run(pipeline: &Path, given: Option<&Path>, device: DeviceKind) -> Result<
     let rest = Phase { flops: 0.0, seconds: (wall - counted).max(0.0) };
     let total = epochs.flops + pretraining.flops + features.flops + evaluation.flops;
     println!("layerwise bench --pipeline {}: {what}, device {}", pipeline.display(), device.name());
-    println!(
-        "reference (250x3072)·(3072x256), gemm 0.19: {reference:.1} GFLOP/s (before {before:.1}, after {after:.1}); \
-         dfdx 0.13's matmul (gemm 0.15): {dfdx:.1} GFLOP/s"
-    );
-    println!(
-        "reference (250x256)·(256x256), gemm 0.19: {small_reference:.1} GFLOP/s (before {small_before:.1}, after \
-         {small_after:.1})"
-    );
+    let refs = print_references(&before, &after);
+    let (reference, small_reference) = (refs.big, refs.small);
     println!("| phase | useful GFLOP | seconds | GFLOP/s | vs reference |");
     println!("| --- | ---: | ---: | ---: | ---: |");
     for (name, ph) in [

@@ -163,15 +163,43 @@ pub fn fingerprint(norm: &Normalization, splits: [&SplitData; 3]) -> String {
 
 /// [`fingerprint`] over borrowed `(images, labels)` of the three splits.
 fn fingerprint_of(norm: &Normalization, splits: [(&[f32], &[u8]); 3]) -> String {
-    use sha2::{Digest, Sha256};
-    let mut h = Sha256::new();
-    h.update(serde_json::to_string(norm).unwrap_or_default().as_bytes());
+    let mut f = Fingerprint::new(norm);
     for (images, labels) in splits {
-        h.update((labels.len() as u64).to_le_bytes());
-        h.update(bytemuck::cast_slice::<f32, u8>(images));
-        h.update(labels);
+        f.split(labels.len());
+        f.images(images);
+        f.labels(labels);
     }
-    hex::encode(h.finalize())
+    f.finish()
+}
+
+/// The fingerprint, computed incrementally: the normalization, then each split in order:
+/// its row count, its images (the stored little-endian floats, in any number of pieces),
+/// its labels.
+struct Fingerprint(sha2::Sha256);
+
+impl Fingerprint {
+    fn new(norm: &Normalization) -> Self {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        h.update(serde_json::to_string(norm).unwrap_or_default().as_bytes());
+        Self(h)
+    }
+
+    fn split(&mut self, rows: usize) {
+        sha2::Digest::update(&mut self.0, (rows as u64).to_le_bytes());
+    }
+
+    fn images(&mut self, values: &[f32]) {
+        sha2::Digest::update(&mut self.0, crate::st::f32_le_bytes(values));
+    }
+
+    fn labels(&mut self, labels: &[u8]) {
+        sha2::Digest::update(&mut self.0, labels);
+    }
+
+    fn finish(self) -> String {
+        hex::encode(sha2::Digest::finalize(self.0))
+    }
 }
 
 impl DatasetMeta {
@@ -298,45 +326,30 @@ pub fn write_dataset_streamed(path: &Path, mut meta: DatasetMeta, splits: [ByteS
         }
         Ok(())
     };
-    let as_bytes = |v: &[f32]| -> Vec<u8> { v.iter().flat_map(|x| x.to_le_bytes()).collect() };
-    let little = cfg!(target_endian = "little");
     let mut fingerprint = String::new();
     crate::atomic::write_atomic_with(path, |tmp| {
         let file = std::fs::File::create(tmp)
             .with_context(|| format!("cannot create {}: is the folder writable?", tmp.display()))?;
         let mut w = std::io::BufWriter::with_capacity(1 << 22, file);
         std::thread::scope(|scope| -> Result<()> {
-            // The fingerprint (as `fingerprint_of` computes it), on a second core.
+            // The fingerprint, on a second core.
             let hasher = scope.spawn(|| -> Result<String> {
-                use sha2::{Digest, Sha256};
-                let mut h = Sha256::new();
-                h.update(serde_json::to_string(&meta.normalization).unwrap_or_default().as_bytes());
+                let mut f = Fingerprint::new(&meta.normalization);
                 for data in &splits {
-                    h.update((data.labels.len() as u64).to_le_bytes());
+                    f.split(data.labels.len());
                     floats(data.images, &mut |v| {
-                        if little {
-                            h.update(bytemuck::cast_slice::<f32, u8>(v));
-                        } else {
-                            h.update(as_bytes(v));
-                        }
+                        f.images(v);
                         Ok(())
                     })?;
-                    h.update(data.labels);
+                    f.labels(data.labels);
                 }
-                Ok(hex::encode(h.finalize()))
+                Ok(f.finish())
             });
             w.write_all(&header)?;
             for &i in &order {
                 let data = &splits[i / 2];
                 if i % 2 == 0 {
-                    floats(data.images, &mut |v| {
-                        if little {
-                            w.write_all(bytemuck::cast_slice::<f32, u8>(v))?;
-                        } else {
-                            w.write_all(&as_bytes(v))?;
-                        }
-                        Ok(())
-                    })?;
+                    floats(data.images, &mut |v| Ok(w.write_all(&crate::st::f32_le_bytes(v))?))?;
                 } else {
                     w.write_all(data.labels)?;
                 }

@@ -150,6 +150,16 @@ pub enum OutTensor<'a> {
     U8(String, Vec<usize>, &'a [u8]),
 }
 
+/// Floats as the files store them: little-endian bytes (borrowed where the machine is
+/// little-endian).
+pub(crate) fn f32_le_bytes(values: &[f32]) -> Cow<'_, [u8]> {
+    if cfg!(target_endian = "little") {
+        Cow::Borrowed(bytemuck::cast_slice(values))
+    } else {
+        Cow::Owned(values.iter().flat_map(|v| v.to_le_bytes()).collect())
+    }
+}
+
 /// A tensor's name, dtype, shape and little-endian bytes, ready to serialize.
 type PreparedTensor<'a> = (String, (Dtype, Vec<usize>, Cow<'a, [u8]>));
 
@@ -166,14 +176,7 @@ fn prepare_views<'a>(
     let views = tensors
         .into_iter()
         .map(|t| match t {
-            OutTensor::F32(name, shape, data) => {
-                let bytes: Cow<[u8]> = if cfg!(target_endian = "little") {
-                    Cow::Borrowed(bytemuck::cast_slice(data))
-                } else {
-                    Cow::Owned(data.iter().flat_map(|v| v.to_le_bytes()).collect())
-                };
-                (name, (Dtype::F32, shape, bytes))
-            }
+            OutTensor::F32(name, shape, data) => (name, (Dtype::F32, shape, f32_le_bytes(data))),
             OutTensor::U8(name, shape, data) => (name, (Dtype::U8, shape, Cow::Borrowed(data))),
         })
         .collect();

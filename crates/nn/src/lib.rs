@@ -531,6 +531,29 @@ impl<D: Backend> Adam<D> {
         self.update_decayed(name, param, grad, 0.0)
     }
 
+    /// The slot of tensor `name` (`n` values): the one it has, or a new one that `make`
+    /// builds from its first moments (those of a restored state, else zeros).
+    fn slot(&mut self, name: &str, n: usize, make: impl FnOnce(Vec<f32>, Vec<f32>) -> Slot<D>) -> Result<usize> {
+        if let Some(i) = self.names.iter().position(|k| k == name) {
+            return Ok(i);
+        }
+        let (m, v) = match self.restored.iter().find(|(k, ..)| k == name) {
+            Some((_, m, v)) if m.len() == n && v.len() == n => (m.clone(), v.clone()),
+            Some(_) => anyhow::bail!("restored Adam state does not fit tensor {name} ({n} values)"),
+            None => (vec![0.0; n], vec![0.0; n]),
+        };
+        self.names.push(name.to_string());
+        self.slots.push(make(m, v));
+        Ok(self.slots.len() - 1)
+    }
+
+    /// This step's size: `lr·√(1-β2ᵗ)/(1-β1ᵗ)` (Keras' bias correction).
+    fn alpha(&self) -> f64 {
+        let t = self.t.max(1);
+        let [b1, b2] = self.betas;
+        self.lr * (1.0 - b2.powi(t)).sqrt() / (1.0 - b1.powi(t))
+    }
+
     /// [`Adam::update_decayed`] for a parameter in host memory (the CPU's host kernels):
     /// one fused pass over `param`, its gradient and the moments.
     pub fn update_host(&mut self, name: &str, param: &mut [f32], grad: &[f32], weight_decay: f64) -> Result<()> {
@@ -539,22 +562,8 @@ impl<D: Backend> Adam<D> {
         if grad.len() != n {
             anyhow::bail!("internal: gradient of {name} has {} values, the tensor {n}", grad.len());
         }
-        let slot = match self.names.iter().position(|k| k == name) {
-            Some(i) => i,
-            None => {
-                let (m, v) = match self.restored.iter().find(|(k, ..)| k == name) {
-                    Some((_, m, v)) if m.len() == n && v.len() == n => (m.clone(), v.clone()),
-                    Some(_) => anyhow::bail!("restored Adam state does not fit tensor {name} ({n} values)"),
-                    None => (vec![0.0; n], vec![0.0; n]),
-                };
-                self.names.push(name.to_string());
-                self.slots.push(Slot::Slices { m, v });
-                self.slots.len() - 1
-            }
-        };
-        let t = self.t.max(1);
-        let [b1, b2] = self.betas;
-        let alpha = self.lr * (1.0 - b2.powi(t)).sqrt() / (1.0 - b1.powi(t));
+        let slot = self.slot(name, n, |m, v| Slot::Slices { m, v })?;
+        let (alpha, [b1, b2]) = (self.alpha(), self.betas);
         match self.slots.get_mut(slot) {
             Some(Slot::Slices { m, v }) => {
                 host_adam_pass(param, m, v, grad, b1 as f32, b2 as f32, alpha as f32, self.eps as f32, shrink);
@@ -574,32 +583,19 @@ impl<D: Backend> Adam<D> {
         weight_decay: f64,
     ) -> Result<()> {
         let shrink = (self.lr * weight_decay) as f32;
-        let slot = match self.names.iter().position(|n| n == name) {
-            Some(i) => i,
-            None => {
-                self.names.push(name.to_string());
-                self.slots.len()
-            }
-        };
-        let t = self.t.max(1);
-        let [b1, b2] = self.betas;
-        let alpha = self.lr * (1.0 - b2.powi(t)).sqrt() / (1.0 - b1.powi(t));
         let n = param.shape().num_elements();
-        if self.slots.len() == slot {
-            let dev = param.device().clone();
-            let (m0, v0) = match self.restored.iter().find(|(k, ..)| k == name) {
-                Some((_, m, v)) if m.len() == n && v.len() == n => (m.clone(), v.clone()),
-                Some(_) => anyhow::bail!("restored Adam state does not fit tensor {name} ({n} values)"),
-                None => (vec![0.0; n], vec![0.0; n]),
-            };
-            self.slots.push(if self.host_path {
+        let host_path = self.host_path;
+        let slot = self.slot(name, n, |m0, v0| {
+            if host_path {
                 let mut p = vec![0.0; n];
                 param.copy_into(&mut p);
                 Slot::Host { p, m: m0, v: v0, g: vec![0.0; n] }
             } else {
+                let dev = param.device().clone();
                 Slot::Device { m: dev.tensor_from_vec(m0, (n,)), v: dev.tensor_from_vec(v0, (n,)) }
-            });
-        }
+            }
+        })?;
+        let (alpha, [b1, b2]) = (self.alpha(), self.betas);
         let failed = |e: <D as HasErr>::Err| anyhow!("Adam update failed: {e:?}");
         match self.slots.get_mut(slot) {
             Some(Slot::Host { p, m, v, g }) => {

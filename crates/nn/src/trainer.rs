@@ -130,7 +130,8 @@ impl HostTrainer<'_> {
         let layers: Vec<host::HostLayer> = spec.trainable.iter().map(host::HostLayer::from_dense).collect();
         let head = host::HostLayer::from_dense(spec.head);
         // Restored weight moments, into the host layout.
-        let shapes = weight_shapes(spec.trainable, spec.head, &spec.names);
+        let shape = |l: &Dense| (l.outputs, l.inputs);
+        let shapes = weight_shapes(spec.trainable.iter().map(shape), shape(spec.head), &spec.names);
         if let Some((_, moments)) = &mut spec.restored {
             relayout(moments, &shapes, false);
         }
@@ -151,10 +152,15 @@ impl HostTrainer<'_> {
     }
 }
 
-/// Each weight's name and checkpoint shape `(out, in)`.
-fn weight_shapes(trainable: &[Dense], head: &Dense, names: &[[String; 2]]) -> Vec<(String, usize, usize)> {
-    let mut shapes: Vec<_> = trainable.iter().zip(names).map(|(l, [w, _])| (w.clone(), l.outputs, l.inputs)).collect();
-    shapes.push((HEAD[0].to_string(), head.outputs, head.inputs));
+/// Each weight's name and checkpoint shape `(out, in)`, from the trainable layers' and the
+/// output layer's shapes.
+fn weight_shapes(
+    trainable: impl Iterator<Item = (usize, usize)>,
+    head: (usize, usize),
+    names: &[[String; 2]],
+) -> Vec<(String, usize, usize)> {
+    let mut shapes: Vec<_> = trainable.zip(names).map(|((out, inp), [w, _])| (w.clone(), out, inp)).collect();
+    shapes.push((HEAD[0].to_string(), head.0, head.1));
     shapes
 }
 
@@ -243,8 +249,8 @@ impl<'a> Trainer<'a> for HostTrainer<'a> {
 
     fn adam_state(&self) -> (i32, Moments) {
         let (t, mut moments) = self.adam.state();
-        let trainable: Vec<Dense> = self.layers.iter().map(host::HostLayer::to_dense).collect();
-        relayout(&mut moments, &weight_shapes(&trainable, &self.head.to_dense(), &self.names), true);
+        let shape = |l: &host::HostLayer| (l.outputs, l.inputs);
+        relayout(&mut moments, &weight_shapes(self.layers.iter().map(shape), shape(&self.head), &self.names), true);
         (t, moments)
     }
 }

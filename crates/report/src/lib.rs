@@ -82,7 +82,7 @@ pub struct DepthRow {
 /// The best model of a run, chosen on validation accuracy among every stage's models.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct BestModel {
-    /// `greedy`, `finetune` or `baseline`.
+    /// The stage that made it (`greedy`, `finetune`, `baseline`, `autoencoder`, `autoencoder-finetune`).
     pub stage: Stage,
     /// Its depth.
     pub depth: usize,

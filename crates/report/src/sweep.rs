@@ -108,7 +108,8 @@ pub struct RunRow {
 pub struct Group {
     /// Pipeline name.
     pub pipeline: String,
-    /// Stage: `greedy` (the loop's depths), `finetune` or `baseline`.
+    /// Stage: `greedy` (the loop's depths), `finetune`, `baseline`, `autoencoder` or
+    /// `autoencoder-finetune`.
     pub stage: String,
     /// The pipeline's published reference (`keras-tutorial`), if any.
     pub reference: Option<String>,

@@ -375,19 +375,13 @@ fn host_pair<D: Backend>(l: &Layer<D>) -> (Vec<f32>, Vec<f32>) {
     (l.weight.as_vec(), l.bias.as_vec())
 }
 
-/// A host `(weight, bias)` pair as a layer shaped like `like`, refusing a pair of other
-/// sizes (a state file of another network).
-fn restore_layer<D: Backend>(
-    like: &Layer<D>,
-    (weight, bias): &(Vec<f32>, Vec<f32>),
-    dev: &D,
-    from: &Path,
-) -> Result<Layer<D>> {
-    let (outputs, inputs) = *like.weight.shape();
+/// A saved `(weight, bias)` pair as a layer of `outputs × inputs`, refusing a pair of
+/// other sizes (a state file of another network).
+fn restore((outputs, inputs): (usize, usize), (weight, bias): &(Vec<f32>, Vec<f32>), from: &Path) -> Result<Dense> {
     if weight.len() != outputs * inputs || bias.len() != outputs {
         bail!("{}: its tensors do not fit this network", from.display());
     }
-    Ok(Layer::from_dense(&Dense { inputs, outputs, weight: weight.clone(), bias: bias.clone() }, dev))
+    Ok(Dense { inputs, outputs, weight: weight.clone(), bias: bias.clone() })
 }
 
 /// The checkpoint names of a layer's tensors.
@@ -596,12 +590,14 @@ impl Run<'_> {
                 self.say(&format!("pretraining finished in an interrupted run ({}): kept", state_path.display()));
                 return Ok(p.clone());
             }
-            encoder = restore_layer(&encoder, &p.encoder, dev, &state_path)?;
+            encoder = Layer::from_dense(&restore((like.outputs, like.inputs), &p.encoder, &state_path)?, dev);
             decoder = match decoder {
                 AeDecoder::Tied { .. } if p.decoder.0.is_empty() && p.decoder.1.len() == dim => {
                     AeDecoder::Tied { bias: dev.tensor_from_vec(p.decoder.1.clone(), (dim,)) }
                 }
-                AeDecoder::Untied(l) => AeDecoder::Untied(restore_layer(&l, &p.decoder, dev, &state_path)?),
+                AeDecoder::Untied(l) => {
+                    AeDecoder::Untied(Layer::from_dense(&restore(*l.weight.shape(), &p.decoder, &state_path)?, dev))
+                }
                 _ => bail!("{}: its decoder does not fit this network", state_path.display()),
             };
             adam.restore(p.adam_t, p.adam.clone());
@@ -742,12 +738,7 @@ impl Run<'_> {
         // An interrupted run of this same command left its state: continue from there.
         let state_path = self.opts.out.join(state::STATE_FILE);
         let saved = saved.filter(|st| st.epoch >= 1 && st.epoch < total_epochs && st.layers.len() == trainable.len());
-        let fit = |like: &Dense, (weight, bias): &(Vec<f32>, Vec<f32>)| -> Result<Dense> {
-            if weight.len() != like.weight.len() || bias.len() != like.bias.len() {
-                bail!("{}: its tensors do not fit this network", state_path.display());
-            }
-            Ok(Dense { weight: weight.clone(), bias: bias.clone(), ..like.clone() })
-        };
+        let fit = |like: &Dense, saved: &(Vec<f32>, Vec<f32>)| restore((like.outputs, like.inputs), saved, &state_path);
         let (start_layers, start_head, restored) = match &saved {
             Some(st) => (
                 trainable.iter().zip(&st.layers).map(|(l, t)| fit(l, t)).collect::<Result<Vec<_>>>()?,
@@ -901,7 +892,12 @@ impl Run<'_> {
             }
         }
         bar.finish();
-        let dense = |(w, b): (Vec<f32>, Vec<f32>), like: &Dense| Dense { weight: w, bias: b, ..like.clone() };
+        let dense = |(weight, bias): (Vec<f32>, Vec<f32>), like: &Dense| Dense {
+            inputs: like.inputs,
+            outputs: like.outputs,
+            weight,
+            bias,
+        };
         let (kept, best_epoch) = match best {
             Some(b) if keep_best => ((b.layers, b.head), Some(b.epoch)),
             _ => (net.snapshot(), None),
