@@ -162,21 +162,61 @@ fn ungzip(b: &[u8]) -> Result<Vec<u8>> {
 
 /// Valid files of every kind, made here: a synthetic release, a dataset, a checkpoint,
 /// its frozen features, history and evaluation, a training state, a pipeline.
-fn readers(work: &Path) -> Result<Vec<Reader>> {
-    use layerwise_testkit::synthetic;
-    let data = work.join("valid-dataset.safetensors");
-    layerwise_testkit::prepared_dataset(&data, 12, 4, 4, 1)?;
-    let cfg = layerwise_core::config::TrainConfig { width: 4, epochs: 2, batch_size: 4, ..Default::default() };
-    let trained = layerwise_train::train(&layerwise_train::TrainOptions {
-        data: data.clone(),
-        from: None,
-        out: work.join("valid-depth"),
-        config: cfg,
+/// A mutated input that a reader used, and that changed what the stage wrote: the worst
+/// outcome, worse than a panic (a silent wrong result).
+#[derive(Debug)]
+struct Different(String);
+
+impl std::fmt::Display for Different {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Different {}
+
+/// Train with the tiny settings of the fuzz fixture.
+fn train_tiny(data: &Path, from: Option<&Path>, out: &Path) -> Result<layerwise_train::TrainOutcome> {
+    layerwise_train::train(&layerwise_train::TrainOptions {
+        data: data.to_path_buf(),
+        from: from.map(Path::to_path_buf),
+        out: out.to_path_buf(),
+        config: layerwise_core::config::TrainConfig { width: 4, epochs: 3, batch_size: 4, ..Default::default() },
         device: layerwise_nn::device::DeviceKind::Cpu,
         progress: layerwise_train::Progress::Quiet,
         regime: layerwise_core::config::Regime::Grow,
         depth: None,
-    })?;
+    })
+}
+
+/// Compare what a run that read a mutated file wrote with the clean run's checkpoint.
+fn same_checkpoint(out: &layerwise_train::TrainOutcome, clean: &[u8], what: &str) -> Result<()> {
+    if std::fs::read(&out.checkpoint)? != clean {
+        return Err(Different(format!("a mutated {what} was used and changed the checkpoint")).into());
+    }
+    Ok(())
+}
+
+fn readers(work: &Path) -> Result<Vec<Reader>> {
+    use layerwise_core::features::FEATURES_FILE;
+    use layerwise_core::run::MODEL_FILE;
+    use layerwise_testkit::synthetic;
+    let data = work.join("valid-dataset.safetensors");
+    layerwise_testkit::prepared_dataset(&data, 12, 4, 4, 1)?;
+    // Depth 1, and depth 2 grown from it, clean: what every use of a mutated state or
+    // features file must reproduce, or refuse the file.
+    let trained = train_tiny(&data, None, &work.join("valid-depth"))?;
+    let parent = trained.checkpoint.clone();
+    let clean = std::fs::read(train_tiny(&data, Some(&parent), &work.join("clean-depth-2"))?.checkpoint)?;
+    // A real state: depth 2 stopped right after its first epoch's state was saved.
+    let interrupted = work.join("interrupted-depth-2");
+    std::env::set_var(layerwise_train::STOP_AFTER_EPOCH_ENV, "1");
+    let stopped = train_tiny(&data, Some(&parent), &interrupted);
+    std::env::remove_var(layerwise_train::STOP_AFTER_EPOCH_ENV);
+    if stopped.is_ok() {
+        bail!("internal: the fuzz fixture's training did not stop after epoch 1");
+    }
+    let state_path = interrupted.join(layerwise_train::state::STATE_FILE);
     let eval_path = work.join("valid-depth/eval.json");
     layerwise_evaluate::evaluate(&layerwise_evaluate::EvaluateOptions {
         model: trained.checkpoint.clone(),
@@ -185,28 +225,38 @@ fn readers(work: &Path) -> Result<Vec<Reader>> {
         out: Some(eval_path.clone()),
         device: layerwise_nn::device::DeviceKind::Cpu,
     })?;
-    let state = layerwise_train::state::TrainState {
-        format: layerwise_train::state::STATE_FORMAT.into(),
-        version: layerwise_train::state::STATE_VERSION,
-        key: "k".into(),
-        epoch: 1,
-        layers: vec![(vec![0.5; 8], vec![0.0; 2])],
-        head: (vec![0.1; 4], vec![0.0; 2]),
-        adam_t: 3,
-        adam: vec![("hidden.0.weight".into(), vec![0.0; 8], vec![0.0; 8])],
-        epochs: trained.history.epochs.clone(),
-        best: None,
-        pretrained: Some(layerwise_train::state::Pretrained {
-            epoch: 1,
-            encoder: (vec![0.5; 8], vec![0.0; 2]),
-            decoder: (Vec::new(), vec![0.0; 4]),
-            adam_t: 1,
-            adam: Vec::new(),
-            epochs: Vec::new(),
-        }),
+    // The state is used where training finds it: the mutated file is the case folder's
+    // state, and that folder is the output of depth 2's training.
+    let state_use: ReadFn = {
+        let (data, parent, clean) = (data.clone(), parent.clone(), clean.clone());
+        Box::new(move |p, _| {
+            let out = train_tiny(&data, Some(&parent), p.parent().unwrap_or(Path::new(".")))?;
+            same_checkpoint(&out, &clean, "training state")?;
+            if out.resumed {
+                Ok(())
+            } else {
+                bail!("not used: trained from epoch 1")
+            }
+        })
     };
-    let state_path = work.join("valid-state.bin");
-    layerwise_train::state::save(&state_path, &state)?;
+    // The features file is used where the next depth finds it: beside its parent checkpoint.
+    let features_use: ReadFn = {
+        let (data, parent, clean) = (data.clone(), parent.clone(), clean.clone());
+        Box::new(move |p, _| {
+            let dir = p.parent().unwrap_or(Path::new("."));
+            let model = dir.join(MODEL_FILE);
+            if !model.exists() {
+                std::fs::copy(&parent, &model)?;
+            }
+            let out = train_tiny(&data, Some(&model), &dir.join("out"))?;
+            same_checkpoint(&out, &clean, "features file")?;
+            if out.prefix_rows == 0 {
+                Ok(())
+            } else {
+                bail!("not used: computed from the images")
+            }
+        })
+    };
     let binary_tar = ungzip(&synthetic::tarball_bytes(false, 2)?)?;
     let python_tar = ungzip(&synthetic::tarball_bytes(true, 2)?)?;
     let tar_read: ReadFn = Box::new(|p, _| {
@@ -271,17 +321,11 @@ fn readers(work: &Path) -> Result<Vec<Reader>> {
         },
         Reader {
             name: "features",
-            valid: std::fs::read(work.join("valid-depth").join(layerwise_core::features::FEATURES_FILE))?,
-            file: Some("features.safetensors"),
+            valid: std::fs::read(work.join("valid-depth").join(FEATURES_FILE))?,
+            file: Some(FEATURES_FILE),
             nest: nest_safetensors,
             encode: identity,
-            read: {
-                let (sha, fp) = (trained.history.checkpoint_sha256.clone(), trained.meta.dataset_fingerprint.clone());
-                Box::new(move |p, _| {
-                    let f = layerwise_core::features::Features::open_for(p, &sha, &fp, 4, 12, 4)?;
-                    f.split(layerwise_core::dataset::Split::Train).map(|_| ())
-                })
-            },
+            read: features_use,
         },
         Reader {
             name: "train-json",
@@ -313,10 +357,10 @@ fn readers(work: &Path) -> Result<Vec<Reader>> {
         Reader {
             name: "train-state",
             valid: std::fs::read(&state_path)?,
-            file: Some(".train-state.bin"),
+            file: Some(layerwise_train::state::STATE_FILE),
             nest: nest_bytes,
             encode: identity,
-            read: Box::new(|p, _| layerwise_train::state::load(p, "k").map(|_| ())),
+            read: state_use,
         },
     ])
 }
@@ -391,6 +435,9 @@ pub struct Tally {
     pub refused: usize,
     /// Inputs that made the reader panic.
     pub panicked: usize,
+    /// Inputs that were used and changed what the stage wrote (the state and features
+    /// readers, whose use is checked).
+    pub different: usize,
 }
 
 /// Run the harness; fails if any reader panicked.
@@ -404,7 +451,8 @@ pub fn run(a: &FuzzArgs) -> Result<()> {
     }
     let started = std::time::Instant::now();
     println!(
-        "| reader | cases | refused | accepted | panicked | seconds |\n| --- | ---: | ---: | ---: | ---: | ---: |"
+        "| reader | cases | refused | accepted | accepted but different | panicked | seconds |\n\
+         | --- | ---: | ---: | ---: | ---: | ---: | ---: |"
     );
     let mut total = Tally::default();
     for (r_index, reader) in all.iter().enumerate() {
@@ -434,6 +482,13 @@ pub fn run(a: &FuzzArgs) -> Result<()> {
             BOUND_ON.store(false, Ordering::SeqCst);
             match outcome {
                 Ok(Ok(())) => tally.accepted += 1,
+                Ok(Err(e)) if e.downcast_ref::<Different>().is_some() => {
+                    tally.different += 1;
+                    std::fs::create_dir_all(&a.failures)?;
+                    let saved = a.failures.join(format!("{}-seed{}-case{case}.bin", reader.name, a.seed));
+                    std::fs::write(&saved, &bytes)?;
+                    eprintln!("fuzz: {} case {case}: {e}; input saved as {}", reader.name, saved.display());
+                }
                 Ok(Err(_)) if case > 0 => tally.refused += 1,
                 Ok(Err(e)) => bail!("reader {}: its valid input was refused: {e:#}", reader.name),
                 Err(_) => {
@@ -446,28 +501,36 @@ pub fn run(a: &FuzzArgs) -> Result<()> {
             }
         }
         println!(
-            "| {} | {} | {} | {} | {} | {:.1} |",
+            "| {} | {} | {} | {} | {} | {} | {:.1} |",
             reader.name,
             a.cases,
             tally.refused,
             tally.accepted.saturating_sub(1),
+            tally.different,
             tally.panicked,
             t0.elapsed().as_secs_f64()
         );
         total.refused += tally.refused;
         total.accepted += tally.accepted.saturating_sub(1);
         total.panicked += tally.panicked;
+        total.different += tally.different;
     }
-    let cases = total.refused + total.accepted + total.panicked;
+    let cases = total.refused + total.accepted + total.panicked + total.different;
     println!(
-        "fuzz: {cases} cases, {} panics, no allocation over {} MiB, {:.0} s (seed {})",
+        "fuzz: {cases} cases, {} panics, {} accepted but different, no allocation over {} MiB, {:.0} s (seed {})",
         total.panicked,
+        total.different,
         ALLOCATION_BOUND >> 20,
         started.elapsed().as_secs_f64(),
         a.seed
     );
-    if total.panicked > 0 {
-        bail!("{} inputs made a reader panic (saved under {})", total.panicked, a.failures.display());
+    if total.panicked > 0 || total.different > 0 {
+        bail!(
+            "{} inputs made a reader panic and {} were used with a different result (saved under {})",
+            total.panicked,
+            total.different,
+            a.failures.display()
+        );
     }
     Ok(())
 }

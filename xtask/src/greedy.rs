@@ -235,24 +235,9 @@ impl Plan {
         self.evaluate_stage_step(Stage::Greedy, depth)
     }
 
-    /// The training settings of `stage`'s runs: `[train]`, with `[finetune]`/`[baseline]`'s
-    /// epochs and learning rate (fine-tuning: a tenth of `[train]`'s by default).
+    /// The training settings of `stage`'s runs ([`Pipeline::stage_config`]).
     pub fn stage_config(&self, stage: Stage) -> TrainConfig {
-        let t = self.pipeline.train.clone();
-        let (section, lr_default) = match stage {
-            Stage::Greedy => return t,
-            Stage::Autoencoder => return self.pipeline.autoencoder.clone().unwrap_or_default().config(&t),
-            Stage::Finetune | Stage::AutoencoderFinetune => (self.pipeline.finetune.clone(), t.lr / 10.0),
-            Stage::Baseline => (self.pipeline.baseline.clone(), t.lr),
-        };
-        let section = section.unwrap_or_default();
-        // Fine-tuning and the baseline learn from the labels, whatever the loop's objective.
-        TrainConfig {
-            epochs: section.epochs.unwrap_or(t.epochs),
-            lr: section.lr.unwrap_or(lr_default),
-            objective: layerwise_core::config::Objective::Supervised,
-            ..t
-        }
+        self.pipeline.stage_config(stage)
     }
 
     /// Fine-tune greedy depth `depth` end to end, or train `depth` layers from scratch.
@@ -338,18 +323,21 @@ fn affects_completed(p: &Pipeline) -> impl PartialEq + std::fmt::Debug {
     (p.data.clone(), p.train.clone(), p.greedy.evaluate)
 }
 
-/// A changed `[finetune]`, `[baseline]` or `[autoencoder]` section (one that was there
-/// before and is different now) would make those stages' outputs stale, like a changed
-/// `[train]`.
-fn changed_stage_sections(old: &Pipeline, new: &Pipeline) -> Option<&'static str> {
-    fn changed<T: PartialEq>(a: &Option<T>, b: &Option<T>) -> bool {
-        matches!((a, b), (Some(x), Some(y)) if x != y)
-    }
-    if changed(&old.finetune, &new.finetune) {
+/// A `[finetune]`, `[baseline]` or `[autoencoder]` section that differs from the recorded
+/// one (changed, removed or added) while the run folder holds that stage's folders would
+/// leave those outputs stale, like a changed `[train]`. (Removing a section and adding it
+/// back with other values is a change too: the folders are still there.)
+fn changed_stage_sections(old: &Pipeline, new: &Pipeline, run_dir: &Path) -> Option<&'static str> {
+    let has_folders = |stages: &[Stage]| {
+        std::fs::read_dir(run_dir).into_iter().flatten().flatten().any(|e| {
+            e.file_name().to_str().and_then(parse_stage_dir).is_some_and(|(s, _)| stages.contains(&s))
+        })
+    };
+    if old.finetune != new.finetune && has_folders(&[Stage::Finetune, Stage::AutoencoderFinetune]) {
         Some("[finetune]")
-    } else if changed(&old.baseline, &new.baseline) {
+    } else if old.baseline != new.baseline && has_folders(&[Stage::Baseline]) {
         Some("[baseline]")
-    } else if changed(&old.autoencoder, &new.autoencoder) {
+    } else if old.autoencoder != new.autoencoder && has_folders(&[Stage::Autoencoder, Stage::AutoencoderFinetune]) {
         Some("[autoencoder]")
     } else {
         None
@@ -364,10 +352,11 @@ fn check_resume(plan: &Plan) -> Result<()> {
     }
     let old = Pipeline::load(&recorded)
         .with_context(|| format!("cannot read the run's recorded pipeline {}", recorded.display()))?;
-    if let Some(section) = changed_stage_sections(&old, &plan.pipeline) {
+    if let Some(section) = changed_stage_sections(&old, &plan.pipeline, &plan.run_dir) {
         bail!(
-            "{} was run with another {section} section than {} now has ({} records it): its outputs would not match. \
-             Use --restart to start the run over, or --run-dir for a new run",
+            "{} was run with another {section} section than {} now has (changed, removed or added back; {} records \
+             it), and that section's outputs are in the folder: they would not match. Put the section back as it \
+             was, or use --restart to start the run over, or --run-dir for a new run",
             plan.run_dir.display(),
             plan.pipeline_path.display(),
             recorded.display()

@@ -27,7 +27,11 @@ pub struct SweepArgs {
     pub inputs: RunInputs,
 }
 
-/// Parse `0-4`, `0,3,7`, `0-2,10`: seeds in the order given, without repeats.
+/// The most seeds one sweep runs.
+pub const MAX_SEEDS: usize = 1000;
+
+/// Parse `0-4`, `0,3,7`, `0-2,10`: seeds in the order given, without repeats, at most
+/// [`MAX_SEEDS`] (checked before any is listed).
 pub fn parse_seeds(spec: &str) -> Result<Vec<u64>> {
     let bad = || format!("--seeds `{spec}`: use a range and/or a list of seeds, e.g. `0-4` or `0,3,7`");
     let mut seeds = Vec::new();
@@ -39,8 +43,11 @@ pub fn parse_seeds(spec: &str) -> Result<Vec<u64>> {
                 (v, v)
             }
         };
-        if lo > hi || hi - lo >= 1000 {
-            bail!("{}: a range runs low-high, at most 1000 seeds", bad());
+        if lo > hi {
+            bail!("{}: a range runs low-high", bad());
+        }
+        if seeds.len() as u64 + (hi - lo) >= MAX_SEEDS as u64 {
+            bail!("--seeds `{spec}`: more than {MAX_SEEDS} seeds; a sweep runs at most {MAX_SEEDS}");
         }
         for s in lo..=hi {
             if seeds.contains(&s) {
@@ -184,7 +191,7 @@ mod tests {
         assert_eq!(parse_seeds("0-4").unwrap(), [0, 1, 2, 3, 4]);
         assert_eq!(parse_seeds("3,1, 7").unwrap(), [3, 1, 7]);
         assert_eq!(parse_seeds("0-1,5").unwrap(), [0, 1, 5]);
-        for bad in ["", "a", "4-2", "1,1", "0-5000", "-1"] {
+        for bad in ["", "a", "4-2", "1,1", "0-5000", "-1", "0-999,1000-1999", "0-18446744073709551615"] {
             assert!(parse_seeds(bad).is_err(), "{bad:?} accepted");
         }
     }

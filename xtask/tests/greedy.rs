@@ -475,6 +475,12 @@ fn finetune_and_baseline_follow_the_loop_and_resume() {
         Some(e.smoke_with("changed-stages", &[(STAGES[0].0, &STAGES[0].1.replace("epochs = 2", "epochs = 3"))]));
     let err = format!("{:#}", run(&c).unwrap_err());
     assert!(err.contains("[finetune]") && err.contains("--restart"), "{err}");
+    // So is a removed one while its folders are there: removing it and adding it back
+    // with other values no longer slips past the check (RELIABILITY.md).
+    let mut d = a.clone();
+    d.pipeline = Some(e.smoke_with("no-stages", &[]));
+    let err = format!("{:#}", run(&d).unwrap_err());
+    assert!(err.contains("[finetune]") && err.contains("removed"), "{err}");
 }
 
 /// Beside the loop, the `[autoencoder]` loop over the same depths, and `[finetune]` of both.

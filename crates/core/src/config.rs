@@ -249,16 +249,42 @@ impl Default for TrainConfig {
     }
 }
 
+/// The most epochs a depth (or a probe, a fine-tuning, a baseline) may train: far past any
+/// recipe, and small enough that the per-epoch history is allocated without a thought.
+pub const MAX_EPOCHS: usize = 100_000;
+/// The largest batch.
+pub const MAX_BATCH_SIZE: usize = 1 << 20;
+/// The widest hidden layer.
+pub const MAX_WIDTH: usize = 1 << 20;
+/// The deepest network (greedy depths, a scratch network's layers).
+pub const MAX_DEPTH: usize = 1_000;
+
+/// `Err` naming `key` and the limit when `value` is above `max` (checked before anything
+/// is allocated for it).
+pub fn check_limit(key: &str, value: usize, max: usize) -> Result<()> {
+    if value > max {
+        bail!("invalid setting `{key}`: {value} is above the limit of {max}");
+    }
+    Ok(())
+}
+
 impl TrainConfig {
-    /// Reject values that cannot train, naming the key.
+    /// Reject values that cannot train, naming the key; counts first, with their limits.
     pub fn validate(&self) -> Result<()> {
+        check_limit("epochs", self.epochs, MAX_EPOCHS)?;
+        check_limit("probe_epochs", self.probe_epochs.unwrap_or(0), MAX_EPOCHS)?;
+        check_limit("warmup_epochs", self.warmup_epochs, MAX_EPOCHS)?;
+        check_limit("batch_size", self.batch_size, MAX_BATCH_SIZE)?;
+        check_limit("width", self.width, MAX_WIDTH)?;
+        check_limit("widths", self.widths.iter().copied().max().unwrap_or(0), MAX_WIDTH)?;
+        check_limit("widths", self.widths.len(), MAX_DEPTH)?;
         let checks: [(&str, bool, &str); 13] = [
+            ("epochs", self.epochs >= 1, "must be at least 1"),
             ("width", self.width >= 1, "must be at least 1"),
             ("widths", self.widths.iter().all(|&w| w >= 1), "every width must be at least 1"),
             ("dropout", (0.0..1.0).contains(&self.dropout), "must be in [0, 1)"),
             ("weight_decay", self.weight_decay.is_finite() && self.weight_decay >= 0.0, "must be 0 or positive"),
             ("warmup_epochs", self.warmup_epochs < self.epochs, "must be fewer than `epochs`"),
-            ("epochs", self.epochs >= 1, "must be at least 1"),
             (
                 "corruption",
                 (0.0..1.0).contains(&self.corruption),

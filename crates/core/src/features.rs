@@ -4,9 +4,13 @@
 //! frozen features then stays one layer's, whatever the depth.
 //!
 //! The file is an artifact like the others: written atomically, and bound to the
-//! checkpoint it was computed with (its SHA-256) and the dataset (its fingerprint). A
-//! reader that finds it missing, of another checkpoint or dataset, or damaged, says so and
-//! recomputes the features from the images: the file only ever saves time.
+//! checkpoint it was computed with (its SHA-256) and the dataset (its fingerprint). Its
+//! metadata carries the SHA-256 of its values (`content_sha256`), checked on every open, so
+//! one changed value is found; and its reader in the training stage recomputes a few rows
+//! from the images with the parent checkpoint and compares, so a file of another run whose
+//! metadata was rewritten is found too. A reader that finds it missing, of another
+//! checkpoint or dataset, or damaged, says so and recomputes the features from the images:
+//! the file only ever saves time.
 
 use crate::dataset::Split;
 use crate::st::{write_safetensors, MappedSafetensors, OutTensor};
@@ -19,8 +23,8 @@ use std::path::Path;
 pub const FEATURES_FORMAT: &str = "layerwise-features";
 /// Its name inside a depth folder.
 pub const FEATURES_FILE: &str = "features.safetensors";
-/// Its layout's version.
-pub const FEATURES_VERSION: u32 = 1;
+/// Its layout's version: 2 added `content_sha256`.
+pub const FEATURES_VERSION: u32 = 2;
 
 /// The metadata of a features file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -40,6 +44,18 @@ pub struct FeaturesMeta {
     pub train_rows: usize,
     /// Rows of the validation split.
     pub val_rows: usize,
+    /// SHA-256 of the values: the train split's little-endian floats, then the validation
+    /// split's ([`content_sha256`]).
+    pub content_sha256: String,
+}
+
+/// The hash a features file's metadata carries for its `train` and `val` values.
+pub fn content_sha256(train: &[f32], val: &[f32]) -> String {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update(crate::st::f32_le_bytes(train));
+    h.update(crate::st::f32_le_bytes(val));
+    hex::encode(h.finalize())
 }
 
 /// Write the features of `meta`'s depth (`train` and `val`, row-major) atomically.
@@ -47,11 +63,12 @@ pub fn write_features(path: &Path, meta: &FeaturesMeta, train: &[f32], val: &[f3
     if train.len() != meta.train_rows * meta.width || val.len() != meta.val_rows * meta.width {
         bail!("internal: features do not match their metadata");
     }
+    let meta = FeaturesMeta { content_sha256: content_sha256(train, val), ..meta.clone() };
     let tensors = vec![
         OutTensor::F32("train.features".into(), vec![meta.train_rows, meta.width], train),
         OutTensor::F32("val.features".into(), vec![meta.val_rows, meta.width], val),
     ];
-    write_safetensors(path, FEATURES_FORMAT, meta, tensors)
+    write_safetensors(path, FEATURES_FORMAT, &meta, tensors)
 }
 
 /// A features file, memory-mapped and checked against what its reader expects.
@@ -94,11 +111,20 @@ impl Features {
             );
         }
         let features = Self { file, meta };
-        for split in [Split::Train, Split::Val] {
-            if let Some(i) = features.split(split)?.iter().position(|v| !v.is_finite()) {
+        let (train, val) = (features.split(Split::Train)?, features.split(Split::Val)?);
+        if content_sha256(&train, &val) != features.meta.content_sha256 {
+            bail!(
+                "{}: its values do not match their `content_sha256` (the file was changed or damaged after it was \
+                 written)",
+                path.display()
+            );
+        }
+        for (split, values) in [(Split::Train, &train), (Split::Val, &val)] {
+            if let Some(i) = values.iter().position(|v| !v.is_finite()) {
                 bail!("{}: {split} value {i} is not finite (damaged)", path.display());
             }
         }
+        drop((train, val));
         Ok(features)
     }
 

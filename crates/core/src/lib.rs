@@ -7,7 +7,8 @@
 //!   mismatched dataset.
 //! - [`metrics`]: `train.json` and `eval.json`, versioned.
 //! - [`pipeline`]: pipeline TOML files; [`config`]: the per-depth training settings.
-//! - [`atomic`]: every artifact is written to a temp file and renamed into place.
+//! - [`atomic`]: every artifact is written to a temp file and renamed into place;
+//!   [`fsread`]: every file read back is a regular file, read no further than its format allows.
 #![deny(missing_docs)]
 
 pub mod atomic;
@@ -17,6 +18,7 @@ pub mod cifar10;
 pub mod config;
 pub mod dataset;
 pub mod features;
+pub mod fsread;
 pub mod hash;
 pub mod metrics;
 pub mod pipeline;

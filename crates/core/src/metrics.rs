@@ -13,10 +13,12 @@ pub const TRAIN_SCHEMA: &str = "layerwise-train-history";
 /// `schema` of an evaluation.
 pub const EVAL_SCHEMA: &str = "layerwise-evaluation";
 /// Version of the training history: 2 added `pretraining` (the autoencoder objective's
-/// epochs). Version 1 histories read as they are (they have none).
-pub const TRAIN_VERSION: u32 = 2;
-/// Version of the evaluation.
-pub const EVAL_VERSION: u32 = 1;
+/// epochs), 3 the `content_sha256` seal. Older histories read as they are.
+pub const TRAIN_VERSION: u32 = 3;
+/// Version of the evaluation: 2 added the `content_sha256` seal.
+pub const EVAL_VERSION: u32 = 2;
+/// The first version of each document that carries (and must carry) its seal.
+const SEALED_FROM: [(&str, u32); 2] = [(TRAIN_SCHEMA, 3), (EVAL_SCHEMA, 2)];
 
 /// One epoch of unsupervised pretraining (the autoencoder objective): the mean squared
 /// error between the clean input and its reconstruction from the corrupted input, on the
@@ -100,6 +102,9 @@ pub struct TrainHistory {
     pub pretraining: Vec<PretrainEpoch>,
     /// One entry per supervised epoch (the probe's, after autoencoder pretraining).
     pub epochs: Vec<EpochMetrics>,
+    /// The seal: SHA-256 of the document as written without it (see [`Sealed`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_sha256: Option<String>,
 }
 
 /// An evaluation of one checkpoint on one split.
@@ -131,6 +136,56 @@ pub struct Evaluation {
     pub confusion: Vec<Vec<u64>>,
     /// Wall seconds.
     pub seconds: f64,
+    /// The seal: SHA-256 of the document as written without it (see [`Sealed`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_sha256: Option<String>,
+}
+
+/// A JSON document that carries a hash of its own content, `content_sha256`: the SHA-256
+/// of its pretty-printed JSON without that field. Its reader prints the document again
+/// without the field and compares: a value changed by hand or by damage is refused, while
+/// a file re-indented by an editor still reads. (serde_json prints every float so that it
+/// parses back to the same bits, so the print is exact.)
+pub trait Sealed: Serialize + Sized {
+    /// The seal's field.
+    fn seal_field(&mut self) -> &mut Option<String>;
+
+    /// The hash of the document without its seal.
+    fn content_hash(&self) -> Result<String>
+    where
+        Self: Clone,
+    {
+        let mut bare = self.clone();
+        *bare.seal_field() = None;
+        let text = serde_json::to_string_pretty(&bare).context("cannot serialize a metrics document")?;
+        Ok(crate::hash::sha256_hex(text.as_bytes()))
+    }
+
+    /// The document with its seal set, ready to write.
+    fn sealed(mut self) -> Result<Self>
+    where
+        Self: Clone,
+    {
+        *self.seal_field() = Some(self.content_hash()?);
+        Ok(self)
+    }
+}
+
+impl Sealed for TrainHistory {
+    fn seal_field(&mut self) -> &mut Option<String> {
+        &mut self.content_sha256
+    }
+}
+
+impl Sealed for Evaluation {
+    fn seal_field(&mut self) -> &mut Option<String> {
+        &mut self.content_sha256
+    }
+}
+
+/// Write a metrics document atomically, sealed.
+pub fn write_sealed<T: Sealed + Clone>(path: &Path, doc: &T) -> Result<()> {
+    crate::atomic::write_json_atomic(path, &doc.clone().sealed()?)
 }
 
 /// This machine's host name (`/proc/sys/kernel/hostname`, else `$HOSTNAME`), recorded in
@@ -166,13 +221,13 @@ pub fn best_by_validation(depths: impl IntoIterator<Item = (usize, f64)>) -> Opt
 
 /// Read a JSON document of `schema`, versions 1 to `newest` (each version only adds
 /// optional fields, so older documents read as they are); a newer one is refused.
-fn read_json<T: serde::de::DeserializeOwned>(
+fn read_json<T: serde::de::DeserializeOwned + Sealed + Clone>(
     path: &Path,
     schema: &str,
     newest: u32,
     get: fn(&T) -> (&str, u32),
 ) -> Result<T> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let text = crate::fsread::read_text_capped(path, schema, crate::fsread::MAX_JSON_BYTES)?;
     let value: T = serde_json::from_str(&text)
         .with_context(|| format!("{} is not a layerwise `{schema}` document (or is damaged)", path.display()))?;
     let (found, version) = get(&value);
@@ -185,6 +240,25 @@ fn read_json<T: serde::de::DeserializeOwned>(
              newer layerwise; update layerwise to read it",
             path.display()
         );
+    }
+    let sealed_from = SEALED_FROM.iter().find(|(s, _)| *s == schema).map_or(u32::MAX, |&(_, v)| v);
+    let mut value = value;
+    match value.seal_field().clone() {
+        None if version >= sealed_from => bail!(
+            "{}: its `content_sha256` seal is missing (a `{schema}` v{version} always has one): the file was \
+             edited or damaged; rerun the stage that wrote it",
+            path.display()
+        ),
+        None => {}
+        Some(seal) => {
+            if value.content_hash()? != seal {
+                bail!(
+                    "{}: its content does not match its `content_sha256` seal: the file was edited or damaged after \
+                     it was written; rerun the stage that wrote it",
+                    path.display()
+                );
+            }
+        }
     }
     Ok(value)
 }

@@ -7,6 +7,7 @@ use std::path::Path;
 
 use crate::config::TrainConfig;
 use crate::dataset::Split;
+use crate::run::Stage;
 
 /// How the prepare stage builds the dataset.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -78,6 +79,9 @@ impl StageConfig {
     fn validate(&self, section: &str) -> Result<()> {
         if self.epochs == Some(0) {
             bail!("`{section}.epochs` must be at least 1");
+        }
+        if let Some(e) = self.epochs {
+            crate::config::check_limit(&format!("{section}.epochs"), e, crate::config::MAX_EPOCHS)?;
         }
         if let Some(lr) = self.lr {
             if !(lr.is_finite() && lr > 0.0) {
@@ -247,7 +251,7 @@ impl Pipeline {
 
     /// Read and validate a pipeline file.
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
+        let text = crate::fsread::read_text_capped(path, "pipeline", crate::fsread::MAX_TEXT_BYTES)
             .with_context(|| format!("cannot read pipeline {}: does the file exist?", path.display()))?;
         Self::from_toml(&text, &path.display().to_string())
     }
@@ -270,23 +274,54 @@ impl Pipeline {
         if self.greedy.max_depth == 0 {
             bail!("`greedy.max_depth` must be at least 1");
         }
+        crate::config::check_limit("greedy.max_depth", self.greedy.max_depth, crate::config::MAX_DEPTH)?;
         if let Some(f) = &self.finetune {
             f.validate("finetune")?;
         }
         if let Some(b) = &self.baseline {
             b.validate("baseline")?;
         }
-        if let Some(a) = &self.autoencoder {
-            if self.train.objective == crate::config::Objective::Autoencoder {
-                bail!(
-                    "`[autoencoder]` runs a second greedy loop of autoencoders beside the [train] loop, but \
-                     `train.objective` is already \"autoencoder\": drop one of them"
-                );
+        if self.autoencoder.is_some() && self.train.objective == crate::config::Objective::Autoencoder {
+            bail!(
+                "`[autoencoder]` runs a second greedy loop of autoencoders beside the [train] loop, but \
+                 `train.objective` is already \"autoencoder\": drop one of them"
+            );
+        }
+        // Every later section's settings, as its stage will derive them, before the first
+        // depth trains: a bad [finetune] must not wait for the greedy loop to finish.
+        for (stage, present) in [
+            (Stage::Finetune, self.finetune.is_some()),
+            (Stage::Baseline, self.baseline.is_some()),
+            (Stage::Autoencoder, self.autoencoder.is_some()),
+        ] {
+            if present {
+                let section = format!("in section [{}]", stage.section());
+                self.stage_config(stage).validate().map_err(|e| anyhow::anyhow!("{e}").context(section))?;
             }
-            a.config(&self.train).validate().map_err(|e| anyhow::anyhow!("{e}").context("in section [autoencoder]"))?;
         }
         self.slurm.validate()?;
         Ok(())
+    }
+
+    /// The training settings of `stage`'s runs: `[train]`'s; the autoencoder loop's with
+    /// `[autoencoder]`'s; fine-tuning and the baseline with their section's epochs and
+    /// learning rate (fine-tuning: a tenth of `[train]`'s by default), and always supervised.
+    pub fn stage_config(&self, stage: Stage) -> TrainConfig {
+        let t = self.train.clone();
+        let (section, lr_default) = match stage {
+            Stage::Greedy => return t,
+            Stage::Autoencoder => return self.autoencoder.clone().unwrap_or_default().config(&t),
+            Stage::Finetune | Stage::AutoencoderFinetune => (self.finetune.clone(), t.lr / 10.0),
+            Stage::Baseline => (self.baseline.clone(), t.lr),
+        };
+        let section = section.unwrap_or_default();
+        // Fine-tuning and the baseline learn from the labels, whatever the loop's objective.
+        TrainConfig {
+            epochs: section.epochs.unwrap_or(t.epochs),
+            lr: section.lr.unwrap_or(lr_default),
+            objective: crate::config::Objective::Supervised,
+            ..t
+        }
     }
 
     /// Canonical TOML text of this pipeline (what a run records).
@@ -341,6 +376,32 @@ mod tests {
             let e = err(text);
             assert!(e.contains(key), "error for {text:?} should name {key}: {e}");
         }
+    }
+
+    #[test]
+    fn every_count_of_every_section_is_refused_above_its_limit() {
+        let huge = "1000000000000";
+        for (text, key) in [
+            ("[train]\nepochs = N", "epochs"),
+            ("[train]\nprobe_epochs = N", "probe_epochs"),
+            ("[train]\nwarmup_epochs = N", "warmup_epochs"),
+            ("[train]\nbatch_size = N", "batch_size"),
+            ("[train]\nwidth = N", "width"),
+            ("[greedy]\nmax_depth = N", "greedy.max_depth"),
+            ("[finetune]\nepochs = N", "finetune.epochs"),
+            ("[baseline]\nepochs = N", "baseline.epochs"),
+            ("[autoencoder]\nepochs = N", "epochs"),
+            ("[autoencoder]\nprobe_epochs = N", "probe_epochs"),
+        ] {
+            let e = err(&format!("name='x'\n{}", text.replace('N', huge)));
+            assert!(e.contains(&format!("`{key}`")) && e.contains("above the limit"), "{text}: {e}");
+        }
+        // A later section whose derived settings cannot train is refused at load, before
+        // the first depth: [train]'s warm-up longer than [finetune]'s epochs.
+        let e = err("name='x'\n[train]\nwarmup_epochs = 5\nlr_schedule = 'cosine'\n[finetune]\nepochs = 3");
+        assert!(e.contains("[finetune]") && e.contains("warmup_epochs"), "{e}");
+        // `epochs = 0` names `epochs`, not a key the user never set.
+        assert!(err("name='x'\n[train]\nepochs = 0").contains("`epochs`: must be at least 1"));
     }
 
     #[test]

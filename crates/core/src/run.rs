@@ -22,44 +22,43 @@ use std::path::{Path, PathBuf};
 pub const LOCK_FILE: &str = ".layerwise.lock";
 
 /// An exclusive lock on a run folder, held until dropped (and released by the kernel when
-/// its process dies, however it dies). The lock file says who holds it.
+/// its process dies, however it dies). The lock is taken on the run folder itself, so
+/// deleting the lock file (which stays after a run and looks stale) does not let a second
+/// process in; the lock file only says who holds it, and says so in its text.
 #[derive(Debug)]
 pub struct RunLock {
-    _file: std::fs::File,
+    _dir: std::fs::File,
 }
 
 impl RunLock {
     /// Lock `run` (created if needed) for `what` (the command, for the message a second
     /// process gets), or fail saying who holds it.
     pub fn acquire(run: &Path, what: &str) -> Result<RunLock> {
-        use std::io::{Read, Seek, Write};
         use std::os::unix::io::AsRawFd;
         std::fs::create_dir_all(run).with_context(|| format!("cannot create run folder {}", run.display()))?;
-        let path = run.join(LOCK_FILE);
-        let mut file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .with_context(|| format!("cannot open the run's lock file {}", path.display()))?;
+        let dir = std::fs::File::open(run).with_context(|| format!("cannot open run folder {}", run.display()))?;
         // SAFETY: flock on a file descriptor this function owns; no memory is shared.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        let rc = unsafe { libc::flock(dir.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        let path = run.join(LOCK_FILE);
         if rc != 0 {
-            let mut holder = String::new();
-            let _ = file.read_to_string(&mut holder);
+            let holder = crate::fsread::read_text_capped(&path, "lock file", 4096).unwrap_or_default();
+            let holder = holder.lines().find_map(|l| l.strip_prefix("held by: ")).unwrap_or("holder unknown").to_string();
             bail!(
-                "run folder {} is in use by another process ({}): wait until it finishes, or stop it, or use another \
-                 --run-dir",
+                "run folder {} is in use by another process ({holder}): wait until it finishes, or stop it, or use \
+                 another --run-dir",
                 run.display(),
-                if holder.trim().is_empty() { "holder unknown" } else { holder.trim() }
             );
         }
         let host = crate::metrics::host_name().unwrap_or_else(|| "this machine".into());
-        let _ = file.set_len(0);
-        let _ = file.rewind();
-        let _ = write!(file, "pid {} on {host}: {what}", std::process::id());
-        Ok(RunLock { _file: file })
+        let text = format!(
+            "layerwise run lock: the process working on this run folder holds a lock on the folder itself (not on \
+             this file), released when it ends; this file only names the last holder and may be deleted.\n\
+             held by: pid {} on {host}: {what}\n",
+            std::process::id()
+        );
+        // Best effort: the lock does not depend on this file.
+        let _ = crate::atomic::write_bytes_atomic(&path, text.as_bytes());
+        Ok(RunLock { _dir: dir })
     }
 }
 
@@ -105,6 +104,17 @@ impl Stage {
             Stage::Greedy | Stage::Autoencoder => crate::config::Regime::Grow,
             Stage::Finetune | Stage::AutoencoderFinetune => crate::config::Regime::Finetune,
             Stage::Baseline => crate::config::Regime::Scratch,
+        }
+    }
+
+    /// The pipeline section that configures it (`train`, `finetune`, `baseline`,
+    /// `autoencoder`).
+    pub fn section(self) -> &'static str {
+        match self {
+            Stage::Greedy => "train",
+            Stage::Finetune | Stage::AutoencoderFinetune => "finetune",
+            Stage::Baseline => "baseline",
+            Stage::Autoencoder => "autoencoder",
         }
     }
 
@@ -169,6 +179,12 @@ mod tests {
         let err = format!("{:#}", RunLock::acquire(dir.path(), "second").unwrap_err());
         assert!(err.contains("in use") && err.contains("cargo xtask greedy (first)"), "{err}");
         assert!(err.contains(&format!("pid {}", std::process::id())), "{err}");
+        // The lock file stays after a run and looks stale: deleting it lets nobody in.
+        let text = std::fs::read_to_string(dir.path().join(LOCK_FILE)).unwrap();
+        assert!(text.starts_with("layerwise run lock") && text.contains("may be deleted"), "{text}");
+        std::fs::remove_file(dir.path().join(LOCK_FILE)).unwrap();
+        let err = format!("{:#}", RunLock::acquire(dir.path(), "third").unwrap_err());
+        assert!(err.contains("in use") && err.contains("holder unknown"), "{err}");
         drop(lock);
         RunLock::acquire(dir.path(), "second").unwrap();
     }

@@ -39,8 +39,8 @@ impl MappedSafetensors {
                 path.display()
             );
         }
-        let file = std::fs::File::open(path)
-            .with_context(|| format!("cannot open {what} {}: does the file exist?", path.display()))?;
+        let file = crate::fsread::open_regular(path, what)
+            .with_context(|| format!("cannot use {what} {}: does the file exist?", path.display()))?;
         // SAFETY: the file is opened read-only; layerwise only ever replaces artifacts by
         // rename, so a mapped file's bytes are never modified while mapped.
         let mmap =

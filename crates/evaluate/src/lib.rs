@@ -10,11 +10,10 @@
 
 pub mod cli;
 use anyhow::Result;
-use layerwise_core::atomic::write_json_atomic;
 use layerwise_core::checkpoint::load_checkpoint;
 use layerwise_core::dataset::{Dataset, Split};
 use layerwise_core::hash::sha256_file;
-use layerwise_core::metrics::{Evaluation, EVAL_SCHEMA, EVAL_VERSION};
+use layerwise_core::metrics::{write_sealed, Evaluation, EVAL_SCHEMA, EVAL_VERSION};
 use layerwise_nn::device::DeviceKind;
 use layerwise_nn::{Backend, EvalSums};
 use std::path::PathBuf;
@@ -42,6 +41,14 @@ pub fn evaluate(opts: &EvaluateOptions) -> Result<Evaluation> {
     let (model, meta) = load_checkpoint(&opts.model)?;
     meta.check_dataset(&opts.model, &ds.meta, &opts.data)?;
     let split = ds.split(opts.split)?;
+    if split.labels.is_empty() {
+        anyhow::bail!(
+            "{}: its {} split holds no images: nothing to evaluate (prepare the dataset with that split, or \
+             evaluate another one with --split)",
+            opts.data.display(),
+            opts.split
+        );
+    }
     let sums = layerwise_nn::with_device!(opts.device, 0, |dev| Ok::<_, anyhow::Error>(run(
         &dev,
         &model,
@@ -68,9 +75,10 @@ pub fn evaluate(opts: &EvaluateOptions) -> Result<Evaluation> {
         per_class_accuracy,
         confusion: sums.confusion,
         seconds: start.elapsed().as_secs_f64(),
+        content_sha256: None,
     };
     if let Some(out) = &opts.out {
-        write_json_atomic(out, &eval)?;
+        write_sealed(out, &eval)?;
     }
     Ok(eval)
 }

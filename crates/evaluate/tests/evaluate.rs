@@ -129,3 +129,24 @@ fn an_out_that_is_not_a_regular_file_is_never_replaced() {
     use std::os::unix::fs::FileTypeExt;
     assert!(std::fs::symlink_metadata(&fifo).unwrap().file_type().is_fifo(), "the pipe is still a pipe");
 }
+
+#[test]
+fn an_empty_split_is_an_error_not_a_zero_accuracy() {
+    // RELIABILITY.md: evaluate on a split with no images exited 0 with "accuracy 0.0000 (0 images)".
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("d.safetensors");
+    let ds = layerwise_testkit::prepared_dataset(&data, 20, 5, 0, 1).unwrap();
+    let m = model();
+    let ckpt = dir.path().join("m.safetensors");
+    save_checkpoint(&ckpt, &m, &meta(&m, &ds.fingerprint)).unwrap();
+    let opts = EvaluateOptions {
+        model: ckpt,
+        data,
+        split: Split::Test,
+        out: Some(dir.path().join("eval.json")),
+        device: DeviceKind::Cpu,
+    };
+    let err = format!("{:#}", evaluate(&opts).unwrap_err());
+    assert!(err.contains("test split holds no images"), "{err}");
+    assert!(!dir.path().join("eval.json").exists());
+}

@@ -16,7 +16,9 @@ mod plot;
 pub mod sweep;
 
 use anyhow::{Context, Result};
-use layerwise_core::checkpoint::read_checkpoint_meta;
+use layerwise_core::checkpoint::{read_checkpoint_meta, CheckpointMeta};
+use layerwise_core::dataset::Split;
+use layerwise_core::hash::sha256_file;
 pub(crate) use layerwise_core::metrics::best_by_validation;
 use layerwise_core::metrics::{Evaluation, TrainHistory};
 use layerwise_core::pipeline::Pipeline;
@@ -220,8 +222,30 @@ pub fn collect(run: &Path) -> Result<Summary> {
         missing_depths: Vec::new(),
         problems: Vec::new(),
     };
+    let split = s.pipeline.as_ref().map_or(Split::Test, |p| p.greedy.evaluate);
     for (stage, depth) in found {
-        let Some(r) = row(run, stage, depth, &mut s.problems)? else { continue };
+        let dir = stage_dir(run, stage, depth);
+        if let Some(p) = &s.pipeline {
+            let configured = match stage {
+                Stage::Greedy => true,
+                Stage::Finetune => p.finetune.is_some(),
+                Stage::Baseline => p.baseline.is_some(),
+                Stage::Autoencoder => p.autoencoder.is_some(),
+                Stage::AutoencoderFinetune => p.autoencoder.is_some() && p.finetune.is_some(),
+            };
+            if !configured {
+                if dir.join(MODEL_FILE).exists() {
+                    s.problems.push(format!(
+                        "{} is in the run folder, but the run's pipeline has no [{}] section (it was removed?): \
+                         not shown",
+                        dir.display(),
+                        stage.section()
+                    ));
+                }
+                continue;
+            }
+        }
+        let Some(r) = row(&dir, stage, depth, split, &mut s.problems) else { continue };
         s.rows_mut(stage).push(r);
     }
     let depths = &s.depths;
@@ -247,25 +271,81 @@ pub fn collect(run: &Path) -> Result<Summary> {
 
 /// One stage's model of one depth, as the report shows it: the kept epoch's training and
 /// validation numbers (the best epoch where the run kept it), and its evaluation. `None`
-/// when the folder holds no checkpoint and history yet.
-fn row(run: &Path, stage: Stage, depth: usize, problems: &mut Vec<String>) -> Result<Option<DepthRow>> {
-    let dir = stage_dir(run, stage, depth);
+/// when the folder holds no checkpoint and history yet, or when they do not belong
+/// together (then `problems` says why). The report verifies what it pairs as the
+/// orchestrator does: the checkpoint's depth is the folder's, `train.json` and `eval.json`
+/// name the checkpoint's SHA-256, the evaluation is of the pipeline's split, and every
+/// accuracy is in [0, 1]; what fails is flagged, never shown.
+fn row(dir: &Path, stage: Stage, depth: usize, split: Split, problems: &mut Vec<String>) -> Option<DepthRow> {
     let (model, history) = (dir.join(MODEL_FILE), dir.join(HISTORY_FILE));
     if !model.exists() || !history.exists() {
-        return Ok(None);
+        return None;
     }
-    let meta = read_checkpoint_meta(&model)?;
-    let h = TrainHistory::read(&history)?;
-    let kept = h.kept().with_context(|| format!("{} has no epochs", history.display()))?;
+    let name = format!("{} {depth}", stage.prefix());
+    let mut flag = |why: String| problems.push(format!("{name}: {why}"));
+    let checked = (|| -> Result<(CheckpointMeta, String, TrainHistory)> {
+        let meta = read_checkpoint_meta(&model)?;
+        if meta.depth != depth {
+            anyhow::bail!(
+                "{} holds a depth-{} checkpoint, not depth {depth} (swapped or copied folders?)",
+                model.display(),
+                meta.depth
+            );
+        }
+        let sha = sha256_file(&model)?;
+        let h = TrainHistory::read(&history)?;
+        if h.checkpoint_sha256 != sha || h.depth != depth {
+            anyhow::bail!("{} belongs to another checkpoint than {}", history.display(), model.display());
+        }
+        let kept = h.kept().with_context(|| format!("{} has no epochs", history.display()))?;
+        let accuracies = [kept.train_accuracy, kept.val_accuracy];
+        if accuracies.iter().any(|a| !(0.0..=1.0).contains(a)) || !kept.val_loss.is_finite() {
+            anyhow::bail!("{} records an accuracy outside [0, 1] or a loss that is not finite", history.display());
+        }
+        Ok((meta, sha, h))
+    })();
+    let (meta, sha, h) = match checked {
+        Ok(x) => x,
+        Err(e) => {
+            flag(format!("not shown: {e:#}"));
+            return None;
+        }
+    };
+    let kept = h.kept()?;
     let eval_path = dir.join(EVAL_FILE);
     let eval = match eval_path.exists().then(|| Evaluation::read(&eval_path)).transpose() {
+        Ok(Some(e)) if e.checkpoint_sha256 != sha => {
+            flag(format!(
+                "its evaluation is not shown: {} evaluates another checkpoint than {} (retrained without being \
+                 evaluated?); rerun the greedy command to evaluate it",
+                eval_path.display(),
+                model.display()
+            ));
+            None
+        }
+        Ok(Some(e)) if e.split != split => {
+            flag(format!("its evaluation is not shown: {} evaluates the {} split, not {split}", eval_path.display(), e.split));
+            None
+        }
+        Ok(Some(e)) if e.dataset_fingerprint != meta.dataset_fingerprint || e.depth != depth => {
+            flag(format!("its evaluation is not shown: {} used another dataset or depth", eval_path.display()));
+            None
+        }
+        Ok(Some(e))
+            if !(0.0..=1.0).contains(&e.accuracy)
+                || e.per_class_accuracy.iter().any(|a| !(0.0..=1.0).contains(a))
+                || !e.loss.is_finite() =>
+        {
+            flag(format!("its evaluation is not shown: {} records an accuracy outside [0, 1]", eval_path.display()));
+            None
+        }
         Ok(e) => e,
         Err(e) => {
-            problems.push(format!("{} {depth}: its evaluation is not shown: {e:#}", stage.prefix()));
+            flag(format!("its evaluation is not shown: {e:#}"));
             None
         }
     };
-    Ok(Some(DepthRow {
+    Some(DepthRow {
         depth,
         train_loss: kept.train_loss,
         train_accuracy: kept.train_accuracy,
@@ -285,7 +365,7 @@ fn row(run: &Path, stage: Stage, depth: usize, problems: &mut Vec<String>) -> Re
         host: h.host.clone(),
         reconstruction_loss: h.pretraining.last().map(|e| e.reconstruction_loss),
         val_reconstruction_loss: h.pretraining.last().map(|e| e.val_reconstruction_loss),
-    }))
+    })
 }
 
 /// Collect the run and write `report.md` (ending with the run's `notes.md`, if any),
@@ -303,7 +383,7 @@ pub fn write_report(run: &Path) -> Result<Summary> {
     let notes_path = run.join(NOTES_FILE);
     let notes = notes_path
         .exists()
-        .then(|| std::fs::read_to_string(&notes_path).with_context(|| format!("cannot read {}", notes_path.display())))
+        .then(|| layerwise_core::fsread::read_text_capped(&notes_path, "notes file", layerwise_core::fsread::MAX_TEXT_BYTES))
         .transpose()?;
     write_three(run, &svg, &markdown::render(&summary, notes.as_deref()), &summary)?;
     Ok(summary)

@@ -1,6 +1,7 @@
 //! `report.md`.
 
 use crate::{Summary, TUTORIAL_TEST_ACCURACY};
+use layerwise_core::run::Stage;
 use std::fmt::Write;
 
 fn opt(v: Option<f64>) -> String {
@@ -89,8 +90,8 @@ pub(crate) fn render(s: &Summary, notes: Option<&str>) -> String {
                     format!(
                         "{} depth(s), {} epochs, lr {}",
                         f.depths.name(),
-                        f.epochs.unwrap_or(t.epochs),
-                        f.lr.unwrap_or(t.lr / 10.0)
+                        p.stage_config(Stage::Finetune).epochs,
+                        p.stage_config(Stage::Finetune).lr
                     )
                 }),
             ),

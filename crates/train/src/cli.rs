@@ -6,6 +6,7 @@ use anyhow::Result;
 use clap::Parser;
 use layerwise_core::config::{Augment, Decoder, HeadMode, LrSchedule, Objective, Regime, TrainConfig};
 use layerwise_core::pipeline::Pipeline;
+use layerwise_core::run::Stage;
 use layerwise_nn::device::DeviceKind;
 use std::path::PathBuf;
 
@@ -105,24 +106,24 @@ pub struct Args {
 }
 
 fn config(a: &Args) -> Result<TrainConfig> {
-    let mut c = match &a.pipeline {
-        Some(p) => Pipeline::load(p)?.train,
-        None => TrainConfig::default(),
+    // The pipeline's settings for this regime, derived where the orchestrator derives them
+    // (fine-tuning: its section's, by default a tenth of [train]'s rate; fine-tuning and
+    // the baseline learn from the labels).
+    let pipeline = match &a.pipeline {
+        Some(p) => Pipeline::load(p)?,
+        None => Pipeline::from_toml("name = \"layerwise-train\"", "the defaults")?,
     };
+    let stage = match a.regime {
+        Regime::Grow => Stage::Greedy,
+        Regime::Finetune => Stage::Finetune,
+        Regime::Scratch => Stage::Baseline,
+    };
+    let mut c = pipeline.stage_config(stage);
     macro_rules! set {
         ($($f:ident),*) => { $( if let Some(v) = a.$f.clone() { c.$f = v; } )* };
     }
-    // Fine-tuning moves trained weights: by default a tenth of the pipeline's rate.
-    if a.regime == Regime::Finetune && a.lr.is_none() {
-        c.lr /= 10.0;
-    }
     if a.width.is_some() {
         c.widths.clear();
-    }
-    // Greedy pretraining's objective is the pipeline's; fine-tuning and the baseline learn
-    // from the labels unless told otherwise (and are then refused).
-    if a.regime != Regime::Grow {
-        c.objective = Objective::Supervised;
     }
     if let Some(p) = a.probe_epochs {
         c.probe_epochs = Some(p);

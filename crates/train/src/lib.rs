@@ -25,7 +25,7 @@ use layerwise_core::checkpoint::{
 };
 use layerwise_core::config::{Augment, Decoder, HeadMode, Objective, Regime, TrainConfig};
 use layerwise_core::dataset::{Dataset, Split};
-use layerwise_core::metrics::{EpochMetrics, PretrainEpoch, TrainHistory, TRAIN_SCHEMA, TRAIN_VERSION};
+use layerwise_core::metrics::{EpochMetrics, PretrainEpoch, Sealed, TrainHistory, TRAIN_SCHEMA, TRAIN_VERSION};
 use layerwise_core::{atomic, hash, mix_seed};
 use layerwise_nn::device::DeviceKind;
 use layerwise_nn::{glorot_dense, Adam, AeDecoder, Backend, Layer, Matrix};
@@ -71,6 +71,8 @@ pub struct TrainOutcome {
     pub history: TrainHistory,
     /// Rows pushed through the frozen layers (train + val size when the cache works).
     pub prefix_rows: usize,
+    /// Whether it continued from the state an interrupted run left.
+    pub resumed: bool,
 }
 
 /// The network a regime trains, on the host: frozen layers, trainable layers, the output
@@ -170,6 +172,7 @@ fn plan(opts: &TrainOptions, ds: &Dataset, parent: Option<&(Mlp, CheckpointMeta)
             if depth == 0 {
                 bail!("--depth must be at least 1");
             }
+            layerwise_core::config::check_limit("depth", depth, layerwise_core::config::MAX_DEPTH)?;
             let seed = |layer: u64| mix_seed(cfg.seed, &[depth as u64, 100 + layer]);
             // Layer i takes the previous layer's width (the images, first).
             let shapes: Vec<(usize, usize)> = (1..=depth)
@@ -203,6 +206,15 @@ pub fn train(opts: &TrainOptions) -> Result<TrainOutcome> {
     opts.config.validate()?;
     // Fail on an unwritable output folder now, not after the training.
     check_out_dir(&opts.out)?;
+    // Nor after an epoch on something in the training state's place that it cannot replace.
+    let state_path = opts.out.join(state::STATE_FILE);
+    if let Some(what) = layerwise_core::fsread::not_regular(&state_path) {
+        bail!(
+            "{} is {what}: the training stage keeps its resumable state in that file after each epoch, and cannot \
+             replace {what}; remove it and rerun",
+            state_path.display()
+        );
+    }
     let started = Instant::now();
     let ds = Dataset::open(&opts.data)?;
     let cfg = &opts.config;
@@ -290,6 +302,7 @@ pub fn train(opts: &TrainOptions) -> Result<TrainOutcome> {
                 dataset_fingerprint: ds.meta.fingerprint.clone(),
                 train_rows: ds.meta.split_sizes.train,
                 val_rows: ds.meta.split_sizes.val,
+                content_sha256: String::new(),
             };
             write_features(&features_path, &meta, train, val)?;
         }
@@ -316,13 +329,15 @@ pub fn train(opts: &TrainOptions) -> Result<TrainOutcome> {
         best_epoch: trained.best_epoch,
         pretraining: trained.pretrained.as_ref().map(|p| p.epochs.clone()).unwrap_or_default(),
         epochs: trained.epochs,
-    };
+        content_sha256: None,
+    }
+    .sealed()?;
     let checkpoint = opts.out.join(MODEL_FILE);
     atomic::write_json_atomic(&opts.out.join(HISTORY_FILE), &history)?;
     atomic::write_bytes_atomic(&checkpoint, &bytes)?;
     // The depth is complete: an interrupted run's state is of no more use.
     let _ = std::fs::remove_file(opts.out.join(state::STATE_FILE));
-    Ok(TrainOutcome { checkpoint, meta, history, prefix_rows: trained.prefix_rows })
+    Ok(TrainOutcome { checkpoint, meta, history, prefix_rows: trained.prefix_rows, resumed: trained.resumed })
 }
 
 struct Run<'a> {
@@ -341,6 +356,8 @@ struct Trained {
     best_epoch: Option<usize>,
     prefix_rows: usize,
     prefix_seconds: f64,
+    /// Whether a saved state was used.
+    resumed: bool,
     /// The autoencoder objective's pretraining: its epochs and the decoder (weight, empty
     /// when tied, and bias).
     pretrained: Option<state::Pretrained>,
@@ -394,6 +411,22 @@ fn decoder_name(i: usize) -> String {
     format!("decoder.{i}")
 }
 
+/// The environment variable that stops a training run right after it saved the state of
+/// that epoch, as an interrupted run would leave it: how the tests and `cargo xtask fuzz`
+/// get a real state without killing a process at a lucky moment.
+pub const STOP_AFTER_EPOCH_ENV: &str = "LAYERWISE_STOP_AFTER_EPOCH";
+
+fn stop_if_asked(epoch: usize, what: &str) -> Result<()> {
+    if std::env::var(STOP_AFTER_EPOCH_ENV).ok().and_then(|v| v.parse::<usize>().ok()) == Some(epoch) {
+        bail!("stopped after {what} {epoch}, its state saved, as {STOP_AFTER_EPOCH_ENV} asks");
+    }
+    Ok(())
+}
+
+/// Rows of each split the training stage recomputes from the images to check a parent's
+/// features file against the parent checkpoint.
+const SPOT_ROWS: usize = 16;
+
 /// Shuffle streams: each loop shuffles (and draws its noise) with its own seeds.
 const GROW_STREAM: u64 = 1000;
 const FINETUNE_STREAM: u64 = 3000;
@@ -421,20 +454,24 @@ impl Run<'_> {
         Ok((feats, view.labels.to_vec()))
     }
 
-    /// The parent depth's `features.safetensors`, when it is there and belongs to the
-    /// parent checkpoint and this dataset; says why one that is there is not used.
-    fn parent_features(&self) -> Option<Features> {
+    /// The parent depth's `features.safetensors`, when it is there, belongs to the parent
+    /// checkpoint and this dataset, matches its content hash, and agrees with `prefix`
+    /// (the frozen stack) on sample rows recomputed from the images; says why one that is
+    /// there is not used.
+    fn parent_features<D: Backend>(&self, prefix: &layerwise_nn::Frozen<'_, D>) -> Option<Features> {
         let plan = self.plan;
         let (from, sha, last) = (self.opts.from.as_ref()?, self.parent_sha.as_deref()?, plan.prefix.last()?);
         if self.opts.regime != Regime::Grow {
             return None;
         }
         let path = from.parent().unwrap_or(Path::new(".")).join(FEATURES_FILE);
-        if !path.exists() {
+        if !path.exists() && layerwise_core::fsread::not_regular(&path).is_none() {
             return None;
         }
         let sizes = &self.ds.meta.split_sizes;
-        match Features::open_for(&path, sha, &self.ds.meta.fingerprint, last.outputs, sizes.train, sizes.val) {
+        let checked = Features::open_for(&path, sha, &self.ds.meta.fingerprint, last.outputs, sizes.train, sizes.val)
+            .and_then(|f| self.spot_check(&f, prefix).map(|()| f));
+        match checked {
             Ok(f) => {
                 self.say(&format!("frozen features read from {}", path.display()));
                 Some(f)
@@ -449,20 +486,113 @@ impl Run<'_> {
         }
     }
 
+    /// Recompute [`SPOT_ROWS`] rows of each split through the frozen stack from the
+    /// images and compare them with the features file: a file computed with other weights
+    /// (another run's, its metadata rewritten) is refused.
+    fn spot_check<D: Backend>(&self, f: &Features, prefix: &layerwise_nn::Frozen<'_, D>) -> Result<()> {
+        for split in [Split::Train, Split::Val] {
+            let view = self.ds.split(split)?;
+            let (n, dim, width) = (view.len(), self.ds.meta.input_size(), f.meta.width);
+            if n == 0 {
+                continue;
+            }
+            let rows: Vec<usize> = (0..SPOT_ROWS.min(n)).map(|i| i * (n - 1) / (SPOT_ROWS - 1).max(1)).collect();
+            let images: Vec<f32> = rows.iter().flat_map(|&r| view.images[r * dim..(r + 1) * dim].iter().copied()).collect();
+            let recomputed = prefix.apply(&images, rows.len());
+            let stored = f.split(split)?;
+            for (k, &r) in rows.iter().enumerate() {
+                let (a, b) = (&stored[r * width..(r + 1) * width], &recomputed[k * width..(k + 1) * width]);
+                if let Some(j) = a.iter().zip(b).position(|(x, y)| (x - y).abs() > 1e-4 * (1.0 + y.abs())) {
+                    bail!(
+                        "{split} row {r}, value {j}: the file holds {}, the parent checkpoint gives {} (the file was \
+                         computed with other weights)",
+                        a[j],
+                        b[j]
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn say(&self, text: &str) {
         if self.opts.progress != Progress::Quiet {
             layerwise_core::progress::println(&format!("depth {}: {text}", self.depth));
         }
     }
 
-    /// The state an interrupted run of this same command left, if any.
+    /// The state an interrupted run of this same command left, if any, once it is
+    /// verified and validated against the network this run trains.
     fn saved_state(&self) -> Option<state::TrainState> {
         let path = self.opts.out.join(state::STATE_FILE);
-        match state::load(&path, &self.state_key) {
-            Ok(st) => st,
+        let expect = self.expect();
+        match state::load(&path, &self.state_key, expect.max_bytes()) {
+            Ok(Some(st)) => match state::validate(&st, &expect) {
+                Ok(()) => Some(st),
+                Err(why) => {
+                    self.say(&format!("not resuming ({}: {why:#}); training from epoch 1", path.display()));
+                    None
+                }
+            },
+            Ok(None) => None,
             Err(why) => {
                 self.say(&format!("not resuming ({why:#}); training from epoch 1"));
                 None
+            }
+        }
+    }
+
+    /// What a training state of this run must hold.
+    fn expect(&self) -> state::Expect {
+        let (cfg, plan) = (&self.opts.config, self.plan);
+        let n = self.ds.meta.split_sizes.train;
+        let batches = n.div_ceil(cfg.batch_size.min(n).max(1));
+        let first = plan.prefix.len();
+        let sized = |names: [String; 2], l: &Dense| vec![(names[0].clone(), l.inputs * l.outputs), (names[1].clone(), l.outputs)];
+        let shape = |l: &Dense| (l.outputs, l.inputs);
+        let head = sized(tensor_names("head"), &plan.head);
+        match cfg.objective {
+            Objective::Supervised => {
+                let mut tensors: Vec<_> = plan
+                    .trainable
+                    .iter()
+                    .enumerate()
+                    .flat_map(|(i, l)| sized(tensor_names(&hidden_name(first + i)), l))
+                    .collect();
+                if plan.head_trains {
+                    tensors.extend(head);
+                }
+                state::Expect {
+                    epochs: cfg.epochs,
+                    batches,
+                    layers: plan.trainable.iter().map(shape).collect(),
+                    head: shape(&plan.head),
+                    tensors,
+                    pretrain: None,
+                }
+            }
+            Objective::Autoencoder => {
+                let enc = &plan.trainable[0];
+                let tied = cfg.decoder == Decoder::Tied;
+                let [dw, db] = tensor_names(&decoder_name(first));
+                let mut tensors = sized(tensor_names(&hidden_name(first)), enc);
+                if !tied {
+                    tensors.push((dw, enc.inputs * enc.outputs));
+                }
+                tensors.push((db, enc.inputs));
+                state::Expect {
+                    epochs: cfg.probe_epochs(),
+                    batches,
+                    layers: Vec::new(),
+                    head: shape(&plan.head),
+                    tensors: head,
+                    pretrain: Some(state::ExpectPretrain {
+                        epochs: cfg.epochs,
+                        encoder: shape(enc),
+                        decoder: (if tied { 0 } else { enc.inputs * enc.outputs }, enc.inputs),
+                        tensors,
+                    }),
+                }
             }
         }
     }
@@ -478,7 +608,7 @@ impl Run<'_> {
         let augment = cfg.augment == Augment::FlipCrop;
         // The parent's output, when it left it, is the new layer's input: one layer was
         // computed per depth, not the whole frozen stack.
-        let cached = if augment { None } else { self.parent_features() };
+        let cached = if augment { None } else { self.parent_features(&prefix) };
         let labels = |split| -> Result<Vec<u8>> { Ok(self.ds.split(split)?.labels.to_vec()) };
         let (x_train, y_train) = if let Some(f) = &cached {
             (f.split(Split::Train)?, labels(Split::Train)?)
@@ -504,6 +634,7 @@ impl Run<'_> {
             bail!("{}: the train split is empty", self.ds.path().display());
         }
         let saved = self.saved_state();
+        let resumed = saved.is_some();
         match cfg.objective {
             Objective::Supervised => {
                 let inputs =
@@ -524,6 +655,7 @@ impl Run<'_> {
                     best_epoch: s.best_epoch,
                     prefix_rows: prefix_rows + s.prefix_rows,
                     prefix_seconds,
+                    resumed,
                     pretrained: None,
                 })
             }
@@ -555,6 +687,7 @@ impl Run<'_> {
                     best_epoch: s.best_epoch,
                     prefix_rows,
                     prefix_seconds,
+                    resumed,
                     pretrained: Some(pretrained),
                 })
             }
@@ -700,6 +833,7 @@ impl Run<'_> {
                 pretrained: Some(p.clone()),
             };
             state::save(&state_path, &st)?;
+            stop_if_asked(epoch, "pretraining epoch")?;
             if epoch == cfg.epochs {
                 bar.finish();
                 return Ok(p);
@@ -889,6 +1023,7 @@ impl Run<'_> {
                     pretrained: pretrained.cloned(),
                 };
                 state::save(&state_path, &st)?;
+                stop_if_asked(epoch, "epoch")?;
             }
         }
         bar.finish();
@@ -935,15 +1070,30 @@ pub fn memory_available() -> Option<f64> {
 }
 
 /// Refuse a width whose training would not fit in memory, before allocating anything
-/// (a huge width would otherwise abort on allocation, or be killed by the kernel).
+/// (a huge width would otherwise abort on allocation, or be killed by the kernel). The
+/// advice names what takes the most: the layer (width), the batch, or the cached features.
 fn check_memory(depth: usize, inputs: usize, width: usize, batch: usize, rows: usize) -> Result<()> {
     let need = memory_needed(inputs, width, batch, rows);
     let gib = |b: f64| b / (1u64 << 30) as f64;
     if let Some(avail) = memory_available() {
         if need > avail {
+            let layer = memory_needed(inputs, width, 0, 0);
+            let batch_part = memory_needed(0, width, batch, 0) - memory_needed(0, width, 0, 0);
+            let cache = memory_needed(inputs, 0, 0, rows);
+            let advice = if batch_part >= layer && batch_part >= cache {
+                format!("the batch of {batch} takes {:.1} GiB of it: use a smaller --batch-size (`batch_size`)", gib(batch_part))
+            } else if cache >= layer {
+                format!(
+                    "the cached input of {rows} rows takes {:.1} GiB of it: use fewer images (`data.limit_train`) or a \
+                     narrower previous layer",
+                    gib(cache)
+                )
+            } else {
+                format!("the {inputs}×{width} layer and its state take {:.1} GiB of it: use a smaller --width", gib(layer))
+            };
             bail!(
-                "depth {depth} with width {width} needs about {:.1} GiB of memory (a {inputs}×{width} layer, its gradient \
-                 and Adam state, and the activations), but this machine has {:.1} GiB available: use a smaller --width",
+                "depth {depth} with width {width} and batch size {batch} needs about {:.1} GiB of memory, but this \
+                 machine has {:.1} GiB available; {advice}",
                 gib(need),
                 gib(avail)
             );
@@ -955,4 +1105,18 @@ fn check_memory(depth: usize, inputs: usize, width: usize, batch: usize, rows: u
 /// Create the output folder, so an unwritable one fails before any training.
 fn check_out_dir(out: &Path) -> Result<()> {
     std::fs::create_dir_all(out).with_context(|| format!("cannot create output folder {}", out.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_memory_advice_names_what_takes_the_memory() {
+        // A batch too large is the batch size's fault, not the width's (RELIABILITY.md).
+        let err = format!("{:#}", super::check_memory(2, 256, 1 << 16, 1 << 20, 0).unwrap_err());
+        assert!(err.contains("--batch-size") && !err.contains("--width"), "{err}");
+        let err = format!("{:#}", super::check_memory(2, 1 << 20, 1 << 20, 1, 0).unwrap_err());
+        assert!(err.contains("--width"), "{err}");
+        let err = format!("{:#}", super::check_memory(2, 1 << 20, 1, 1, 1 << 20).unwrap_err());
+        assert!(err.contains("limit_train"), "{err}");
+    }
 }

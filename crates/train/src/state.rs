@@ -6,9 +6,17 @@
 //! file is keyed by everything that decides the result (settings, dataset, parent,
 //! device, version): a state of another command is not used. It is removed once the
 //! depth's checkpoint is written.
+//!
+//! A state is never trusted because its key matches: the file ends with the SHA-256 of
+//! everything before it (one flipped bit and it is refused), and [`validate`] checks what
+//! it holds against the network being trained before any of it is used: every shape, every
+//! value finite, second moments not negative, the epoch and Adam's step count in range
+//! and consistent with the history. A state that fails is not used: the depth trains from
+//! epoch 1, saying why, and the next epoch's state replaces it.
 
 use anyhow::{bail, Context, Result};
 use bincode::Options;
+use sha2::Digest;
 use layerwise_core::metrics::{EpochMetrics, PretrainEpoch};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -17,8 +25,10 @@ use std::path::Path;
 pub const STATE_FILE: &str = ".train-state.bin";
 /// What the file says it is.
 pub const STATE_FORMAT: &str = "layerwise-train-state";
-/// Its layout's version.
-pub const STATE_VERSION: u32 = 2;
+/// Its layout's version: 3 added the SHA-256 trailer.
+pub const STATE_VERSION: u32 = 3;
+/// Bytes of the trailer: the SHA-256 of the bincode body before it.
+const TRAILER: usize = 32;
 
 /// A depth's training, after `epoch` epochs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -92,24 +102,36 @@ fn options() -> impl Options {
     bincode::DefaultOptions::new()
 }
 
-/// Write the state atomically.
+/// Write the state atomically: the bincode body, then its SHA-256.
 pub fn save(path: &Path, state: &TrainState) -> Result<()> {
-    let bytes = options().serialize(state).context("cannot serialize the training state")?;
+    let mut bytes = options().serialize(state).context("cannot serialize the training state")?;
+    let digest = sha2::Sha256::digest(&bytes);
+    bytes.extend_from_slice(&digest);
     layerwise_core::atomic::write_bytes_atomic(path, &bytes)
 }
 
-/// The state at `path` if there is one and it belongs to the run with `key`; `Err` says why
-/// a state that is there is not used.
-pub fn load(path: &Path, key: &str) -> Result<Option<TrainState>> {
-    let bytes = match std::fs::read(path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
-    };
+/// The state at `path` if there is one and it belongs to the run with `key`, read no
+/// further than `max_bytes` (what a state of this network can hold, [`Expect::max_bytes`]);
+/// `Err` says why a state that is there is not used.
+pub fn load(path: &Path, key: &str, max_bytes: u64) -> Result<Option<TrainState>> {
+    if !path.exists() && layerwise_core::fsread::not_regular(path).is_none() {
+        return Ok(None);
+    }
+    let bytes = layerwise_core::fsread::read_capped(path, "training state", max_bytes)?;
+    if bytes.len() < TRAILER {
+        bail!("{} is too short to be a training state (truncated)", path.display());
+    }
+    let (body, trailer) = bytes.split_at(bytes.len() - TRAILER);
+    if sha2::Sha256::digest(body).as_slice() != trailer {
+        bail!(
+            "{}: its content does not match its SHA-256 (damaged, truncated, or from an older layerwise)",
+            path.display()
+        );
+    }
     // Allocations are bounded by the file's own size: a damaged length cannot ask for more.
     let state: TrainState = options()
-        .with_limit(bytes.len() as u64)
-        .deserialize(&bytes)
+        .with_limit(body.len() as u64)
+        .deserialize(body)
         .map_err(|e| anyhow::anyhow!("{} is damaged or from another version of layerwise ({e})", path.display()))?;
     if state.format != STATE_FORMAT || state.version != STATE_VERSION {
         bail!(
@@ -127,4 +149,168 @@ pub fn load(path: &Path, key: &str) -> Result<Option<TrainState>> {
         );
     }
     Ok(Some(state))
+}
+
+/// What a state of the network being trained must hold.
+#[derive(Debug, Clone)]
+pub struct Expect {
+    /// Epochs of the supervised loop (the probe's, after pretraining).
+    pub epochs: usize,
+    /// Batches per epoch (Adam steps once per batch).
+    pub batches: usize,
+    /// `(outputs, inputs)` of each trainable hidden layer.
+    pub layers: Vec<(usize, usize)>,
+    /// `(outputs, inputs)` of the output layer.
+    pub head: (usize, usize),
+    /// The supervised loop's trainable tensors, by name, with their sizes: Adam's moments.
+    pub tensors: Vec<(String, usize)>,
+    /// The autoencoder objective's pretraining, when it has one.
+    pub pretrain: Option<ExpectPretrain>,
+}
+
+/// What the pretraining part of a state must hold.
+#[derive(Debug, Clone)]
+pub struct ExpectPretrain {
+    /// Pretraining epochs.
+    pub epochs: usize,
+    /// `(outputs, inputs)` of the encoder.
+    pub encoder: (usize, usize),
+    /// Values of the decoder's weight (0 when tied) and bias.
+    pub decoder: (usize, usize),
+    /// Pretraining's tensors, by name, with their sizes: Adam's moments.
+    pub tensors: Vec<(String, usize)>,
+}
+
+impl Expect {
+    /// The most bytes a state of this network can take: its tensors (weights, two
+    /// moments and a best copy each), the pretraining's, and the histories, with room.
+    pub fn max_bytes(&self) -> u64 {
+        let sized = |t: &[(String, usize)]| t.iter().map(|(n, v)| 3 * (n.len() as u64 + 16) + 4 * *v as u64).sum::<u64>();
+        let pretrain = self.pretrain.as_ref().map_or(0, |p| 3 * sized(&p.tensors) + 64 * p.epochs as u64);
+        4 * sized(&self.tensors) + pretrain + 128 * self.epochs as u64 + (1 << 20)
+    }
+}
+
+fn finite(what: &str, values: &[f32]) -> Result<()> {
+    match values.iter().position(|v| !v.is_finite()) {
+        Some(i) => bail!("{what}: value {i} is {} (not finite)", values[i]),
+        None => Ok(()),
+    }
+}
+
+fn pair(what: &str, (outputs, inputs): (usize, usize), (w, b): &(Vec<f32>, Vec<f32>)) -> Result<()> {
+    if w.len() != outputs * inputs || b.len() != outputs {
+        bail!("{what} has {}+{} values, the network's has {}+{outputs}", w.len(), b.len(), outputs * inputs);
+    }
+    finite(&format!("{what}'s weight"), w)?;
+    finite(&format!("{what}'s bias"), b)
+}
+
+/// Adam's moments: exactly the expected tensors, each of its size, finite, the second
+/// moments not negative.
+fn moments(what: &str, found: &layerwise_nn::Moments, expected: &[(String, usize)]) -> Result<()> {
+    if found.len() != expected.len() {
+        bail!("{what}: moments of {} tensors, the network trains {}", found.len(), expected.len());
+    }
+    for (name, size) in expected {
+        let Some((_, m, v)) = found.iter().find(|(n, ..)| n == name) else {
+            bail!("{what}: no moments for `{name}`");
+        };
+        if m.len() != *size || v.len() != *size {
+            bail!("{what}: the moments of `{name}` have {}/{} values, the tensor {size}", m.len(), v.len());
+        }
+        finite(&format!("{what}: `{name}`'s first moment"), m)?;
+        finite(&format!("{what}: `{name}`'s second moment"), v)?;
+        if let Some(i) = v.iter().position(|&x| x < 0.0) {
+            bail!("{what}: `{name}`'s second moment {i} is negative ({})", v[i]);
+        }
+    }
+    Ok(())
+}
+
+fn metrics_in_range(e: &EpochMetrics) -> bool {
+    let acc = |a: f64| (0.0..=1.0).contains(&a);
+    let pos = |x: f64| x.is_finite() && x >= 0.0;
+    acc(e.train_accuracy) && acc(e.val_accuracy) && pos(e.train_loss) && pos(e.val_loss) && pos(e.seconds)
+}
+
+/// Check that `st` fits the network `ex` describes before any of it is used; `Err` says
+/// what does not (and the depth then trains from epoch 1).
+pub fn validate(st: &TrainState, ex: &Expect) -> Result<()> {
+    let steps = |epoch: usize| (epoch as i64) * (ex.batches as i64);
+    match (&st.pretrained, &ex.pretrain) {
+        (Some(_), None) => bail!("it holds an autoencoder pretraining, but this depth trains with the labels only"),
+        (None, Some(_)) => bail!("it holds no pretraining, but this depth pretrains an autoencoder first"),
+        (Some(p), Some(xp)) => {
+            if p.epoch == 0 || p.epoch > xp.epochs {
+                bail!("pretraining epoch {} is outside 1..={}", p.epoch, xp.epochs);
+            }
+            if p.epochs.len() != p.epoch || p.epochs.iter().enumerate().any(|(i, e)| e.epoch != i + 1) {
+                bail!("its pretraining history does not hold epochs 1..={}", p.epoch);
+            }
+            let ok = |x: f64| x.is_finite() && x >= 0.0;
+            if p.epochs.iter().any(|e| !ok(e.reconstruction_loss) || !ok(e.val_reconstruction_loss) || !ok(e.seconds)) {
+                bail!("its pretraining history holds a value out of range");
+            }
+            pair("the encoder", xp.encoder, &p.encoder)?;
+            if p.decoder.0.len() != xp.decoder.0 || p.decoder.1.len() != xp.decoder.1 {
+                bail!("its decoder does not fit this network");
+            }
+            finite("the decoder's weight", &p.decoder.0)?;
+            finite("the decoder's bias", &p.decoder.1)?;
+            if i64::from(p.adam_t) != steps(p.epoch) {
+                bail!("pretraining's Adam step count is {}, {} epochs make {}", p.adam_t, p.epoch, steps(p.epoch));
+            }
+            if p.epoch < xp.epochs {
+                moments("pretraining", &p.adam, &xp.tensors)?;
+                if st.epoch != 0 {
+                    bail!("it records probe epochs while pretraining is unfinished");
+                }
+            } else if !p.adam.is_empty() {
+                bail!("finished pretraining keeps no moments, this one has {}", p.adam.len());
+            }
+        }
+        (None, None) => {}
+    }
+    let pretraining = st.pretrained.as_ref().zip(ex.pretrain.as_ref()).is_some_and(|(p, x)| p.epoch < x.epochs);
+    if pretraining {
+        if !(st.layers.is_empty() && st.head.0.is_empty() && st.adam.is_empty() && st.epochs.is_empty()) {
+            bail!("it holds supervised training while pretraining is unfinished");
+        }
+        return Ok(());
+    }
+    if st.epoch == 0 || st.epoch >= ex.epochs {
+        bail!("epoch {} is outside 1..{} (a state is kept between epochs only)", st.epoch, ex.epochs);
+    }
+    if st.epochs.len() != st.epoch || st.epochs.iter().enumerate().any(|(i, e)| e.epoch != i + 1) {
+        bail!("its history does not hold epochs 1..={}", st.epoch);
+    }
+    if let Some(e) = st.epochs.iter().find(|e| !metrics_in_range(e)) {
+        bail!("its history's epoch {} holds a value out of range", e.epoch);
+    }
+    if st.layers.len() != ex.layers.len() {
+        bail!("it holds {} trainable layers, the network trains {}", st.layers.len(), ex.layers.len());
+    }
+    for (i, (shape, saved)) in ex.layers.iter().zip(&st.layers).enumerate() {
+        pair(&format!("trainable layer {}", i + 1), *shape, saved)?;
+    }
+    pair("the output layer", ex.head, &st.head)?;
+    if i64::from(st.adam_t) != steps(st.epoch) {
+        bail!("Adam's step count is {}, {} epochs make {}", st.adam_t, st.epoch, steps(st.epoch));
+    }
+    moments("Adam", &st.adam, &ex.tensors)?;
+    if let Some(b) = &st.best {
+        let recorded = st.epochs.get(b.epoch.wrapping_sub(1)).map(|e| e.val_accuracy);
+        if recorded != Some(b.val_accuracy) {
+            bail!("its best epoch {} does not match its history", b.epoch);
+        }
+        if b.layers.len() != ex.layers.len() {
+            bail!("its best epoch holds {} layers, the network trains {}", b.layers.len(), ex.layers.len());
+        }
+        for (i, (shape, saved)) in ex.layers.iter().zip(&b.layers).enumerate() {
+            pair(&format!("the best epoch's layer {}", i + 1), *shape, saved)?;
+        }
+        pair("the best epoch's output layer", ex.head, &b.head)?;
+    }
+    Ok(())
 }
