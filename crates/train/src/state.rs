@@ -206,6 +206,17 @@ fn pair(what: &str, (outputs, inputs): (usize, usize), (w, b): &(Vec<f32>, Vec<f
     finite(&format!("{what}'s bias"), b)
 }
 
+/// Trainable layers and the output layer, each of the network's shape and finite.
+fn network(what: &str, ex: &Expect, layers: &[(Vec<f32>, Vec<f32>)], head: &(Vec<f32>, Vec<f32>)) -> Result<()> {
+    if layers.len() != ex.layers.len() {
+        bail!("{what}: {} trainable layers, the network trains {}", layers.len(), ex.layers.len());
+    }
+    for (i, (shape, saved)) in ex.layers.iter().zip(layers).enumerate() {
+        pair(&format!("{what}: trainable layer {}", i + 1), *shape, saved)?;
+    }
+    pair(&format!("{what}: the output layer"), ex.head, head)
+}
+
 /// Adam's moments: exactly the expected tensors, each of its size, finite, the second
 /// moments not negative.
 fn moments(what: &str, found: &layerwise_nn::Moments, expected: &[(String, usize)]) -> Result<()> {
@@ -288,13 +299,7 @@ pub fn validate(st: &TrainState, ex: &Expect) -> Result<()> {
     if let Some(e) = st.epochs.iter().find(|e| !metrics_in_range(e)) {
         bail!("its history's epoch {} holds a value out of range", e.epoch);
     }
-    if st.layers.len() != ex.layers.len() {
-        bail!("it holds {} trainable layers, the network trains {}", st.layers.len(), ex.layers.len());
-    }
-    for (i, (shape, saved)) in ex.layers.iter().zip(&st.layers).enumerate() {
-        pair(&format!("trainable layer {}", i + 1), *shape, saved)?;
-    }
-    pair("the output layer", ex.head, &st.head)?;
+    network("its weights", ex, &st.layers, &st.head)?;
     if i64::from(st.adam_t) != steps(st.epoch) {
         bail!("Adam's step count is {}, {} epochs make {}", st.adam_t, st.epoch, steps(st.epoch));
     }
@@ -304,13 +309,7 @@ pub fn validate(st: &TrainState, ex: &Expect) -> Result<()> {
         if recorded != Some(b.val_accuracy) {
             bail!("its best epoch {} does not match its history", b.epoch);
         }
-        if b.layers.len() != ex.layers.len() {
-            bail!("its best epoch holds {} layers, the network trains {}", b.layers.len(), ex.layers.len());
-        }
-        for (i, (shape, saved)) in ex.layers.iter().zip(&b.layers).enumerate() {
-            pair(&format!("the best epoch's layer {}", i + 1), *shape, saved)?;
-        }
-        pair("the best epoch's output layer", ex.head, &b.head)?;
+        network("its best epoch's weights", ex, &b.layers, &b.head)?;
     }
     Ok(())
 }

@@ -8,36 +8,33 @@
 use bincode::Options;
 use layerwise_core::config::{Objective, TrainConfig};
 use layerwise_core::features::FEATURES_FILE;
-use layerwise_nn::device::DeviceKind;
 use layerwise_train::state::{TrainState, STATE_FILE};
-use layerwise_train::{train, Progress, TrainOptions, TrainOutcome, STOP_AFTER_EPOCH_ENV};
+use layerwise_train::{train, TrainOptions, TrainOutcome, STOP_AFTER_EPOCH_ENV};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 /// The stop-after-epoch variable is process-wide: the tests that set it take turns.
 static ENV: Mutex<()> = Mutex::new(());
 
-struct Fixture {
-    dir: tempfile::TempDir,
-    data: PathBuf,
-}
+mod common;
+use common::Fixture;
 
 fn fixture() -> Fixture {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data.safetensors");
-    layerwise_testkit::prepared_dataset(&data, 300, 100, 50, 7).unwrap();
-    Fixture { dir, data }
+    Fixture::new(300, 100, 50)
 }
 
 fn config() -> TrainConfig {
     TrainConfig { width: 16, epochs: 3, batch_size: 50, seed: 1, ..TrainConfig::default() }
 }
 
-impl Fixture {
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
+trait Runs {
+    fn run(&self, from: Option<&Path>, out: &str, cfg: TrainConfig) -> anyhow::Result<TrainOutcome>;
+    fn run_now(&self, from: Option<&Path>, out: &str, cfg: TrainConfig) -> anyhow::Result<TrainOutcome>;
+    fn with_turn<T>(&self, go: impl FnOnce() -> T) -> T;
+    fn interrupted(&self, from: Option<&Path>, out: &str, cfg: TrainConfig, epoch: usize) -> PathBuf;
+}
 
+impl Runs for Fixture {
     fn run(&self, from: Option<&Path>, out: &str, cfg: TrainConfig) -> anyhow::Result<TrainOutcome> {
         // No run while another test has the stop variable set.
         let _turn = ENV.lock().unwrap_or_else(|e| e.into_inner());
@@ -45,16 +42,7 @@ impl Fixture {
     }
 
     fn run_now(&self, from: Option<&Path>, out: &str, cfg: TrainConfig) -> anyhow::Result<TrainOutcome> {
-        train(&TrainOptions {
-            data: self.data.clone(),
-            from: from.map(Path::to_path_buf),
-            out: self.path(out),
-            config: cfg,
-            device: DeviceKind::Cpu,
-            progress: Progress::Quiet,
-            regime: layerwise_core::config::Regime::Grow,
-            depth: None,
-        })
+        train(&self.options(from, out, cfg))
     }
 
     fn with_turn<T>(&self, go: impl FnOnce() -> T) -> T {
@@ -245,16 +233,7 @@ fn special_files_in_a_states_or_features_place_are_refused_at_once() {
     // A FIFO as the dataset.
     let data = f.path("fifo.safetensors");
     mkfifo(&data);
-    let opts = TrainOptions {
-        data,
-        from: None,
-        out: f.path("x"),
-        config: config(),
-        device: DeviceKind::Cpu,
-        progress: Progress::Quiet,
-        regime: layerwise_core::config::Regime::Grow,
-        depth: None,
-    };
+    let opts = TrainOptions { data, ..f.options(None, "x", config()) };
     let err = format!("{:#}", f.with_turn(|| train(&opts)).unwrap_err());
     assert!(err.contains("named pipe"), "{err}");
 }

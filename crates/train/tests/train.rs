@@ -9,34 +9,24 @@ use layerwise_nn::device::DeviceKind;
 use layerwise_train::{train, Progress, TrainOptions, TrainOutcome};
 use std::path::{Path, PathBuf};
 
-struct Fixture {
-    dir: tempfile::TempDir,
-    data: PathBuf,
-}
+mod common;
+use common::Fixture;
 
 fn fixture() -> Fixture {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data.safetensors");
-    layerwise_testkit::prepared_dataset(&data, 600, 200, 100, 7).unwrap();
-    Fixture { dir, data }
+    Fixture::new(600, 200, 100)
 }
 
 fn config() -> TrainConfig {
     TrainConfig { width: 32, epochs: 3, batch_size: 50, seed: 1, ..TrainConfig::default() }
 }
 
-impl Fixture {
+trait Runs {
+    fn run(&self, from: Option<&Path>, out: &str, cfg: TrainConfig) -> anyhow::Result<TrainOutcome>;
+}
+
+impl Runs for Fixture {
     fn run(&self, from: Option<&Path>, out: &str, cfg: TrainConfig) -> anyhow::Result<TrainOutcome> {
-        train(&TrainOptions {
-            data: self.data.clone(),
-            from: from.map(Path::to_path_buf),
-            out: self.dir.path().join(out),
-            config: cfg,
-            device: DeviceKind::Cpu,
-            progress: Progress::Quiet,
-            regime: layerwise_core::config::Regime::Grow,
-            depth: None,
-        })
+        train(&self.options(from, out, cfg))
     }
 }
 
