@@ -120,7 +120,7 @@ fn not_cifar_tar(path: &Path) -> String {
 }
 
 fn open_tar(path: &Path) -> Result<tar::Archive<flate2::read::GzDecoder<std::fs::File>>> {
-    let file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let file = layerwise_core::fsread::open_regular(path, "CIFAR-10 tarball")?;
     Ok(tar::Archive::new(flate2::read::GzDecoder::new(file)))
 }
 
@@ -151,7 +151,7 @@ fn read_members(kind: SourceKind, path: &Path) -> Result<BTreeMap<String, Vec<u8
                             p.display()
                         );
                     }
-                    let bytes = std::fs::read(&p).with_context(|| format!("cannot read {}", p.display()))?;
+                    let bytes = layerwise_core::fsread::read_capped(&p, "CIFAR-10 batch file", MAX_MEMBER_BYTES)?;
                     found.insert(name.clone(), bytes);
                 }
             }
