@@ -329,9 +329,11 @@ fn affects_completed(p: &Pipeline) -> impl PartialEq + std::fmt::Debug {
 /// back with other values is a change too: the folders are still there.)
 fn changed_stage_sections(old: &Pipeline, new: &Pipeline, run_dir: &Path) -> Option<&'static str> {
     let has_folders = |stages: &[Stage]| {
-        std::fs::read_dir(run_dir).into_iter().flatten().flatten().any(|e| {
-            e.file_name().to_str().and_then(parse_stage_dir).is_some_and(|(s, _)| stages.contains(&s))
-        })
+        std::fs::read_dir(run_dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| e.file_name().to_str().and_then(parse_stage_dir).is_some_and(|(s, _)| stages.contains(&s)))
     };
     if old.finetune != new.finetune && has_folders(&[Stage::Finetune, Stage::AutoencoderFinetune]) {
         Some("[finetune]")

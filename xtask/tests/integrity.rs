@@ -6,8 +6,8 @@
 mod common;
 
 use common::env;
-use layerwise_core::metrics::{write_sealed, Evaluation, TrainHistory};
 use layerwise_core::dataset::Split;
+use layerwise_core::metrics::{write_sealed, Evaluation, TrainHistory};
 use std::path::Path;
 
 fn copy_dir(from: &Path, to: &Path) {

@@ -56,7 +56,11 @@ pub fn open_regular(path: &Path, what: &str) -> Result<File> {
     // Checked again on what was opened: the path may have been replaced in between.
     let m = file.metadata().with_context(|| format!("cannot inspect {what} {}", path.display()))?;
     if !m.is_file() {
-        bail!("{} is {}, not a {what} (a regular file): remove it or give the path of the file", path.display(), kind(&m));
+        bail!(
+            "{} is {}, not a {what} (a regular file): remove it or give the path of the file",
+            path.display(),
+            kind(&m)
+        );
     }
     Ok(file)
 }

@@ -250,15 +250,12 @@ fn read_json<T: serde::de::DeserializeOwned + Sealed + Clone>(
             path.display()
         ),
         None => {}
-        Some(seal) => {
-            if value.content_hash()? != seal {
-                bail!(
-                    "{}: its content does not match its `content_sha256` seal: the file was edited or damaged after \
-                     it was written; rerun the stage that wrote it",
-                    path.display()
-                );
-            }
-        }
+        Some(seal) if value.content_hash()? != seal => bail!(
+            "{}: its content does not match its `content_sha256` seal: the file was edited or damaged after it was \
+             written; rerun the stage that wrote it",
+            path.display()
+        ),
+        Some(_) => {}
     }
     Ok(value)
 }

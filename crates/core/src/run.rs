@@ -42,7 +42,8 @@ impl RunLock {
         let path = run.join(LOCK_FILE);
         if rc != 0 {
             let holder = crate::fsread::read_text_capped(&path, "lock file", 4096).unwrap_or_default();
-            let holder = holder.lines().find_map(|l| l.strip_prefix("held by: ")).unwrap_or("holder unknown").to_string();
+            let holder =
+                holder.lines().find_map(|l| l.strip_prefix("held by: ")).unwrap_or("holder unknown").to_string();
             bail!(
                 "run folder {} is in use by another process ({holder}): wait until it finishes, or stop it, or use \
                  another --run-dir",

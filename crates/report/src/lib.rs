@@ -324,7 +324,11 @@ fn row(dir: &Path, stage: Stage, depth: usize, split: Split, problems: &mut Vec<
             None
         }
         Ok(Some(e)) if e.split != split => {
-            flag(format!("its evaluation is not shown: {} evaluates the {} split, not {split}", eval_path.display(), e.split));
+            flag(format!(
+                "its evaluation is not shown: {} evaluates the {} split, not {split}",
+                eval_path.display(),
+                e.split
+            ));
             None
         }
         Ok(Some(e)) if e.dataset_fingerprint != meta.dataset_fingerprint || e.depth != depth => {
@@ -383,7 +387,9 @@ pub fn write_report(run: &Path) -> Result<Summary> {
     let notes_path = run.join(NOTES_FILE);
     let notes = notes_path
         .exists()
-        .then(|| layerwise_core::fsread::read_text_capped(&notes_path, "notes file", layerwise_core::fsread::MAX_TEXT_BYTES))
+        .then(|| {
+            layerwise_core::fsread::read_text_capped(&notes_path, "notes file", layerwise_core::fsread::MAX_TEXT_BYTES)
+        })
         .transpose()?;
     write_three(run, &svg, &markdown::render(&summary, notes.as_deref()), &summary)?;
     Ok(summary)

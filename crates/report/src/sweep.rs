@@ -146,7 +146,8 @@ pub fn sweep_runs(dir: &Path) -> Result<Vec<PathBuf>> {
     }
     let list = dir.join(SWEEP_FILE);
     if list.exists() {
-        let text = layerwise_core::fsread::read_text_capped(&list, "sweep list", layerwise_core::fsread::MAX_JSON_BYTES)?;
+        let text =
+            layerwise_core::fsread::read_text_capped(&list, "sweep list", layerwise_core::fsread::MAX_JSON_BYTES)?;
         let l: SweepList = serde_json::from_str(&text)
             .with_context(|| format!("{} is not a layerwise sweep list (or is damaged)", list.display()))?;
         if l.schema != SWEEP_LIST_SCHEMA || l.version != 1 {

@@ -16,9 +16,9 @@
 
 use anyhow::{bail, Context, Result};
 use bincode::Options;
-use sha2::Digest;
 use layerwise_core::metrics::{EpochMetrics, PretrainEpoch};
 use serde::{Deserialize, Serialize};
+use sha2::Digest;
 use std::path::Path;
 
 /// File name inside the depth's output folder.
@@ -185,7 +185,8 @@ impl Expect {
     /// The most bytes a state of this network can take: its tensors (weights, two
     /// moments and a best copy each), the pretraining's, and the histories, with room.
     pub fn max_bytes(&self) -> u64 {
-        let sized = |t: &[(String, usize)]| t.iter().map(|(n, v)| 3 * (n.len() as u64 + 16) + 4 * *v as u64).sum::<u64>();
+        let sized =
+            |t: &[(String, usize)]| t.iter().map(|(n, v)| 3 * (n.len() as u64 + 16) + 4 * *v as u64).sum::<u64>();
         let pretrain = self.pretrain.as_ref().map_or(0, |p| 3 * sized(&p.tensors) + 64 * p.epochs as u64);
         4 * sized(&self.tensors) + pretrain + 128 * self.epochs as u64 + (1 << 20)
     }

@@ -7,7 +7,7 @@ use layerwise_core::config::{HeadMode, Regime, TrainConfig};
 use layerwise_core::metrics::TrainHistory;
 use layerwise_nn::device::DeviceKind;
 use layerwise_train::{train, Progress, TrainOptions, TrainOutcome};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 mod common;
 use common::Fixture;

@@ -1,0 +1,96 @@
+//! Resuming a depth: the state an interrupted run left, verified and validated against
+//! the network this run trains before any of it is used.
+
+use super::*;
+
+/// The environment variable that stops a training run right after it saved the state of
+/// that epoch, as an interrupted run would leave it: how the tests and `cargo xtask fuzz`
+/// get a real state without killing a process at a lucky moment.
+pub const STOP_AFTER_EPOCH_ENV: &str = "LAYERWISE_STOP_AFTER_EPOCH";
+
+pub(crate) fn stop_if_asked(epoch: usize, what: &str) -> Result<()> {
+    if std::env::var(STOP_AFTER_EPOCH_ENV).ok().and_then(|v| v.parse::<usize>().ok()) == Some(epoch) {
+        bail!("stopped after {what} {epoch}, its state saved, as {STOP_AFTER_EPOCH_ENV} asks");
+    }
+    Ok(())
+}
+
+impl Run<'_> {
+    /// The state an interrupted run of this same command left, if any, once it is
+    /// verified and validated against the network this run trains.
+    pub(crate) fn saved_state(&self) -> Option<state::TrainState> {
+        let path = self.opts.out.join(state::STATE_FILE);
+        let expect = self.expect();
+        match state::load(&path, &self.state_key, expect.max_bytes()) {
+            Ok(Some(st)) => match state::validate(&st, &expect) {
+                Ok(()) => Some(st),
+                Err(why) => {
+                    self.say(&format!("not resuming ({}: {why:#}); training from epoch 1", path.display()));
+                    None
+                }
+            },
+            Ok(None) => None,
+            Err(why) => {
+                self.say(&format!("not resuming ({why:#}); training from epoch 1"));
+                None
+            }
+        }
+    }
+
+    /// What a training state of this run must hold.
+    pub(crate) fn expect(&self) -> state::Expect {
+        let (cfg, plan) = (&self.opts.config, self.plan);
+        let n = self.ds.meta.split_sizes.train;
+        let batches = n.div_ceil(cfg.batch_size.min(n).max(1));
+        let first = plan.prefix.len();
+        let sized = |names: [String; 2], l: &Dense| {
+            vec![(names[0].clone(), l.inputs * l.outputs), (names[1].clone(), l.outputs)]
+        };
+        let shape = |l: &Dense| (l.outputs, l.inputs);
+        let head = sized(tensor_names("head"), &plan.head);
+        match cfg.objective {
+            Objective::Supervised => {
+                let mut tensors: Vec<_> = plan
+                    .trainable
+                    .iter()
+                    .enumerate()
+                    .flat_map(|(i, l)| sized(tensor_names(&hidden_name(first + i)), l))
+                    .collect();
+                if plan.head_trains {
+                    tensors.extend(head);
+                }
+                state::Expect {
+                    epochs: cfg.epochs,
+                    batches,
+                    layers: plan.trainable.iter().map(shape).collect(),
+                    head: shape(&plan.head),
+                    tensors,
+                    pretrain: None,
+                }
+            }
+            Objective::Autoencoder => {
+                let enc = &plan.trainable[0];
+                let tied = cfg.decoder == Decoder::Tied;
+                let [dw, db] = tensor_names(&decoder_name(first));
+                let mut tensors = sized(tensor_names(&hidden_name(first)), enc);
+                if !tied {
+                    tensors.push((dw, enc.inputs * enc.outputs));
+                }
+                tensors.push((db, enc.inputs));
+                state::Expect {
+                    epochs: cfg.probe_epochs(),
+                    batches,
+                    layers: Vec::new(),
+                    head: shape(&plan.head),
+                    tensors: head,
+                    pretrain: Some(state::ExpectPretrain {
+                        epochs: cfg.epochs,
+                        encoder: shape(enc),
+                        decoder: (if tied { 0 } else { enc.inputs * enc.outputs }, enc.inputs),
+                        tensors,
+                    }),
+                }
+            }
+        }
+    }
+}
