@@ -24,42 +24,86 @@ pub const LOCK_FILE: &str = ".layerwise.lock";
 /// An exclusive lock on a run folder, held until dropped (and released by the kernel when
 /// its process dies, however it dies). The lock is taken on the run folder itself, so
 /// deleting the lock file (which stays after a run and looks stale) does not let a second
-/// process in; the lock file only says who holds it, and says so in its text.
+/// process in; the lock file only says who holds it, and says so in its text. On a file
+/// system that cannot lock a folder (NFS emulates `flock` with POSIX locks, which need a
+/// file open for writing), the lock file itself is locked instead, and its text says not
+/// to delete it while a run is in progress.
 #[derive(Debug)]
 pub struct RunLock {
-    _dir: std::fs::File,
+    _held: std::fs::File,
+}
+
+/// `flock(LOCK_EX | LOCK_NB)` on `file`: `Ok(true)` when taken, `Ok(false)` when another
+/// process holds it, `Err` when the file system cannot lock it.
+fn try_flock(file: &std::fs::File) -> std::io::Result<bool> {
+    use std::os::unix::io::AsRawFd;
+    // SAFETY: flock on a file descriptor the caller owns; no memory is shared.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        return Ok(true);
+    }
+    let err = std::io::Error::last_os_error();
+    if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        Ok(false)
+    } else {
+        Err(err)
+    }
 }
 
 impl RunLock {
     /// Lock `run` (created if needed) for `what` (the command, for the message a second
     /// process gets), or fail saying who holds it.
     pub fn acquire(run: &Path, what: &str) -> Result<RunLock> {
-        use std::os::unix::io::AsRawFd;
+        use std::io::{Seek, Write};
         std::fs::create_dir_all(run).with_context(|| format!("cannot create run folder {}", run.display()))?;
-        let dir = std::fs::File::open(run).with_context(|| format!("cannot open run folder {}", run.display()))?;
-        // SAFETY: flock on a file descriptor this function owns; no memory is shared.
-        let rc = unsafe { libc::flock(dir.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
         let path = run.join(LOCK_FILE);
-        if rc != 0 {
+        let in_use = || {
             let holder = crate::fsread::read_text_capped(&path, "lock file", 4096).unwrap_or_default();
             let holder =
                 holder.lines().find_map(|l| l.strip_prefix("held by: ")).unwrap_or("holder unknown").to_string();
-            bail!(
+            anyhow::anyhow!(
                 "run folder {} is in use by another process ({holder}): wait until it finishes, or stop it, or use \
                  another --run-dir",
                 run.display(),
-            );
-        }
+            )
+        };
         let host = crate::metrics::host_name().unwrap_or_else(|| "this machine".into());
-        let text = format!(
-            "layerwise run lock: the process working on this run folder holds a lock on the folder itself (not on \
-             this file), released when it ends; this file only names the last holder and may be deleted.\n\
-             held by: pid {} on {host}: {what}\n",
-            std::process::id()
+        let holder = format!("held by: pid {} on {host}: {what}\n", std::process::id());
+        let dir = std::fs::File::open(run).with_context(|| format!("cannot open run folder {}", run.display()))?;
+        match try_flock(&dir) {
+            Ok(true) => {
+                let text = format!(
+                    "layerwise run lock: the process working on this run folder holds a lock on the folder itself \
+                     (not on this file), released when it ends; this file only names the last holder and may be \
+                     deleted.\n{holder}"
+                );
+                // Best effort: the lock does not depend on this file.
+                let _ = crate::atomic::write_bytes_atomic(&path, text.as_bytes());
+                return Ok(RunLock { _held: dir });
+            }
+            Ok(false) => return Err(in_use()),
+            Err(_) => {}
+        }
+        // No lock on folders here: lock the file (never replaced, only rewritten in place).
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .with_context(|| format!("cannot open the run's lock file {}", path.display()))?;
+        match try_flock(&file) {
+            Ok(true) => {}
+            Ok(false) => return Err(in_use()),
+            Err(e) => return Err(e).with_context(|| format!("cannot lock {}", path.display())),
+        }
+        let _ = file.set_len(0);
+        let _ = file.rewind();
+        let _ = write!(
+            file,
+            "layerwise run lock: the process working on this run folder holds a lock on this file (this file \
+             system cannot lock folders); do not delete it while a run is in progress.\n{holder}"
         );
-        // Best effort: the lock does not depend on this file.
-        let _ = crate::atomic::write_bytes_atomic(&path, text.as_bytes());
-        Ok(RunLock { _dir: dir })
+        Ok(RunLock { _held: file })
     }
 }
 
