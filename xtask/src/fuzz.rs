@@ -431,6 +431,9 @@ fn mutate(valid: &[u8], rng: &mut rand_chacha::ChaCha8Rng, nest: fn(usize) -> Ve
 pub struct Tally {
     /// Inputs read without error.
     pub accepted: usize,
+    /// Of those, mutated inputs whose bytes the mutation left unchanged (a round that drew
+    /// the rare nesting mutation and skipped it).
+    pub unchanged: usize,
     /// Inputs refused with an error.
     pub refused: usize,
     /// Inputs that made the reader panic.
@@ -451,8 +454,8 @@ pub fn run(a: &FuzzArgs) -> Result<()> {
     }
     let started = std::time::Instant::now();
     println!(
-        "| reader | cases | refused | accepted | accepted but different | panicked | seconds |\n\
-         | --- | ---: | ---: | ---: | ---: | ---: | ---: |"
+        "| reader | cases | refused | accepted | of which unchanged | accepted but different | panicked | seconds |\n\
+         | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
     );
     let mut total = Tally::default();
     for (r_index, reader) in all.iter().enumerate() {
@@ -461,6 +464,7 @@ pub fn run(a: &FuzzArgs) -> Result<()> {
         }
         // The valid input itself must be accepted, or the mutations test nothing.
         let mut tally = Tally::default();
+        let valid_bytes = (reader.encode)(reader.valid.clone());
         let t0 = std::time::Instant::now();
         let case_dir = work.path().join(format!("case-{}", reader.name));
         std::fs::create_dir_all(&case_dir)?;
@@ -481,7 +485,12 @@ pub fn run(a: &FuzzArgs) -> Result<()> {
             let outcome = catch_unwind(AssertUnwindSafe(|| (reader.read)(&path, &bytes)));
             BOUND_ON.store(false, Ordering::SeqCst);
             match outcome {
-                Ok(Ok(())) => tally.accepted += 1,
+                Ok(Ok(())) => {
+                    tally.accepted += 1;
+                    if case > 0 && bytes == valid_bytes {
+                        tally.unchanged += 1;
+                    }
+                }
                 Ok(Err(e)) if e.downcast_ref::<Different>().is_some() => {
                     tally.different += 1;
                     std::fs::create_dir_all(&a.failures)?;
@@ -501,11 +510,12 @@ pub fn run(a: &FuzzArgs) -> Result<()> {
             }
         }
         println!(
-            "| {} | {} | {} | {} | {} | {} | {:.1} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {:.1} |",
             reader.name,
             a.cases,
             tally.refused,
             tally.accepted.saturating_sub(1),
+            tally.unchanged,
             tally.different,
             tally.panicked,
             t0.elapsed().as_secs_f64()
