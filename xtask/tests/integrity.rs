@@ -62,6 +62,9 @@ fn the_report_flags_what_does_not_belong_together() {
     let (s, text) = problems(&v);
     assert!(text.contains("depth 2") && text.contains("evaluates another checkpoint"), "{text}");
     assert_eq!(s.depths[1].eval_accuracy, None);
+    // Depth 3 grew from the depth 2 that was replaced: it no longer belongs to this run.
+    assert!(text.contains("depth 3: not shown") && text.contains("made from another checkpoint"), "{text}");
+    assert_eq!(s.depths.iter().map(|r| r.depth).collect::<Vec<_>>(), [1, 2]);
 
     // An evaluation of the train split is not shown as test.
     let v = variant("train-split");
@@ -73,7 +76,8 @@ fn the_report_flags_what_does_not_belong_together() {
     assert!(text.contains("evaluates the train split, not test"), "{text}");
     assert_eq!(s.depths[2].eval_accuracy, None);
 
-    // Swapped depth folders: neither is shown, and neither can be the best depth.
+    // Swapped depth folders: neither is shown, nor depth 2 (its parent folder now holds
+    // another checkpoint), and none can be the best depth.
     let v = variant("swapped");
     std::fs::rename(v.join("depth-01"), v.join("tmp")).unwrap();
     std::fs::rename(v.join("depth-03"), v.join("depth-01")).unwrap();
@@ -81,8 +85,8 @@ fn the_report_flags_what_does_not_belong_together() {
     let (s, text) = problems(&v);
     assert!(text.contains("holds a depth-3 checkpoint, not depth 1"), "{text}");
     assert!(text.contains("holds a depth-1 checkpoint, not depth 3"), "{text}");
-    assert_eq!(s.depths.iter().map(|r| r.depth).collect::<Vec<_>>(), [2]);
-    assert_eq!(s.best_depth, Some(2));
+    assert!(text.contains("depth 2: not shown") && text.contains("made from another checkpoint"), "{text}");
+    assert!(s.depths.is_empty() && s.best_depth.is_none() && s.best.is_none());
 
     // An accuracy of 7.5 (sealed again, so only the range check can find it) is not
     // shown and does not choose the best depth; 1e308 in an evaluation neither.

@@ -163,6 +163,18 @@ impl Stage {
         }
     }
 
+    /// The model that `stage`'s model of `depth` is made from, in the same run folder: the
+    /// loop's depth before (a grown depth), the loop's same depth (fine-tuning), none (a
+    /// loop's depth 1, the baseline).
+    pub fn parent(self, depth: usize) -> Option<(Stage, usize)> {
+        match self {
+            Stage::Greedy | Stage::Autoencoder => (depth > 1).then(|| (self, depth - 1)),
+            Stage::Finetune => Some((Stage::Greedy, depth)),
+            Stage::AutoencoderFinetune => Some((Stage::Autoencoder, depth)),
+            Stage::Baseline => None,
+        }
+    }
+
     /// The folder prefix: `depth`, `finetune`, `baseline`.
     pub fn prefix(self) -> &'static str {
         match self {

@@ -245,7 +245,7 @@ pub fn collect(run: &Path) -> Result<Summary> {
                 continue;
             }
         }
-        let Some(r) = row(&dir, stage, depth, split, &mut s.problems) else { continue };
+        let Some(r) = row(run, stage, depth, split, &mut s.problems) else { continue };
         s.rows_mut(stage).push(r);
     }
     let depths = &s.depths;
@@ -276,7 +276,8 @@ pub fn collect(run: &Path) -> Result<Summary> {
 /// orchestrator does: the checkpoint's depth is the folder's, `train.json` and `eval.json`
 /// name the checkpoint's SHA-256, the evaluation is of the pipeline's split, and every
 /// accuracy is in [0, 1]; what fails is flagged, never shown.
-fn row(dir: &Path, stage: Stage, depth: usize, split: Split, problems: &mut Vec<String>) -> Option<DepthRow> {
+fn row(run: &Path, stage: Stage, depth: usize, split: Split, problems: &mut Vec<String>) -> Option<DepthRow> {
+    let dir = stage_dir(run, stage, depth);
     let (model, history) = (dir.join(MODEL_FILE), dir.join(HISTORY_FILE));
     if !model.exists() || !history.exists() {
         return None;
@@ -293,6 +294,16 @@ fn row(dir: &Path, stage: Stage, depth: usize, split: Split, problems: &mut Vec<
             );
         }
         let sha = sha256_file(&model)?;
+        if let Some((parent_stage, parent_depth)) = stage.parent(depth) {
+            let parent = stage_dir(run, parent_stage, parent_depth).join(MODEL_FILE);
+            if parent.exists() && meta.parent_sha256.as_deref() != Some(sha256_file(&parent)?.as_str()) {
+                anyhow::bail!(
+                    "{} was made from another checkpoint than {} now holds (was that one trained again?)",
+                    model.display(),
+                    parent.display()
+                );
+            }
+        }
         let h = TrainHistory::read(&history)?;
         if h.checkpoint_sha256 != sha || h.depth != depth {
             anyhow::bail!("{} belongs to another checkpoint than {}", history.display(), model.display());
