@@ -140,7 +140,7 @@ fn leftovers(dir: &Path) -> Vec<String> {
             let name = e.file_name().to_string_lossy().into_owned();
             if p.is_dir() {
                 stack.push(p);
-            } else if name.contains(".tmp") || name == layerwise_train::state::STATE_FILE {
+            } else if name.contains(".tmp") || name == layerwise_core::run::STATE_FILE {
                 found.push(p.display().to_string());
             }
         }

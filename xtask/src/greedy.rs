@@ -992,7 +992,7 @@ fn tidy(plan: &Plan, depths: &[DepthOutcome], stages: &[StageOutcome]) {
         .chain(stages.iter().map(|s| stage_dir(&plan.run_dir, s.stage, s.depth)));
     for dir in dirs {
         remove_dead_temps(&dir);
-        let _ = std::fs::remove_file(dir.join(layerwise_train::state::STATE_FILE));
+        let _ = std::fs::remove_file(dir.join(layerwise_core::run::STATE_FILE));
     }
     // A depth's frozen features serve only the depth after it: each loop keeps its deepest
     // depth's (for a run continued deeper), the others go (51 MB each for CIFAR-10 at width

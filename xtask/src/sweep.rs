@@ -6,7 +6,7 @@
 use crate::greedy::{GreedyArgs, Plan, RunInputs, Step};
 use crate::slurm::{JobSpec, Scheduler};
 use anyhow::{bail, Context, Result};
-use layerwise_report::sweep::{SweepList, SWEEP_FILE};
+use layerwise_core::run::{SweepList, SWEEP_FILE};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 

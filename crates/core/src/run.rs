@@ -107,6 +107,33 @@ impl RunLock {
     }
 }
 
+/// A depth folder's training state while the depth is being trained (the training stage's
+/// `state` module defines its format).
+pub const STATE_FILE: &str = ".train-state.bin";
+
+/// What `cargo xtask sweep` writes into a sweep folder: which runs belong to it.
+pub const SWEEP_FILE: &str = "sweep.json";
+/// `schema` of [`SWEEP_FILE`].
+pub const SWEEP_LIST_SCHEMA: &str = "layerwise-sweep";
+
+/// The list of a sweep's runs ([`SWEEP_FILE`]), folder names relative to the sweep folder.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SweepList {
+    /// [`SWEEP_LIST_SCHEMA`].
+    pub schema: String,
+    /// 1.
+    pub version: u32,
+    /// Run folders, relative to the sweep folder.
+    pub runs: Vec<String>,
+}
+
+impl SweepList {
+    /// A list of these runs.
+    pub fn new(runs: Vec<String>) -> Self {
+        Self { schema: SWEEP_LIST_SCHEMA.into(), version: 1, runs }
+    }
+}
+
 /// The pipeline copy a run keeps.
 pub const PIPELINE_FILE: &str = "pipeline.toml";
 /// Notes a person keeps in a run folder; the report ends with them.

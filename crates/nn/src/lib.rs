@@ -465,7 +465,7 @@ pub struct Adam<D: Backend> {
 impl<D: Backend> Adam<D> {
     /// A fresh optimizer (Keras creates one per `compile`, so one per depth).
     pub fn new(lr: f64, beta1: f64, beta2: f64, eps: f64) -> Self {
-        let host_path = std::any::TypeId::of::<D>() == std::any::TypeId::of::<dfdx::tensor::Cpu>();
+        let host_path = crate::trainer::is_cpu::<D>();
         Self {
             lr,
             betas: [beta1, beta2],

@@ -5,37 +5,14 @@
 use crate::{collect, DepthRow, Summary, TUTORIAL_TEST_ACCURACY};
 use anyhow::{bail, Context, Result};
 use layerwise_core::run::Stage;
-use layerwise_core::run::PIPELINE_FILE;
-use serde::{Deserialize, Serialize};
+use layerwise_core::run::{SweepList, PIPELINE_FILE, SWEEP_FILE, SWEEP_LIST_SCHEMA};
+use serde::Serialize;
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::path::{Path, PathBuf};
 
 /// `schema` of a sweep's `summary.json`.
 pub const SWEEP_SCHEMA: &str = "layerwise-sweep-summary";
-/// What `cargo xtask sweep` writes into a sweep folder: which runs belong to it.
-pub const SWEEP_FILE: &str = "sweep.json";
-/// `schema` of [`SWEEP_FILE`].
-pub const SWEEP_LIST_SCHEMA: &str = "layerwise-sweep";
-
-/// The list of a sweep's runs ([`SWEEP_FILE`]), folder names relative to the sweep folder.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SweepList {
-    /// [`SWEEP_LIST_SCHEMA`].
-    pub schema: String,
-    /// 1.
-    pub version: u32,
-    /// Run folders, relative to the sweep folder.
-    pub runs: Vec<String>,
-}
-
-impl SweepList {
-    /// A list of these runs.
-    pub fn new(runs: Vec<String>) -> Self {
-        Self { schema: SWEEP_LIST_SCHEMA.into(), version: 1, runs }
-    }
-}
-
 /// Mean, sample standard deviation (n − 1; 0 for one value), minimum and maximum.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Stat {

@@ -21,8 +21,8 @@ use serde::{Deserialize, Serialize};
 use sha2::Digest;
 use std::path::Path;
 
-/// File name inside the depth's output folder.
-pub const STATE_FILE: &str = ".train-state.bin";
+/// File name inside the depth's output folder (the run folder's layout, in core).
+pub use layerwise_core::run::STATE_FILE;
 /// What the file says it is.
 pub const STATE_FORMAT: &str = "layerwise-train-state";
 /// Its layout's version: 3 added the SHA-256 trailer.
