@@ -284,10 +284,11 @@ pub fn validate(st: &TrainState, ex: &Expect) -> Result<()> {
         }
         (None, None) => {}
     }
-    let pretraining = st.pretrained.as_ref().zip(ex.pretrain.as_ref()).is_some_and(|(p, x)| p.epoch < x.epochs);
-    if pretraining {
+    // Pretraining in progress, or just finished with the probe not begun: no supervised
+    // part yet (an unfinished pretraining with probe epochs was refused above).
+    if st.pretrained.is_some() && st.epoch == 0 {
         if !(st.layers.is_empty() && st.head.0.is_empty() && st.adam.is_empty() && st.epochs.is_empty()) {
-            bail!("it holds supervised training while pretraining is unfinished");
+            bail!("it holds supervised training before the probe began");
         }
         return Ok(());
     }

@@ -195,9 +195,15 @@ fn an_autoencoder_state_with_a_short_encoder_is_refused_without_a_panic() {
     let cfg = || TrainConfig { objective: Objective::Autoencoder, epochs: 2, probe_epochs: Some(2), ..config() };
     let clean = f.run(None, "clean", cfg()).unwrap();
     let state = f.interrupted(None, "stopped", cfg(), 2);
+    let good = bytes(&state);
     let mut st = decode(&state);
     let p = st.pretrained.as_mut().unwrap();
     assert_eq!(p.epoch, 2, "pretraining finished");
+    // Intact, that state (pretraining done, the probe not begun) is used, to the clean bytes.
+    let resumed = f.run(None, "stopped", cfg()).unwrap();
+    assert!(resumed.resumed, "the finished pretraining is kept");
+    assert!(bytes(&resumed.checkpoint) == bytes(&clean.checkpoint));
+    std::fs::write(&state, &good).unwrap();
     p.encoder.0.truncate(5);
     save(&state, &st);
     let out = f.run(None, "stopped", cfg()).unwrap();
