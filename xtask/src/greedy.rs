@@ -328,13 +328,13 @@ fn affects_completed(p: &Pipeline) -> impl PartialEq + std::fmt::Debug {
 /// leave those outputs stale, like a changed `[train]`. (Removing a section and adding it
 /// back with other values is a change too: the folders are still there.)
 fn changed_stage_sections(old: &Pipeline, new: &Pipeline, run_dir: &Path) -> Option<&'static str> {
-    let has_folders = |stages: &[Stage]| {
-        std::fs::read_dir(run_dir)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .any(|e| e.file_name().to_str().and_then(parse_stage_dir).is_some_and(|(s, _)| stages.contains(&s)))
-    };
+    let present: Vec<Stage> = std::fs::read_dir(run_dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(parse_stage_dir).map(|(s, _)| s))
+        .collect();
+    let has_folders = |stages: &[Stage]| present.iter().any(|s| stages.contains(s));
     if old.finetune != new.finetune && has_folders(&[Stage::Finetune, Stage::AutoencoderFinetune]) {
         Some("[finetune]")
     } else if old.baseline != new.baseline && has_folders(&[Stage::Baseline]) {
@@ -948,17 +948,11 @@ fn bring_up_to_date(
 /// The stages after the loops, in order, with their sections: `[finetune]` of the loop,
 /// `[finetune]` of the `[autoencoder]` loop, `[baseline]`.
 pub fn after_loop_stages(p: &Pipeline) -> Vec<(Stage, &layerwise_core::pipeline::StageConfig)> {
-    let mut out = Vec::new();
-    if let Some(f) = &p.finetune {
-        out.push((Stage::Finetune, f));
-        if p.autoencoder.is_some() {
-            out.push((Stage::AutoencoderFinetune, f));
-        }
-    }
-    if let Some(b) = &p.baseline {
-        out.push((Stage::Baseline, b));
-    }
-    out
+    [(Stage::Finetune, &p.finetune), (Stage::AutoencoderFinetune, &p.finetune), (Stage::Baseline, &p.baseline)]
+        .into_iter()
+        .filter(|&(stage, _)| p.has_stage(stage))
+        .filter_map(|(stage, section)| Some((stage, section.as_ref()?)))
+        .collect()
 }
 
 /// The depths `stage` covers after its loop (`depths`): none without its section; the best

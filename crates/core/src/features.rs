@@ -58,7 +58,8 @@ pub fn content_sha256(train: &[f32], val: &[f32]) -> String {
     hex::encode(h.finalize())
 }
 
-/// Write the features of `meta`'s depth (`train` and `val`, row-major) atomically.
+/// Write the features of `meta`'s depth (`train` and `val`, row-major) atomically. The
+/// file's `content_sha256` is computed here from the values, whatever `meta` holds.
 pub fn write_features(path: &Path, meta: &FeaturesMeta, train: &[f32], val: &[f32]) -> Result<()> {
     if train.len() != meta.train_rows * meta.width || val.len() != meta.val_rows * meta.width {
         bail!("internal: features do not match their metadata");

@@ -38,15 +38,19 @@ fn kind(m: &std::fs::Metadata) -> &'static str {
 /// read, a link to `/dev/zero` is refused as a device.
 pub fn open_regular(path: &Path, what: &str) -> Result<File> {
     use std::os::unix::fs::OpenOptionsExt;
+    let refuse = |m: &std::fs::Metadata| -> Result<()> {
+        if m.is_file() {
+            return Ok(());
+        }
+        bail!(
+            "{} is {}, not a {what} (a regular file): remove it or give the path of the file",
+            path.display(),
+            kind(m)
+        )
+    };
     // Checked before opening too, so a folder is named as one whatever open() says.
     if let Ok(m) = std::fs::metadata(path) {
-        if !m.is_file() {
-            bail!(
-                "{} is {}, not a {what} (a regular file): remove it or give the path of the file",
-                path.display(),
-                kind(&m)
-            );
-        }
+        refuse(&m)?;
     }
     let file = std::fs::OpenOptions::new()
         .read(true)
@@ -54,14 +58,7 @@ pub fn open_regular(path: &Path, what: &str) -> Result<File> {
         .open(path)
         .with_context(|| format!("cannot open {what} {}", path.display()))?;
     // Checked again on what was opened: the path may have been replaced in between.
-    let m = file.metadata().with_context(|| format!("cannot inspect {what} {}", path.display()))?;
-    if !m.is_file() {
-        bail!(
-            "{} is {}, not a {what} (a regular file): remove it or give the path of the file",
-            path.display(),
-            kind(&m)
-        );
-    }
+    refuse(&file.metadata().with_context(|| format!("cannot inspect {what} {}", path.display()))?)?;
     Ok(file)
 }
 

@@ -289,18 +289,27 @@ impl Pipeline {
         }
         // Every later section's settings, as its stage will derive them, before the first
         // depth trains: a bad [finetune] must not wait for the greedy loop to finish.
-        for (stage, present) in [
-            (Stage::Finetune, self.finetune.is_some()),
-            (Stage::Baseline, self.baseline.is_some()),
-            (Stage::Autoencoder, self.autoencoder.is_some()),
-        ] {
-            if present {
+        for stage in [Stage::Finetune, Stage::Baseline, Stage::Autoencoder] {
+            if self.has_stage(stage) {
                 let section = format!("in section [{}]", stage.section());
                 self.stage_config(stage).validate().map_err(|e| anyhow::anyhow!("{e}").context(section))?;
             }
         }
         self.slurm.validate()?;
         Ok(())
+    }
+
+    /// Whether this pipeline runs `stage`: the loop always; every other stage when its
+    /// sections are there (the autoencoder loop's fine-tuning needs `[autoencoder]` and
+    /// `[finetune]`).
+    pub fn has_stage(&self, stage: Stage) -> bool {
+        match stage {
+            Stage::Greedy => true,
+            Stage::Finetune => self.finetune.is_some(),
+            Stage::Baseline => self.baseline.is_some(),
+            Stage::Autoencoder => self.autoencoder.is_some(),
+            Stage::AutoencoderFinetune => self.autoencoder.is_some() && self.finetune.is_some(),
+        }
     }
 
     /// The training settings of `stage`'s runs: `[train]`'s; the autoencoder loop's with

@@ -223,17 +223,12 @@ pub fn collect(run: &Path) -> Result<Summary> {
         problems: Vec::new(),
     };
     let split = s.pipeline.as_ref().map_or(Split::Test, |p| p.greedy.evaluate);
+    // Each checkpoint is hashed once, though a depth's parent is checked by its child too.
+    let mut shas = std::collections::HashMap::new();
     for (stage, depth) in found {
         let dir = stage_dir(run, stage, depth);
         if let Some(p) = &s.pipeline {
-            let configured = match stage {
-                Stage::Greedy => true,
-                Stage::Finetune => p.finetune.is_some(),
-                Stage::Baseline => p.baseline.is_some(),
-                Stage::Autoencoder => p.autoencoder.is_some(),
-                Stage::AutoencoderFinetune => p.autoencoder.is_some() && p.finetune.is_some(),
-            };
-            if !configured {
+            if !p.has_stage(stage) {
                 if dir.join(MODEL_FILE).exists() {
                     s.problems.push(format!(
                         "{} is in the run folder, but the run's pipeline has no [{}] section (it was removed?): \
@@ -245,7 +240,7 @@ pub fn collect(run: &Path) -> Result<Summary> {
                 continue;
             }
         }
-        let Some(r) = row(run, stage, depth, split, &mut s.problems) else { continue };
+        let Some(r) = row(run, stage, depth, split, &mut shas, &mut s.problems) else { continue };
         s.rows_mut(stage).push(r);
     }
     let depths = &s.depths;
@@ -276,7 +271,14 @@ pub fn collect(run: &Path) -> Result<Summary> {
 /// orchestrator does: the checkpoint's depth is the folder's, `train.json` and `eval.json`
 /// name the checkpoint's SHA-256, the evaluation is of the pipeline's split, and every
 /// accuracy is in [0, 1]; what fails is flagged, never shown.
-fn row(run: &Path, stage: Stage, depth: usize, split: Split, problems: &mut Vec<String>) -> Option<DepthRow> {
+fn row(
+    run: &Path,
+    stage: Stage,
+    depth: usize,
+    split: Split,
+    shas: &mut std::collections::HashMap<std::path::PathBuf, String>,
+    problems: &mut Vec<String>,
+) -> Option<DepthRow> {
     let dir = stage_dir(run, stage, depth);
     let (model, history) = (dir.join(MODEL_FILE), dir.join(HISTORY_FILE));
     if !model.exists() || !history.exists() {
@@ -293,10 +295,18 @@ fn row(run: &Path, stage: Stage, depth: usize, split: Split, problems: &mut Vec<
                 meta.depth
             );
         }
-        let sha = sha256_file(&model)?;
+        let mut sha_of = |path: &Path| -> Result<String> {
+            if let Some(sha) = shas.get(path) {
+                return Ok(sha.clone());
+            }
+            let sha = sha256_file(path)?;
+            shas.insert(path.to_path_buf(), sha.clone());
+            Ok(sha)
+        };
+        let sha = sha_of(&model)?;
         if let Some((parent_stage, parent_depth)) = stage.parent(depth) {
             let parent = stage_dir(run, parent_stage, parent_depth).join(MODEL_FILE);
-            if parent.exists() && meta.parent_sha256.as_deref() != Some(sha256_file(&parent)?.as_str()) {
+            if parent.exists() && meta.parent_sha256.as_deref() != Some(sha_of(&parent)?.as_str()) {
                 anyhow::bail!(
                     "{} was made from another checkpoint than {} now holds (was that one trained again?)",
                     model.display(),

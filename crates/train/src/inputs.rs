@@ -38,7 +38,7 @@ impl Run<'_> {
             return None;
         }
         let path = from.parent().unwrap_or(Path::new(".")).join(FEATURES_FILE);
-        if !path.exists() && layerwise_core::fsread::not_regular(&path).is_none() {
+        if !path.exists() {
             return None;
         }
         let sizes = &self.ds.meta.split_sizes;

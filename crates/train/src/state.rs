@@ -114,7 +114,7 @@ pub fn save(path: &Path, state: &TrainState) -> Result<()> {
 /// further than `max_bytes` (what a state of this network can hold, [`Expect::max_bytes`]);
 /// `Err` says why a state that is there is not used.
 pub fn load(path: &Path, key: &str, max_bytes: u64) -> Result<Option<TrainState>> {
-    if !path.exists() && layerwise_core::fsread::not_regular(path).is_none() {
+    if !path.exists() {
         return Ok(None);
     }
     let bytes = layerwise_core::fsread::read_capped(path, "training state", max_bytes)?;
