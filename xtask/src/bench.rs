@@ -9,7 +9,6 @@
 //! GFLOP/s.
 
 use anyhow::{Context, Result};
-use dfdx::prelude::*;
 use layerwise_core::checkpoint::{save_checkpoint, CheckpointMeta, Mlp, CHECKPOINT_VERSION};
 use layerwise_core::config::{Augment, HeadMode, TrainConfig};
 use layerwise_core::dataset::DatasetMeta;
@@ -17,7 +16,6 @@ use layerwise_nn::device::DeviceKind;
 use layerwise_nn::glorot_dense;
 use layerwise_train::{train, Progress, TrainOptions};
 use std::path::Path;
-use std::time::Instant;
 
 /// `cargo xtask bench` arguments.
 #[derive(Debug, Clone, clap::Args)]
@@ -45,46 +43,6 @@ const VAL: usize = 1000;
 const DIM: usize = 3072;
 const WIDTH: usize = 256;
 const CLASSES: usize = 10;
-
-/// GFLOP/s of `(m×k)·(k×n)` f32 products on the CPU through the fastest kernel here
-/// (gemm 0.19, the one the CPU training path calls), the best of `seconds` of products.
-pub fn matmul_gflops(m: usize, k: usize, n: usize, seconds: f64) -> f64 {
-    use layerwise_nn::host::{matmul, View};
-    let a: Vec<f32> = (0..m * k).map(|i| ((i * 7 % 13) as f32 - 6.0) / 13.0).collect();
-    let b: Vec<f32> = (0..k * n).map(|i| ((i * 11 % 17) as f32 - 8.0) / 17.0).collect();
-    let mut c = vec![0f32; m * n];
-    let flops = 2.0 * (m * k * n) as f64;
-    matmul(&mut c, View::rows(&a, m, k), View::rows(&b, k, n), false);
-    let start = Instant::now();
-    let mut best = f64::INFINITY;
-    while start.elapsed().as_secs_f64() < seconds {
-        let t = Instant::now();
-        for _ in 0..10 {
-            matmul(&mut c, View::rows(&a, m, k), View::rows(&b, k, n), false);
-        }
-        best = best.min(t.elapsed().as_secs_f64() / 10.0);
-        std::hint::black_box(&c);
-    }
-    flops / best / 1e9
-}
-
-/// GFLOP/s of the same product through dfdx 0.13's own CPU matmul (gemm 0.15), for
-/// comparison.
-pub fn dfdx_matmul_gflops(seconds: f64) -> f64 {
-    let dev = layerwise_nn::device::cpu(0);
-    let a: Tensor<(usize, usize), f32, _> = dev.sample_normal_like(&(250, DIM));
-    let b: Tensor<(usize, usize), f32, _> = dev.sample_normal_like(&(DIM, WIDTH));
-    let flops = 2.0 * 250.0 * DIM as f64 * WIDTH as f64;
-    let _ = a.clone().matmul(b.clone());
-    let start = Instant::now();
-    let mut n = 0u64;
-    while start.elapsed().as_secs_f64() < seconds {
-        let c = a.clone().matmul(b.clone());
-        std::hint::black_box(c.as_vec().len());
-        n += 1;
-    }
-    n as f64 * flops / start.elapsed().as_secs_f64() / 1e9
-}
 
 /// A random checkpoint of `depth` hidden layers fitting the dataset.
 fn random_checkpoint(path: &Path, depth: usize, data: &DatasetMeta) -> Result<()> {
@@ -182,43 +140,7 @@ fn time_depth(
     })
 }
 
-/// The reference rates, measured before and after the timed work: the dominant product
-/// of depth 1, that of depths ≥ 2, and dfdx's own matmul for comparison.
-pub(crate) struct References {
-    pub(crate) big: f64,
-    pub(crate) small: f64,
-    pub(crate) dfdx: f64,
-}
-
-pub(crate) fn references() -> References {
-    References {
-        big: matmul_gflops(250, DIM, WIDTH, 1.0),
-        small: matmul_gflops(250, WIDTH, WIDTH, 1.0),
-        dfdx: dfdx_matmul_gflops(1.0),
-    }
-}
-
-fn mean_references(a: &References, b: &References) -> References {
-    References { big: (a.big + b.big) / 2.0, small: (a.small + b.small) / 2.0, dfdx: (a.dfdx + b.dfdx) / 2.0 }
-}
-
-pub(crate) fn print_references(before: &References, after: &References) -> References {
-    let r = mean_references(before, after);
-    println!(
-        "reference (250x3072)·(3072x256), gemm 0.19 (the CPU training kernel): {:.1} GFLOP/s (before {:.1}, after {:.1})",
-        r.big, before.big, after.big
-    );
-    println!(
-        "reference (250x256)·(256x256), gemm 0.19: {:.1} GFLOP/s (before {:.1}, after {:.1})",
-        r.small, before.small, after.small
-    );
-    println!(
-        "for comparison, (250x3072)·(3072x256) through dfdx 0.13 (gemm 0.15): {:.1} GFLOP/s ({:.2}× slower)",
-        r.dfdx,
-        r.big / r.dfdx
-    );
-    r
-}
+use crate::bench_reference::{print_references, references};
 
 /// Run the benchmark and print its table.
 pub fn run(a: &BenchArgs) -> Result<()> {

@@ -9,8 +9,8 @@
 //! frozen features as one layer applied to the previous depth's features; every
 //! evaluation's forward pass. Autoencoder pretraining counts encoder and decoder.
 
-use crate::bench::{print_references, references};
-use crate::greedy::{GreedyArgs, RunInputs};
+use crate::args::{GreedyArgs, RunInputs};
+use crate::bench_reference::{print_references, references};
 use anyhow::{Context, Result};
 use layerwise_core::checkpoint::read_checkpoint_meta;
 use layerwise_core::config::Objective;

@@ -1,23 +1,29 @@
-//! The orchestrator's library: [`greedy`] plans and runs the loop from the stages' own
-//! command lines; [`slurm`] hands the same plan to a cluster scheduler; [`sweep`] runs a
-//! greedy run per (pipeline, seed) and aggregates them; [`bench`] measures speed. The
-//! binary in `main.rs` only parses.
+//! The orchestrator's library. A run is a [`plan::Plan`] of stage [`plan::Step`]s;
+//! [`schedule`] builds its job graph once and walks it, deciding [`gate`]s and asking the
+//! completeness [`judge`] what is done; three executors take the schedule: [`local`] runs
+//! it here, [`print`] prints it, [`slurm`] writes it as batch jobs. [`greedy`] picks the
+//! executor; [`sweep`] runs a greedy run per (pipeline, seed) and aggregates them;
+//! [`bench`] measures speed; [`fuzz`] and [`chaos`] attack the readers and the resume.
+//! The binary in `main.rs` only parses.
 #![deny(missing_docs)]
 
+pub mod args;
 pub mod bench;
 pub mod bench_pipeline;
+pub mod bench_reference;
 pub mod chaos;
 pub mod fuzz;
+pub mod gate;
 pub mod greedy;
+pub mod judge;
+pub mod local;
+pub mod plan;
+pub mod print;
+pub mod schedule;
 pub mod slurm;
 pub mod sweep;
 
 use std::path::PathBuf;
-
-/// The stage programs. The xtask binary is each of them too when called by that name (a
-/// link named `layerwise-train` to it runs the training stage): scheduler jobs run the
-/// stages through it.
-pub const STAGES: [&str; 4] = ["layerwise-prepare", "layerwise-train", "layerwise-evaluate", "layerwise-report"];
 
 /// The repository root (xtask lives one folder below it).
 pub fn repo_root() -> PathBuf {

@@ -60,7 +60,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run the greedy layer-wise loop (prepare, then train + evaluate per depth, then report).
-    Greedy(xtask::greedy::GreedyArgs),
+    Greedy(xtask::args::GreedyArgs),
     /// Run the greedy loop once per (pipeline, seed) and report over the runs.
     Sweep(xtask::sweep::SweepArgs),
     /// Measure training speed on this machine (synthetic data of CIFAR-10's shape).
@@ -104,9 +104,9 @@ fn main() -> ExitCode {
     layerwise_core::atomic::install_signal_cleanup();
     let argv0 = std::env::args_os().next().unwrap_or_default();
     let name = std::path::Path::new(&argv0).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    if let Some(&stage) = xtask::STAGES.iter().find(|s| **s == name) {
-        let step = xtask::greedy::Step { program: stage, args: std::env::args().skip(1).collect() };
-        return layerwise_core::exit_code(stage, step.run_bare());
+    if let Some(program) = xtask::plan::Program::from_name(&name) {
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        return layerwise_core::exit_code(program.name(), program.run(&args));
     }
     let result = match Cli::parse().cmd {
         Cmd::Greedy(a) => xtask::greedy::run(&a).map(|_| ()),
@@ -114,7 +114,7 @@ fn main() -> ExitCode {
         Cmd::Bench(a) => xtask::bench::run(&a),
         Cmd::Fuzz(a) => xtask::fuzz::run(&a),
         Cmd::Chaos(a) => xtask::chaos::run(&a).map(|_| ()),
-        Cmd::Gate(a) => match xtask::slurm::gate(
+        Cmd::Gate(a) => match xtask::gate::gate(
             &a.run_dir,
             a.first,
             a.depth,
@@ -130,7 +130,7 @@ fn main() -> ExitCode {
             }
             Ok(Some(reason)) => {
                 eprintln!("gate: {reason}");
-                return ExitCode::from(xtask::slurm::GATE_STOPPED);
+                return ExitCode::from(xtask::gate::GATE_STOPPED);
             }
             Err(e) => Err(e),
         },

@@ -1,8 +1,9 @@
 //! `--scheduler slurm`: the plan's steps as Slurm batch jobs.
 //!
-//! A layer over the same [`Plan`]/[`Step`] the local loop runs: [`crate::greedy::remaining_jobs`]
-//! turns what is left of a plan into [`JobSpec`]s (a step, the jobs it waits for, a gate),
-//! and this module writes them as scripts and submits them.
+//! The Slurm executor of a run's [`Schedule`]: the schedule's walk hands it what is left of
+//! the plan ([`remaining_jobs`]: no job for what is complete on disk, or for what a gate
+//! whose files are there has ruled out), each as a [`JobSpec`] (a step, the jobs it waits
+//! for, its gate), and this module writes them as scripts and submits them.
 //!
 //! ```text
 //! RUN/slurm/NN-LABEL.sh     one batch script per job: #SBATCH lines, then exactly the
@@ -16,97 +17,20 @@
 //! ```
 //!
 //! Patience on a cluster: a train or evaluate job first asks `xtask gate` whether the loop
-//! has stopped before its depth (from the `train.json` files on disk, with the same rule
-//! as the local loop); if so it ends at once, successfully, saying why in its log.
+//! has stopped before its depth ([`crate::gate`]: from the `train.json` files on disk, the
+//! rule the local loop applies); if so it ends at once, successfully, saying why in its log.
 
-use crate::greedy::{shell_quote, GreedyArgs, Plan, Step};
+use crate::args::GreedyArgs;
+use crate::gate::{Gate, GATE_STOPPED};
+use crate::plan::{shell_quote, Plan, Program, Step};
+use crate::schedule::{Executor, Handed, Schedule};
 use anyhow::{bail, Context, Result};
 use layerwise_core::pipeline::SlurmConfig;
+use layerwise_nn::device::DeviceKind;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
-
-/// Cluster schedulers a plan can be handed to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Scheduler {
-    /// Slurm: one `sbatch` job per step, chained with `--dependency=afterok`.
-    Slurm,
-}
-
-/// Slurm options of `cargo xtask greedy` and `cargo xtask sweep`; each overrides the same
-/// key of the pipeline's `[slurm]` section.
-#[derive(Debug, Clone, Default, clap::Args)]
-pub struct SlurmArgs {
-    /// Submit the jobs with sbatch and print their ids (default: only write the scripts).
-    #[arg(long)]
-    pub submit: bool,
-    /// With --submit: wait until every job has ended; exit non-zero if one failed, naming it
-    /// and its log.
-    #[arg(long)]
-    pub wait: bool,
-    /// sbatch --partition of every job.
-    #[arg(long)]
-    pub partition: Option<String>,
-    /// Partition of the GPU jobs (train and evaluate with --device cuda).
-    #[arg(long)]
-    pub gpu_partition: Option<String>,
-    /// --cpus-per-task of the prepare, train and evaluate jobs (default 2).
-    #[arg(long)]
-    pub cpus_per_task: Option<usize>,
-    /// sbatch --time of every job.
-    #[arg(long)]
-    pub time: Option<String>,
-    /// sbatch --mem of every job.
-    #[arg(long)]
-    pub mem: Option<String>,
-    /// A further sbatch option for every job, e.g. --sbatch-arg=--account=lab (repeatable).
-    #[arg(long = "sbatch-arg", allow_hyphen_values = true)]
-    pub sbatch_args: Vec<String>,
-}
-
-impl SlurmArgs {
-    /// The pipeline's `[slurm]` section with these flags over it, checked.
-    pub fn config(&self, pipeline: &SlurmConfig) -> Result<SlurmConfig> {
-        let flags = SlurmConfig {
-            partition: self.partition.clone(),
-            gpu_partition: self.gpu_partition.clone(),
-            cpus_per_task: self.cpus_per_task,
-            time: self.time.clone(),
-            mem: self.mem.clone(),
-            sbatch_args: self.sbatch_args.clone(),
-        };
-        let c = pipeline.overridden_by(&flags);
-        c.validate().context("invalid Slurm option (flag or [slurm] section)")?;
-        Ok(c)
-    }
-
-    /// Refuse what these options cannot mean with `scheduler`: `--submit`/`--wait`
-    /// without a scheduler (say so rather than run locally), `--wait` without `--submit`.
-    pub fn check(&self, scheduler: Option<Scheduler>) -> Result<()> {
-        if scheduler.is_none() && (self.submit || self.wait) {
-            bail!("--submit and --wait hand the plan to a cluster scheduler: add --scheduler slurm");
-        }
-        if self.wait && !self.submit {
-            bail!("--wait waits for submitted jobs: add --submit");
-        }
-        Ok(())
-    }
-}
-
-/// Where a job asks whether the greedy loop has stopped before its depth.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Gate {
-    /// The run's first depth (1, or the depth after `--from`'s checkpoint).
-    pub first: usize,
-    /// The job's depth.
-    pub depth: usize,
-    /// For a job after the loop (fine-tuning, baseline): which greedy depths it covers;
-    /// the job runs only if the loop trained its depth (and, for `best`, found it best).
-    pub after_loop: Option<layerwise_core::pipeline::Depths>,
-    /// The loop whose depths decide `best`: the `[train]` loop, or the `[autoencoder]` one.
-    pub best_of: layerwise_core::run::Stage,
-}
 
 /// One job: a step of a plan, what it waits for, and its gate.
 #[derive(Debug, Clone, PartialEq)]
@@ -126,9 +50,6 @@ pub struct JobSpec {
     /// Keys of the jobs that must have succeeded first (`afterok`).
     pub after: Vec<String>,
 }
-
-/// Exit status of `xtask gate` when the loop has stopped before the depth asked about.
-pub const GATE_STOPPED: u8 = 3;
 
 /// The folder of the scheduler files of a run (or sweep) folder.
 pub fn slurm_dir(run_dir: &Path) -> PathBuf {
@@ -162,8 +83,8 @@ fn install_bin(home: &Path, exe: &Path) -> Result<PathBuf> {
     std::fs::rename(&tmp, &target).with_context(|| format!("cannot write {}", target.display()))?;
     // Renaming a link onto another link of the same file does nothing: drop the temp name.
     let _ = std::fs::remove_file(&tmp);
-    for stage in crate::STAGES {
-        let link = bin.join(stage);
+    for program in Program::ALL {
+        let link = bin.join(program.name());
         let _ = std::fs::remove_file(&link);
         std::os::unix::fs::symlink("xtask", &link).with_context(|| format!("cannot create {}", link.display()))?;
     }
@@ -186,7 +107,7 @@ fn job_script(job: &JobSpec, cfg: &SlurmConfig, cwd: &Path, bin: &Path, logs: &P
     opt(format!("--output={}", logs.join(format!("{}-%j.log", job.label)).display()));
     opt(format!("--chdir={}", cwd.display()));
     opt("--kill-on-invalid-dep=yes".into());
-    let cpus = if job.step.program == "layerwise-report" { 1 } else { cfg.cpus_per_task.unwrap_or(2) };
+    let cpus = if job.step.program == Program::Report { 1 } else { cfg.cpus_per_task.unwrap_or(2) };
     opt(format!("--cpus-per-task={cpus}"));
     opt("--ntasks=1".into());
     let partition =
@@ -221,21 +142,14 @@ fn job_script(job: &JobSpec, cfg: &SlurmConfig, cwd: &Path, bin: &Path, logs: &P
         job.label,
     ));
     if let Some(g) = job.gate {
+        let args: Vec<String> = g.args(&job.run_dir).iter().map(|a| shell_quote(a)).collect();
         s.push_str(&format!(
             "# Patience: end at once, successfully, when the loop stopped before this depth\n\
              # (or, after the loop, when this depth is not one this stage covers).\n\
              status=0\n\
-             xtask gate --run-dir {} --first {} --depth {}{}{} || status=$?\n\
+             xtask gate {} || status=$?\n\
              if [ \"$status\" -eq {GATE_STOPPED} ]; then exit 0; elif [ \"$status\" -ne 0 ]; then exit \"$status\"; fi\n",
-            q(&job.run_dir),
-            g.first,
-            g.depth,
-            g.after_loop.map_or(String::new(), |d| format!(" --after-loop {}", d.name())),
-            if g.best_of == layerwise_core::run::Stage::Greedy {
-                String::new()
-            } else {
-                format!(" --best-of {}", g.best_of.name())
-            }
+            args.join(" ")
         ));
     }
     s.push_str(&job.step.command_line());
@@ -524,8 +438,8 @@ pub fn wait(jobs: &[Submitted], run_dirs: &HashMap<String, PathBuf>, poll: Durat
 /// wait for) the jobs of what remains of the plan.
 pub fn greedy(plan: &Plan, a: &GreedyArgs) -> Result<()> {
     let cfg = a.inputs.slurm.config(&plan.pipeline.slurm)?;
-    let _lock = crate::greedy::open_run(plan, a)?;
-    let jobs = crate::greedy::remaining_jobs(plan, a)?;
+    let _lock = crate::judge::open_run(plan, a)?;
+    let jobs = remaining_jobs(plan, a)?;
     let exe = std::env::current_exe().context("cannot locate the xtask binary the jobs are to run")?;
     let written = write_jobs(&jobs, &plan.run_dir, &cfg, &exe)?;
     announce(
@@ -547,7 +461,7 @@ pub fn announce(
     do_wait: bool,
     home: &Path,
 ) -> Result<()> {
-    let trains = jobs.iter().filter(|j| j.step.program == "layerwise-train").count();
+    let trains = jobs.iter().filter(|j| j.step.program == Program::Train).count();
     eprintln!(
         "wrote {} Slurm job scripts ({} to train) under {}",
         written.scripts.len(),
@@ -579,77 +493,50 @@ pub fn announce(
     Ok(())
 }
 
-/// `xtask gate`: whether the greedy loop of RUN goes on to `depth`, from the `train.json`
-/// of each depth before it and the run's recorded pipeline (patience, max depth). With
-/// `after_loop` (a fine-tuning or baseline job, run once the loop's jobs are done): whether
-/// the loop trained `depth` and, for `best`, found it the best by validation accuracy.
-/// `None`: go on; `Some(reason)`: the job has nothing to do.
-/// The kept validation accuracy of each depth of `stage`'s loop that has a history.
-fn accs_of_loop(run_dir: &Path, stage: layerwise_core::run::Stage, max_depth: usize) -> Result<Vec<(usize, f64)>> {
-    use layerwise_core::metrics::TrainHistory;
-    let mut accs = Vec::new();
-    for d in 1..=max_depth {
-        let path = layerwise_core::run::stage_dir(run_dir, stage, d).join(layerwise_core::run::HISTORY_FILE);
-        if path.exists() {
-            let h = TrainHistory::read(&path)?;
-            accs.push((d, h.kept().with_context(|| format!("{} has no epochs", path.display()))?.val_accuracy));
-        }
-    }
-    Ok(accs)
+/// What remains of the plan, as jobs: the schedule's walk, with every job it hands over
+/// written down instead of run. No prepare job when the dataset is prepared; complete
+/// models get no job, a model whose evaluation alone is wrong gets an evaluate job; from
+/// the first model to train on, every job of its chain is a job, after the jobs it needs,
+/// so evaluating depth d never holds up training depth d+1; the report comes last. A gate
+/// whose files are all there is decided now (no train job past the depth where the
+/// complete depths stop the loop); the others are written into the jobs' scripts.
+pub fn remaining_jobs(plan: &Plan, a: &GreedyArgs) -> Result<Vec<JobSpec>> {
+    let schedule = Schedule::build(plan, a.inputs.source.as_deref(), a.from.as_deref())?;
+    let mut ex = Collect { plan, jobs: Vec::new(), keys: Vec::new() };
+    schedule.walk(plan, a.inputs.source.as_deref(), &mut ex)?;
+    Ok(ex.jobs)
 }
 
-/// `best_of`: the loop whose depths decide `best` (the `[autoencoder]` loop's fine-tuning
-/// asks about that loop's best depth).
-pub fn gate(
-    run_dir: &Path,
-    first: usize,
-    depth: usize,
-    after_loop: Option<layerwise_core::pipeline::Depths>,
-    best_of: layerwise_core::run::Stage,
-) -> Result<Option<String>> {
-    use layerwise_core::metrics::{best_by_validation, patience_stop, TrainHistory};
-    use layerwise_core::run::{depth_dir, HISTORY_FILE, PIPELINE_FILE};
-    let pipeline = layerwise_core::pipeline::Pipeline::load(&run_dir.join(PIPELINE_FILE))?;
-    let g = &pipeline.greedy;
-    if depth > g.max_depth {
-        return Ok(Some(format!("depth {depth} is beyond the pipeline's max_depth {}", g.max_depth)));
-    }
-    let last = if after_loop.is_some() { g.max_depth } else { depth - 1 };
-    let mut accs = Vec::new();
-    for d in first..=last {
-        let path = depth_dir(run_dir, d).join(HISTORY_FILE);
-        let h = TrainHistory::read(&path).with_context(|| {
-            format!("depth {depth} needs depth {d}'s history to apply patience, and cannot read it (did depth {d}'s training job complete?)")
-        })?;
-        let acc = h.last().with_context(|| format!("{} has no epochs", path.display()))?.val_accuracy;
-        accs.push((d, acc));
-        if let Some(best) = patience_stop(&accs, g.patience, g.max_depth) {
-            if after_loop.is_none() || d < depth {
-                let subject = match after_loop {
-                    Some(_) => format!("this stage's model of depth {depth} is"),
-                    None => format!("depth {depth} is"),
-                };
-                return Ok(Some(format!(
-                    "the greedy loop stopped after depth {d}: validation accuracy has not improved for {} depths \
-                     (best: depth {best}), so {subject} not trained or evaluated",
-                    g.patience
-                )));
+/// Collects the jobs a walk hands over.
+struct Collect<'a> {
+    plan: &'a Plan,
+    jobs: Vec<JobSpec>,
+    /// (schedule index, key) of each collected job.
+    keys: Vec<(usize, String)>,
+}
+
+impl Executor for Collect<'_> {
+    fn dispatch(&mut self, h: Handed<'_>) -> Result<bool> {
+        let label = h.job.task.label();
+        let key = label.replace('-', "_");
+        let mut after = Vec::new();
+        for i in &h.after {
+            match self.keys.iter().find(|(j, _)| j == i) {
+                Some((_, k)) => after.push(k.clone()),
+                None => bail!("internal: job {label} waits for a job that was not handed on"),
             }
-            break;
         }
+        let program = h.job.step.program;
+        self.jobs.push(JobSpec {
+            key: key.clone(),
+            label,
+            run_dir: self.plan.run_dir.clone(),
+            gpu: self.plan.device != DeviceKind::Cpu && matches!(program, Program::Train | Program::Evaluate),
+            step: h.job.step.clone(),
+            gate: h.gate,
+            after,
+        });
+        self.keys.push((h.index, key));
+        Ok(false)
     }
-    if after_loop == Some(layerwise_core::pipeline::Depths::Best) {
-        if best_of != layerwise_core::run::Stage::Greedy {
-            // That loop's depths, as far as the loop reached (its jobs are done by now).
-            accs = accs_of_loop(run_dir, best_of, g.max_depth)?;
-        }
-        let best = best_by_validation(accs.iter().copied()).map(|b| b.0);
-        if best != Some(depth) {
-            return Ok(Some(format!(
-                "depth {depth} is not the best greedy depth by validation accuracy (depth {} is)",
-                best.map_or("–".into(), |b| b.to_string())
-            )));
-        }
-    }
-    Ok(None)
 }

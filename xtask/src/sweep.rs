@@ -3,8 +3,9 @@
 //! go one after another; with `--scheduler slurm` each run is an independent chain of
 //! jobs (they share one prepare job per dataset) and a last job writes the sweep report.
 
-use crate::greedy::{GreedyArgs, Plan, RunInputs, Step};
-use crate::slurm::{JobSpec, Scheduler};
+use crate::args::{GreedyArgs, RunInputs, Scheduler};
+use crate::plan::{Plan, Program, Step};
+use crate::slurm::JobSpec;
 use anyhow::{bail, Context, Result};
 use layerwise_core::run::{SweepList, SWEEP_FILE};
 use std::collections::HashMap;
@@ -111,7 +112,7 @@ fn record(sweep_dir: &Path, runs: &[SweepRun]) -> Result<()> {
 }
 
 fn report_step(sweep_dir: &Path) -> Step {
-    Step { program: "layerwise-report", args: vec!["--sweep".into(), sweep_dir.to_string_lossy().into_owned()] }
+    Step { program: Program::Report, args: vec!["--sweep".into(), sweep_dir.to_string_lossy().into_owned()] }
 }
 
 /// Run the sweep (locally, or as Slurm chains).
@@ -142,12 +143,12 @@ fn slurm(a: &SweepArgs, sweep_dir: &Path, runs: &[SweepRun]) -> Result<()> {
     let mut reports = Vec::new();
     let mut locks = Vec::new();
     for (i, r) in runs.iter().enumerate() {
-        locks.push(crate::greedy::open_run(&r.plan, &r.args)?);
+        locks.push(crate::judge::open_run(&r.plan, &r.args)?);
         let prefix = format!("r{i}_");
         let mut renamed: HashMap<String, String> = HashMap::new();
-        for mut job in crate::greedy::remaining_jobs(&r.plan, &r.args)? {
+        for mut job in crate::slurm::remaining_jobs(&r.plan, &r.args)? {
             let key = format!("{prefix}{}", job.key);
-            if job.step.program == "layerwise-prepare" {
+            if job.step.program == Program::Prepare {
                 if let Some(shared) = prepare_of.get(&r.plan.data) {
                     renamed.insert(job.key.clone(), shared.clone());
                     continue;
@@ -157,7 +158,7 @@ fn slurm(a: &SweepArgs, sweep_dir: &Path, runs: &[SweepRun]) -> Result<()> {
             renamed.insert(job.key.clone(), key.clone());
             job.after =
                 job.after.iter().map(|k| renamed.get(k).cloned().unwrap_or_else(|| format!("{prefix}{k}"))).collect();
-            if job.step.program == "layerwise-report" {
+            if job.step.program == Program::Report {
                 reports.push(key.clone());
             }
             job.key = key;

@@ -5,7 +5,9 @@
 use layerwise_core::metrics::{Evaluation, TrainHistory};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
-use xtask::greedy::{print_commands, run, Plan, Step};
+use xtask::greedy::run;
+use xtask::plan::{Plan, Program, Step};
+use xtask::print::commands as print_commands;
 
 mod common;
 use common::{env, PATIENT};
@@ -127,16 +129,10 @@ fn execute(line: &str) {
         return;
     }
     let words: Vec<String> = line.split(' ').map(|w| w.trim_matches('\'').to_string()).collect();
-    let program: &'static str = match words[0].as_str() {
-        "layerwise-prepare" => "layerwise-prepare",
-        "layerwise-train" => "layerwise-train",
-        "layerwise-evaluate" => "layerwise-evaluate",
-        "layerwise-report" => "layerwise-report",
-        _ => {
-            let status = std::process::Command::new("sh").args(["-c", line]).status().unwrap();
-            assert!(status.success(), "{line}");
-            return;
-        }
+    let Some(program) = Program::from_name(&words[0]) else {
+        let status = std::process::Command::new("sh").args(["-c", line]).status().unwrap();
+        assert!(status.success(), "{line}");
+        return;
     };
     Step { program, args: words[1..].to_vec() }.run().unwrap();
 }
@@ -221,12 +217,12 @@ fn the_gate_stops_where_the_local_loop_stopped() {
     let run_dir = e.dir.path().join("patient");
     for d in 1..=stop {
         assert_eq!(
-            xtask::slurm::gate(&run_dir, 1, d, None, layerwise_core::run::Stage::Greedy).unwrap(),
+            xtask::gate::gate(&run_dir, 1, d, None, layerwise_core::run::Stage::Greedy).unwrap(),
             None,
             "depth {d} was trained locally"
         );
     }
-    let reason = xtask::slurm::gate(&run_dir, 1, stop + 1, None, layerwise_core::run::Stage::Greedy).unwrap().unwrap();
+    let reason = xtask::gate::gate(&run_dir, 1, stop + 1, None, layerwise_core::run::Stage::Greedy).unwrap().unwrap();
     assert!(reason.contains(&format!("stopped after depth {stop}")), "{reason}");
     // The binary says so with exit status 3; a missing history is an error (1).
     let gate = |depth: usize| {
@@ -235,7 +231,7 @@ fn the_gate_stops_where_the_local_loop_stopped() {
             .output()
             .unwrap()
     };
-    assert_eq!(gate(stop + 1).status.code(), Some(xtask::slurm::GATE_STOPPED as i32));
+    assert_eq!(gate(stop + 1).status.code(), Some(xtask::gate::GATE_STOPPED as i32));
     assert_eq!(gate(stop).status.code(), Some(0));
     std::fs::remove_file(run_dir.join("depth-01/train.json")).unwrap();
     let missing = gate(2);
@@ -251,7 +247,7 @@ fn a_local_sweep_aggregates_its_runs() {
         pipelines: vec![xtask::repo_root().join("pipelines/smoke.toml")],
         seeds: "0-1".into(),
         sweep_dir: Some(sweep_dir.clone()),
-        inputs: xtask::greedy::RunInputs {
+        inputs: xtask::args::RunInputs {
             source: Some(e.source.clone()),
             artifacts: Some(e.dir.path().join("artifacts")),
             max_depth: Some(2),
@@ -294,7 +290,7 @@ fn a_local_sweep_aggregates_its_runs() {
     // The same report from `layerwise-report --runs ... --out`.
     let out = e.dir.path().join("by-hand");
     Step {
-        program: "layerwise-report",
+        program: Program::Report,
         args: vec![
             "--runs".into(),
             sweep_dir.join("smoke-seed0").to_string_lossy().into_owned(),
@@ -309,11 +305,11 @@ fn a_local_sweep_aggregates_its_runs() {
     // A sweep folder without runs, and --runs without --out, are refused.
     let empty = e.dir.path().join("empty");
     std::fs::create_dir_all(&empty).unwrap();
-    let err = Step { program: "layerwise-report", args: vec!["--sweep".into(), empty.to_string_lossy().into_owned()] }
+    let err = Step { program: Program::Report, args: vec!["--sweep".into(), empty.to_string_lossy().into_owned()] }
         .run()
         .unwrap_err();
     assert!(format!("{err:#}").contains("no run folders"), "{err:#}");
-    let err = Step { program: "layerwise-report", args: vec!["--runs".into(), "x".into()] }.run().unwrap_err();
+    let err = Step { program: Program::Report, args: vec!["--runs".into(), "x".into()] }.run().unwrap_err();
     assert!(format!("{err:#}").contains("--out"), "{err:#}");
 }
 
@@ -371,7 +367,7 @@ fn a_damaged_evaluation_never_costs_its_checkpoint() {
     // A hole in the depths is marked by the report, not passed over.
     std::fs::remove_file(&model).unwrap();
     std::fs::remove_file(&history).unwrap();
-    Step { program: "layerwise-report", args: vec!["--run".into(), e.path("run").to_string_lossy().into_owned()] }
+    Step { program: Program::Report, args: vec!["--run".into(), e.path("run").to_string_lossy().into_owned()] }
         .run()
         .unwrap();
     let report = std::fs::read_to_string(e.path("run/report.md")).unwrap();

@@ -34,14 +34,14 @@ mod common;
 use common::{env, Env, PATIENT};
 
 trait Chains {
-    fn local(&self, pipeline: &Path, run_dir: &str) -> xtask::greedy::GreedyOutcome;
+    fn local(&self, pipeline: &Path, run_dir: &str) -> xtask::local::GreedyOutcome;
     fn xtask(&self, args: &[&str]) -> Output;
     fn greedy_args(&self, pipeline: &Path, run_dir: &str, extra: &[&str]) -> Vec<String>;
     fn greedy(&self, pipeline: &Path, run_dir: &str, extra: &[&str]) -> Output;
 }
 
 impl Chains for Env {
-    fn local(&self, pipeline: &Path, run_dir: &str) -> xtask::greedy::GreedyOutcome {
+    fn local(&self, pipeline: &Path, run_dir: &str) -> xtask::local::GreedyOutcome {
         let mut a = self.args(run_dir);
         a.pipeline = Some(pipeline.to_path_buf());
         run(&a).unwrap().unwrap()
@@ -158,8 +158,8 @@ fn job_scripts_run_exactly_the_printed_commands_in_a_chain() {
     let train2 = std::fs::read_to_string(slurm.join("04-train-02.sh")).unwrap();
     assert!(train2.contains("xtask gate --run-dir runs/smoke --first 1 --depth 2"), "{train2}");
     // Every stage the jobs call is in the job's bin folder, as a name of the xtask binary.
-    for stage in xtask::STAGES {
-        assert!(slurm.join("bin").join(stage).exists(), "{stage}");
+    for program in xtask::plan::Program::ALL {
+        assert!(slurm.join("bin").join(program.name()).exists(), "{}", program.name());
     }
     // The binary called by a stage's name is that stage.
     let version = Command::new(slurm.join("bin/layerwise-report")).arg("--version").output().unwrap();

@@ -3,7 +3,7 @@
 #![allow(dead_code, clippy::unwrap_used)] // each test file uses part of it; helpers panic on purpose
 
 use std::path::PathBuf;
-use xtask::greedy::{GreedyArgs, RunInputs};
+use xtask::args::{GreedyArgs, RunInputs};
 
 /// Edits to the smoke pipeline under which nothing improves after depth 1, so patience 1
 /// stops the loop at depth 2 of 5.

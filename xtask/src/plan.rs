@@ -1,0 +1,285 @@
+//! What a run is made of: the resolved [`Plan`] of a run, and its [`Step`]s, each a stage
+//! [`Program`]'s command line. Every step runs through that program's own `cli::run`, so
+//! what `--print-commands` prints is exactly what runs.
+
+use crate::args::GreedyArgs;
+use anyhow::{Context, Result};
+use layerwise_core::config::TrainConfig;
+use layerwise_core::pipeline::Pipeline;
+use layerwise_core::run::{depth_dir, stage_dir, Stage, EVAL_FILE, MODEL_FILE, PIPELINE_FILE};
+use layerwise_nn::device::DeviceKind;
+use std::path::{Path, PathBuf};
+
+/// The stage programs. The xtask binary is each of them too when called by that name (a
+/// link named `layerwise-train` to it runs the training stage): scheduler jobs run the
+/// stages through it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Program {
+    /// `layerwise-prepare`: dataset → normalized safetensors.
+    Prepare,
+    /// `layerwise-train`: one depth, checkpoint to checkpoint.
+    Train,
+    /// `layerwise-evaluate`: a checkpoint on a split.
+    Evaluate,
+    /// `layerwise-report`: a run's (or a sweep's) report.
+    Report,
+}
+
+impl Program {
+    /// Every program.
+    pub const ALL: [Program; 4] = [Program::Prepare, Program::Train, Program::Evaluate, Program::Report];
+
+    /// Its binary's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Program::Prepare => "layerwise-prepare",
+            Program::Train => "layerwise-train",
+            Program::Evaluate => "layerwise-evaluate",
+            Program::Report => "layerwise-report",
+        }
+    }
+
+    /// The program a binary name stands for.
+    pub fn from_name(name: &str) -> Option<Program> {
+        Program::ALL.into_iter().find(|p| p.name() == name)
+    }
+
+    /// Run it in this process with these arguments (its name is `argv[0]`).
+    pub fn run(self, args: &[String]) -> Result<()> {
+        let argv = std::iter::once(self.name().to_string()).chain(args.iter().cloned());
+        match self {
+            Program::Prepare => layerwise_prepare::cli::run(argv),
+            Program::Train => layerwise_train::cli::run(argv),
+            Program::Evaluate => layerwise_evaluate::cli::run(argv),
+            Program::Report => layerwise_report::cli::run(argv),
+        }
+    }
+}
+
+/// One stage invocation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Step {
+    /// The stage program.
+    pub program: Program,
+    /// Its arguments.
+    pub args: Vec<String>,
+}
+
+impl Step {
+    fn new(program: Program, args: &[&dyn AsRef<std::ffi::OsStr>]) -> Self {
+        Self { program, args: args.iter().map(|a| a.as_ref().to_string_lossy().into_owned()).collect() }
+    }
+
+    /// The command line, shell-quoted where needed.
+    pub fn command_line(&self) -> String {
+        std::iter::once(self.program.name().to_string())
+            .chain(self.args.iter().map(|a| shell_quote(a)))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    /// Run the stage in this process, through its command-line parser.
+    pub fn run(&self) -> Result<()> {
+        self.program.run(&self.args).with_context(|| format!("step failed: {}", self.command_line()))
+    }
+}
+
+/// Quote for a POSIX shell when needed.
+pub fn shell_quote(s: &str) -> String {
+    if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c)) {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
+
+/// Everything resolved from the arguments.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// The pipeline (with overrides applied).
+    pub pipeline: Pipeline,
+    /// Where the pipeline came from.
+    pub pipeline_path: PathBuf,
+    /// Run folder.
+    pub run_dir: PathBuf,
+    /// Prepared dataset file.
+    pub data: PathBuf,
+    /// Artifacts folder.
+    pub artifacts: PathBuf,
+    /// Device.
+    pub device: DeviceKind,
+}
+
+impl Plan {
+    /// Resolve defaults (pipeline, run folder, dataset file name) from the arguments.
+    pub fn new(a: &GreedyArgs) -> Result<Self> {
+        let root = crate::repo_root();
+        let pipeline_path = a.pipeline.clone().unwrap_or_else(|| root.join("pipelines/seed.toml"));
+        let mut pipeline = Pipeline::load(&pipeline_path)?;
+        if let Some(d) = a.inputs.max_depth {
+            pipeline.greedy.max_depth = d;
+            pipeline.validate().context("--max-depth")?;
+        }
+        let mut run_name = pipeline.name.clone();
+        if let Some(seed) = a.seed {
+            pipeline.train.seed = seed;
+            run_name += &format!("-seed{seed}");
+        }
+        let artifacts = a.inputs.artifacts.clone().unwrap_or_else(|| root.join("artifacts"));
+        let run_dir = a.run_dir.clone().unwrap_or_else(|| artifacts.join("runs").join(run_name));
+        let d = &pipeline.data;
+        let mut name = format!("cifar-10-{}-val{}", d.normalize, d.val_fraction);
+        if d.limit_train > 0 {
+            name += &format!("-train{}", d.limit_train);
+        }
+        if d.limit_test > 0 {
+            name += &format!("-test{}", d.limit_test);
+        }
+        let data = artifacts.join("datasets").join(format!("{name}.safetensors"));
+        // Paths under the working folder are kept relative, so printed plans work on every
+        // machine that mounts the project (and its artifacts) somewhere else.
+        let (pipeline_path, run_dir, data, artifacts) =
+            (relative(pipeline_path), relative(run_dir), relative(data), relative(artifacts));
+        Ok(Self { pipeline, pipeline_path, run_dir, data, artifacts, device: a.inputs.device })
+    }
+
+    fn device_args(&self) -> Vec<String> {
+        match self.device {
+            DeviceKind::Cpu => vec![],
+            d => vec!["--device".into(), d.name().into()],
+        }
+    }
+
+    /// The prepare step.
+    pub fn prepare_step(&self, source: Option<&Path>) -> Step {
+        let d = &self.pipeline.data;
+        let mut s = Step::new(
+            Program::Prepare,
+            &[
+                &"--out",
+                &self.data,
+                &"--normalize",
+                &d.normalize.name(),
+                &"--val-fraction",
+                &d.val_fraction.to_string(),
+                &"--artifacts",
+                &self.artifacts,
+            ],
+        );
+        if let Some(src) = source {
+            s.args.extend(["--source".into(), src.to_string_lossy().into_owned()]);
+        }
+        for (flag, v) in [("--limit-train", d.limit_train), ("--limit-test", d.limit_test)] {
+            if v > 0 {
+                s.args.extend([flag.into(), v.to_string()]);
+            }
+        }
+        s
+    }
+
+    /// Train depth `depth` from `from` (None at depth 1).
+    pub fn train_step(&self, depth: usize, from: Option<&Path>) -> Step {
+        let mut s = Step::new(
+            Program::Train,
+            &[
+                &"--data",
+                &self.data,
+                &"--out",
+                &depth_dir(&self.run_dir, depth),
+                &"--pipeline",
+                &self.run_dir.join(PIPELINE_FILE),
+            ],
+        );
+        if let Some(f) = from {
+            s.args.extend(["--from".into(), f.to_string_lossy().into_owned()]);
+        }
+        s.args.extend(self.device_args());
+        s
+    }
+
+    /// Evaluate depth `depth`.
+    pub fn evaluate_step(&self, depth: usize) -> Step {
+        self.evaluate_stage_step(Stage::Greedy, depth)
+    }
+
+    /// The training settings of `stage`'s runs ([`Pipeline::stage_config`]).
+    pub fn stage_config(&self, stage: Stage) -> TrainConfig {
+        self.pipeline.stage_config(stage)
+    }
+
+    /// Fine-tune greedy depth `depth` end to end, or train `depth` layers from scratch.
+    pub fn stage_train_step(&self, stage: Stage, depth: usize) -> Step {
+        let c = self.stage_config(stage);
+        let mut s = Step::new(
+            Program::Train,
+            &[
+                &"--data",
+                &self.data,
+                &"--out",
+                &stage_dir(&self.run_dir, stage, depth),
+                &"--pipeline",
+                &self.run_dir.join(PIPELINE_FILE),
+                &"--regime",
+                &stage.regime().name(),
+                &"--epochs",
+                &c.epochs.to_string(),
+                &"--lr",
+                &c.lr.to_string(),
+            ],
+        );
+        let from = match stage {
+            Stage::Finetune => Some(depth_dir(&self.run_dir, depth)),
+            Stage::AutoencoderFinetune => Some(stage_dir(&self.run_dir, Stage::Autoencoder, depth)),
+            Stage::Autoencoder => {
+                s.args.extend(["--objective".into(), c.objective.name().into()]);
+                s.args.extend(["--corruption".into(), c.corruption.to_string()]);
+                s.args.extend(["--decoder".into(), c.decoder.name().into()]);
+                s.args.extend(["--probe-epochs".into(), c.probe_epochs().to_string()]);
+                (depth > 1).then(|| stage_dir(&self.run_dir, Stage::Autoencoder, depth - 1))
+            }
+            Stage::Baseline | Stage::Greedy => {
+                s.args.extend(["--depth".into(), depth.to_string()]);
+                None
+            }
+        };
+        if let Some(dir) = from {
+            s.args.extend(["--from".into(), dir.join(MODEL_FILE).to_string_lossy().into_owned()]);
+        }
+        s.args.extend(self.device_args());
+        s
+    }
+
+    /// Evaluate `stage`'s model of depth `depth`.
+    pub fn evaluate_stage_step(&self, stage: Stage, depth: usize) -> Step {
+        let dir = stage_dir(&self.run_dir, stage, depth);
+        let mut s = Step::new(
+            Program::Evaluate,
+            &[
+                &"--model",
+                &dir.join(MODEL_FILE),
+                &"--data",
+                &self.data,
+                &"--split",
+                &self.pipeline.greedy.evaluate.name(),
+                &"--out",
+                &dir.join(EVAL_FILE),
+            ],
+        );
+        s.args.extend(self.device_args());
+        s
+    }
+
+    /// The report step.
+    pub fn report_step(&self) -> Step {
+        Step::new(Program::Report, &[&"--run", &self.run_dir])
+    }
+}
+
+/// `path` relative to the working folder when it lies under it, else unchanged.
+fn relative(path: PathBuf) -> PathBuf {
+    std::env::current_dir()
+        .ok()
+        .and_then(|cwd| path.strip_prefix(&cwd).ok().map(PathBuf::from))
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(path)
+}

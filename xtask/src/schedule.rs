@@ -1,0 +1,393 @@
+//! One schedule: the job graph of a run, built once from its plan, and the one walk that
+//! decides what of it remains to do. Three executors take it: the local loop
+//! ([`crate::local`]) runs the jobs the walk hands it, one by one; `--print-commands`
+//! ([`crate::print`]) renders every job; Slurm ([`crate::slurm`]) writes the jobs the walk
+//! hands it as batch scripts.
+//!
+//! ```text
+//! prepare ── train-01 ── train-02 ── … ── train-NN          the greedy loop (gated: patience)
+//!               └ evaluate-01  └ evaluate-02    └ evaluate-NN
+//! autoencoder-01 ── autoencoder-02 ── …                      after every train-NN (gated: loop reached)
+//! finetune-NN, autoencoder-finetune-NN, baseline-NN          after their loop (gated: best/all)
+//! report                                                     after every job
+//! ```
+//!
+//! The walk goes through the jobs in order. A job none of whose inputs is still to come is
+//! decided now, from the files on disk: its gate ([`crate::gate`]), then the completeness
+//! judge ([`crate::judge`]): a complete folder is kept, a folder whose evaluation alone is
+//! wrong is evaluated again, anything else is handed to the executor. The local executor
+//! runs what it is handed at once, so every job is decided; the Slurm executor only writes
+//! it down, so the jobs after it are handed on, with their gates, to be decided when they run.
+
+use crate::gate::Gate;
+use crate::judge::{check_dataset_of_run, dataset_ready, stage_state, DepthState};
+use crate::plan::{Plan, Step};
+use anyhow::{bail, Result};
+use layerwise_core::dataset::Dataset;
+use layerwise_core::hash::sha256_file;
+use layerwise_core::pipeline::{Depths, Pipeline, StageConfig};
+use layerwise_core::run::{depth_dir, Stage, MODEL_FILE};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+/// What a job does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Task {
+    /// Prepare the dataset.
+    Prepare,
+    /// Train `stage`'s model of `depth`.
+    Train {
+        /// The training phase.
+        stage: Stage,
+        /// The depth.
+        depth: usize,
+    },
+    /// Evaluate it.
+    Evaluate {
+        /// The training phase.
+        stage: Stage,
+        /// The depth.
+        depth: usize,
+    },
+    /// Write the run's report.
+    Report,
+}
+
+impl Task {
+    /// Its name in file names and messages: `prepare`, `train-03`, `evaluate-03`,
+    /// `finetune-03`, `evaluate-finetune-03`, `report`.
+    pub fn label(self) -> String {
+        match self {
+            Task::Prepare => "prepare".into(),
+            Task::Train { stage: Stage::Greedy, depth } => format!("train-{depth:02}"),
+            Task::Train { stage, depth } => format!("{stage}-{depth:02}"),
+            Task::Evaluate { stage: Stage::Greedy, depth } => format!("evaluate-{depth:02}"),
+            Task::Evaluate { stage, depth } => format!("evaluate-{stage}-{depth:02}"),
+            Task::Report => "report".into(),
+        }
+    }
+
+    /// The training phase and depth of a train or evaluate job.
+    pub fn unit(self) -> Option<(Stage, usize)> {
+        match self {
+            Task::Train { stage, depth } | Task::Evaluate { stage, depth } => Some((stage, depth)),
+            Task::Prepare | Task::Report => None,
+        }
+    }
+}
+
+/// How messages name `stage`'s model of `depth`: `depth 3`, `finetune of depth 3`.
+pub fn unit_name(stage: Stage, depth: usize) -> String {
+    match stage {
+        Stage::Greedy => format!("depth {depth}"),
+        other => format!("{other} of depth {depth}"),
+    }
+}
+
+/// One job of a schedule.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Job {
+    /// What it does.
+    pub task: Task,
+    /// The stage command it runs.
+    pub step: Step,
+    /// The jobs (indices into [`Schedule::jobs`], all earlier) that must have run first.
+    pub after: Vec<usize>,
+    /// Whether it still has work to do, decided when its turn comes.
+    pub gate: Option<Gate>,
+}
+
+/// The job graph of a run: every job the plan can need, in an order that runs.
+#[derive(Debug, Clone)]
+pub struct Schedule {
+    /// The jobs, each after the jobs it needs.
+    pub jobs: Vec<Job>,
+    /// The first depth of the greedy loop (1, or the depth after `--from`'s checkpoint).
+    pub first: usize,
+    /// `--from`'s checkpoint, which the first depth grows from.
+    pub from: Option<PathBuf>,
+}
+
+/// The stages after the loops, in order, with their sections: `[finetune]` of the loop,
+/// `[finetune]` of the `[autoencoder]` loop, `[baseline]`.
+pub fn after_loop_stages(p: &Pipeline) -> Vec<(Stage, &StageConfig)> {
+    [(Stage::Finetune, &p.finetune), (Stage::AutoencoderFinetune, &p.finetune), (Stage::Baseline, &p.baseline)]
+        .into_iter()
+        .filter(|&(stage, _)| p.has_stage(stage))
+        .filter_map(|(stage, section)| Some((stage, section.as_ref()?)))
+        .collect()
+}
+
+impl Schedule {
+    /// Every job of `plan`, from `--from`'s checkpoint when given (its depth + 1 first).
+    pub fn build(plan: &Plan, source: Option<&Path>, from: Option<&Path>) -> Result<Schedule> {
+        let p = &plan.pipeline;
+        let (first, from) = crate::judge::start(from)?;
+        let mut jobs: Vec<Job> = Vec::new();
+        let mut push = |task, step, after, gate| {
+            jobs.push(Job { task, step, after, gate });
+            jobs.len() - 1
+        };
+        let mut previous = push(Task::Prepare, plan.prepare_step(source), vec![], None);
+        let mut parent = from.clone();
+        let mut trains = Vec::new();
+        for depth in first..=p.greedy.max_depth {
+            let gate = Some(Gate { first, depth, after_loop: None, best_of: Stage::Greedy });
+            let train = push(
+                Task::Train { stage: Stage::Greedy, depth },
+                plan.train_step(depth, parent.as_deref()),
+                vec![previous],
+                gate,
+            );
+            let unit = (Stage::Greedy, depth);
+            push(Task::Evaluate { stage: unit.0, depth }, plan.evaluate_stage_step(unit.0, depth), vec![train], gate);
+            previous = train;
+            parent = Some(depth_dir(&plan.run_dir, depth).join(MODEL_FILE));
+            trains.push(train);
+        }
+        // The [autoencoder] loop: a chain over the same depths from depth 1, after the
+        // loop's training (its gates check that the loop reached each depth).
+        let mut ae_trains = Vec::new();
+        if p.autoencoder.is_some() {
+            for depth in 1..=p.greedy.max_depth {
+                let gate = Some(Gate { first, depth, after_loop: Some(Depths::All), best_of: Stage::Greedy });
+                let after = trains.iter().chain(ae_trains.last()).copied().collect();
+                let stage = Stage::Autoencoder;
+                let train = push(Task::Train { stage, depth }, plan.stage_train_step(stage, depth), after, gate);
+                push(Task::Evaluate { stage, depth }, plan.evaluate_stage_step(stage, depth), vec![train], gate);
+                ae_trains.push(train);
+            }
+        }
+        // After the loops: fine-tuning and the baseline, a job per depth the loop can reach,
+        // after all of its loop's training; the gate decides which depths it covers.
+        for (stage, section) in after_loop_stages(p) {
+            let (after, lowest) = match stage.loop_stage() {
+                Stage::Autoencoder => ([&trains[..], &ae_trains[..]].concat(), 1),
+                _ => (trains.clone(), first),
+            };
+            for depth in lowest..=p.greedy.max_depth {
+                let gate = Some(Gate { first, depth, after_loop: Some(section.depths), best_of: stage.loop_stage() });
+                let train =
+                    push(Task::Train { stage, depth }, plan.stage_train_step(stage, depth), after.clone(), gate);
+                push(Task::Evaluate { stage, depth }, plan.evaluate_stage_step(stage, depth), vec![train], gate);
+            }
+        }
+        let all = (0..jobs.len()).collect();
+        jobs.push(Job { task: Task::Report, step: plan.report_step(), after: all, gate: None });
+        Ok(Schedule { jobs, first, from })
+    }
+}
+
+/// What the walk decided about a job without handing it to the executor.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    /// The dataset is prepared already.
+    Prepared,
+    /// The gate says the job has nothing to do.
+    Gated(String),
+    /// The folder is complete: kept as it is (training and evaluation).
+    Complete {
+        /// Its kept validation accuracy.
+        val_accuracy: f64,
+    },
+    /// Checkpoint and history are kept; only the evaluation is done again.
+    Reevaluate(String),
+    /// The folder must be trained (again); `existed`: whether it was there.
+    Retrain {
+        /// Why.
+        why: String,
+        /// Whether the folder existed.
+        existed: bool,
+    },
+}
+
+/// A job the walk hands to the executor.
+#[derive(Debug, Clone)]
+pub struct Handed<'a> {
+    /// Its index in the schedule.
+    pub index: usize,
+    /// The job.
+    pub job: &'a Job,
+    /// The jobs handed on before it that it waits for (the others are done).
+    pub after: Vec<usize>,
+    /// Its gate, unless the walk has passed it already.
+    pub gate: Option<Gate>,
+}
+
+/// Runs or hands on the jobs of a walk.
+pub trait Executor {
+    /// Do `job`: `Ok(true)` when it has run (its outputs are on disk), `Ok(false)` when it
+    /// was handed on (its outcome is known only once it runs).
+    fn dispatch(&mut self, job: Handed<'_>) -> Result<bool>;
+
+    /// What the walk decided about `job` without dispatching it (or before it does).
+    fn decided(&mut self, _job: &Job, _decision: &Decision) {}
+}
+
+/// A model the walk knows to be complete: kept, or made by the executor.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Known {
+    /// The training phase.
+    pub stage: Stage,
+    /// The depth.
+    pub depth: usize,
+    /// The validation accuracy of the epoch its run kept.
+    pub val_accuracy: f64,
+    /// Its checkpoint's SHA-256.
+    pub sha: String,
+    /// Whether it was kept (not trained by this walk).
+    pub reused: bool,
+}
+
+/// What a walk found.
+#[derive(Debug, Clone, Default)]
+pub struct Walked {
+    /// The models known complete, in schedule order.
+    pub known: Vec<Known>,
+    /// Whether a gate stopped the greedy loop before its last depth (patience).
+    pub stopped_early: bool,
+    /// The jobs handed on without running, in order.
+    pub handed: Vec<usize>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Status {
+    /// Done, or nothing to do: the jobs after it can be decided.
+    Done,
+    /// Gated off (its evaluation goes with it).
+    Gated,
+    /// Handed on: the jobs after it are handed on too.
+    Handed,
+}
+
+impl Schedule {
+    /// Walk the schedule for `plan` (see the module's documentation).
+    pub fn walk(&self, plan: &Plan, source: Option<&Path>, ex: &mut dyn Executor) -> Result<Walked> {
+        let mut status: Vec<Status> = Vec::with_capacity(self.jobs.len());
+        let mut out = Walked::default();
+        let mut fingerprint: Option<String> = None;
+        // Each unit's checkpoint hash once known, and whether its evaluation is still due.
+        let mut shas: HashMap<(Stage, usize), String> = HashMap::new();
+        let mut needs_eval: HashMap<(Stage, usize), bool> = HashMap::new();
+        let from_sha = self.from.as_deref().map(sha256_file).transpose()?;
+        for (index, job) in self.jobs.iter().enumerate() {
+            let waiting: Vec<usize> = job.after.iter().copied().filter(|&a| status[a] == Status::Handed).collect();
+            let handed = |gate| Handed { index, job, after: waiting.clone(), gate };
+            let unknown = !waiting.is_empty() || (fingerprint.is_none() && job.task.unit().is_some());
+            if unknown {
+                let ran = ex.dispatch(handed(job.gate))?;
+                if ran {
+                    bail!("internal: job {} ran before the jobs it needs", job.task.label());
+                }
+                out.handed.push(index);
+                status.push(Status::Handed);
+                continue;
+            }
+            let gated = match (job.task, job.gate) {
+                // An evaluation goes with its training: gated, kept or handed with it.
+                (Task::Evaluate { .. }, _) => {
+                    let train = job.after[0];
+                    status[train] == Status::Gated
+                }
+                (_, Some(g)) => match g.ask(&plan.run_dir)? {
+                    Some(reason) => {
+                        if job.task == (Task::Train { stage: Stage::Greedy, depth: g.depth }) {
+                            out.stopped_early = true;
+                        }
+                        ex.decided(job, &Decision::Gated(reason));
+                        true
+                    }
+                    None => false,
+                },
+                _ => false,
+            };
+            if gated {
+                status.push(Status::Gated);
+                continue;
+            }
+            let parent_sha = |stage: Stage, depth: usize| -> Result<Option<String>> {
+                if stage == Stage::Greedy && depth == self.first {
+                    return Ok(from_sha.clone());
+                }
+                match stage.parent(depth) {
+                    Some(p) => match shas.get(&p) {
+                        Some(s) => Ok(Some(s.clone())),
+                        None => bail!("internal: {} has no known parent", job.task.label()),
+                    },
+                    None => Ok(None),
+                }
+            };
+            let done = match job.task {
+                Task::Prepare => {
+                    let done = if dataset_ready(plan, source)? {
+                        ex.decided(job, &Decision::Prepared);
+                        true
+                    } else {
+                        ex.dispatch(handed(None))?
+                    };
+                    if done {
+                        let fp = Dataset::open(&plan.data)?.meta.fingerprint;
+                        check_dataset_of_run(plan, &fp)?;
+                        fingerprint = Some(fp);
+                    }
+                    done
+                }
+                Task::Report => ex.dispatch(handed(None))?,
+                Task::Train { stage, depth } => {
+                    let fp = fingerprint.as_deref().unwrap_or_default();
+                    let parent = parent_sha(stage, depth)?;
+                    let folder = layerwise_core::run::stage_dir(&plan.run_dir, stage, depth);
+                    match stage_state(plan, stage, depth, parent.as_deref(), fp) {
+                        DepthState::Complete { val_accuracy, sha } => {
+                            ex.decided(job, &Decision::Complete { val_accuracy });
+                            out.known.push(Known { stage, depth, val_accuracy, sha: sha.clone(), reused: true });
+                            shas.insert((stage, depth), sha);
+                            needs_eval.insert((stage, depth), false);
+                            true
+                        }
+                        DepthState::NeedsEvaluation { sha, why, .. } => {
+                            ex.decided(job, &Decision::Reevaluate(why));
+                            shas.insert((stage, depth), sha);
+                            needs_eval.insert((stage, depth), true);
+                            true
+                        }
+                        DepthState::NeedsTraining { why } => {
+                            ex.decided(job, &Decision::Retrain { why, existed: folder.exists() });
+                            needs_eval.insert((stage, depth), true);
+                            ex.dispatch(handed(None))?
+                        }
+                    }
+                }
+                Task::Evaluate { stage, depth } => {
+                    if needs_eval.get(&(stage, depth)) != Some(&true) {
+                        true
+                    } else if ex.dispatch(handed(None))? {
+                        // Made (or evaluated) now: its files must agree.
+                        let fp = fingerprint.as_deref().unwrap_or_default();
+                        let parent = parent_sha(stage, depth)?;
+                        let reused = shas.contains_key(&(stage, depth));
+                        match stage_state(plan, stage, depth, parent.as_deref(), fp) {
+                            DepthState::Complete { val_accuracy, sha } => {
+                                out.known.push(Known { stage, depth, val_accuracy, sha: sha.clone(), reused });
+                                shas.insert((stage, depth), sha);
+                                true
+                            }
+                            _ => bail!(
+                                "{} was {} but its files do not agree; rerun to redo it",
+                                unit_name(stage, depth),
+                                if reused { "evaluated" } else { "trained" }
+                            ),
+                        }
+                    } else {
+                        false
+                    }
+                }
+            };
+            status.push(if done { Status::Done } else { Status::Handed });
+            if !done {
+                out.handed.push(index);
+            }
+        }
+        Ok(out)
+    }
+}
