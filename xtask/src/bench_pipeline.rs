@@ -15,7 +15,7 @@ use anyhow::{Context, Result};
 use layerwise_core::checkpoint::read_checkpoint_meta;
 use layerwise_core::config::Objective;
 use layerwise_core::metrics::{Evaluation, TrainHistory};
-use layerwise_core::run::{parse_stage_dir, EVAL_FILE, HISTORY_FILE, MODEL_FILE};
+use layerwise_core::run::{parse_phase_dir, EVAL_FILE, HISTORY_FILE, MODEL_FILE};
 use layerwise_nn::device::DeviceKind;
 use std::path::Path;
 use std::time::Instant;
@@ -96,10 +96,10 @@ pub fn run(pipeline: &Path, given: Option<&Path>, device: DeviceKind) -> Result<
     // those two shapes), each against the product of its own shape.
     let (mut depth1, mut deeper) = (Phase::default(), Phase::default());
     let mut dirs: Vec<_> =
-        std::fs::read_dir(&run_dir)?.flatten().filter_map(|e| parse_stage_dir(e.file_name().to_str()?)).collect();
+        std::fs::read_dir(&run_dir)?.flatten().filter_map(|e| parse_phase_dir(e.file_name().to_str()?)).collect();
     dirs.sort_unstable_by_key(|(s, d)| (s.name(), *d));
     for (stage, depth) in dirs {
-        let folder = layerwise_core::run::stage_dir(&run_dir, stage, depth);
+        let folder = layerwise_core::run::phase_dir(&run_dir, stage, depth);
         let meta = read_checkpoint_meta(&folder.join(MODEL_FILE))?;
         let h = TrainHistory::read(&folder.join(HISTORY_FILE))?;
         let e = Evaluation::read(&folder.join(EVAL_FILE))?;
@@ -140,7 +140,7 @@ pub fn run(pipeline: &Path, given: Option<&Path>, device: DeviceKind) -> Result<
                 + 2.0 * t.iter().filter(|&&i| i != first).map(|&i| p[i]).sum::<f64>();
             let per_epoch = n * (fwd + wgrad + igrad) + v * fwd;
             epochs.add(per_epoch * h.epochs.len() as f64, epoch_seconds);
-            if stage == layerwise_core::run::Stage::Greedy {
+            if stage == layerwise_core::run::Phase::Greedy {
                 let phase = if depth == 1 { &mut depth1 } else { &mut deeper };
                 phase.add(per_epoch * h.epochs.len() as f64, epoch_seconds);
             }

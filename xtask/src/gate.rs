@@ -9,7 +9,7 @@
 use anyhow::{Context, Result};
 use layerwise_core::metrics::{best_by_validation, patience_stop, TrainHistory};
 use layerwise_core::pipeline::{Depths, Pipeline};
-use layerwise_core::run::{stage_dir, Stage, HISTORY_FILE, PIPELINE_FILE};
+use layerwise_core::run::{phase_dir, Phase, HISTORY_FILE, PIPELINE_FILE};
 use std::path::Path;
 
 /// Where a job asks whether the loop has stopped before its depth.
@@ -24,7 +24,7 @@ pub struct Gate {
     /// `best`, found it best).
     pub after_loop: Option<Depths>,
     /// The loop whose depths decide `best`: the `[train]` loop, or the `[autoencoder]` one.
-    pub best_of: Stage,
+    pub best_of: Phase,
 }
 
 /// Exit status of `xtask gate` when the job has nothing to do.
@@ -44,7 +44,7 @@ impl Gate {
         if let Some(d) = self.after_loop {
             a.extend(["--after-loop".into(), d.name().into()]);
         }
-        if self.best_of != Stage::Greedy {
+        if self.best_of != Phase::Greedy {
             a.extend(["--best-of".into(), self.best_of.name().into()]);
         }
         a
@@ -57,10 +57,10 @@ impl Gate {
 }
 
 /// The kept validation accuracy of each depth of `stage`'s loop that has a history.
-fn accs_of_loop(run_dir: &Path, stage: Stage, max_depth: usize) -> Result<Vec<(usize, f64)>> {
+fn accs_of_loop(run_dir: &Path, stage: Phase, max_depth: usize) -> Result<Vec<(usize, f64)>> {
     let mut accs = Vec::new();
     for d in 1..=max_depth {
-        let path = stage_dir(run_dir, stage, d).join(HISTORY_FILE);
+        let path = phase_dir(run_dir, stage, d).join(HISTORY_FILE);
         if path.exists() {
             let h = TrainHistory::read(&path)?;
             accs.push((d, h.kept().with_context(|| format!("{} has no epochs", path.display()))?.val_accuracy));
@@ -79,7 +79,7 @@ pub fn gate(
     first: usize,
     depth: usize,
     after_loop: Option<Depths>,
-    best_of: Stage,
+    best_of: Phase,
 ) -> Result<Option<String>> {
     let pipeline = Pipeline::load(&run_dir.join(PIPELINE_FILE))?;
     let g = &pipeline.greedy;
@@ -89,7 +89,7 @@ pub fn gate(
     let last = if after_loop.is_some() { g.max_depth } else { depth - 1 };
     let mut accs = Vec::new();
     for d in first..=last {
-        let path = stage_dir(run_dir, Stage::Greedy, d).join(HISTORY_FILE);
+        let path = phase_dir(run_dir, Phase::Greedy, d).join(HISTORY_FILE);
         let h = TrainHistory::read(&path).with_context(|| {
             format!(
                 "depth {depth} needs depth {d}'s history to apply patience, and cannot read it (did depth {d}'s \
@@ -114,7 +114,7 @@ pub fn gate(
         }
     }
     if after_loop == Some(Depths::Best) {
-        if best_of != Stage::Greedy {
+        if best_of != Phase::Greedy {
             // That loop's depths, as far as the loop reached (its jobs are done by now).
             accs = accs_of_loop(run_dir, best_of, g.max_depth)?;
         }

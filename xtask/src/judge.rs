@@ -12,7 +12,7 @@ use layerwise_core::hash::sha256_file;
 use layerwise_core::metrics::{Evaluation, TrainHistory};
 use layerwise_core::pipeline::Pipeline;
 use layerwise_core::run::{
-    depth_dir, parse_depth_dir, parse_stage_dir, stage_dir, RunLock, Stage, EVAL_FILE, HISTORY_FILE, LOCK_FILE,
+    depth_dir, parse_depth_dir, parse_phase_dir, phase_dir, Phase, RunLock, EVAL_FILE, HISTORY_FILE, LOCK_FILE,
     MODEL_FILE, PIPELINE_FILE, REPORT_FILES,
 };
 use std::path::{Path, PathBuf};
@@ -48,8 +48,8 @@ pub enum DepthState {
 /// Judge `stage`'s folder of depth `depth`: its checkpoint must come from the stage's
 /// regime and settings, from `parent_sha` (the depth before, for the greedy loop; the
 /// greedy depth, for fine-tuning; none, for the baseline).
-pub fn stage_state(plan: &Plan, stage: Stage, depth: usize, parent_sha: Option<&str>, fingerprint: &str) -> DepthState {
-    let dir = stage_dir(&plan.run_dir, stage, depth);
+pub fn stage_state(plan: &Plan, stage: Phase, depth: usize, parent_sha: Option<&str>, fingerprint: &str) -> DepthState {
+    let dir = phase_dir(&plan.run_dir, stage, depth);
     let regime = stage.regime();
     let model = dir.join(MODEL_FILE);
     let retrain = |why: String| DepthState::NeedsTraining { why };
@@ -151,7 +151,7 @@ pub fn open_run(plan: &Plan, a: &GreedyArgs) -> Result<RunLock> {
     if a.restart {
         for entry in std::fs::read_dir(&plan.run_dir)?.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            if parse_stage_dir(&name).is_some() || REPORT_FILES.contains(&name.as_str()) || name == PIPELINE_FILE {
+            if parse_phase_dir(&name).is_some() || REPORT_FILES.contains(&name.as_str()) || name == PIPELINE_FILE {
                 let path = entry.path();
                 let r = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
                 r.with_context(|| format!("--restart: cannot remove {}", path.display()))?;
@@ -182,18 +182,18 @@ fn affects_completed(p: &Pipeline) -> impl PartialEq + std::fmt::Debug {
 /// leave those outputs stale, like a changed `[train]`. (Removing a section and adding it
 /// back with other values is a change too: the folders are still there.)
 fn changed_stage_sections(old: &Pipeline, new: &Pipeline, run_dir: &Path) -> Option<&'static str> {
-    let present: Vec<Stage> = std::fs::read_dir(run_dir)
+    let present: Vec<Phase> = std::fs::read_dir(run_dir)
         .into_iter()
         .flatten()
         .flatten()
-        .filter_map(|e| e.file_name().to_str().and_then(parse_stage_dir).map(|(s, _)| s))
+        .filter_map(|e| e.file_name().to_str().and_then(parse_phase_dir).map(|(s, _)| s))
         .collect();
-    let has_folders = |stages: &[Stage]| present.iter().any(|s| stages.contains(s));
-    if old.finetune != new.finetune && has_folders(&[Stage::Finetune, Stage::AutoencoderFinetune]) {
+    let has_folders = |stages: &[Phase]| present.iter().any(|s| stages.contains(s));
+    if old.finetune != new.finetune && has_folders(&[Phase::Finetune, Phase::AutoencoderFinetune]) {
         Some("[finetune]")
-    } else if old.baseline != new.baseline && has_folders(&[Stage::Baseline]) {
+    } else if old.baseline != new.baseline && has_folders(&[Phase::Baseline]) {
         Some("[baseline]")
-    } else if old.autoencoder != new.autoencoder && has_folders(&[Stage::Autoencoder, Stage::AutoencoderFinetune]) {
+    } else if old.autoencoder != new.autoencoder && has_folders(&[Phase::Autoencoder, Phase::AutoencoderFinetune]) {
         Some("[autoencoder]")
     } else {
         None

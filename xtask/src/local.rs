@@ -7,7 +7,7 @@ use crate::plan::Plan;
 use crate::schedule::{unit_name, Decision, Executor, Handed, Known, Schedule, Task};
 use anyhow::Result;
 use layerwise_core::metrics::best_by_validation;
-use layerwise_core::run::{depth_dir, stage_dir, Stage};
+use layerwise_core::run::{depth_dir, phase_dir, Phase};
 use std::path::PathBuf;
 
 /// What the loop found or did at one depth.
@@ -25,7 +25,7 @@ pub struct DepthOutcome {
 #[derive(Debug, Clone, PartialEq)]
 pub struct StageOutcome {
     /// The stage.
-    pub stage: Stage,
+    pub stage: Phase,
     /// The depth.
     pub depth: usize,
     /// Validation accuracy of the weights it kept.
@@ -59,13 +59,13 @@ pub fn run(plan: &Plan, a: &GreedyArgs) -> Result<GreedyOutcome> {
     let depths: Vec<DepthOutcome> = walked
         .known
         .iter()
-        .filter(|k| k.stage == Stage::Greedy)
+        .filter(|k| k.stage == Phase::Greedy)
         .map(|k: &Known| DepthOutcome { depth: k.depth, val_accuracy: k.val_accuracy, reused: k.reused })
         .collect();
     let stages: Vec<StageOutcome> = walked
         .known
         .iter()
-        .filter(|k| k.stage != Stage::Greedy)
+        .filter(|k| k.stage != Phase::Greedy)
         .map(|k| StageOutcome { stage: k.stage, depth: k.depth, val_accuracy: k.val_accuracy, reused: k.reused })
         .collect();
     let best_depth = best_by_validation(depths.iter().map(|d| (d.depth, d.val_accuracy))).map_or(0, |b| b.0);
@@ -89,7 +89,7 @@ impl Executor for Local<'_> {
     }
 
     fn decided(&mut self, job: &crate::schedule::Job, decision: &Decision) {
-        if let (Task::Train { stage: Stage::Greedy, depth }, false) = (job.task, matches!(decision, Decision::Gated(_)))
+        if let (Task::Train { stage: Phase::Greedy, depth }, false) = (job.task, matches!(decision, Decision::Gated(_)))
         {
             self.ui.depth(depth);
         }
@@ -105,7 +105,7 @@ impl Executor for Local<'_> {
             Decision::Gated(reason) => {
                 // The loop's stop is said once; the depths a stage after the loop does not
                 // cover are not worth a line.
-                if stage == Stage::Greedy && !self.told_stop {
+                if stage == Phase::Greedy && !self.told_stop {
                     self.told_stop = true;
                     self.ui.line(&format!("stopping: {reason}"));
                 }
@@ -117,7 +117,7 @@ impl Executor for Local<'_> {
                 self.ui.line(&format!("{name}: checkpoint and history kept, evaluating again: {why}"))
             }
             Decision::Retrain { why, existed: true } => self.ui.line(&format!("{name}: training again: {why}")),
-            Decision::Retrain { existed: false, .. } if stage != Stage::Greedy => {
+            Decision::Retrain { existed: false, .. } if stage != Phase::Greedy => {
                 self.ui.line(&format!("{name}: training"))
             }
             Decision::Retrain { .. } => {}
@@ -138,7 +138,7 @@ fn tidy(plan: &Plan, depths: &[DepthOutcome], stages: &[StageOutcome]) {
     let dirs = depths
         .iter()
         .map(|d| depth_dir(&plan.run_dir, d.depth))
-        .chain(stages.iter().map(|s| stage_dir(&plan.run_dir, s.stage, s.depth)));
+        .chain(stages.iter().map(|s| phase_dir(&plan.run_dir, s.stage, s.depth)));
     for dir in dirs {
         remove_dead_temps(&dir);
         let _ = std::fs::remove_file(dir.join(layerwise_core::run::STATE_FILE));
@@ -146,14 +146,14 @@ fn tidy(plan: &Plan, depths: &[DepthOutcome], stages: &[StageOutcome]) {
     // A depth's frozen features serve only the depth after it: each loop keeps its deepest
     // depth's (for a run continued deeper), the others go (51 MB each for CIFAR-10 at width
     // 256). A depth that finds none recomputes them.
-    let ae: Vec<usize> = stages.iter().filter(|s| s.stage == Stage::Autoencoder).map(|s| s.depth).collect();
+    let ae: Vec<usize> = stages.iter().filter(|s| s.stage == Phase::Autoencoder).map(|s| s.depth).collect();
     for (stage, depths) in
-        [(Stage::Greedy, depths.iter().map(|d| d.depth).collect::<Vec<_>>()), (Stage::Autoencoder, ae)]
+        [(Phase::Greedy, depths.iter().map(|d| d.depth).collect::<Vec<_>>()), (Phase::Autoencoder, ae)]
     {
         let deepest = depths.iter().max().copied();
         for d in depths.into_iter().filter(|d| Some(*d) != deepest) {
             let _ =
-                std::fs::remove_file(stage_dir(&plan.run_dir, stage, d).join(layerwise_core::features::FEATURES_FILE));
+                std::fs::remove_file(phase_dir(&plan.run_dir, stage, d).join(layerwise_core::features::FEATURES_FILE));
         }
     }
 }

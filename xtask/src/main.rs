@@ -90,7 +90,7 @@ struct GateArgs {
     after_loop: Option<AfterLoop>,
     /// The loop whose depths decide `best`: greedy (the [train] loop) or autoencoder.
     #[arg(long, default_value = "greedy")]
-    best_of: layerwise_core::run::Stage,
+    best_of: layerwise_core::run::Phase,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]

@@ -6,7 +6,7 @@ use crate::args::GreedyArgs;
 use anyhow::{Context, Result};
 use layerwise_core::config::TrainConfig;
 use layerwise_core::pipeline::Pipeline;
-use layerwise_core::run::{depth_dir, stage_dir, Stage, EVAL_FILE, MODEL_FILE, PIPELINE_FILE};
+use layerwise_core::run::{depth_dir, phase_dir, Phase, EVAL_FILE, MODEL_FILE, PIPELINE_FILE};
 use layerwise_nn::device::DeviceKind;
 use std::path::{Path, PathBuf};
 
@@ -199,16 +199,16 @@ impl Plan {
 
     /// Evaluate depth `depth`.
     pub fn evaluate_step(&self, depth: usize) -> Step {
-        self.evaluate_stage_step(Stage::Greedy, depth)
+        self.evaluate_stage_step(Phase::Greedy, depth)
     }
 
     /// The training settings of `stage`'s runs ([`Pipeline::stage_config`]).
-    pub fn stage_config(&self, stage: Stage) -> TrainConfig {
+    pub fn stage_config(&self, stage: Phase) -> TrainConfig {
         self.pipeline.stage_config(stage)
     }
 
     /// Fine-tune greedy depth `depth` end to end, or train `depth` layers from scratch.
-    pub fn stage_train_step(&self, stage: Stage, depth: usize) -> Step {
+    pub fn stage_train_step(&self, stage: Phase, depth: usize) -> Step {
         let c = self.stage_config(stage);
         let mut s = Step::new(
             Program::Train,
@@ -216,7 +216,7 @@ impl Plan {
                 &"--data",
                 &self.data,
                 &"--out",
-                &stage_dir(&self.run_dir, stage, depth),
+                &phase_dir(&self.run_dir, stage, depth),
                 &"--pipeline",
                 &self.run_dir.join(PIPELINE_FILE),
                 &"--regime",
@@ -228,16 +228,16 @@ impl Plan {
             ],
         );
         let from = match stage {
-            Stage::Finetune => Some(depth_dir(&self.run_dir, depth)),
-            Stage::AutoencoderFinetune => Some(stage_dir(&self.run_dir, Stage::Autoencoder, depth)),
-            Stage::Autoencoder => {
+            Phase::Finetune => Some(depth_dir(&self.run_dir, depth)),
+            Phase::AutoencoderFinetune => Some(phase_dir(&self.run_dir, Phase::Autoencoder, depth)),
+            Phase::Autoencoder => {
                 s.args.extend(["--objective".into(), c.objective.name().into()]);
                 s.args.extend(["--corruption".into(), c.corruption.to_string()]);
                 s.args.extend(["--decoder".into(), c.decoder.name().into()]);
                 s.args.extend(["--probe-epochs".into(), c.probe_epochs().to_string()]);
-                (depth > 1).then(|| stage_dir(&self.run_dir, Stage::Autoencoder, depth - 1))
+                (depth > 1).then(|| phase_dir(&self.run_dir, Phase::Autoencoder, depth - 1))
             }
-            Stage::Baseline | Stage::Greedy => {
+            Phase::Baseline | Phase::Greedy => {
                 s.args.extend(["--depth".into(), depth.to_string()]);
                 None
             }
@@ -250,8 +250,8 @@ impl Plan {
     }
 
     /// Evaluate `stage`'s model of depth `depth`.
-    pub fn evaluate_stage_step(&self, stage: Stage, depth: usize) -> Step {
-        let dir = stage_dir(&self.run_dir, stage, depth);
+    pub fn evaluate_stage_step(&self, stage: Phase, depth: usize) -> Step {
+        let dir = phase_dir(&self.run_dir, stage, depth);
         let mut s = Step::new(
             Program::Evaluate,
             &[

@@ -7,7 +7,7 @@ use crate::plan::{shell_quote, Plan};
 use crate::schedule::{after_loop_stages, Schedule, Task};
 use anyhow::Result;
 use layerwise_core::pipeline::Depths;
-use layerwise_core::run::{Stage, PIPELINE_FILE};
+use layerwise_core::run::{Phase, PIPELINE_FILE};
 
 /// The whole plan as shell lines: comments, then one stage command per line.
 pub fn commands(plan: &Plan, a: &GreedyArgs) -> Result<Vec<String>> {
@@ -42,7 +42,7 @@ pub fn commands(plan: &Plan, a: &GreedyArgs) -> Result<Vec<String>> {
         format!("mkdir -p {run_dir} && cp {} {recorded}", shell_quote(&plan.pipeline_path.to_string_lossy()))
     });
     let sections = after_loop_stages(p);
-    let mut section: Option<Stage> = Some(Stage::Greedy);
+    let mut section: Option<Phase> = Some(Phase::Greedy);
     for job in &schedule.jobs {
         if let Task::Train { stage, .. } = job.task {
             if section != Some(stage) {
@@ -55,7 +55,7 @@ pub fn commands(plan: &Plan, a: &GreedyArgs) -> Result<Vec<String>> {
                         "# [{}] depths = \"best\": run only the best depth's two lines (the highest validation \
                          accuracy in {}-NN/train.json, the first on a tie); `cargo xtask greedy` decides this itself",
                         stage.name(),
-                        stage.loop_stage().prefix()
+                        stage.loop_phase().prefix()
                     ),
                 });
             }

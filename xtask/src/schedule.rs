@@ -26,7 +26,7 @@ use anyhow::{bail, Result};
 use layerwise_core::dataset::Dataset;
 use layerwise_core::hash::sha256_file;
 use layerwise_core::pipeline::{Depths, Pipeline, StageConfig};
-use layerwise_core::run::{depth_dir, Stage, MODEL_FILE};
+use layerwise_core::run::{depth_dir, Phase, MODEL_FILE};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -38,14 +38,14 @@ pub enum Task {
     /// Train `stage`'s model of `depth`.
     Train {
         /// The training phase.
-        stage: Stage,
+        stage: Phase,
         /// The depth.
         depth: usize,
     },
     /// Evaluate it.
     Evaluate {
         /// The training phase.
-        stage: Stage,
+        stage: Phase,
         /// The depth.
         depth: usize,
     },
@@ -59,16 +59,16 @@ impl Task {
     pub fn label(self) -> String {
         match self {
             Task::Prepare => "prepare".into(),
-            Task::Train { stage: Stage::Greedy, depth } => format!("train-{depth:02}"),
+            Task::Train { stage: Phase::Greedy, depth } => format!("train-{depth:02}"),
             Task::Train { stage, depth } => format!("{stage}-{depth:02}"),
-            Task::Evaluate { stage: Stage::Greedy, depth } => format!("evaluate-{depth:02}"),
+            Task::Evaluate { stage: Phase::Greedy, depth } => format!("evaluate-{depth:02}"),
             Task::Evaluate { stage, depth } => format!("evaluate-{stage}-{depth:02}"),
             Task::Report => "report".into(),
         }
     }
 
     /// The training phase and depth of a train or evaluate job.
-    pub fn unit(self) -> Option<(Stage, usize)> {
+    pub fn unit(self) -> Option<(Phase, usize)> {
         match self {
             Task::Train { stage, depth } | Task::Evaluate { stage, depth } => Some((stage, depth)),
             Task::Prepare | Task::Report => None,
@@ -77,9 +77,9 @@ impl Task {
 }
 
 /// How messages name `stage`'s model of `depth`: `depth 3`, `finetune of depth 3`.
-pub fn unit_name(stage: Stage, depth: usize) -> String {
+pub fn unit_name(stage: Phase, depth: usize) -> String {
     match stage {
-        Stage::Greedy => format!("depth {depth}"),
+        Phase::Greedy => format!("depth {depth}"),
         other => format!("{other} of depth {depth}"),
     }
 }
@@ -110,8 +110,8 @@ pub struct Schedule {
 
 /// The stages after the loops, in order, with their sections: `[finetune]` of the loop,
 /// `[finetune]` of the `[autoencoder]` loop, `[baseline]`.
-pub fn after_loop_stages(p: &Pipeline) -> Vec<(Stage, &StageConfig)> {
-    [(Stage::Finetune, &p.finetune), (Stage::AutoencoderFinetune, &p.finetune), (Stage::Baseline, &p.baseline)]
+pub fn after_loop_stages(p: &Pipeline) -> Vec<(Phase, &StageConfig)> {
+    [(Phase::Finetune, &p.finetune), (Phase::AutoencoderFinetune, &p.finetune), (Phase::Baseline, &p.baseline)]
         .into_iter()
         .filter(|&(stage, _)| p.has_stage(stage))
         .filter_map(|(stage, section)| Some((stage, section.as_ref()?)))
@@ -132,14 +132,14 @@ impl Schedule {
         let mut parent = from.clone();
         let mut trains = Vec::new();
         for depth in first..=p.greedy.max_depth {
-            let gate = Some(Gate { first, depth, after_loop: None, best_of: Stage::Greedy });
+            let gate = Some(Gate { first, depth, after_loop: None, best_of: Phase::Greedy });
             let train = push(
-                Task::Train { stage: Stage::Greedy, depth },
+                Task::Train { stage: Phase::Greedy, depth },
                 plan.train_step(depth, parent.as_deref()),
                 vec![previous],
                 gate,
             );
-            let unit = (Stage::Greedy, depth);
+            let unit = (Phase::Greedy, depth);
             push(Task::Evaluate { stage: unit.0, depth }, plan.evaluate_stage_step(unit.0, depth), vec![train], gate);
             previous = train;
             parent = Some(depth_dir(&plan.run_dir, depth).join(MODEL_FILE));
@@ -150,9 +150,9 @@ impl Schedule {
         let mut ae_trains = Vec::new();
         if p.autoencoder.is_some() {
             for depth in 1..=p.greedy.max_depth {
-                let gate = Some(Gate { first, depth, after_loop: Some(Depths::All), best_of: Stage::Greedy });
+                let gate = Some(Gate { first, depth, after_loop: Some(Depths::All), best_of: Phase::Greedy });
                 let after = trains.iter().chain(ae_trains.last()).copied().collect();
-                let stage = Stage::Autoencoder;
+                let stage = Phase::Autoencoder;
                 let train = push(Task::Train { stage, depth }, plan.stage_train_step(stage, depth), after, gate);
                 push(Task::Evaluate { stage, depth }, plan.evaluate_stage_step(stage, depth), vec![train], gate);
                 ae_trains.push(train);
@@ -161,12 +161,12 @@ impl Schedule {
         // After the loops: fine-tuning and the baseline, a job per depth the loop can reach,
         // after all of its loop's training; the gate decides which depths it covers.
         for (stage, section) in after_loop_stages(p) {
-            let (after, lowest) = match stage.loop_stage() {
-                Stage::Autoencoder => ([&trains[..], &ae_trains[..]].concat(), 1),
+            let (after, lowest) = match stage.loop_phase() {
+                Phase::Autoencoder => ([&trains[..], &ae_trains[..]].concat(), 1),
                 _ => (trains.clone(), first),
             };
             for depth in lowest..=p.greedy.max_depth {
-                let gate = Some(Gate { first, depth, after_loop: Some(section.depths), best_of: stage.loop_stage() });
+                let gate = Some(Gate { first, depth, after_loop: Some(section.depths), best_of: stage.loop_phase() });
                 let train =
                     push(Task::Train { stage, depth }, plan.stage_train_step(stage, depth), after.clone(), gate);
                 push(Task::Evaluate { stage, depth }, plan.evaluate_stage_step(stage, depth), vec![train], gate);
@@ -228,7 +228,7 @@ pub trait Executor {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Known {
     /// The training phase.
-    pub stage: Stage,
+    pub stage: Phase,
     /// The depth.
     pub depth: usize,
     /// The validation accuracy of the epoch its run kept.
@@ -267,8 +267,8 @@ impl Schedule {
         let mut out = Walked::default();
         let mut fingerprint: Option<String> = None;
         // Each unit's checkpoint hash once known, and whether its evaluation is still due.
-        let mut shas: HashMap<(Stage, usize), String> = HashMap::new();
-        let mut needs_eval: HashMap<(Stage, usize), bool> = HashMap::new();
+        let mut shas: HashMap<(Phase, usize), String> = HashMap::new();
+        let mut needs_eval: HashMap<(Phase, usize), bool> = HashMap::new();
         let from_sha = self.from.as_deref().map(sha256_file).transpose()?;
         for (index, job) in self.jobs.iter().enumerate() {
             let waiting: Vec<usize> = job.after.iter().copied().filter(|&a| status[a] == Status::Handed).collect();
@@ -291,7 +291,7 @@ impl Schedule {
                 }
                 (_, Some(g)) => match g.ask(&plan.run_dir)? {
                     Some(reason) => {
-                        if job.task == (Task::Train { stage: Stage::Greedy, depth: g.depth }) {
+                        if job.task == (Task::Train { stage: Phase::Greedy, depth: g.depth }) {
                             out.stopped_early = true;
                         }
                         ex.decided(job, &Decision::Gated(reason));
@@ -305,8 +305,8 @@ impl Schedule {
                 status.push(Status::Gated);
                 continue;
             }
-            let parent_sha = |stage: Stage, depth: usize| -> Result<Option<String>> {
-                if stage == Stage::Greedy && depth == self.first {
+            let parent_sha = |stage: Phase, depth: usize| -> Result<Option<String>> {
+                if stage == Phase::Greedy && depth == self.first {
                     return Ok(from_sha.clone());
                 }
                 match stage.parent(depth) {
@@ -336,7 +336,7 @@ impl Schedule {
                 Task::Train { stage, depth } => {
                     let fp = fingerprint.as_deref().unwrap_or_default();
                     let parent = parent_sha(stage, depth)?;
-                    let folder = layerwise_core::run::stage_dir(&plan.run_dir, stage, depth);
+                    let folder = layerwise_core::run::phase_dir(&plan.run_dir, stage, depth);
                     match stage_state(plan, stage, depth, parent.as_deref(), fp) {
                         DepthState::Complete { val_accuracy, sha } => {
                             ex.decided(job, &Decision::Complete { val_accuracy });

@@ -217,12 +217,12 @@ fn the_gate_stops_where_the_local_loop_stopped() {
     let run_dir = e.dir.path().join("patient");
     for d in 1..=stop {
         assert_eq!(
-            xtask::gate::gate(&run_dir, 1, d, None, layerwise_core::run::Stage::Greedy).unwrap(),
+            xtask::gate::gate(&run_dir, 1, d, None, layerwise_core::run::Phase::Greedy).unwrap(),
             None,
             "depth {d} was trained locally"
         );
     }
-    let reason = xtask::gate::gate(&run_dir, 1, stop + 1, None, layerwise_core::run::Stage::Greedy).unwrap().unwrap();
+    let reason = xtask::gate::gate(&run_dir, 1, stop + 1, None, layerwise_core::run::Phase::Greedy).unwrap().unwrap();
     assert!(reason.contains(&format!("stopped after depth {stop}")), "{reason}");
     // The binary says so with exit status 3; a missing history is an error (1).
     let gate = |depth: usize| {

@@ -441,7 +441,7 @@ fn an_autoencoder_loop_and_its_fine_tuning_chain_to_the_local_bytes() {
     assert!(out.status.success());
     assert_same_models(&e.path("local"), &e.path("chain"));
     for s in &local.stages {
-        let f = layerwise_core::run::stage_dir(Path::new(""), s.stage, s.depth).join("model.safetensors");
+        let f = layerwise_core::run::phase_dir(Path::new(""), s.stage, s.depth).join("model.safetensors");
         let (a, b) = (std::fs::read(e.path("local").join(&f)).unwrap(), std::fs::read(e.path("chain").join(&f)));
         assert!(b.is_ok_and(|b| b == a), "{}: the chain's differs from the local run's", f.display());
     }

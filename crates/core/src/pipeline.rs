@@ -7,7 +7,7 @@ use std::path::Path;
 
 use crate::config::TrainConfig;
 use crate::dataset::Split;
-use crate::run::Stage;
+use crate::run::Phase;
 
 /// How the prepare stage builds the dataset.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -289,7 +289,7 @@ impl Pipeline {
         }
         // Every later section's settings, as its stage will derive them, before the first
         // depth trains: a bad [finetune] must not wait for the greedy loop to finish.
-        for stage in [Stage::Finetune, Stage::Baseline, Stage::Autoencoder] {
+        for stage in [Phase::Finetune, Phase::Baseline, Phase::Autoencoder] {
             if self.has_stage(stage) {
                 let section = format!("in section [{}]", stage.section());
                 self.stage_config(stage).validate().map_err(|e| anyhow::anyhow!("{e}").context(section))?;
@@ -302,26 +302,26 @@ impl Pipeline {
     /// Whether this pipeline runs `stage`: the loop always; every other stage when its
     /// sections are there (the autoencoder loop's fine-tuning needs `[autoencoder]` and
     /// `[finetune]`).
-    pub fn has_stage(&self, stage: Stage) -> bool {
+    pub fn has_stage(&self, stage: Phase) -> bool {
         match stage {
-            Stage::Greedy => true,
-            Stage::Finetune => self.finetune.is_some(),
-            Stage::Baseline => self.baseline.is_some(),
-            Stage::Autoencoder => self.autoencoder.is_some(),
-            Stage::AutoencoderFinetune => self.autoencoder.is_some() && self.finetune.is_some(),
+            Phase::Greedy => true,
+            Phase::Finetune => self.finetune.is_some(),
+            Phase::Baseline => self.baseline.is_some(),
+            Phase::Autoencoder => self.autoencoder.is_some(),
+            Phase::AutoencoderFinetune => self.autoencoder.is_some() && self.finetune.is_some(),
         }
     }
 
     /// The training settings of `stage`'s runs: `[train]`'s; the autoencoder loop's with
     /// `[autoencoder]`'s; fine-tuning and the baseline with their section's epochs and
     /// learning rate (fine-tuning: a tenth of `[train]`'s by default), and always supervised.
-    pub fn stage_config(&self, stage: Stage) -> TrainConfig {
+    pub fn stage_config(&self, stage: Phase) -> TrainConfig {
         let t = self.train.clone();
         let (section, lr_default) = match stage {
-            Stage::Greedy => return t,
-            Stage::Autoencoder => return self.autoencoder.clone().unwrap_or_default().config(&t),
-            Stage::Finetune | Stage::AutoencoderFinetune => (self.finetune.clone(), t.lr / 10.0),
-            Stage::Baseline => (self.baseline.clone(), t.lr),
+            Phase::Greedy => return t,
+            Phase::Autoencoder => return self.autoencoder.clone().unwrap_or_default().config(&t),
+            Phase::Finetune | Phase::AutoencoderFinetune => (self.finetune.clone(), t.lr / 10.0),
+            Phase::Baseline => (self.baseline.clone(), t.lr),
         };
         let section = section.unwrap_or_default();
         // Fine-tuning and the baseline learn from the labels, whatever the loop's objective.
@@ -342,6 +342,11 @@ impl Pipeline {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_variant_has_one_string_form() {
+        crate::config::check_string_forms(Depths::VARIANTS);
+    }
 
     fn err(text: &str) -> String {
         format!("{:#}", Pipeline::from_toml(text, "p.toml").unwrap_err())

@@ -147,10 +147,13 @@ pub const EVAL_FILE: &str = "eval.json";
 /// What the report stage writes into the run folder.
 pub const REPORT_FILES: [&str; 3] = ["report.md", "accuracy.svg", "summary.json"];
 
-/// The stages of a run, each with a folder per depth.
+/// The training phases of a run, each with a folder per depth: the greedy loop, the
+/// `[autoencoder]` loop, and the phases after the loops (fine-tuning, the baseline). Not
+/// to be confused with the stage programs (prepare, train, evaluate, report). Files and
+/// messages call a phase a "stage" (`summary.json`'s `best.stage`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Stage {
+pub enum Phase {
     /// The greedy loop's depths (`depth-NN`).
     Greedy,
     /// Greedy depths fine-tuned end to end (`finetune-NN`).
@@ -165,17 +168,17 @@ pub enum Stage {
     AutoencoderFinetune,
 }
 
-impl Stage {
-    /// Every stage, in report order.
-    pub const ALL: [Stage; 5] =
-        [Stage::Greedy, Stage::Finetune, Stage::Autoencoder, Stage::AutoencoderFinetune, Stage::Baseline];
+impl Phase {
+    /// Every phase, in report order.
+    pub const ALL: [Phase; 5] =
+        [Phase::Greedy, Phase::Finetune, Phase::Autoencoder, Phase::AutoencoderFinetune, Phase::Baseline];
 
-    /// The training regime that makes this stage's models.
+    /// The training regime that makes this phase's models.
     pub fn regime(self) -> crate::config::Regime {
         match self {
-            Stage::Greedy | Stage::Autoencoder => crate::config::Regime::Grow,
-            Stage::Finetune | Stage::AutoencoderFinetune => crate::config::Regime::Finetune,
-            Stage::Baseline => crate::config::Regime::Scratch,
+            Phase::Greedy | Phase::Autoencoder => crate::config::Regime::Grow,
+            Phase::Finetune | Phase::AutoencoderFinetune => crate::config::Regime::Finetune,
+            Phase::Baseline => crate::config::Regime::Scratch,
         }
     }
 
@@ -183,47 +186,47 @@ impl Stage {
     /// `autoencoder`).
     pub fn section(self) -> &'static str {
         match self {
-            Stage::Greedy => "train",
-            Stage::Finetune | Stage::AutoencoderFinetune => "finetune",
-            Stage::Baseline => "baseline",
-            Stage::Autoencoder => "autoencoder",
+            Phase::Greedy => "train",
+            Phase::Finetune | Phase::AutoencoderFinetune => "finetune",
+            Phase::Baseline => "baseline",
+            Phase::Autoencoder => "autoencoder",
         }
     }
 
     /// The model that `stage`'s model of `depth` is made from, in the same run folder: the
     /// loop's depth before (a grown depth), the loop's same depth (fine-tuning), none (a
     /// loop's depth 1, the baseline).
-    pub fn parent(self, depth: usize) -> Option<(Stage, usize)> {
+    pub fn parent(self, depth: usize) -> Option<(Phase, usize)> {
         match self {
-            Stage::Greedy | Stage::Autoencoder => (depth > 1).then(|| (self, depth - 1)),
-            Stage::Finetune => Some((Stage::Greedy, depth)),
-            Stage::AutoencoderFinetune => Some((Stage::Autoencoder, depth)),
-            Stage::Baseline => None,
+            Phase::Greedy | Phase::Autoencoder => (depth > 1).then(|| (self, depth - 1)),
+            Phase::Finetune => Some((Phase::Greedy, depth)),
+            Phase::AutoencoderFinetune => Some((Phase::Autoencoder, depth)),
+            Phase::Baseline => None,
         }
     }
 
     /// The folder prefix: `depth`, `finetune`, `baseline`.
     pub fn prefix(self) -> &'static str {
         match self {
-            Stage::Greedy => "depth",
-            Stage::Finetune => "finetune",
-            Stage::Baseline => "baseline",
-            Stage::Autoencoder => "autoencoder",
-            Stage::AutoencoderFinetune => "autoencoder-finetune",
+            Phase::Greedy => "depth",
+            Phase::Finetune => "finetune",
+            Phase::Baseline => "baseline",
+            Phase::Autoencoder => "autoencoder",
+            Phase::AutoencoderFinetune => "autoencoder-finetune",
         }
     }
 
-    /// The greedy loop whose depths this stage covers (fine-tuning: the loop it
+    /// The greedy loop whose depths this phase covers (fine-tuning: the loop it
     /// fine-tunes; a loop: itself; the baseline: the `[train]` loop's depths).
-    pub fn loop_stage(self) -> Stage {
+    pub fn loop_phase(self) -> Phase {
         match self {
-            Stage::Autoencoder | Stage::AutoencoderFinetune => Stage::Autoencoder,
-            _ => Stage::Greedy,
+            Phase::Autoencoder | Phase::AutoencoderFinetune => Phase::Autoencoder,
+            _ => Phase::Greedy,
         }
     }
 }
 
-named_enum!(Stage, "stage", {
+named_enum!(Phase, "stage", {
     Greedy => "greedy",
     Finetune => "finetune",
     Baseline => "baseline",
@@ -231,15 +234,15 @@ named_enum!(Stage, "stage", {
     AutoencoderFinetune => "autoencoder-finetune",
 });
 
-/// Folder of `stage` at `depth` inside a run: `depth-NN`, `finetune-NN`, `baseline-NN`.
-pub fn stage_dir(run: &Path, stage: Stage, depth: usize) -> PathBuf {
+/// Folder of phase `stage` at `depth` inside a run: `depth-NN`, `finetune-NN`, `baseline-NN`.
+pub fn phase_dir(run: &Path, stage: Phase, depth: usize) -> PathBuf {
     run.join(format!("{}-{depth:02}", stage.prefix()))
 }
 
-/// The stage and depth a folder name stands for (`finetune-03` → finetune, 3;
+/// The phase and depth a folder name stands for (`finetune-03` → finetune, 3;
 /// `autoencoder-finetune-03` → autoencoder-finetune, 3).
-pub fn parse_stage_dir(name: &str) -> Option<(Stage, usize)> {
-    Stage::ALL.into_iter().find_map(|s| Some((s, name.strip_prefix(s.prefix())?.strip_prefix('-')?.parse().ok()?)))
+pub fn parse_phase_dir(name: &str) -> Option<(Phase, usize)> {
+    Phase::ALL.into_iter().find_map(|s| Some((s, name.strip_prefix(s.prefix())?.strip_prefix('-')?.parse().ok()?)))
 }
 
 /// Folder of depth `depth` inside a run: `depth-NN`.
@@ -255,6 +258,11 @@ pub fn parse_depth_dir(name: &str) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_variant_has_one_string_form() {
+        crate::config::check_string_forms(Phase::VARIANTS);
+    }
 
     #[test]
     fn a_second_lock_on_a_run_says_who_holds_it() {

@@ -33,7 +33,7 @@ pub const TUTORIAL_TEST_LOSS: [f64; 10] =
     [1.4798, 1.3948, 1.4666, 1.6670, 1.9361, 2.1698, 2.3333, 2.4703, 2.5734, 2.6469];
 
 use layerwise_core::run::{
-    parse_stage_dir, stage_dir, Stage, EVAL_FILE, HISTORY_FILE, MODEL_FILE, NOTES_FILE, PIPELINE_FILE, REPORT_FILES,
+    parse_phase_dir, phase_dir, Phase, EVAL_FILE, HISTORY_FILE, MODEL_FILE, NOTES_FILE, PIPELINE_FILE, REPORT_FILES,
 };
 
 const REPORT: &str = REPORT_FILES[0];
@@ -85,7 +85,7 @@ pub struct DepthRow {
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct BestModel {
     /// The stage that made it (`greedy`, `finetune`, `baseline`, `autoencoder`, `autoencoder-finetune`).
-    pub stage: Stage,
+    pub stage: Phase,
     /// Its depth.
     pub depth: usize,
     /// Its validation accuracy (the kept epoch's).
@@ -141,34 +141,34 @@ impl Summary {
     }
 
     /// The rows of `stage`.
-    pub fn rows(&self, stage: Stage) -> &[DepthRow] {
+    pub fn rows(&self, stage: Phase) -> &[DepthRow] {
         match stage {
-            Stage::Greedy => &self.depths,
-            Stage::Finetune => &self.finetune,
-            Stage::Baseline => &self.baseline,
-            Stage::Autoencoder => &self.autoencoder,
-            Stage::AutoencoderFinetune => &self.autoencoder_finetune,
+            Phase::Greedy => &self.depths,
+            Phase::Finetune => &self.finetune,
+            Phase::Baseline => &self.baseline,
+            Phase::Autoencoder => &self.autoencoder,
+            Phase::AutoencoderFinetune => &self.autoencoder_finetune,
         }
     }
 
-    fn rows_mut(&mut self, stage: Stage) -> &mut Vec<DepthRow> {
+    fn rows_mut(&mut self, stage: Phase) -> &mut Vec<DepthRow> {
         match stage {
-            Stage::Greedy => &mut self.depths,
-            Stage::Finetune => &mut self.finetune,
-            Stage::Baseline => &mut self.baseline,
-            Stage::Autoencoder => &mut self.autoencoder,
-            Stage::AutoencoderFinetune => &mut self.autoencoder_finetune,
+            Phase::Greedy => &mut self.depths,
+            Phase::Finetune => &mut self.finetune,
+            Phase::Baseline => &mut self.baseline,
+            Phase::Autoencoder => &mut self.autoencoder,
+            Phase::AutoencoderFinetune => &mut self.autoencoder_finetune,
         }
     }
 
     /// Whether any model besides the `[train]` loop's is in the run.
     pub fn has_other_stages(&self) -> bool {
-        Stage::ALL.iter().any(|&s| s != Stage::Greedy && !self.rows(s).is_empty())
+        Phase::ALL.iter().any(|&s| s != Phase::Greedy && !self.rows(s).is_empty())
     }
 
     /// Whether any depth was pretrained as an autoencoder.
     pub fn has_reconstruction(&self) -> bool {
-        [Stage::Greedy, Stage::Autoencoder]
+        [Phase::Greedy, Phase::Autoencoder]
             .iter()
             .any(|&st| self.rows(st).iter().any(|r| r.reconstruction_loss.is_some()))
     }
@@ -179,16 +179,16 @@ impl Summary {
     }
 
     /// What `stage`'s models are, in the words of Bengio et al. (2007)'s table.
-    pub fn stage_label(&self, stage: Stage) -> &'static str {
+    pub fn stage_label(&self, stage: Phase) -> &'static str {
         let autoencoder = self.loop_is_autoencoder();
         match stage {
-            Stage::Baseline => "end to end from scratch (no pretraining)",
-            Stage::Greedy if autoencoder => "autoencoder greedy, probe only (before fine-tuning)",
-            Stage::Greedy => "supervised greedy (before fine-tuning)",
-            Stage::Finetune if autoencoder => "autoencoder greedy + fine-tuning",
-            Stage::Finetune => "supervised greedy + fine-tuning",
-            Stage::Autoencoder => "autoencoder greedy, probe only (before fine-tuning)",
-            Stage::AutoencoderFinetune => "autoencoder greedy + fine-tuning",
+            Phase::Baseline => "end to end from scratch (no pretraining)",
+            Phase::Greedy if autoencoder => "autoencoder greedy, probe only (before fine-tuning)",
+            Phase::Greedy => "supervised greedy (before fine-tuning)",
+            Phase::Finetune if autoencoder => "autoencoder greedy + fine-tuning",
+            Phase::Finetune => "supervised greedy + fine-tuning",
+            Phase::Autoencoder => "autoencoder greedy, probe only (before fine-tuning)",
+            Phase::AutoencoderFinetune => "autoencoder greedy + fine-tuning",
         }
     }
 }
@@ -201,12 +201,12 @@ pub fn collect(run: &Path) -> Result<Summary> {
     }
     let pipeline_path = run.join(PIPELINE_FILE);
     let pipeline = if pipeline_path.exists() { Some(Pipeline::load(&pipeline_path)?) } else { None };
-    let mut found: Vec<(Stage, usize)> = std::fs::read_dir(run)
+    let mut found: Vec<(Phase, usize)> = std::fs::read_dir(run)
         .with_context(|| format!("cannot list {}", run.display()))?
         .flatten()
-        .filter_map(|e| parse_stage_dir(e.file_name().to_str()?))
+        .filter_map(|e| parse_phase_dir(e.file_name().to_str()?))
         .collect();
-    found.sort_unstable_by_key(|(s, d)| (Stage::ALL.iter().position(|x| x == s), *d));
+    found.sort_unstable_by_key(|(s, d)| (Phase::ALL.iter().position(|x| x == s), *d));
     let name = run.file_name().map_or_else(|| run.display().to_string(), |n| n.to_string_lossy().into_owned());
     let mut s = Summary {
         run: name,
@@ -226,7 +226,7 @@ pub fn collect(run: &Path) -> Result<Summary> {
     // Each checkpoint is hashed once, though a depth's parent is checked by its child too.
     let mut shas = std::collections::HashMap::new();
     for (stage, depth) in found {
-        let dir = stage_dir(run, stage, depth);
+        let dir = phase_dir(run, stage, depth);
         if let Some(p) = &s.pipeline {
             if !p.has_stage(stage) {
                 if dir.join(MODEL_FILE).exists() {
@@ -250,10 +250,10 @@ pub fn collect(run: &Path) -> Result<Summary> {
         _ => Vec::new(),
     };
     // The best model of the run, among every stage, on validation accuracy, by the rule
-    // the loop uses (the first on a tie, in the order of `Stage::ALL`, shallower before
+    // the loop uses (the first on a tie, in the order of `Phase::ALL`, shallower before
     // deeper).
-    let all: Vec<(Stage, &DepthRow)> =
-        Stage::ALL.into_iter().flat_map(|stage| s.rows(stage).iter().map(move |r| (stage, r))).collect();
+    let all: Vec<(Phase, &DepthRow)> =
+        Phase::ALL.into_iter().flat_map(|stage| s.rows(stage).iter().map(move |r| (stage, r))).collect();
     let best = best_by_validation(all.iter().enumerate().map(|(i, (_, r))| (i, r.val_accuracy))).map(|(i, _)| {
         let (stage, r) = all[i];
         BestModel { stage, depth: r.depth, val_accuracy: r.val_accuracy, test_accuracy: r.eval_accuracy }
@@ -273,13 +273,13 @@ pub fn collect(run: &Path) -> Result<Summary> {
 /// accuracy is in [0, 1]; what fails is flagged, never shown.
 fn row(
     run: &Path,
-    stage: Stage,
+    stage: Phase,
     depth: usize,
     split: Split,
     shas: &mut std::collections::HashMap<std::path::PathBuf, String>,
     problems: &mut Vec<String>,
 ) -> Option<DepthRow> {
-    let dir = stage_dir(run, stage, depth);
+    let dir = phase_dir(run, stage, depth);
     let (model, history) = (dir.join(MODEL_FILE), dir.join(HISTORY_FILE));
     if !model.exists() || !history.exists() {
         return None;
@@ -305,7 +305,7 @@ fn row(
         };
         let sha = sha_of(&model)?;
         if let Some((parent_stage, parent_depth)) = stage.parent(depth) {
-            let parent = stage_dir(run, parent_stage, parent_depth).join(MODEL_FILE);
+            let parent = phase_dir(run, parent_stage, parent_depth).join(MODEL_FILE);
             if parent.exists() && meta.parent_sha256.as_deref() != Some(sha_of(&parent)?.as_str()) {
                 anyhow::bail!(
                     "{} was made from another checkpoint than {} now holds (was that one trained again?)",

@@ -1,7 +1,7 @@
 //! `report.md`.
 
 use crate::{Summary, TUTORIAL_TEST_ACCURACY};
-use layerwise_core::run::Stage;
+use layerwise_core::run::Phase;
 use std::fmt::Write;
 
 fn opt(v: Option<f64>) -> String {
@@ -90,8 +90,8 @@ pub(crate) fn render(s: &Summary, notes: Option<&str>) -> String {
                     format!(
                         "{} depth(s), {} epochs, lr {}",
                         f.depths.name(),
-                        p.stage_config(Stage::Finetune).epochs,
-                        p.stage_config(Stage::Finetune).lr
+                        p.stage_config(Phase::Finetune).epochs,
+                        p.stage_config(Phase::Finetune).lr
                     )
                 }),
             ),
@@ -190,7 +190,7 @@ pub(crate) fn render(s: &Summary, notes: Option<&str>) -> String {
     if s.has_reconstruction() {
         reconstruction(&mut md, s);
     }
-    let models: usize = layerwise_core::run::Stage::ALL.iter().map(|&st| s.rows(st).len()).sum();
+    let models: usize = layerwise_core::run::Phase::ALL.iter().map(|&st| s.rows(st).len()).sum();
     if models > s.depths.len() {
         let _ = writeln!(
             md,
@@ -221,7 +221,7 @@ pub(crate) fn render(s: &Summary, notes: Option<&str>) -> String {
 /// autoencoder greedy, before and after fine-tuning), validation and evaluation accuracy
 /// by depth; then the run's best model (chosen on validation accuracy among all of them).
 fn compare(md: &mut String, s: &Summary, split: &str) {
-    use layerwise_core::run::Stage;
+    use layerwise_core::run::Phase;
     let _ = writeln!(md, "## Does greedy pretraining help?\n");
     let _ = writeln!(
         md,
@@ -232,13 +232,13 @@ fn compare(md: &mut String, s: &Summary, split: &str) {
          are validation / {split} accuracy.\n"
     );
     // The paper's order: no pretraining, supervised, unsupervised.
-    let order = [Stage::Baseline, Stage::Greedy, Stage::Finetune, Stage::Autoencoder, Stage::AutoencoderFinetune];
-    let order: Vec<Stage> = if s.loop_is_autoencoder() {
-        [Stage::Baseline, Stage::Greedy, Stage::Finetune].into_iter().collect()
+    let order = [Phase::Baseline, Phase::Greedy, Phase::Finetune, Phase::Autoencoder, Phase::AutoencoderFinetune];
+    let order: Vec<Phase> = if s.loop_is_autoencoder() {
+        [Phase::Baseline, Phase::Greedy, Phase::Finetune].into_iter().collect()
     } else {
         order.into_iter().collect()
     };
-    let mut all: Vec<usize> = Stage::ALL.iter().flat_map(|&st| s.rows(st).iter().map(|r| r.depth)).collect();
+    let mut all: Vec<usize> = Phase::ALL.iter().flat_map(|&st| s.rows(st).iter().map(|r| r.depth)).collect();
     all.sort_unstable();
     all.dedup();
     let _ = write!(md, "| training |");
@@ -277,7 +277,7 @@ fn compare(md: &mut String, s: &Summary, split: &str) {
 
 /// Reconstruction loss by depth of every autoencoder-pretrained depth.
 fn reconstruction(md: &mut String, s: &Summary) {
-    use layerwise_core::run::Stage;
+    use layerwise_core::run::Phase;
     let _ = writeln!(md, "## Reconstruction by depth\n");
     let _ = writeln!(
         md,
@@ -288,7 +288,7 @@ fn reconstruction(md: &mut String, s: &Summary) {
          other.\n"
     );
     let _ = writeln!(md, "| loop | depth | train reconstruction | val reconstruction | probe val acc |\n| --- | ---: | ---: | ---: | ---: |");
-    for stage in [Stage::Greedy, Stage::Autoencoder] {
+    for stage in [Phase::Greedy, Phase::Autoencoder] {
         for r in s.rows(stage) {
             if let (Some(t), Some(v)) = (r.reconstruction_loss, r.val_reconstruction_loss) {
                 let _ = writeln!(md, "| {} | {} | {t:.5} | {v:.5} | {:.4} |", stage.name(), r.depth, r.val_accuracy);

@@ -119,7 +119,7 @@ pub(crate) fn accuracy_svg(s: &Summary) -> Result<String> {
             acc.push(Series::line(format!("{name} (validation)"), rows_pts(rows, &|r| Some(r.val_accuracy)), color));
             loss.push(Series::line(format!("{name} (validation)"), rows_pts(rows, &|r| Some(r.val_loss)), color));
         }
-        let n = layerwise_core::run::Stage::ALL
+        let n = layerwise_core::run::Phase::ALL
             .iter()
             .flat_map(|&st| s.rows(st).iter().map(|r| r.depth))
             .max()

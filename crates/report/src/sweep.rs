@@ -4,7 +4,7 @@
 
 use crate::{collect, DepthRow, Summary, TUTORIAL_TEST_ACCURACY};
 use anyhow::{bail, Context, Result};
-use layerwise_core::run::Stage;
+use layerwise_core::run::Phase;
 use layerwise_core::run::{SweepList, PIPELINE_FILE, SWEEP_FILE, SWEEP_LIST_SCHEMA};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -85,7 +85,7 @@ pub struct RunRow {
 pub struct Group {
     /// Pipeline name.
     pub pipeline: String,
-    /// Stage: `greedy` (the loop's depths), `finetune`, `baseline`, `autoencoder` or
+    /// Phase: `greedy` (the loop's depths), `finetune`, `baseline`, `autoencoder` or
     /// `autoencoder-finetune`.
     pub stage: String,
     /// The pipeline's published reference (`keras-tutorial`), if any.
@@ -174,7 +174,7 @@ pub fn collect_sweep(runs: &[PathBuf]) -> Result<SweepSummary> {
     }
     let mut out_groups = Vec::new();
     for (pipeline, members) in groups {
-        for stage in Stage::ALL {
+        for stage in Phase::ALL {
             let rows_of = |s: &'_ Summary| -> Vec<DepthRow> { s.rows(stage).to_vec() };
             if members.iter().all(|s| rows_of(s).is_empty()) {
                 continue;
@@ -221,7 +221,7 @@ pub fn collect_sweep(runs: &[PathBuf]) -> Result<SweepSummary> {
             out_groups.push(Group {
                 pipeline: pipeline.clone(),
                 stage: stage.name().into(),
-                reference: if stage == Stage::Greedy {
+                reference: if stage == Phase::Greedy {
                     members.iter().find_map(|s| s.pipeline.as_ref()?.reference.clone())
                 } else {
                     None

@@ -6,7 +6,7 @@ use anyhow::Result;
 use clap::Parser;
 use layerwise_core::config::{Augment, Decoder, HeadMode, LrSchedule, Objective, Regime, TrainConfig};
 use layerwise_core::pipeline::Pipeline;
-use layerwise_core::run::Stage;
+use layerwise_core::run::Phase;
 use layerwise_nn::device::DeviceKind;
 use std::path::PathBuf;
 
@@ -114,9 +114,9 @@ fn config(a: &Args) -> Result<TrainConfig> {
         None => Pipeline::from_toml("name = \"layerwise-train\"", "the defaults")?,
     };
     let stage = match a.regime {
-        Regime::Grow => Stage::Greedy,
-        Regime::Finetune => Stage::Finetune,
-        Regime::Scratch => Stage::Baseline,
+        Regime::Grow => Phase::Greedy,
+        Regime::Finetune => Phase::Finetune,
+        Regime::Scratch => Phase::Baseline,
     };
     let mut c = pipeline.stage_config(stage);
     macro_rules! set {
