@@ -136,3 +136,132 @@ pub fn masking_noise(rows: &[f32], fraction: f64, seed: u64) -> Vec<f32> {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     rows.iter().map(|&v| if rng.gen::<f64>() < fraction { 0.0 } else { v }).collect()
 }
+
+/// A denoising autoencoder layer being pretrained, fed host rows: its encoder, decoder and
+/// Adam live on device `D`, and what leaves it (snapshots, Adam's state) is on the host, as
+/// [`crate::Trainer`] does for supervised training.
+pub struct AeTrainer<D: Backend> {
+    dev: D,
+    encoder: Layer<D>,
+    decoder: AeDecoder<D>,
+    adam: Adam<D>,
+    /// The checkpoint names: encoder weight and bias, decoder weight and bias.
+    names: [String; 4],
+    weight_decay: f64,
+}
+
+/// An autoencoder layer's tensors on the host: the encoder's weight `[width, inputs]` and
+/// bias, the decoder's weight `[inputs, width]` (empty when tied) and bias.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AeTensors {
+    /// Encoder weight and bias.
+    pub encoder: (Vec<f32>, Vec<f32>),
+    /// Decoder weight (empty when tied) and bias.
+    pub decoder: (Vec<f32>, Vec<f32>),
+}
+
+/// What an autoencoder trainer trains: the encoder to start from, the decoder's kind and
+/// seed, the tensors' checkpoint names and the optimizer's settings.
+pub struct AeSpec<'a> {
+    /// The encoder's initial weights.
+    pub encoder: &'a Dense,
+    /// Whether the decoder reuses the encoder's weight (transposed).
+    pub tied: bool,
+    /// Seed of an untied decoder's initial weight.
+    pub seed: u64,
+    /// Encoder weight, encoder bias, decoder weight, decoder bias.
+    pub names: [String; 4],
+    /// Adam's learning rate, β1, β2 and ε.
+    pub adam: [f64; 4],
+    /// Decoupled weight decay on the weights.
+    pub weight_decay: f64,
+}
+
+impl<D: Backend> AeTrainer<D> {
+    /// A fresh trainer: the encoder as given, a zero-bias decoder.
+    pub fn new(dev: &D, spec: AeSpec<'_>) -> Self {
+        let encoder = Layer::from_dense(spec.encoder, dev);
+        let decoder = AeDecoder::new(&encoder, spec.tied, spec.seed, dev);
+        let [lr, b1, b2, eps] = spec.adam;
+        let adam = Adam::new(lr, b1, b2, eps);
+        Self { dev: dev.clone(), encoder, decoder, adam, names: spec.names, weight_decay: spec.weight_decay }
+    }
+
+    /// Continue from saved tensors and Adam's saved state; refuses tensors of other sizes
+    /// (a state of another network).
+    pub fn restore(&mut self, saved: &AeTensors, adam_t: i32, moments: Moments) -> Result<()> {
+        let (width, inputs) = (self.encoder.outputs(), self.encoder.inputs());
+        let fits =
+            |(w, b): &(Vec<f32>, Vec<f32>), outputs: usize, ins: usize| w.len() == outputs * ins && b.len() == outputs;
+        if !fits(&saved.encoder, width, inputs) {
+            return Err(anyhow!("its encoder's tensors do not fit this network"));
+        }
+        let dense = |(w, b): &(Vec<f32>, Vec<f32>), outputs: usize, inputs: usize| Dense {
+            inputs,
+            outputs,
+            weight: w.clone(),
+            bias: b.clone(),
+        };
+        self.encoder = Layer::from_dense(&dense(&saved.encoder, width, inputs), &self.dev);
+        self.decoder = match &self.decoder {
+            AeDecoder::Tied { .. } if saved.decoder.0.is_empty() && saved.decoder.1.len() == inputs => {
+                AeDecoder::Tied { bias: self.dev.tensor_from_vec(saved.decoder.1.clone(), (inputs,)) }
+            }
+            AeDecoder::Untied(_) if fits(&saved.decoder, inputs, width) => {
+                AeDecoder::Untied(Layer::from_dense(&dense(&saved.decoder, inputs, width), &self.dev))
+            }
+            _ => return Err(anyhow!("its decoder does not fit this network")),
+        };
+        self.adam.restore(adam_t, moments);
+        Ok(())
+    }
+
+    /// One Adam step (learning rate `lr`) on `rows` host rows: `noisy` (the corrupted copy)
+    /// is encoded, `clean` is the target. Returns the batch's mean squared error; when it
+    /// is not finite, nothing is updated (the caller stops).
+    pub fn step(&mut self, noisy: Vec<f32>, clean: &[f32], rows: usize, lr: f64) -> Result<f32> {
+        let dim = self.encoder.inputs();
+        let noisy: Matrix<D> = self.dev.tensor_from_vec(noisy, (rows, dim));
+        let clean: Matrix<D> = self.dev.tensor_from_vec(clean.to_vec(), (rows, dim));
+        self.adam.set_lr(lr);
+        let g = autoencoder_gradients(&self.encoder, &self.decoder, noisy, clean);
+        if !g.loss.is_finite() {
+            return Ok(g.loss);
+        }
+        let [ew, eb, dw, db] = &self.names;
+        self.adam.tick();
+        self.adam.update_decayed(ew, &mut self.encoder.weight, &g.encoder_weight, self.weight_decay)?;
+        self.adam.update(eb, &mut self.encoder.bias, &g.encoder_bias)?;
+        match (&mut self.decoder, &g.decoder_weight) {
+            (AeDecoder::Untied(l), Some(gw)) => {
+                self.adam.update_decayed(dw, &mut l.weight, gw, self.weight_decay)?;
+                self.adam.update(db, &mut l.bias, &g.decoder_bias)?;
+            }
+            (AeDecoder::Tied { bias }, None) => self.adam.update(db, bias, &g.decoder_bias)?,
+            _ => return Err(anyhow!("internal: decoder and its gradients disagree")),
+        }
+        Ok(g.loss)
+    }
+
+    /// [`reconstruction_loss`] of `rows` host rows `data`.
+    pub fn val_loss(&self, data: &[f32], rows: usize, noise: (f64, u64), chunk: usize) -> f64 {
+        reconstruction_loss(&self.dev, &self.encoder, &self.decoder, data, rows, noise, chunk)
+    }
+
+    /// The encoder's and the decoder's tensors, copied to the host.
+    pub fn snapshot(&self) -> AeTensors {
+        let pair = |l: &Layer<D>| (l.weight.as_vec(), l.bias.as_vec());
+        AeTensors {
+            encoder: pair(&self.encoder),
+            decoder: match &self.decoder {
+                AeDecoder::Tied { bias } => (Vec::new(), bias.as_vec()),
+                AeDecoder::Untied(l) => pair(l),
+            },
+        }
+    }
+
+    /// Adam's step count and moments, copied to the host.
+    pub fn adam_state(&self) -> (i32, Moments) {
+        self.adam.state()
+    }
+}

@@ -30,7 +30,6 @@ use resume::stop_if_asked;
 use supervised::Inputs;
 
 use anyhow::{bail, Context, Result};
-use dfdx::prelude::*;
 use layerwise_core::checkpoint::{
     checkpoint_bytes, hidden_name, load_checkpoint, CheckpointMeta, Dense, Mlp, CHECKPOINT_VERSION,
 };
@@ -39,7 +38,7 @@ use layerwise_core::dataset::{Dataset, Split};
 use layerwise_core::metrics::{EpochMetrics, PretrainEpoch, Sealed, TrainHistory, TRAIN_SCHEMA, TRAIN_VERSION};
 use layerwise_core::{atomic, hash, mix_seed};
 use layerwise_nn::device::DeviceKind;
-use layerwise_nn::{glorot_dense, Adam, AeDecoder, Backend, Layer, Matrix};
+use layerwise_nn::{glorot_dense, Backend};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use std::borrow::Cow;
@@ -253,10 +252,6 @@ struct Trained {
 
 use layerwise_nn::CHUNK;
 
-fn host_pair<D: Backend>(l: &Layer<D>) -> (Vec<f32>, Vec<f32>) {
-    (l.weight.as_vec(), l.bias.as_vec())
-}
-
 /// A saved `(weight, bias)` pair as a layer of `outputs × inputs`, refusing a pair of
 /// other sizes (a state file of another network).
 fn restore((outputs, inputs): (usize, usize), (weight, bias): &(Vec<f32>, Vec<f32>), from: &Path) -> Result<Dense> {
@@ -326,12 +321,16 @@ impl Run<'_> {
         if y_train.is_empty() {
             bail!("{}: the train split is empty", self.ds.path().display());
         }
-        let saved = self.saved_state();
+        let saved = self.saved_state().map(|s| s.training);
         let resumed = saved.is_some();
         match cfg.objective {
             Objective::Supervised => {
                 let inputs =
                     Inputs { x_train: &x_train, y_train: &y_train, x_val: &x_val, y_val: &y_val, per_batch_prefix };
+                let saved = match saved {
+                    Some(state::Training::Supervised(s)) => Some(s),
+                    _ => None,
+                };
                 let s = self.supervised(dev, &inputs, &plan.trainable, &plan.head, plan.head_trains, saved, None)?;
                 // The new layer's output, for the next depth (frozen-feature time too).
                 let t1 = Instant::now();
@@ -353,8 +352,12 @@ impl Run<'_> {
                 })
             }
             Objective::Autoencoder => {
+                let (saved_pretraining, saved_probe) = match saved {
+                    Some(state::Training::Autoencoder { pretrained, probe }) => (Some(pretrained), probe),
+                    _ => (None, None),
+                };
                 // Pretraining reads the inputs, never the labels.
-                let pretrained = self.pretrain(dev, &x_train, &x_val, saved.as_ref())?;
+                let pretrained = self.pretrain(dev, &x_train, &x_val, saved_pretraining.as_ref())?;
                 let (weight, bias) = pretrained.encoder.clone();
                 let like = &plan.trainable[0];
                 let encoder = Dense { inputs: like.inputs, outputs: like.outputs, weight, bias };
@@ -370,8 +373,7 @@ impl Run<'_> {
                 let per_batch_prefix = layerwise_nn::Frozen::new(dev, &[]);
                 let inputs =
                     Inputs { x_train: &f_train, y_train: &y_train, x_val: &f_val, y_val: &y_val, per_batch_prefix };
-                let saved = saved.filter(|s| s.pretrained.as_ref().is_some_and(|p| p.epoch >= cfg.epochs));
-                let s = self.supervised(dev, &inputs, &[], &plan.head, true, saved, Some(&pretrained))?;
+                let s = self.supervised(dev, &inputs, &[], &plan.head, true, saved_probe, Some(&pretrained))?;
                 Ok(Trained {
                     next_features: Some((f_train, f_val)),
                     layers: vec![encoder],

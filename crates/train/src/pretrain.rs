@@ -4,13 +4,14 @@ use super::*;
 
 impl Run<'_> {
     /// Train the new layer as the encoder of a denoising autoencoder of its input `x_train`
-    /// (validated on `x_val`), for `epochs` epochs, from a saved state when there is one.
+    /// (validated on `x_val`), for `epochs` epochs, from a saved pretraining when there is
+    /// one, through nn's autoencoder trainer.
     pub(crate) fn pretrain<D: Backend>(
         &self,
         dev: &D,
         x_train: &[f32],
         x_val: &[f32],
-        saved: Option<&state::TrainState>,
+        saved: Option<&state::Pretrained>,
     ) -> Result<state::Pretrained> {
         let cfg = &self.opts.config;
         let plan = self.plan;
@@ -20,29 +21,28 @@ impl Run<'_> {
         let like = &plan.trainable[0];
         let dim = like.inputs;
         let (n, n_val) = (x_train.len() / dim, x_val.len() / dim);
-        let mut encoder = Layer::from_dense(like, dev);
         let seed = |parts: &[u64]| mix_seed(cfg.seed, &[&[self.depth as u64], parts].concat());
-        let mut decoder = AeDecoder::new(&encoder, cfg.decoder == Decoder::Tied, seed(&[2]), dev);
-        let mut adam = Adam::new(cfg.lr, cfg.beta1, cfg.beta2, cfg.epsilon);
+        let mut net = layerwise_nn::AeTrainer::new(
+            dev,
+            layerwise_nn::AeSpec {
+                encoder: like,
+                tied: cfg.decoder == Decoder::Tied,
+                seed: seed(&[2]),
+                names: [ew, eb, dw, db],
+                adam: [cfg.lr, cfg.beta1, cfg.beta2, cfg.epsilon],
+                weight_decay: cfg.weight_decay,
+            },
+        );
         let mut history = Vec::new();
         let mut first_epoch = 1;
         let state_path = self.opts.out.join(state::STATE_FILE);
-        if let Some(p) = saved.and_then(|s| s.pretrained.as_ref()) {
+        if let Some(p) = saved {
             if p.epoch >= cfg.epochs {
                 self.say(&format!("pretraining finished in an interrupted run ({}): kept", state_path.display()));
                 return Ok(p.clone());
             }
-            encoder = Layer::from_dense(&restore((like.outputs, like.inputs), &p.encoder, &state_path)?, dev);
-            decoder = match decoder {
-                AeDecoder::Tied { .. } if p.decoder.0.is_empty() && p.decoder.1.len() == dim => {
-                    AeDecoder::Tied { bias: dev.tensor_from_vec(p.decoder.1.clone(), (dim,)) }
-                }
-                AeDecoder::Untied(l) => {
-                    AeDecoder::Untied(Layer::from_dense(&restore(*l.weight.shape(), &p.decoder, &state_path)?, dev))
-                }
-                _ => bail!("{}: its decoder does not fit this network", state_path.display()),
-            };
-            adam.restore(p.adam_t, p.adam.clone());
+            let tensors = layerwise_nn::AeTensors { encoder: p.encoder.clone(), decoder: p.decoder.clone() };
+            net.restore(&tensors, p.adam_t, p.adam.clone()).with_context(|| state_path.display().to_string())?;
             history = p.epochs.clone();
             first_epoch = p.epoch + 1;
             self.say(&format!(
@@ -74,38 +74,23 @@ impl Run<'_> {
                     cfg.corruption,
                     seed(&[PRETRAIN_STREAM + epoch as u64, 3, b as u64]),
                 );
-                let noisy: Matrix<D> = dev.tensor_from_vec(noisy, (chunk.len(), dim));
-                let clean: Matrix<D> = dev.tensor_from_vec(rows.clone(), (chunk.len(), dim));
-                adam.set_lr(cfg.lr_at((epoch - 1) * batches + b, cfg.epochs * batches, batches));
-                let g = layerwise_nn::autoencoder_gradients(&encoder, &decoder, noisy, clean);
-                if !g.loss.is_finite() {
+                let lr = cfg.lr_at((epoch - 1) * batches + b, cfg.epochs * batches, batches);
+                let loss = net.step(noisy, &rows, chunk.len(), lr)?;
+                if !loss.is_finite() {
                     bail!(
-                        "depth {}: the reconstruction loss became {} at pretraining epoch {epoch}, batch {} of \
+                        "depth {}: the reconstruction loss became {loss} at pretraining epoch {epoch}, batch {} of \
                          {batches}: training diverged; lower the learning rate (--lr) or check the dataset; no \
                          checkpoint was written",
                         self.depth,
-                        g.loss,
                         b + 1
                     );
                 }
-                loss_sum += g.loss as f64 * chunk.len() as f64;
-                adam.tick();
-                adam.update_decayed(&ew, &mut encoder.weight, &g.encoder_weight, cfg.weight_decay)?;
-                adam.update(&eb, &mut encoder.bias, &g.encoder_bias)?;
-                match (&mut decoder, &g.decoder_weight) {
-                    (AeDecoder::Untied(l), Some(gw)) => {
-                        adam.update_decayed(&dw, &mut l.weight, gw, cfg.weight_decay)?;
-                        adam.update(&db, &mut l.bias, &g.decoder_bias)?;
-                    }
-                    (AeDecoder::Tied { bias }, None) => adam.update(&db, bias, &g.decoder_bias)?,
-                    _ => bail!("internal: decoder and its gradients disagree"),
-                }
+                loss_sum += loss as f64 * chunk.len() as f64;
                 let seen = (b * bs + chunk.len()) as f64;
                 bar.batch(b + 1, || format!("reconstruction {:.5}", loss_sum / seen));
             }
             // The same objective on the validation split, with fixed masks (the same every epoch).
-            let noise = (cfg.corruption, seed(&[PRETRAIN_STREAM, 4]));
-            let val = layerwise_nn::reconstruction_loss(dev, &encoder, &decoder, x_val, n_val, noise, CHUNK);
+            let val = net.val_loss(x_val, n_val, (cfg.corruption, seed(&[PRETRAIN_STREAM, 4])), CHUNK);
             let m = PretrainEpoch {
                 epoch,
                 reconstruction_loss: loss_sum / n as f64,
@@ -115,33 +100,18 @@ impl Run<'_> {
             bar.pretrain_epoch(&m);
             history.push(m);
             // The state after every epoch, the last one too: the probe follows.
-            let (adam_t, adam_moments) = adam.state();
-            let decoder_host = match &decoder {
-                AeDecoder::Tied { bias } => (Vec::new(), bias.as_vec()),
-                AeDecoder::Untied(l) => host_pair(l),
-            };
+            let (adam_t, adam_moments) = net.adam_state();
+            let tensors = net.snapshot();
             let p = state::Pretrained {
                 epoch,
-                encoder: host_pair(&encoder),
-                decoder: decoder_host,
+                encoder: tensors.encoder,
+                decoder: tensors.decoder,
                 adam_t,
                 adam: if epoch < cfg.epochs { adam_moments } else { Vec::new() },
                 epochs: history.clone(),
             };
-            let st = state::TrainState {
-                format: state::STATE_FORMAT.into(),
-                version: state::STATE_VERSION,
-                key: self.state_key.clone(),
-                epoch: 0,
-                layers: Vec::new(),
-                head: (Vec::new(), Vec::new()),
-                adam_t: 0,
-                adam: Vec::new(),
-                epochs: Vec::new(),
-                best: None,
-                pretrained: Some(p.clone()),
-            };
-            state::save(&state_path, &st)?;
+            let training = state::Training::Autoencoder { pretrained: p.clone(), probe: None };
+            state::save(&state_path, &state::TrainState::new(&self.state_key, training))?;
             stop_if_asked(epoch, "pretraining epoch")?;
             if epoch == cfg.epochs {
                 bar.finish();

@@ -25,12 +25,13 @@ use std::path::Path;
 pub use layerwise_core::run::STATE_FILE;
 /// What the file says it is.
 pub const STATE_FORMAT: &str = "layerwise-train-state";
-/// Its layout's version: 3 added the SHA-256 trailer.
-pub const STATE_VERSION: u32 = 3;
+/// Its layout's version: 3 added the SHA-256 trailer, 4 made the training an enum of the
+/// supervised loop and the autoencoder's pretraining and probe.
+pub const STATE_VERSION: u32 = 4;
 /// Bytes of the trailer: the SHA-256 of the bincode body before it.
 const TRAILER: usize = 32;
 
-/// A depth's training, after `epoch` epochs.
+/// A depth's training, saved between epochs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainState {
     /// [`STATE_FORMAT`].
@@ -39,6 +40,36 @@ pub struct TrainState {
     pub version: u32,
     /// [`state_key`] of the run that wrote it.
     pub key: String,
+    /// Where the training is.
+    pub training: Training,
+}
+
+/// Where a depth's training is: the supervised loop, or the autoencoder objective's
+/// pretraining followed by its probe.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Training {
+    /// The supervised loop (the `supervised` objective).
+    Supervised(Supervised),
+    /// The `autoencoder` objective: pretraining after `pretrained.epoch` epochs, and once
+    /// it is finished, the probe's supervised loop (none before its first epoch).
+    Autoencoder {
+        /// The pretraining.
+        pretrained: Pretrained,
+        /// The probe, once begun.
+        probe: Option<Supervised>,
+    },
+}
+
+impl TrainState {
+    /// A state of this version, for the run with `key`.
+    pub fn new(key: &str, training: Training) -> Self {
+        Self { format: STATE_FORMAT.into(), version: STATE_VERSION, key: key.into(), training }
+    }
+}
+
+/// A supervised loop after `epoch` epochs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Supervised {
     /// Epochs finished.
     pub epoch: usize,
     /// Each trainable hidden layer's weight and bias.
@@ -53,9 +84,6 @@ pub struct TrainState {
     pub epochs: Vec<EpochMetrics>,
     /// The best epoch so far and its weights, where the regime keeps them (fine-tuning).
     pub best: Option<Best>,
-    /// The autoencoder objective's pretraining: in progress (`epoch` is then 0), or done
-    /// and followed by the probe's `epoch` epochs.
-    pub pretrained: Option<Pretrained>,
 }
 
 /// An autoencoder layer's pretraining after `epoch` epochs.
@@ -250,48 +278,50 @@ fn metrics_in_range(e: &EpochMetrics) -> bool {
 /// what does not (and the depth then trains from epoch 1).
 pub fn validate(st: &TrainState, ex: &Expect) -> Result<()> {
     let steps = |epoch: usize| (epoch as i64) * (ex.batches as i64);
-    match (&st.pretrained, &ex.pretrain) {
-        (Some(_), None) => bail!("it holds an autoencoder pretraining, but this depth trains with the labels only"),
-        (None, Some(_)) => bail!("it holds no pretraining, but this depth pretrains an autoencoder first"),
-        (Some(p), Some(xp)) => {
-            if p.epoch == 0 || p.epoch > xp.epochs {
-                bail!("pretraining epoch {} is outside 1..={}", p.epoch, xp.epochs);
-            }
-            if p.epochs.len() != p.epoch || p.epochs.iter().enumerate().any(|(i, e)| e.epoch != i + 1) {
-                bail!("its pretraining history does not hold epochs 1..={}", p.epoch);
-            }
-            let ok = |x: f64| x.is_finite() && x >= 0.0;
-            if p.epochs.iter().any(|e| !ok(e.reconstruction_loss) || !ok(e.val_reconstruction_loss) || !ok(e.seconds)) {
-                bail!("its pretraining history holds a value out of range");
-            }
-            pair("the encoder", xp.encoder, &p.encoder)?;
-            if p.decoder.0.len() != xp.decoder.0 || p.decoder.1.len() != xp.decoder.1 {
-                bail!("its decoder does not fit this network");
-            }
-            finite("the decoder's weight", &p.decoder.0)?;
-            finite("the decoder's bias", &p.decoder.1)?;
-            if i64::from(p.adam_t) != steps(p.epoch) {
-                bail!("pretraining's Adam step count is {}, {} epochs make {}", p.adam_t, p.epoch, steps(p.epoch));
-            }
-            if p.epoch < xp.epochs {
-                moments("pretraining", &p.adam, &xp.tensors)?;
-                if st.epoch != 0 {
-                    bail!("it records probe epochs while pretraining is unfinished");
-                }
-            } else if !p.adam.is_empty() {
-                bail!("finished pretraining keeps no moments, this one has {}", p.adam.len());
-            }
+    let (p, xp, probe) = match (&st.training, &ex.pretrain) {
+        (Training::Supervised(s), None) => return supervised(s, ex),
+        (Training::Autoencoder { .. }, None) => {
+            bail!("it holds an autoencoder pretraining, but this depth trains with the labels only")
         }
-        (None, None) => {}
-    }
-    // Pretraining in progress, or just finished with the probe not begun: no supervised
-    // part yet (an unfinished pretraining with probe epochs was refused above).
-    if st.pretrained.is_some() && st.epoch == 0 {
-        if !(st.layers.is_empty() && st.head.0.is_empty() && st.adam.is_empty() && st.epochs.is_empty()) {
-            bail!("it holds supervised training before the probe began");
+        (Training::Supervised(_), Some(_)) => {
+            bail!("it holds no pretraining, but this depth pretrains an autoencoder first")
         }
-        return Ok(());
+        (Training::Autoencoder { pretrained, probe }, Some(xp)) => (pretrained, xp, probe),
+    };
+    if p.epoch == 0 || p.epoch > xp.epochs {
+        bail!("pretraining epoch {} is outside 1..={}", p.epoch, xp.epochs);
     }
+    if p.epochs.len() != p.epoch || p.epochs.iter().enumerate().any(|(i, e)| e.epoch != i + 1) {
+        bail!("its pretraining history does not hold epochs 1..={}", p.epoch);
+    }
+    let ok = |x: f64| x.is_finite() && x >= 0.0;
+    if p.epochs.iter().any(|e| !ok(e.reconstruction_loss) || !ok(e.val_reconstruction_loss) || !ok(e.seconds)) {
+        bail!("its pretraining history holds a value out of range");
+    }
+    pair("the encoder", xp.encoder, &p.encoder)?;
+    if p.decoder.0.len() != xp.decoder.0 || p.decoder.1.len() != xp.decoder.1 {
+        bail!("its decoder does not fit this network");
+    }
+    finite("the decoder's weight", &p.decoder.0)?;
+    finite("the decoder's bias", &p.decoder.1)?;
+    if i64::from(p.adam_t) != steps(p.epoch) {
+        bail!("pretraining's Adam step count is {}, {} epochs make {}", p.adam_t, p.epoch, steps(p.epoch));
+    }
+    if p.epoch < xp.epochs {
+        moments("pretraining", &p.adam, &xp.tensors)?;
+        if probe.is_some() {
+            bail!("it records probe epochs while pretraining is unfinished");
+        }
+    } else if !p.adam.is_empty() {
+        bail!("finished pretraining keeps no moments, this one has {}", p.adam.len());
+    }
+    // Pretraining just finished with the probe not begun: nothing more to check.
+    probe.as_ref().map_or(Ok(()), |s| supervised(s, ex))
+}
+
+/// Check a supervised loop's state against the network.
+fn supervised(st: &Supervised, ex: &Expect) -> Result<()> {
+    let steps = |epoch: usize| (epoch as i64) * (ex.batches as i64);
     if st.epoch == 0 || st.epoch >= ex.epochs {
         bail!("epoch {} is outside 1..{} (a state is kept between epochs only)", st.epoch, ex.epochs);
     }

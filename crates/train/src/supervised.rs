@@ -35,7 +35,7 @@ impl Run<'_> {
         trainable: &[Dense],
         head0: &Dense,
         head_trains: bool,
-        saved: Option<state::TrainState>,
+        saved: Option<state::Supervised>,
         pretrained: Option<&state::Pretrained>,
     ) -> Result<Supervised> {
         let cfg = &self.opts.config;
@@ -190,10 +190,7 @@ impl Run<'_> {
             epochs.push(m);
             if let (true, Some((layers, head))) = (resumable, snapshot) {
                 let (adam_t, adam_moments) = net.adam_state();
-                let st = state::TrainState {
-                    format: state::STATE_FORMAT.into(),
-                    version: state::STATE_VERSION,
-                    key: self.state_key.clone(),
+                let loop_state = state::Supervised {
                     epoch,
                     layers,
                     head,
@@ -201,9 +198,12 @@ impl Run<'_> {
                     adam: adam_moments,
                     epochs: epochs.clone(),
                     best: best.clone(),
-                    pretrained: pretrained.cloned(),
                 };
-                state::save(&state_path, &st)?;
+                let training = match pretrained {
+                    Some(p) => state::Training::Autoencoder { pretrained: p.clone(), probe: Some(loop_state) },
+                    None => state::Training::Supervised(loop_state),
+                };
+                state::save(&state_path, &state::TrainState::new(&self.state_key, training))?;
                 stop_if_asked(epoch, "epoch")?;
             }
         }

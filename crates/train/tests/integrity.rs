@@ -8,7 +8,7 @@
 use bincode::Options;
 use layerwise_core::config::{Objective, TrainConfig};
 use layerwise_core::features::FEATURES_FILE;
-use layerwise_train::state::{TrainState, STATE_FILE};
+use layerwise_train::state::{Supervised, TrainState, Training, STATE_FILE};
 use layerwise_train::{train, TrainOptions, TrainOutcome, STOP_AFTER_EPOCH_ENV};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -163,9 +163,10 @@ fn a_damaged_training_state_is_not_used_and_the_depth_ends_as_a_clean_run() {
         flipped[good.len() / 2 + 13 * k] ^= 1 << k;
     }
     cases.push(("five flipped bits", flipped));
-    let with = |edit: &dyn Fn(&mut TrainState)| {
+    let with = |edit: &dyn Fn(&mut Supervised)| {
         let mut s = st.clone();
-        edit(&mut s);
+        let Training::Supervised(loop_state) = &mut s.training else { panic!("a supervised state") };
+        edit(loop_state);
         let p = f.path("edited.bin");
         save(&p, &s);
         bytes(&p)
@@ -197,8 +198,8 @@ fn an_autoencoder_state_with_a_short_encoder_is_refused_without_a_panic() {
     let state = f.interrupted(None, "stopped", cfg(), 2);
     let good = bytes(&state);
     let mut st = decode(&state);
-    let p = st.pretrained.as_mut().unwrap();
-    assert_eq!(p.epoch, 2, "pretraining finished");
+    let Training::Autoencoder { pretrained: p, probe } = &mut st.training else { panic!("an autoencoder state") };
+    assert_eq!((p.epoch, probe.is_none()), (2, true), "pretraining finished, the probe not begun");
     // Intact, that state (pretraining done, the probe not begun) is used, to the clean bytes.
     let resumed = f.run(None, "stopped", cfg()).unwrap();
     assert!(resumed.resumed, "the finished pretraining is kept");
