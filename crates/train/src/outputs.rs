@@ -1,0 +1,111 @@
+//! What a training run leaves: the checkpoint (its metadata, the frozen and the trained
+//! tensors), the new layer's features for the next depth, and `train.json`, written in an
+//! order that never leaves a checkpoint without its history.
+
+use super::*;
+
+/// Assemble and write the outputs of `run`, which trained `trained`, started at `started`.
+pub(crate) fn write(run: &Run<'_>, trained: Trained, started: Instant) -> Result<TrainOutcome> {
+    let Run { ds, plan, depth, opts, parent_sha, .. } = run;
+    let (ds, plan, depth, opts, parent_sha) = (*ds, *plan, *depth, *opts, parent_sha.clone());
+    let cfg = &opts.config;
+    let first = plan.prefix.len();
+    let n_trained = trained.layers.len();
+    let mut hidden = plan.prefix.clone();
+    hidden.extend(trained.layers);
+    let model = Mlp { hidden, head: if plan.head_trains { trained.head } else { plan.head.clone() } };
+    let mut frozen: Vec<String> = (0..first).map(hidden_name).collect();
+    let mut trained_names: Vec<String> = (first..first + n_trained).map(hidden_name).collect();
+    if plan.head_trains {
+        trained_names.push("head".into())
+    } else {
+        frozen.push("head".into())
+    }
+    let mut trained_tensors = trained_names.iter().flat_map(|n| tensor_names(n)).collect::<Vec<_>>();
+    // The autoencoder's decoder goes into the checkpoint too (evaluation ignores it): a
+    // bias, and a weight of its own when untied.
+    let decoder = trained.pretrained.as_ref().map(|p| {
+        let [w, b] = tensor_names(&decoder_name(first));
+        let (inputs, width) = (model.hidden[first].inputs, model.hidden[first].outputs);
+        let mut t = Vec::new();
+        if !p.decoder.0.is_empty() {
+            t.push((w, vec![inputs, width], p.decoder.0.as_slice()));
+        }
+        t.push((b, vec![inputs], p.decoder.1.as_slice()));
+        t
+    });
+    let decoder = decoder.unwrap_or_default();
+    trained_tensors.extend(decoder.iter().map(|(name, ..)| name.clone()));
+    let trainable_params = model.hidden[first..].iter().map(Dense::num_params).sum::<usize>()
+        + if plan.head_trains { model.head.num_params() } else { 0 }
+        + decoder.iter().map(|(_, _, v)| v.len()).sum::<usize>();
+    let meta = CheckpointMeta {
+        version: CHECKPOINT_VERSION,
+        depth,
+        input_size: model.input_size(),
+        widths: model.widths(),
+        activation: "relu".into(),
+        classes: ds.meta.classes.clone(),
+        frozen,
+        trained: trained_names,
+        trainable_params,
+        dataset_fingerprint: ds.meta.fingerprint.clone(),
+        dataset_name: ds.meta.name.clone(),
+        parent_sha256: parent_sha,
+        config: cfg.clone(),
+        device: opts.device.name().into(),
+        regime: opts.regime,
+    };
+    let bytes = checkpoint_bytes(&model, &meta, &decoder)?;
+    // The new layer's output for the next depth, bound to this checkpoint, first; then
+    // train.json; the checkpoint last: a checkpoint on disk always has its history.
+    let checkpoint_sha = hash::sha256_hex(&bytes);
+    let t_features = Instant::now();
+    let features_path = opts.out.join(FEATURES_FILE);
+    match &trained.next_features {
+        Some((train, val)) => {
+            let meta = FeaturesMeta {
+                version: FEATURES_VERSION,
+                depth,
+                width: model.hidden[depth - 1].outputs,
+                checkpoint_sha256: checkpoint_sha.clone(),
+                dataset_fingerprint: ds.meta.fingerprint.clone(),
+                train_rows: ds.meta.split_sizes.train,
+                val_rows: ds.meta.split_sizes.val,
+                content_sha256: String::new(),
+            };
+            write_features(&features_path, &meta, train, val)?;
+        }
+        None => {
+            let _ = std::fs::remove_file(&features_path);
+        }
+    }
+    let features_seconds = t_features.elapsed().as_secs_f64();
+    let history = TrainHistory {
+        schema: TRAIN_SCHEMA.into(),
+        version: TRAIN_VERSION,
+        depth,
+        checkpoint_sha256: checkpoint_sha,
+        dataset_fingerprint: ds.meta.fingerprint.clone(),
+        trainable_params,
+        total_params: model.num_params(),
+        frozen_features_seconds: trained.prefix_seconds + features_seconds,
+        seconds: started.elapsed().as_secs_f64(),
+        device: opts.device.name().into(),
+        host: layerwise_core::metrics::host_name(),
+        slurm_job_id: std::env::var("SLURM_JOB_ID").ok(),
+        regime: opts.regime,
+        trained_tensors,
+        best_epoch: trained.best_epoch,
+        pretraining: trained.pretrained.as_ref().map(|p| p.epochs.clone()).unwrap_or_default(),
+        epochs: trained.epochs,
+        content_sha256: None,
+    }
+    .sealed()?;
+    let checkpoint = opts.out.join(MODEL_FILE);
+    atomic::write_json_atomic(&opts.out.join(HISTORY_FILE), &history)?;
+    atomic::write_bytes_atomic(&checkpoint, &bytes)?;
+    // The depth is complete: an interrupted run's state is of no more use.
+    let _ = std::fs::remove_file(opts.out.join(state::STATE_FILE));
+    Ok(TrainOutcome { checkpoint, meta, history, prefix_rows: trained.prefix_rows, resumed: trained.resumed })
+}
