@@ -345,7 +345,7 @@ fn readers(work: &Path) -> Result<Vec<Reader>> {
         },
         Reader {
             name: "pipeline-toml",
-            valid: std::fs::read(crate::repo_root().join("pipelines/default.toml"))?,
+            valid: std::fs::read(crate::repo_root().join("pipelines/recommended.toml"))?,
             file: None,
             nest: nest_toml,
             encode: identity,

@@ -105,9 +105,9 @@ pub fn gate(
                     None => format!("depth {depth} is"),
                 };
                 return Ok(Some(format!(
-                    "the greedy loop stopped after depth {d}: validation accuracy has not improved for {} depths \
+                    "the greedy loop stopped after depth {d}: validation accuracy has not improved for {} \
                      (best: depth {best}), so {subject} not trained or evaluated",
-                    g.patience
+                    layerwise_core::plural(g.patience, "depth")
                 )));
             }
             break;

@@ -208,26 +208,67 @@ fn check_resume(plan: &Plan) -> Result<()> {
     }
     let old = Pipeline::load(&recorded)
         .with_context(|| format!("cannot read the run's recorded pipeline {}", recorded.display()))?;
-    if let Some(section) = changed_stage_sections(&old, &plan.pipeline, &plan.run_dir) {
+    let new = &plan.pipeline;
+    if let Some(section) = changed_stage_sections(&old, new, &plan.run_dir) {
+        let key = section.trim_matches(|c| c == '[' || c == ']');
         bail!(
-            "{} was run with another {section} section than {} now has (changed, removed or added back; {} records \
-             it), and that section's outputs are in the folder: they would not match. Put the section back as it \
-             was, or use --restart to start the run over, or --run-dir for a new run",
+            "{} was run with another {section} section than {} now has ({}; {} records it), and that section's \
+             outputs are in the folder: they would not match. Put the section back as it was, or use --restart to \
+             start the run over, or --run-dir for a new run",
             plan.run_dir.display(),
             plan.pipeline_path.display(),
+            changed_keys(&old, new, &[key]),
             recorded.display()
         );
     }
-    if affects_completed(&old) != affects_completed(&plan.pipeline) {
+    if affects_completed(&old) != affects_completed(new) {
         bail!(
-            "{} was run with other [data]/[train] settings or evaluation split than {} now has ({} records them): \
-             its completed depths would not match. Use --restart to start the run over, or --run-dir for a new run",
+            "{} was run with other settings than {} now has ({}; {} records the old ones): its completed depths \
+             would not match. Put them back, or use --restart to start the run over, or --run-dir for a new run",
             plan.run_dir.display(),
             plan.pipeline_path.display(),
+            changed_keys(&old, new, &["data", "train", "greedy.evaluate"]),
             recorded.display()
         );
     }
     Ok(())
+}
+
+/// The keys under `sections` whose values differ between two pipelines, said as
+/// `train.lr 0.001 → 0.002` (a section removed or added is said as a whole).
+fn changed_keys(old: &Pipeline, new: &Pipeline, sections: &[&str]) -> String {
+    fn at<'a>(v: &'a serde_json::Value, path: &str) -> Option<&'a serde_json::Value> {
+        path.split('.').try_fold(v, |v, k| v.get(k)).filter(|v| !v.is_null())
+    }
+    fn said(v: Option<&serde_json::Value>) -> String {
+        v.map_or("(none)".into(), |v| v.to_string())
+    }
+    let (a, b) = (serde_json::to_value(old).unwrap_or_default(), serde_json::to_value(new).unwrap_or_default());
+    let mut out = Vec::new();
+    for s in sections {
+        let (x, y) = (at(&a, s), at(&b, s));
+        match (x.and_then(|v| v.as_object()), y.and_then(|v| v.as_object())) {
+            (Some(x), Some(y)) => {
+                let mut keys: Vec<&String> = x.keys().chain(y.keys()).collect();
+                keys.sort();
+                keys.dedup();
+                for k in keys {
+                    if x.get(k) != y.get(k) {
+                        out.push(format!("{s}.{k} {} → {}", said(x.get(k)), said(y.get(k))));
+                    }
+                }
+            }
+            (_, None) if x.is_some() => out.push(format!("[{s}] removed")),
+            (None, _) if y.is_some() && x.is_none() => out.push(format!("[{s}] added")),
+            _ if x != y => out.push(format!("{s} {} → {}", said(x), said(y))),
+            _ => {}
+        }
+    }
+    if out.is_empty() {
+        "changed".into()
+    } else {
+        format!("changed: {}", out.join(", "))
+    }
 }
 
 /// Record the pipeline in the run folder: the file itself, or its canonical form when

@@ -114,7 +114,10 @@ impl Plan {
     /// Resolve defaults (pipeline, run folder, dataset file name) from the arguments.
     pub fn new(a: &GreedyArgs) -> Result<Self> {
         let root = crate::repo_root();
-        let pipeline_path = a.pipeline.clone().unwrap_or_else(|| root.join("pipelines/seed.toml"));
+        let pipeline_path = match &a.pipeline {
+            Some(p) => resolve_pipeline(p)?,
+            None => root.join("pipelines/seed.toml"),
+        };
         let mut pipeline = Pipeline::load(&pipeline_path)?;
         if let Some(d) = a.inputs.max_depth {
             pipeline.greedy.max_depth = d;
@@ -273,6 +276,38 @@ impl Plan {
     pub fn report_step(&self) -> Step {
         Step::new(Program::Report, &[&"--run", &self.run_dir])
     }
+}
+
+/// What `--pipeline` names: a file, or the name of one in the repository's `pipelines/`
+/// (`smoke` is `pipelines/smoke.toml`). A name that is neither is refused with the list of
+/// the pipelines there.
+pub fn resolve_pipeline(arg: &Path) -> Result<PathBuf> {
+    if arg.exists() {
+        return Ok(arg.to_path_buf());
+    }
+    let dir = crate::repo_root().join("pipelines");
+    let text = arg.to_string_lossy();
+    let is_name = !text.contains('/') && arg.extension().is_none();
+    if is_name {
+        let file = dir.join(format!("{text}.toml"));
+        if file.exists() {
+            return Ok(file);
+        }
+    }
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.strip_suffix(".toml").map(String::from))
+        .collect();
+    names.sort();
+    anyhow::bail!(
+        "no pipeline {}: --pipeline takes a file, or the name of one in {} ({}){}",
+        arg.display(),
+        dir.display(),
+        names.join(", "),
+        if is_name { "" } else { "; check the path" }
+    )
 }
 
 /// `path` relative to the working folder when it lies under it, else unchanged.

@@ -26,9 +26,10 @@ pub fn commands(plan: &Plan, a: &GreedyArgs) -> Result<Vec<String>> {
     ];
     if p.greedy.patience > 0 {
         lines.push(format!(
-            "# patience {}: `cargo xtask greedy` stops once validation accuracy has not improved for {} depths; \
+            "# patience {}: `cargo xtask greedy` stops once validation accuracy has not improved for {}; \
              this plan lists every depth",
-            p.greedy.patience, p.greedy.patience
+            p.greedy.patience,
+            layerwise_core::plural(p.greedy.patience, "depth")
         ));
     }
     let run_dir = shell_quote(&plan.run_dir.to_string_lossy());

@@ -72,7 +72,7 @@ fn runs(a: &SweepArgs) -> Result<(PathBuf, Vec<SweepRun>)> {
         if a.pipelines.is_empty() { vec![crate::repo_root().join("pipelines/seed.toml")] } else { a.pipelines.clone() };
     let mut names = Vec::new();
     for p in &pipelines {
-        let name = layerwise_core::pipeline::Pipeline::load(p)?.name;
+        let name = layerwise_core::pipeline::Pipeline::load(&crate::plan::resolve_pipeline(p)?)?.name;
         if names.contains(&name) {
             bail!("two pipelines are named `{name}`: their runs would share folders; rename one");
         }

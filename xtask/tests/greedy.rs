@@ -87,6 +87,8 @@ fn smoke_pipeline_end_to_end_then_resume() {
     b.pipeline = Some(changed);
     let err = format!("{:#}", run(&b).unwrap_err());
     assert!(err.contains("--restart") && err.contains("--run-dir"), "{err}");
+    // ...naming what changed.
+    assert!(err.contains("changed: train.seed 0 → 5"), "{err}");
     // ...and --restart starts over.
     b.restart = true;
     let restarted = run(&b).unwrap().unwrap();
@@ -471,12 +473,13 @@ fn finetune_and_baseline_follow_the_loop_and_resume() {
         Some(e.smoke_with("changed-stages", &[(STAGES[0].0, &STAGES[0].1.replace("epochs = 2", "epochs = 3"))]));
     let err = format!("{:#}", run(&c).unwrap_err());
     assert!(err.contains("[finetune]") && err.contains("--restart"), "{err}");
+    assert!(err.contains("finetune.epochs 2 → 3"), "{err}");
     // So is a removed one while its folders are there: removing it and adding it back
     // with other values no longer slips past the check (RELIABILITY.md).
     let mut d = a.clone();
     d.pipeline = Some(e.smoke_with("no-stages", &[]));
     let err = format!("{:#}", run(&d).unwrap_err());
-    assert!(err.contains("[finetune]") && err.contains("removed"), "{err}");
+    assert!(err.contains("[finetune]") && err.contains("[finetune] removed"), "{err}");
 }
 
 /// Beside the loop, the `[autoencoder]` loop over the same depths, and `[finetune]` of both.

@@ -1,9 +1,12 @@
 //! `--scheduler slurm` against a real Slurm cluster (`scripts/slurm-local.sh start`, which
 //! `.ci/run` runs): chains give the same bytes as a local run, patience stops a chain where
 //! a local run stops, a cancelled job is recovered by submitting again, and a sweep runs as
-//! independent chains. Without a cluster (no `SLURM_CONF`, or `sinfo` fails) the cluster
-//! tests print that they were skipped, unless `LAYERWISE_REQUIRE_SLURM=1` (CI) makes that
-//! a failure. The scripts themselves and the refusals are tested without a cluster.
+//! independent chains. The cluster tests are `#[ignore]`d, so `cargo test` counts them as
+//! ignored, with the reason; `cargo test -p xtask --test slurm -- --ignored` runs them
+//! (`.ci/run` starts a cluster and does). Run without a cluster (no `SLURM_CONF`, or
+//! `sinfo` fails) they print that they were skipped, unless `LAYERWISE_REQUIRE_SLURM=1`
+//! (CI) makes that a failure. The scripts themselves and the refusals are tested without a
+//! cluster.
 #![allow(clippy::unwrap_used)] // test helpers panic on purpose
 
 use std::path::{Path, PathBuf};
@@ -209,6 +212,7 @@ fn bad_scheduler_options_are_refused() {
 }
 
 #[test]
+#[ignore = "needs a Slurm cluster: scripts/slurm-local.sh start, then cargo test -p xtask --test slurm -- --ignored (.ci/run does both)"]
 fn smoke_chain_gives_the_local_bytes_and_resumes() {
     let Some(_c) = cluster() else { return };
     let e = env();
@@ -238,6 +242,7 @@ fn smoke_chain_gives_the_local_bytes_and_resumes() {
 }
 
 #[test]
+#[ignore = "needs a Slurm cluster: scripts/slurm-local.sh start, then cargo test -p xtask --test slurm -- --ignored (.ci/run does both)"]
 fn patience_stops_a_chain_at_the_local_depth() {
     let Some(_c) = cluster() else { return };
     let e = env();
@@ -271,6 +276,7 @@ fn squeue_state(id: &str) -> String {
 }
 
 #[test]
+#[ignore = "needs a Slurm cluster: scripts/slurm-local.sh start, then cargo test -p xtask --test slurm -- --ignored (.ci/run does both)"]
 fn a_cancelled_training_job_is_recovered_by_submitting_again() {
     let Some(_c) = cluster() else { return };
     let e = env();
@@ -311,6 +317,7 @@ fn a_cancelled_training_job_is_recovered_by_submitting_again() {
 }
 
 #[test]
+#[ignore = "needs a Slurm cluster: scripts/slurm-local.sh start, then cargo test -p xtask --test slurm -- --ignored (.ci/run does both)"]
 fn a_failed_job_is_named_with_its_log() {
     let Some(_c) = cluster() else { return };
     let e = env();
@@ -326,6 +333,7 @@ fn a_failed_job_is_named_with_its_log() {
 }
 
 #[test]
+#[ignore = "needs a Slurm cluster: scripts/slurm-local.sh start, then cargo test -p xtask --test slurm -- --ignored (.ci/run does both)"]
 fn a_sweep_runs_as_independent_chains_and_aggregates() {
     let Some(_c) = cluster() else { return };
     let e = env();
@@ -378,6 +386,7 @@ fn a_sweep_runs_as_independent_chains_and_aggregates() {
 }
 
 #[test]
+#[ignore = "needs a Slurm cluster: scripts/slurm-local.sh start, then cargo test -p xtask --test slurm -- --ignored (.ci/run does both)"]
 fn finetune_and_baseline_jobs_give_the_local_bytes() {
     let Some(_c) = cluster() else { return };
     let e = env();
@@ -423,6 +432,7 @@ fn finetune_and_baseline_jobs_give_the_local_bytes() {
 }
 
 #[test]
+#[ignore = "needs a Slurm cluster: scripts/slurm-local.sh start, then cargo test -p xtask --test slurm -- --ignored (.ci/run does both)"]
 fn an_autoencoder_loop_and_its_fine_tuning_chain_to_the_local_bytes() {
     let Some(_c) = cluster() else { return };
     let e = env();

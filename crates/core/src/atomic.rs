@@ -31,14 +31,22 @@ pub fn remove_in_progress(which: impl Fn(&Path) -> bool) -> usize {
 /// later calls do nothing.
 pub fn install_signal_cleanup() {
     let _ = ctrlc::set_handler(|| {
-        let n = remove_in_progress(|_| true);
-        if n > 0 {
-            eprintln!("interrupted: removed {n} unfinished file(s); nothing half-written is left");
-        } else {
-            eprintln!("interrupted");
-        }
+        eprintln!("{}", interrupted_message(remove_in_progress(|_| true)));
         std::process::exit(130);
     });
+}
+
+/// What an interrupted process says, having removed `removed` unfinished files.
+pub fn interrupted_message(removed: usize) -> String {
+    let cleaned = if removed > 0 {
+        format!("removed {removed} unfinished file(s), so nothing half-written is left; ")
+    } else {
+        String::new()
+    };
+    format!(
+        "interrupted: {cleaned}what was complete is kept. Rerun the same command to resume: a greedy run goes on \
+         from its first incomplete depth, a training run from its last finished epoch"
+    )
 }
 
 /// Refuse to replace `path` when it exists and is not a regular file.
@@ -211,6 +219,14 @@ pub fn write_json_atomic<T: serde::Serialize>(path: &Path, value: &T) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_interrupt_says_how_to_resume() {
+        let m = interrupted_message(2);
+        assert!(m.starts_with("interrupted: removed 2 unfinished file(s)"), "{m}");
+        assert!(m.contains("Rerun the same command to resume"), "{m}");
+        assert!(interrupted_message(0).contains("Rerun the same command"));
+    }
 
     #[test]
     fn failed_write_leaves_nothing_behind() {

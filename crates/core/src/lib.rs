@@ -41,6 +41,15 @@ pub fn mix_seed(seed: u64, parts: &[u64]) -> u64 {
     x
 }
 
+/// `n` and `noun`, in the plural unless `n` is 1: `1 depth`, `3 depths`.
+pub fn plural(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
 /// The end of every stage binary: print the error chain (`{:#}`) as
 /// `PROGRAM: error: ...` and exit 1, or exit 0.
 pub fn exit_code(program: &str, result: anyhow::Result<()>) -> std::process::ExitCode {

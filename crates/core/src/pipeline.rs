@@ -237,6 +237,37 @@ pub struct Pipeline {
     pub slurm: SlurmConfig,
 }
 
+/// A TOML error as a person reads it: the key (`train.epochs`) and its line, then what is
+/// wrong, with serde's type names ("expected usize") said in words.
+fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
+    let plain = e
+        .message()
+        .replace("expected usize", "expected a whole number, 0 or more")
+        .replace("expected u64", "expected a whole number, 0 or more")
+        .replace("expected u32", "expected a whole number, 0 or more")
+        .replace("expected f64", "expected a number")
+        .replace("expected a boolean", "expected true or false");
+    let Some(span) = e.span() else { return plain };
+    let start = span.start.min(text.len());
+    let line_no = text[..start].matches('\n').count() + 1;
+    let line = text.lines().nth(line_no - 1).unwrap_or("").trim();
+    // The key is the line's text before `=`; its table, the last `[header]` above it.
+    let key = line.split_once('=').map(|(k, _)| k.trim().trim_matches('"').to_string());
+    let table = text[..start]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('[') && !l.starts_with("[["))
+        .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_string());
+    match key {
+        Some(k) if !k.is_empty() && !k.starts_with('[') => {
+            let full = table.map_or(k.clone(), |t| format!("{t}.{k}"));
+            format!("`{full}` (line {line_no}: `{line}`): {plain}")
+        }
+        _ => format!("line {line_no} (`{line}`): {plain}"),
+    }
+}
+
 fn is_default<T: Default + PartialEq>(v: &T) -> bool {
     *v == T::default()
 }
@@ -244,7 +275,8 @@ fn is_default<T: Default + PartialEq>(v: &T) -> bool {
 impl Pipeline {
     /// Parse and validate TOML text; `origin` names the file in messages.
     pub fn from_toml(text: &str, origin: &str) -> Result<Self> {
-        let p: Pipeline = toml::from_str(text).map_err(|e| anyhow::anyhow!("{origin}: {e}"))?;
+        let p: Pipeline =
+            toml::from_str(text).map_err(|e| anyhow::anyhow!("{origin}: {}", describe_toml_error(text, &e)))?;
         p.validate().with_context(|| format!("{origin}: invalid pipeline"))?;
         Ok(p)
     }
@@ -342,6 +374,20 @@ impl Pipeline {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bad_value_names_its_key_and_line_in_words() {
+        let text = "name = \"x\"\n[train]\nepochs = -1\n";
+        let err = format!("{:#}", Pipeline::from_toml(text, "p.toml").unwrap_err());
+        assert!(err.starts_with("p.toml: `train.epochs` (line 3: `epochs = -1`)"), "{err}");
+        assert!(err.contains("expected a whole number, 0 or more") && !err.contains("usize"), "{err}");
+        let err =
+            format!("{:#}", Pipeline::from_toml("name = \"x\"\n[greedy]\nmax_depth = \"ten\"\n", "p").unwrap_err());
+        assert!(err.contains("`greedy.max_depth`"), "{err}");
+        // A key that does not exist is named too.
+        let err = format!("{:#}", Pipeline::from_toml("name = \"x\"\n[train]\nepoch = 3\n", "p").unwrap_err());
+        assert!(err.contains("epoch"), "{err}");
+    }
 
     #[test]
     fn each_variant_has_one_string_form() {

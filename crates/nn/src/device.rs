@@ -9,9 +9,11 @@ pub const CUDA_BUILT: bool = cfg!(feature = "cuda");
 /// The error a CPU-only build gives when asked for CUDA.
 pub fn cuda_missing() -> anyhow::Error {
     anyhow::anyhow!(
-        "this build of layerwise has no CUDA support: rebuild with the `cuda` feature, e.g. \
-         `cargo build --release -p layerwise-train -p layerwise-evaluate --features cuda` \
-         (needs the CUDA toolkit: nvcc, cuda.h, the CUDA libraries and nvidia-smi; see README, \"GPU\")"
+        "this build of layerwise has no CUDA support: build it with the `cuda` feature. For the \
+         orchestrator: `cargo run --release -p xtask --features cuda -- greedy --device cuda …` (the \
+         `cargo xtask` alias builds without it); for the stage binaries: `cargo build --release -p \
+         layerwise-train -p layerwise-evaluate --features cuda`. Both need the CUDA toolkit; without one, \
+         `scripts/cuda-build.sh` builds all three from PyPI's CUDA wheels (see README, \"GPU\")"
     )
 }
 

@@ -52,9 +52,20 @@ pub fn candidates(artifacts: &Path) -> Vec<PathBuf> {
     c
 }
 
-/// The first existing candidate.
-pub fn find_local(artifacts: &Path) -> Option<PathBuf> {
-    candidates(artifacts).into_iter().find(|p| p.exists())
+/// The first existing candidate. `CIFAR10_DIR` set to a path that does not exist is an
+/// error, not a reason to look elsewhere (or download): the user named where the data is.
+pub fn find_local(artifacts: &Path) -> Result<Option<PathBuf>> {
+    if let Some(dir) = std::env::var_os("CIFAR10_DIR").filter(|d| !d.is_empty()) {
+        let dir = PathBuf::from(dir);
+        if !dir.exists() {
+            bail!(
+                "CIFAR10_DIR is {}, which does not exist: point it at the CIFAR-10 folder (cifar-10-batches-bin or \
+                 cifar-10-batches-py) or an official tarball, or unset it to let prepare search and download",
+                dir.display()
+            );
+        }
+    }
+    Ok(candidates(artifacts).into_iter().find(|p| p.exists()))
 }
 
 /// Download the tarball into `artifacts/cifar-10-binary.tar.gz`, verifying its MD5 while

@@ -64,7 +64,7 @@ impl PrepareOptions {
 pub fn locate_source(opts: &PrepareOptions) -> Result<PathBuf> {
     match &opts.source {
         Some(p) => Ok(p.clone()),
-        None => match fetch::find_local(&opts.artifacts) {
+        None => match fetch::find_local(&opts.artifacts)? {
             Some(p) => Ok(p),
             None => fetch::download(&opts.artifacts, &opts.fetch),
         },

@@ -30,9 +30,9 @@ pub fn run(args: impl IntoIterator<Item = String>) -> anyhow::Result<()> {
     if let Some(run) = &a.run {
         let s = crate::write_report(run)?;
         eprintln!(
-            "wrote {}/report.md and accuracy.svg: {} depths, best depth {} by validation accuracy",
+            "wrote {}/report.md and accuracy.svg: {}, best depth {} by validation accuracy",
             run.display(),
-            s.depths.len(),
+            layerwise_core::plural(s.depths.len(), "depth"),
             s.best_depth.map_or("–".into(), |d| d.to_string())
         );
         return Ok(());

@@ -106,7 +106,10 @@ pub(crate) fn render(s: &Summary, notes: Option<&str>) -> String {
                     )
                 }),
             ),
-            ("patience", if p.greedy.patience == 0 { "none".into() } else { format!("{} depths", p.greedy.patience) }),
+            (
+                "patience",
+                if p.greedy.patience == 0 { "none".into() } else { layerwise_core::plural(p.greedy.patience, "depth") },
+            ),
         ] {
             let _ = writeln!(md, "| {k} | {v} |");
         }
@@ -199,7 +202,12 @@ pub(crate) fn render(s: &Summary, notes: Option<&str>) -> String {
             s.depths.len()
         );
     } else {
-        let _ = writeln!(md, "Total time: {:.1} s over {} depths.\n", s.total_seconds, s.depths.len());
+        let _ = writeln!(
+            md,
+            "Total time: {:.1} s over {}.\n",
+            s.total_seconds,
+            layerwise_core::plural(s.depths.len(), "depth")
+        );
     }
     let _ = writeln!(md, "![accuracy and loss by depth](accuracy.svg)\n");
     if tutorial {

@@ -1,0 +1,62 @@
+//! The messages a user meets first, each held to its text: a pipeline named by its name, a
+//! missing one listing those there are, a `CIFAR10_DIR` that does not exist, the CUDA hint
+//! of a CPU build, and what an interrupt says.
+#![allow(clippy::unwrap_used)] // test helpers panic on purpose
+
+use std::process::Command;
+
+fn xtask(args: &[&str], envs: &[(&str, &str)]) -> (bool, String) {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_xtask"));
+    c.args(args).current_dir(xtask::repo_root());
+    for (k, v) in envs {
+        c.env(k, v);
+    }
+    let out = c.output().unwrap();
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+#[test]
+fn a_pipeline_is_named_by_its_name_and_a_missing_one_lists_the_others() {
+    let (ok, text) = xtask(&["greedy", "--pipeline", "smoke", "--print-commands"], &[]);
+    assert!(ok, "{text}");
+    assert!(text.contains("pipeline `smoke` (") && text.contains("pipelines/smoke.toml"), "{text}");
+    let (ok, text) = xtask(&["greedy", "--pipeline", "smoek", "--print-commands"], &[]);
+    assert!(!ok);
+    assert!(text.contains("no pipeline smoek") && text.contains("seed, smoke"), "{text}");
+    assert!(text.contains("recommended"), "{text}");
+}
+
+#[test]
+fn a_cifar10_dir_that_does_not_exist_is_an_error_not_a_download() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-such-folder");
+    let out = dir.path().join("d.safetensors");
+    // The xtask binary called by a stage's name is that stage.
+    let prepare = dir.path().join("layerwise-prepare");
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_xtask"), &prepare).unwrap();
+    let o = Command::new(&prepare)
+        .args(["--out", &out.to_string_lossy(), "--artifacts", &dir.path().to_string_lossy()])
+        .env("CIFAR10_DIR", &missing)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(text.contains("CIFAR10_DIR is") && text.contains("does not exist") && text.contains("unset it"), "{text}");
+    assert!(!text.contains("downloading") && !dir.path().join("cifar-10-binary.tar.gz").exists(), "{text}");
+}
+
+#[test]
+fn cuda_on_a_cpu_build_says_how_to_build_the_orchestrator_with_it() {
+    let hint = format!("{:#}", layerwise_nn::device::cuda_missing());
+    assert!(hint.contains("cargo run --release -p xtask --features cuda -- greedy --device cuda"), "{hint}");
+    assert!(
+        hint.contains("the `cargo xtask` alias builds without it") && hint.contains("scripts/cuda-build.sh"),
+        "{hint}"
+    );
+}
+
+#[test]
+fn an_interrupt_says_how_to_resume() {
+    let m = layerwise_core::atomic::interrupted_message(1);
+    assert!(m.contains("Rerun the same command to resume"), "{m}");
+}
