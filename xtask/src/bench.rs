@@ -67,6 +67,7 @@ fn random_checkpoint(path: &Path, depth: usize, data: &DatasetMeta) -> Result<()
         config: TrainConfig::default(),
         device: "cpu".into(),
         regime: Default::default(),
+        input: None,
     };
     save_checkpoint(path, &model, &meta)
 }

@@ -23,11 +23,14 @@ pub enum Program {
     Evaluate,
     /// `layerwise-report`: a run's (or a sweep's) report.
     Report,
+    /// `layerwise-predict`: a checkpoint on image files.
+    Predict,
 }
 
 impl Program {
     /// Every program.
-    pub const ALL: [Program; 4] = [Program::Prepare, Program::Train, Program::Evaluate, Program::Report];
+    pub const ALL: [Program; 5] =
+        [Program::Prepare, Program::Train, Program::Evaluate, Program::Report, Program::Predict];
 
     /// Its binary's name.
     pub fn name(self) -> &'static str {
@@ -36,6 +39,7 @@ impl Program {
             Program::Train => "layerwise-train",
             Program::Evaluate => "layerwise-evaluate",
             Program::Report => "layerwise-report",
+            Program::Predict => "layerwise-predict",
         }
     }
 
@@ -52,6 +56,7 @@ impl Program {
             Program::Train => layerwise_train::cli::run(argv),
             Program::Evaluate => layerwise_evaluate::cli::run(argv),
             Program::Report => layerwise_report::cli::run(argv),
+            Program::Predict => layerwise_predict::cli::run(argv),
         }
     }
 }

@@ -5,7 +5,8 @@
 use std::collections::BTreeMap;
 
 /// The stage crates: each a library with a thin binary, sharing nothing but files.
-const STAGES: [&str; 4] = ["layerwise-prepare", "layerwise-train", "layerwise-evaluate", "layerwise-report"];
+const STAGES: [&str; 5] =
+    ["layerwise-prepare", "layerwise-train", "layerwise-evaluate", "layerwise-report", "layerwise-predict"];
 
 /// Each workspace crate and the layerwise crates it depends on (normal and dev).
 fn graph() -> BTreeMap<String, Vec<String>> {

@@ -5,7 +5,7 @@
 //! `[classes, width]`, `head.bias` `[classes]`, all f32. Metadata: [`CheckpointMeta`].
 //! The file loads in Python with `safetensors.torch.load_file`.
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -101,11 +101,19 @@ pub struct CheckpointMeta {
     /// The regime that produced it (checkpoints written before regimes existed were grown).
     #[serde(default)]
     pub regime: crate::config::Regime,
+    /// How the model wants its input ([`crate::input`]); absent in checkpoints written
+    /// before it was recorded (the dataset they were trained on says it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<crate::input::InputContract>,
 }
 
 impl CheckpointMeta {
     /// Refuse a dataset this checkpoint was not trained on.
     pub fn check_dataset(&self, ckpt: &Path, data: &DatasetMeta, data_path: &Path) -> Result<()> {
+        if let Some(c) = &self.input {
+            c.check_dataset(data, &format!("checkpoint {} (depth {})", ckpt.display(), self.depth))
+                .with_context(|| format!("dataset {}", data_path.display()))?;
+        }
         if self.input_size != data.input_size() || self.classes.len() != data.num_classes() {
             bail!(
                 "checkpoint {} (depth {}) takes {} inputs and {} classes, but dataset {} has {} inputs and {} classes: \
@@ -214,6 +222,19 @@ fn parse_meta(file: &MappedSafetensors) -> Result<CheckpointMeta> {
             meta.depth,
             meta.widths.len()
         );
+    }
+    if let Some(c) = &meta.input {
+        c.validate().with_context(|| format!("{}", file.path().display()))?;
+        if c.input_size() != meta.input_size || c.classes != meta.classes {
+            bail!(
+                "{}: its input contract (shape {:?}, {} classes) does not fit the network ({} inputs, {} classes)",
+                file.path().display(),
+                c.shape,
+                c.classes.len(),
+                meta.input_size,
+                meta.classes.len()
+            );
+        }
     }
     Ok(meta)
 }

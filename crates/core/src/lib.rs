@@ -20,6 +20,7 @@ pub mod dataset;
 pub mod features;
 pub mod fsread;
 pub mod hash;
+pub mod input;
 pub mod metrics;
 pub mod pipeline;
 pub mod progress;

@@ -30,6 +30,7 @@ fn meta(model: &Mlp, fingerprint: &str) -> CheckpointMeta {
         config: TrainConfig::default(),
         device: "cpu".into(),
         regime: Default::default(),
+        input: None,
     }
 }
 

@@ -1,0 +1,149 @@
+//! The input contract: how a model wants its input, recorded in every checkpoint (and
+//! derived from the dataset it was trained on), so that a model can be used on images it
+//! never saw: by `layerwise-predict`, by an exported ONNX graph, or by a Python user who
+//! loads the checkpoint with `safetensors`.
+//!
+//! A model's input is one flat `f32` row per image: the pixels in **CHW** order (every row
+//! of channel 0, then channel 1, ...; not the HWC order image files decode to), each pixel
+//! `p` in 0..=255 scaled to `(p / 255 - mean[c]) / std[c]` (for `unit`, mean 0 and std 1:
+//! just `p / 255`).
+
+use crate::config::Normalize;
+use crate::dataset::DatasetMeta;
+use anyhow::{bail, Result};
+use serde::{Deserialize, Serialize};
+
+/// How a model wants its input.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputContract {
+    /// `[channels, height, width]`.
+    pub shape: [usize; 3],
+    /// The order of the flat row: always `CHW`.
+    pub layout: String,
+    /// What the channels are: `RGB` (3 channels) or `gray` (1).
+    pub channels: String,
+    /// `unit` (p/255) or `standardize` ((p/255 - mean) / std, the training split's).
+    pub normalize: Normalize,
+    /// Per-channel mean subtracted after /255.
+    pub mean: Vec<f64>,
+    /// Per-channel standard deviation divided by.
+    pub std: Vec<f64>,
+    /// Class names, index = output.
+    pub classes: Vec<String>,
+}
+
+impl InputContract {
+    /// The contract of a model trained on `data`.
+    pub fn of_dataset(data: &DatasetMeta) -> Self {
+        let c = data.image_shape[0];
+        Self {
+            shape: data.image_shape,
+            layout: "CHW".into(),
+            channels: if c == 1 { "gray".into() } else { "RGB".into() },
+            normalize: data.normalization.kind,
+            mean: data.normalization.mean.clone(),
+            std: data.normalization.std.clone(),
+            classes: data.classes.clone(),
+        }
+    }
+
+    /// Values per image.
+    pub fn input_size(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// Check that the contract can be applied: sizes agree, statistics are finite and std
+    /// is positive.
+    pub fn validate(&self) -> Result<()> {
+        let c = self.shape[0];
+        if self.layout != "CHW" {
+            bail!("input contract: layout `{}` is not supported (CHW)", self.layout);
+        }
+        if self.shape.contains(&0) || self.mean.len() != c || self.std.len() != c {
+            bail!("input contract: shape {:?} with {} means and {} stds", self.shape, self.mean.len(), self.std.len());
+        }
+        if self.mean.iter().chain(&self.std).any(|v| !v.is_finite()) || self.std.iter().any(|&s| s <= 0.0) {
+            bail!("input contract: a mean or std is not finite, or a std is not positive");
+        }
+        Ok(())
+    }
+
+    /// Images' pixels (`CHW`, 0..=255, whole images one after another) as the model's
+    /// input rows: exactly the floats `layerwise-prepare` stores for the same pixels.
+    pub fn normalize_chw(&self, pixels: &[u8]) -> Vec<f32> {
+        let n = crate::dataset::Normalization { kind: self.normalize, mean: self.mean.clone(), std: self.std.clone() };
+        let mut out = Vec::with_capacity(pixels.len());
+        n.apply(pixels, self.shape, &mut out);
+        out
+    }
+
+    /// Refuse a dataset whose images do not follow this contract, naming what differs.
+    pub fn check_dataset(&self, data: &DatasetMeta, what: &str) -> Result<()> {
+        let theirs = Self::of_dataset(data);
+        let differs = |field: &str, a: String, b: String| {
+            anyhow::anyhow!(
+                "{what} wants input with {field} {a}, but the dataset has {b}: use data prepared the way the model's \
+                 training data was (its `layerwise.input` metadata says how)"
+            )
+        };
+        if theirs.shape != self.shape {
+            return Err(differs("shape", format!("{:?}", self.shape), format!("{:?}", theirs.shape)));
+        }
+        if theirs.normalize != self.normalize || theirs.mean != self.mean || theirs.std != self.std {
+            return Err(differs(
+                "normalization",
+                format!("{} (mean {:?}, std {:?})", self.normalize, self.mean, self.std),
+                format!("{} (mean {:?}, std {:?})", theirs.normalize, theirs.mean, theirs.std),
+            ));
+        }
+        if theirs.classes != self.classes {
+            return Err(differs("classes", format!("{:?}", self.classes), format!("{:?}", theirs.classes)));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dataset::{Normalization, SplitSizes};
+
+    fn meta(normalization: Normalization) -> DatasetMeta {
+        DatasetMeta {
+            version: crate::dataset::DATASET_VERSION,
+            name: "cifar-10".into(),
+            classes: crate::cifar10::CLASSES.iter().map(|s| s.to_string()).collect(),
+            image_shape: [3, 32, 32],
+            normalization,
+            val_fraction: 0.2,
+            split_sizes: SplitSizes { train: 1, val: 1, test: 1 },
+            source_kind: "binary-folder".into(),
+            sources: vec![],
+            fingerprint: "f".into(),
+        }
+    }
+
+    #[test]
+    fn the_contract_is_the_datasets_and_refuses_another_normalization() {
+        let unit = meta(Normalization::unit());
+        let c = InputContract::of_dataset(&unit);
+        c.validate().unwrap();
+        assert_eq!((c.layout.as_str(), c.channels.as_str(), c.input_size()), ("CHW", "RGB", 3072));
+        c.check_dataset(&unit, "the model").unwrap();
+        let std = Normalization {
+            kind: crate::config::Normalize::Standardize,
+            mean: vec![0.49, 0.48, 0.45],
+            std: vec![0.25, 0.24, 0.26],
+        };
+        let err = format!("{:#}", c.check_dataset(&meta(std.clone()), "the model").unwrap_err());
+        assert!(err.contains("normalization unit") && err.contains("standardize"), "{err}");
+        // Pixels become exactly the floats prepare stores (its Normalization::apply).
+        let pixels: Vec<u8> = (0..3072).map(|i| (i * 7 % 256) as u8).collect();
+        let mut stored = Vec::new();
+        std.apply(&pixels, [3, 32, 32], &mut stored);
+        assert!(InputContract::of_dataset(&meta(std)).normalize_chw(&pixels) == stored);
+        let bad = InputContract { std: vec![0.0, 1.0, 1.0], ..c };
+        assert!(bad.validate().is_err());
+    }
+}

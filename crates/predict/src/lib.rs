@@ -1,0 +1,269 @@
+//! The predict stage: a trained checkpoint on the user's own images.
+//!
+//! # Brief overview
+//! - [`image_input`]: decode one file (PNG, JPEG, BMP, WebP), convert it to the model's
+//!   channels and size (saying so), and lay it out as the checkpoint's input contract says
+//!   ([`layerwise_core::input`]).
+//! - [`predict`]: every image of the files and folders given, in batches, through the same
+//!   host kernels `layerwise-evaluate` uses; the top-k classes with their probabilities.
+//! - [`cli`]: `layerwise-predict --model M IMAGE|FOLDER… [--top-k K] [--format table|json|csv]`.
+//!
+//! A file that cannot be read is an error of its own, and the others are still classified.
+#![deny(missing_docs)]
+
+pub mod cli;
+mod decode;
+
+pub use decode::{image_input, Decoded, MAX_IMAGE_BYTES, MAX_SIDE};
+
+use anyhow::{bail, Result};
+use layerwise_core::checkpoint::{load_checkpoint, CheckpointMeta, Mlp};
+use layerwise_core::input::InputContract;
+use std::path::{Path, PathBuf};
+
+/// Image files a folder contributes (by extension, case-insensitive).
+pub const IMAGE_EXTENSIONS: [&str; 5] = ["png", "jpg", "jpeg", "bmp", "webp"];
+
+/// One class of a prediction.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Ranked {
+    /// Output index.
+    pub index: usize,
+    /// Class name.
+    pub class: String,
+    /// Softmax probability.
+    pub probability: f64,
+}
+
+/// What the model says of one image.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Prediction {
+    /// The image file.
+    pub path: PathBuf,
+    /// The `top_k` most probable classes, best first (ties: the lower index first).
+    pub top: Vec<Ranked>,
+}
+
+/// A model ready to predict: its layers and its input contract.
+pub struct Model {
+    /// The network.
+    pub mlp: Mlp,
+    /// Its checkpoint's metadata.
+    pub meta: CheckpointMeta,
+    /// How it wants its input.
+    pub contract: InputContract,
+}
+
+impl Model {
+    /// Load a checkpoint; its input contract comes from the checkpoint, or (for one
+    /// written before checkpoints recorded it) from `data`, the dataset it was trained on.
+    pub fn load(path: &Path, data: Option<&Path>) -> Result<Model> {
+        let (mlp, meta) = load_checkpoint(path)?;
+        let contract = match (&meta.input, data) {
+            (Some(c), _) => c.clone(),
+            (None, Some(d)) => {
+                let ds = layerwise_core::dataset::Dataset::open(d)?;
+                meta.check_dataset(path, &ds.meta, d)?;
+                InputContract::of_dataset(&ds.meta)
+            }
+            (None, None) => bail!(
+                "{} does not record how it wants its input (it was written before checkpoints did): pass --data \
+                 with the dataset it was trained on, which says it",
+                path.display()
+            ),
+        };
+        Ok(Model { mlp, meta, contract })
+    }
+
+    /// Class probabilities of `rows` input rows (`rows × input_size`), through the host
+    /// kernels `layerwise-evaluate` uses, in chunks of [`layerwise_nn::CHUNK`] rows.
+    pub fn probabilities(&self, inputs: &[f32], rows: usize) -> Vec<Vec<f64>> {
+        let mut out = Vec::with_capacity(rows);
+        let classes = self.mlp.head.outputs;
+        layerwise_nn::host::forward_chunks(
+            &self.mlp.hidden,
+            Some(&self.mlp.head),
+            inputs,
+            rows,
+            layerwise_nn::CHUNK,
+            |_, logits| out.extend(logits.chunks_exact(classes).map(softmax)),
+        );
+        out
+    }
+}
+
+/// Softmax in f64 (max subtracted first).
+pub fn softmax(logits: &[f32]) -> Vec<f64> {
+    let max = logits.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
+    let e: Vec<f64> = logits.iter().map(|&v| (v as f64 - max).exp()).collect();
+    let sum: f64 = e.iter().sum();
+    e.into_iter().map(|v| v / sum).collect()
+}
+
+/// The `k` most probable classes, best first; ties go to the lower index.
+pub fn top_k(probabilities: &[f64], classes: &[String], k: usize) -> Vec<Ranked> {
+    let mut order: Vec<usize> = (0..probabilities.len()).collect();
+    order.sort_by(|&a, &b| probabilities[b].total_cmp(&probabilities[a]).then(a.cmp(&b)));
+    order
+        .into_iter()
+        .take(k)
+        .map(|i| Ranked { index: i, class: classes.get(i).cloned().unwrap_or_default(), probability: probabilities[i] })
+        .collect()
+}
+
+/// A file of the inputs, or a path that could not be read with why.
+pub type Found = std::result::Result<PathBuf, (PathBuf, anyhow::Error)>;
+
+/// The image files of `inputs`: a file as given, a folder's image files (by extension,
+/// recursively, sorted). A path that is neither is an error of its own.
+pub fn collect_files(inputs: &[PathBuf]) -> Vec<Found> {
+    fn walk(dir: &Path, out: &mut Vec<Found>) {
+        let entries = match std::fs::read_dir(dir) {
+            Ok(e) => e,
+            Err(e) => {
+                let e = anyhow::Error::from(e).context(format!("cannot read folder {}", dir.display()));
+                return out.push(Err((dir.to_path_buf(), e)));
+            }
+        };
+        let mut paths: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
+        paths.sort();
+        for p in paths {
+            if p.is_dir() {
+                walk(&p, out);
+            } else if p
+                .extension()
+                .and_then(|e| e.to_str())
+                .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+            {
+                out.push(Ok(p));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for p in inputs {
+        if p.is_dir() {
+            walk(p, &mut out);
+        } else if p.exists() {
+            out.push(Ok(p.clone()));
+        } else {
+            out.push(Err((p.clone(), anyhow::anyhow!("{} does not exist", p.display()))));
+        }
+    }
+    out
+}
+
+/// How predictions are printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// One line per image: the path, then `class (probability)` best first.
+    Table,
+    /// One JSON object per line and image: `{"path", "top": [{"index", "class", "probability"}]}`.
+    Json,
+    /// `path,rank,index,class,probability`, a row per class shown.
+    Csv,
+}
+
+/// Render one prediction in `format` (no trailing newline).
+pub fn render(p: &Prediction, format: Format) -> Result<String> {
+    Ok(match format {
+        Format::Table => {
+            let top: Vec<String> = p.top.iter().map(|r| format!("{} ({:.4})", r.class, r.probability)).collect();
+            format!("{}\t{}", p.path.display(), top.join("  "))
+        }
+        Format::Json => serde_json::to_string(p)?,
+        Format::Csv => {
+            let quote = |s: &str| {
+                if s.contains([',', '"', '\n']) {
+                    format!("\"{}\"", s.replace('"', "\"\""))
+                } else {
+                    s.to_string()
+                }
+            };
+            let path = quote(&p.path.to_string_lossy());
+            p.top
+                .iter()
+                .enumerate()
+                .map(|(i, r)| format!("{path},{},{},{},{}", i + 1, r.index, quote(&r.class), r.probability))
+                .collect::<Vec<_>>()
+                .join("\n")
+        }
+    })
+}
+
+/// What to predict.
+#[derive(Debug, Clone)]
+pub struct PredictOptions {
+    /// The checkpoint.
+    pub model: PathBuf,
+    /// Image files and folders.
+    pub inputs: Vec<PathBuf>,
+    /// Classes shown per image.
+    pub top_k: usize,
+    /// Resize images of another size (else refuse them).
+    pub resize: bool,
+    /// The dataset the model was trained on, for a checkpoint without an input contract.
+    pub data: Option<PathBuf>,
+}
+
+/// What [`predict`] hands on per file: the prediction and its notes, or the file and why
+/// it could not be classified.
+pub type Outcome = std::result::Result<(Prediction, Vec<String>), (PathBuf, anyhow::Error)>;
+
+/// Images per batch through the network.
+pub const BATCH: usize = 256;
+
+/// Predict every image of `opts.inputs`, handing each prediction (or each file's error) to
+/// `each` in order, with the notes said about it (conversions, resizing). Returns how many
+/// files failed.
+pub fn predict(opts: &PredictOptions, mut each: impl FnMut(Outcome) -> Result<()>) -> Result<usize> {
+    if opts.top_k == 0 {
+        bail!("--top-k is 0: show at least one class");
+    }
+    let model = Model::load(&opts.model, opts.data.as_deref())?;
+    let k = opts.top_k.min(model.contract.classes.len());
+    let mut failed = 0;
+    let files = collect_files(&opts.inputs);
+    if files.is_empty() {
+        bail!("no image files found in {:?} (extensions: {})", opts.inputs, IMAGE_EXTENSIONS.join(", "));
+    }
+    let mut batch: Vec<(PathBuf, Vec<String>)> = Vec::new();
+    let mut rows: Vec<f32> = Vec::new();
+    let flush = |batch: &mut Vec<(PathBuf, Vec<String>)>,
+                 rows: &mut Vec<f32>,
+                 each: &mut dyn FnMut(Outcome) -> Result<()>|
+     -> Result<()> {
+        let probs = model.probabilities(rows, batch.len());
+        for ((path, notes), p) in batch.drain(..).zip(probs) {
+            each(Ok((Prediction { path, top: top_k(&p, &model.contract.classes, k) }, notes)))?;
+        }
+        rows.clear();
+        Ok(())
+    };
+    for file in files {
+        let path = match file {
+            Ok(p) => p,
+            Err(e) => {
+                failed += 1;
+                each(Err(e))?;
+                continue;
+            }
+        };
+        match image_input(&path, &model.contract, opts.resize) {
+            Ok(d) => {
+                rows.extend(d.input);
+                batch.push((path, d.notes));
+            }
+            Err(e) => {
+                failed += 1;
+                each(Err((path, e)))?;
+            }
+        }
+        if batch.len() == BATCH {
+            flush(&mut batch, &mut rows, &mut each)?;
+        }
+    }
+    if !batch.is_empty() {
+        flush(&mut batch, &mut rows, &mut each)?;
+    }
+    Ok(failed)
+}
