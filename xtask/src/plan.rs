@@ -25,12 +25,14 @@ pub enum Program {
     Report,
     /// `layerwise-predict`: a checkpoint on image files.
     Predict,
+    /// `layerwise-export`: a checkpoint as ONNX.
+    Export,
 }
 
 impl Program {
     /// Every program.
-    pub const ALL: [Program; 5] =
-        [Program::Prepare, Program::Train, Program::Evaluate, Program::Report, Program::Predict];
+    pub const ALL: [Program; 6] =
+        [Program::Prepare, Program::Train, Program::Evaluate, Program::Report, Program::Predict, Program::Export];
 
     /// Its binary's name.
     pub fn name(self) -> &'static str {
@@ -40,6 +42,7 @@ impl Program {
             Program::Evaluate => "layerwise-evaluate",
             Program::Report => "layerwise-report",
             Program::Predict => "layerwise-predict",
+            Program::Export => "layerwise-export",
         }
     }
 
@@ -57,6 +60,7 @@ impl Program {
             Program::Evaluate => layerwise_evaluate::cli::run(argv),
             Program::Report => layerwise_report::cli::run(argv),
             Program::Predict => layerwise_predict::cli::run(argv),
+            Program::Export => layerwise_export::cli::run(argv),
         }
     }
 }

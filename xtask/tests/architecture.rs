@@ -5,8 +5,14 @@
 use std::collections::BTreeMap;
 
 /// The stage crates: each a library with a thin binary, sharing nothing but files.
-const STAGES: [&str; 5] =
-    ["layerwise-prepare", "layerwise-train", "layerwise-evaluate", "layerwise-report", "layerwise-predict"];
+const STAGES: [&str; 6] = [
+    "layerwise-prepare",
+    "layerwise-train",
+    "layerwise-evaluate",
+    "layerwise-report",
+    "layerwise-predict",
+    "layerwise-export",
+];
 
 /// Each workspace crate and the layerwise crates it depends on (normal and dev).
 fn graph() -> BTreeMap<String, Vec<String>> {

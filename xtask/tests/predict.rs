@@ -7,30 +7,11 @@
 use layerwise_core::metrics::Evaluation;
 use layerwise_predict::{predict, Format, PredictOptions, Prediction};
 use std::path::{Path, PathBuf};
-use xtask::plan::{Program, Step};
+use xtask::plan::Program;
+
+mod common;
 
 const IMAGES: usize = 500;
-
-fn step(program: Program, args: &[&dyn AsRef<std::ffi::OsStr>]) {
-    let args = args.iter().map(|a| a.as_ref().to_string_lossy().into_owned()).collect();
-    Step { program, args }.run().unwrap();
-}
-
-/// The first `n` test images of a binary release folder: (label, CHW pixels).
-fn test_images(source: &Path, n: usize) -> Vec<(u8, Vec<u8>)> {
-    let bytes = std::fs::read(source.join("test_batch.bin")).unwrap();
-    bytes.chunks_exact(3073).take(n).map(|r| (r[0], r[1..].to_vec())).collect()
-}
-
-fn write_png(path: &Path, chw: &[u8]) {
-    let mut hwc = vec![0u8; 3072];
-    for c in 0..3 {
-        for i in 0..1024 {
-            hwc[i * 3 + c] = chw[c * 1024 + i];
-        }
-    }
-    image::RgbImage::from_raw(32, 32, hwc).unwrap().save(path).unwrap();
-}
 
 struct Trained {
     _dir: tempfile::TempDir,
@@ -45,44 +26,16 @@ struct Trained {
 fn trained() -> Trained {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().to_path_buf();
-    let source = match std::env::var_os("CIFAR10_DIR") {
-        Some(d) => PathBuf::from(d),
-        None => {
-            eprintln!("CIFAR10_DIR not set: synthetic images stand in for CIFAR-10's");
-            layerwise_testkit::synthetic::write_folder(&root, false, 1000).unwrap()
-        }
-    };
-    let data = root.join("data.safetensors");
-    step(
-        Program::Prepare,
-        &[
-            &"--source",
-            &source,
-            &"--out",
-            &data,
-            &"--normalize",
-            &"standardize",
-            &"--limit-train",
-            &"2000",
-            &"--limit-test",
-            &IMAGES.to_string(),
-            &"--artifacts",
-            &root,
-        ],
-    );
-    let out = root.join("depth-01");
-    step(
-        Program::Train,
-        &[&"--data", &data, &"--out", &out, &"--epochs", &"2", &"--width", &"32", &"--batch-size", &"100"],
-    );
-    let model = out.join("model.safetensors");
+    let source = common::source_or_synthetic(&root);
+    let (data, model) = common::small_model(&root, &source, IMAGES, 1);
+    let out = model.parent().unwrap().to_path_buf();
     let eval_path = out.join("eval.json");
-    step(Program::Evaluate, &[&"--model", &model, &"--data", &data, &"--split", &"test", &"--out", &eval_path]);
+    common::step(Program::Evaluate, &[&"--model", &model, &"--data", &data, &"--split", &"test", &"--out", &eval_path]);
     let pngs = root.join("pngs");
     std::fs::create_dir_all(&pngs).unwrap();
     let mut labels = Vec::new();
-    for (i, (label, chw)) in test_images(&source, IMAGES).into_iter().enumerate() {
-        write_png(&pngs.join(format!("{i:04}.png")), &chw);
+    for (i, (label, chw)) in common::test_images(&source, IMAGES).into_iter().enumerate() {
+        common::write_png(&pngs.join(format!("{i:04}.png")), &chw);
         labels.push(label);
     }
     Trained { _dir: dir, root, model, labels, eval: Evaluation::read(&eval_path).unwrap() }

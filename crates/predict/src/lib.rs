@@ -59,19 +59,7 @@ impl Model {
     /// written before checkpoints recorded it) from `data`, the dataset it was trained on.
     pub fn load(path: &Path, data: Option<&Path>) -> Result<Model> {
         let (mlp, meta) = load_checkpoint(path)?;
-        let contract = match (&meta.input, data) {
-            (Some(c), _) => c.clone(),
-            (None, Some(d)) => {
-                let ds = layerwise_core::dataset::Dataset::open(d)?;
-                meta.check_dataset(path, &ds.meta, d)?;
-                InputContract::of_dataset(&ds.meta)
-            }
-            (None, None) => bail!(
-                "{} does not record how it wants its input (it was written before checkpoints did): pass --data \
-                 with the dataset it was trained on, which says it",
-                path.display()
-            ),
-        };
+        let contract = layerwise_core::input::contract_of(path, &meta, data)?;
         Ok(Model { mlp, meta, contract })
     }
 
