@@ -6,7 +6,7 @@
 
 use layerwise_core::metrics::Evaluation;
 use layerwise_predict::{predict, Format, PredictOptions, Prediction};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use xtask::plan::Program;
 
 mod common;
