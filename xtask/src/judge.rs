@@ -168,6 +168,7 @@ pub fn open_run(plan: &Plan, a: &GreedyArgs) -> Result<RunLock> {
 pub fn dataset_ready(plan: &Plan, source: Option<&Path>) -> Result<bool> {
     let d = &plan.pipeline.data;
     let limits = ((d.limit_train > 0).then_some(d.limit_train), (d.limit_test > 0).then_some(d.limit_test));
+    let source = source.or(d.source.as_deref());
     Ok(layerwise_prepare::matches_existing(&plan.data, d.normalize, d.val_fraction, limits, source)?.is_some())
 }
 

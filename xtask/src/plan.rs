@@ -140,7 +140,17 @@ impl Plan {
         let artifacts = a.inputs.artifacts.clone().unwrap_or_else(|| root.join("artifacts"));
         let run_dir = a.run_dir.clone().unwrap_or_else(|| artifacts.join("runs").join(run_name));
         let d = &pipeline.data;
-        let mut name = format!("cifar-10-{}-val{}", d.normalize, d.val_fraction);
+        // The dataset's name: CIFAR-10's, or the pipeline's source folder's.
+        let base: String = d.source.as_ref().and_then(|s| s.file_name()).map_or("cifar-10".into(), |n| {
+            n.to_string_lossy().chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect()
+        });
+        let mut name = format!("{base}-{}-val{}", d.normalize, d.val_fraction);
+        if d.labels != layerwise_core::config::Labels::Fine {
+            name += &format!("-{}", d.labels);
+        }
+        if let Some(r) = &d.resize {
+            name += &format!("-{}", r.replace(['×', 'X'], "x"));
+        }
         if d.limit_train > 0 {
             name += &format!("-train{}", d.limit_train);
         }
@@ -178,8 +188,14 @@ impl Plan {
                 &self.artifacts,
             ],
         );
-        if let Some(src) = source {
+        if let Some(src) = source.or(d.source.as_deref()) {
             s.args.extend(["--source".into(), src.to_string_lossy().into_owned()]);
+        }
+        if d.labels != layerwise_core::config::Labels::Fine {
+            s.args.extend(["--labels".into(), d.labels.name().into()]);
+        }
+        if let Some(r) = &d.resize {
+            s.args.extend(["--resize".into(), r.clone()]);
         }
         for (flag, v) in [("--limit-train", d.limit_train), ("--limit-test", d.limit_test)] {
             if v > 0 {

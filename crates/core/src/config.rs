@@ -45,6 +45,7 @@ macro_rules! named_enum {
 }
 
 named_enum!(Normalize, "normalization", { Unit => "unit", Standardize => "standardize" });
+named_enum!(Labels, "labels", { Fine => "fine", Coarse => "coarse" });
 named_enum!(DeviceKind, "device", { Cpu => "cpu", Cuda => "cuda" }, also { "gpu" => Cuda });
 named_enum!(HeadMode, "head mode", { Frozen => "frozen", Retrain => "retrain", Fresh => "fresh" });
 named_enum!(Regime, "regime", { Grow => "grow", Finetune => "finetune", Scratch => "scratch" });
@@ -62,6 +63,28 @@ pub enum Normalize {
     Unit,
     /// (x / 255 - mean[c]) / std[c], statistics of the train split.
     Standardize,
+}
+
+/// Which of CIFAR-100's labels become the classes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Labels {
+    /// The 100 fine classes.
+    #[default]
+    Fine,
+    /// The 20 coarse superclasses.
+    Coarse,
+}
+
+/// Parse a size `WxH` (or `W×H`): each side 1 to 4096.
+pub fn parse_size(s: &str) -> anyhow::Result<(u32, u32)> {
+    let bad = || anyhow::anyhow!("size `{s}`: write it WxH, e.g. 32x32, each side 1 to 4096");
+    let (w, h) = s.split_once(['x', 'X', '×']).ok_or_else(bad)?;
+    let (w, h): (u32, u32) = (w.trim().parse().map_err(|_| bad())?, h.trim().parse().map_err(|_| bad())?);
+    if !(1..=4096).contains(&w) || !(1..=4096).contains(&h) {
+        return Err(bad());
+    }
+    Ok((w, h))
 }
 
 /// A device a user can ask for.
@@ -371,6 +394,9 @@ mod tests {
         check_string_forms(Augment::VARIANTS);
         check_string_forms(Objective::VARIANTS);
         check_string_forms(Decoder::VARIANTS);
+        check_string_forms(Labels::VARIANTS);
+        assert_eq!(parse_size("32x24").unwrap(), (32, 24));
+        assert!(parse_size("0x3").is_err() && parse_size("32").is_err() && parse_size("5000x2").is_err());
         let err = format!("{}", "thawed".parse::<HeadMode>().unwrap_err());
         assert_eq!(err, "unknown head mode `thawed`: use frozen, retrain or fresh");
     }

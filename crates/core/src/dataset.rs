@@ -218,14 +218,16 @@ impl DatasetMeta {
         let fingerprint = fingerprint(&normalization, splits);
         Self {
             fingerprint,
-            ..Self::describe_sizes(name, classes, normalization, val_fraction, source_kind, sources, sizes)
+            ..Self::describe_sizes(name, [3, 32, 32], classes, normalization, val_fraction, source_kind, sources, sizes)
         }
     }
 
     /// Describe CIFAR-shaped splits of these sizes, the fingerprint left empty (for
     /// [`write_dataset_streamed`], which computes it while writing).
+    #[allow(clippy::too_many_arguments)] // each is a field the metadata records
     pub fn describe_sizes(
         name: &str,
+        image_shape: [usize; 3],
         classes: Vec<String>,
         normalization: Normalization,
         val_fraction: f64,
@@ -237,7 +239,7 @@ impl DatasetMeta {
             version: DATASET_VERSION,
             name: name.into(),
             classes,
-            image_shape: [3, 32, 32],
+            image_shape,
             fingerprint: String::new(),
             normalization,
             val_fraction,
@@ -515,6 +517,7 @@ mod tests {
             let new = dir.path().join("new.safetensors");
             let base = DatasetMeta::describe_sizes(
                 "t",
+                [3, 32, 32],
                 vec!["x".into(); 10],
                 norm.clone(),
                 0.4,

@@ -21,11 +21,30 @@ pub struct DataConfig {
     pub limit_train: usize,
     /// Use only the first N test images; 0 = all.
     pub limit_test: usize,
+    /// The dataset's folder or tarball (CIFAR-10, CIFAR-100, MNIST IDX files, a folder of
+    /// images per class), relative to where the command runs; none: CIFAR-10, found or
+    /// downloaded. `--source` overrides it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<std::path::PathBuf>,
+    /// CIFAR-100's labels: `fine` (100 classes) or `coarse` (20).
+    #[serde(skip_serializing_if = "is_default")]
+    pub labels: crate::config::Labels,
+    /// An image folder's images resized to `WxH` (else they must all have one size).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resize: Option<String>,
 }
 
 impl Default for DataConfig {
     fn default() -> Self {
-        Self { normalize: crate::config::Normalize::Unit, val_fraction: 0.2, limit_train: 0, limit_test: 0 }
+        Self {
+            normalize: crate::config::Normalize::Unit,
+            val_fraction: 0.2,
+            limit_train: 0,
+            limit_test: 0,
+            source: None,
+            labels: crate::config::Labels::Fine,
+            resize: None,
+        }
     }
 }
 
@@ -301,6 +320,9 @@ impl Pipeline {
         let f = self.data.val_fraction;
         if !(f > 0.0 && f < 1.0) {
             bail!("`data.val_fraction` is {f}: it must be strictly between 0 and 1");
+        }
+        if let Some(r) = &self.data.resize {
+            crate::config::parse_size(r).context("`data.resize`")?;
         }
         self.train.validate().map_err(|e| anyhow::anyhow!("{e}").context("in section [train]"))?;
         if self.greedy.max_depth == 0 {

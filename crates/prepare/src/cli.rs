@@ -6,14 +6,25 @@ use anyhow::Result;
 use clap::Parser;
 use std::path::PathBuf;
 
-/// Prepare CIFAR-10 as one normalized safetensors file (train / val / test splits).
+/// Prepare a dataset as one normalized safetensors file (train / val / test splits):
+/// CIFAR-10 (any official form), CIFAR-100, MNIST or Fashion-MNIST IDX files, or a folder
+/// of images per class; the form is detected.
 #[derive(Parser)]
 #[command(version, about)]
 pub struct Args {
-    /// CIFAR-10 folder (cifar-10-batches-bin or cifar-10-batches-py) or official tarball.
-    /// Without it: $CIFAR10_DIR, the artifacts folder, the Keras cache, then a download.
+    /// The dataset: a CIFAR-10 folder (cifar-10-batches-bin or cifar-10-batches-py) or
+    /// official tarball, a CIFAR-100 one (cifar-100-binary, cifar-100-python), a folder of
+    /// MNIST IDX files (gzipped or not), or a folder of images per class (ROOT/<class>/*.png,
+    /// or ROOT/train/<class>/ and ROOT/test/<class>/). Without it: CIFAR-10 from
+    /// $CIFAR10_DIR, the artifacts folder, the Keras cache, then a download.
     #[arg(long)]
     source: Option<PathBuf>,
+    /// CIFAR-100: fine (100 classes) or coarse (20) labels.
+    #[arg(long, value_enum, default_value = "fine")]
+    labels: layerwise_core::config::Labels,
+    /// An image folder: resize every image to WxH (else every image must have one size).
+    #[arg(long)]
+    resize: Option<String>,
     /// Output file (.safetensors).
     #[arg(long, required_unless_present = "verify")]
     out: Option<PathBuf>,
@@ -62,6 +73,8 @@ pub fn run(args: impl IntoIterator<Item = String>) -> Result<()> {
     opts.limit_train = a.limit_train;
     opts.limit_test = a.limit_test;
     opts.artifacts = a.artifacts;
+    opts.read.labels = a.labels;
+    opts.read.resize = a.resize.as_deref().map(layerwise_core::config::parse_size).transpose()?;
     let start = std::time::Instant::now();
     let meta = prepare(&opts)?;
     eprintln!(

@@ -1,19 +1,24 @@
-//! The data stage: CIFAR-10, in whatever official form it is found, becomes one
+//! The data stage: a dataset (CIFAR-10 in whatever official form it is found, CIFAR-100,
+//! MNIST or Fashion-MNIST IDX files, or a folder of images per class) becomes one
 //! normalized safetensors file (the `layerwise-core` dataset format) with train,
 //! validation and test splits.
 //!
 //! # Brief overview
 //! - [`PrepareOptions`] says where the data is, where the output goes and how to split
 //!   and normalize; [`prepare`] does the work and returns the written metadata.
-//! - [`source`] detects and reads the four official forms; [`fetch`] finds CIFAR-10 on
-//!   the machine or downloads the official tarball.
+//! - [`source`] detects a source and reads CIFAR-10's four official forms; [`cifar100`],
+//!   [`idx`] and [`folder`] read the others; [`fetch`] finds CIFAR-10 on the machine or
+//!   downloads the official tarball.
 //!
 //! The split follows Keras' `validation_split`: validation is the LAST fraction of the
 //! training images, `train = floor(n * (1 - fraction))`.
 #![deny(missing_docs)]
 
+pub mod cifar100;
 pub mod cli;
 pub mod fetch;
+pub mod folder;
+pub mod idx;
 pub mod pickle_scan;
 pub mod source;
 
@@ -26,7 +31,8 @@ pub use layerwise_core::config::Normalize;
 /// What to prepare.
 #[derive(Debug, Clone)]
 pub struct PrepareOptions {
-    /// A CIFAR-10 folder or tarball; None = search, then download.
+    /// A dataset folder or tarball (see [`source::detect`]); None = search for CIFAR-10,
+    /// then download it.
     pub source: Option<PathBuf>,
     /// Output safetensors file.
     pub out: PathBuf,
@@ -42,6 +48,8 @@ pub struct PrepareOptions {
     pub artifacts: PathBuf,
     /// Download settings.
     pub fetch: fetch::FetchOptions,
+    /// CIFAR-100's labels, an image folder's size.
+    pub read: source::ReadOptions,
 }
 
 impl PrepareOptions {
@@ -56,6 +64,7 @@ impl PrepareOptions {
             limit_test: None,
             artifacts: PathBuf::from("artifacts"),
             fetch: fetch::FetchOptions::default(),
+            read: source::ReadOptions::default(),
         }
     }
 }
@@ -83,8 +92,8 @@ pub fn prepare(opts: &PrepareOptions) -> Result<DatasetMeta> {
     }
     let path = locate_source(opts)?;
     let (kind, path) = source::detect(&path)?;
-    let mut raw = source::read(kind, &path)?;
-    let d = source::IMAGE_BYTES;
+    let mut raw = source::read_with(kind, &path, opts.read)?;
+    let d: usize = raw.image_shape.iter().product();
     if let Some(n) = opts.limit_train {
         let n = n.min(raw.train_labels.len());
         raw.train_labels.truncate(n);
@@ -104,7 +113,7 @@ pub fn prepare(opts: &PrepareOptions) -> Result<DatasetMeta> {
             opts.val_fraction
         );
     }
-    let norm = normalization(opts.normalize, &raw.train_images[..n_train * d]);
+    let norm = normalization(opts.normalize, &raw.train_images[..n_train * d], raw.image_shape);
     // The floats are made while the file is written (never all in memory at once), and
     // the fingerprint is computed beside the write, on the other core.
     let train = ByteSplit { images: &raw.train_images[..n_train * d], labels: &raw.train_labels[..n_train] };
@@ -112,7 +121,8 @@ pub fn prepare(opts: &PrepareOptions) -> Result<DatasetMeta> {
     let test = ByteSplit { images: &raw.test_images, labels: &raw.test_labels };
     let sizes = SplitSizes { train: train.labels.len(), val: val.labels.len(), test: test.labels.len() };
     let meta = DatasetMeta::describe_sizes(
-        "cifar-10",
+        &raw.name,
+        raw.image_shape,
         raw.classes.clone(),
         norm,
         opts.val_fraction,
@@ -124,15 +134,15 @@ pub fn prepare(opts: &PrepareOptions) -> Result<DatasetMeta> {
     Ok(meta)
 }
 
-fn normalization(kind: Normalize, train: &[u8]) -> Normalization {
+fn normalization(kind: Normalize, train: &[u8], [channels, h, w]: [usize; 3]) -> Normalization {
     match kind {
-        Normalize::Unit => Normalization::unit(),
+        Normalize::Unit => Normalization { kind: Normalize::Unit, mean: vec![0.0; channels], std: vec![1.0; channels] },
         Normalize::Standardize => {
-            let plane = source::IMAGE_BYTES / 3;
-            let mut sum = [0f64; 3];
-            let mut sq = [0f64; 3];
-            for img in train.chunks_exact(source::IMAGE_BYTES) {
-                for c in 0..3 {
+            let plane = h * w;
+            let mut sum = vec![0f64; channels];
+            let mut sq = vec![0f64; channels];
+            for img in train.chunks_exact(plane * channels) {
+                for c in 0..channels {
                     for &b in &img[c * plane..(c + 1) * plane] {
                         let x = b as f64 / 255.0;
                         sum[c] += x;
@@ -140,9 +150,9 @@ fn normalization(kind: Normalize, train: &[u8]) -> Normalization {
                     }
                 }
             }
-            let count = (train.len() / 3).max(1) as f64;
+            let count = (train.len() / channels).max(1) as f64;
             let mean: Vec<f64> = sum.iter().map(|s| s / count).collect();
-            let std: Vec<f64> = (0..3).map(|c| (sq[c] / count - mean[c] * mean[c]).max(1e-12).sqrt()).collect();
+            let std: Vec<f64> = (0..channels).map(|c| (sq[c] / count - mean[c] * mean[c]).max(1e-12).sqrt()).collect();
             Normalization { kind: Normalize::Standardize, mean, std }
         }
     }

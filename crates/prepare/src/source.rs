@@ -1,6 +1,8 @@
-//! Finding and reading CIFAR-10 in the forms people actually have it: the official binary
-//! release (folder or `cifar-10-binary.tar.gz`) and the official Python release (folder,
-//! as Keras and torchvision leave it, or `cifar-10-python.tar.gz`).
+//! Finding and reading a dataset in the forms people actually have it: CIFAR-10's official
+//! binary release (folder or `cifar-10-binary.tar.gz`) and Python release (folder, as Keras
+//! and torchvision leave it, or `cifar-10-python.tar.gz`); CIFAR-100's two releases
+//! ([`crate::cifar100`]); MNIST's IDX files ([`crate::idx`]); a folder of images per class
+//! ([`crate::folder`]). [`detect`] tells which from the path.
 
 use anyhow::{anyhow, bail, Context, Result};
 use layerwise_core::dataset::SourceFile;
@@ -30,6 +32,14 @@ pub enum SourceKind {
     PythonFolder,
     /// `cifar-10-python.tar.gz`.
     PythonTarball,
+    /// CIFAR-100's binary release: a folder (`false`) or its tarball (`true`).
+    Cifar100Binary(bool),
+    /// CIFAR-100's Python release: a folder (`false`) or its tarball (`true`).
+    Cifar100Python(bool),
+    /// MNIST or Fashion-MNIST IDX files.
+    Idx,
+    /// A folder of images per class.
+    ImageFolder,
 }
 
 impl SourceKind {
@@ -40,14 +50,33 @@ impl SourceKind {
             SourceKind::BinaryTarball => "binary-tarball",
             SourceKind::PythonFolder => "python-folder",
             SourceKind::PythonTarball => "python-tarball",
+            SourceKind::Cifar100Binary(false) => "cifar-100-binary-folder",
+            SourceKind::Cifar100Binary(true) => "cifar-100-binary-tarball",
+            SourceKind::Cifar100Python(false) => "cifar-100-python-folder",
+            SourceKind::Cifar100Python(true) => "cifar-100-python-tarball",
+            SourceKind::Idx => "idx",
+            SourceKind::ImageFolder => "image-folder",
         }
     }
 }
 
-/// CIFAR-10 read into memory: raw bytes, before any normalization.
+/// How a source is read beyond its files: CIFAR-100's labels, an image folder's size.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ReadOptions {
+    /// CIFAR-100: fine or coarse labels.
+    pub labels: crate::cifar100::Labels,
+    /// An image folder: resize every image to (width, height).
+    pub resize: Option<(u32, u32)>,
+}
+
+/// A dataset read into memory: raw bytes, before any normalization.
 #[derive(Debug, Clone, Default)]
-pub struct RawCifar {
-    /// Training images, `[n, 3072]` CHW bytes, official order.
+pub struct RawImages {
+    /// The dataset's name (`cifar-10`, `cifar-100`, `mnist`, the image folder's name).
+    pub name: String,
+    /// `[channels, height, width]` of every image.
+    pub image_shape: [usize; 3],
+    /// Training images, `[n, C·H·W]` CHW bytes, the source's order.
     pub train_images: Vec<u8>,
     /// Training labels.
     pub train_labels: Vec<u8>,
@@ -70,10 +99,27 @@ pub fn detect(path: &Path) -> Result<(SourceKind, PathBuf)> {
         if path.join("data_batch_1").exists() || path.join("batches.meta").exists() {
             return Ok((SourceKind::PythonFolder, path.to_path_buf()));
         }
+        if path.join("train.bin").exists() && path.join("test.bin").exists() {
+            return Ok((SourceKind::Cifar100Binary(false), path.to_path_buf()));
+        }
+        if path.join("train").is_file() && path.join("test").is_file() {
+            return Ok((SourceKind::Cifar100Python(false), path.to_path_buf()));
+        }
+        if crate::idx::is_idx_folder(path) {
+            return Ok((SourceKind::Idx, path.to_path_buf()));
+        }
         for (sub, kind) in [(BIN_DIR, SourceKind::BinaryFolder), (PY_DIR, SourceKind::PythonFolder)] {
             if path.join(sub).is_dir() {
                 return detect(&path.join(sub)).map(|(_, p)| (kind, p));
             }
+        }
+        for sub in [crate::cifar100::BIN_DIR, crate::cifar100::PY_DIR] {
+            if path.join(sub).is_dir() {
+                return detect(&path.join(sub));
+            }
+        }
+        if crate::folder::is_image_folder(path) {
+            return Ok((SourceKind::ImageFolder, path.to_path_buf()));
         }
         for (file, kind) in [
             ("cifar-10-binary.tar.gz", SourceKind::BinaryTarball),
@@ -84,15 +130,17 @@ pub fn detect(path: &Path) -> Result<(SourceKind, PathBuf)> {
             }
         }
         bail!(
-            "{} holds no CIFAR-10: expected data_batch_1.bin … test_batch.bin (binary release), \
-             data_batch_1 … test_batch (Python release), or one of the official tarballs",
+            "{} holds no dataset layerwise reads: expected CIFAR-10 (data_batch_1.bin … test_batch.bin, or the Python \
+             release's data_batch_1 … test_batch, or an official tarball), CIFAR-100 (train.bin and test.bin, or the \
+             Python release's train and test), MNIST IDX files (train-images-idx3-ubyte[.gz] …), or a folder of \
+             images per class (ROOT/<class>/*.png, or ROOT/train/<class>/ and ROOT/test/<class>/)",
             path.display()
         );
     }
     if path.is_file() {
         return Ok((tarball_kind(path)?, path.to_path_buf()));
     }
-    bail!("CIFAR-10 source {} does not exist", path.display())
+    bail!("source {} does not exist", path.display())
 }
 
 /// Look inside a tarball to tell the binary release from the Python release.
@@ -108,8 +156,19 @@ fn tarball_kind(path: &Path) -> Result<SourceKind> {
         if name.starts_with(PY_DIR) {
             return Ok(SourceKind::PythonTarball);
         }
+        if name.starts_with(crate::cifar100::BIN_DIR) {
+            return Ok(SourceKind::Cifar100Binary(true));
+        }
+        if name.starts_with(crate::cifar100::PY_DIR) {
+            return Ok(SourceKind::Cifar100Python(true));
+        }
     }
-    bail!("{}: the archive holds neither {BIN_DIR}/ nor {PY_DIR}/: it is not a CIFAR-10 release", path.display())
+    bail!(
+        "{}: the archive holds none of {BIN_DIR}/, {PY_DIR}/, {}/, {}/: it is not a CIFAR-10 release (nor a CIFAR-100 one)",
+        path.display(),
+        crate::cifar100::BIN_DIR,
+        crate::cifar100::PY_DIR
+    )
 }
 
 fn not_cifar_tar(path: &Path) -> String {
@@ -119,7 +178,7 @@ fn not_cifar_tar(path: &Path) -> String {
     )
 }
 
-fn open_tar(path: &Path) -> Result<tar::Archive<flate2::read::GzDecoder<std::fs::File>>> {
+pub(crate) fn open_tar(path: &Path) -> Result<tar::Archive<flate2::read::GzDecoder<std::fs::File>>> {
     let file = layerwise_core::fsread::open_regular(path, "CIFAR-10 tarball")?;
     Ok(tar::Archive::new(flate2::read::GzDecoder::new(file)))
 }
@@ -138,91 +197,138 @@ fn member_names(kind: SourceKind) -> Vec<String> {
 /// Read the needed member files (name → bytes) from a folder or tarball.
 fn read_members(kind: SourceKind, path: &Path) -> Result<BTreeMap<String, Vec<u8>>> {
     let wanted = member_names(kind);
-    let mut found = BTreeMap::new();
-    match kind {
-        SourceKind::BinaryFolder | SourceKind::PythonFolder => {
-            for name in &wanted {
-                let p = path.join(name);
-                if p.exists() {
-                    let size = std::fs::metadata(&p).with_context(|| format!("cannot read {}", p.display()))?.len();
-                    if size > MAX_MEMBER_BYTES {
+    let tarball = matches!(kind, SourceKind::BinaryTarball | SourceKind::PythonTarball);
+    let dir = if kind == SourceKind::BinaryTarball { BIN_DIR } else { PY_DIR };
+    let release = Release { what: "CIFAR-10", largest: "30,730,000", max_bytes: MAX_MEMBER_BYTES };
+    release.read(path, tarball.then_some(dir), &wanted, &wanted[..=TRAIN_BATCHES])
+}
+
+/// How a release's files are read: what it is called in messages, and the largest file it
+/// holds (nothing larger is read or allocated).
+pub(crate) struct Release {
+    /// Its name in messages.
+    pub what: &'static str,
+    /// Its largest file's size, as said in messages.
+    pub largest: &'static str,
+    /// The most bytes one file may hold.
+    pub max_bytes: u64,
+}
+
+impl Release {
+    /// The `wanted` files (name → bytes) of a folder, or (`tar_dir` given) of a `.tar.gz`
+    /// whose files are under `tar_dir/`; fails unless every `required` one is there.
+    pub(crate) fn read(
+        &self,
+        path: &Path,
+        tar_dir: Option<&str>,
+        wanted: &[String],
+        required: &[String],
+    ) -> Result<BTreeMap<String, Vec<u8>>> {
+        let mut found = BTreeMap::new();
+        let (what, largest, max) = (self.what, self.largest, self.max_bytes);
+        match tar_dir {
+            None => {
+                for name in wanted {
+                    let p = path.join(name);
+                    if p.exists() {
+                        let size = std::fs::metadata(&p).with_context(|| format!("cannot read {}", p.display()))?.len();
+                        if size > max {
+                            bail!(
+                                "{}: {size} bytes is far more than any {what} file holds ({largest}): not {what}",
+                                p.display()
+                            );
+                        }
+                        found.insert(name.clone(), layerwise_core::fsread::read_capped(&p, what, max)?);
+                    }
+                }
+            }
+            Some(dir) => {
+                let not_tar = || format!("{} is not a readable .tar.gz archive of {what}", path.display());
+                let mut archive = open_tar(path)?;
+                for entry in archive.entries().with_context(not_tar)? {
+                    let mut entry = entry.with_context(not_tar)?;
+                    let member = entry.path().with_context(not_tar)?.to_string_lossy().into_owned();
+                    // Only regular files named exactly `<dir>/<expected name>` are read; links,
+                    // absolute paths and anything else are ignored, and nothing is extracted.
+                    let Some(name) = member.strip_prefix(dir).and_then(|r| r.strip_prefix('/')) else {
+                        continue;
+                    };
+                    if !entry.header().entry_type().is_file() || !wanted.iter().any(|w| w == name) {
+                        continue;
+                    }
+                    // Never allocate from a size the archive claims before checking it.
+                    let size = entry.size();
+                    if size > max {
                         bail!(
-                            "{}: {size} bytes is far more than any CIFAR-10 batch holds (30,730,000): not CIFAR-10",
-                            p.display()
+                            "{}: member {member} claims {size} bytes, far more than any {what} file holds ({largest}): \
+                             the archive is corrupt or not {what}",
+                            path.display()
                         );
                     }
-                    let bytes = layerwise_core::fsread::read_capped(&p, "CIFAR-10 batch file", MAX_MEMBER_BYTES)?;
-                    found.insert(name.clone(), bytes);
+                    let mut bytes = Vec::with_capacity(size as usize);
+                    entry.by_ref().take(max).read_to_end(&mut bytes).with_context(|| {
+                        format!("{}: cannot read member {member}: the archive is truncated or corrupt", path.display())
+                    })?;
+                    found.insert(name.to_string(), bytes);
                 }
-            }
-        }
-        SourceKind::BinaryTarball | SourceKind::PythonTarball => {
-            let dir = if kind == SourceKind::BinaryTarball { BIN_DIR } else { PY_DIR };
-            let mut archive = open_tar(path)?;
-            for entry in archive.entries().with_context(|| not_cifar_tar(path))? {
-                let mut entry = entry.with_context(|| not_cifar_tar(path))?;
-                let member = entry.path().with_context(|| not_cifar_tar(path))?.to_string_lossy().into_owned();
-                // Only regular files named exactly `<dir>/<expected name>` are read; links,
-                // absolute paths and anything else are ignored, and nothing is extracted.
-                let Some(name) = member.strip_prefix(dir).and_then(|r| r.strip_prefix('/')) else {
-                    continue;
-                };
-                if !entry.header().entry_type().is_file() || !wanted.iter().any(|w| w == name) {
-                    continue;
-                }
-                // Never allocate from a size the archive claims before checking it.
-                let size = entry.size();
-                if size > MAX_MEMBER_BYTES {
-                    bail!(
-                        "{}: member {member} claims {size} bytes, far more than any CIFAR-10 batch holds (30,730,000): \
-                         the archive is corrupt or not CIFAR-10",
+                // Read the compressed stream to its end: the gzip trailer's CRC and length
+                // catch a truncated or damaged tarball that the tar entries alone would not.
+                let mut rest = archive.into_inner();
+                std::io::copy(&mut rest, &mut std::io::sink()).with_context(|| {
+                    format!(
+                        "{}: the gzip stream is truncated or fails its checksum: the download is incomplete or \
+                         damaged; fetch the tarball again",
                         path.display()
-                    );
-                }
-                let mut bytes = Vec::with_capacity(size as usize);
-                entry.by_ref().take(MAX_MEMBER_BYTES).read_to_end(&mut bytes).with_context(|| {
-                    format!("{}: cannot read member {member}: the archive is truncated or corrupt", path.display())
+                    )
                 })?;
-                found.insert(name.to_string(), bytes);
             }
-            // Read the compressed stream to its end: the gzip trailer's CRC and length
-            // catch a truncated or damaged tarball that the tar entries alone would not.
-            let mut rest = archive.into_inner();
-            std::io::copy(&mut rest, &mut std::io::sink()).with_context(|| {
-                format!(
-                    "{}: the gzip stream is truncated or fails its checksum: the download is incomplete or damaged; \
-                     fetch the tarball again",
-                    path.display()
-                )
-            })?;
         }
+        let missing: Vec<&str> = required.iter().filter(|n| !found.contains_key(*n)).map(String::as_str).collect();
+        if !missing.is_empty() {
+            bail!(
+                "{} is missing {}: a complete {what} release has {}",
+                path.display(),
+                missing.join(", "),
+                required.join(", ")
+            );
+        }
+        Ok(found)
     }
-    let missing: Vec<&String> = wanted[..=TRAIN_BATCHES].iter().filter(|n| !found.contains_key(*n)).collect();
-    if !missing.is_empty() {
-        bail!(
-            "{} is missing {}: a complete CIFAR-10 release has five training batches and a test batch",
-            path.display(),
-            missing.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
-        );
-    }
-    Ok(found)
 }
 
 /// The SHA-256 of each file of a source, as a prepared dataset records them (cheap: the
 /// files are read and hashed, not parsed).
 pub fn hashes(kind: SourceKind, path: &Path) -> Result<Vec<SourceFile>> {
+    match kind {
+        SourceKind::Cifar100Binary(t) => return crate::cifar100::hashes(path, true, t),
+        SourceKind::Cifar100Python(t) => return crate::cifar100::hashes(path, false, t),
+        SourceKind::Idx => return crate::idx::hashes(path),
+        SourceKind::ImageFolder => return crate::folder::hashes(path),
+        _ => {}
+    }
     Ok(read_members(kind, path)?
         .iter()
         .map(|(name, bytes)| SourceFile { name: name.clone(), sha256: sha256_hex(bytes) })
         .collect())
 }
 
+/// Read a detected source.
+pub fn read_with(kind: SourceKind, path: &Path, opts: ReadOptions) -> Result<RawImages> {
+    match kind {
+        SourceKind::Cifar100Binary(t) => crate::cifar100::read(path, true, t, opts.labels),
+        SourceKind::Cifar100Python(t) => crate::cifar100::read(path, false, t, opts.labels),
+        SourceKind::Idx => crate::idx::read(path),
+        SourceKind::ImageFolder => crate::folder::read(path, opts.resize),
+        _ => read(kind, path),
+    }
+}
+
 /// Read CIFAR-10 from a detected source.
-pub fn read(kind: SourceKind, path: &Path) -> Result<RawCifar> {
+pub fn read(kind: SourceKind, path: &Path) -> Result<RawImages> {
     let members = read_members(kind, path)?;
     let names = member_names(kind);
     let binary = matches!(kind, SourceKind::BinaryFolder | SourceKind::BinaryTarball);
-    let mut raw = RawCifar::default();
+    let mut raw = RawImages { name: "cifar-10".into(), image_shape: [3, 32, 32], ..Default::default() };
     let mut per_batch = None;
     for (i, name) in names[..=TRAIN_BATCHES].iter().enumerate() {
         let bytes = &members[name];
@@ -279,10 +385,11 @@ pub fn parse_binary(bytes: &[u8], origin: &str) -> Result<(Vec<u8>, Vec<u8>)> {
 }
 
 fn parse_meta_txt(bytes: &[u8], origin: &str) -> Result<Vec<String>> {
+    let n = 10;
     let text = std::str::from_utf8(bytes).map_err(|_| anyhow!("{origin}: class-name file is not text"))?;
     let names: Vec<String> = text.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect();
-    if names.len() != 10 {
-        bail!("{origin}: expected 10 class names, found {}", names.len());
+    if names.len() != n {
+        bail!("{origin}: expected {n} class names, found {}", names.len());
     }
     Ok(names)
 }
@@ -323,11 +430,16 @@ fn numpy_bytes(v: &serde_pickle::Value) -> Option<(Vec<i64>, &[u8])> {
 
 /// Read one Python-release batch: `data` (uint8 `[n, 3072]`) and `labels` (list of ints).
 pub fn parse_pickle(bytes: &[u8], origin: &str) -> Result<(Vec<u8>, Vec<u8>)> {
+    parse_pickle_with(bytes, "labels", origin)
+}
+
+/// [`parse_pickle`] with the labels under `key` (CIFAR-100: `fine_labels`, `coarse_labels`).
+pub fn parse_pickle_with(bytes: &[u8], key: &str, origin: &str) -> Result<(Vec<u8>, Vec<u8>)> {
     use serde_pickle::Value as V;
     let root = load_pickle(bytes, origin)?;
-    let labels_v = dict_get(&root, "labels")
-        .ok_or_else(|| anyhow!("{origin}: pickle has no `labels` key: not a CIFAR-10 batch"))?;
-    let V::List(list) = labels_v else { bail!("{origin}: `labels` is not a list") };
+    let labels_v =
+        dict_get(&root, key).ok_or_else(|| anyhow!("{origin}: pickle has no `{key}` key: not a CIFAR batch"))?;
+    let V::List(list) = labels_v else { bail!("{origin}: `{key}` is not a list") };
     let labels = list
         .iter()
         .enumerate()
@@ -351,10 +463,15 @@ pub fn parse_pickle(bytes: &[u8], origin: &str) -> Result<(Vec<u8>, Vec<u8>)> {
 }
 
 fn parse_meta_pickle(bytes: &[u8], origin: &str) -> Result<Vec<String>> {
+    pickle_names(bytes, "label_names", 10, origin)
+}
+
+/// The `n` class names a release's meta pickle holds under `key`.
+pub fn pickle_names(bytes: &[u8], key: &str, n: usize, origin: &str) -> Result<Vec<String>> {
     use serde_pickle::Value as V;
     let root = load_pickle(bytes, origin)?;
-    let Some(V::List(list)) = dict_get(&root, "label_names") else {
-        bail!("{origin}: no `label_names` list: not CIFAR-10's batches.meta")
+    let Some(V::List(list)) = dict_get(&root, key) else {
+        bail!("{origin}: no `{key}` list: not the release's meta file")
     };
     let names: Vec<String> = list
         .iter()
@@ -364,8 +481,8 @@ fn parse_meta_pickle(bytes: &[u8], origin: &str) -> Result<Vec<String>> {
             _ => None,
         })
         .collect();
-    if names.len() != 10 {
-        bail!("{origin}: expected 10 class names, found {}", names.len());
+    if names.len() != n {
+        bail!("{origin}: expected {n} class names, found {}", names.len());
     }
     Ok(names)
 }

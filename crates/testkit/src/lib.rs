@@ -1,8 +1,10 @@
 //! Test fixtures for every layerwise crate: synthetic CIFAR-10 releases in the four
-//! official forms ([`synthetic`]) and ready-made prepared datasets ([`prepared_dataset`]),
+//! official forms ([`synthetic`]), the other forms prepare reads ([`formats`]: CIFAR-100,
+//! MNIST IDX, image folders) and ready-made prepared datasets ([`prepared_dataset`]),
 //! so that stage tests never need another stage (or the real data).
 #![deny(missing_docs)]
 
+pub mod formats;
 pub mod synthetic;
 
 use anyhow::Result;
