@@ -267,7 +267,100 @@ fn readers(work: &Path) -> Result<Vec<Reader>> {
         let (kind, path) = layerwise_prepare::source::detect(p)?;
         layerwise_prepare::source::read(kind, &path).map(|_| ())
     });
+    // The other dataset forms: an IDX file of images (gzipped, beside valid label and test
+    // files), CIFAR-100 records, one image of a folder of images per class (beside a valid
+    // one of another class), and an image given to predict.
+    let (digits, labels) = layerwise_testkit::formats::digits(3, 1);
+    let idx_valid = layerwise_testkit::formats::idx_images(&digits, 3, 28, 28);
+    let idx_gz = {
+        use std::io::Write as _;
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        e.write_all(&idx_valid)?;
+        e.finish()?
+    };
+    let idx_others = [
+        ("train-labels-idx1-ubyte", layerwise_testkit::formats::idx_labels(&labels)),
+        ("t10k-images-idx3-ubyte", layerwise_testkit::formats::idx_images(&digits, 3, 28, 28)),
+        ("t10k-labels-idx1-ubyte", layerwise_testkit::formats::idx_labels(&labels)),
+    ];
+    let idx_read: ReadFn = Box::new(move |p, _| {
+        let dir = p.parent().unwrap_or(Path::new("."));
+        for (name, bytes) in &idx_others {
+            if !dir.join(name).exists() {
+                std::fs::write(dir.join(name), bytes)?;
+            }
+        }
+        layerwise_prepare::idx::read(dir).map(|_| ())
+    });
+    let (imgs, lbls) = synthetic::images(3, 1);
+    let png = layerwise_testkit::formats::png(&imgs[..3072], 32)?;
+    let other_png = layerwise_testkit::formats::png(&imgs[3072..6144], 32)?;
+    let folder_read: ReadFn = Box::new(move |p, _| {
+        // p is ROOT/cat/0.png: ROOT/dog/0.png is a valid image of another class.
+        let root = p.parent().and_then(Path::parent).unwrap_or(Path::new("."));
+        let dog = root.join("dog");
+        if !dog.join("0.png").exists() {
+            std::fs::create_dir_all(&dog)?;
+            std::fs::write(dog.join("0.png"), &other_png)?;
+            std::fs::write(dog.join("1.png"), &other_png)?;
+        }
+        layerwise_prepare::folder::read(root, None).map(|_| ())
+    });
+    let contract = layerwise_core::input::InputContract {
+        shape: [3, 32, 32],
+        layout: "CHW".into(),
+        channels: "RGB".into(),
+        normalize: layerwise_core::config::Normalize::Unit,
+        mean: vec![0.0; 3],
+        std: vec![1.0; 3],
+        classes: layerwise_testkit::CIFAR10_CLASSES.iter().map(|s| s.to_string()).collect(),
+    };
+    let predict_read: ReadFn =
+        Box::new(move |p, _| layerwise_predict::image_input(p, &contract, true).map(|_| ()));
+    let c100 = layerwise_testkit::formats::cifar100_records(&imgs, &lbls);
     Ok(vec![
+        Reader {
+            name: "idx-gzip",
+            valid: idx_gz,
+            file: Some("train-images-idx3-ubyte.gz"),
+            nest: nest_bytes,
+            encode: identity,
+            read: idx_read,
+        },
+        Reader {
+            name: "idx-images",
+            valid: idx_valid,
+            file: None,
+            nest: nest_bytes,
+            encode: identity,
+            read: Box::new(|_, b| layerwise_prepare::idx::parse(b, 3, "idx").map(|_| ())),
+        },
+        Reader {
+            name: "cifar100-binary",
+            valid: c100,
+            file: None,
+            nest: nest_bytes,
+            encode: identity,
+            read: Box::new(|_, b| {
+                layerwise_prepare::cifar100::parse_binary(b, layerwise_core::config::Labels::Fine, "c100").map(|_| ())
+            }),
+        },
+        Reader {
+            name: "image-folder",
+            valid: png.clone(),
+            file: Some("cat/0.png"),
+            nest: nest_bytes,
+            encode: identity,
+            read: folder_read,
+        },
+        Reader {
+            name: "predict-image",
+            valid: png,
+            file: Some("image.png"),
+            nest: nest_bytes,
+            encode: identity,
+            read: predict_read,
+        },
         Reader {
             name: "cifar-binary",
             valid: synthetic::binary_batch(3, 1),
@@ -477,6 +570,9 @@ pub fn run(a: &FuzzArgs) -> Result<()> {
             };
             let path = case_dir.join(reader.file.unwrap_or("input"));
             if reader.file.is_some() {
+                if let Some(d) = path.parent() {
+                    std::fs::create_dir_all(d)?;
+                }
                 std::fs::write(&path, &bytes).with_context(|| format!("cannot write {}", path.display()))?;
             }
             CURRENT[0].store(r_index, Ordering::SeqCst);
