@@ -10,8 +10,8 @@ import sys
 
 import numpy as np
 import onnxruntime
+import safetensors.numpy
 from safetensors import safe_open
-from safetensors.numpy import load_file
 
 ckpt, onnx_path, pixels_path, expected_path, n = sys.argv[1:6]
 n = int(n)
@@ -30,11 +30,10 @@ x = pixels.reshape(n, -1) / 255.0
 mean = np.repeat(np.array(contract["mean"]), h * w)
 std = np.repeat(np.array(contract["std"]), h * w)
 x = ((x - mean) / std).astype(np.float32)
-wts = load_file(ckpt)
-depth = sum(1 for k in wts if k.startswith("hidden.") and k.endswith(".weight"))
-for i in range(depth):
-    x = np.maximum(x @ wts[f"hidden.{i}.weight"].T + wts[f"hidden.{i}.bias"], 0)
-logits = x @ wts["head.weight"].T + wts["head.bias"]
+# README's three lines, as they are there:
+w = safetensors.numpy.load_file(ckpt)
+for i in range(sum(k.endswith(".weight") for k in w if k.startswith("hidden."))): x = np.maximum(x @ w[f"hidden.{i}.weight"].T + w[f"hidden.{i}.bias"], 0)
+logits = x @ w["head.weight"].T + w["head.bias"]
 e = np.exp(logits - logits.max(axis=1, keepdims=True))
 probs_numpy = e / e.sum(axis=1, keepdims=True)
 

@@ -315,8 +315,7 @@ fn readers(work: &Path) -> Result<Vec<Reader>> {
         std: vec![1.0; 3],
         classes: layerwise_testkit::CIFAR10_CLASSES.iter().map(|s| s.to_string()).collect(),
     };
-    let predict_read: ReadFn =
-        Box::new(move |p, _| layerwise_predict::image_input(p, &contract, true).map(|_| ()));
+    let predict_read: ReadFn = Box::new(move |p, _| layerwise_predict::image_input(p, &contract, true).map(|_| ()));
     let c100 = layerwise_testkit::formats::cifar100_records(&imgs, &lbls);
     Ok(vec![
         Reader {

@@ -75,6 +75,16 @@ fn cifar100_runs_with_fine_or_coarse_labels() {
     // The coarse label of a CIFAR-10 image of class l is 2l or 2l+1.
     let labels = coarse.split(layerwise_core::dataset::Split::Test).unwrap().labels.to_vec();
     assert!(labels.iter().zip(&test.1).all(|(&c, &l)| c / 2 == l), "coarse labels");
+    // The Python release of the same images gives the same dataset (but its source).
+    let py =
+        layerwise_testkit::formats::write_cifar100_python(&e.path("c100py"), (&train.0, &train.1), (&test.0, &test.1))
+            .unwrap();
+    let p =
+        prepared(&py, &e.path("py.safetensors"), |o| o.read.labels = layerwise_core::config::Labels::Coarse).unwrap();
+    assert_eq!(p.meta.classes, coarse.meta.classes);
+    let t = |d: &Dataset| d.split(layerwise_core::dataset::Split::Test).unwrap().images.to_vec();
+    assert!(t(&p) == t(&coarse) && p.meta.source_kind == "cifar-100-python-folder");
+    assert_eq!(p.split(layerwise_core::dataset::Split::Test).unwrap().labels.to_vec(), labels);
 }
 
 #[test]

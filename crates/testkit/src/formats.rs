@@ -30,6 +30,27 @@ pub fn write_cifar100_binary(dir: &Path, train: (&[u8], &[u8]), test: (&[u8], &[
     Ok(root)
 }
 
+/// A `cifar-100-python/` folder in `dir` (train, test and meta pickles), labels remapped
+/// as [`cifar100_records`] does.
+pub fn write_cifar100_python(dir: &Path, train: (&[u8], &[u8]), test: (&[u8], &[u8])) -> Result<PathBuf> {
+    let root = dir.join("cifar-100-python");
+    std::fs::create_dir_all(&root)?;
+    let pickle = |(images, labels): (&[u8], &[u8])| {
+        let fine: Vec<u8> = labels.iter().enumerate().map(|(i, &l)| l * 10 + (i % 10) as u8).collect();
+        let coarse: Vec<u8> = fine.iter().map(|f| f / 5).collect();
+        crate::synthetic::python_pickle(images, &[("fine_labels", &fine), ("coarse_labels", &coarse)])
+    };
+    std::fs::write(root.join("train"), pickle(train))?;
+    std::fs::write(root.join("test"), pickle(test))?;
+    let names = |n: usize, what: &str| (0..n).map(|i| format!("{what}_{i}")).collect::<Vec<_>>();
+    let meta = crate::synthetic::python_names(&[
+        ("fine_label_names", &names(100, "fine")),
+        ("coarse_label_names", &names(20, "coarse")),
+    ]);
+    std::fs::write(root.join("meta"), meta)?;
+    Ok(root)
+}
+
 /// An IDX file of `n` images of `h × w` bytes.
 pub fn idx_images(images: &[u8], n: usize, h: usize, w: usize) -> Vec<u8> {
     let mut out = vec![0, 0, 8, 3];

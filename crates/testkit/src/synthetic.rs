@@ -49,6 +49,14 @@ pub fn binary_batch(n: usize, seed: u64) -> Vec<u8> {
 /// a dict with `data` (a numpy uint8 array via `_reconstruct`) and `labels` (a list).
 pub fn python_batch(n: usize, seed: u64) -> Vec<u8> {
     let (imgs, labels) = images(n, seed);
+    python_pickle(&imgs, &[("labels", &labels)])
+}
+
+/// A protocol-2 pickle of a CIFAR Python batch: `data` (a numpy uint8 array of the CHW
+/// images, 3,072 bytes each) and each `(key, labels)` list (CIFAR-10: `labels`; CIFAR-100:
+/// `fine_labels` and `coarse_labels`).
+pub fn python_pickle(imgs: &[u8], label_lists: &[(&str, &[u8])]) -> Vec<u8> {
+    let n = imgs.len() / IMAGE_BYTES;
     let mut p = vec![0x80, 2, b'}', b'('];
     short_str(&mut p, b"data");
     p.extend_from_slice(b"cnumpy.core.multiarray\n_reconstruct\n");
@@ -73,24 +81,36 @@ pub fn python_batch(n: usize, seed: u64) -> Vec<u8> {
     p.extend_from_slice(&(imgs.len() as u32).to_le_bytes());
     p.extend_from_slice(&imgs);
     p.extend_from_slice(b"tb"); // array state, BUILD
-    short_str(&mut p, b"labels");
-    p.extend_from_slice(b"](");
-    for l in labels {
-        p.extend_from_slice(&[b'K', l]);
+    for (key, labels) in label_lists {
+        short_str(&mut p, key.as_bytes());
+        p.extend_from_slice(b"](");
+        for &l in *labels {
+            p.extend_from_slice(&[b'K', l]);
+        }
+        p.extend_from_slice(b"e");
     }
-    p.extend_from_slice(b"eu.");
+    p.extend_from_slice(b"u.");
     p
 }
 
 /// Pickle of `batches.meta`.
 pub fn python_meta() -> Vec<u8> {
+    let names: Vec<String> = CIFAR10_CLASSES.iter().map(|s| s.to_string()).collect();
+    python_names(&[("label_names", &names)])
+}
+
+/// A pickle of a dict of name lists (a release's meta file).
+pub fn python_names(lists: &[(&str, &[String])]) -> Vec<u8> {
     let mut p = vec![0x80, 2, b'}', b'('];
-    short_str(&mut p, b"label_names");
-    p.extend_from_slice(b"](");
-    for c in CIFAR10_CLASSES {
-        short_str(&mut p, c.as_bytes());
+    for (key, names) in lists {
+        short_str(&mut p, key.as_bytes());
+        p.extend_from_slice(b"](");
+        for c in *names {
+            short_str(&mut p, c.as_bytes());
+        }
+        p.extend_from_slice(b"e");
     }
-    p.extend_from_slice(b"eu.");
+    p.extend_from_slice(b"u.");
     p
 }
 
