@@ -79,7 +79,7 @@ pub fn python_pickle(imgs: &[u8], label_lists: &[(&str, &[u8])]) -> Vec<u8> {
     p.push(0x89); // False
     p.push(b'T');
     p.extend_from_slice(&(imgs.len() as u32).to_le_bytes());
-    p.extend_from_slice(&imgs);
+    p.extend_from_slice(imgs);
     p.extend_from_slice(b"tb"); // array state, BUILD
     for (key, labels) in label_lists {
         short_str(&mut p, key.as_bytes());
