@@ -74,3 +74,13 @@ pub fn parse_args<P: clap::Parser>(args: impl IntoIterator<Item = String>) -> an
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn one_depth_is_not_one_depths() {
+        assert_eq!(super::plural(1, "depth"), "1 depth");
+        assert_eq!(super::plural(0, "depth"), "0 depths");
+        assert_eq!(super::plural(3, "depth"), "3 depths");
+    }
+}
