@@ -144,3 +144,37 @@ fn bad_files_are_named_and_the_rest_are_classified() {
     let (_, errors, failed) = run(&strict);
     assert!(failed == 1 && errors[0].contains("drop --no-resize"), "{errors:?}");
 }
+
+#[test]
+fn evaluation_refuses_data_scaled_otherwise_than_the_model_wants() {
+    let t = trained();
+    let source = common::source_or_synthetic(&t.root.join("src"));
+    let unit = t.root.join("unit.safetensors");
+    common::step(
+        Program::Prepare,
+        &[
+            &"--source",
+            &source,
+            &"--out",
+            &unit,
+            &"--limit-train",
+            &"2000",
+            &"--limit-test",
+            &"500",
+            &"--artifacts",
+            &t.root,
+        ],
+    );
+    let out = t.root.join("eval-unit.json");
+    let args = [
+        "layerwise-evaluate",
+        "--model",
+        &t.model.to_string_lossy(),
+        "--data",
+        &unit.to_string_lossy(),
+        "--out",
+        &out.to_string_lossy(),
+    ];
+    let err = format!("{:#}", layerwise_evaluate::cli::run(args.map(String::from)).unwrap_err());
+    assert!(err.contains("normalization standardize") && err.contains("the dataset has unit"), "{err}");
+}

@@ -110,10 +110,6 @@ pub struct CheckpointMeta {
 impl CheckpointMeta {
     /// Refuse a dataset this checkpoint was not trained on.
     pub fn check_dataset(&self, ckpt: &Path, data: &DatasetMeta, data_path: &Path) -> Result<()> {
-        if let Some(c) = &self.input {
-            c.check_dataset(data, &format!("checkpoint {} (depth {})", ckpt.display(), self.depth))
-                .with_context(|| format!("dataset {}", data_path.display()))?;
-        }
         if self.input_size != data.input_size() || self.classes.len() != data.num_classes() {
             bail!(
                 "checkpoint {} (depth {}) takes {} inputs and {} classes, but dataset {} has {} inputs and {} classes: \
@@ -132,6 +128,11 @@ impl CheckpointMeta {
                 data_path.display(),
                 data.classes
             );
+        }
+        // Shape and classes agree: a contract then names what else differs (the scaling).
+        if let Some(c) = &self.input {
+            c.check_dataset(data, &format!("checkpoint {} (depth {})", ckpt.display(), self.depth))
+                .with_context(|| format!("dataset {}", data_path.display()))?;
         }
         if self.dataset_fingerprint != data.fingerprint {
             bail!(
@@ -227,12 +228,13 @@ fn parse_meta(file: &MappedSafetensors) -> Result<CheckpointMeta> {
         c.validate().with_context(|| format!("{}", file.path().display()))?;
         if c.input_size() != meta.input_size || c.classes != meta.classes {
             bail!(
-                "{}: its input contract (shape {:?}, {} classes) does not fit the network ({} inputs, {} classes)",
+                "{}: its input contract (shape {:?}, classes {:?}) does not fit the network it holds ({} inputs, \
+                 classes {:?}): the checkpoint was edited or damaged",
                 file.path().display(),
                 c.shape,
-                c.classes.len(),
+                c.classes,
                 meta.input_size,
-                meta.classes.len()
+                meta.classes
             );
         }
     }

@@ -210,11 +210,18 @@ fn bad_checkpoints_are_refused_clearly() {
     let p = dir.join("tanh.safetensors");
     save_checkpoint(&p, &model, &CheckpointMeta { activation: "tanh".into(), ..meta.clone() }).unwrap();
     expect_err(&f, &p, "activation `tanh`");
+    // (a checkpoint of a dataset with other class names: its input contract names them too)
     let p = dir.join("classes.safetensors");
     let mut classes = meta.classes.clone();
     classes.swap(0, 1);
-    save_checkpoint(&p, &model, &CheckpointMeta { classes, ..meta.clone() }).unwrap();
+    let input = meta.input.clone().map(|c| layerwise_core::input::InputContract { classes: classes.clone(), ..c });
+    save_checkpoint(&p, &model, &CheckpointMeta { classes: classes.clone(), input, ..meta.clone() }).unwrap();
     expect_err(&f, &p, "names its classes");
+    // ...and one whose contract disagrees with its own metadata is refused when loaded.
+    assert!(meta.input.is_some(), "a trained checkpoint records its input contract");
+    let p = dir.join("contract.safetensors");
+    save_checkpoint(&p, &model, &CheckpointMeta { classes, ..meta.clone() }).unwrap();
+    expect_err(&f, &p, "its input contract");
 
     // not a checkpoint at all: the dataset itself
     expect_err(&f, &f.data.clone(), "not a layerwise checkpoint");
