@@ -108,6 +108,25 @@ pub struct CheckpointMeta {
 }
 
 impl CheckpointMeta {
+    /// The input contract of the checkpoint at `ckpt` (with this metadata): the one it
+    /// records, or for a checkpoint written before checkpoints recorded it, that of `data`,
+    /// the dataset it was trained on (checked to be that dataset).
+    pub fn input_contract(&self, ckpt: &Path, data: Option<&Path>) -> Result<crate::input::InputContract> {
+        match (&self.input, data) {
+            (Some(c), _) => Ok(c.clone()),
+            (None, Some(d)) => {
+                let ds = crate::dataset::Dataset::open(d)?;
+                self.check_dataset(ckpt, &ds.meta, d)?;
+                Ok(crate::input::InputContract::of_dataset(&ds.meta))
+            }
+            (None, None) => bail!(
+                "{} does not record how it wants its input (it was written before checkpoints did): pass --data \
+                 with the dataset it was trained on, which says it",
+                ckpt.display()
+            ),
+        }
+    }
+
     /// Refuse a dataset this checkpoint was not trained on.
     pub fn check_dataset(&self, ckpt: &Path, data: &DatasetMeta, data_path: &Path) -> Result<()> {
         if self.input_size != data.input_size() || self.classes.len() != data.num_classes() {

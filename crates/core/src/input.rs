@@ -104,29 +104,6 @@ impl InputContract {
     }
 }
 
-/// The input contract of checkpoint `ckpt` (its metadata `meta`): the one it records, or
-/// for a checkpoint written before checkpoints recorded it, that of `data`, the dataset it
-/// was trained on (checked to be that dataset).
-pub fn contract_of(
-    ckpt: &std::path::Path,
-    meta: &crate::checkpoint::CheckpointMeta,
-    data: Option<&std::path::Path>,
-) -> Result<InputContract> {
-    match (&meta.input, data) {
-        (Some(c), _) => Ok(c.clone()),
-        (None, Some(d)) => {
-            let ds = crate::dataset::Dataset::open(d)?;
-            meta.check_dataset(ckpt, &ds.meta, d)?;
-            Ok(InputContract::of_dataset(&ds.meta))
-        }
-        (None, None) => bail!(
-            "{} does not record how it wants its input (it was written before checkpoints did): pass --data with \
-             the dataset it was trained on, which says it",
-            ckpt.display()
-        ),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,7 +15,7 @@ pub mod onnx;
 use anyhow::{Context, Result};
 use layerwise_core::checkpoint::{hidden_name, load_checkpoint, Dense};
 use layerwise_core::config::Normalize;
-use layerwise_core::input::{contract_of, InputContract};
+use layerwise_core::input::InputContract;
 use onnx::*;
 use prost::Message;
 use std::path::{Path, PathBuf};
@@ -143,7 +143,7 @@ pub fn model_proto(hidden: &[Dense], head: &Dense, contract: &InputContract, sha
 /// Export the checkpoint as ONNX, written atomically; returns the file's size.
 pub fn export(opts: &ExportOptions) -> Result<usize> {
     let (mlp, meta) = load_checkpoint(&opts.model)?;
-    let contract = contract_of(&opts.model, &meta, opts.data.as_deref())?;
+    let contract = meta.input_contract(&opts.model, opts.data.as_deref())?;
     let sha = layerwise_core::hash::sha256_file(&opts.model)?;
     let bytes = model_proto(&mlp.hidden, &mlp.head, &contract, &sha)?.encode_to_vec();
     layerwise_core::atomic::write_bytes_atomic(&opts.out, &bytes)

@@ -59,7 +59,7 @@ impl Model {
     /// written before checkpoints recorded it) from `data`, the dataset it was trained on.
     pub fn load(path: &Path, data: Option<&Path>) -> Result<Model> {
         let (mlp, meta) = load_checkpoint(path)?;
-        let contract = layerwise_core::input::contract_of(path, &meta, data)?;
+        let contract = meta.input_contract(path, data)?;
         Ok(Model { mlp, meta, contract })
     }
 

@@ -4,7 +4,7 @@
 //! and `meta` pickles), as folders or their official tarballs. Fine labels (100 classes)
 //! by default, coarse (20 superclasses) on request.
 
-use crate::source::{RawImages, Release};
+use crate::release::{RawImages, Release};
 use anyhow::{anyhow, bail, Result};
 use layerwise_core::cifar10::IMAGE_BYTES;
 use layerwise_core::dataset::SourceFile;
@@ -106,11 +106,11 @@ pub fn read(path: &Path, binary: bool, tarball: bool, labels: Labels) -> Result<
     } else {
         let key = if labels == Labels::Fine { "fine_labels" } else { "coarse_labels" };
         (raw.train_images, raw.train_labels) =
-            crate::source::parse_pickle_with(&files["train"], key, &origin("train"))?;
-        (raw.test_images, raw.test_labels) = crate::source::parse_pickle_with(&files["test"], key, &origin("test"))?;
+            crate::pickles::parse_pickle_with(&files["train"], key, &origin("train"))?;
+        (raw.test_images, raw.test_labels) = crate::pickles::parse_pickle_with(&files["test"], key, &origin("test"))?;
         let names_key = if labels == Labels::Fine { "fine_label_names" } else { "coarse_label_names" };
         raw.classes = match files.get("meta") {
-            Some(b) => crate::source::pickle_names(b, names_key, n, &origin("meta"))?,
+            Some(b) => crate::pickles::pickle_names(b, names_key, n, &origin("meta"))?,
             None => (0..n).map(|i| format!("class-{i}")).collect(),
         };
     }

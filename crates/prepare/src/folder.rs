@@ -8,7 +8,7 @@
 //! The training images are taken class by class in turn (the first of each class, then the
 //! second…), so the validation split (the last fraction, as for CIFAR-10) holds every class.
 
-use crate::source::RawImages;
+use crate::release::RawImages;
 use anyhow::{bail, Context, Result};
 use layerwise_core::dataset::SourceFile;
 use layerwise_core::hash::sha256_hex;

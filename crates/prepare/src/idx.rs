@@ -3,7 +3,7 @@
 //! (`.gz`) or not, in one folder: 1 × 28 × 28 grayscale images. A folder whose name says
 //! "fashion" gets Fashion-MNIST's class names; otherwise the digits.
 
-use crate::source::RawImages;
+use crate::release::RawImages;
 use anyhow::{bail, Context, Result};
 use layerwise_core::dataset::SourceFile;
 use layerwise_core::hash::sha256_hex;

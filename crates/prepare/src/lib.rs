@@ -20,6 +20,8 @@ pub mod fetch;
 pub mod folder;
 pub mod idx;
 pub mod pickle_scan;
+pub mod pickles;
+pub mod release;
 pub mod source;
 
 use anyhow::{bail, Result};

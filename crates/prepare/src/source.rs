@@ -8,10 +8,14 @@ use anyhow::{anyhow, bail, Context, Result};
 use layerwise_core::dataset::SourceFile;
 use layerwise_core::hash::sha256_hex;
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
+pub use crate::pickles::{parse_pickle, parse_pickle_with, pickle_names};
+pub use crate::release::RawImages;
 pub use layerwise_core::cifar10::{CLASSES as CIFAR10_CLASSES, IMAGE_BYTES, RECORD_BYTES};
+
+use crate::pickles::parse_meta_pickle;
+use crate::release::{open_tar, Release};
 
 const BIN_DIR: &str = "cifar-10-batches-bin";
 const PY_DIR: &str = "cifar-10-batches-py";
@@ -67,27 +71,6 @@ pub struct ReadOptions {
     pub labels: crate::cifar100::Labels,
     /// An image folder: resize every image to (width, height).
     pub resize: Option<(u32, u32)>,
-}
-
-/// A dataset read into memory: raw bytes, before any normalization.
-#[derive(Debug, Clone, Default)]
-pub struct RawImages {
-    /// The dataset's name (`cifar-10`, `cifar-100`, `mnist`, the image folder's name).
-    pub name: String,
-    /// `[channels, height, width]` of every image.
-    pub image_shape: [usize; 3],
-    /// Training images, `[n, C·H·W]` CHW bytes, the source's order.
-    pub train_images: Vec<u8>,
-    /// Training labels.
-    pub train_labels: Vec<u8>,
-    /// Test images.
-    pub test_images: Vec<u8>,
-    /// Test labels.
-    pub test_labels: Vec<u8>,
-    /// Class names.
-    pub classes: Vec<String>,
-    /// Files read, with hashes.
-    pub sources: Vec<SourceFile>,
 }
 
 /// Decide what `path` is. A folder may be the batches folder itself or hold one.
@@ -178,11 +161,6 @@ fn not_cifar_tar(path: &Path) -> String {
     )
 }
 
-pub(crate) fn open_tar(path: &Path) -> Result<tar::Archive<flate2::read::GzDecoder<std::fs::File>>> {
-    let file = layerwise_core::fsread::open_regular(path, "CIFAR-10 tarball")?;
-    Ok(tar::Archive::new(flate2::read::GzDecoder::new(file)))
-}
-
 /// The member files each release needs, in order: five training batches, the test batch,
 /// then the (optional) class-name file.
 fn member_names(kind: SourceKind) -> Vec<String> {
@@ -201,99 +179,6 @@ fn read_members(kind: SourceKind, path: &Path) -> Result<BTreeMap<String, Vec<u8
     let dir = if kind == SourceKind::BinaryTarball { BIN_DIR } else { PY_DIR };
     let release = Release { what: "CIFAR-10", largest: "30,730,000", max_bytes: MAX_MEMBER_BYTES };
     release.read(path, tarball.then_some(dir), &wanted, &wanted[..=TRAIN_BATCHES])
-}
-
-/// How a release's files are read: what it is called in messages, and the largest file it
-/// holds (nothing larger is read or allocated).
-pub(crate) struct Release {
-    /// Its name in messages.
-    pub what: &'static str,
-    /// Its largest file's size, as said in messages.
-    pub largest: &'static str,
-    /// The most bytes one file may hold.
-    pub max_bytes: u64,
-}
-
-impl Release {
-    /// The `wanted` files (name → bytes) of a folder, or (`tar_dir` given) of a `.tar.gz`
-    /// whose files are under `tar_dir/`; fails unless every `required` one is there.
-    pub(crate) fn read(
-        &self,
-        path: &Path,
-        tar_dir: Option<&str>,
-        wanted: &[String],
-        required: &[String],
-    ) -> Result<BTreeMap<String, Vec<u8>>> {
-        let mut found = BTreeMap::new();
-        let (what, largest, max) = (self.what, self.largest, self.max_bytes);
-        match tar_dir {
-            None => {
-                for name in wanted {
-                    let p = path.join(name);
-                    if p.exists() {
-                        let size = std::fs::metadata(&p).with_context(|| format!("cannot read {}", p.display()))?.len();
-                        if size > max {
-                            bail!(
-                                "{}: {size} bytes is far more than any {what} file holds ({largest}): not {what}",
-                                p.display()
-                            );
-                        }
-                        found.insert(name.clone(), layerwise_core::fsread::read_capped(&p, what, max)?);
-                    }
-                }
-            }
-            Some(dir) => {
-                let not_tar = || format!("{} is not a readable .tar.gz archive of {what}", path.display());
-                let mut archive = open_tar(path)?;
-                for entry in archive.entries().with_context(not_tar)? {
-                    let mut entry = entry.with_context(not_tar)?;
-                    let member = entry.path().with_context(not_tar)?.to_string_lossy().into_owned();
-                    // Only regular files named exactly `<dir>/<expected name>` are read; links,
-                    // absolute paths and anything else are ignored, and nothing is extracted.
-                    let Some(name) = member.strip_prefix(dir).and_then(|r| r.strip_prefix('/')) else {
-                        continue;
-                    };
-                    if !entry.header().entry_type().is_file() || !wanted.iter().any(|w| w == name) {
-                        continue;
-                    }
-                    // Never allocate from a size the archive claims before checking it.
-                    let size = entry.size();
-                    if size > max {
-                        bail!(
-                            "{}: member {member} claims {size} bytes, far more than any {what} file holds ({largest}): \
-                             the archive is corrupt or not {what}",
-                            path.display()
-                        );
-                    }
-                    let mut bytes = Vec::with_capacity(size as usize);
-                    entry.by_ref().take(max).read_to_end(&mut bytes).with_context(|| {
-                        format!("{}: cannot read member {member}: the archive is truncated or corrupt", path.display())
-                    })?;
-                    found.insert(name.to_string(), bytes);
-                }
-                // Read the compressed stream to its end: the gzip trailer's CRC and length
-                // catch a truncated or damaged tarball that the tar entries alone would not.
-                let mut rest = archive.into_inner();
-                std::io::copy(&mut rest, &mut std::io::sink()).with_context(|| {
-                    format!(
-                        "{}: the gzip stream is truncated or fails its checksum: the download is incomplete or \
-                         damaged; fetch the tarball again",
-                        path.display()
-                    )
-                })?;
-            }
-        }
-        let missing: Vec<&str> = required.iter().filter(|n| !found.contains_key(*n)).map(String::as_str).collect();
-        if !missing.is_empty() {
-            bail!(
-                "{} is missing {}: a complete {what} release has {}",
-                path.display(),
-                missing.join(", "),
-                required.join(", ")
-            );
-        }
-        Ok(found)
-    }
 }
 
 /// The SHA-256 of each file of a source, as a prepared dataset records them (cheap: the
@@ -388,99 +273,6 @@ fn parse_meta_txt(bytes: &[u8], origin: &str) -> Result<Vec<String>> {
     let n = 10;
     let text = std::str::from_utf8(bytes).map_err(|_| anyhow!("{origin}: class-name file is not text"))?;
     let names: Vec<String> = text.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect();
-    if names.len() != n {
-        bail!("{origin}: expected {n} class names, found {}", names.len());
-    }
-    Ok(names)
-}
-
-fn load_pickle(bytes: &[u8], origin: &str) -> Result<serde_pickle::Value> {
-    crate::pickle_scan::containers(bytes).map_err(|e| anyhow!("{origin}: not a CIFAR-10 Python pickle: {e:#}"))?;
-    serde_pickle::value_from_slice(bytes, serde_pickle::DeOptions::new().replace_unresolved_globals())
-        .map_err(|e| anyhow!("{origin}: not a CIFAR-10 Python pickle ({e})"))
-}
-
-fn dict_get<'a>(v: &'a serde_pickle::Value, key: &str) -> Option<&'a serde_pickle::Value> {
-    use serde_pickle::{HashableValue as H, Value as V};
-    let V::Dict(map) = v else { return None };
-    map.iter().find_map(|(k, val)| match k {
-        H::Bytes(b) if b == key.as_bytes() => Some(val),
-        H::String(s) if s == key => Some(val),
-        _ => None,
-    })
-}
-
-/// Find the raw array bytes and shape inside a numpy array's pickled state tuple
-/// `(1, shape, dtype, is_fortran, raw_bytes)`.
-fn numpy_bytes(v: &serde_pickle::Value) -> Option<(Vec<i64>, &[u8])> {
-    use serde_pickle::Value as V;
-    let V::Tuple(state) = v else { return None };
-    let shape = state.iter().find_map(|x| match x {
-        V::Tuple(dims) if !dims.is_empty() && dims.iter().all(|d| matches!(d, V::I64(_))) => {
-            Some(dims.iter().filter_map(|d| if let V::I64(n) = d { Some(*n) } else { None }).collect::<Vec<_>>())
-        }
-        _ => None,
-    })?;
-    let data = state.iter().find_map(|x| match x {
-        V::Bytes(b) => Some(b.as_slice()),
-        _ => None,
-    })?;
-    Some((shape, data))
-}
-
-/// Read one Python-release batch: `data` (uint8 `[n, 3072]`) and `labels` (list of ints).
-pub fn parse_pickle(bytes: &[u8], origin: &str) -> Result<(Vec<u8>, Vec<u8>)> {
-    parse_pickle_with(bytes, "labels", origin)
-}
-
-/// [`parse_pickle`] with the labels under `key` (CIFAR-100: `fine_labels`, `coarse_labels`).
-pub fn parse_pickle_with(bytes: &[u8], key: &str, origin: &str) -> Result<(Vec<u8>, Vec<u8>)> {
-    use serde_pickle::Value as V;
-    let root = load_pickle(bytes, origin)?;
-    let labels_v =
-        dict_get(&root, key).ok_or_else(|| anyhow!("{origin}: pickle has no `{key}` key: not a CIFAR batch"))?;
-    let V::List(list) = labels_v else { bail!("{origin}: `{key}` is not a list") };
-    let labels = list
-        .iter()
-        .enumerate()
-        .map(|(i, l)| match l {
-            V::I64(x) if (0..=255).contains(x) => Ok(*x as u8),
-            other => Err(anyhow!("{origin}: label {i} is {other:?}, expected an integer 0-9")),
-        })
-        .collect::<Result<Vec<u8>>>()?;
-    let data_v =
-        dict_get(&root, "data").ok_or_else(|| anyhow!("{origin}: pickle has no `data` key: not a CIFAR-10 batch"))?;
-    let (shape, data) = numpy_bytes(data_v).ok_or_else(|| anyhow!("{origin}: `data` is not a pickled numpy array"))?;
-    let n = labels.len();
-    if shape != [n as i64, IMAGE_BYTES as i64] || data.len() != n * IMAGE_BYTES {
-        bail!(
-            "{origin}: `data` has shape {shape:?} and {} bytes, expected [{n}, {IMAGE_BYTES}] uint8 ({} bytes)",
-            data.len(),
-            n * IMAGE_BYTES
-        );
-    }
-    Ok((data.to_vec(), labels))
-}
-
-fn parse_meta_pickle(bytes: &[u8], origin: &str) -> Result<Vec<String>> {
-    pickle_names(bytes, "label_names", 10, origin)
-}
-
-/// The `n` class names a release's meta pickle holds under `key`.
-pub fn pickle_names(bytes: &[u8], key: &str, n: usize, origin: &str) -> Result<Vec<String>> {
-    use serde_pickle::Value as V;
-    let root = load_pickle(bytes, origin)?;
-    let Some(V::List(list)) = dict_get(&root, key) else {
-        bail!("{origin}: no `{key}` list: not the release's meta file")
-    };
-    let names: Vec<String> = list
-        .iter()
-        .filter_map(|v| match v {
-            V::Bytes(b) => Some(String::from_utf8_lossy(b).into_owned()),
-            V::String(s) => Some(s.clone()),
-            _ => None,
-        })
-        .collect();
     if names.len() != n {
         bail!("{origin}: expected {n} class names, found {}", names.len());
     }
