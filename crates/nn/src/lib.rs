@@ -14,6 +14,7 @@
 mod adam;
 mod augment;
 mod autoencoder;
+pub mod conv;
 pub mod device;
 mod eval;
 mod grads;
