@@ -3,6 +3,12 @@
 //! 2 × 2 max-pooling, the invertible space-to-depth `psi` (PyTorch's `PixelUnshuffle(2)`),
 //! and BatchNorm in training mode, each forward and backward, on NCHW host buffers.
 //! Weights use PyTorch's layouts (`[out, in, 3, 3]`). Not yet used by training.
+//!
+//! They are tested against direct loops and finite differences, not against dfdx: the
+//! published dfdx 0.13.0 compiles its `conv2d` and `pool2d` tensor ops only with its
+//! `nightly` feature, which turns on `#![feature(generic_const_exprs)]` and so needs a
+//! nightly compiler (`src/tensor_ops/mod.rs`, `src/lib.rs` line 178 of the crate), with
+//! run-time sizes or not.
 
 use crate::host::{matmul, View};
 
