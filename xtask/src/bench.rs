@@ -37,6 +37,9 @@ pub struct BenchArgs {
     /// CIFAR-10 folder or tarball for --pipeline.
     #[arg(long)]
     pub source: Option<std::path::PathBuf>,
+    /// Time the convolutional host kernels instead, on greedy-CNN stage shapes.
+    #[arg(long)]
+    pub conv: bool,
 }
 
 const VAL: usize = 1000;
@@ -147,6 +150,10 @@ use crate::bench_reference::{print_references, references};
 pub fn run(a: &BenchArgs) -> Result<()> {
     if let Some(p) = &a.pipeline {
         return crate::bench_pipeline::run(p, a.source.as_deref(), a.device);
+    }
+    if a.conv {
+        crate::bench_conv::run(2.0);
+        return Ok(());
     }
     let dir = tempfile_dir()?;
     let data = dir.join("bench.safetensors");
