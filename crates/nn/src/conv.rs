@@ -37,41 +37,10 @@ impl Nchw {
     }
 }
 
-/// The patches of a 3 × 3, padding-1 convolution: `[n·h·w, c·9]`, row `(img, y, x)`,
-/// column `(channel, dy, dx)` (the order of a `[out, in, 3, 3]` weight's rows).
-pub fn im2col(x: &[f32], s: Nchw) -> Vec<f32> {
+/// Every tap of a 3 × 3, padding-1 convolution that falls inside the image, as (index into
+/// the patches `[n·h·w, c·9]`, index into the input `[n, c, h, w]`), in one fixed order.
+fn taps(s: Nchw, mut f: impl FnMut(usize, usize)) {
     let (hw, k) = (s.h * s.w, s.c * 9);
-    let mut cols = vec![0f32; s.n * hw * k];
-    for img in 0..s.n {
-        for ch in 0..s.c {
-            let plane = &x[(img * s.c + ch) * hw..(img * s.c + ch + 1) * hw];
-            for dy in 0..3 {
-                for dx in 0..3 {
-                    let col = ch * 9 + dy * 3 + dx;
-                    for y in 0..s.h {
-                        let sy = y as isize + dy as isize - 1;
-                        if sy < 0 || sy >= s.h as isize {
-                            continue;
-                        }
-                        for xx in 0..s.w {
-                            let sx = xx as isize + dx as isize - 1;
-                            if sx >= 0 && sx < s.w as isize {
-                                cols[(img * hw + y * s.w + xx) * k + col] = plane[sy as usize * s.w + sx as usize];
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    }
-    cols
-}
-
-/// The inverse scatter of [`im2col`]: patch gradients `[n·h·w, c·9]` summed into an
-/// input gradient `[n, c, h, w]`.
-pub fn col2im(cols: &[f32], s: Nchw) -> Vec<f32> {
-    let (hw, k) = (s.h * s.w, s.c * 9);
-    let mut x = vec![0f32; s.len()];
     for img in 0..s.n {
         for ch in 0..s.c {
             let base = (img * s.c + ch) * hw;
@@ -86,7 +55,7 @@ pub fn col2im(cols: &[f32], s: Nchw) -> Vec<f32> {
                         for xx in 0..s.w {
                             let sx = xx as isize + dx as isize - 1;
                             if sx >= 0 && sx < s.w as isize {
-                                x[base + sy as usize * s.w + sx as usize] += cols[(img * hw + y * s.w + xx) * k + col];
+                                f((img * hw + y * s.w + xx) * k + col, base + sy as usize * s.w + sx as usize);
                             }
                         }
                     }
@@ -94,6 +63,21 @@ pub fn col2im(cols: &[f32], s: Nchw) -> Vec<f32> {
             }
         }
     }
+}
+
+/// The patches of a 3 × 3, padding-1 convolution: `[n·h·w, c·9]`, row `(img, y, x)`,
+/// column `(channel, dy, dx)` (the order of a `[out, in, 3, 3]` weight's rows).
+pub fn im2col(x: &[f32], s: Nchw) -> Vec<f32> {
+    let mut cols = vec![0f32; s.n * s.h * s.w * s.c * 9];
+    taps(s, |c, i| cols[c] = x[i]);
+    cols
+}
+
+/// The inverse scatter of [`im2col`]: patch gradients `[n·h·w, c·9]` summed into an
+/// input gradient `[n, c, h, w]`.
+pub fn col2im(cols: &[f32], s: Nchw) -> Vec<f32> {
+    let mut x = vec![0f32; s.len()];
+    taps(s, |c, i| x[i] += cols[c]);
     x
 }
 
@@ -182,11 +166,10 @@ pub fn maxpool2_backward(dy: &[f32], arg: &[usize], s: Nchw) -> Vec<f32> {
     dx
 }
 
-/// `psi`, space to depth by 2 (PyTorch's `PixelUnshuffle(2)`): `[n, c, h, w]` to
-/// `[n, 4c, h/2, w/2]`, output channel `4c + 2·dy + dx` holding pixel `(2y+dy, 2x+dx)`.
-pub fn psi_forward(x: &[f32], s: Nchw) -> Vec<f32> {
+/// Every (output index, input index) pair of `psi`: output channel `4c + 2·dy + dx` at
+/// `(y, x)` holds input channel `c` at `(2y + dy, 2x + dx)`.
+fn psi_pairs(s: Nchw, mut f: impl FnMut(usize, usize)) {
     let (oh, ow) = (s.h / 2, s.w / 2);
-    let mut y = vec![0f32; s.len()];
     for img in 0..s.n {
         for ch in 0..s.c {
             for dy in 0..2 {
@@ -194,36 +177,30 @@ pub fn psi_forward(x: &[f32], s: Nchw) -> Vec<f32> {
                     let oc = ch * 4 + dy * 2 + dx;
                     for oy in 0..oh {
                         for ox in 0..ow {
-                            y[((img * 4 * s.c + oc) * oh + oy) * ow + ox] =
-                                x[((img * s.c + ch) * s.h + 2 * oy + dy) * s.w + 2 * ox + dx];
+                            f(
+                                ((img * 4 * s.c + oc) * oh + oy) * ow + ox,
+                                ((img * s.c + ch) * s.h + 2 * oy + dy) * s.w + 2 * ox + dx,
+                            );
                         }
                     }
                 }
             }
         }
     }
+}
+
+/// `psi`, space to depth by 2 (PyTorch's `PixelUnshuffle(2)`): `[n, c, h, w]` to
+/// `[n, 4c, h/2, w/2]`, output channel `4c + 2·dy + dx` holding pixel `(2y+dy, 2x+dx)`.
+pub fn psi_forward(x: &[f32], s: Nchw) -> Vec<f32> {
+    let mut y = vec![0f32; s.len()];
+    psi_pairs(s, |o, i| y[o] = x[i]);
     y
 }
 
 /// The backward pass of [`psi_forward`] (a permutation: its inverse).
 pub fn psi_backward(dy: &[f32], s: Nchw) -> Vec<f32> {
-    let (oh, ow) = (s.h / 2, s.w / 2);
     let mut dx = vec![0f32; s.len()];
-    for img in 0..s.n {
-        for ch in 0..s.c {
-            for dyy in 0..2 {
-                for dxx in 0..2 {
-                    let oc = ch * 4 + dyy * 2 + dxx;
-                    for oy in 0..oh {
-                        for ox in 0..ow {
-                            dx[((img * s.c + ch) * s.h + 2 * oy + dyy) * s.w + 2 * ox + dxx] =
-                                dy[((img * 4 * s.c + oc) * oh + oy) * ow + ox];
-                        }
-                    }
-                }
-            }
-        }
-    }
+    psi_pairs(s, |o, i| dx[i] = dy[o]);
     dx
 }
 
