@@ -50,9 +50,10 @@ impl Gate {
         a
     }
 
-    /// `None`: the job goes ahead; `Some(reason)`: it has nothing to do. See [`gate`].
-    pub fn ask(&self, run: &Path) -> Result<Option<String>> {
-        gate(run, self.first, self.depth, self.after_loop, self.best_of)
+    /// `None`: the job goes ahead; `Some(reason)`: it has nothing to do. See [`gate`];
+    /// `pipeline` is the one the run folder records (the caller has it in memory).
+    pub fn ask(&self, run: &Path, pipeline: &Pipeline) -> Result<Option<String>> {
+        decide(run, pipeline, self.first, self.depth, self.after_loop, self.best_of)
     }
 }
 
@@ -82,6 +83,18 @@ pub fn gate(
     best_of: Phase,
 ) -> Result<Option<String>> {
     let pipeline = Pipeline::load(&run_dir.join(PIPELINE_FILE))?;
+    decide(run_dir, &pipeline, first, depth, after_loop, best_of)
+}
+
+/// [`gate`] with the run's recorded pipeline given.
+fn decide(
+    run_dir: &Path,
+    pipeline: &Pipeline,
+    first: usize,
+    depth: usize,
+    after_loop: Option<Depths>,
+    best_of: Phase,
+) -> Result<Option<String>> {
     let g = &pipeline.greedy;
     if depth > g.max_depth {
         return Ok(Some(format!("depth {depth} is beyond the pipeline's max_depth {}", g.max_depth)));

@@ -72,7 +72,7 @@ pub fn stage_state(plan: &Plan, stage: Phase, depth: usize, parent_sha: Option<&
     if meta.regime != regime {
         return retrain(format!("its checkpoint was made by the `{}` regime", meta.regime.name()));
     }
-    if meta.config != plan.stage_config(stage) {
+    if meta.config != plan.pipeline.stage_config(stage) {
         return retrain("its checkpoint was trained with other settings".into());
     }
     let sha = match sha256_file(&model) {

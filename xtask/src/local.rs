@@ -89,27 +89,26 @@ impl Executor for Local<'_> {
     }
 
     fn decided(&mut self, job: &crate::schedule::Job, decision: &Decision) {
-        if let (Task::Train { stage: Phase::Greedy, depth }, false) = (job.task, matches!(decision, Decision::Gated(_)))
-        {
-            self.ui.depth(depth);
-        }
         let Some((stage, depth)) = job.task.unit() else {
             if *decision == Decision::Prepared {
                 self.ui.line(&format!("dataset {} is prepared already", self.plan.data.display()));
             }
             return;
         };
+        if let Decision::Gated(reason) = decision {
+            // The loop's stop is said once; the depths a stage after the loop does not
+            // cover are not worth a line.
+            if stage == Phase::Greedy && !self.told_stop {
+                self.told_stop = true;
+                self.ui.line(&format!("stopping: {reason}"));
+            }
+            return;
+        }
+        if let Task::Train { stage: Phase::Greedy, depth } = job.task {
+            self.ui.depth(depth);
+        }
         let name = unit_name(stage, depth);
         match decision {
-            Decision::Prepared => {}
-            Decision::Gated(reason) => {
-                // The loop's stop is said once; the depths a stage after the loop does not
-                // cover are not worth a line.
-                if stage == Phase::Greedy && !self.told_stop {
-                    self.told_stop = true;
-                    self.ui.line(&format!("stopping: {reason}"));
-                }
-            }
             Decision::Complete { val_accuracy } => {
                 self.ui.line(&format!("{name}: complete already (val_acc {val_accuracy:.4}), kept"))
             }
@@ -120,7 +119,7 @@ impl Executor for Local<'_> {
             Decision::Retrain { existed: false, .. } if stage != Phase::Greedy => {
                 self.ui.line(&format!("{name}: training"))
             }
-            Decision::Retrain { .. } => {}
+            Decision::Retrain { .. } | Decision::Prepared | Decision::Gated(_) => {}
         }
     }
 }

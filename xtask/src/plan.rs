@@ -4,7 +4,6 @@
 
 use crate::args::GreedyArgs;
 use anyhow::{Context, Result};
-use layerwise_core::config::TrainConfig;
 use layerwise_core::pipeline::Pipeline;
 use layerwise_core::run::{depth_dir, phase_dir, Phase, EVAL_FILE, MODEL_FILE, PIPELINE_FILE};
 use layerwise_nn::device::DeviceKind;
@@ -225,19 +224,9 @@ impl Plan {
         s
     }
 
-    /// Evaluate depth `depth`.
-    pub fn evaluate_step(&self, depth: usize) -> Step {
-        self.evaluate_stage_step(Phase::Greedy, depth)
-    }
-
-    /// The training settings of `stage`'s runs ([`Pipeline::stage_config`]).
-    pub fn stage_config(&self, stage: Phase) -> TrainConfig {
-        self.pipeline.stage_config(stage)
-    }
-
     /// Fine-tune greedy depth `depth` end to end, or train `depth` layers from scratch.
     pub fn stage_train_step(&self, stage: Phase, depth: usize) -> Step {
-        let c = self.stage_config(stage);
+        let c = self.pipeline.stage_config(stage);
         let mut s = Step::new(
             Program::Train,
             &[

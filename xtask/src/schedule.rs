@@ -129,21 +129,19 @@ impl Schedule {
             jobs.len() - 1
         };
         let mut previous = push(Task::Prepare, plan.prepare_step(source), vec![], None);
+        // A model: its training job (after `after`), then its evaluation (after the training).
+        let mut unit = |stage: Phase, depth: usize, train: Step, after: Vec<usize>, gate: Option<Gate>| {
+            let t = push(Task::Train { stage, depth }, train, after, gate);
+            push(Task::Evaluate { stage, depth }, plan.evaluate_stage_step(stage, depth), vec![t], gate);
+            t
+        };
         let mut parent = from.clone();
         let mut trains = Vec::new();
         for depth in first..=p.greedy.max_depth {
             let gate = Some(Gate { first, depth, after_loop: None, best_of: Phase::Greedy });
-            let train = push(
-                Task::Train { stage: Phase::Greedy, depth },
-                plan.train_step(depth, parent.as_deref()),
-                vec![previous],
-                gate,
-            );
-            let unit = (Phase::Greedy, depth);
-            push(Task::Evaluate { stage: unit.0, depth }, plan.evaluate_stage_step(unit.0, depth), vec![train], gate);
-            previous = train;
+            previous = unit(Phase::Greedy, depth, plan.train_step(depth, parent.as_deref()), vec![previous], gate);
             parent = Some(depth_dir(&plan.run_dir, depth).join(MODEL_FILE));
-            trains.push(train);
+            trains.push(previous);
         }
         // The [autoencoder] loop: a chain over the same depths from depth 1, after the
         // loop's training (its gates check that the loop reached each depth).
@@ -152,10 +150,8 @@ impl Schedule {
             for depth in 1..=p.greedy.max_depth {
                 let gate = Some(Gate { first, depth, after_loop: Some(Depths::All), best_of: Phase::Greedy });
                 let after = trains.iter().chain(ae_trains.last()).copied().collect();
-                let stage = Phase::Autoencoder;
-                let train = push(Task::Train { stage, depth }, plan.stage_train_step(stage, depth), after, gate);
-                push(Task::Evaluate { stage, depth }, plan.evaluate_stage_step(stage, depth), vec![train], gate);
-                ae_trains.push(train);
+                let step = plan.stage_train_step(Phase::Autoencoder, depth);
+                ae_trains.push(unit(Phase::Autoencoder, depth, step, after, gate));
             }
         }
         // After the loops: fine-tuning and the baseline, a job per depth the loop can reach,
@@ -167,9 +163,7 @@ impl Schedule {
             };
             for depth in lowest..=p.greedy.max_depth {
                 let gate = Some(Gate { first, depth, after_loop: Some(section.depths), best_of: stage.loop_phase() });
-                let train =
-                    push(Task::Train { stage, depth }, plan.stage_train_step(stage, depth), after.clone(), gate);
-                push(Task::Evaluate { stage, depth }, plan.evaluate_stage_step(stage, depth), vec![train], gate);
+                unit(stage, depth, plan.stage_train_step(stage, depth), after.clone(), gate);
             }
         }
         let all = (0..jobs.len()).collect();
@@ -246,18 +240,27 @@ pub struct Walked {
     pub known: Vec<Known>,
     /// Whether a gate stopped the greedy loop before its last depth (patience).
     pub stopped_early: bool,
-    /// The jobs handed on without running, in order.
-    pub handed: Vec<usize>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Status {
     /// Done, or nothing to do: the jobs after it can be decided.
     Done,
+    /// A training job whose model is complete already: kept, its evaluation too.
+    Complete,
     /// Gated off (its evaluation goes with it).
     Gated,
     /// Handed on: the jobs after it are handed on too.
     Handed,
+}
+
+/// What a dispatched job became: run (`true`), or handed on.
+fn ran(done: bool) -> Status {
+    if done {
+        Status::Done
+    } else {
+        Status::Handed
+    }
 }
 
 impl Schedule {
@@ -266,9 +269,8 @@ impl Schedule {
         let mut status: Vec<Status> = Vec::with_capacity(self.jobs.len());
         let mut out = Walked::default();
         let mut fingerprint: Option<String> = None;
-        // Each unit's checkpoint hash once known, and whether its evaluation is still due.
+        // Each model's checkpoint hash, once known.
         let mut shas: HashMap<(Phase, usize), String> = HashMap::new();
-        let mut needs_eval: HashMap<(Phase, usize), bool> = HashMap::new();
         let from_sha = self.from.as_deref().map(sha256_file).transpose()?;
         for (index, job) in self.jobs.iter().enumerate() {
             let waiting: Vec<usize> = job.after.iter().copied().filter(|&a| status[a] == Status::Handed).collect();
@@ -279,17 +281,13 @@ impl Schedule {
                 if ran {
                     bail!("internal: job {} ran before the jobs it needs", job.task.label());
                 }
-                out.handed.push(index);
                 status.push(Status::Handed);
                 continue;
             }
             let gated = match (job.task, job.gate) {
                 // An evaluation goes with its training: gated, kept or handed with it.
-                (Task::Evaluate { .. }, _) => {
-                    let train = job.after[0];
-                    status[train] == Status::Gated
-                }
-                (_, Some(g)) => match g.ask(&plan.run_dir)? {
+                (Task::Evaluate { .. }, _) => status[job.after[0]] == Status::Gated,
+                (_, Some(g)) => match g.ask(&plan.run_dir, &plan.pipeline)? {
                     Some(reason) => {
                         if job.task == (Task::Train { stage: Phase::Greedy, depth: g.depth }) {
                             out.stopped_early = true;
@@ -317,7 +315,7 @@ impl Schedule {
                     None => Ok(None),
                 }
             };
-            let done = match job.task {
+            let next = match job.task {
                 Task::Prepare => {
                     let done = if dataset_ready(plan, source)? {
                         ex.decided(job, &Decision::Prepared);
@@ -330,9 +328,9 @@ impl Schedule {
                         check_dataset_of_run(plan, &fp)?;
                         fingerprint = Some(fp);
                     }
-                    done
+                    ran(done)
                 }
-                Task::Report => ex.dispatch(handed(None))?,
+                Task::Report => ran(ex.dispatch(handed(None))?),
                 Task::Train { stage, depth } => {
                     let fp = fingerprint.as_deref().unwrap_or_default();
                     let parent = parent_sha(stage, depth)?;
@@ -342,25 +340,22 @@ impl Schedule {
                             ex.decided(job, &Decision::Complete { val_accuracy });
                             out.known.push(Known { stage, depth, val_accuracy, sha: sha.clone(), reused: true });
                             shas.insert((stage, depth), sha);
-                            needs_eval.insert((stage, depth), false);
-                            true
+                            Status::Complete
                         }
                         DepthState::NeedsEvaluation { sha, why, .. } => {
                             ex.decided(job, &Decision::Reevaluate(why));
                             shas.insert((stage, depth), sha);
-                            needs_eval.insert((stage, depth), true);
-                            true
+                            Status::Done
                         }
                         DepthState::NeedsTraining { why } => {
                             ex.decided(job, &Decision::Retrain { why, existed: folder.exists() });
-                            needs_eval.insert((stage, depth), true);
-                            ex.dispatch(handed(None))?
+                            ran(ex.dispatch(handed(None))?)
                         }
                     }
                 }
                 Task::Evaluate { stage, depth } => {
-                    if needs_eval.get(&(stage, depth)) != Some(&true) {
-                        true
+                    if status[job.after[0]] == Status::Complete {
+                        Status::Done
                     } else if ex.dispatch(handed(None))? {
                         // Made (or evaluated) now: its files must agree.
                         let fp = fingerprint.as_deref().unwrap_or_default();
@@ -370,7 +365,7 @@ impl Schedule {
                             DepthState::Complete { val_accuracy, sha } => {
                                 out.known.push(Known { stage, depth, val_accuracy, sha: sha.clone(), reused });
                                 shas.insert((stage, depth), sha);
-                                true
+                                Status::Done
                             }
                             _ => bail!(
                                 "{} was {} but its files do not agree; rerun to redo it",
@@ -379,14 +374,11 @@ impl Schedule {
                             ),
                         }
                     } else {
-                        false
+                        Status::Handed
                     }
                 }
             };
-            status.push(if done { Status::Done } else { Status::Handed });
-            if !done {
-                out.handed.push(index);
-            }
+            status.push(next);
         }
         Ok(out)
     }

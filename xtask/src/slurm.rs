@@ -502,7 +502,7 @@ pub fn announce(
 /// complete depths stop the loop); the others are written into the jobs' scripts.
 pub fn remaining_jobs(plan: &Plan, a: &GreedyArgs) -> Result<Vec<JobSpec>> {
     let schedule = Schedule::build(plan, a.inputs.source.as_deref(), a.from.as_deref())?;
-    let mut ex = Collect { plan, jobs: Vec::new(), keys: Vec::new() };
+    let mut ex = Collect { plan, jobs: Vec::new(), keys: HashMap::new() };
     schedule.walk(plan, a.inputs.source.as_deref(), &mut ex)?;
     Ok(ex.jobs)
 }
@@ -511,8 +511,8 @@ pub fn remaining_jobs(plan: &Plan, a: &GreedyArgs) -> Result<Vec<JobSpec>> {
 struct Collect<'a> {
     plan: &'a Plan,
     jobs: Vec<JobSpec>,
-    /// (schedule index, key) of each collected job.
-    keys: Vec<(usize, String)>,
+    /// The key of each collected job, by its index in the schedule.
+    keys: HashMap<usize, String>,
 }
 
 impl Executor for Collect<'_> {
@@ -521,8 +521,8 @@ impl Executor for Collect<'_> {
         let key = label.replace('-', "_");
         let mut after = Vec::new();
         for i in &h.after {
-            match self.keys.iter().find(|(j, _)| j == i) {
-                Some((_, k)) => after.push(k.clone()),
+            match self.keys.get(i) {
+                Some(k) => after.push(k.clone()),
                 None => bail!("internal: job {label} waits for a job that was not handed on"),
             }
         }
@@ -536,7 +536,7 @@ impl Executor for Collect<'_> {
             gate: h.gate,
             after,
         });
-        self.keys.push((h.index, key));
+        self.keys.insert(h.index, key);
         Ok(false)
     }
 }
