@@ -71,9 +71,9 @@ pub struct Normalization {
 }
 
 impl Normalization {
-    /// x / 255.
-    pub fn unit() -> Self {
-        Self { kind: crate::config::Normalize::Unit, mean: vec![0.0; 3], std: vec![1.0; 3] }
+    /// x / 255, for images of `channels` channels.
+    pub fn unit(channels: usize) -> Self {
+        Self { kind: crate::config::Normalize::Unit, mean: vec![0.0; channels], std: vec![1.0; channels] }
     }
 }
 
@@ -502,7 +502,7 @@ mod tests {
             mean: vec![0.4, 0.5, 0.6],
             std: vec![0.2, 0.25, 0.3],
         };
-        for norm in [Normalization::unit(), standardize] {
+        for norm in [Normalization::unit(3), standardize] {
             let floats = |b: &[u8]| {
                 let mut v = Vec::new();
                 norm.apply(b, [3, 32, 32], &mut v);

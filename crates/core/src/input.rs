@@ -126,7 +126,7 @@ mod tests {
 
     #[test]
     fn the_contract_is_the_datasets_and_refuses_another_normalization() {
-        let unit = meta(Normalization::unit());
+        let unit = meta(Normalization::unit(3));
         let c = InputContract::of_dataset(&unit);
         c.validate().unwrap();
         assert_eq!((c.layout.as_str(), c.channels.as_str(), c.input_size()), ("CHW", "RGB", 3072));

@@ -114,13 +114,15 @@ pub fn read(path: &Path, binary: bool, tarball: bool, labels: Labels) -> Result<
             None => (0..n).map(|i| format!("class-{i}")).collect(),
         };
     }
-    if let Some(i) = raw.train_labels.iter().chain(&raw.test_labels).position(|&l| l as usize >= n) {
-        bail!(
-            "{}: image {i} has label {}, beyond the {n} {} classes",
-            path.display(),
-            raw.train_labels.get(i).copied().unwrap_or(0),
-            labels.name()
-        );
+    for (split, labels_of) in [("train", &raw.train_labels), ("test", &raw.test_labels)] {
+        if let Some(i) = labels_of.iter().position(|&l| l as usize >= n) {
+            bail!(
+                "{}: {split} image {i} has label {}, beyond the {n} {} classes",
+                path.display(),
+                labels_of[i],
+                labels.name()
+            );
+        }
     }
     raw.sources =
         files.iter().map(|(name, bytes)| SourceFile { name: name.clone(), sha256: sha256_hex(bytes) }).collect();

@@ -33,10 +33,11 @@ pub fn is_idx_folder(dir: &Path) -> bool {
     find(dir, FILES[0]).is_some()
 }
 
-/// A file's bytes, gunzipped when it is gzipped (by its magic bytes), never more than
-/// [`MAX_FILE_BYTES`] either way.
-fn read_file(path: &Path) -> Result<(Vec<u8>, Vec<u8>)> {
+/// A file's SHA-256 (of its bytes as stored) and its bytes, gunzipped when it is gzipped
+/// (by its magic bytes), never more than [`MAX_FILE_BYTES`] either way.
+fn read_file(path: &Path) -> Result<(String, Vec<u8>)> {
     let raw = layerwise_core::fsread::read_capped(path, "IDX file", MAX_FILE_BYTES)?;
+    let sha = sha256_hex(&raw);
     if raw.starts_with(&[0x1f, 0x8b]) {
         let mut out = Vec::new();
         flate2::read::GzDecoder::new(&raw[..])
@@ -46,9 +47,9 @@ fn read_file(path: &Path) -> Result<(Vec<u8>, Vec<u8>)> {
         if out.len() as u64 > MAX_FILE_BYTES {
             bail!("{}: it unpacks to more than {} MiB: not an MNIST file", path.display(), MAX_FILE_BYTES >> 20);
         }
-        Ok((raw, out))
+        Ok((sha, out))
     } else {
-        Ok((raw.clone(), raw))
+        Ok((sha, raw))
     }
 }
 
@@ -89,10 +90,10 @@ pub fn read(dir: &Path) -> Result<RawImages> {
         let path = find(dir, name).with_context(|| {
             format!("{} has no {name} (or {name}.gz): an MNIST folder holds {}", dir.display(), FILES.join(", "))
         })?;
-        let (raw, bytes) = read_file(&path)?;
+        let (sha256, bytes) = read_file(&path)?;
         sources.push(SourceFile {
             name: path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
-            sha256: sha256_hex(&raw),
+            sha256,
         });
         parts.push(parse(&bytes, if i % 2 == 0 { 3 } else { 1 }, &path.display().to_string())?);
     }
@@ -115,13 +116,15 @@ pub fn read(dir: &Path) -> Result<RawImages> {
     } else {
         (0..10).map(|d| d.to_string()).collect()
     };
+    let mut values = parts.into_iter().map(|(_, v)| v);
+    let mut next = || values.next().unwrap_or_default();
     Ok(RawImages {
         name: if fashion { "fashion-mnist".into() } else { "mnist".into() },
         image_shape: [1, h, w],
-        train_images: train.0 .1.clone(),
-        train_labels: train.1 .1.clone(),
-        test_images: test.0 .1.clone(),
-        test_labels: test.1 .1.clone(),
+        train_images: next(),
+        train_labels: next(),
+        test_images: next(),
+        test_labels: next(),
         classes,
         sources,
     })

@@ -138,7 +138,7 @@ pub fn prepare(opts: &PrepareOptions) -> Result<DatasetMeta> {
 
 fn normalization(kind: Normalize, train: &[u8], [channels, h, w]: [usize; 3]) -> Normalization {
     match kind {
-        Normalize::Unit => Normalization { kind: Normalize::Unit, mean: vec![0.0; channels], std: vec![1.0; channels] },
+        Normalize::Unit => Normalization::unit(channels),
         Normalize::Standardize => {
             let plane = h * w;
             let mut sum = vec![0f64; channels];

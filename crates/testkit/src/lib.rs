@@ -42,7 +42,7 @@ pub fn prepared_dataset_relabelled(
     let meta = DatasetMeta::describe(
         "synthetic-cifar",
         class_names(),
-        Normalization::unit(),
+        Normalization::unit(3),
         val_fraction,
         "synthetic",
         vec![],

@@ -168,7 +168,7 @@ fn bad_autoencoder_settings_are_refused() {
     let meta = layerwise_core::dataset::DatasetMeta::describe(
         "one-class",
         vec!["thing".into()],
-        layerwise_core::dataset::Normalization::unit(),
+        layerwise_core::dataset::Normalization::unit(3),
         1.0 / 3.0,
         "synthetic",
         vec![],
