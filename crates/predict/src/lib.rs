@@ -209,49 +209,35 @@ pub fn predict(opts: &PredictOptions, mut each: impl FnMut(Outcome) -> Result<()
     }
     let model = Model::load(&opts.model, opts.data.as_deref())?;
     let k = opts.top_k.min(model.contract.classes.len());
-    let mut failed = 0;
     let files = collect_files(&opts.inputs);
     if files.is_empty() {
         bail!("no image files found in {:?} (extensions: {})", opts.inputs, IMAGE_EXTENSIONS.join(", "));
     }
-    let mut batch: Vec<(PathBuf, Vec<String>)> = Vec::new();
-    let mut rows: Vec<f32> = Vec::new();
-    let flush = |batch: &mut Vec<(PathBuf, Vec<String>)>,
-                 rows: &mut Vec<f32>,
-                 each: &mut dyn FnMut(Outcome) -> Result<()>|
-     -> Result<()> {
-        let probs = model.probabilities(rows, batch.len());
-        for ((path, notes), p) in batch.drain(..).zip(probs) {
+    let mut failed = 0;
+    let mut files = files.into_iter().peekable();
+    while files.peek().is_some() {
+        // Up to BATCH files: each decoded (or its error handed on at once), then one pass.
+        let (mut rows, mut batch) = (Vec::new(), Vec::new());
+        for file in files.by_ref().take(BATCH) {
+            let decoded = file.and_then(|path| match image_input(&path, &model.contract, opts.resize) {
+                Ok(d) => Ok((path, d)),
+                Err(e) => Err((path, e)),
+            });
+            match decoded {
+                Ok((path, d)) => {
+                    rows.extend(d.input);
+                    batch.push((path, d.notes));
+                }
+                Err(e) => {
+                    failed += 1;
+                    each(Err(e))?;
+                }
+            }
+        }
+        let probs = model.probabilities(&rows, batch.len());
+        for ((path, notes), p) in batch.into_iter().zip(probs) {
             each(Ok((Prediction { path, top: top_k(&p, &model.contract.classes, k) }, notes)))?;
         }
-        rows.clear();
-        Ok(())
-    };
-    for file in files {
-        let path = match file {
-            Ok(p) => p,
-            Err(e) => {
-                failed += 1;
-                each(Err(e))?;
-                continue;
-            }
-        };
-        match image_input(&path, &model.contract, opts.resize) {
-            Ok(d) => {
-                rows.extend(d.input);
-                batch.push((path, d.notes));
-            }
-            Err(e) => {
-                failed += 1;
-                each(Err((path, e)))?;
-            }
-        }
-        if batch.len() == BATCH {
-            flush(&mut batch, &mut rows, &mut each)?;
-        }
-    }
-    if !batch.is_empty() {
-        flush(&mut batch, &mut rows, &mut each)?;
     }
     Ok(failed)
 }
