@@ -71,6 +71,7 @@ fn random_checkpoint(path: &Path, depth: usize, data: &DatasetMeta) -> Result<()
         device: "cpu".into(),
         regime: Default::default(),
         input: None,
+        cnn: None,
     };
     save_checkpoint(path, &model, &meta)
 }

@@ -1,22 +1,33 @@
-//! Checkpoints: an MLP's weights in PyTorch `nn.Linear` layout, with metadata that lets
-//! every stage refuse a mismatched partner.
+//! Checkpoints: a network's weights in PyTorch's names and layouts, with metadata that lets
+//! every stage refuse a mismatched partner. Metadata: [`CheckpointMeta`]. The file loads in
+//! Python with `safetensors.torch.load_file`.
 //!
-//! Tensors: `hidden.{i}.weight` `[out, in]`, `hidden.{i}.bias` `[out]`, `head.weight`
-//! `[classes, width]`, `head.bias` `[classes]`, all f32. Metadata: [`CheckpointMeta`].
-//! The file loads in Python with `safetensors.torch.load_file`.
+//! - Version 1, an MLP: `hidden.{i}.weight` `[out, in]`, `hidden.{i}.bias` `[out]`,
+//!   `head.weight` `[classes, width]`, `head.bias` `[classes]`, all f32.
+//! - Version 2, a convolutional network ([`crate::cnn`]): `stages.{i}.conv.weight`
+//!   `[out, in, 3, 3]`, `stages.{i}.bn.{weight,bias,running_mean,running_var}`
+//!   `[out]`; the head's blocks `head.convs.{j}.conv.weight` and `head.convs.{j}.bn.*`;
+//!   `head.linear.weight` `[classes, 4·channels]` and `head.linear.bias`. Besides the
+//!   `layerwise` key, metadata keys `layerwise.stages` (`[{"downsample": "none" |
+//!   "maxpool" | "psi", "out": C}, ...]`), `layerwise.head` (`{"convs": k-1, "pool": 2}`)
+//!   and `layerwise.batchnorm` (`{"eps": 1e-5, "momentum": 0.1}`) say the architecture
+//!   without parsing the rest; they must agree with it.
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
+use crate::cnn::{BatchNorm, Cnn, CnnHead, ConvBlock, ConvStage, StageSpec, BN_EPS, BN_MOMENTUM, HEAD_POOL};
 use crate::config::TrainConfig;
 use crate::dataset::DatasetMeta;
-use crate::st::{safetensors_bytes, MappedSafetensors, OutTensor};
+use crate::st::{safetensors_bytes, safetensors_bytes_with_keys, MappedSafetensors, OutTensor};
 
 /// `layerwise.format` of a checkpoint.
 pub const CHECKPOINT_FORMAT: &str = "layerwise-checkpoint";
-/// Version of [`CheckpointMeta`].
+/// Version of [`CheckpointMeta`] for an MLP.
 pub const CHECKPOINT_VERSION: u32 = 1;
+/// Version of [`CheckpointMeta`] for a convolutional network (it has [`CheckpointMeta::cnn`]).
+pub const CNN_CHECKPOINT_VERSION: u32 = 2;
 
 /// A dense layer, `y = x Wᵀ + b`, weight stored row-major `[out, in]`.
 #[derive(Debug, Clone, PartialEq)]
@@ -105,7 +116,73 @@ pub struct CheckpointMeta {
     /// before it was recorded (the dataset they were trained on says it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub input: Option<crate::input::InputContract>,
+    /// A convolutional network's architecture (version 2); none for an MLP. Its `depth`
+    /// counts stages, `widths` their channels, `input_size` the image's values.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cnn: Option<CnnMeta>,
 }
+
+/// What a version-2 checkpoint says of its convolutional network.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CnnMeta {
+    /// The input image `[c, h, w]`.
+    pub image: [usize; 3],
+    /// The stages (also the `layerwise.stages` key).
+    pub stages: Vec<StageSpec>,
+    /// The head (also the `layerwise.head` key).
+    pub head: HeadMeta,
+    /// BatchNorm's settings (also the `layerwise.batchnorm` key).
+    pub batchnorm: BatchNormMeta,
+}
+
+/// The head of a version-2 checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeadMeta {
+    /// Conv blocks before the pooling.
+    pub convs: usize,
+    /// The side of the adaptive average pooling.
+    pub pool: usize,
+}
+
+/// BatchNorm's settings.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchNormMeta {
+    /// ε.
+    pub eps: f32,
+    /// Momentum of the running statistics (PyTorch's convention).
+    pub momentum: f32,
+}
+
+impl CnnMeta {
+    /// The metadata of `model`.
+    pub fn of(model: &Cnn) -> Self {
+        let spec = model.spec();
+        Self {
+            image: model.input,
+            stages: spec.stages,
+            head: HeadMeta { convs: spec.head_convs, pool: HEAD_POOL },
+            batchnorm: BatchNormMeta { eps: BN_EPS, momentum: BN_MOMENTUM },
+        }
+    }
+
+    fn keys(&self) -> Result<Vec<(String, String)>> {
+        Ok(vec![
+            (STAGES_KEY.into(), serde_json::to_string(&self.stages)?),
+            (HEAD_KEY.into(), serde_json::to_string(&self.head)?),
+            (BATCHNORM_KEY.into(), serde_json::to_string(&self.batchnorm)?),
+        ])
+    }
+}
+
+/// The metadata keys of a version-2 checkpoint besides `layerwise`.
+pub const STAGES_KEY: &str = "layerwise.stages";
+/// See [`STAGES_KEY`].
+pub const HEAD_KEY: &str = "layerwise.head";
+/// See [`STAGES_KEY`].
+pub const BATCHNORM_KEY: &str = "layerwise.batchnorm";
 
 impl CheckpointMeta {
     /// The input contract of the checkpoint at `ckpt` (with this metadata): the one it
@@ -220,12 +297,17 @@ pub fn read_checkpoint_meta(path: &Path) -> Result<CheckpointMeta> {
 
 fn parse_meta(file: &MappedSafetensors) -> Result<CheckpointMeta> {
     let meta: CheckpointMeta = file.meta()?;
-    if meta.version != CHECKPOINT_VERSION {
+    let expected = if meta.cnn.is_some() { CNN_CHECKPOINT_VERSION } else { CHECKPOINT_VERSION };
+    if meta.version != expected {
         bail!(
-            "{}: checkpoint format version {} is not supported (this layerwise reads version {CHECKPOINT_VERSION})",
+            "{}: checkpoint format version {} is not supported here (this layerwise reads version \
+             {CHECKPOINT_VERSION}, an MLP, and {CNN_CHECKPOINT_VERSION}, a convolutional network with its `cnn` metadata)",
             file.path().display(),
             meta.version
         );
+    }
+    if let Some(c) = &meta.cnn {
+        check_cnn_meta(file, &meta, c)?;
     }
     if meta.activation != "relu" {
         bail!(
@@ -260,10 +342,184 @@ fn parse_meta(file: &MappedSafetensors) -> Result<CheckpointMeta> {
     Ok(meta)
 }
 
-/// Load a checkpoint: every tensor's name, dtype and shape is checked against the metadata.
+/// The architecture keys of a version-2 checkpoint agree with its metadata, and the
+/// architecture can be built.
+fn check_cnn_meta(file: &MappedSafetensors, meta: &CheckpointMeta, c: &CnnMeta) -> Result<()> {
+    let path = file.path().display();
+    for (key, text) in c.keys()? {
+        let stored = file.key(&key).ok_or_else(|| {
+            anyhow::anyhow!("{path}: a convolutional checkpoint carries the metadata key `{key}`, and this one has none: it was edited or not written by layerwise")
+        })?;
+        let (a, b): (serde_json::Value, serde_json::Value) = (
+            serde_json::from_str(stored).with_context(|| format!("{path}: metadata key `{key}` is not JSON"))?,
+            serde_json::from_str(&text)?,
+        );
+        if a != b {
+            bail!("{path}: metadata key `{key}` says {stored}, but the checkpoint's metadata says {text}: it was edited or damaged");
+        }
+    }
+    let spec = crate::cnn::CnnSpec { stages: c.stages.clone(), head_convs: c.head.convs };
+    spec.validate().with_context(|| format!("{path}"))?;
+    spec.conv_inputs(c.image).with_context(|| format!("{path}"))?;
+    if c.head.pool != HEAD_POOL || c.batchnorm.eps <= 0.0 || !c.batchnorm.eps.is_finite() {
+        bail!(
+            "{path}: head pooling {} and BatchNorm ε {} are not what layerwise builds (pool 2, ε > 0)",
+            c.head.pool,
+            c.batchnorm.eps
+        );
+    }
+    let widths: Vec<usize> = c.stages.iter().map(|s| s.out).collect();
+    if meta.depth != c.stages.len() || meta.widths != widths || meta.input_size != c.image.iter().product::<usize>() {
+        bail!(
+            "{path}: checkpoint metadata is inconsistent (depth {}, widths {:?}, but {} stages of {widths:?})",
+            meta.depth,
+            meta.widths,
+            c.stages.len()
+        );
+    }
+    Ok(())
+}
+
+/// A checkpoint's network: an MLP (version 1) or a convolutional network (version 2).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Network {
+    /// Dense layers.
+    Mlp(Mlp),
+    /// Conv stages and a head.
+    Cnn(Cnn),
+}
+
+/// Load a checkpoint of either version, every tensor checked against its metadata.
+pub fn load_network(path: &Path) -> Result<(Network, CheckpointMeta)> {
+    let meta = read_checkpoint_meta(path)?;
+    if meta.cnn.is_some() {
+        let (m, meta) = load_cnn(path)?;
+        Ok((Network::Cnn(m), meta))
+    } else {
+        let (m, meta) = load_checkpoint(path)?;
+        Ok((Network::Mlp(m), meta))
+    }
+}
+
+fn block_tensors<'a>(prefix: &str, b: &'a ConvBlock) -> Vec<OutTensor<'a>> {
+    let mut t = vec![OutTensor::F32(format!("{prefix}.conv.weight"), vec![b.outputs, b.inputs, 3, 3], &b.weight)];
+    for (suffix, v) in b.bn.tensors() {
+        t.push(OutTensor::F32(format!("{prefix}.bn.{suffix}"), vec![b.outputs], v));
+    }
+    t
+}
+
+/// The name prefix of stage `i`'s block (`stages.{i}`).
+pub fn stage_name(i: usize) -> String {
+    format!("stages.{i}")
+}
+
+/// The name prefix of the head's conv block `j` (`head.convs.{j}`).
+pub fn head_conv_name(j: usize) -> String {
+    format!("head.convs.{j}")
+}
+
+/// A version-2 checkpoint's bytes.
+pub fn cnn_checkpoint_bytes(model: &Cnn, meta: &CheckpointMeta) -> Result<Vec<u8>> {
+    let c = meta
+        .cnn
+        .as_ref()
+        .ok_or_else(|| anyhow::anyhow!("internal: a convolutional checkpoint without `cnn` metadata"))?;
+    if *c != CnnMeta::of(model)
+        || meta.depth != model.depth()
+        || meta.widths != model.widths()
+        || meta.version != CNN_CHECKPOINT_VERSION
+    {
+        bail!("internal: checkpoint metadata does not describe the model being saved");
+    }
+    let mut tensors = Vec::new();
+    for (i, s) in model.stages.iter().enumerate() {
+        tensors.extend(block_tensors(&stage_name(i), &s.conv));
+    }
+    for (j, b) in model.head.convs.iter().enumerate() {
+        tensors.extend(block_tensors(&head_conv_name(j), b));
+    }
+    let l = &model.head.linear;
+    tensors.push(OutTensor::F32("head.linear.weight".into(), vec![l.outputs, l.inputs], &l.weight));
+    tensors.push(OutTensor::F32("head.linear.bias".into(), vec![l.outputs], &l.bias));
+    safetensors_bytes_with_keys(CHECKPOINT_FORMAT, meta, &c.keys()?, tensors)
+}
+
+/// Load a version-2 checkpoint: every tensor's name, dtype and shape is checked against
+/// the metadata, every value finite, every running variance positive.
+pub fn load_cnn(path: &Path) -> Result<(Cnn, CheckpointMeta)> {
+    let file = MappedSafetensors::open(path, CHECKPOINT_FORMAT, "checkpoint")?;
+    let meta = parse_meta(&file)?;
+    let Some(c) = meta.cnn.clone() else {
+        bail!("{} holds an MLP (checkpoint version 1), not a convolutional network", path.display());
+    };
+    let shapes = crate::cnn::CnnSpec { stages: c.stages.clone(), head_convs: c.head.convs }.conv_inputs(c.image)?;
+    let block = |prefix: &str, inputs: usize, outputs: usize| -> Result<ConvBlock> {
+        let v = |suffix: &str| -> Result<Vec<f32>> {
+            Ok(file.f32s(&format!("{prefix}.bn.{suffix}"), &[outputs])?.into_owned())
+        };
+        let b = ConvBlock {
+            inputs,
+            outputs,
+            weight: file.f32s(&format!("{prefix}.conv.weight"), &[outputs, inputs, 3, 3])?.into_owned(),
+            bn: BatchNorm {
+                weight: v("weight")?,
+                bias: v("bias")?,
+                running_mean: v("running_mean")?,
+                running_var: v("running_var")?,
+            },
+        };
+        if b.weight.iter().chain(b.bn.tensors().iter().flat_map(|(_, t)| t.iter())).any(|x| !x.is_finite())
+            || b.bn.running_var.iter().any(|&x| x < 0.0)
+        {
+            bail!("{}: `{prefix}` holds NaN or infinite weights, or a negative running variance", path.display());
+        }
+        Ok(b)
+    };
+    let mut stages = Vec::with_capacity(c.stages.len());
+    for (i, (s, shape)) in c.stages.iter().zip(&shapes).enumerate() {
+        stages.push(ConvStage { downsample: s.downsample, conv: block(&stage_name(i), shape[0], s.out)? });
+    }
+    let channels = c.stages.last().map_or(c.image[0], |s| s.out);
+    let mut convs = Vec::with_capacity(c.head.convs);
+    for j in 0..c.head.convs {
+        convs.push(block(&head_conv_name(j), channels, channels)?);
+    }
+    let (inputs, classes) = (channels * HEAD_POOL * HEAD_POOL, meta.classes.len());
+    let linear = Dense {
+        inputs,
+        outputs: classes,
+        weight: file.f32s("head.linear.weight", &[classes, inputs])?.into_owned(),
+        bias: file.f32s("head.linear.bias", &[classes])?.into_owned(),
+    };
+    if linear.weight.iter().chain(&linear.bias).any(|v| !v.is_finite()) {
+        bail!("{}: checkpoint holds NaN or infinite weights", path.display());
+    }
+    let expected = 5 * (c.stages.len() + c.head.convs) + 2;
+    let names = file.names();
+    if names.len() != expected {
+        bail!(
+            "{}: a checkpoint of {} stages and {} head convs has {expected} tensors, found {}",
+            path.display(),
+            c.stages.len(),
+            c.head.convs,
+            names.len()
+        );
+    }
+    Ok((Cnn { input: c.image, stages, head: CnnHead { convs, linear } }, meta))
+}
+
+/// Load an MLP checkpoint: every tensor's name, dtype and shape is checked against the metadata.
 pub fn load_checkpoint(path: &Path) -> Result<(Mlp, CheckpointMeta)> {
     let file = MappedSafetensors::open(path, CHECKPOINT_FORMAT, "checkpoint")?;
     let meta = parse_meta(&file)?;
+    if meta.cnn.is_some() {
+        bail!(
+            "{} holds a convolutional network (checkpoint version 2), and this step takes MLPs only so far: \
+             use layerwise-evaluate, layerwise-train and the report with it",
+            path.display()
+        );
+    }
     let expected = 2 * meta.depth + 2;
     // An autoencoder layer's decoder may be kept beside the network: not part of it.
     let names: Vec<_> = file.names().into_iter().filter(|n| !n.starts_with(DECODER_PREFIX)).collect();

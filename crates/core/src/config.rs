@@ -49,7 +49,8 @@ named_enum!(Labels, "labels", { Fine => "fine", Coarse => "coarse" });
 named_enum!(DeviceKind, "device", { Cpu => "cpu", Cuda => "cuda" }, also { "gpu" => Cuda });
 named_enum!(HeadMode, "head mode", { Frozen => "frozen", Retrain => "retrain", Fresh => "fresh" });
 named_enum!(Regime, "regime", { Grow => "grow", Finetune => "finetune", Scratch => "scratch" });
-named_enum!(LrSchedule, "lr_schedule", { Constant => "constant", Cosine => "cosine" });
+named_enum!(LrSchedule, "lr_schedule", { Constant => "constant", Cosine => "cosine", Step => "step", OneCycle => "one-cycle" });
+named_enum!(Optimizer, "optimizer", { Adam => "adam", Sgd => "sgd" });
 named_enum!(Augment, "augment", { None => "none", FlipCrop => "flip-crop" });
 named_enum!(Objective, "objective", { Supervised => "supervised", Autoencoder => "autoencoder" });
 named_enum!(Decoder, "decoder", { Tied => "tied", Untied => "untied" });
@@ -128,15 +129,33 @@ pub enum Regime {
     Scratch,
 }
 
-/// How the learning rate moves over a run.
+/// How the learning rate moves over a run (each depth's run starts it anew).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 pub enum LrSchedule {
     /// The same rate throughout (Keras' default).
     #[default]
     Constant,
     /// Cosine decay from the rate to zero over the run (after the warm-up).
     Cosine,
+    /// The rate times `lr_step_factor` after every `lr_step_epochs` epochs (Belilovsky et
+    /// al.: 0.2 every 15).
+    Step,
+    /// PyTorch's `OneCycleLR` (cosine): from lr/25 up to lr over the first 30 % of the
+    /// steps, then down to lr/25/10⁴.
+    OneCycle,
+}
+
+/// The optimizer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Optimizer {
+    /// Adam, Keras' placement of ε (the tutorial's).
+    #[default]
+    Adam,
+    /// SGD with momentum (`momentum`, `nesterov`), PyTorch's form: `v = μv + g`,
+    /// step `lr·v` (Nesterov: `lr·(g + μv)`).
+    Sgd,
 }
 
 /// On-the-fly data augmentation of training images.
@@ -229,6 +248,41 @@ pub struct TrainConfig {
     /// Autoencoder only: epochs of the probe (default: `epochs`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub probe_epochs: Option<usize>,
+    /// `adam` or `sgd`.
+    #[serde(skip_serializing_if = "is_default")]
+    pub optimizer: Optimizer,
+    /// SGD's momentum μ, in [0, 1).
+    #[serde(skip_serializing_if = "is_default_momentum")]
+    pub momentum: f64,
+    /// SGD: Nesterov's momentum.
+    #[serde(skip_serializing_if = "is_default")]
+    pub nesterov: bool,
+    /// Label smoothing ε of the cross-entropy, in [0, 1): the target is `(1-ε)·onehot + ε/K`.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub label_smoothing: f64,
+    /// `step` schedule: epochs between two steps.
+    #[serde(skip_serializing_if = "is_default")]
+    pub lr_step_epochs: usize,
+    /// `step` schedule: the factor of each step.
+    #[serde(skip_serializing_if = "is_default_step_factor")]
+    pub lr_step_factor: f64,
+    /// A convolutional network's stages and head (from the pipeline's `[model]`); none: an
+    /// MLP of `width`/`widths`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cnn: Option<crate::cnn::CnnSpec>,
+}
+
+/// SGD's default momentum.
+pub const DEFAULT_MOMENTUM: f64 = 0.9;
+/// The `step` schedule's default factor (Belilovsky et al.'s division by 5).
+pub const DEFAULT_STEP_FACTOR: f64 = 0.2;
+
+fn is_default_momentum(v: &f64) -> bool {
+    *v == DEFAULT_MOMENTUM
+}
+
+fn is_default_step_factor(v: &f64) -> bool {
+    *v == DEFAULT_STEP_FACTOR
 }
 
 /// The default masking-noise fraction of a denoising autoencoder.
@@ -268,6 +322,13 @@ impl Default for TrainConfig {
             corruption: DEFAULT_CORRUPTION,
             decoder: Decoder::Tied,
             probe_epochs: None,
+            optimizer: Optimizer::Adam,
+            momentum: DEFAULT_MOMENTUM,
+            nesterov: false,
+            label_smoothing: 0.0,
+            lr_step_epochs: 0,
+            lr_step_factor: DEFAULT_STEP_FACTOR,
+            cnn: None,
         }
     }
 }
@@ -301,7 +362,16 @@ impl TrainConfig {
         check_limit("width", self.width, MAX_WIDTH)?;
         check_limit("widths", self.widths.iter().copied().max().unwrap_or(0), MAX_WIDTH)?;
         check_limit("widths", self.widths.len(), MAX_DEPTH)?;
-        let checks: [(&str, bool, &str); 13] = [
+        check_limit("lr_step_epochs", self.lr_step_epochs, MAX_EPOCHS)?;
+        let checks: [(&str, bool, &str); 17] = [
+            ("momentum", (0.0..1.0).contains(&self.momentum), "must be in [0, 1)"),
+            ("label_smoothing", (0.0..1.0).contains(&self.label_smoothing), "must be in [0, 1)"),
+            (
+                "lr_step_epochs",
+                self.lr_schedule != LrSchedule::Step || self.lr_step_epochs >= 1,
+                "must be at least 1 with lr_schedule = \"step\" (the epochs between two steps)",
+            ),
+            ("lr_step_factor", self.lr_step_factor > 0.0 && self.lr_step_factor <= 1.0, "must be in (0, 1]"),
             ("epochs", self.epochs >= 1, "must be at least 1"),
             ("width", self.width >= 1, "must be at least 1"),
             ("widths", self.widths.iter().all(|&w| w >= 1), "every width must be at least 1"),
@@ -329,6 +399,27 @@ impl TrainConfig {
                 bail!("invalid training setting `{key}`: {why}");
             }
         }
+        if self.nesterov && self.optimizer != Optimizer::Sgd {
+            bail!("invalid training setting `nesterov`: it is SGD's; set optimizer = \"sgd\" or drop it");
+        }
+        if let Some(c) = &self.cnn {
+            c.validate()?;
+            if self.objective != Objective::Supervised {
+                bail!(
+                    "invalid training setting `objective`: convolutional stages train with the labels (their auxiliary \
+                     heads); autoencoder pretraining is for MLPs: use objective = \"supervised\" with [model] kind = \"cnn\""
+                );
+            }
+            if self.dropout != 0.0 {
+                bail!(
+                    "invalid training setting `dropout`: convolutional stages have BatchNorm and no dropout; drop it"
+                );
+            }
+        } else if self.label_smoothing != 0.0 {
+            bail!("invalid training setting `label_smoothing`: it is implemented for convolutional networks ([model] kind = \"cnn\") only so far");
+        } else if self.optimizer != Optimizer::Adam {
+            bail!("invalid training setting `optimizer`: MLPs train with Adam (the tutorial's); SGD is implemented for convolutional networks ([model] kind = \"cnn\")");
+        }
         if self.objective == Objective::Autoencoder && self.augment != Augment::None {
             bail!(
                 "invalid training setting `augment`: the autoencoder objective pretrains on cached features; \
@@ -355,12 +446,23 @@ impl TrainConfig {
         if step < warmup {
             return self.lr * (step + 1) as f64 / warmup as f64;
         }
+        let span = total.saturating_sub(warmup).max(1) as f64;
+        let progress = (step - warmup) as f64 / span;
+        let cos = |from: f64, to: f64, t: f64| to + (from - to) * 0.5 * (1.0 + (std::f64::consts::PI * t).cos());
         match self.lr_schedule {
             LrSchedule::Constant => self.lr,
-            LrSchedule::Cosine => {
-                let span = total.saturating_sub(warmup).max(1) as f64;
-                let progress = (step - warmup) as f64 / span;
-                self.lr * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
+            LrSchedule::Cosine => cos(self.lr, 0.0, progress),
+            LrSchedule::Step => {
+                let epoch = (step - warmup) / per_epoch.max(1);
+                self.lr * self.lr_step_factor.powi((epoch / self.lr_step_epochs.max(1)) as i32)
+            }
+            LrSchedule::OneCycle => {
+                let (start, end) = (self.lr / 25.0, self.lr / 25.0 / 1e4);
+                if progress < 0.3 {
+                    cos(start, self.lr, progress / 0.3)
+                } else {
+                    cos(self.lr, end, (progress - 0.3) / 0.7)
+                }
             }
         }
     }
@@ -395,6 +497,7 @@ mod tests {
         check_string_forms(Objective::VARIANTS);
         check_string_forms(Decoder::VARIANTS);
         check_string_forms(Labels::VARIANTS);
+        check_string_forms(Optimizer::VARIANTS);
         assert_eq!(parse_size("32x24").unwrap(), (32, 24));
         assert!(parse_size("0x3").is_err() && parse_size("32").is_err() && parse_size("5000x2").is_err());
         let err = format!("{}", "thawed".parse::<HeadMode>().unwrap_err());
@@ -417,5 +520,23 @@ mod tests {
         assert_eq!(flat.lr_at(123, 1000, 10), 0.1);
         assert_eq!(TrainConfig { widths: vec![8, 4], ..TrainConfig::default() }.width_at(2), 4);
         assert_eq!(TrainConfig { widths: vec![8, 4], ..TrainConfig::default() }.width_at(3), 256);
+    }
+
+    #[test]
+    fn step_and_one_cycle_schedules() {
+        let c = TrainConfig {
+            lr: 0.1,
+            epochs: 45,
+            lr_schedule: LrSchedule::Step,
+            lr_step_epochs: 15,
+            ..TrainConfig::default()
+        };
+        // Belilovsky et al.: 0.1, divided by 5 every 15 epochs (10 steps an epoch here).
+        let at = |e: usize| c.lr_at(e * 10, 450, 10);
+        assert!((at(14) - 0.1).abs() < 1e-12 && (at(15) - 0.02).abs() < 1e-12 && (at(30) - 0.004).abs() < 1e-12);
+        let o = TrainConfig { lr: 1.0, lr_schedule: LrSchedule::OneCycle, ..TrainConfig::default() };
+        let lrs: Vec<f64> = (0..100).map(|s| o.lr_at(s, 100, 10)).collect();
+        assert!((lrs[0] - 0.04).abs() < 1e-12 && (lrs[30] - 1.0).abs() < 1e-12 && lrs[99] < 1e-3, "{lrs:?}");
+        assert!(lrs[..30].windows(2).all(|w| w[1] > w[0]) && lrs[30..].windows(2).all(|w| w[1] < w[0]));
     }
 }

@@ -3,8 +3,8 @@
 //!
 //! # Brief overview
 //! - [`dataset`]: the prepared dataset (safetensors, memory-mapped) and its metadata.
-//! - [`checkpoint`]: an MLP's weights in PyTorch layout with metadata that refuses a
-//!   mismatched dataset.
+//! - [`checkpoint`]: a network's weights in PyTorch's names and layouts with metadata that
+//!   refuses a mismatched dataset; [`cnn`]: the convolutional network it may hold.
 //! - [`metrics`]: `train.json` and `eval.json`, versioned.
 //! - [`pipeline`]: pipeline TOML files; [`config`]: the per-depth training settings.
 //! - [`atomic`]: every artifact is written to a temp file and renamed into place;
@@ -16,6 +16,7 @@ pub mod checkpoint;
 pub mod cifar10;
 #[macro_use]
 pub mod config;
+pub mod cnn;
 pub mod dataset;
 pub mod features;
 pub mod fsread;

@@ -48,6 +48,62 @@ impl Default for DataConfig {
     }
 }
 
+named_enum!(ModelKind, "model kind", { Mlp => "mlp", Cnn => "cnn" });
+
+/// What a network is made of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelKind {
+    /// Dense layers of `[train] width`/`widths` (the tutorial's).
+    #[default]
+    Mlp,
+    /// Convolutional stages with auxiliary heads (Belilovsky et al. 2019): `stages`, `head_convs`.
+    Cnn,
+}
+
+/// `[model]`: the network's kind, and a convolutional network's stages.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelConfig {
+    /// `mlp` or `cnn`.
+    pub kind: ModelKind,
+    /// `cnn`: the stages, e.g. `[{out = 64}, {out = 128, downsample = "maxpool"}]`; greedy
+    /// depth d trains stage d.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub stages: Vec<crate::cnn::StageSpec>,
+    /// `cnn`: conv blocks in each stage's auxiliary head before its pooling (k − 1).
+    #[serde(skip_serializing_if = "is_default")]
+    pub head_convs: usize,
+}
+
+impl ModelConfig {
+    /// The convolutional architecture, for `kind = "cnn"`.
+    pub fn cnn(&self) -> Option<crate::cnn::CnnSpec> {
+        (self.kind == ModelKind::Cnn)
+            .then(|| crate::cnn::CnnSpec { stages: self.stages.clone(), head_convs: self.head_convs })
+    }
+
+    fn validate(&self, max_depth: usize) -> Result<()> {
+        match self.cnn() {
+            None if !self.stages.is_empty() || self.head_convs != 0 => {
+                bail!("`model.stages` and `model.head_convs` describe a convolutional network: set `model.kind = \"cnn\"`")
+            }
+            None => Ok(()),
+            Some(c) => {
+                c.validate()?;
+                if max_depth > c.stages.len() {
+                    bail!(
+                        "`greedy.max_depth` is {max_depth}, but `model.stages` lists {}: each greedy depth trains one \
+                         stage, so list a stage per depth or lower `greedy.max_depth`",
+                        crate::plural(c.stages.len(), "stage")
+                    );
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
 /// The greedy loop.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -235,6 +291,9 @@ pub struct Pipeline {
     /// Dataset preparation.
     #[serde(default)]
     pub data: DataConfig,
+    /// The network (an MLP unless told otherwise).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub model: ModelConfig,
     /// Training of each depth.
     #[serde(default)]
     pub train: TrainConfig,
@@ -324,10 +383,16 @@ impl Pipeline {
         if let Some(r) = &self.data.resize {
             crate::config::parse_size(r).context("`data.resize`")?;
         }
-        self.train.validate().map_err(|e| anyhow::anyhow!("{e}").context("in section [train]"))?;
         if self.greedy.max_depth == 0 {
             bail!("`greedy.max_depth` must be at least 1");
         }
+        self.model.validate(self.greedy.max_depth)?;
+        if self.train.cnn.is_some() {
+            bail!("`train.cnn` is derived from the `[model]` section: describe the network there");
+        }
+        self.stage_config(Phase::Greedy)
+            .validate()
+            .map_err(|e| anyhow::anyhow!("{e}").context("in section [train]"))?;
         crate::config::check_limit("greedy.max_depth", self.greedy.max_depth, crate::config::MAX_DEPTH)?;
         if let Some(f) = &self.finetune {
             f.validate("finetune")?;
@@ -370,7 +435,7 @@ impl Pipeline {
     /// `[autoencoder]`'s; fine-tuning and the baseline with their section's epochs and
     /// learning rate (fine-tuning: a tenth of `[train]`'s by default), and always supervised.
     pub fn stage_config(&self, stage: Phase) -> TrainConfig {
-        let t = self.train.clone();
+        let t = TrainConfig { cnn: self.model.cnn(), ..self.train.clone() };
         let (section, lr_default) = match stage {
             Phase::Greedy => return t,
             Phase::Autoencoder => return self.autoencoder.clone().unwrap_or_default().config(&t),

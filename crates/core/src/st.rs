@@ -27,6 +27,8 @@ pub struct MappedSafetensors {
     path: PathBuf,
     mmap: memmap2::Mmap,
     meta: serde_json::Value,
+    /// The other metadata keys (`layerwise.stages`, ...), as stored.
+    keys: HashMap<String, String>,
 }
 
 impl MappedSafetensors {
@@ -71,7 +73,8 @@ impl MappedSafetensors {
         // Validate offsets now so later tensor lookups cannot fail on a corrupt body.
         SafeTensors::deserialize(&mmap)
             .map_err(|e| anyhow!("{} is corrupt or truncated ({e}); regenerate it", path.display()))?;
-        Ok(Self { path: path.to_path_buf(), mmap, meta: envelope.meta })
+        let keys = md.into_iter().filter(|(k, _)| k != LAYERWISE_KEY).collect();
+        Ok(Self { path: path.to_path_buf(), mmap, meta: envelope.meta, keys })
     }
 
     /// The file this was mapped from.
@@ -84,6 +87,12 @@ impl MappedSafetensors {
         T::deserialize(&self.meta).with_context(|| {
             format!("{}: its `{LAYERWISE_KEY}` metadata does not match this version of layerwise", self.path.display())
         })
+    }
+
+    /// A metadata key besides `layerwise` (a convolutional checkpoint's
+    /// `layerwise.stages`, say), as stored.
+    pub fn key(&self, key: &str) -> Option<&str> {
+        self.keys.get(key).map(String::as_str)
     }
 
     fn view(&self, name: &str, dtype: Dtype, shape: &[usize]) -> Result<TensorView<'_>> {
@@ -203,6 +212,65 @@ pub fn safetensors_bytes(format: &str, meta: &impl serde::Serialize, tensors: Ve
     safetensors::serialize(tensor_views(&views)?, Some(md)).map_err(|e| anyhow!("cannot serialize tensors: {e}"))
 }
 
+/// [`safetensors_bytes`] with metadata keys besides `layerwise` (`(key, JSON text)`).
+/// The header is written with its keys sorted, so identical content gives identical bytes
+/// whatever the keys (safetensors itself writes its metadata map in hash order).
+pub fn safetensors_bytes_with_keys(
+    format: &str,
+    meta: &impl serde::Serialize,
+    keys: &[(String, String)],
+    tensors: Vec<OutTensor<'_>>,
+) -> Result<Vec<u8>> {
+    let (mut md, views) = prepare_views(format, meta, tensors)?;
+    for (k, v) in keys {
+        if k == LAYERWISE_KEY || md.insert(k.clone(), v.clone()).is_some() {
+            bail!("internal: metadata key `{k}` given twice");
+        }
+    }
+    let slots: Vec<TensorSlot> = views
+        .iter()
+        .map(|(name, (dtype, shape, bytes))| TensorSlot {
+            name: name.clone(),
+            dtype: *dtype,
+            shape: shape.clone(),
+            bytes: bytes.len(),
+        })
+        .collect();
+    let (infos, order) = tensor_infos(&slots);
+    let header =
+        safetensors::tensor::Metadata::new(Some(md), infos).map_err(|e| anyhow!("cannot describe the tensors: {e}"))?;
+    // Through a `Value`, whose maps are sorted by key.
+    let value = serde_json::to_value(&header).context("cannot serialize the safetensors header")?;
+    let mut header = serde_json::to_string(&value).context("cannot serialize the safetensors header")?.into_bytes();
+    header.resize(header.len().next_multiple_of(8), b' ');
+    let mut out = (header.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(&header);
+    for &i in &order {
+        out.extend_from_slice(&views[i].1 .2);
+    }
+    Ok(out)
+}
+
+/// Each slot's entry in the header, in the order the data follows (safetensors' own: by
+/// descending dtype alignment, then by name), and that order as indices into `slots`.
+fn tensor_infos(slots: &[TensorSlot]) -> (Vec<(String, safetensors::tensor::TensorInfo)>, Vec<usize>) {
+    let mut order: Vec<usize> = (0..slots.len()).collect();
+    order.sort_by(|&l, &r| slots[r].dtype.cmp(&slots[l].dtype).then(slots[l].name.cmp(&slots[r].name)));
+    let mut offset = 0;
+    let mut infos = Vec::with_capacity(slots.len());
+    for &i in &order {
+        let s = &slots[i];
+        let info = safetensors::tensor::TensorInfo {
+            dtype: s.dtype,
+            shape: s.shape.clone(),
+            data_offsets: (offset, offset + s.bytes),
+        };
+        offset += s.bytes;
+        infos.push((s.name.clone(), info));
+    }
+    (infos, order)
+}
+
 /// A tensor's place in a file about to be written: its name, dtype, shape and byte length.
 pub struct TensorSlot {
     /// Name.
@@ -224,20 +292,7 @@ pub fn header_for(format: &str, meta: &impl serde::Serialize, slots: &[TensorSlo
         LAYERWISE_KEY.to_string(),
         serde_json::to_string(&envelope).context("cannot serialize metadata")?,
     )]);
-    let mut order: Vec<usize> = (0..slots.len()).collect();
-    order.sort_by(|&l, &r| slots[r].dtype.cmp(&slots[l].dtype).then(slots[l].name.cmp(&slots[r].name)));
-    let mut offset = 0;
-    let mut infos = Vec::with_capacity(slots.len());
-    for &i in &order {
-        let s = &slots[i];
-        let info = safetensors::tensor::TensorInfo {
-            dtype: s.dtype,
-            shape: s.shape.clone(),
-            data_offsets: (offset, offset + s.bytes),
-        };
-        offset += s.bytes;
-        infos.push((s.name.clone(), info));
-    }
+    let (infos, order) = tensor_infos(slots);
     let header =
         safetensors::tensor::Metadata::new(Some(md), infos).map_err(|e| anyhow!("cannot describe the tensors: {e}"))?;
     let mut header = serde_json::to_string(&header).context("cannot serialize the safetensors header")?.into_bytes();

@@ -10,7 +10,7 @@
 
 pub mod cli;
 use anyhow::Result;
-use layerwise_core::checkpoint::load_checkpoint;
+use layerwise_core::checkpoint::{load_network, Network};
 use layerwise_core::dataset::{Dataset, Split};
 use layerwise_core::hash::sha256_file;
 use layerwise_core::metrics::{write_sealed, Evaluation, EVAL_SCHEMA, EVAL_VERSION};
@@ -38,7 +38,7 @@ pub struct EvaluateOptions {
 pub fn evaluate(opts: &EvaluateOptions) -> Result<Evaluation> {
     let start = Instant::now();
     let ds = Dataset::open(&opts.data)?;
-    let (model, meta) = load_checkpoint(&opts.model)?;
+    let (model, meta) = load_network(&opts.model)?;
     meta.check_dataset(&opts.model, &ds.meta, &opts.data)?;
     let split = ds.split(opts.split)?;
     if split.labels.is_empty() {
@@ -49,12 +49,24 @@ pub fn evaluate(opts: &EvaluateOptions) -> Result<Evaluation> {
             opts.split
         );
     }
-    let sums = layerwise_nn::with_device!(opts.device, 0, |dev| Ok::<_, anyhow::Error>(run(
-        &dev,
-        &model,
-        &split.images,
-        split.labels
-    )))?;
+    let sums = match &model {
+        Network::Mlp(mlp) => layerwise_nn::with_device!(opts.device, 0, |dev| Ok::<_, anyhow::Error>(run(
+            &dev,
+            mlp,
+            &split.images,
+            split.labels
+        )))?,
+        Network::Cnn(cnn) => {
+            if opts.device != DeviceKind::Cpu {
+                anyhow::bail!(
+                    "{}: convolutional networks are evaluated on the CPU so far (their CUDA path is not built yet): \
+                     use --device cpu",
+                    opts.model.display()
+                );
+            }
+            layerwise_nn::convnet::ConvNet::from_cnn(cnn).evaluate(&split.images, split.labels)
+        }
+    };
     let per_class_accuracy = sums
         .confusion
         .iter()

@@ -31,6 +31,7 @@ fn meta(model: &Mlp, fingerprint: &str) -> CheckpointMeta {
         device: "cpu".into(),
         regime: Default::default(),
         input: None,
+        cnn: None,
     }
 }
 

@@ -15,6 +15,7 @@ mod adam;
 mod augment;
 mod autoencoder;
 pub mod conv;
+pub mod convnet;
 pub mod device;
 mod eval;
 mod grads;

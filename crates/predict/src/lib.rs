@@ -17,7 +17,7 @@ mod decode;
 pub use decode::{image_input, Decoded, MAX_IMAGE_BYTES, MAX_SIDE};
 
 use anyhow::{bail, Result};
-use layerwise_core::checkpoint::{load_checkpoint, CheckpointMeta, Mlp};
+use layerwise_core::checkpoint::{load_network, CheckpointMeta, Network};
 use layerwise_core::input::InputContract;
 use std::path::{Path, PathBuf};
 
@@ -46,8 +46,8 @@ pub struct Prediction {
 
 /// A model ready to predict: its layers and its input contract.
 pub struct Model {
-    /// The network.
-    pub mlp: Mlp,
+    /// The network (an MLP or a convolutional network).
+    pub network: Network,
     /// Its checkpoint's metadata.
     pub meta: CheckpointMeta,
     /// How it wants its input.
@@ -58,24 +58,33 @@ impl Model {
     /// Load a checkpoint; its input contract comes from the checkpoint, or (for one
     /// written before checkpoints recorded it) from `data`, the dataset it was trained on.
     pub fn load(path: &Path, data: Option<&Path>) -> Result<Model> {
-        let (mlp, meta) = load_checkpoint(path)?;
+        let (network, meta) = load_network(path)?;
         let contract = meta.input_contract(path, data)?;
-        Ok(Model { mlp, meta, contract })
+        Ok(Model { network, meta, contract })
     }
 
     /// Class probabilities of `rows` input rows (`rows × input_size`), through the host
-    /// kernels `layerwise-evaluate` uses, in chunks of [`layerwise_nn::CHUNK`] rows.
+    /// kernels `layerwise-evaluate` uses, in chunks.
     pub fn probabilities(&self, inputs: &[f32], rows: usize) -> Vec<Vec<f64>> {
         let mut out = Vec::with_capacity(rows);
-        let classes = self.mlp.head.outputs;
-        layerwise_nn::host::forward_chunks(
-            &self.mlp.hidden,
-            Some(&self.mlp.head),
-            inputs,
-            rows,
-            layerwise_nn::CHUNK,
-            |_, logits| out.extend(logits.chunks_exact(classes).map(softmax)),
-        );
+        match &self.network {
+            Network::Mlp(mlp) => {
+                let classes = mlp.head.outputs;
+                layerwise_nn::host::forward_chunks(
+                    &mlp.hidden,
+                    Some(&mlp.head),
+                    inputs,
+                    rows,
+                    layerwise_nn::CHUNK,
+                    |_, logits| out.extend(logits.chunks_exact(classes).map(softmax)),
+                );
+            }
+            Network::Cnn(cnn) => {
+                let classes = cnn.head.linear.outputs;
+                layerwise_nn::convnet::ConvNet::from_cnn(cnn)
+                    .logits_chunks(inputs, rows, |_, logits| out.extend(logits.chunks_exact(classes).map(softmax)));
+            }
+        }
         out
     }
 }

@@ -4,7 +4,8 @@
 use crate::{train, Progress, TrainOptions};
 use anyhow::Result;
 use clap::Parser;
-use layerwise_core::config::{Augment, Decoder, HeadMode, LrSchedule, Objective, Regime, TrainConfig};
+use layerwise_core::cnn::StageSpec;
+use layerwise_core::config::{Augment, Decoder, HeadMode, LrSchedule, Objective, Optimizer, Regime, TrainConfig};
 use layerwise_core::pipeline::Pipeline;
 use layerwise_core::run::Phase;
 use layerwise_nn::device::DeviceKind;
@@ -56,7 +57,7 @@ pub struct Args {
     /// Decoupled weight decay (AdamW).
     #[arg(long)]
     weight_decay: Option<f64>,
-    /// constant or cosine.
+    /// constant, cosine, step or one-cycle.
     #[arg(long)]
     lr_schedule: Option<LrSchedule>,
     /// Epochs of linear learning-rate warm-up.
@@ -87,6 +88,31 @@ pub struct Args {
     /// epochs).
     #[arg(long)]
     probe_epochs: Option<usize>,
+    /// adam or sgd (SGD: convolutional networks).
+    #[arg(long)]
+    optimizer: Option<Optimizer>,
+    /// SGD's momentum, in [0, 1).
+    #[arg(long)]
+    momentum: Option<f64>,
+    /// SGD with Nesterov's momentum.
+    #[arg(long)]
+    nesterov: bool,
+    /// Label smoothing of the cross-entropy, in [0, 1) (convolutional networks).
+    #[arg(long)]
+    label_smoothing: Option<f64>,
+    /// `step` schedule: epochs between two steps.
+    #[arg(long)]
+    lr_step_epochs: Option<usize>,
+    /// `step` schedule: the factor of each step.
+    #[arg(long)]
+    lr_step_factor: Option<f64>,
+    /// A convolutional network's stages, e.g. 64,maxpool:128,128,maxpool:256 (OUT or
+    /// DOWNSAMPLE:OUT, downsample maxpool or psi); overrides the pipeline's [model].
+    #[arg(long, value_delimiter = ',')]
+    stages: Option<Vec<StageSpec>>,
+    /// Conv blocks in a convolutional network's auxiliary head (k − 1).
+    #[arg(long)]
+    head_convs: Option<usize>,
     /// grow (freeze --from, append a layer), finetune (train all of --from end to end; lr
     /// defaults to the pipeline's / 10) or scratch (a fresh network of --depth layers).
     #[arg(long, default_value = "grow")]
@@ -146,6 +172,20 @@ fn config(a: &Args) -> Result<TrainConfig> {
         corruption,
         decoder
     );
+    if a.nesterov {
+        c.nesterov = true;
+    }
+    set!(optimizer, momentum, label_smoothing, lr_step_epochs, lr_step_factor);
+    if a.stages.is_some() || a.head_convs.is_some() {
+        let mut spec = c.cnn.clone().unwrap_or_default();
+        if let Some(s) = a.stages.clone() {
+            spec.stages = s;
+        }
+        if let Some(h) = a.head_convs {
+            spec.head_convs = h;
+        }
+        c.cnn = Some(spec);
+    }
     c.validate()?;
     Ok(c)
 }

@@ -13,6 +13,7 @@
 #![deny(missing_docs)]
 
 pub mod cli;
+mod conv;
 mod inputs;
 mod outputs;
 mod plan;
@@ -103,6 +104,9 @@ pub fn train(opts: &TrainOptions) -> Result<TrainOutcome> {
     let started = Instant::now();
     let ds = Dataset::open(&opts.data)?;
     let cfg = &opts.config;
+    if let Some(spec) = &cfg.cnn {
+        return conv::train_cnn(opts, &ds, spec, started);
+    }
     let (parent, parent_sha) = match &opts.from {
         None => (None, None),
         Some(p) => {

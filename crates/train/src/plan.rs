@@ -190,6 +190,34 @@ pub(crate) fn check_memory(depth: usize, inputs: usize, width: usize, batch: usi
     Ok(())
 }
 
+/// Refuse a convolutional depth whose cached features (`cache` bytes, 0 when not cached)
+/// and batch (`batch_bytes`) would not fit in memory, naming what to change.
+pub(crate) fn fits_memory(depth: usize, cache: f64, batch_bytes: f64, batch: usize) -> Result<()> {
+    let gib = |b: f64| b / (1u64 << 30) as f64;
+    if let Some(avail) = memory_available() {
+        if cache + batch_bytes > avail {
+            let advice = if batch_bytes >= cache {
+                format!(
+                    "the batch of {batch} takes {:.1} GiB of it: use a smaller --batch-size (`batch_size`)",
+                    gib(batch_bytes)
+                )
+            } else {
+                format!(
+                    "the cached frozen features take {:.1} GiB of it: use fewer images (`data.limit_train`) or \
+                     augment = \"flip-crop\" (recomputed per batch, not cached)",
+                    gib(cache)
+                )
+            };
+            bail!(
+                "depth {depth} needs about {:.1} GiB of memory, but this machine has {:.1} GiB available; {advice}",
+                gib(cache + batch_bytes),
+                gib(avail)
+            );
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -58,6 +58,29 @@ pub enum Training {
         /// The probe, once begun.
         probe: Option<Supervised>,
     },
+    /// A convolutional network's stages and head.
+    Conv(ConvLoop),
+}
+
+/// Named tensors in the checkpoint's names and layouts.
+pub type Named = Vec<(String, Vec<f32>)>;
+
+/// A convolutional loop after `epoch` epochs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConvLoop {
+    /// Epochs finished.
+    pub epoch: usize,
+    /// Every tensor of the stages being trained and of the head (BatchNorm's running
+    /// statistics too).
+    pub tensors: Named,
+    /// The optimizer's step count.
+    pub optimizer_t: i32,
+    /// The optimizer's state per trained tensor (SGD: the momentum buffer, the second empty).
+    pub optimizer: layerwise_nn::Moments,
+    /// The history of the finished epochs.
+    pub epochs: Vec<EpochMetrics>,
+    /// The best epoch so far and its tensors, where the regime keeps them.
+    pub best: Option<(usize, f64, Named)>,
 }
 
 impl TrainState {
@@ -280,6 +303,7 @@ pub fn validate(st: &TrainState, ex: &Expect) -> Result<()> {
     let steps = |epoch: usize| (epoch as i64) * (ex.batches as i64);
     let (p, xp, probe) = match (&st.training, &ex.pretrain) {
         (Training::Supervised(s), None) => return supervised(s, ex),
+        (Training::Conv(_), _) => bail!("it holds a convolutional network's training, but this depth trains an MLP"),
         (Training::Autoencoder { .. }, None) => {
             bail!("it holds an autoencoder pretraining, but this depth trains with the labels only")
         }
@@ -342,6 +366,79 @@ fn supervised(st: &Supervised, ex: &Expect) -> Result<()> {
             bail!("its best epoch {} does not match its history", b.epoch);
         }
         network("its best epoch's weights", ex, &b.layers, &b.head)?;
+    }
+    Ok(())
+}
+
+/// What the state of a convolutional loop must hold: its epochs and batches, every tensor
+/// by name and size, and the optimizer's tensors (`second`: whether it keeps a second
+/// moment, as Adam does).
+pub struct ExpectConv {
+    /// Epochs.
+    pub epochs: usize,
+    /// Batches per epoch.
+    pub batches: usize,
+    /// Every saved tensor.
+    pub tensors: Vec<(String, usize)>,
+    /// The optimizer's tensors.
+    pub optimized: Vec<(String, usize)>,
+    /// Whether the optimizer keeps a second moment.
+    pub second: bool,
+}
+
+impl ExpectConv {
+    /// The most bytes such a state can take.
+    pub fn max_bytes(&self) -> u64 {
+        let sized =
+            |t: &[(String, usize)]| t.iter().map(|(n, v)| 3 * (n.len() as u64 + 16) + 4 * *v as u64).sum::<u64>();
+        2 * sized(&self.tensors) + 2 * sized(&self.optimized) + 128 * self.epochs as u64 + (1 << 20)
+    }
+}
+
+fn named(what: &str, found: &Named, expected: &[(String, usize)]) -> Result<()> {
+    if found.len() != expected.len() || found.iter().zip(expected).any(|((n, v), (en, es))| n != en || v.len() != *es) {
+        bail!("{what}: its tensors are not this network's");
+    }
+    for (n, v) in found {
+        finite(&format!("{what}: `{n}`"), v)?;
+    }
+    Ok(())
+}
+
+/// Check a convolutional loop's state against the network.
+pub fn validate_conv(st: &TrainState, ex: &ExpectConv) -> Result<()> {
+    let Training::Conv(c) = &st.training else {
+        bail!("it holds an MLP's training, but this depth trains a convolutional stage")
+    };
+    if c.epoch == 0 || c.epoch >= ex.epochs {
+        bail!("epoch {} is outside 1..{} (a state is kept between epochs only)", c.epoch, ex.epochs);
+    }
+    if c.epochs.len() != c.epoch || c.epochs.iter().enumerate().any(|(i, e)| e.epoch != i + 1 || !metrics_in_range(e)) {
+        bail!("its history does not hold epochs 1..={} in range", c.epoch);
+    }
+    named("its weights", &c.tensors, &ex.tensors)?;
+    if i64::from(c.optimizer_t) != c.epoch as i64 * ex.batches as i64 {
+        bail!("the optimizer's step count is {}, {} epochs make {}", c.optimizer_t, c.epoch, c.epoch * ex.batches);
+    }
+    if c.optimizer.len() != ex.optimized.len() {
+        bail!("optimizer state of {} tensors, the network trains {}", c.optimizer.len(), ex.optimized.len());
+    }
+    for ((n, m, v), (en, size)) in c.optimizer.iter().zip(&ex.optimized) {
+        let v_size = if ex.second { *size } else { 0 };
+        if n != en || m.len() != *size || v.len() != v_size {
+            bail!("the optimizer's state of `{n}` does not fit `{en}`");
+        }
+        finite(&format!("the optimizer's `{n}`"), m)?;
+        finite(&format!("the optimizer's `{n}`"), v)?;
+        if v.iter().any(|&x| x < 0.0) {
+            bail!("the optimizer's second moment of `{n}` is negative");
+        }
+    }
+    if let Some((epoch, acc, tensors)) = &c.best {
+        if c.epochs.get(epoch.wrapping_sub(1)).map(|e| e.val_accuracy) != Some(*acc) {
+            bail!("its best epoch {epoch} does not match its history");
+        }
+        named("its best epoch's weights", tensors, &ex.tensors)?;
     }
     Ok(())
 }

@@ -1,0 +1,181 @@
+//! The convolutional network's host kernels against direct loops, and every trainable
+//! tensor's gradient against central finite differences (failing when a gradient is
+//! doubled).
+
+use layerwise_core::cnn::{Cnn, CnnHead, ConvStage, Downsample};
+use layerwise_nn::convnet::*;
+use rand::{Rng, SeedableRng};
+
+fn random(n: usize, seed: u64) -> Vec<f32> {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    (0..n).map(|_| rng.gen_range(-1.0f32..1.0)).collect()
+}
+
+/// A direct 3 × 3, padding-1 convolution of one CHW image with a `[out, in, 3, 3]` weight.
+fn direct_conv(x: &[f32], [c, h, w]: [usize; 3], weight: &[f32], out: usize) -> Vec<f32> {
+    let mut y = vec![0f32; out * h * w];
+    for o in 0..out {
+        for yy in 0..h {
+            for xx in 0..w {
+                let mut s = 0f32;
+                for ci in 0..c {
+                    for dy in 0..3 {
+                        for dx in 0..3 {
+                            let (sy, sx) = (yy as isize + dy as isize - 1, xx as isize + dx as isize - 1);
+                            if sy >= 0 && sy < h as isize && sx >= 0 && sx < w as isize {
+                                s += x[(ci * h + sy as usize) * w + sx as usize]
+                                    * weight[((o * c + ci) * 3 + dy) * 3 + dx];
+                            }
+                        }
+                    }
+                }
+                y[(o * h + yy) * w + xx] = s;
+            }
+        }
+    }
+    y
+}
+
+#[test]
+fn the_convolution_is_the_direct_loop_and_psi_is_pixel_unshuffle() {
+    let (c, h, w, out, n) = (3, 6, 4, 5, 2);
+    let x = random(n * c * h * w, 1);
+    let weight = random(out * c * 9, 2);
+    let nhwc = chw_to_nhwc(&x, n, [c, h, w]);
+    let s = Nhwc { n, h, w, c };
+    let mut cols = vec![0f32; s.rows() * 9 * c];
+    im2col(&nhwc, s, &mut cols);
+    let wk = wk_from_torch(&weight, c, out);
+    assert_eq!(wk_to_torch(&wk, c, out), weight);
+    let mut y = vec![0f32; s.rows() * out];
+    layerwise_nn::host::matmul(
+        &mut y,
+        layerwise_nn::host::View::rows(&cols, s.rows(), 9 * c),
+        layerwise_nn::host::View::rows(&wk, 9 * c, out),
+        false,
+    );
+    for img in 0..n {
+        let expect = direct_conv(&x[img * c * h * w..][..c * h * w], [c, h, w], &weight, out);
+        for o in 0..out {
+            for p in 0..h * w {
+                let got = y[(img * h * w + p) * out + o];
+                assert!((got - expect[o * h * w + p]).abs() < 1e-5, "image {img} channel {o} pixel {p}");
+            }
+        }
+    }
+    // psi: output channel 4c + 2dy + dx at (y, x) is input channel c at (2y+dy, 2x+dx).
+    let (p, ps, _) = downsample(&nhwc, s, Downsample::Psi);
+    assert_eq!((ps.c, ps.h, ps.w), (4 * c, h / 2, w / 2));
+    for img in 0..n {
+        for ch in 0..c {
+            for q in 0..4 {
+                let (dy, dx) = (q / 2, q % 2);
+                let (yy, xx) = (1, 1);
+                let got = p[((img * ps.h + yy) * ps.w + xx) * ps.c + 4 * ch + q];
+                assert_eq!(got, x[((img * c + ch) * h + 2 * yy + dy) * w + 2 * xx + dx]);
+            }
+        }
+    }
+    // Its backward is its inverse; max-pooling's routes each gradient to its maximum.
+    assert_eq!(downsample_backward(&p, s, Downsample::Psi, &[]), nhwc);
+    let (m, ms, arg) = downsample(&nhwc, s, Downsample::Maxpool);
+    let back = downsample_backward(&m, s, Downsample::Maxpool, &arg);
+    assert_eq!(back.iter().filter(|v| **v != 0.0).count(), ms.len());
+    assert!((back.iter().sum::<f32>() - m.iter().sum::<f32>()).abs() < 1e-4);
+}
+
+/// A small network: psi, a conv; max-pooling, a conv; a conv; a head conv; classes 3.
+fn small_net() -> ConvNet {
+    let input = [2, 8, 8];
+    let specs = [(Downsample::Psi, 8, 5), (Downsample::Maxpool, 5, 6), (Downsample::None, 6, 4)];
+    let stages = specs
+        .iter()
+        .enumerate()
+        .map(|(i, &(d, cin, cout))| {
+            let mut conv = new_block(cin, cout, 10 + i as u64);
+            conv.bn.weight = random(cout, 20 + i as u64).iter().map(|v| 1.0 + 0.3 * v).collect();
+            conv.bn.bias = random(cout, 30 + i as u64).iter().map(|v| 0.2 * v).collect();
+            ConvStage { downsample: d, conv }
+        })
+        .collect();
+    let cnn = Cnn { input, stages, head: CnnHead { convs: vec![new_block(4, 4, 40)], linear: new_linear(16, 3, 41) } };
+    ConvNet::from_cnn(&cnn)
+}
+
+fn trainer(net: ConvNet, first: usize) -> ConvTrainer {
+    ConvTrainer::new(
+        net,
+        first,
+        ConvSettings {
+            optimizer: ConvOptimizer::Sgd(Sgd::new(0.1, 0.9, false)),
+            weight_decay: 0.0,
+            label_smoothing: 0.1,
+        },
+    )
+}
+
+/// Every trainable tensor's gradient (a sample of its entries) against central finite
+/// differences of the training-mode loss; `scale` multiplies the analytic gradient.
+fn gradients_match(first: usize, scale: f32) -> Result<(), String> {
+    let net = small_net();
+    let n = 6;
+    let images = random(n * 2 * 8 * 8, 3);
+    let labels: Vec<u8> = (0..n).map(|i| (i % 3) as u8).collect();
+    let (x, s) = net.prefix_features(&images, n, first);
+    let mut t = trainer(net.clone(), first);
+    let names = t.trainable_names();
+    let (_, grads) = t.gradients(&x, s, &labels);
+    assert_eq!(grads.len(), names.len());
+    let loss_with = |k: usize, i: usize, delta: f32| -> f64 {
+        let mut t = trainer(net.clone(), first);
+        t.net.trainable_mut(first)[k][i] += delta;
+        t.gradients(&x, s, &labels).0 as f64
+    };
+    let mut errors = Vec::new();
+    for (k, name) in names.iter().enumerate() {
+        let len = grads[k].len();
+        for i in [0, len / 3, len / 2, len - 1] {
+            // Small: with larger steps ReLU and max-pooling kinks are crossed.
+            let eps = 3e-4f32;
+            let numeric = (loss_with(k, i, eps) - loss_with(k, i, -eps)) / (2.0 * eps as f64);
+            let analytic = (grads[k][i] * scale) as f64;
+            if (numeric - analytic).abs() > 1.5e-3 + 0.05 * numeric.abs() {
+                errors.push(format!("{name}[{i}]: analytic {analytic:.6}, numeric {numeric:.6}"));
+            }
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors.join("\n"))
+    }
+}
+
+#[test]
+fn every_gradient_matches_finite_differences_and_a_doubled_one_does_not() {
+    // End to end (finetune, scratch) and with the first stage frozen (grow).
+    gradients_match(0, 1.0).unwrap();
+    gradients_match(1, 1.0).unwrap();
+    assert!(gradients_match(0, 2.0).is_err(), "a doubled gradient must fail the check");
+}
+
+#[test]
+fn the_network_round_trips_and_inference_uses_the_running_statistics() {
+    let net = small_net();
+    assert_eq!(ConvNet::from_cnn(&net.to_cnn()), net);
+    let n = 4;
+    let images = random(n * 2 * 8 * 8, 5);
+    let labels = vec![0u8, 1, 2, 0];
+    let before = net.evaluate(&images, &labels);
+    // A training step moves the running statistics; inference then differs.
+    let (x, s) = net.prefix_features(&images, n, 0);
+    let mut t = trainer(net.clone(), 0);
+    t.step(&x, s, &labels, 0.0).unwrap();
+    assert_ne!(t.net.stages[0].1.mean, net.stages[0].1.mean);
+    assert_eq!(t.net.stages[0].1.wk, net.stages[0].1.wk, "lr 0 leaves the weights");
+    let after = t.net.evaluate(&images, &labels);
+    assert_ne!(before.loss(), after.loss());
+    // Evaluating from cached features is evaluating from the images.
+    let (f, fs) = net.prefix_features(&images, n, 2);
+    assert!((net.evaluate_features(&f, fs, &labels, 2).loss() - before.loss()).abs() < 1e-6);
+}

@@ -1,0 +1,485 @@
+//! Convolutional stages (`[model] kind = "cnn"`): the regimes for a network of conv
+//! stages with an auxiliary head. `grow` loads the parent, freezes its stages (BatchNorm in
+//! inference mode), appends the next stage of the stage list and a fresh head, and trains
+//! those; `finetune` trains every stage and the head; `scratch` a fresh network of
+//! `--depth` stages. The frozen stages' output is computed once and cached when
+//! augmentation is off and it fits in memory, else recomputed for every batch.
+
+use super::*;
+use layerwise_core::checkpoint::{
+    cnn_checkpoint_bytes, head_conv_name, load_cnn, stage_name, CnnMeta, CNN_CHECKPOINT_VERSION,
+};
+use layerwise_core::cnn::{Cnn, CnnHead, CnnSpec, ConvStage, HEAD_POOL};
+use layerwise_core::config::Optimizer;
+use layerwise_nn::convnet::{self, ConvNet, ConvOptimizer, ConvSettings, ConvTrainer, Nhwc};
+
+/// A convolutional run's network: what it starts from, and the first stage it trains.
+struct ConvPlan {
+    depth: usize,
+    net: Cnn,
+    first: usize,
+    parent_sha: Option<String>,
+}
+
+/// Shuffle stream of convolutional loops (per regime, as the MLP loops).
+const CONV_STREAM: u64 = 11_000;
+
+fn plan(opts: &TrainOptions, ds: &Dataset, spec: &CnnSpec) -> Result<ConvPlan> {
+    let cfg = &opts.config;
+    let image = ds.meta.image_shape;
+    let shapes = spec.conv_inputs(image).context("the pipeline's [model] stages do not fit the dataset's images")?;
+    let classes = ds.meta.num_classes();
+    let fresh_head = |channels: usize, depth: usize| CnnHead {
+        convs: (0..spec.head_convs)
+            .map(|j| convnet::new_block(channels, channels, mix_seed(cfg.seed, &[depth as u64, 300 + j as u64])))
+            .collect(),
+        linear: convnet::new_linear(
+            channels * HEAD_POOL * HEAD_POOL,
+            classes,
+            mix_seed(cfg.seed, &[depth as u64, 399]),
+        ),
+    };
+    let stage = |i: usize, seed: u64| ConvStage {
+        downsample: spec.stages[i].downsample,
+        conv: convnet::new_block(shapes[i][0], spec.stages[i].out, seed),
+    };
+    let parent = match &opts.from {
+        None => None,
+        Some(p) => {
+            let (model, meta) = load_cnn(p)?;
+            meta.check_dataset(p, &ds.meta, &opts.data)?;
+            Some((model, hash::sha256_file(p)?, p))
+        }
+    };
+    if opts.depth.is_some() && opts.regime != Regime::Scratch {
+        bail!("--depth sets the size of a `scratch` network; `{}` takes its depth from --from", opts.regime.name());
+    }
+    let too_deep = |depth: usize| {
+        anyhow::anyhow!(
+            "depth {depth} needs stage {depth} of the stage list, but `model.stages` lists {}: list more stages",
+            layerwise_core::plural(spec.stages.len(), "stage")
+        )
+    };
+    match (opts.regime, parent) {
+        (Regime::Grow, None) => Ok(ConvPlan {
+            depth: 1,
+            net: Cnn {
+                input: image,
+                stages: vec![stage(0, mix_seed(cfg.seed, &[1, 200]))],
+                head: fresh_head(spec.stages[0].out, 1),
+            },
+            first: 0,
+            parent_sha: None,
+        }),
+        (Regime::Grow, Some((model, sha, path))) => {
+            let depth = model.depth() + 1;
+            if depth > spec.stages.len() {
+                return Err(too_deep(depth));
+            }
+            let have = model.spec().stages;
+            if have[..] != spec.stages[..depth - 1] {
+                bail!(
+                    "{} has the stages {}, but the stage list begins {}: grow it with the stage list it was trained \
+                     with",
+                    path.display(),
+                    list(&have),
+                    list(&spec.stages[..depth - 1])
+                );
+            }
+            let mut stages = model.stages;
+            stages.push(stage(depth - 1, mix_seed(cfg.seed, &[depth as u64, 200])));
+            Ok(ConvPlan {
+                depth,
+                net: Cnn { input: image, stages, head: fresh_head(spec.stages[depth - 1].out, depth) },
+                first: depth - 1,
+                parent_sha: Some(sha),
+            })
+        }
+        (Regime::Finetune, Some((model, sha, _))) => {
+            Ok(ConvPlan { depth: model.depth(), net: model, first: 0, parent_sha: Some(sha) })
+        }
+        (Regime::Finetune, None) => bail!("--regime finetune trains a checkpoint end to end: give it with --from"),
+        (Regime::Scratch, Some(_)) => {
+            bail!("--regime scratch trains a fresh network: drop --from (and give its size with --depth)")
+        }
+        (Regime::Scratch, None) => {
+            let depth = opts.depth.unwrap_or(1);
+            if depth == 0 {
+                bail!("--depth must be at least 1");
+            }
+            if depth > spec.stages.len() {
+                return Err(too_deep(depth));
+            }
+            let stages = (0..depth).map(|i| stage(i, mix_seed(cfg.seed, &[depth as u64, 500 + i as u64]))).collect();
+            Ok(ConvPlan {
+                depth,
+                net: Cnn { input: image, stages, head: fresh_head(spec.stages[depth - 1].out, depth) },
+                first: 0,
+                parent_sha: None,
+            })
+        }
+    }
+}
+
+fn list(stages: &[layerwise_core::cnn::StageSpec]) -> String {
+    format!("[{}]", stages.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(", "))
+}
+
+/// Every tensor of stages `first..` and the head, in the checkpoint's names and layouts.
+fn tensors(net: &Cnn, first: usize) -> state::Named {
+    let mut out = Vec::new();
+    let block = |out: &mut state::Named, prefix: String, b: &layerwise_core::cnn::ConvBlock| {
+        out.push((format!("{prefix}.conv.weight"), b.weight.clone()));
+        for (suffix, v) in b.bn.tensors() {
+            out.push((format!("{prefix}.bn.{suffix}"), v.to_vec()));
+        }
+    };
+    for (i, s) in net.stages.iter().enumerate().skip(first) {
+        block(&mut out, stage_name(i), &s.conv);
+    }
+    for (j, b) in net.head.convs.iter().enumerate() {
+        block(&mut out, head_conv_name(j), b);
+    }
+    out.push(("head.linear.weight".into(), net.head.linear.weight.clone()));
+    out.push(("head.linear.bias".into(), net.head.linear.bias.clone()));
+    out
+}
+
+/// `net` with stages `first..` and the head set from saved `tensors` (as [`tensors`]
+/// lists them; checked to fit before).
+fn with_tensors(net: &Cnn, first: usize, saved: &state::Named) -> Cnn {
+    let mut net = net.clone();
+    let mut it = saved.iter().map(|(_, v)| v.clone());
+    let mut next = || it.next().unwrap_or_default();
+    let blocks = net.stages.iter_mut().skip(first).map(|s| &mut s.conv).chain(net.head.convs.iter_mut());
+    for b in blocks {
+        b.weight = next();
+        b.bn.weight = next();
+        b.bn.bias = next();
+        b.bn.running_mean = next();
+        b.bn.running_var = next();
+    }
+    net.head.linear.weight = next();
+    net.head.linear.bias = next();
+    net
+}
+
+fn sizes(named: &state::Named) -> Vec<(String, usize)> {
+    named.iter().map(|(n, v)| (n.clone(), v.len())).collect()
+}
+
+/// Train one convolutional depth (or fine-tune one, or a network from scratch) and write
+/// its checkpoint (version 2) and history.
+pub(crate) fn train_cnn(opts: &TrainOptions, ds: &Dataset, spec: &CnnSpec, started: Instant) -> Result<TrainOutcome> {
+    let cfg = &opts.config;
+    if opts.device != DeviceKind::Cpu {
+        bail!(
+            "convolutional stages train on the CPU so far (their CUDA path is not built yet): use --device cpu \
+             (`device = \"cpu\"`)"
+        );
+    }
+    let p = plan(opts, ds, spec)?;
+    let (depth, first) = (p.depth, p.first);
+    let say = |text: &str| {
+        if opts.progress != Progress::Quiet {
+            layerwise_core::progress::println(&format!("depth {depth}: {text}"));
+        }
+    };
+    let state_key = state::state_key(&serde_json::json!({
+        "config": cfg,
+        "dataset": ds.meta.fingerprint,
+        "parent": p.parent_sha,
+        "depth": depth,
+        "device": opts.device.name(),
+        "regime": opts.regime.name(),
+    }));
+    let n = ds.meta.split_sizes.train;
+    if n == 0 {
+        bail!("{}: the train split is empty", ds.path().display());
+    }
+    let bs = cfg.batch_size.min(n);
+    let batches = n.div_ceil(bs);
+    let total_epochs = cfg.epochs;
+    let host = ConvNet::from_cnn(&p.net);
+    // The frozen stages' output: cached (train and validation) when the images do not
+    // change per batch and it fits; else recomputed per batch from the images.
+    let augment = cfg.augment == Augment::FlipCrop;
+    let shapes = spec.conv_inputs(ds.meta.image_shape)?;
+    let per_image: usize = shapes[first].iter().product();
+    let cache_bytes = 4.0 * per_image as f64 * (n + ds.meta.split_sizes.val) as f64;
+    let batch_bytes = batch_memory(&p.net, &shapes, first, bs);
+    plan::fits_memory(depth, cache_bytes, batch_bytes, bs)?;
+    let cache = !augment;
+    if first > 0 && augment {
+        say(&format!(
+            "augmentation ({}) is on: the frozen stages' outputs are recomputed for every batch",
+            cfg.augment.name()
+        ));
+    }
+    let t_prefix = Instant::now();
+    let train_view = ds.split(Split::Train)?;
+    let val_view = ds.split(Split::Val)?;
+    let (val_x, val_s) = host.prefix_features(&val_view.images, val_view.len(), first);
+    let cached_train = cache.then(|| host.prefix_features(&train_view.images, n, first));
+    let mut prefix_rows = if first > 0 { val_view.len() + if cache { n } else { 0 } } else { 0 };
+    let mut prefix_seconds = t_prefix.elapsed().as_secs_f64();
+
+    // The optimizer, and a state an interrupted run of this command left.
+    let optimizer = || match cfg.optimizer {
+        Optimizer::Adam => ConvOptimizer::Adam(layerwise_nn::Adam::new(cfg.lr, cfg.beta1, cfg.beta2, cfg.epsilon)),
+        Optimizer::Sgd => ConvOptimizer::Sgd(convnet::Sgd::new(cfg.lr, cfg.momentum, cfg.nesterov)),
+    };
+    let settings = || ConvSettings {
+        optimizer: optimizer(),
+        weight_decay: cfg.weight_decay,
+        label_smoothing: cfg.label_smoothing,
+    };
+    let probe = ConvTrainer::new(host.clone(), first, settings());
+    let optimized: Vec<(String, usize)> = {
+        let mut net = host.clone();
+        probe.trainable_names().into_iter().zip(net.trainable_mut(first).into_iter().map(|t| t.len())).collect()
+    };
+    let expect = state::ExpectConv {
+        epochs: total_epochs,
+        batches,
+        tensors: sizes(&tensors(&p.net, first)),
+        optimized,
+        second: cfg.optimizer == Optimizer::Adam,
+    };
+    let state_path = opts.out.join(state::STATE_FILE);
+    let saved = match state::load(&state_path, &state_key, expect.max_bytes())
+        .and_then(|s| s.map(|st| state::validate_conv(&st, &expect).map(|()| st)).transpose())
+    {
+        Ok(Some(state::TrainState { training: state::Training::Conv(c), .. })) => Some(c),
+        Ok(_) => None,
+        Err(why) => {
+            say(&format!("not resuming ({why:#}); training from epoch 1"));
+            None
+        }
+    };
+    let resumed = saved.is_some();
+    let mut trainer = match &saved {
+        Some(c) => {
+            let mut t =
+                ConvTrainer::new(ConvNet::from_cnn(&with_tensors(&p.net, first, &c.tensors)), first, settings());
+            t.restore_optimizer(c.optimizer_t, c.optimizer.clone());
+            t
+        }
+        None => ConvTrainer::new(host.clone(), first, settings()),
+    };
+    let keep_best = opts.regime != Regime::Grow;
+    let (mut epochs, mut best, first_epoch) = match saved {
+        Some(c) => {
+            say(&format!(
+                "resuming at epoch {} of {total_epochs} from the state an interrupted run left ({})",
+                c.epoch + 1,
+                state_path.display()
+            ));
+            (c.epochs, c.best, c.epoch + 1)
+        }
+        None => (Vec::new(), None, 1),
+    };
+    let stream = CONV_STREAM
+        + match opts.regime {
+            Regime::Grow => 0,
+            Regime::Finetune => 2000,
+            Regime::Scratch => 4000,
+        };
+    let epoch_rng = |epoch: usize| {
+        rand_chacha::ChaCha8Rng::seed_from_u64(mix_seed(cfg.seed, &[depth as u64, stream + epoch as u64]))
+    };
+    let mut order: Vec<usize> = (0..n).collect();
+    for epoch in 1..first_epoch {
+        order.shuffle(&mut epoch_rng(epoch));
+    }
+    let labels_all = train_view.labels;
+    let dim = ds.meta.input_size();
+    let (feat_s, feat_len) = match &cached_train {
+        Some((_, s)) => (*s, s.len() / n.max(1)),
+        None => (val_s, per_image),
+    };
+    let mut bar = opts.progress.start(format!("depth {depth}"), total_epochs, batches);
+    let mut xb: Vec<f32> = Vec::new();
+    let mut images: Vec<f32> = Vec::new();
+    let mut yb: Vec<u8> = Vec::with_capacity(bs);
+    for epoch in first_epoch..=total_epochs {
+        let te = Instant::now();
+        order.shuffle(&mut epoch_rng(epoch));
+        for (b, chunk) in order.chunks(bs).enumerate() {
+            let lr = cfg.lr_at((epoch - 1) * batches + b, total_epochs * batches, batches);
+            yb.clear();
+            yb.extend(chunk.iter().map(|&i| labels_all[i]));
+            let m = chunk.len();
+            let loss = match &cached_train {
+                Some((x, _)) => {
+                    xb.clear();
+                    for &i in chunk {
+                        xb.extend_from_slice(&x[i * feat_len..(i + 1) * feat_len]);
+                    }
+                    trainer.step(&xb, Nhwc { n: m, ..feat_s }, &yb, lr)?
+                }
+                None => {
+                    images.clear();
+                    for &i in chunk {
+                        images.extend_from_slice(&train_view.images[i * dim..(i + 1) * dim]);
+                    }
+                    if augment {
+                        let seed = mix_seed(cfg.seed, &[depth as u64, stream + epoch as u64, 1, b as u64]);
+                        layerwise_nn::flip_crop(&mut images, ds.meta.image_shape, 4, seed);
+                    }
+                    let t = Instant::now();
+                    let (x, s) = trainer.net.prefix_features(&images, m, first);
+                    prefix_seconds += t.elapsed().as_secs_f64();
+                    prefix_rows += if first > 0 { m } else { 0 };
+                    trainer.step(&x, s, &yb, lr)?
+                }
+            };
+            if !loss.is_finite() {
+                bail!(
+                    "depth {depth}: the loss became {loss} at epoch {epoch}, batch {} of {batches}: training diverged; \
+                     lower the learning rate (--lr) or check the dataset; no checkpoint was written",
+                    b + 1
+                );
+            }
+            bar.batch(b + 1, || {
+                let (l, a) = trainer.running();
+                format!("loss {l:.4} acc {a:.4}")
+            });
+        }
+        let sums = trainer.take_sums();
+        let val = trainer.net.evaluate_features(&val_x, val_s, val_view.labels, first);
+        let seconds = te.elapsed().as_secs_f64();
+        let m = EpochMetrics {
+            epoch,
+            train_loss: sums.loss(),
+            train_accuracy: sums.accuracy(),
+            val_loss: val.loss(),
+            val_accuracy: val.accuracy(),
+            seconds,
+            samples_per_second: n as f64 / seconds,
+        };
+        bar.epoch(&m);
+        let improved = keep_best && best.as_ref().is_none_or(|(_, acc, _)| m.val_accuracy > *acc);
+        let resumable = epoch < total_epochs;
+        let now = (improved || resumable).then(|| tensors(&trainer.net.to_cnn(), first));
+        if let (true, Some(t)) = (improved, &now) {
+            best = Some((epoch, m.val_accuracy, t.clone()));
+        }
+        epochs.push(m);
+        if let (true, Some(t)) = (resumable, now) {
+            let (optimizer_t, optimizer) = trainer.optimizer_state();
+            let training = state::Training::Conv(state::ConvLoop {
+                epoch,
+                tensors: t,
+                optimizer_t,
+                optimizer,
+                epochs: epochs.clone(),
+                best: best.clone(),
+            });
+            state::save(&state_path, &state::TrainState::new(&state_key, training))?;
+            resume::stop_if_asked(epoch, "epoch")?;
+        }
+    }
+    bar.finish();
+    let trained = trainer.net.to_cnn();
+    let (model, best_epoch) = match best {
+        Some((e, _, t)) if keep_best => (with_tensors(&p.net, first, &t), Some(e)),
+        _ => (trained, None),
+    };
+    write(opts, ds, &p, model, epochs, best_epoch, (prefix_rows, prefix_seconds, resumed), started)
+}
+
+/// Bytes one training batch takes, roughly: per trained block its patches, its
+/// convolution's output, BatchNorm's and ReLU's, and their gradients.
+fn batch_memory(net: &Cnn, shapes: &[[usize; 3]], first: usize, batch: usize) -> f64 {
+    let mut total = 0.0;
+    for (s, [c, h, w]) in net.stages.iter().zip(shapes).skip(first) {
+        let px = (batch * h * w) as f64;
+        total += 4.0 * px * (2.0 * 9.0 * *c as f64 + 5.0 * s.conv.outputs as f64);
+    }
+    total
+}
+
+#[allow(clippy::too_many_arguments)]
+fn write(
+    opts: &TrainOptions,
+    ds: &Dataset,
+    p: &ConvPlan,
+    model: Cnn,
+    epochs: Vec<EpochMetrics>,
+    best_epoch: Option<usize>,
+    (prefix_rows, prefix_seconds, resumed): (usize, f64, bool),
+    started: Instant,
+) -> Result<TrainOutcome> {
+    let cfg = &opts.config;
+    let first = p.first;
+    let frozen: Vec<String> = (0..first).map(stage_name).collect();
+    let mut trained: Vec<String> = (first..model.depth()).map(stage_name).collect();
+    trained.push("head".into());
+    let trained_tensors: Vec<String> = {
+        let mut names = Vec::new();
+        for i in first..model.depth() {
+            let s = stage_name(i);
+            names.extend([format!("{s}.conv.weight"), format!("{s}.bn.weight"), format!("{s}.bn.bias")]);
+        }
+        for j in 0..model.head.convs.len() {
+            let s = head_conv_name(j);
+            names.extend([format!("{s}.conv.weight"), format!("{s}.bn.weight"), format!("{s}.bn.bias")]);
+        }
+        names.extend(["head.linear.weight".to_string(), "head.linear.bias".to_string()]);
+        names
+    };
+    let trainable_params = model.stages[first..].iter().map(|s| s.conv.num_params()).sum::<usize>()
+        + model.head.convs.iter().map(|b| b.num_params()).sum::<usize>()
+        + model.head.linear.num_params();
+    let meta = CheckpointMeta {
+        version: CNN_CHECKPOINT_VERSION,
+        depth: model.depth(),
+        input_size: model.input_size(),
+        widths: model.widths(),
+        activation: "relu".into(),
+        classes: ds.meta.classes.clone(),
+        frozen,
+        trained,
+        trainable_params,
+        dataset_fingerprint: ds.meta.fingerprint.clone(),
+        dataset_name: ds.meta.name.clone(),
+        parent_sha256: p.parent_sha.clone(),
+        config: cfg.clone(),
+        device: opts.device.name().into(),
+        regime: opts.regime,
+        input: Some(layerwise_core::input::InputContract::of_dataset(&ds.meta)),
+        cnn: Some(CnnMeta::of(&model)),
+    };
+    let bytes = cnn_checkpoint_bytes(&model, &meta)?;
+    let checkpoint_sha = hash::sha256_hex(&bytes);
+    // A convolutional depth leaves no features file: the next depth recomputes the frozen
+    // stages from the images.
+    let _ = std::fs::remove_file(opts.out.join(FEATURES_FILE));
+    let history = TrainHistory {
+        schema: TRAIN_SCHEMA.into(),
+        version: TRAIN_VERSION,
+        depth: p.depth,
+        checkpoint_sha256: checkpoint_sha,
+        dataset_fingerprint: ds.meta.fingerprint.clone(),
+        trainable_params,
+        total_params: model.num_params(),
+        frozen_features_seconds: prefix_seconds,
+        seconds: started.elapsed().as_secs_f64(),
+        device: opts.device.name().into(),
+        host: layerwise_core::metrics::host_name(),
+        slurm_job_id: std::env::var("SLURM_JOB_ID").ok(),
+        regime: opts.regime,
+        trained_tensors,
+        best_epoch,
+        pretraining: Vec::new(),
+        epochs,
+        content_sha256: None,
+    }
+    .sealed()?;
+    let checkpoint = opts.out.join(MODEL_FILE);
+    atomic::write_json_atomic(&opts.out.join(HISTORY_FILE), &history)?;
+    atomic::write_bytes_atomic(&checkpoint, &bytes)?;
+    let _ = std::fs::remove_file(opts.out.join(state::STATE_FILE));
+    Ok(TrainOutcome { checkpoint, meta, history, prefix_rows, resumed })
+}
