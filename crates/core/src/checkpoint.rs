@@ -29,25 +29,7 @@ pub const CHECKPOINT_VERSION: u32 = 1;
 /// Version of [`CheckpointMeta`] for a convolutional network (it has [`CheckpointMeta::cnn`]).
 pub const CNN_CHECKPOINT_VERSION: u32 = 2;
 
-/// A dense layer, `y = x Wᵀ + b`, weight stored row-major `[out, in]`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Dense {
-    /// Inputs.
-    pub inputs: usize,
-    /// Outputs.
-    pub outputs: usize,
-    /// `[outputs * inputs]`, row-major `[out, in]`.
-    pub weight: Vec<f32>,
-    /// `[outputs]`.
-    pub bias: Vec<f32>,
-}
-
-impl Dense {
-    /// Parameters (weights and biases).
-    pub fn num_params(&self) -> usize {
-        self.weight.len() + self.bias.len()
-    }
-}
+pub use crate::dense::Dense;
 
 /// A multi-layer perceptron: ReLU hidden layers, then a linear head (softmax in the loss).
 #[derive(Debug, Clone, PartialEq)]

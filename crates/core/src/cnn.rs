@@ -10,7 +10,7 @@
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::Dense;
+use crate::dense::Dense;
 
 named_enum!(Downsample, "downsample", { None => "none", Maxpool => "maxpool", Psi => "psi" });
 
@@ -100,13 +100,13 @@ impl CnnSpec {
         if self.stages.is_empty() {
             bail!("invalid setting `model.stages`: a convolutional network needs at least one stage");
         }
-        crate::config::check_limit("model.stages", self.stages.len(), crate::config::MAX_DEPTH)?;
-        crate::config::check_limit("model.head_convs", self.head_convs, MAX_HEAD_CONVS)?;
+        crate::limits::check_limit("model.stages", self.stages.len(), crate::limits::MAX_DEPTH)?;
+        crate::limits::check_limit("model.head_convs", self.head_convs, MAX_HEAD_CONVS)?;
         for (i, s) in self.stages.iter().enumerate() {
             if s.out == 0 {
                 bail!("invalid setting `model.stages`: stage {} has `out = 0`; it must be at least 1", i + 1);
             }
-            crate::config::check_limit(&format!("model.stages[{i}].out"), s.out, MAX_CHANNELS)?;
+            crate::limits::check_limit(&format!("model.stages[{i}].out"), s.out, MAX_CHANNELS)?;
         }
         Ok(())
     }
@@ -284,6 +284,5 @@ mod tests {
         assert_eq!(spec.conv_inputs([3, 32, 32]).unwrap(), vec![[12, 16, 16], [16, 8, 8]]);
         let err = format!("{:#}", spec.conv_inputs([3, 31, 32]).unwrap_err());
         assert!(err.contains("stage 1") && err.contains("31×32"), "{err}");
-        crate::config::check_string_forms(Downsample::VARIANTS);
     }
 }

@@ -333,24 +333,7 @@ impl Default for TrainConfig {
     }
 }
 
-/// The most epochs a depth (or a probe, a fine-tuning, a baseline) may train: far past any
-/// recipe, and small enough that the per-epoch history is allocated without a thought.
-pub const MAX_EPOCHS: usize = 100_000;
-/// The largest batch.
-pub const MAX_BATCH_SIZE: usize = 1 << 20;
-/// The widest hidden layer.
-pub const MAX_WIDTH: usize = 1 << 20;
-/// The deepest network (greedy depths, a scratch network's layers).
-pub const MAX_DEPTH: usize = 1_000;
-
-/// `Err` naming `key` and the limit when `value` is above `max` (checked before anything
-/// is allocated for it).
-pub fn check_limit(key: &str, value: usize, max: usize) -> Result<()> {
-    if value > max {
-        bail!("invalid setting `{key}`: {value} is above the limit of {max}");
-    }
-    Ok(())
-}
+pub use crate::limits::{check_limit, MAX_BATCH_SIZE, MAX_DEPTH, MAX_EPOCHS, MAX_WIDTH};
 
 impl TrainConfig {
     /// Reject values that cannot train, naming the key; counts first, with their limits.
@@ -498,6 +481,7 @@ mod tests {
         check_string_forms(Decoder::VARIANTS);
         check_string_forms(Labels::VARIANTS);
         check_string_forms(Optimizer::VARIANTS);
+        check_string_forms(crate::cnn::Downsample::VARIANTS);
         assert_eq!(parse_size("32x24").unwrap(), (32, 24));
         assert!(parse_size("0x3").is_err() && parse_size("32").is_err() && parse_size("5000x2").is_err());
         let err = format!("{}", "thawed".parse::<HeadMode>().unwrap_err());
