@@ -227,15 +227,7 @@ pub fn safetensors_bytes_with_keys(
             bail!("internal: metadata key `{k}` given twice");
         }
     }
-    let slots: Vec<TensorSlot> = views
-        .iter()
-        .map(|(name, (dtype, shape, bytes))| TensorSlot {
-            name: name.clone(),
-            dtype: *dtype,
-            shape: shape.clone(),
-            bytes: bytes.len(),
-        })
-        .collect();
+    let slots = slots_of(&views);
     let (infos, order) = tensor_infos(&slots);
     let header =
         safetensors::tensor::Metadata::new(Some(md), infos).map_err(|e| anyhow!("cannot describe the tensors: {e}"))?;
@@ -249,6 +241,19 @@ pub fn safetensors_bytes_with_keys(
         out.extend_from_slice(&views[i].1 .2);
     }
     Ok(out)
+}
+
+/// The slot of each prepared tensor.
+fn slots_of(views: &Prepared<'_>) -> Vec<TensorSlot> {
+    views
+        .iter()
+        .map(|(name, (dtype, shape, bytes))| TensorSlot {
+            name: name.clone(),
+            dtype: *dtype,
+            shape: shape.clone(),
+            bytes: bytes.len(),
+        })
+        .collect()
 }
 
 /// Each slot's entry in the header, in the order the data follows (safetensors' own: by
@@ -310,15 +315,7 @@ pub fn write_safetensors(
     tensors: Vec<OutTensor<'_>>,
 ) -> Result<()> {
     let (_, views) = prepare_views(format, meta, tensors)?;
-    let slots: Vec<TensorSlot> = views
-        .iter()
-        .map(|(name, (dtype, shape, bytes))| TensorSlot {
-            name: name.clone(),
-            dtype: *dtype,
-            shape: shape.clone(),
-            bytes: bytes.len(),
-        })
-        .collect();
+    let slots = slots_of(&views);
     let (header, order) = header_for(format, meta, &slots)
         .with_context(|| format!("cannot describe the tensors of {}", path.display()))?;
     // Streamed through the project's own atomic writer (no second temp file of

@@ -98,15 +98,9 @@ fn plan(opts: &TrainOptions, ds: &Dataset, spec: &CnnSpec) -> Result<ConvPlan> {
         (Regime::Finetune, Some((model, sha, _))) => {
             Ok(ConvPlan { depth: model.depth(), net: model, first: 0, parent_sha: Some(sha) })
         }
-        (Regime::Finetune, None) => bail!("--regime finetune trains a checkpoint end to end: give it with --from"),
-        (Regime::Scratch, Some(_)) => {
-            bail!("--regime scratch trains a fresh network: drop --from (and give its size with --depth)")
-        }
+        (Regime::Finetune, None) | (Regime::Scratch, Some(_)) => Err(plan::wrong_from(opts.regime)),
         (Regime::Scratch, None) => {
-            let depth = opts.depth.unwrap_or(1);
-            if depth == 0 {
-                bail!("--depth must be at least 1");
-            }
+            let depth = plan::scratch_depth(opts)?;
             if depth > spec.stages.len() {
                 return Err(too_deep(depth));
             }
@@ -349,15 +343,7 @@ pub(crate) fn train_cnn(opts: &TrainOptions, ds: &Dataset, spec: &CnnSpec, start
         let sums = trainer.take_sums();
         let val = trainer.net.evaluate_features(&val_x, val_s, val_view.labels, first);
         let seconds = te.elapsed().as_secs_f64();
-        let m = EpochMetrics {
-            epoch,
-            train_loss: sums.loss(),
-            train_accuracy: sums.accuracy(),
-            val_loss: val.loss(),
-            val_accuracy: val.accuracy(),
-            seconds,
-            samples_per_second: n as f64 / seconds,
-        };
+        let m = epoch_metrics(epoch, &sums, &val, seconds, n);
         bar.epoch(&m);
         let improved = keep_best && best.as_ref().is_none_or(|(_, acc, _)| m.val_accuracy > *acc);
         let resumable = epoch < total_epochs;

@@ -178,6 +178,26 @@ fn decoder_name(i: usize) -> String {
     format!("decoder.{i}")
 }
 
+/// An epoch's line of the history: the training sums of its steps, the validation sums,
+/// its seconds, over `n` training images.
+fn epoch_metrics(
+    epoch: usize,
+    train: &layerwise_nn::EvalSums,
+    val: &layerwise_nn::EvalSums,
+    seconds: f64,
+    n: usize,
+) -> EpochMetrics {
+    EpochMetrics {
+        epoch,
+        train_loss: train.loss(),
+        train_accuracy: train.accuracy(),
+        val_loss: val.loss(),
+        val_accuracy: val.accuracy(),
+        seconds,
+        samples_per_second: n as f64 / seconds,
+    }
+}
+
 /// Shuffle streams: each loop shuffles (and draws its noise) with its own seeds.
 const GROW_STREAM: u64 = 1000;
 const FINETUNE_STREAM: u64 = 3000;

@@ -91,16 +91,9 @@ pub(crate) fn plan(opts: &TrainOptions, ds: &Dataset, parent: Option<&(Mlp, Chec
                 head_trains: true,
             })
         }
-        (Regime::Finetune, None) => bail!("--regime finetune trains a checkpoint end to end: give it with --from"),
-        (Regime::Scratch, Some(_)) => {
-            bail!("--regime scratch trains a fresh network: drop --from (and give its size with --depth)")
-        }
+        (Regime::Finetune, None) | (Regime::Scratch, Some(_)) => Err(wrong_from(opts.regime)),
         (Regime::Scratch, None) => {
-            let depth = opts.depth.unwrap_or(1);
-            if depth == 0 {
-                bail!("--depth must be at least 1");
-            }
-            layerwise_core::config::check_limit("depth", depth, layerwise_core::config::MAX_DEPTH)?;
+            let depth = scratch_depth(opts)?;
             let seed = |layer: u64| mix_seed(cfg.seed, &[depth as u64, 100 + layer]);
             // Layer i takes the previous layer's width (the images, first).
             let shapes: Vec<(usize, usize)> = (1..=depth)
@@ -127,6 +120,27 @@ pub(crate) fn plan(opts: &TrainOptions, ds: &Dataset, parent: Option<&(Mlp, Chec
             })
         }
     }
+}
+
+/// Why a regime cannot take (or cannot do without) `--from`.
+pub(crate) fn wrong_from(regime: Regime) -> anyhow::Error {
+    match regime {
+        Regime::Finetune => anyhow::anyhow!("--regime finetune trains a checkpoint end to end: give it with --from"),
+        Regime::Scratch => {
+            anyhow::anyhow!("--regime scratch trains a fresh network: drop --from (and give its size with --depth)")
+        }
+        Regime::Grow => anyhow::anyhow!("internal: --regime grow takes --from or not"),
+    }
+}
+
+/// The depth of a `scratch` network: `--depth`, 1 by default, within its limit.
+pub(crate) fn scratch_depth(opts: &TrainOptions) -> Result<usize> {
+    let depth = opts.depth.unwrap_or(1);
+    if depth == 0 {
+        bail!("--depth must be at least 1");
+    }
+    layerwise_core::config::check_limit("depth", depth, layerwise_core::config::MAX_DEPTH)?;
+    Ok(depth)
 }
 
 /// Bytes a layer's training needs, roughly: its weights six times over (parameters,

@@ -165,15 +165,7 @@ impl Run<'_> {
             }
             let val = net.evaluate(x_val, y_val);
             let seconds = te.elapsed().as_secs_f64();
-            let m = EpochMetrics {
-                epoch,
-                train_loss: sums.loss(),
-                train_accuracy: sums.accuracy(),
-                val_loss: val.loss(),
-                val_accuracy: val.accuracy(),
-                seconds,
-                samples_per_second: n as f64 / seconds,
-            };
+            let m = epoch_metrics(epoch, &sums, &val, seconds, n);
             bar.epoch(&m);
             // One copy of the weights to the host per epoch, for the best epoch and the state.
             let improved = keep_best && best.as_ref().is_none_or(|b| m.val_accuracy > b.val_accuracy);
