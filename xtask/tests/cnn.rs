@@ -66,6 +66,12 @@ fn the_cnn_smoke_pipeline_follows_the_interop_contract_and_numpy_reproduces_it()
     let (net, _) = load_cnn(&model(3)).unwrap();
     assert_eq!(net.head.linear.inputs, 16 * 4, "2×2 pooling of 16 channels, flattened");
 
+    // The report's axis is the stage, with each stage's block and its cost.
+    let report = std::fs::read_to_string(run_dir.join("report.md")).unwrap();
+    assert!(report.contains("## Results by stage") && report.contains("**Best stage: "), "{report}");
+    assert!(report.contains("| maxpool, 8→16 at 16×16 | 0.3 |"), "{report}");
+    assert!(std::fs::read_to_string(run_dir.join("accuracy.svg")).unwrap().contains("stage (conv blocks)"));
+
     // numpy, from the contract alone, gives evaluate's accuracy.
     let eval = Evaluation::read(&run_dir.join("depth-03/eval.json")).unwrap();
     let data = std::fs::read_dir(e.path("artifacts/datasets")).unwrap().next().unwrap().unwrap().path();

@@ -20,6 +20,21 @@ use layerwise_core::checkpoint::Dense;
 use layerwise_core::cnn::{BatchNorm, Cnn, CnnHead, ConvBlock, ConvStage, Downsample, BN_EPS, BN_MOMENTUM, HEAD_POOL};
 use rayon::prelude::*;
 
+/// Keep freed memory in the process instead of handing it back to the kernel (glibc's
+/// `mallopt`: no `mmap` for large blocks, no trimming). A training step allocates its
+/// patches and activations (tens of MB) afresh; returned to the kernel, every step's pages
+/// are faulted in and zeroed again, which took half the wall time of a stage epoch here
+/// (BENCHMARKS.md). Numerics are unchanged. Called once per process before training.
+pub fn keep_buffers_resident() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets allocator tunables; called before the buffers it affects.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_MAX, 0);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+        libc::mallopt(libc::M_TOP_PAD, 1 << 28);
+    }
+}
+
 /// The shape of an NHWC batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Nhwc {

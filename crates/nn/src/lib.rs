@@ -14,7 +14,6 @@
 mod adam;
 mod augment;
 mod autoencoder;
-pub mod conv;
 pub mod convnet;
 pub mod device;
 mod eval;

@@ -76,6 +76,12 @@ pub struct DepthRow {
     /// The autoencoder objective: the last pretraining epoch's reconstruction loss (train).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reconstruction_loss: Option<f64>,
+    /// A convolutional stage: what it is (`maxpool, 64→128 at 16×16`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub block: Option<String>,
+    /// A convolutional stage: its convolution's multiply-adds per image, in millions.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub block_mmacs: Option<f64>,
     /// The autoencoder objective: the last pretraining epoch's validation reconstruction loss.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub val_reconstruction_loss: Option<f64>,
@@ -92,6 +98,22 @@ pub struct BestModel {
     pub val_accuracy: f64,
     /// Its accuracy on the evaluated split (usually test), reported, never used to choose.
     pub test_accuracy: Option<f64>,
+}
+
+impl Summary {
+    /// Whether the run trained a convolutional network (its depths are stages).
+    pub fn is_cnn(&self) -> bool {
+        self.depths.iter().any(|r| r.block.is_some())
+    }
+
+    /// What a depth is called: `stage` or `depth`.
+    pub fn depth_word(&self) -> &'static str {
+        if self.is_cnn() {
+            "stage"
+        } else {
+            "depth"
+        }
+    }
 }
 
 /// A run, as the report sees it.
@@ -390,7 +412,23 @@ fn row(
         host: h.host.clone(),
         reconstruction_loss: h.pretraining.last().map(|e| e.reconstruction_loss),
         val_reconstruction_loss: h.pretraining.last().map(|e| e.val_reconstruction_loss),
+        block: conv_block(&meta, depth).map(|b| b.0),
+        block_mmacs: conv_block(&meta, depth).map(|b| b.1),
     })
+}
+
+/// A convolutional checkpoint's stage `depth`: what it is, and its convolution's
+/// multiply-adds per image in millions.
+fn conv_block(meta: &CheckpointMeta, depth: usize) -> Option<(String, f64)> {
+    let c = meta.cnn.as_ref()?;
+    let spec = layerwise_core::cnn::CnnSpec { stages: c.stages.clone(), head_convs: c.head.convs };
+    let [cin, h, w] = *spec.conv_inputs(c.image).ok()?.get(depth.checked_sub(1)?)?;
+    let s = c.stages.get(depth - 1)?;
+    let down = match s.downsample {
+        layerwise_core::cnn::Downsample::None => String::new(),
+        d => format!("{d}, "),
+    };
+    Some((format!("{down}{cin}→{} at {h}×{w}", s.out), (9 * cin * s.out * h * w) as f64 / 1e6))
 }
 
 /// Collect the run and write `report.md` (ending with the run's `notes.md`, if any),

@@ -117,7 +117,8 @@ pub(crate) fn render(s: &Summary, notes: Option<&str>) -> String {
     }
     let split = s.depths.iter().find_map(|r| r.eval_split.clone()).unwrap_or_else(|| "test".into());
     let tutorial = s.compares_with_tutorial();
-    let _ = writeln!(md, "## Results by depth\n");
+    let word = s.depth_word();
+    let _ = writeln!(md, "## Results by {word}\n");
     if !s.missing_depths.is_empty() {
         let list: Vec<String> = s.missing_depths.iter().map(|d| d.to_string()).collect();
         let _ = writeln!(
@@ -131,17 +132,21 @@ pub(crate) fn render(s: &Summary, notes: Option<&str>) -> String {
     for p in &s.problems {
         let _ = writeln!(md, "> **Warning:** {p}\n");
     }
-    let _ = write!(md, "| depth | train loss | train acc | val loss | val acc | {split} loss | {split} acc |");
+    let _ = write!(md, "| {word} | train loss | train acc | val loss | val acc | {split} loss | {split} acc |");
     if tutorial {
         md.push_str(" tutorial test acc | Δ |");
     }
     let hosts = s.depths.iter().any(|r| r.host.is_some());
+    let cnn = s.is_cnn();
+    if cnn {
+        md.push_str(" block | conv MMACs/image |");
+    }
     md.push_str(" trainable params | total params | trained | seconds |");
     if hosts {
         md.push_str(" host |");
     }
     md.push_str("\n|");
-    let cols = 12 + if tutorial { 2 } else { 0 } + usize::from(hosts) - 1;
+    let cols = 12 + if tutorial { 2 } else { 0 } + if cnn { 2 } else { 0 } + usize::from(hosts) - 1;
     md.push_str(&" ---: |".repeat(cols));
     md.push('\n');
     for r in &s.depths {
@@ -162,6 +167,14 @@ pub(crate) fn render(s: &Summary, notes: Option<&str>) -> String {
             let d = t.zip(r.eval_accuracy).map(|(t, a)| format!("{:+.4}", a - t)).unwrap_or("–".into());
             let _ = write!(md, " {} | {d} |", opt(t));
         }
+        if cnn {
+            let _ = write!(
+                md,
+                " {} | {} |",
+                r.block.as_deref().unwrap_or("–"),
+                r.block_mmacs.map_or("–".into(), |m| format!("{m:.1}"))
+            );
+        }
         let _ =
             write!(md, " {} | {} | {} | {:.1} |", r.trainable_params, r.total_params, r.trained.join(", "), r.seconds);
         if hosts {
@@ -173,15 +186,15 @@ pub(crate) fn render(s: &Summary, notes: Option<&str>) -> String {
     if let Some(b) = s.best() {
         let _ = writeln!(
             md,
-            "**Best depth: {}** by validation accuracy ({:.4}); its {split} accuracy is {}. \
-             The best depth is chosen on validation accuracy only, never on {split} accuracy.\n",
+            "**Best {word}: {}** by validation accuracy ({:.4}); its {split} accuracy is {}. \
+             The best {word} is chosen on validation accuracy only, never on {split} accuracy.\n",
             b.depth,
             b.val_accuracy,
             opt(b.eval_accuracy)
         );
     }
     if let Some((best, per_class)) = s.best().and_then(|b| Some((b.depth, b.eval_per_class.as_ref()?))) {
-        let _ = writeln!(md, "Per-class {split} accuracy at the best depth ({best}):\n");
+        let _ = writeln!(md, "Per-class {split} accuracy at the best {word} ({best}):\n");
         let _ = writeln!(md, "| {} |", per_class.iter().map(|(c, _)| c.as_str()).collect::<Vec<_>>().join(" | "));
         let _ = writeln!(md, "|{}", " ---: |".repeat(per_class.len()));
         let _ =
@@ -206,7 +219,7 @@ pub(crate) fn render(s: &Summary, notes: Option<&str>) -> String {
             md,
             "Total time: {:.1} s over {}.\n",
             s.total_seconds,
-            layerwise_core::plural(s.depths.len(), "depth")
+            layerwise_core::plural(s.depths.len(), word)
         );
     }
     let _ = writeln!(md, "![accuracy and loss by depth](accuracy.svg)\n");
@@ -234,7 +247,7 @@ fn compare(md: &mut String, s: &Summary, split: &str) {
     let _ = writeln!(
         md,
         "Each depth every way the run trained it (the layout of Bengio et al. 2007, Table 1): a network trained end \
-         to end from Glorot initialization (`[baseline]`); the greedy stack as its loop left it; the same stack \
+         to end from a fresh initialization (`[baseline]`); the greedy stack as its loop left it; the same stack \
          fine-tuned end to end (`[finetune]`, the epoch with the best validation accuracy kept). An autoencoder \
          stack before fine-tuning is scored by its probe, a softmax layer trained on the frozen features. Cells \
          are validation / {split} accuracy.\n"

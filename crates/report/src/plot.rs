@@ -29,12 +29,16 @@ const PALETTE: [RGBColor; 6] = [
     RGBColor(140, 86, 75),
 ];
 
+/// The x axis of an MLP's plots.
+const DEPTH_AXIS: &str = "depth (hidden layers)";
+
 fn draw(
     area: &DrawingArea<SVGBackend, plotters::coord::Shift>,
     title: &str,
     y_label: &str,
     series: &[Series],
     max_depth: usize,
+    x_label: &str,
     legend: SeriesLabelPosition,
 ) -> Result<()> {
     let err = |e: &dyn std::fmt::Display| anyhow!("cannot draw the plot: {e}");
@@ -52,7 +56,7 @@ fn draw(
         .map_err(|e| err(&e))?;
     chart
         .configure_mesh()
-        .x_desc("depth (hidden layers)")
+        .x_desc(x_label)
         .y_desc(y_label)
         .x_labels(max_depth.min(20))
         .x_label_formatter(&|x| format!("{}", x.round() as i64))
@@ -143,11 +147,12 @@ pub(crate) fn accuracy_svg(s: &Summary) -> Result<String> {
         }
         acc.retain(|s| !s.points.is_empty());
         loss.retain(|s| !s.points.is_empty());
-        draw(&left, "Accuracy by depth", "accuracy", &acc, n, SeriesLabelPosition::UpperRight)?;
-        draw(&right, "Loss by depth", "cross-entropy loss", &loss, n, SeriesLabelPosition::UpperLeft)?;
+        let (x, word) = if s.is_cnn() { ("stage (conv blocks)", "stage") } else { (DEPTH_AXIS, "depth") };
+        draw(&left, &format!("Accuracy by {word}"), "accuracy", &acc, n, x, SeriesLabelPosition::UpperRight)?;
+        draw(&right, &format!("Loss by {word}"), "cross-entropy loss", &loss, n, x, SeriesLabelPosition::UpperLeft)?;
         if panels == 3 {
             let title = "Reconstruction by depth";
-            draw(&third, title, "mean squared error", &recon, n, SeriesLabelPosition::UpperRight)?;
+            draw(&third, title, "mean squared error", &recon, n, x, SeriesLabelPosition::UpperRight)?;
         }
         root.present().map_err(|e| anyhow!("cannot draw the plot: {e}"))?;
     }
@@ -183,7 +188,8 @@ pub(crate) fn sweep_svg(s: &SweepSummary) -> Result<String> {
             series.push(Series::line("Keras tutorial (test)", points.collect(), RGBColor(127, 127, 127)));
         }
         series.retain(|s| !s.points.is_empty());
-        draw(&root, "Accuracy by depth over runs", "accuracy", &series, max_depth, SeriesLabelPosition::LowerRight)?;
+        let legend = SeriesLabelPosition::LowerRight;
+        draw(&root, "Accuracy by depth over runs", "accuracy", &series, max_depth, DEPTH_AXIS, legend)?;
         root.present().map_err(|e| anyhow!("cannot draw the plot: {e}"))?;
     }
     Ok(svg)

@@ -174,6 +174,7 @@ pub(crate) fn train_cnn(opts: &TrainOptions, ds: &Dataset, spec: &CnnSpec, start
     }
     let p = plan(opts, ds, spec)?;
     let (depth, first) = (p.depth, p.first);
+    convnet::keep_buffers_resident();
     let say = |text: &str| {
         if opts.progress != Progress::Quiet {
             layerwise_core::progress::println(&format!("depth {depth}: {text}"));
