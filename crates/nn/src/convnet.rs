@@ -778,6 +778,16 @@ fn block_backward(b: &HostBlock, cache: &BlockCache, dy: &[f32], input_grad: boo
     ((dw, dg, db), dx)
 }
 
+/// One conv block in training mode over `x` (`s`), and its backward pass from the output
+/// gradient `dy`: the gradients of its weight (host layout `[9·cin, cout]`), γ and β, and
+/// of its input (for tests against other implementations; `b` is not changed).
+pub fn block_gradients(b: &HostBlock, x: &[f32], s: Nhwc, dy: &[f32]) -> (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>) {
+    let mut scratch = b.clone();
+    let cache = block_train(&mut scratch, x, s);
+    let ((dw, dg, db), dx) = block_backward(b, &cache, dy, true);
+    (dw, dg, db, dx.unwrap_or_default())
+}
+
 /// Softmax cross-entropy with label smoothing `eps` (target `(1-eps)·onehot + eps/K`):
 /// the mean loss and its gradient `(p - target)/n`.
 pub fn smoothed_cross_entropy(logits: &[f32], labels: &[u8], classes: usize, eps: f32) -> (f32, Vec<f32>) {

@@ -179,3 +179,52 @@ fn the_network_round_trips_and_inference_uses_the_running_statistics() {
     let (f, fs) = net.prefix_features(&images, n, 2);
     assert!((net.evaluate_features(&f, fs, &labels, 2).loss() - before.loss()).abs() < 1e-6);
 }
+
+/// A conv block's weight, γ and β gradients against dfdx's autograd of the same block
+/// written with dfdx's ops: the convolution as the product of its im2col patches (the
+/// gather itself is checked against a direct loop above) and the weight, BatchNorm over the
+/// batch's pixels, ReLU, and a loss whose gradient is a fixed `dy`.
+#[test]
+fn conv_and_batchnorm_gradients_match_dfdx_autograd() {
+    use dfdx::prelude::*;
+    let dev = layerwise_nn::device::cpu(0);
+    let (n, h, w, c, out) = (3, 5, 4, 6, 7);
+    let s = Nhwc { n, h, w, c };
+    let x = random(s.len(), 11);
+    let mut block = HostBlock::from_block(&new_block(c, out, 12));
+    block.gamma = random(out, 13).iter().map(|v| 1.0 + 0.5 * v).collect();
+    block.beta = random(out, 14).iter().map(|v| 0.3 * v).collect();
+    let rows = s.rows();
+    let dy = random(rows * out, 15);
+    let (dw, dg, db, _) = block_gradients(&block, &x, s, &dy);
+
+    let mut cols = vec![0f32; rows * 9 * c];
+    im2col(&x, s, &mut cols);
+    let cols_t: Tensor<(usize, usize), f32, _> = dev.tensor_from_vec(cols, (rows, 9 * c));
+    let wk: Tensor<(usize, usize), f32, _> = dev.tensor_from_vec(block.wk.clone(), (9 * c, out));
+    let gamma: Tensor<(usize,), f32, _> = dev.tensor_from_vec(block.gamma.clone(), (out,));
+    let beta: Tensor<(usize,), f32, _> = dev.tensor_from_vec(block.beta.clone(), (out,));
+    let r: Tensor<(usize, usize), f32, _> = dev.tensor_from_vec(dy.clone(), (rows, out));
+    let shape = (rows, out);
+    let grads = Gradients::leaky();
+    let z = cols_t.traced(grads).matmul(wk.retaped::<OwnedTape<f32, _>>());
+    let mean = z.with_empty_tape().mean::<(usize,), Axis<0>>().broadcast_like::<(usize, usize), Axis<0>>(&shape);
+    let centered = z - mean;
+    let var = centered.with_empty_tape().square().mean::<(usize,), Axis<0>>();
+    let std = (var + layerwise_core::cnn::BN_EPS).sqrt().broadcast_like::<(usize, usize), Axis<0>>(&shape);
+    let xhat = centered / std;
+    let y = xhat * gamma.retaped::<OwnedTape<f32, _>>().broadcast_like::<(usize, usize), Axis<0>>(&shape)
+        + beta.retaped::<OwnedTape<f32, _>>().broadcast_like::<(usize, usize), Axis<0>>(&shape);
+    let loss = (y.relu() * r).sum::<(), _>();
+    let g = loss.backward();
+    let close = |a: &[f32], b: &[f32]| {
+        let scale = b.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
+        a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x - y).abs() <= 1e-4 * scale)
+    };
+    let (rw, rg, rb) = (g.get(&wk).as_vec(), g.get(&gamma).as_vec(), g.get(&beta).as_vec());
+    assert!(close(&dw, &rw), "conv weight gradient differs from dfdx's");
+    assert!(close(&dg, &rg), "BatchNorm γ gradient differs from dfdx's");
+    assert!(close(&db, &rb), "BatchNorm β gradient differs from dfdx's");
+    let doubled: Vec<f32> = dw.iter().map(|v| 2.0 * v).collect();
+    assert!(!close(&doubled, &rw), "a doubled gradient must not pass");
+}
