@@ -373,14 +373,13 @@ pub enum Network {
 
 /// Load a checkpoint of either version, every tensor checked against its metadata.
 pub fn load_network(path: &Path) -> Result<(Network, CheckpointMeta)> {
-    let meta = read_checkpoint_meta(path)?;
-    if meta.cnn.is_some() {
-        let (m, meta) = load_cnn(path)?;
-        Ok((Network::Cnn(m), meta))
-    } else {
-        let (m, meta) = load_checkpoint(path)?;
-        Ok((Network::Mlp(m), meta))
-    }
+    let file = MappedSafetensors::open(path, CHECKPOINT_FORMAT, "checkpoint")?;
+    let meta = parse_meta(&file)?;
+    let network = match &meta.cnn {
+        Some(c) => Network::Cnn(cnn_of(&file, &meta, c)?),
+        None => Network::Mlp(mlp_of(&file, &meta)?),
+    };
+    Ok((network, meta))
 }
 
 fn block_tensors<'a>(prefix: &str, b: &'a ConvBlock) -> Vec<OutTensor<'a>> {
@@ -432,9 +431,17 @@ pub fn cnn_checkpoint_bytes(model: &Cnn, meta: &CheckpointMeta) -> Result<Vec<u8
 pub fn load_cnn(path: &Path) -> Result<(Cnn, CheckpointMeta)> {
     let file = MappedSafetensors::open(path, CHECKPOINT_FORMAT, "checkpoint")?;
     let meta = parse_meta(&file)?;
-    let Some(c) = meta.cnn.clone() else {
+    let Some(c) = &meta.cnn else {
         bail!("{} holds an MLP (checkpoint version 1), not a convolutional network", path.display());
     };
+    let cnn = cnn_of(&file, &meta, c)?;
+    Ok((cnn, meta))
+}
+
+/// The convolutional network of a version-2 checkpoint whose metadata `meta` (with `c`)
+/// was parsed and checked.
+fn cnn_of(file: &MappedSafetensors, meta: &CheckpointMeta, c: &CnnMeta) -> Result<Cnn> {
+    let path = file.path();
     let shapes = crate::cnn::CnnSpec { stages: c.stages.clone(), head_convs: c.head.convs }.conv_inputs(c.image)?;
     let block = |prefix: &str, inputs: usize, outputs: usize| -> Result<ConvBlock> {
         let v = |suffix: &str| -> Result<Vec<f32>> {
@@ -488,7 +495,7 @@ pub fn load_cnn(path: &Path) -> Result<(Cnn, CheckpointMeta)> {
             names.len()
         );
     }
-    Ok((Cnn { input: c.image, stages, head: CnnHead { convs, linear } }, meta))
+    Ok(Cnn { input: c.image, stages, head: CnnHead { convs, linear } })
 }
 
 /// Load an MLP checkpoint: every tensor's name, dtype and shape is checked against the metadata.
@@ -502,6 +509,13 @@ pub fn load_checkpoint(path: &Path) -> Result<(Mlp, CheckpointMeta)> {
             path.display()
         );
     }
+    let mlp = mlp_of(&file, &meta)?;
+    Ok((mlp, meta))
+}
+
+/// The MLP of a version-1 checkpoint whose metadata `meta` was parsed and checked.
+fn mlp_of(file: &MappedSafetensors, meta: &CheckpointMeta) -> Result<Mlp> {
+    let path = file.path();
     let expected = 2 * meta.depth + 2;
     // An autoencoder layer's decoder may be kept beside the network: not part of it.
     let names: Vec<_> = file.names().into_iter().filter(|n| !n.starts_with(DECODER_PREFIX)).collect();
@@ -535,5 +549,5 @@ pub fn load_checkpoint(path: &Path) -> Result<(Mlp, CheckpointMeta)> {
     if model.hidden.iter().chain([&model.head]).any(|l| l.weight.iter().chain(&l.bias).any(|v| !v.is_finite())) {
         bail!("{}: checkpoint holds NaN or infinite weights", path.display());
     }
-    Ok((model, meta))
+    Ok(model)
 }

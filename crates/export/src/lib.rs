@@ -13,7 +13,7 @@ pub mod cli;
 pub mod onnx;
 
 use anyhow::{Context, Result};
-use layerwise_core::checkpoint::{hidden_name, load_checkpoint, Dense};
+use layerwise_core::checkpoint::{hidden_name, load_network, Dense, Network};
 use layerwise_core::config::Normalize;
 use layerwise_core::input::InputContract;
 use onnx::*;
@@ -142,14 +142,13 @@ pub fn model_proto(hidden: &[Dense], head: &Dense, contract: &InputContract, sha
 
 /// Export the checkpoint as ONNX, written atomically; returns the file's size.
 pub fn export(opts: &ExportOptions) -> Result<usize> {
-    if layerwise_core::checkpoint::read_checkpoint_meta(&opts.model)?.cnn.is_some() {
+    let (Network::Mlp(mlp), meta) = load_network(&opts.model)? else {
         anyhow::bail!(
             "{} holds a convolutional network (checkpoint version 2): ONNX export covers MLPs so far; run it with \
              layerwise-predict, or in PyTorch or numpy from its interop contract (scripts/cnn-forward.py)",
             opts.model.display()
         );
-    }
-    let (mlp, meta) = load_checkpoint(&opts.model)?;
+    };
     let contract = meta.input_contract(&opts.model, opts.data.as_deref())?;
     let sha = layerwise_core::hash::sha256_file(&opts.model)?;
     let bytes = model_proto(&mlp.hidden, &mlp.head, &contract, &sha)?.encode_to_vec();
