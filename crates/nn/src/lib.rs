@@ -14,6 +14,11 @@
 mod adam;
 mod augment;
 mod autoencoder;
+mod conv_block;
+mod conv_net;
+mod conv_ops;
+mod conv_optim;
+mod conv_trainer;
 pub mod convnet;
 pub mod device;
 mod eval;

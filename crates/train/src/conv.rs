@@ -229,11 +229,9 @@ pub(crate) fn train_cnn(opts: &TrainOptions, ds: &Dataset, spec: &CnnSpec, start
         weight_decay: cfg.weight_decay,
         label_smoothing: cfg.label_smoothing,
     };
-    let probe = ConvTrainer::new(host.clone(), first, settings());
-    let optimized: Vec<(String, usize)> = {
-        let mut net = host.clone();
-        probe.trainable_names().into_iter().zip(net.trainable_mut(first).into_iter().map(|t| t.len())).collect()
-    };
+    let names = convnet::trainable_names(p.net.depth(), first, spec.head_convs);
+    let optimized: Vec<(String, usize)> =
+        names.into_iter().zip(host.clone().trainable_mut(first).into_iter().map(|t| t.len())).collect();
     let expect = state::ExpectConv {
         epochs: total_epochs,
         batches,
@@ -403,19 +401,7 @@ fn write(
     let frozen: Vec<String> = (0..first).map(stage_name).collect();
     let mut trained: Vec<String> = (first..model.depth()).map(stage_name).collect();
     trained.push("head".into());
-    let trained_tensors: Vec<String> = {
-        let mut names = Vec::new();
-        for i in first..model.depth() {
-            let s = stage_name(i);
-            names.extend([format!("{s}.conv.weight"), format!("{s}.bn.weight"), format!("{s}.bn.bias")]);
-        }
-        for j in 0..model.head.convs.len() {
-            let s = head_conv_name(j);
-            names.extend([format!("{s}.conv.weight"), format!("{s}.bn.weight"), format!("{s}.bn.bias")]);
-        }
-        names.extend(["head.linear.weight".to_string(), "head.linear.bias".to_string()]);
-        names
-    };
+    let trained_tensors = convnet::trainable_names(model.depth(), first, model.head.convs.len());
     let trainable_params = model.stages[first..].iter().map(|s| s.conv.num_params()).sum::<usize>()
         + model.head.convs.iter().map(|b| b.num_params()).sum::<usize>()
         + model.head.linear.num_params();

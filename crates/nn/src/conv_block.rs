@@ -1,0 +1,253 @@
+//! A conv block (3 × 3 convolution without bias, BatchNorm, ReLU) in the host layout: its
+//! weights, their initialization and their conversion from and to PyTorch's layout, and its
+//! forward passes (inference, training) and backward pass.
+
+use crate::conv_ops::{col2im, column_sums2, im2col, Nhwc, PASS_ROWS};
+use crate::host::{matmul, View};
+use layerwise_core::checkpoint::Dense;
+use layerwise_core::cnn::{BatchNorm, ConvBlock, Downsample, BN_EPS, BN_MOMENTUM};
+use rayon::prelude::*;
+
+/// A conv block in the host layout.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostBlock {
+    /// Input channels.
+    pub cin: usize,
+    /// Output channels.
+    pub cout: usize,
+    /// `[9·cin, cout]`, row `(dy·3 + dx)·cin + ci`.
+    pub wk: Vec<f32>,
+    /// BatchNorm γ, β, running mean and variance.
+    pub gamma: Vec<f32>,
+    /// β.
+    pub beta: Vec<f32>,
+    /// Running mean.
+    pub mean: Vec<f32>,
+    /// Running (unbiased) variance.
+    pub var: Vec<f32>,
+}
+
+/// PyTorch's `[out, in, 3, 3]` as `[9·in, out]`.
+pub fn wk_from_torch(w: &[f32], cin: usize, cout: usize) -> Vec<f32> {
+    let mut wk = vec![0f32; w.len()];
+    for o in 0..cout {
+        for ci in 0..cin {
+            for t in 0..9 {
+                wk[(t * cin + ci) * cout + o] = w[(o * cin + ci) * 9 + t];
+            }
+        }
+    }
+    wk
+}
+
+/// `[9·in, out]` back to PyTorch's `[out, in, 3, 3]`.
+pub fn wk_to_torch(wk: &[f32], cin: usize, cout: usize) -> Vec<f32> {
+    let mut w = vec![0f32; wk.len()];
+    for o in 0..cout {
+        for ci in 0..cin {
+            for t in 0..9 {
+                w[(o * cin + ci) * 9 + t] = wk[(t * cin + ci) * cout + o];
+            }
+        }
+    }
+    w
+}
+
+impl HostBlock {
+    /// From a checkpoint block.
+    pub fn from_block(b: &ConvBlock) -> Self {
+        Self {
+            cin: b.inputs,
+            cout: b.outputs,
+            wk: wk_from_torch(&b.weight, b.inputs, b.outputs),
+            gamma: b.bn.weight.clone(),
+            beta: b.bn.bias.clone(),
+            mean: b.bn.running_mean.clone(),
+            var: b.bn.running_var.clone(),
+        }
+    }
+
+    /// Back to a checkpoint block.
+    pub fn to_block(&self) -> ConvBlock {
+        ConvBlock {
+            inputs: self.cin,
+            outputs: self.cout,
+            weight: wk_to_torch(&self.wk, self.cin, self.cout),
+            bn: BatchNorm {
+                weight: self.gamma.clone(),
+                bias: self.beta.clone(),
+                running_mean: self.mean.clone(),
+                running_var: self.var.clone(),
+            },
+        }
+    }
+
+    /// BatchNorm with the running statistics as a per-channel scale and shift.
+    fn inference_affine(&self) -> (Vec<f32>, Vec<f32>) {
+        let scale: Vec<f32> = (0..self.cout).map(|c| self.gamma[c] / (self.var[c] + BN_EPS).sqrt()).collect();
+        let shift = (0..self.cout).map(|c| self.beta[c] - self.mean[c] * scale[c]).collect();
+        (scale, shift)
+    }
+}
+
+/// A new conv block: Kaiming-uniform weights as PyTorch's `Conv2d` draws them
+/// (bound `1/√(9·in)`), BatchNorm as PyTorch initializes it.
+pub fn new_block(cin: usize, cout: usize, seed: u64) -> ConvBlock {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let bound = 1.0 / ((9 * cin) as f32).sqrt();
+    ConvBlock {
+        inputs: cin,
+        outputs: cout,
+        weight: (0..cout * cin * 9).map(|_| rng.gen_range(-bound..bound)).collect(),
+        bn: BatchNorm::new(cout),
+    }
+}
+
+/// A new linear layer as PyTorch's `Linear` draws it (weight and bias uniform in
+/// ±`1/√in`).
+pub fn new_linear(inputs: usize, outputs: usize, seed: u64) -> Dense {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let bound = 1.0 / (inputs as f32).sqrt();
+    Dense {
+        inputs,
+        outputs,
+        weight: (0..inputs * outputs).map(|_| rng.gen_range(-bound..bound)).collect(),
+        bias: (0..outputs).map(|_| rng.gen_range(-bound..bound)).collect(),
+    }
+}
+
+/// A block's forward pass in inference mode over `x` (`s`, already downsampled): the
+/// convolution, then BatchNorm with the running statistics and ReLU in one pass.
+pub(crate) fn block_infer(b: &HostBlock, x: &[f32], s: Nhwc, cols: &mut Vec<f32>) -> Vec<f32> {
+    let rows = s.rows();
+    cols.resize(rows * 9 * s.c, 0.0);
+    im2col(x, s, cols);
+    let mut z = vec![0f32; rows * b.cout];
+    matmul(&mut z, View::rows(cols, rows, 9 * s.c), View::rows(&b.wk, 9 * s.c, b.cout), false);
+    let (scale, shift) = b.inference_affine();
+    z.par_chunks_mut(PASS_ROWS * b.cout).for_each(|chunk| {
+        for row in chunk.chunks_exact_mut(b.cout) {
+            for ((v, a), c) in row.iter_mut().zip(&scale).zip(&shift) {
+                *v = (*v * a + c).max(0.0);
+            }
+        }
+    });
+    z
+}
+
+/// What a block's training-mode forward pass keeps for its backward pass.
+pub(crate) struct BlockCache {
+    /// The input's shape (after downsampling) and, when the block takes its gradient, the
+    /// downsampling's input shape and max-pooling's choices.
+    pub(crate) s: Nhwc,
+    pub(crate) down: Option<(Downsample, Nhwc, Vec<u8>)>,
+    pub(crate) cols: Vec<f32>,
+    /// The convolution's output (before BatchNorm).
+    pub(crate) z: Vec<f32>,
+    /// The block's output (after ReLU).
+    pub(crate) y: Vec<f32>,
+    pub(crate) mean: Vec<f32>,
+    pub(crate) inv_std: Vec<f32>,
+}
+
+/// Gradients of one block: weight (host layout), γ, β.
+pub(crate) type BlockGrads = (Vec<f32>, Vec<f32>, Vec<f32>);
+
+impl BlockCache {
+    /// The shape of the block's output.
+    pub(crate) fn out_shape(&self) -> Nhwc {
+        Nhwc { c: self.y.len() / self.s.rows().max(1), ..self.s }
+    }
+}
+
+/// A block in training mode over `x` (`s`): the convolution, BatchNorm with the batch's
+/// statistics (the running ones updated as PyTorch does), ReLU.
+pub(crate) fn block_train(b: &mut HostBlock, x: &[f32], s: Nhwc) -> BlockCache {
+    let rows = s.rows();
+    let mut cols = vec![0f32; rows * 9 * s.c];
+    im2col(x, s, &mut cols);
+    let cout = b.cout;
+    let mut z = vec![0f32; rows * cout];
+    matmul(&mut z, View::rows(&cols, rows, 9 * s.c), View::rows(&b.wk, 9 * s.c, cout), false);
+    let (sum, sq) = column_sums2(rows, cout, |r, c| {
+        let v = z[r * cout + c] as f64;
+        (v, v * v)
+    });
+    let count = rows as f64;
+    let mut mean = vec![0f32; cout];
+    let mut inv_std = vec![0f32; cout];
+    let momentum = BN_MOMENTUM as f64;
+    for c in 0..cout {
+        let m = sum[c] / count;
+        let var = (sq[c] / count - m * m).max(0.0);
+        mean[c] = m as f32;
+        inv_std[c] = (1.0 / (var + BN_EPS as f64).sqrt()) as f32;
+        let unbiased = if rows > 1 { var * count / (count - 1.0) } else { var };
+        b.mean[c] = ((1.0 - momentum) * b.mean[c] as f64 + momentum * m) as f32;
+        b.var[c] = ((1.0 - momentum) * b.var[c] as f64 + momentum * unbiased) as f32;
+    }
+    let mut y = vec![0f32; rows * cout];
+    let (gamma, beta) = (&b.gamma, &b.beta);
+    y.par_chunks_mut(PASS_ROWS * cout).zip(z.par_chunks(PASS_ROWS * cout)).for_each(|(y, z)| {
+        for (yr, zr) in y.chunks_exact_mut(cout).zip(z.chunks_exact(cout)) {
+            for c in 0..cout {
+                yr[c] = (gamma[c] * (zr[c] - mean[c]) * inv_std[c] + beta[c]).max(0.0);
+            }
+        }
+    });
+    BlockCache { s, down: None, cols, z, y, mean, inv_std }
+}
+
+/// The backward pass of [`block_train`] from the gradient of its output: the gradients
+/// of its weight, γ and β, and (when `input_grad`) of its input.
+pub(crate) fn block_backward(
+    b: &HostBlock,
+    cache: &BlockCache,
+    dy: &[f32],
+    input_grad: bool,
+) -> (BlockGrads, Option<Vec<f32>>) {
+    let (s, cout) = (cache.s, b.cout);
+    let rows = s.rows();
+    let (mean, inv) = (&cache.mean, &cache.inv_std);
+    let xhat = |r: usize, c: usize| (cache.z[r * cout + c] - mean[c]) * inv[c];
+    // The ReLU's gradient passes where the output is positive.
+    let g = |r: usize, c: usize| if cache.y[r * cout + c] > 0.0 { dy[r * cout + c] } else { 0.0 };
+    let (dbeta, dgamma) = column_sums2(rows, cout, |r, c| {
+        let gv = g(r, c) as f64;
+        (gv, gv * xhat(r, c) as f64)
+    });
+    let count = rows as f32;
+    let k: Vec<f32> = (0..cout).map(|c| b.gamma[c] * inv[c] / count).collect();
+    let (db, dg): (Vec<f32>, Vec<f32>) =
+        (dbeta.iter().map(|&v| v as f32).collect(), dgamma.iter().map(|&v| v as f32).collect());
+    let mut dz = vec![0f32; rows * cout];
+    dz.par_chunks_mut(PASS_ROWS * cout).enumerate().for_each(|(p, chunk)| {
+        for (i, row) in chunk.chunks_exact_mut(cout).enumerate() {
+            let r = p * PASS_ROWS + i;
+            for c in 0..cout {
+                row[c] = k[c] * (count * g(r, c) - db[c] - xhat(r, c) * dg[c]);
+            }
+        }
+    });
+    let kin = 9 * s.c;
+    let mut dw = vec![0f32; kin * cout];
+    matmul(&mut dw, View::transposed(&cache.cols, rows, kin), View::rows(&dz, rows, cout), false);
+    let dx = input_grad.then(|| {
+        let mut dcols = vec![0f32; rows * kin];
+        matmul(&mut dcols, View::rows(&dz, rows, cout), View::transposed(&b.wk, kin, cout), false);
+        col2im(&dcols, s)
+    });
+    ((dw, dg, db), dx)
+}
+
+/// One conv block in training mode over `x` (`s`), and its backward pass from the output
+/// gradient `dy`: the gradients of its weight (host layout `[9·cin, cout]`), γ and β, and
+/// of its input (for tests against other implementations; `b` is not changed).
+pub fn block_gradients(b: &HostBlock, x: &[f32], s: Nhwc, dy: &[f32]) -> (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>) {
+    let mut scratch = b.clone();
+    let cache = block_train(&mut scratch, x, s);
+    let ((dw, dg, db), dx) = block_backward(b, &cache, dy, true);
+    (dw, dg, db, dx.unwrap_or_default())
+}

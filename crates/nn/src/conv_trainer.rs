@@ -1,0 +1,214 @@
+//! Training stages `first..` of a convolutional network and its head: a step's forward
+//! pass in training mode, its backward pass, the updates, the optimizer's state.
+
+use crate::conv_block::{block_backward, block_train, wk_from_torch, wk_to_torch, BlockCache};
+use crate::conv_net::ConvNet;
+use crate::conv_ops::{downsample, downsample_backward, head_pool, head_pool_backward, smoothed_cross_entropy, Nhwc};
+use crate::conv_optim::ConvOptimizer;
+use crate::host::{matmul, View};
+use crate::{EvalSums, Moments};
+use anyhow::Result;
+use layerwise_core::cnn::Downsample;
+
+/// The names of a conv block's trainable tensors (`{prefix}.conv.weight`, `.bn.weight`,
+/// `.bn.bias`).
+pub(crate) fn block_names(prefix: &str) -> [String; 3] {
+    [format!("{prefix}.conv.weight"), format!("{prefix}.bn.weight"), format!("{prefix}.bn.bias")]
+}
+
+/// The checkpoint names of the tensors trained with stages `first..depth` of a network
+/// whose head has `head_convs` conv blocks, in update order: each block's conv weight,
+/// BatchNorm γ and β, then the head's linear weight and bias.
+pub fn trainable_names(depth: usize, first: usize, head_convs: usize) -> Vec<String> {
+    let stages = (first..depth).map(layerwise_core::checkpoint::stage_name);
+    let heads = (0..head_convs).map(layerwise_core::checkpoint::head_conv_name);
+    let mut names: Vec<String> = stages.chain(heads).flat_map(|p| block_names(&p)).collect();
+    names.extend(["head.linear.weight".to_string(), "head.linear.bias".to_string()]);
+    names
+}
+
+/// Trains stages `first..` of a [`ConvNet`] and its head; the stages before `first` are
+/// frozen and not run here (their output is the trainer's input).
+pub struct ConvTrainer {
+    /// The network (its frozen stages unchanged).
+    pub net: ConvNet,
+    first: usize,
+    optimizer: ConvOptimizer,
+    weight_decay: f64,
+    label_smoothing: f32,
+    sums: EvalSums,
+}
+
+/// What a [`ConvTrainer`] trains with.
+pub struct ConvSettings {
+    /// Adam (`adam`: lr, β1, β2, ε) or SGD.
+    pub optimizer: ConvOptimizer,
+    /// Decoupled weight decay of the conv and linear weights.
+    pub weight_decay: f64,
+    /// Label smoothing ε.
+    pub label_smoothing: f64,
+}
+
+impl ConvTrainer {
+    /// A trainer of `net`'s stages from `first` on.
+    pub fn new(net: ConvNet, first: usize, settings: ConvSettings) -> Self {
+        let classes = net.linear.outputs;
+        Self {
+            net,
+            first,
+            optimizer: settings.optimizer,
+            weight_decay: settings.weight_decay,
+            label_smoothing: settings.label_smoothing as f32,
+            sums: EvalSums::new(classes),
+        }
+    }
+
+    /// The checkpoint names of every trainable tensor, in update order.
+    pub fn trainable_names(&self) -> Vec<String> {
+        trainable_names(self.net.stages.len(), self.first, self.net.head_convs.len())
+    }
+
+    /// One step on an NHWC batch that is stage `first`'s block input; returns the mean
+    /// loss (and adds it and the predictions to this epoch's sums). Nothing is updated
+    /// when the loss is not finite.
+    pub fn step(&mut self, x: &[f32], s: Nhwc, labels: &[u8], lr: f64) -> Result<f32> {
+        let (loss, grads) = self.gradients(x, s, labels);
+        if !loss.is_finite() {
+            return Ok(loss);
+        }
+        let names = self.trainable_names();
+        self.optimizer.set_lr(lr);
+        self.optimizer.tick();
+        let wd = self.weight_decay;
+        for ((name, g), param) in names.iter().zip(&grads).zip(self.net.trainable_mut(self.first)) {
+            // Decay on the convolution and linear weights, not on BatchNorm or biases.
+            let decay = if name.ends_with("conv.weight") || name == "head.linear.weight" { wd } else { 0.0 };
+            self.optimizer.update(name, param, g, decay)?;
+        }
+        Ok(loss)
+    }
+
+    /// The mean loss of a batch in training mode and the gradient of every trainable
+    /// tensor, in the order of [`ConvTrainer::trainable_names`]; adds the loss and the
+    /// predictions to this epoch's sums and moves BatchNorm's running statistics (as a
+    /// training step does). No gradient when the loss is not finite.
+    pub fn gradients(&mut self, x: &[f32], s: Nhwc, labels: &[u8]) -> (f32, Vec<Vec<f32>>) {
+        let first = self.first;
+        let net = &mut self.net;
+        // Forward, keeping what the backward pass needs.
+        let mut caches: Vec<BlockCache> = Vec::new();
+        let mut cur = block_train(&mut net.stages[first].1, x, s);
+        for (d, b) in net.stages[first + 1..].iter_mut() {
+            let prev = cur.out_shape();
+            let (y, o, arg) = downsample(&cur.y, prev, *d);
+            let mut next = block_train(b, &y, o);
+            next.down = Some((*d, prev, arg));
+            caches.push(std::mem::replace(&mut cur, next));
+        }
+        for b in net.head_convs.iter_mut() {
+            let prev = cur.out_shape();
+            let mut next = block_train(b, &cur.y, prev);
+            next.down = Some((Downsample::None, prev, Vec::new()));
+            caches.push(std::mem::replace(&mut cur, next));
+        }
+        caches.push(cur);
+        let ls = caches[caches.len() - 1].out_shape();
+        let f = head_pool(&caches[caches.len() - 1].y, ls);
+        let classes = net.linear.outputs;
+        let n = labels.len();
+        let mut logits = vec![0f32; n * classes];
+        crate::host::dense_forward(&net.linear, &f, n, &mut logits, false);
+        let (loss, dlogits) = smoothed_cross_entropy(&logits, labels, classes, self.label_smoothing);
+        self.sums.add_predictions(&logits, labels, loss as f64 * n as f64);
+        if !loss.is_finite() {
+            return (loss, Vec::new());
+        }
+        // Backward: the linear layer, the pooling, then every block, last first.
+        let lin = &net.linear;
+        let mut gw = vec![0f32; lin.inputs * classes];
+        matmul(&mut gw, View::transposed(&f, n, lin.inputs), View::rows(&dlogits, n, classes), false);
+        let mut gb = vec![0f32; classes];
+        for row in dlogits.chunks_exact(classes) {
+            for (g, v) in gb.iter_mut().zip(row) {
+                *g += v;
+            }
+        }
+        let mut df = vec![0f32; n * lin.inputs];
+        matmul(&mut df, View::rows(&dlogits, n, classes), View::transposed(&lin.wt, lin.inputs, classes), false);
+        let mut dy = head_pool_backward(&df, ls);
+        let stage_count = net.stages.len() - first;
+        let blocks = stage_count + net.head_convs.len();
+        let mut grads: Vec<Vec<f32>> = Vec::with_capacity(3 * blocks + 2);
+        for k in (0..blocks).rev() {
+            let b = if k < stage_count { &net.stages[first + k].1 } else { &net.head_convs[k - stage_count] };
+            let cache = &caches[k];
+            let ((gwk, gg, gbk), dx) = block_backward(b, cache, &dy, k > 0);
+            grads.extend([gbk, gg, gwk]);
+            if let (Some(dx), Some((d, ps, arg))) = (dx, &cache.down) {
+                dy = downsample_backward(&dx, *ps, *d, arg);
+            }
+        }
+        grads.reverse();
+        grads.extend([gw, gb]);
+        (loss, grads)
+    }
+
+    /// Loss and accuracy of the steps since the last call.
+    pub fn take_sums(&mut self) -> EvalSums {
+        std::mem::replace(&mut self.sums, EvalSums::new(self.net.linear.outputs))
+    }
+
+    /// The running loss and accuracy of this epoch.
+    pub fn running(&self) -> (f64, f64) {
+        (self.sums.loss(), self.sums.accuracy())
+    }
+
+    /// The optimizer's step count and state per tensor, weights' in the checkpoint
+    /// layout (PyTorch's), so a saved state does not depend on the kernels.
+    pub fn optimizer_state(&self) -> (i32, Moments) {
+        let (t, mut m) = self.optimizer.state();
+        self.relayout(&mut m, true);
+        (t, m)
+    }
+
+    /// Continue from a saved [`ConvTrainer::optimizer_state`].
+    pub fn restore_optimizer(&mut self, t: i32, mut moments: Moments) {
+        self.relayout(&mut moments, false);
+        self.optimizer.restore(t, moments);
+    }
+
+    fn relayout(&self, moments: &mut Moments, to_checkpoint: bool) {
+        let conv = |name: &str| -> Option<(usize, usize)> {
+            for (i, (_, b)) in self.net.stages.iter().enumerate() {
+                if name == format!("{}.conv.weight", layerwise_core::checkpoint::stage_name(i)) {
+                    return Some((b.cin, b.cout));
+                }
+            }
+            for (j, b) in self.net.head_convs.iter().enumerate() {
+                if name == format!("{}.conv.weight", layerwise_core::checkpoint::head_conv_name(j)) {
+                    return Some((b.cin, b.cout));
+                }
+            }
+            None
+        };
+        let lin = (self.net.linear.inputs, self.net.linear.outputs);
+        for (name, m, v) in moments.iter_mut() {
+            for t in [m, v] {
+                if t.is_empty() {
+                    continue;
+                }
+                if let Some((cin, cout)) = conv(name) {
+                    if t.len() == 9 * cin * cout {
+                        *t = if to_checkpoint { wk_to_torch(t, cin, cout) } else { wk_from_torch(t, cin, cout) };
+                    }
+                } else if name == "head.linear.weight" && t.len() == lin.0 * lin.1 {
+                    *t = if to_checkpoint {
+                        crate::host::transpose(t, lin.0, lin.1)
+                    } else {
+                        crate::host::transpose(t, lin.1, lin.0)
+                    };
+                }
+            }
+        }
+    }
+}
