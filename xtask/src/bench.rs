@@ -153,8 +153,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         return crate::bench_pipeline::run(p, a.source.as_deref(), a.device);
     }
     if a.conv {
-        crate::bench_conv::run(2.0);
-        return Ok(());
+        return crate::bench_conv::run(2.0, a.device);
     }
     let dir = tempfile_dir()?;
     let data = dir.join("bench.safetensors");

@@ -6,10 +6,18 @@
 //! A grown stage needs no input gradient, so its convolution costs two products of the
 //! same size (`[rows, 9c]·[9c, out]` forward, `[9c, rows]·[rows, out]` for the weight
 //! gradient): 4·rows·9c·out useful FLOPs a step.
+//!
+//! With `--device cuda` the same step runs on the GPU through the device path
+//! (`DeviceConvTrainer`: dfdx ops, cuBLAS products), its input resident, against a dfdx
+//! product of the same im2col shape on that device.
 
 use crate::bench_reference::matmul_gflops;
+use anyhow::Result;
+use dfdx::prelude::*;
 use layerwise_core::cnn::{Cnn, CnnHead, ConvStage, Downsample};
-use layerwise_nn::convnet::{self, ConvNet, ConvOptimizer, ConvSettings, ConvTrainer, Nhwc, Sgd};
+use layerwise_nn::convnet::{self, ConvNet, ConvSettings, Nhwc, OptimizerSpec};
+use layerwise_nn::device::DeviceKind;
+use layerwise_nn::Backend;
 use std::time::Instant;
 
 /// A stage: name, input channels, output channels, side (after its downsampling).
@@ -31,12 +39,41 @@ fn fill(n: usize, seed: u32) -> Vec<f32> {
         .collect()
 }
 
-/// Print the table.
-pub fn run(seconds: f64) {
+/// Print the table, on `device`.
+pub fn run(seconds: f64, device: DeviceKind) -> Result<()> {
+    layerwise_nn::with_device!(device, 0, |dev| {
+        table(&dev, seconds, device);
+        Ok(())
+    })
+}
+
+/// GFLOP/s of an `[m, k]·[k, n]` product through dfdx on `dev` (a reference for the device
+/// path; each product is waited for by reading back one value of it).
+fn device_matmul_gflops<D: Backend>(dev: &D, m: usize, k: usize, n: usize, seconds: f64) -> f64 {
+    let a: Tensor<(usize, usize), f32, D> = dev.tensor_from_vec(fill(m * k, 5), (m, k));
+    let b: Tensor<(usize, usize), f32, D> = dev.tensor_from_vec(fill(k * n, 6), (k, n));
+    let sync = |c: Tensor<(usize, usize), f32, D>| std::hint::black_box(c.sum::<(), _>().as_vec());
+    sync(a.clone().matmul(b.clone()));
+    let start = Instant::now();
+    let mut best = f64::INFINITY;
+    while start.elapsed().as_secs_f64() < seconds {
+        let t = Instant::now();
+        for _ in 0..10 {
+            sync(a.clone().matmul(b.clone()));
+        }
+        best = best.min(t.elapsed().as_secs_f64() / 10.0);
+    }
+    2.0 * (m * k * n) as f64 / best / 1e9
+}
+
+fn table<D: Backend + 'static>(dev: &D, seconds: f64, device: DeviceKind) {
     convnet::keep_buffers_resident();
+    let host = device == DeviceKind::Cpu;
+    let kernels = if host { "host kernels" } else { "dfdx device path" };
     println!(
-        "| conv stage step (batch {BATCH}, grow, k = 1 head) | ms a step | images/s | GFLOP/s | reference product \
-         GFLOP/s | ratio |"
+        "| conv stage step (batch {BATCH}, grow, k = 1 head; {kernels} on {}) | ms a step | images/s | GFLOP/s | \
+         reference product GFLOP/s | ratio |",
+        device.name()
     );
     println!("| --- | ---: | ---: | ---: | ---: | ---: |");
     for (name, c, out, side) in STAGES {
@@ -47,24 +84,30 @@ pub fn run(seconds: f64) {
             head: CnnHead { convs: Vec::new(), linear: convnet::new_linear(4 * out, 10, 2) },
         };
         let settings = ConvSettings {
-            optimizer: ConvOptimizer::Sgd(Sgd::new(0.01, 0.9, true)),
+            optimizer: OptimizerSpec::Sgd { lr: 0.01, momentum: 0.9, nesterov: true },
             weight_decay: 5e-4,
             label_smoothing: 0.1,
         };
-        let mut t = ConvTrainer::new(ConvNet::from_cnn(&cnn), 0, settings);
+        let mut t = convnet::conv_stepper(dev, ConvNet::from_cnn(&cnn), 0, &settings, None);
         let s = Nhwc { n: BATCH, h: side, w: side, c };
-        let x = fill(s.len(), 3);
+        t.keep_train(fill(s.len(), 3), s);
+        let rows_of_batch: Vec<usize> = (0..BATCH).collect();
         let labels: Vec<u8> = (0..BATCH).map(|i| (i % 10) as u8).collect();
         let rows = BATCH * side * side;
         let flops = 4.0 * (rows * 9 * c * out) as f64;
         let mut best = f64::INFINITY;
         let start = Instant::now();
+        // A step reads its loss back, so it has finished when it returns.
         while start.elapsed().as_secs_f64() < seconds || best == f64::INFINITY {
             let clock = Instant::now();
-            std::hint::black_box(t.step(&x, s, &labels, 0.01).ok());
+            std::hint::black_box(t.step_rows(&rows_of_batch, &labels, 0.01).ok());
             best = best.min(clock.elapsed().as_secs_f64());
         }
-        let reference = matmul_gflops(rows, 9 * c, out, seconds.min(1.0));
+        let reference = if host {
+            matmul_gflops(rows, 9 * c, out, seconds.min(1.0))
+        } else {
+            device_matmul_gflops(dev, rows, 9 * c, out, seconds.min(1.0))
+        };
         let gflops = flops / best / 1e9;
         println!(
             "| {name} | {:.1} | {:.0} | {gflops:.1} | {reference:.1} | {:.0}% |",

@@ -56,16 +56,9 @@ pub fn evaluate(opts: &EvaluateOptions) -> Result<Evaluation> {
             &split.images,
             split.labels
         )))?,
-        Network::Cnn(cnn) => {
-            if opts.device != DeviceKind::Cpu {
-                anyhow::bail!(
-                    "{}: convolutional networks are evaluated on the CPU so far (their CUDA path is not built yet): \
-                     use --device cpu",
-                    opts.model.display()
-                );
-            }
-            layerwise_nn::convnet::ConvNet::from_cnn(cnn).evaluate(&split.images, split.labels)
-        }
+        Network::Cnn(cnn) => layerwise_nn::with_device!(opts.device, 0, |dev| Ok::<_, anyhow::Error>(
+            layerwise_nn::convnet::evaluate_cnn(&dev, cnn, &split.images, split.labels)
+        ))?,
     };
     let per_class_accuracy = sums
         .confusion

@@ -104,7 +104,14 @@ impl<D: Backend> Adam<D> {
                 Slot::Device { m, v } => (name.clone(), m.as_vec(), v.as_vec()),
                 Slot::Slices { m, v } => (name.clone(), m.clone(), v.clone()),
             })
-            .collect();
+            .collect::<Moments>();
+        // Tensors restored but not updated since keep their saved moments.
+        let mut slots = slots;
+        for r in &self.restored {
+            if !self.names.contains(&r.0) {
+                slots.push(r.clone());
+            }
+        }
         (self.t, slots)
     }
 

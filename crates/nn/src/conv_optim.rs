@@ -4,7 +4,33 @@
 use crate::{Adam, Moments};
 use anyhow::{bail, Result};
 
-/// The optimizer of a [`ConvTrainer`].
+/// Which optimizer trains a convolutional stage, and its settings (the host and the
+/// device trainers each build theirs from it).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum OptimizerSpec {
+    /// Adam (Keras' ε placement).
+    Adam {
+        /// Learning rate (before any schedule).
+        lr: f64,
+        /// β1.
+        beta1: f64,
+        /// β2.
+        beta2: f64,
+        /// ε.
+        eps: f64,
+    },
+    /// SGD with momentum (PyTorch's form).
+    Sgd {
+        /// Learning rate (before any schedule).
+        lr: f64,
+        /// Momentum μ (0: plain SGD).
+        momentum: f64,
+        /// Nesterov's form.
+        nesterov: bool,
+    },
+}
+
+/// The optimizer of a [`crate::convnet::ConvTrainer`].
 pub enum ConvOptimizer {
     /// Adam (Keras' ε placement).
     Adam(Adam<dfdx::tensor::Cpu>),
@@ -55,6 +81,14 @@ impl Sgd {
 }
 
 impl ConvOptimizer {
+    /// The host optimizer of `spec`.
+    pub fn new(spec: &OptimizerSpec) -> Self {
+        match *spec {
+            OptimizerSpec::Adam { lr, beta1, beta2, eps } => ConvOptimizer::Adam(Adam::new(lr, beta1, beta2, eps)),
+            OptimizerSpec::Sgd { lr, momentum, nesterov } => ConvOptimizer::Sgd(Sgd::new(lr, momentum, nesterov)),
+        }
+    }
+
     pub(crate) fn set_lr(&mut self, lr: f64) {
         match self {
             ConvOptimizer::Adam(a) => a.set_lr(lr),

@@ -4,7 +4,7 @@
 use crate::conv_block::{block_backward, block_train, wk_from_torch, wk_to_torch, BlockCache};
 use crate::conv_net::ConvNet;
 use crate::conv_ops::{downsample, downsample_backward, head_pool, head_pool_backward, smoothed_cross_entropy, Nhwc};
-use crate::conv_optim::ConvOptimizer;
+use crate::conv_optim::{ConvOptimizer, OptimizerSpec};
 use crate::host::{matmul, View};
 use crate::{EvalSums, Moments};
 use anyhow::Result;
@@ -41,8 +41,8 @@ pub struct ConvTrainer {
 
 /// What a [`ConvTrainer`] trains with.
 pub struct ConvSettings {
-    /// Adam (`adam`: lr, β1, β2, ε) or SGD.
-    pub optimizer: ConvOptimizer,
+    /// Adam or SGD, and their settings.
+    pub optimizer: OptimizerSpec,
     /// Decoupled weight decay of the conv and linear weights.
     pub weight_decay: f64,
     /// Label smoothing ε.
@@ -51,12 +51,12 @@ pub struct ConvSettings {
 
 impl ConvTrainer {
     /// A trainer of `net`'s stages from `first` on.
-    pub fn new(net: ConvNet, first: usize, settings: ConvSettings) -> Self {
+    pub fn new(net: ConvNet, first: usize, settings: &ConvSettings) -> Self {
         let classes = net.linear.outputs;
         Self {
             net,
             first,
-            optimizer: settings.optimizer,
+            optimizer: ConvOptimizer::new(&settings.optimizer),
             weight_decay: settings.weight_decay,
             label_smoothing: settings.label_smoothing as f32,
             sums: EvalSums::new(classes),
@@ -167,47 +167,50 @@ impl ConvTrainer {
     /// layout (PyTorch's), so a saved state does not depend on the kernels.
     pub fn optimizer_state(&self) -> (i32, Moments) {
         let (t, mut m) = self.optimizer.state();
-        self.relayout(&mut m, true);
+        relayout(&self.net, &mut m, true, true);
         (t, m)
     }
 
     /// Continue from a saved [`ConvTrainer::optimizer_state`].
     pub fn restore_optimizer(&mut self, t: i32, mut moments: Moments) {
-        self.relayout(&mut moments, false);
+        relayout(&self.net, &mut moments, false, true);
         self.optimizer.restore(t, moments);
     }
+}
 
-    fn relayout(&self, moments: &mut Moments, to_checkpoint: bool) {
-        let conv = |name: &str| -> Option<(usize, usize)> {
-            for (i, (_, b)) in self.net.stages.iter().enumerate() {
-                if name == format!("{}.conv.weight", layerwise_core::checkpoint::stage_name(i)) {
-                    return Some((b.cin, b.cout));
-                }
+/// Optimizer state between the trainers' layouts and the checkpoint's: conv weights
+/// `[9·in, out]` ⇄ `[out, in, 3, 3]`, and (`linear_transposed`: the host trainer keeps it
+/// `[in, out]`) the head's linear weight; `to_checkpoint` says which way.
+pub(crate) fn relayout(net: &ConvNet, moments: &mut Moments, to_checkpoint: bool, linear_transposed: bool) {
+    let conv = |name: &str| -> Option<(usize, usize)> {
+        for (i, (_, b)) in net.stages.iter().enumerate() {
+            if name == format!("{}.conv.weight", layerwise_core::checkpoint::stage_name(i)) {
+                return Some((b.cin, b.cout));
             }
-            for (j, b) in self.net.head_convs.iter().enumerate() {
-                if name == format!("{}.conv.weight", layerwise_core::checkpoint::head_conv_name(j)) {
-                    return Some((b.cin, b.cout));
-                }
+        }
+        for (j, b) in net.head_convs.iter().enumerate() {
+            if name == format!("{}.conv.weight", layerwise_core::checkpoint::head_conv_name(j)) {
+                return Some((b.cin, b.cout));
             }
-            None
-        };
-        let lin = (self.net.linear.inputs, self.net.linear.outputs);
-        for (name, m, v) in moments.iter_mut() {
-            for t in [m, v] {
-                if t.is_empty() {
-                    continue;
+        }
+        None
+    };
+    let lin = (net.linear.inputs, net.linear.outputs);
+    for (name, m, v) in moments.iter_mut() {
+        for t in [m, v] {
+            if t.is_empty() {
+                continue;
+            }
+            if let Some((cin, cout)) = conv(name) {
+                if t.len() == 9 * cin * cout {
+                    *t = if to_checkpoint { wk_to_torch(t, cin, cout) } else { wk_from_torch(t, cin, cout) };
                 }
-                if let Some((cin, cout)) = conv(name) {
-                    if t.len() == 9 * cin * cout {
-                        *t = if to_checkpoint { wk_to_torch(t, cin, cout) } else { wk_from_torch(t, cin, cout) };
-                    }
-                } else if name == "head.linear.weight" && t.len() == lin.0 * lin.1 {
-                    *t = if to_checkpoint {
-                        crate::host::transpose(t, lin.0, lin.1)
-                    } else {
-                        crate::host::transpose(t, lin.1, lin.0)
-                    };
-                }
+            } else if linear_transposed && name == "head.linear.weight" && t.len() == lin.0 * lin.1 {
+                *t = if to_checkpoint {
+                    crate::host::transpose(t, lin.0, lin.1)
+                } else {
+                    crate::host::transpose(t, lin.1, lin.0)
+                };
             }
         }
     }

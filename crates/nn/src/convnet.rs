@@ -12,12 +12,20 @@
 //!   BatchNorm in training mode, label smoothing, SGD (momentum, Nesterov) or Adam, and
 //!   decoupled weight decay on the convolution and linear weights.
 //!
-//! Tested against direct loops and finite differences (`tests/convnet.rs`).
+//! - [`conv_stepper`]: the one choice of kernels, behind [`ConvStep`]: the host kernels
+//!   on the CPU, [`DeviceConvTrainer`] (dfdx ops and autograd, [`DeviceConvNet`]) on any
+//!   other device (CUDA).
+//!
+//! Tested against direct loops and finite differences (`tests/convnet.rs`); the device
+//! path against the host kernels on dfdx's CPU (`tests/conv_device.rs`).
 
 pub use crate::conv_block::{block_gradients, new_block, new_linear, wk_from_torch, wk_to_torch, HostBlock};
+pub use crate::conv_device::{head_pool_matrix, im2col_index, psi_index, window_rows, DeviceConvNet, DEVICE_CHUNK};
+pub use crate::conv_device_trainer::DeviceConvTrainer;
 pub use crate::conv_net::{ConvNet, INFER_CHUNK};
 pub use crate::conv_ops::{chw_to_nhwc, col2im, downsample, downsample_backward, im2col, smoothed_cross_entropy, Nhwc};
-pub use crate::conv_optim::{ConvOptimizer, Sgd};
+pub use crate::conv_optim::{ConvOptimizer, OptimizerSpec, Sgd};
+pub use crate::conv_step::{conv_stepper, device_stepper, evaluate_cnn, ConvStep};
 pub use crate::conv_trainer::{trainable_names, ConvSettings, ConvTrainer};
 
 /// Keep freed memory in the process instead of handing it back to the kernel (glibc's

@@ -106,8 +106,8 @@ fn trainer(net: ConvNet, first: usize) -> ConvTrainer {
     ConvTrainer::new(
         net,
         first,
-        ConvSettings {
-            optimizer: ConvOptimizer::Sgd(Sgd::new(0.1, 0.9, false)),
+        &ConvSettings {
+            optimizer: OptimizerSpec::Sgd { lr: 0.1, momentum: 0.9, nesterov: false },
             weight_decay: 0.0,
             label_smoothing: 0.1,
         },

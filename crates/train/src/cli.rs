@@ -186,6 +186,7 @@ fn config(a: &Args) -> Result<TrainConfig> {
         }
         c.cnn = Some(spec);
     }
+    crate::adopt_parent_architecture(&mut c, a.from.as_deref(), a.regime)?;
     c.validate()?;
     Ok(c)
 }

@@ -11,7 +11,8 @@ use layerwise_core::checkpoint::{
 };
 use layerwise_core::cnn::{Cnn, CnnHead, CnnSpec, ConvStage, HEAD_POOL};
 use layerwise_core::config::Optimizer;
-use layerwise_nn::convnet::{self, ConvNet, ConvOptimizer, ConvSettings, ConvTrainer, Nhwc};
+use layerwise_nn::convnet::{self, ConvNet, ConvSettings, ConvStep, OptimizerSpec};
+use layerwise_nn::Backend;
 
 /// A convolutional run's network: what it starts from, and the first stage it trains.
 struct ConvPlan {
@@ -165,14 +166,21 @@ fn sizes(named: &state::Named) -> Vec<(String, usize)> {
 /// Train one convolutional depth (or fine-tune one, or a network from scratch) and write
 /// its checkpoint (version 2) and history.
 pub(crate) fn train_cnn(opts: &TrainOptions, ds: &Dataset, spec: &CnnSpec, started: Instant) -> Result<TrainOutcome> {
-    let cfg = &opts.config;
-    if opts.device != DeviceKind::Cpu {
-        bail!(
-            "convolutional stages train on the CPU so far (their CUDA path is not built yet): use --device cpu \
-             (`device = \"cpu\"`)"
-        );
-    }
     let p = plan(opts, ds, spec)?;
+    layerwise_nn::with_device!(opts.device, opts.config.seed, |dev| train_on(&dev, opts, ds, spec, &p, started))
+}
+
+/// [`train_cnn`] on device `dev` (the host kernels on the CPU; see
+/// [`convnet::conv_stepper`]).
+fn train_on<D: Backend + 'static>(
+    dev: &D,
+    opts: &TrainOptions,
+    ds: &Dataset,
+    spec: &CnnSpec,
+    p: &ConvPlan,
+    started: Instant,
+) -> Result<TrainOutcome> {
+    let cfg = &opts.config;
     let (depth, first) = (p.depth, p.first);
     convnet::keep_buffers_resident();
     let say = |text: &str| {
@@ -211,21 +219,13 @@ pub(crate) fn train_cnn(opts: &TrainOptions, ds: &Dataset, spec: &CnnSpec, start
             cfg.augment.name()
         ));
     }
-    let t_prefix = Instant::now();
-    let train_view = ds.split(Split::Train)?;
-    let val_view = ds.split(Split::Val)?;
-    let (val_x, val_s) = host.prefix_features(&val_view.images, val_view.len(), first);
-    let cached_train = cache.then(|| host.prefix_features(&train_view.images, n, first));
-    let mut prefix_rows = if first > 0 { val_view.len() + if cache { n } else { 0 } } else { 0 };
-    let mut prefix_seconds = t_prefix.elapsed().as_secs_f64();
 
     // The optimizer, and a state an interrupted run of this command left.
-    let optimizer = || match cfg.optimizer {
-        Optimizer::Adam => ConvOptimizer::Adam(layerwise_nn::Adam::new(cfg.lr, cfg.beta1, cfg.beta2, cfg.epsilon)),
-        Optimizer::Sgd => ConvOptimizer::Sgd(convnet::Sgd::new(cfg.lr, cfg.momentum, cfg.nesterov)),
-    };
-    let settings = || ConvSettings {
-        optimizer: optimizer(),
+    let settings = ConvSettings {
+        optimizer: match cfg.optimizer {
+            Optimizer::Adam => OptimizerSpec::Adam { lr: cfg.lr, beta1: cfg.beta1, beta2: cfg.beta2, eps: cfg.epsilon },
+            Optimizer::Sgd => OptimizerSpec::Sgd { lr: cfg.lr, momentum: cfg.momentum, nesterov: cfg.nesterov },
+        },
         weight_decay: cfg.weight_decay,
         label_smoothing: cfg.label_smoothing,
     };
@@ -251,15 +251,25 @@ pub(crate) fn train_cnn(opts: &TrainOptions, ds: &Dataset, spec: &CnnSpec, start
         }
     };
     let resumed = saved.is_some();
-    let mut trainer = match &saved {
+    let mut trainer: Box<dyn ConvStep> = match &saved {
         Some(c) => {
-            let mut t =
-                ConvTrainer::new(ConvNet::from_cnn(&with_tensors(&p.net, first, &c.tensors)), first, settings());
-            t.restore_optimizer(c.optimizer_t, c.optimizer.clone());
-            t
+            let net = ConvNet::from_cnn(&with_tensors(&p.net, first, &c.tensors));
+            convnet::conv_stepper(dev, net, first, &settings, Some((c.optimizer_t, c.optimizer.clone())))
         }
-        None => ConvTrainer::new(host.clone(), first, settings()),
+        None => convnet::conv_stepper(dev, host, first, &settings, None),
     };
+    let t_prefix = Instant::now();
+    let train_view = ds.split(Split::Train)?;
+    let val_view = ds.split(Split::Val)?;
+    let (val_x, val_s) = trainer.prefix_features(&val_view.images, val_view.len());
+    trainer.keep_val(val_x, val_s);
+    if cache {
+        let (x, s) = trainer.prefix_features(&train_view.images, n);
+        trainer.keep_train(x, s);
+    }
+    let mut prefix_rows = if first > 0 { val_view.len() + if cache { n } else { 0 } } else { 0 };
+    let mut prefix_seconds = t_prefix.elapsed().as_secs_f64();
+
     let keep_best = opts.regime != Regime::Grow;
     let (mut epochs, mut best, first_epoch) = match saved {
         Some(c) => {
@@ -287,12 +297,7 @@ pub(crate) fn train_cnn(opts: &TrainOptions, ds: &Dataset, spec: &CnnSpec, start
     }
     let labels_all = train_view.labels;
     let dim = ds.meta.input_size();
-    let (feat_s, feat_len) = match &cached_train {
-        Some((_, s)) => (*s, s.len() / n.max(1)),
-        None => (val_s, per_image),
-    };
     let mut bar = opts.progress.start(format!("depth {depth}"), total_epochs, batches);
-    let mut xb: Vec<f32> = Vec::new();
     let mut images: Vec<f32> = Vec::new();
     let mut yb: Vec<u8> = Vec::with_capacity(bs);
     for epoch in first_epoch..=total_epochs {
@@ -303,29 +308,21 @@ pub(crate) fn train_cnn(opts: &TrainOptions, ds: &Dataset, spec: &CnnSpec, start
             yb.clear();
             yb.extend(chunk.iter().map(|&i| labels_all[i]));
             let m = chunk.len();
-            let loss = match &cached_train {
-                Some((x, _)) => {
-                    xb.clear();
-                    for &i in chunk {
-                        xb.extend_from_slice(&x[i * feat_len..(i + 1) * feat_len]);
-                    }
-                    trainer.step(&xb, Nhwc { n: m, ..feat_s }, &yb, lr)?
+            let loss = if cache {
+                trainer.step_rows(chunk, &yb, lr)?
+            } else {
+                images.clear();
+                for &i in chunk {
+                    images.extend_from_slice(&train_view.images[i * dim..(i + 1) * dim]);
                 }
-                None => {
-                    images.clear();
-                    for &i in chunk {
-                        images.extend_from_slice(&train_view.images[i * dim..(i + 1) * dim]);
-                    }
-                    if augment {
-                        let seed = mix_seed(cfg.seed, &[depth as u64, stream + epoch as u64, 1, b as u64]);
-                        layerwise_nn::flip_crop(&mut images, ds.meta.image_shape, 4, seed);
-                    }
-                    let t = Instant::now();
-                    let (x, s) = trainer.net.prefix_features(&images, m, first);
-                    prefix_seconds += t.elapsed().as_secs_f64();
-                    prefix_rows += if first > 0 { m } else { 0 };
-                    trainer.step(&x, s, &yb, lr)?
+                if augment {
+                    let seed = mix_seed(cfg.seed, &[depth as u64, stream + epoch as u64, 1, b as u64]);
+                    layerwise_nn::flip_crop(&mut images, ds.meta.image_shape, 4, seed);
                 }
+                let (loss, seconds) = trainer.step_images(&images, &yb, lr)?;
+                prefix_seconds += seconds;
+                prefix_rows += if first > 0 { m } else { 0 };
+                loss
             };
             if !loss.is_finite() {
                 bail!(
@@ -340,13 +337,13 @@ pub(crate) fn train_cnn(opts: &TrainOptions, ds: &Dataset, spec: &CnnSpec, start
             });
         }
         let sums = trainer.take_sums();
-        let val = trainer.net.evaluate_features(&val_x, val_s, val_view.labels, first);
+        let val = trainer.evaluate_val(val_view.labels)?;
         let seconds = te.elapsed().as_secs_f64();
         let m = epoch_metrics(epoch, &sums, &val, seconds, n);
         bar.epoch(&m);
         let improved = keep_best && best.as_ref().is_none_or(|(_, acc, _)| m.val_accuracy > *acc);
         let resumable = epoch < total_epochs;
-        let now = (improved || resumable).then(|| tensors(&trainer.net.to_cnn(), first));
+        let now = (improved || resumable).then(|| tensors(&trainer.to_cnn(), first));
         if let (true, Some(t)) = (improved, &now) {
             best = Some((epoch, m.val_accuracy, t.clone()));
         }
@@ -366,12 +363,12 @@ pub(crate) fn train_cnn(opts: &TrainOptions, ds: &Dataset, spec: &CnnSpec, start
         }
     }
     bar.finish();
-    let trained = trainer.net.to_cnn();
+    let trained = trainer.to_cnn();
     let (model, best_epoch) = match best {
         Some((e, _, t)) if keep_best => (with_tensors(&p.net, first, &t), Some(e)),
         _ => (trained, None),
     };
-    write(opts, ds, &p, model, epochs, best_epoch, (prefix_rows, prefix_seconds, resumed), started)
+    write(opts, ds, p, model, epochs, best_epoch, (prefix_rows, prefix_seconds, resumed), started)
 }
 
 /// Bytes one training batch takes, roughly: per trained block its patches, its

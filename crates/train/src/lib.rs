@@ -87,8 +87,36 @@ pub struct TrainOutcome {
     pub resumed: bool,
 }
 
+/// A convolutional parent given without a stage list: fine-tuning takes the architecture
+/// its checkpoint records (`config.cnn` set from it); growing needs the list, since the
+/// next stage is not in the file, and is refused saying so. Anything else is left as it
+/// is (a parent that cannot be read is reported by the loader that reads it).
+pub fn adopt_parent_architecture(config: &mut TrainConfig, from: Option<&Path>, regime: Regime) -> Result<()> {
+    let Some(p) = from.filter(|_| config.cnn.is_none()) else { return Ok(()) };
+    let Some(c) = layerwise_core::checkpoint::read_checkpoint_meta(p).ok().and_then(|m| m.cnn) else {
+        return Ok(());
+    };
+    if regime == Regime::Grow {
+        bail!(
+            "{} holds a convolutional network of {}: growing it needs the whole stage list, its {} and the next: \
+             pass --stages (e.g. --stages {},OUT) or run a pipeline with [model] kind = \"cnn\"",
+            p.display(),
+            layerwise_core::plural(c.stages.len(), "stage"),
+            c.stages.len(),
+            c.stages.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(",")
+        );
+    }
+    config.cnn = Some(layerwise_core::cnn::CnnSpec { stages: c.stages, head_convs: c.head.convs });
+    Ok(())
+}
+
 /// Train one depth (or fine-tune one, or train a network from scratch).
 pub fn train(opts: &TrainOptions) -> Result<TrainOutcome> {
+    let mut config = opts.config.clone();
+    adopt_parent_architecture(&mut config, opts.from.as_deref(), opts.regime)?;
+    if config.cnn != opts.config.cnn {
+        return train(&TrainOptions { config, ..opts.clone() });
+    }
     opts.config.validate()?;
     // Fail on an unwritable output folder now, not after the training.
     check_out_dir(&opts.out)?;

@@ -76,6 +76,17 @@ fn conv_stages_grow_frozen_bit_for_bit_and_resume_to_the_same_bytes() {
     })
     .unwrap();
     assert!(ft.history.best_epoch.is_some() && ft.meta.frozen.is_empty());
+    // Without a stage list, fine-tuning takes the checkpoint's architecture (the same bytes);
+    // growing is refused: the next stage is not in the file.
+    let bare = TrainConfig { cnn: None, ..config() };
+    let ft_bare = train(&layerwise_train::TrainOptions {
+        regime: Regime::Finetune,
+        ..f.options(Some(&d3.checkpoint), "ft-bare", bare.clone())
+    })
+    .unwrap();
+    assert!(bytes(&ft_bare.checkpoint) == bytes(&ft.checkpoint), "the checkpoint's stage list, the same bytes");
+    let err = format!("{:#}", train(&f.options(Some(&d2.checkpoint), "grow-bare", bare)).unwrap_err());
+    assert!(err.contains("--stages 4,maxpool:6,OUT"), "{err}");
     let scratch = train(&layerwise_train::TrainOptions {
         regime: Regime::Scratch,
         depth: Some(3),

@@ -302,15 +302,32 @@ fn the_binary_takes_defaults_from_a_pipeline_and_flags_override() {
 #[test]
 fn a_depth_killed_between_epochs_resumes_to_the_same_bytes() {
     let f = fixture();
-    killed_and_resumed(&f, &["--epochs", "150"], "grow");
+    killed_and_resumed(&f, &["--width", "32", "--epochs", "150"], "grow");
     // Fine-tuning keeps its best epoch's weights in the state too.
     let d1 = f.run(None, "d1", config()).unwrap();
     let from = d1.checkpoint.to_string_lossy().into_owned();
-    killed_and_resumed(&f, &["--epochs", "150", "--regime", "finetune", "--from", &from], "finetune");
+    killed_and_resumed(&f, &["--width", "32", "--epochs", "150", "--regime", "finetune", "--from", &from], "finetune");
     // The autoencoder objective: killed while pretraining, and (most likely) in its probe.
-    let ae = ["--objective", "autoencoder", "--corruption", "0.3"];
+    let ae = ["--width", "32", "--objective", "autoencoder", "--corruption", "0.3"];
     killed_and_resumed(&f, &[&ae[..], &["--epochs", "150", "--probe-epochs", "3"]].concat(), "pretraining");
     killed_and_resumed(&f, &[&ae[..], &["--epochs", "2", "--probe-epochs", "150"]].concat(), "probe");
+}
+
+#[test]
+fn a_conv_stage_killed_mid_training_resumes_to_the_same_bytes() {
+    let f = fixture();
+    let conv = ["--stages", "4,maxpool:6", "--optimizer", "sgd", "--nesterov", "--label-smoothing", "0.1"];
+    let d1 = f.dir.path().join("conv-d1");
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_layerwise-train"))
+        .args(["--data", &f.data.to_string_lossy(), "--out", &d1.to_string_lossy(), "--epochs", "1"])
+        .args(conv)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // Stage 2 grows on stage 1's cached output; fine-tuning keeps its best epoch in the state.
+    let from = d1.join("model.safetensors").to_string_lossy().into_owned();
+    killed_and_resumed(&f, &[&conv[..], &["--epochs", "40", "--from", &from]].concat(), "conv-grow");
+    killed_and_resumed(&f, &["--epochs", "25", "--regime", "finetune", "--from", &from], "conv-finetune");
 }
 
 /// Train with `extra` arguments (the epochs among them) three ways: uninterrupted; SIGKILLed once its state file
@@ -322,7 +339,7 @@ fn killed_and_resumed(f: &Fixture, extra: &[&str], tag: &str) {
     let args = |out: &Path, lr: &str| {
         let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_layerwise-train"));
         c.args(["--data", &f.data.to_string_lossy(), "--out", &out.to_string_lossy()]);
-        c.args(["--width", "32", "--batch-size", "50", "--seed", "1", "--lr", lr]);
+        c.args(["--batch-size", "50", "--seed", "1", "--lr", lr]);
         c.args(extra);
         c
     };
