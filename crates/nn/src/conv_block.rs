@@ -171,9 +171,12 @@ pub(crate) fn block_train(b: &mut HostBlock, x: &[f32], s: Nhwc) -> BlockCache {
     let cout = b.cout;
     let mut z = vec![0f32; rows * cout];
     matmul(&mut z, View::rows(&cols, rows, 9 * s.c), View::rows(&b.wk, 9 * s.c, cout), false);
-    let (sum, sq) = column_sums2(rows, cout, |r, c| {
-        let v = z[r * cout + c] as f64;
-        (v, v * v)
+    let (sum, sq) = column_sums2(rows, cout, |r, a, b| {
+        for ((a, b), &v) in a.iter_mut().zip(b.iter_mut()).zip(&z[r * cout..(r + 1) * cout]) {
+            let v = v as f64;
+            *a += v;
+            *b += v * v;
+        }
     });
     let count = rows as f64;
     let mut mean = vec![0f32; cout];
@@ -189,11 +192,11 @@ pub(crate) fn block_train(b: &mut HostBlock, x: &[f32], s: Nhwc) -> BlockCache {
         b.var[c] = ((1.0 - momentum) * b.var[c] as f64 + momentum * unbiased) as f32;
     }
     let mut y = vec![0f32; rows * cout];
-    let (gamma, beta) = (&b.gamma, &b.beta);
+    let (gamma, beta, m, inv) = (&b.gamma[..cout], &b.beta[..cout], &mean[..cout], &inv_std[..cout]);
     y.par_chunks_mut(PASS_ROWS * cout).zip(z.par_chunks(PASS_ROWS * cout)).for_each(|(y, z)| {
         for (yr, zr) in y.chunks_exact_mut(cout).zip(z.chunks_exact(cout)) {
             for c in 0..cout {
-                yr[c] = (gamma[c] * (zr[c] - mean[c]) * inv_std[c] + beta[c]).max(0.0);
+                yr[c] = (gamma[c] * (zr[c] - m[c]) * inv[c] + beta[c]).max(0.0);
             }
         }
     });
@@ -202,32 +205,43 @@ pub(crate) fn block_train(b: &mut HostBlock, x: &[f32], s: Nhwc) -> BlockCache {
 
 /// The backward pass of [`block_train`] from the gradient of its output: the gradients
 /// of its weight, γ and β, and (when `input_grad`) of its input.
-pub(crate) fn block_backward(
+pub(crate) fn block_backward<'a>(
     b: &HostBlock,
-    cache: &BlockCache,
-    dy: &[f32],
+    cache: &'a BlockCache,
+    dy: &'a [f32],
     input_grad: bool,
 ) -> (BlockGrads, Option<Vec<f32>>) {
     let (s, cout) = (cache.s, b.cout);
     let rows = s.rows();
-    let (mean, inv) = (&cache.mean, &cache.inv_std);
-    let xhat = |r: usize, c: usize| (cache.z[r * cout + c] - mean[c]) * inv[c];
+    // Every per-channel slice is cut to `cout` up front, so the loops over a row's
+    // channels carry no bounds checks and vectorize.
+    let (mean, inv) = (&cache.mean[..cout], &cache.inv_std[..cout]);
+    // Row r's slices of the convolution's output, the block's output and its gradient.
+    let row = |v: &'a [f32], r: usize| &v[r * cout..(r + 1) * cout];
     // The ReLU's gradient passes where the output is positive.
-    let g = |r: usize, c: usize| if cache.y[r * cout + c] > 0.0 { dy[r * cout + c] } else { 0.0 };
-    let (dbeta, dgamma) = column_sums2(rows, cout, |r, c| {
-        let gv = g(r, c) as f64;
-        (gv, gv * xhat(r, c) as f64)
+    let relu_grad = |y: f32, d: f32| if y > 0.0 { d } else { 0.0 };
+    let (dbeta, dgamma) = column_sums2(rows, cout, |r, a, b| {
+        let (zr, yr, dyr) = (row(&cache.z, r), row(&cache.y, r), row(dy, r));
+        let (a, b) = (&mut a[..cout], &mut b[..cout]);
+        for c in 0..cout {
+            let gv = relu_grad(yr[c], dyr[c]) as f64;
+            a[c] += gv;
+            b[c] += gv * ((zr[c] - mean[c]) * inv[c]) as f64;
+        }
     });
     let count = rows as f32;
     let k: Vec<f32> = (0..cout).map(|c| b.gamma[c] * inv[c] / count).collect();
     let (db, dg): (Vec<f32>, Vec<f32>) =
         (dbeta.iter().map(|&v| v as f32).collect(), dgamma.iter().map(|&v| v as f32).collect());
+    let (kc, dbc, dgc) = (&k[..cout], &db[..cout], &dg[..cout]);
     let mut dz = vec![0f32; rows * cout];
     dz.par_chunks_mut(PASS_ROWS * cout).enumerate().for_each(|(p, chunk)| {
-        for (i, row) in chunk.chunks_exact_mut(cout).enumerate() {
+        for (i, out) in chunk.chunks_exact_mut(cout).enumerate() {
             let r = p * PASS_ROWS + i;
+            let (zr, yr, dyr) = (row(&cache.z, r), row(&cache.y, r), row(dy, r));
             for c in 0..cout {
-                row[c] = k[c] * (count * g(r, c) - db[c] - xhat(r, c) * dg[c]);
+                let xhat = (zr[c] - mean[c]) * inv[c];
+                out[c] = kc[c] * (count * relu_grad(yr[c], dyr[c]) - dbc[c] - xhat * dgc[c]);
             }
         }
     });

@@ -197,23 +197,20 @@ pub fn downsample_backward(dy: &[f32], s: Nhwc, d: Downsample, arg: &[u8]) -> Ve
 /// number of threads.
 pub(crate) const REDUCE_ROWS: usize = 1024;
 
-/// Per-column sums of `f(row, col)` over a `[rows, cols]` matrix, in f64, in parallel
-/// with a fixed association (deterministic).
+/// Per-column sums over the rows of a `[rows, cols]` matrix, in f64, in parallel with a
+/// fixed association (deterministic): `f(r, a, b)` adds row `r`'s two values of each column
+/// into `a[c]` and `b[c]` (one row at a time, so the loop over a row's columns vectorizes).
 pub(crate) fn column_sums2(
     rows: usize,
     cols: usize,
-    f: impl Fn(usize, usize) -> (f64, f64) + Sync,
+    f: impl Fn(usize, &mut [f64], &mut [f64]) + Sync,
 ) -> (Vec<f64>, Vec<f64>) {
     let parts: Vec<(Vec<f64>, Vec<f64>)> = (0..rows.div_ceil(REDUCE_ROWS))
         .into_par_iter()
         .map(|p| {
             let (mut a, mut b) = (vec![0f64; cols], vec![0f64; cols]);
             for r in p * REDUCE_ROWS..((p + 1) * REDUCE_ROWS).min(rows) {
-                for c in 0..cols {
-                    let (x, y) = f(r, c);
-                    a[c] += x;
-                    b[c] += y;
-                }
+                f(r, &mut a, &mut b);
             }
             (a, b)
         })
