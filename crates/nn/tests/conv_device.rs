@@ -3,37 +3,13 @@
 //! logits, every trainable tensor's gradient, steps of SGD and Adam, the optimizer state a
 //! resumed run saves, and a short training through the stage's trait on both.
 
-use layerwise_core::cnn::{Cnn, CnnHead, ConvStage, Downsample};
+use layerwise_core::cnn::Downsample;
 use layerwise_nn::convnet::*;
-use rand::{Rng, SeedableRng};
-
-fn random(n: usize, seed: u64) -> Vec<f32> {
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    (0..n).map(|_| rng.gen_range(-1.0f32..1.0)).collect()
-}
+mod common;
+use common::{random, small_net};
 
 fn dev() -> dfdx::tensor::Cpu {
     layerwise_nn::device::cpu(0)
-}
-
-/// psi, a conv; max-pooling, a conv; a conv on an odd-sized map; a head conv; 3 classes.
-fn small_net() -> ConvNet {
-    let input = [2, 8, 8];
-    let specs = [(Downsample::Psi, 8, 5), (Downsample::Maxpool, 5, 6), (Downsample::None, 6, 4)];
-    let stages = specs
-        .iter()
-        .enumerate()
-        .map(|(i, &(d, cin, cout))| {
-            let mut conv = new_block(cin, cout, 10 + i as u64);
-            conv.bn.weight = random(cout, 20 + i as u64).iter().map(|v| 1.0 + 0.3 * v).collect();
-            conv.bn.bias = random(cout, 30 + i as u64).iter().map(|v| 0.2 * v).collect();
-            conv.bn.running_mean = random(cout, 50 + i as u64).iter().map(|v| 0.1 * v).collect();
-            conv.bn.running_var = random(cout, 60 + i as u64).iter().map(|v| 1.0 + 0.5 * v).collect();
-            ConvStage { downsample: d, conv }
-        })
-        .collect();
-    let cnn = Cnn { input, stages, head: CnnHead { convs: vec![new_block(4, 4, 40)], linear: new_linear(16, 3, 41) } };
-    ConvNet::from_cnn(&cnn)
 }
 
 fn close(a: &[f32], b: &[f32], tol: f32, what: &str) {
@@ -72,7 +48,7 @@ fn the_gathers_are_im2col_psi_and_the_head_pooling() {
 
 #[test]
 fn device_logits_are_the_host_logits() {
-    let net = small_net();
+    let net = small_net(true);
     let n = 5;
     let images = random(n * 2 * 8 * 8, 3);
     let labels: Vec<u8> = (0..n).map(|i| (i % 3) as u8).collect();
@@ -102,7 +78,7 @@ const ADAM: OptimizerSpec = OptimizerSpec::Adam { lr: 1e-3, beta1: 0.9, beta2: 0
 
 #[test]
 fn device_gradients_are_the_host_gradients_and_fail_when_doubled() {
-    let net = small_net();
+    let net = small_net(true);
     let n = 6;
     let images = random(n * 2 * 8 * 8, 4);
     let labels: Vec<u8> = (0..n).map(|i| (i % 3) as u8).collect();
@@ -132,7 +108,7 @@ fn device_gradients_are_the_host_gradients_and_fail_when_doubled() {
 
 #[test]
 fn device_steps_follow_the_host_steps_and_save_the_same_optimizer_state() {
-    let net = small_net();
+    let net = small_net(true);
     let n = 8;
     let images = random(n * 2 * 8 * 8, 5);
     let labels: Vec<u8> = (0..n).map(|i| (i % 3) as u8).collect();
@@ -174,7 +150,7 @@ fn device_steps_follow_the_host_steps_and_save_the_same_optimizer_state() {
 
 #[test]
 fn the_stage_trait_trains_alike_on_both_paths() {
-    let net = small_net();
+    let net = small_net(true);
     let n = 12;
     let images = random(n * 2 * 8 * 8, 6);
     let labels: Vec<u8> = (0..n).map(|i| (i % 3) as u8).collect();

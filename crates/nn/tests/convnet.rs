@@ -2,14 +2,10 @@
 //! tensor's gradient against central finite differences (failing when a gradient is
 //! doubled).
 
-use layerwise_core::cnn::{Cnn, CnnHead, ConvStage, Downsample};
+use layerwise_core::cnn::Downsample;
 use layerwise_nn::convnet::*;
-use rand::{Rng, SeedableRng};
-
-fn random(n: usize, seed: u64) -> Vec<f32> {
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    (0..n).map(|_| rng.gen_range(-1.0f32..1.0)).collect()
-}
+mod common;
+use common::{random, small_net};
 
 /// A direct 3 × 3, padding-1 convolution of one CHW image with a `[out, in, 3, 3]` weight.
 fn direct_conv(x: &[f32], [c, h, w]: [usize; 3], weight: &[f32], out: usize) -> Vec<f32> {
@@ -84,24 +80,6 @@ fn the_convolution_is_the_direct_loop_and_psi_is_pixel_unshuffle() {
     assert!((back.iter().sum::<f32>() - m.iter().sum::<f32>()).abs() < 1e-4);
 }
 
-/// A small network: psi, a conv; max-pooling, a conv; a conv; a head conv; classes 3.
-fn small_net() -> ConvNet {
-    let input = [2, 8, 8];
-    let specs = [(Downsample::Psi, 8, 5), (Downsample::Maxpool, 5, 6), (Downsample::None, 6, 4)];
-    let stages = specs
-        .iter()
-        .enumerate()
-        .map(|(i, &(d, cin, cout))| {
-            let mut conv = new_block(cin, cout, 10 + i as u64);
-            conv.bn.weight = random(cout, 20 + i as u64).iter().map(|v| 1.0 + 0.3 * v).collect();
-            conv.bn.bias = random(cout, 30 + i as u64).iter().map(|v| 0.2 * v).collect();
-            ConvStage { downsample: d, conv }
-        })
-        .collect();
-    let cnn = Cnn { input, stages, head: CnnHead { convs: vec![new_block(4, 4, 40)], linear: new_linear(16, 3, 41) } };
-    ConvNet::from_cnn(&cnn)
-}
-
 fn trainer(net: ConvNet, first: usize) -> ConvTrainer {
     ConvTrainer::new(
         net,
@@ -117,7 +95,7 @@ fn trainer(net: ConvNet, first: usize) -> ConvTrainer {
 /// Every trainable tensor's gradient (a sample of its entries) against central finite
 /// differences of the training-mode loss; `scale` multiplies the analytic gradient.
 fn gradients_match(first: usize, scale: f32) -> Result<(), String> {
-    let net = small_net();
+    let net = small_net(false);
     let n = 6;
     let images = random(n * 2 * 8 * 8, 3);
     let labels: Vec<u8> = (0..n).map(|i| (i % 3) as u8).collect();
@@ -161,7 +139,7 @@ fn every_gradient_matches_finite_differences_and_a_doubled_one_does_not() {
 
 #[test]
 fn the_network_round_trips_and_inference_uses_the_running_statistics() {
-    let net = small_net();
+    let net = small_net(false);
     assert_eq!(ConvNet::from_cnn(&net.to_cnn()), net);
     let n = 4;
     let images = random(n * 2 * 8 * 8, 5);
