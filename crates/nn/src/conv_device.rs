@@ -302,6 +302,14 @@ impl<D: Backend> DeviceConvNet<D> {
         }
     }
 
+    /// The `(in, out)` channels of each stage's block and each head block.
+    pub(crate) fn block_shapes(&self) -> crate::conv_net::BlockShapes {
+        (
+            self.stages.iter().map(|(_, b)| (b.cin, b.cout)).collect(),
+            self.head_convs.iter().map(|b| (b.cin, b.cout)).collect(),
+        )
+    }
+
     /// Classes.
     pub fn classes(&self) -> usize {
         self.linear.outputs()
@@ -396,14 +404,11 @@ impl<D: Backend> DeviceConvNet<D> {
     /// Evaluate from resident features `x` (`s`) that are stage `first`'s block input.
     pub(crate) fn evaluate_resident(&self, x: &Matrix<D>, s: Nhwc, labels: &[u8], first: usize) -> EvalSums {
         let mut sums = EvalSums::new(self.classes());
-        let per = s.image();
-        let all: Matrix<D> = x.clone();
         for start in (0..s.n).step_by(DEVICE_CHUNK) {
             let m = DEVICE_CHUNK.min(s.n - start);
             let idx: Index<D> = self.dev.tensor_from_vec((start..start + m).collect(), (m,));
-            let xb: Matrix<D> = all.clone().gather(idx);
+            let xb: Matrix<D> = x.clone().gather(idx);
             let xb = xb.reshape_like(&(m * s.h * s.w, s.c));
-            debug_assert_eq!(per, s.h * s.w * s.c);
             let logits = self.logits_from(xb, Nhwc { n: m, ..s }, first).as_vec();
             sums.add(&logits, &labels[start..]);
         }

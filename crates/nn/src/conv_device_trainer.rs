@@ -365,13 +365,13 @@ impl<D: Backend> DeviceConvTrainer<D> {
     /// The optimizer's step count and state, weights' in the checkpoint layout.
     pub fn optimizer_state(&self) -> (i32, Moments) {
         let (t, mut m) = self.optimizer.state();
-        relayout(&self.net.to_host(), &mut m, true, false);
+        relayout(&self.net.block_shapes(), None, &mut m, true);
         (t, m)
     }
 
     /// Continue from a saved [`DeviceConvTrainer::optimizer_state`].
     pub fn restore_optimizer(&mut self, t: i32, mut moments: Moments) {
-        relayout(&self.net.to_host(), &mut moments, false, false);
+        relayout(&self.net.block_shapes(), None, &mut moments, false);
         self.optimizer.restore(t, moments);
     }
 }

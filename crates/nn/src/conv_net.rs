@@ -20,6 +20,9 @@ pub struct ConvNet {
     pub linear: HostLayer,
 }
 
+/// The `(in, out)` channels of each stage's conv block and of each head conv block.
+pub(crate) type BlockShapes = (Vec<(usize, usize)>, Vec<(usize, usize)>);
+
 /// Images per chunk of an inference pass.
 pub const INFER_CHUNK: usize = 250;
 
@@ -44,6 +47,14 @@ impl ConvNet {
                 linear: self.linear.to_dense(),
             },
         }
+    }
+
+    /// The `(in, out)` channels of each stage's block and each head block.
+    pub(crate) fn block_shapes(&self) -> BlockShapes {
+        (
+            self.stages.iter().map(|(_, b)| (b.cin, b.cout)).collect(),
+            self.head_convs.iter().map(|b| (b.cin, b.cout)).collect(),
+        )
     }
 
     /// The NHWC shape of the images.

@@ -54,7 +54,7 @@ pub fn conv_stepper<D: Backend + 'static>(
         if let Some((step, m)) = restored {
             t.restore_optimizer(step, m);
         }
-        Box::new(HostStep { trainer: t, first, train: None, val: None, xb: Vec::new() })
+        Box::new(HostStep { trainer: t, train: None, val: None, xb: Vec::new() })
     } else {
         Box::new(device_stepper(dev, &net, first, settings, restored))
     }
@@ -88,7 +88,6 @@ pub fn device_stepper<D: Backend + 'static>(
 /// The host kernels, the kept features in host memory.
 struct HostStep {
     trainer: ConvTrainer,
-    first: usize,
     train: Option<(Vec<f32>, Nhwc)>,
     val: Option<(Vec<f32>, Nhwc)>,
     xb: Vec<f32>,
@@ -115,18 +114,18 @@ impl ConvStep for HostStep {
 
     fn step_images(&mut self, images: &[f32], labels: &[u8], lr: f64) -> Result<(f32, f64)> {
         let t = Instant::now();
-        let (x, s) = self.trainer.net.prefix_features(images, labels.len(), self.first);
+        let (x, s) = self.trainer.net.prefix_features(images, labels.len(), self.trainer.first());
         let seconds = t.elapsed().as_secs_f64();
         Ok((self.trainer.step(&x, s, labels, lr)?, seconds))
     }
 
     fn prefix_features(&self, images: &[f32], n: usize) -> (Vec<f32>, Nhwc) {
-        self.trainer.net.prefix_features(images, n, self.first)
+        self.trainer.net.prefix_features(images, n, self.trainer.first())
     }
 
     fn evaluate_val(&self, labels: &[u8]) -> Result<EvalSums> {
         let (x, s) = self.val.as_ref().ok_or_else(|| anyhow!("internal: no validation features kept"))?;
-        Ok(self.trainer.net.evaluate_features(x, *s, labels, self.first))
+        Ok(self.trainer.net.evaluate_features(x, *s, labels, self.trainer.first()))
     }
 
     fn running(&self) -> (f64, f64) {

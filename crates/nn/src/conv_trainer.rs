@@ -2,7 +2,7 @@
 //! pass in training mode, its backward pass, the updates, the optimizer's state.
 
 use crate::conv_block::{block_backward, block_train, wk_from_torch, wk_to_torch, BlockCache};
-use crate::conv_net::ConvNet;
+use crate::conv_net::{BlockShapes, ConvNet};
 use crate::conv_ops::{downsample, downsample_backward, head_pool, head_pool_backward, smoothed_cross_entropy, Nhwc};
 use crate::conv_optim::{ConvOptimizer, OptimizerSpec};
 use crate::host::{matmul, View};
@@ -153,6 +153,15 @@ impl ConvTrainer {
         (loss, grads)
     }
 
+    /// The first stage trained.
+    pub fn first(&self) -> usize {
+        self.first
+    }
+
+    fn linear_shape(&self) -> (usize, usize) {
+        (self.net.linear.inputs, self.net.linear.outputs)
+    }
+
     /// Loss and accuracy of the steps since the last call.
     pub fn take_sums(&mut self) -> EvalSums {
         std::mem::replace(&mut self.sums, EvalSums::new(self.net.linear.outputs))
@@ -167,35 +176,32 @@ impl ConvTrainer {
     /// layout (PyTorch's), so a saved state does not depend on the kernels.
     pub fn optimizer_state(&self) -> (i32, Moments) {
         let (t, mut m) = self.optimizer.state();
-        relayout(&self.net, &mut m, true, true);
+        relayout(&self.net.block_shapes(), Some(self.linear_shape()), &mut m, true);
         (t, m)
     }
 
     /// Continue from a saved [`ConvTrainer::optimizer_state`].
     pub fn restore_optimizer(&mut self, t: i32, mut moments: Moments) {
-        relayout(&self.net, &mut moments, false, true);
+        relayout(&self.net.block_shapes(), Some(self.linear_shape()), &mut moments, false);
         self.optimizer.restore(t, moments);
     }
 }
 
 /// Optimizer state between the trainers' layouts and the checkpoint's: conv weights
-/// `[9·in, out]` ⇄ `[out, in, 3, 3]`, and (`linear_transposed`: the host trainer keeps it
-/// `[in, out]`) the head's linear weight; `to_checkpoint` says which way.
-pub(crate) fn relayout(net: &ConvNet, moments: &mut Moments, to_checkpoint: bool, linear_transposed: bool) {
+/// `[9·in, out]` ⇄ `[out, in, 3, 3]` (`blocks` gives their channels), and the head's
+/// linear weight `[in, out]` ⇄ `[out, in]` when `linear_transposed` gives its `(in, out)`
+/// (the host trainer keeps it so); `to_checkpoint` says which way.
+pub(crate) fn relayout(
+    (stages, heads): &BlockShapes,
+    linear_transposed: Option<(usize, usize)>,
+    moments: &mut Moments,
+    to_checkpoint: bool,
+) {
     let conv = |name: &str| -> Option<(usize, usize)> {
-        for (i, (_, b)) in net.stages.iter().enumerate() {
-            if name == format!("{}.conv.weight", layerwise_core::checkpoint::stage_name(i)) {
-                return Some((b.cin, b.cout));
-            }
-        }
-        for (j, b) in net.head_convs.iter().enumerate() {
-            if name == format!("{}.conv.weight", layerwise_core::checkpoint::head_conv_name(j)) {
-                return Some((b.cin, b.cout));
-            }
-        }
-        None
+        let stage = stages.iter().enumerate().map(|(i, s)| (layerwise_core::checkpoint::stage_name(i), s));
+        let head = heads.iter().enumerate().map(|(j, s)| (layerwise_core::checkpoint::head_conv_name(j), s));
+        stage.chain(head).find(|(prefix, _)| name == format!("{prefix}.conv.weight")).map(|(_, s)| *s)
     };
-    let lin = (net.linear.inputs, net.linear.outputs);
     for (name, m, v) in moments.iter_mut() {
         for t in [m, v] {
             if t.is_empty() {
@@ -205,12 +211,14 @@ pub(crate) fn relayout(net: &ConvNet, moments: &mut Moments, to_checkpoint: bool
                 if t.len() == 9 * cin * cout {
                     *t = if to_checkpoint { wk_to_torch(t, cin, cout) } else { wk_from_torch(t, cin, cout) };
                 }
-            } else if linear_transposed && name == "head.linear.weight" && t.len() == lin.0 * lin.1 {
-                *t = if to_checkpoint {
-                    crate::host::transpose(t, lin.0, lin.1)
-                } else {
-                    crate::host::transpose(t, lin.1, lin.0)
-                };
+            } else if let Some((inputs, outputs)) = linear_transposed.filter(|_| name == "head.linear.weight") {
+                if t.len() == inputs * outputs {
+                    *t = if to_checkpoint {
+                        crate::host::transpose(t, inputs, outputs)
+                    } else {
+                        crate::host::transpose(t, outputs, inputs)
+                    };
+                }
             }
         }
     }

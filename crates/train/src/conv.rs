@@ -203,7 +203,6 @@ fn train_on<D: Backend + 'static>(
     let bs = cfg.batch_size.min(n);
     let batches = n.div_ceil(bs);
     let total_epochs = cfg.epochs;
-    let host = ConvNet::from_cnn(&p.net);
     // The frozen stages' output: cached (train and validation) when the images do not
     // change per batch and it fits; else recomputed per batch from the images.
     let augment = cfg.augment == Augment::FlipCrop;
@@ -229,13 +228,20 @@ fn train_on<D: Backend + 'static>(
         weight_decay: cfg.weight_decay,
         label_smoothing: cfg.label_smoothing,
     };
-    let names = convnet::trainable_names(p.net.depth(), first, spec.head_convs);
-    let optimized: Vec<(String, usize)> =
-        names.into_iter().zip(host.clone().trainable_mut(first).into_iter().map(|t| t.len())).collect();
+    // The optimizer's tensors are saved tensors, of the same sizes (the trainers' layouts
+    // only reorder them).
+    let saved_sizes = sizes(&tensors(&p.net, first));
+    let optimized: Vec<(String, usize)> = convnet::trainable_names(p.net.depth(), first, spec.head_convs)
+        .into_iter()
+        .map(|n| {
+            let len = saved_sizes.iter().find(|(s, _)| *s == n).map_or(0, |(_, len)| *len);
+            (n, len)
+        })
+        .collect();
     let expect = state::ExpectConv {
         epochs: total_epochs,
         batches,
-        tensors: sizes(&tensors(&p.net, first)),
+        tensors: saved_sizes,
         optimized,
         second: cfg.optimizer == Optimizer::Adam,
     };
@@ -256,7 +262,7 @@ fn train_on<D: Backend + 'static>(
             let net = ConvNet::from_cnn(&with_tensors(&p.net, first, &c.tensors));
             convnet::conv_stepper(dev, net, first, &settings, Some((c.optimizer_t, c.optimizer.clone())))
         }
-        None => convnet::conv_stepper(dev, host, first, &settings, None),
+        None => convnet::conv_stepper(dev, ConvNet::from_cnn(&p.net), first, &settings, None),
     };
     let t_prefix = Instant::now();
     let train_view = ds.split(Split::Train)?;
@@ -426,30 +432,17 @@ fn write(
     // A convolutional depth leaves no features file: the next depth recomputes the frozen
     // stages from the images.
     let _ = std::fs::remove_file(opts.out.join(FEATURES_FILE));
-    let history = TrainHistory {
-        schema: TRAIN_SCHEMA.into(),
-        version: TRAIN_VERSION,
+    let record = outputs::DepthRecord {
         depth: p.depth,
-        checkpoint_sha256: checkpoint_sha,
-        dataset_fingerprint: ds.meta.fingerprint.clone(),
         trainable_params,
         total_params: model.num_params(),
         frozen_features_seconds: prefix_seconds,
-        seconds: started.elapsed().as_secs_f64(),
-        device: opts.device.name().into(),
-        host: layerwise_core::metrics::host_name(),
-        slurm_job_id: std::env::var("SLURM_JOB_ID").ok(),
-        regime: opts.regime,
         trained_tensors,
         best_epoch,
         pretraining: Vec::new(),
         epochs,
-        content_sha256: None,
-    }
-    .sealed()?;
-    let checkpoint = opts.out.join(MODEL_FILE);
-    atomic::write_json_atomic(&opts.out.join(HISTORY_FILE), &history)?;
-    atomic::write_bytes_atomic(&checkpoint, &bytes)?;
-    let _ = std::fs::remove_file(opts.out.join(state::STATE_FILE));
-    Ok(TrainOutcome { checkpoint, meta, history, prefix_rows, resumed })
+        prefix_rows,
+        resumed,
+    };
+    outputs::write_depth(opts, ds, &bytes, checkpoint_sha, meta, record, started)
 }

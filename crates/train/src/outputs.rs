@@ -83,31 +83,73 @@ pub(crate) fn write(run: &Run<'_>, trained: Trained, started: Instant) -> Result
         }
     }
     let features_seconds = t_features.elapsed().as_secs_f64();
-    let history = TrainHistory {
-        schema: TRAIN_SCHEMA.into(),
-        version: TRAIN_VERSION,
+    let record = DepthRecord {
         depth,
-        checkpoint_sha256: checkpoint_sha,
-        dataset_fingerprint: ds.meta.fingerprint.clone(),
         trainable_params,
         total_params: model.num_params(),
         frozen_features_seconds: trained.prefix_seconds + features_seconds,
+        trained_tensors,
+        best_epoch: trained.best_epoch,
+        pretraining: trained.pretrained.as_ref().map(|p| p.epochs.clone()).unwrap_or_default(),
+        epochs: trained.epochs,
+        prefix_rows: trained.prefix_rows,
+        resumed: trained.resumed,
+    };
+    write_depth(opts, ds, &bytes, checkpoint_sha, meta, record, started)
+}
+
+/// What a finished depth's history records that depends on the network and its loop.
+pub(crate) struct DepthRecord {
+    pub(crate) depth: usize,
+    pub(crate) trainable_params: usize,
+    pub(crate) total_params: usize,
+    pub(crate) frozen_features_seconds: f64,
+    pub(crate) trained_tensors: Vec<String>,
+    pub(crate) best_epoch: Option<usize>,
+    pub(crate) pretraining: Vec<layerwise_core::metrics::PretrainEpoch>,
+    pub(crate) epochs: Vec<EpochMetrics>,
+    /// Rows pushed through the frozen layers.
+    pub(crate) prefix_rows: usize,
+    /// Whether the run continued from an interrupted one's state.
+    pub(crate) resumed: bool,
+}
+
+/// Write a finished depth, MLP or convolutional: `train.json` first, then the checkpoint
+/// (`bytes`, hashing to `checkpoint_sha`), so a checkpoint on disk always has its history;
+/// then the interrupted run's state goes, being of no more use.
+pub(crate) fn write_depth(
+    opts: &TrainOptions,
+    ds: &Dataset,
+    bytes: &[u8],
+    checkpoint_sha: String,
+    meta: CheckpointMeta,
+    r: DepthRecord,
+    started: Instant,
+) -> Result<TrainOutcome> {
+    let history = TrainHistory {
+        schema: TRAIN_SCHEMA.into(),
+        version: TRAIN_VERSION,
+        depth: r.depth,
+        checkpoint_sha256: checkpoint_sha,
+        dataset_fingerprint: ds.meta.fingerprint.clone(),
+        trainable_params: r.trainable_params,
+        total_params: r.total_params,
+        frozen_features_seconds: r.frozen_features_seconds,
         seconds: started.elapsed().as_secs_f64(),
         device: opts.device.name().into(),
         host: layerwise_core::metrics::host_name(),
         slurm_job_id: std::env::var("SLURM_JOB_ID").ok(),
         regime: opts.regime,
-        trained_tensors,
-        best_epoch: trained.best_epoch,
-        pretraining: trained.pretrained.as_ref().map(|p| p.epochs.clone()).unwrap_or_default(),
-        epochs: trained.epochs,
+        trained_tensors: r.trained_tensors,
+        best_epoch: r.best_epoch,
+        pretraining: r.pretraining,
+        epochs: r.epochs,
         content_sha256: None,
     }
     .sealed()?;
     let checkpoint = opts.out.join(MODEL_FILE);
     atomic::write_json_atomic(&opts.out.join(HISTORY_FILE), &history)?;
-    atomic::write_bytes_atomic(&checkpoint, &bytes)?;
-    // The depth is complete: an interrupted run's state is of no more use.
+    atomic::write_bytes_atomic(&checkpoint, bytes)?;
     let _ = std::fs::remove_file(opts.out.join(state::STATE_FILE));
-    Ok(TrainOutcome { checkpoint, meta, history, prefix_rows: trained.prefix_rows, resumed: trained.resumed })
+    Ok(TrainOutcome { checkpoint, meta, history, prefix_rows: r.prefix_rows, resumed: r.resumed })
 }
