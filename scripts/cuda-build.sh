@@ -4,11 +4,24 @@
 # with that nvcc, and the binaries link against the wheels' libraries.
 #
 #   scripts/cuda-build.sh            # -> target/cuda/release/{layerwise-train,layerwise-evaluate,xtask}
+#   scripts/gpu-preflight.sh         # then: check the build for the lent GPU, with no GPU
+#
+# The toolkit is PINNED to CUDA 13.0 (nvcc 13.0.88), the lent H200's driver (580.159, CUDA
+# 13.0). dfdx compiles its kernels to PTX here and the driver JIT-compiles that PTX when a
+# kernel loads; a driver refuses PTX newer than its own ISA (CUDA_ERROR_UNSUPPORTED_PTX_VERSION).
+# nvcc 13.0.x writes `.version 9.0`, which driver 13.0 loads; `13.*` resolves to the newest
+# (13.5.37 writes `.version 9.5`) and no kernel would load there.
+#   LAYERWISE_CUDA_VERSION=13.2.86 scripts/cuda-build.sh
+# builds with another nvcc: its PTX ISA (13.N writes 9.N) then needs a driver of CUDA >= 13.N,
+# and scripts/gpu-preflight.sh (LAYERWISE_PTX_MAX, default 9.0) refuses it for the H200 here.
+# cccl and cuBLAS number their wheels apart (cccl 13.0.85, cuBLAS 13.0.2.14 ship with CUDA
+# 13.0 Update 1): the default pins those; with LAYERWISE_CUDA_VERSION=X.Y.Z they are X.Y.*
+# and 13.* (cuBLAS is found by its soname libcublas.so.13 at run time, the image's own).
 #
 # What it does, and what it fakes:
 # - pip-downloads nvidia-cuda-nvcc, nvidia-nvvm (cicc, libdevice), nvidia-cuda-crt,
 #   nvidia-cuda-cccl (the headers cuda_fp16.h includes), nvidia-cuda-runtime,
-#   nvidia-cuda-nvrtc and nvidia-cublas (13.*) into
+#   nvidia-cuda-nvrtc and nvidia-cublas (CUDA 13.0, see below) into
 #   target/cuda-toolkit/ and unpacks them (the `-cu12` nvcc wheel has only ptxas);
 # - `libcuda.so` (the driver library) is in no wheel. The link needs one, so the script
 #   builds a STUB: a tiny shared library exporting every `cu*` function cudarc's driver
@@ -23,25 +36,36 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
 tk=${LAYERWISE_CUDA_TOOLKIT:-$repo/target/cuda-toolkit}
-version=${LAYERWISE_CUDA_VERSION:-13.*}
+version=${LAYERWISE_CUDA_VERSION:-13.0.88}
+if [ "$version" = 13.0.88 ]; then
+    cccl=13.0.85 cublas=13.0.2.14
+else
+    cccl="$(echo "$version" | cut -d. -f1-2).*" cublas=13.*
+fi
 cap=${CUDA_COMPUTE_CAP:-90}
 started=$(date +%s)
 say() { echo "cuda-build: $*" >&2; }
 
 root=$tk/nvidia/cu13
+stamp=$tk/version
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" != "$version" ]; then
+    say "$tk holds CUDA $(cat "$stamp"), not $version: unpacking $version afresh"
+    rm -rf "$tk/nvidia" "$tk/wheels" "$stamp"
+fi
 if [ ! -x "$root/bin/nvcc" ] || [ ! -x "$root/nvvm/bin/cicc" ] || [ ! -e "$root/include/cccl/nv/target" ]; then
     say "downloading the CUDA $version wheels from PyPI into $tk/wheels"
     command -v pip >/dev/null || { say "pip is needed (python3 -m ensurepip)"; exit 1; }
     mkdir -p "$tk/wheels"
     pip download --quiet --no-deps --only-binary=:all: --python-version 3.11 \
-        --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 \
+        --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_28_x86_64 \
         -d "$tk/wheels" \
-        "nvidia-cuda-nvcc==$version" "nvidia-nvvm==$version" "nvidia-cuda-crt==$version" "nvidia-cuda-cccl==$version" \
-        "nvidia-cuda-runtime==$version" "nvidia-cuda-nvrtc==$version" "nvidia-cublas==$version"
+        "nvidia-cuda-nvcc==$version" "nvidia-nvvm==$version" "nvidia-cuda-crt==$version" "nvidia-cuda-cccl==$cccl" \
+        "nvidia-cuda-runtime==$version" "nvidia-cuda-nvrtc==$version" "nvidia-cublas==$cublas"
     for w in "$tk"/wheels/*.whl; do
         python3 -m zipfile -e "$w" "$tk"
     done
     chmod +x "$root"/bin/* "$root"/nvvm/bin/* 2>/dev/null || true
+    echo "$version" > "$stamp"
 fi
 [ -f "$root/include/cuda.h" ] || { say "no cuda.h under $root/include: the wheels did not unpack as expected"; exit 1; }
 

@@ -37,9 +37,16 @@ pub struct BenchArgs {
     /// CIFAR-10 folder or tarball for --pipeline.
     #[arg(long)]
     pub source: Option<std::path::PathBuf>,
-    /// Time the convolutional host kernels instead, on greedy-CNN stage shapes.
+    /// Time a convolutional stage's training step instead, on every stage shape of
+    /// pipelines/cnn.toml (the host kernels on the CPU, the device path on cuda).
     #[arg(long)]
     pub conv: bool,
+    /// With --conv: images per step, one or more (`--batch 128,512`).
+    #[arg(long, value_delimiter = ',', default_value = "128")]
+    pub batch: Vec<usize>,
+    /// With --conv: also write the rows as JSON here.
+    #[arg(long)]
+    pub json: Option<std::path::PathBuf>,
 }
 
 const VAL: usize = 1000;
@@ -153,7 +160,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         return crate::bench_pipeline::run(p, a.source.as_deref(), a.device);
     }
     if a.conv {
-        return crate::bench_conv::run(2.0, a.device);
+        return crate::bench_conv::run(2.0, a.device, &a.batch, a.json.as_deref());
     }
     let dir = tempfile_dir()?;
     let data = dir.join("bench.safetensors");

@@ -1,33 +1,57 @@
 //! `cargo xtask bench --conv`: a greedy convolutional stage's training step
 //! (`layerwise_nn::convnet::ConvTrainer`: the new stage's convolution, BatchNorm and ReLU,
 //! its k = 1 head, the backward pass and the SGD update; the frozen stages before it are
-//! its cached input) on the shapes of `pipelines/cnn.toml`'s stages 1 and 3, batch 128,
-//! against the reference product of the stage's im2col shape measured in the same run.
-//! A grown stage needs no input gradient, so its convolution costs two products of the
-//! same size (`[rows, 9c]·[9c, out]` forward, `[9c, rows]·[rows, out]` for the weight
-//! gradient): 4·rows·9c·out useful FLOPs a step.
+//! its cached input, already downsampled) on the shapes of every stage of
+//! `pipelines/cnn.toml`, batch 128 (`--batch` takes a list), against the reference product
+//! of the stage's im2col shape measured in the same run. A grown stage needs no input
+//! gradient, so its convolution costs two products of the same size (`[rows, 9c]·[9c, out]`
+//! forward, `[9c, rows]·[rows, out]` for the weight gradient): 4·rows·9c·out useful FLOPs a
+//! step.
 //!
 //! With `--device cuda` the same step runs on the GPU through the device path
 //! (`DeviceConvTrainer`: dfdx ops, cuBLAS products), its input resident, against a dfdx
-//! product of the same im2col shape on that device.
+//! product of the same im2col shape on that device, and a last row times a large square
+//! product (the device's SGEMM ceiling). `--json` writes the rows for
+//! `scripts/gpu-summary.py`.
 
 use crate::bench_reference::matmul_gflops;
-use anyhow::Result;
+use anyhow::{Context, Result};
 use dfdx::prelude::*;
-use layerwise_core::cnn::{Cnn, CnnHead, ConvStage, Downsample};
+use layerwise_core::cnn::{Cnn, CnnHead, CnnSpec, ConvStage, Downsample, StageSpec};
+use layerwise_core::pipeline::Pipeline;
 use layerwise_nn::convnet::{self, ConvNet, ConvSettings, Nhwc, OptimizerSpec};
 use layerwise_nn::device::DeviceKind;
 use layerwise_nn::Backend;
 use std::time::Instant;
 
-/// A stage: name, input channels, output channels, side (after its downsampling).
-const STAGES: [(&str, usize, usize, usize); 2] =
-    [("stage 1 (3→64, 32×32)", 3, 64, 32), ("stage 3 (128→128, 16×16)", 128, 128, 16)];
+/// The stages of `pipelines/cnn.toml` (read from the working directory's `pipelines/`
+/// first, so a copied binary finds the tree it runs in, then from this repository's).
+pub fn cnn_stages() -> Result<Vec<StageSpec>> {
+    let relative = std::path::PathBuf::from("pipelines/cnn.toml");
+    let path = if relative.is_file() { relative } else { crate::repo_root().join("pipelines/cnn.toml") };
+    let pipeline = Pipeline::load(&path)?;
+    let cnn = pipeline.model.cnn().with_context(|| format!("{}: not a convolutional pipeline", path.display()))?;
+    Ok(cnn.stages)
+}
 
-/// Images per step.
-const BATCH: usize = 128;
+/// Each stage's conv block: (label, input channels, output channels, side), after its
+/// downsampling, for 3 × 32 × 32 images.
+fn stage_shapes(stages: &[StageSpec]) -> Result<Vec<(String, usize, usize, usize)>> {
+    let spec = CnnSpec { stages: stages.to_vec(), head_convs: 0 };
+    let inputs = spec.conv_inputs([3, 32, 32])?;
+    Ok(stages
+        .iter()
+        .zip(inputs)
+        .enumerate()
+        .map(|(i, (st, [c, h, _]))| (format!("stage {} ({c}→{}, {h}×{h})", i + 1, st.out), c, st.out, h))
+        .collect())
+}
 
-fn fill(n: usize, seed: u32) -> Vec<f32> {
+/// The side of the square product timed as a device's ceiling.
+const CEILING: usize = 8192;
+
+/// `n` values in [-1, 1] from `seed` (xorshift; the same on every machine).
+pub fn fill(n: usize, seed: u32) -> Vec<f32> {
     let mut s = seed.wrapping_mul(2_654_435_761) | 1;
     (0..n)
         .map(|_| {
@@ -39,12 +63,14 @@ fn fill(n: usize, seed: u32) -> Vec<f32> {
         .collect()
 }
 
-/// Print the table, on `device`.
-pub fn run(seconds: f64, device: DeviceKind) -> Result<()> {
-    layerwise_nn::with_device!(device, 0, |dev| {
-        table(&dev, seconds, device);
-        Ok(())
-    })
+/// Print the table, on `device`, for each batch size; write its rows to `json` when given.
+pub fn run(seconds: f64, device: DeviceKind, batches: &[usize], json: Option<&std::path::Path>) -> Result<()> {
+    let shapes = stage_shapes(&cnn_stages()?)?;
+    let rows = layerwise_nn::with_device!(device, 0, |dev| Ok::<_, anyhow::Error>(table(&dev, seconds, device, &shapes, batches)))?;
+    if let Some(path) = json {
+        layerwise_core::atomic::write_json_atomic(path, &rows).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(())
 }
 
 /// GFLOP/s of an `[m, k]·[k, n]` product through dfdx on `dev` (a reference for the device
@@ -66,54 +92,74 @@ fn device_matmul_gflops<D: Backend>(dev: &D, m: usize, k: usize, n: usize, secon
     2.0 * (m * k * n) as f64 / best / 1e9
 }
 
-fn table<D: Backend + 'static>(dev: &D, seconds: f64, device: DeviceKind) {
+fn table<D: Backend + 'static>(
+    dev: &D,
+    seconds: f64,
+    device: DeviceKind,
+    shapes: &[(String, usize, usize, usize)],
+    batches: &[usize],
+) -> Vec<serde_json::Value> {
     convnet::keep_buffers_resident();
     let host = device == DeviceKind::Cpu;
     let kernels = if host { "host kernels" } else { "dfdx device path" };
+    let mut rows = Vec::new();
     println!(
-        "| conv stage step (batch {BATCH}, grow, k = 1 head; {kernels} on {}) | ms a step | images/s | GFLOP/s | \
+        "| conv stage step (grow, k = 1 head, SGD Nesterov; {kernels} on {}) | batch | ms a step | images/s | GFLOP/s | \
          reference product GFLOP/s | ratio |",
         device.name()
     );
-    println!("| --- | ---: | ---: | ---: | ---: | ---: |");
-    for (name, c, out, side) in STAGES {
-        // A one-stage network whose stage takes the cached input directly.
-        let cnn = Cnn {
-            input: [c, side, side],
-            stages: vec![ConvStage { downsample: Downsample::None, conv: convnet::new_block(c, out, 1) }],
-            head: CnnHead { convs: Vec::new(), linear: convnet::new_linear(4 * out, 10, 2) },
-        };
-        let settings = ConvSettings {
-            optimizer: OptimizerSpec::Sgd { lr: 0.01, momentum: 0.9, nesterov: true },
-            weight_decay: 5e-4,
-            label_smoothing: 0.1,
-        };
-        let mut t = convnet::conv_stepper(dev, ConvNet::from_cnn(&cnn), 0, &settings, None);
-        let s = Nhwc { n: BATCH, h: side, w: side, c };
-        t.keep_train(fill(s.len(), 3), s);
-        let rows_of_batch: Vec<usize> = (0..BATCH).collect();
-        let labels: Vec<u8> = (0..BATCH).map(|i| (i % 10) as u8).collect();
-        let rows = BATCH * side * side;
-        let flops = 4.0 * (rows * 9 * c * out) as f64;
-        let mut best = f64::INFINITY;
-        let start = Instant::now();
-        // A step reads its loss back, so it has finished when it returns.
-        while start.elapsed().as_secs_f64() < seconds || best == f64::INFINITY {
-            let clock = Instant::now();
-            std::hint::black_box(t.step_rows(&rows_of_batch, &labels, 0.01).ok());
-            best = best.min(clock.elapsed().as_secs_f64());
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for &batch in batches {
+        for (name, c, out, side) in shapes {
+            let (c, out, side) = (*c, *out, *side);
+            // A one-stage network whose stage takes the cached input directly.
+            let cnn = Cnn {
+                input: [c, side, side],
+                stages: vec![ConvStage { downsample: Downsample::None, conv: convnet::new_block(c, out, 1) }],
+                head: CnnHead { convs: Vec::new(), linear: convnet::new_linear(4 * out, 10, 2) },
+            };
+            let settings = ConvSettings {
+                optimizer: OptimizerSpec::Sgd { lr: 0.01, momentum: 0.9, nesterov: true },
+                weight_decay: 5e-4,
+                label_smoothing: 0.1,
+            };
+            let mut t = convnet::conv_stepper(dev, ConvNet::from_cnn(&cnn), 0, &settings, None);
+            let s = Nhwc { n: batch, h: side, w: side, c };
+            t.keep_train(fill(s.len(), 3), s);
+            let rows_of_batch: Vec<usize> = (0..batch).collect();
+            let labels: Vec<u8> = (0..batch).map(|i| (i % 10) as u8).collect();
+            let m = batch * side * side;
+            let flops = 4.0 * (m * 9 * c * out) as f64;
+            let mut best = f64::INFINITY;
+            let start = Instant::now();
+            // A step reads its loss back, so it has finished when it returns.
+            while start.elapsed().as_secs_f64() < seconds || best == f64::INFINITY {
+                let clock = Instant::now();
+                std::hint::black_box(t.step_rows(&rows_of_batch, &labels, 0.01).ok());
+                best = best.min(clock.elapsed().as_secs_f64());
+            }
+            let reference = if host {
+                matmul_gflops(m, 9 * c, out, seconds.min(1.0))
+            } else {
+                device_matmul_gflops(dev, m, 9 * c, out, seconds.min(1.0))
+            };
+            let gflops = flops / best / 1e9;
+            println!(
+                "| {name} | {batch} | {:.2} | {:.0} | {gflops:.1} | {reference:.1} | {:.0}% |",
+                best * 1e3,
+                batch as f64 / best,
+                100.0 * gflops / reference
+            );
+            rows.push(serde_json::json!({
+                "device": device.name(), "stage": name, "batch": batch, "ms": best * 1e3,
+                "images_per_s": batch as f64 / best, "gflops": gflops, "reference_gflops": reference,
+            }));
         }
-        let reference = if host {
-            matmul_gflops(rows, 9 * c, out, seconds.min(1.0))
-        } else {
-            device_matmul_gflops(dev, rows, 9 * c, out, seconds.min(1.0))
-        };
-        let gflops = flops / best / 1e9;
-        println!(
-            "| {name} | {:.1} | {:.0} | {gflops:.1} | {reference:.1} | {:.0}% |",
-            best * 1e3,
-            BATCH as f64 / best,
-            100.0 * gflops / reference
-        );
     }
+    if !host {
+        let g = device_matmul_gflops(dev, CEILING, CEILING, CEILING, seconds);
+        println!("| SGEMM {CEILING}³ on {} (the ceiling) | | | | {g:.1} | | |", device.name());
+        rows.push(serde_json::json!({ "device": device.name(), "stage": format!("SGEMM {CEILING}^3"), "gflops": g }));
+    }
+    rows
 }

@@ -3,7 +3,7 @@
 //! completeness [`judge`] what is done; three executors take the schedule: [`local`] runs
 //! it here, [`print`] prints it, [`slurm`] writes it as batch jobs. [`greedy`] picks the
 //! executor; [`sweep`] runs a greedy run per (pipeline, seed) and aggregates them;
-//! [`bench`] measures speed; [`fuzz`] and [`chaos`] attack the readers and the resume.
+//! [`bench`] measures speed; [`verify_device`] checks a device's path against the host kernels; [`fuzz`] and [`chaos`] attack the readers and the resume.
 //! The binary in `main.rs` only parses.
 #![deny(missing_docs)]
 
@@ -23,6 +23,7 @@ pub mod print;
 pub mod schedule;
 pub mod slurm;
 pub mod sweep;
+pub mod verify_device;
 
 use std::path::PathBuf;
 

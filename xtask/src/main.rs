@@ -5,6 +5,7 @@
 //!   `--scheduler slurm`, as Slurm jobs.
 //! - `cargo xtask sweep`: one greedy run per (pipeline, seed), and a report over them.
 //! - `cargo xtask bench`: training throughput against a plain matrix product.
+//! - `cargo xtask verify-device`: the device path against the host kernels.
 //! - `xtask gate`: used by scheduler jobs: has the loop stopped before a depth?
 //!
 //! Called by a stage's name (through a link, as Slurm jobs do), the binary is that stage.
@@ -65,6 +66,9 @@ enum Cmd {
     Sweep(xtask::sweep::SweepArgs),
     /// Measure training speed on this machine (synthetic data of CIFAR-10's shape).
     Bench(xtask::bench::BenchArgs),
+    /// Check the device path (what a GPU runs) against the host kernels: logits and every
+    /// gradient of pipelines/cnn.toml's stages and of the MLP, as relative errors.
+    VerifyDevice(xtask::verify_device::VerifyArgs),
     /// Feed every file reader seeded mutations of valid files: no panic, no huge allocation.
     Fuzz(xtask::fuzz::FuzzArgs),
     /// Kill greedy runs with SIGKILL at seeded moments, rerun, compare with an uninterrupted run.
@@ -112,6 +116,7 @@ fn main() -> ExitCode {
         Cmd::Greedy(a) => xtask::greedy::run(&a).map(|_| ()),
         Cmd::Sweep(a) => xtask::sweep::run(&a),
         Cmd::Bench(a) => xtask::bench::run(&a),
+        Cmd::VerifyDevice(a) => xtask::verify_device::run(&a),
         Cmd::Fuzz(a) => xtask::fuzz::run(&a),
         Cmd::Chaos(a) => xtask::chaos::run(&a).map(|_| ()),
         Cmd::Gate(a) => match xtask::gate::gate(
