@@ -42,6 +42,23 @@ PY
 )
     export LD_LIBRARY_PATH="${libs}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 fi
+# dfdx compiles a few kernels at run time (NVRTC) with include paths baked in at build time
+# (gpu/runtime-paths, written by gpu-pack.sh): recreate any that is missing here, dfdx's
+# headers from gpu/dfdx-include and the CUDA headers from this machine's toolkit.
+cuda_include=""
+for c in /usr/local/cuda/include $(python3 -c 'import site,glob; print(" ".join(glob.glob(site.getsitepackages()[0] + "/nvidia/cu13/include")))' 2>/dev/null); do
+    [ -f "$c/cuda_fp16.h" ] && { cuda_include=$c; break; }
+done
+while read -r kind path; do
+    [ -n "$path" ] && [ ! -e "$path" ] || continue
+    case $kind in
+        dfdx-include) src=$PWD/gpu/dfdx-include ;;
+        cuda-include) src=$cuda_include ;;
+        *) continue ;;
+    esac
+    [ -n "$src" ] || { echo "gpu-check: no CUDA headers (cuda_fp16.h) found for $path"; continue; }
+    mkdir -p "$(dirname "$path")" && ln -s "$src" "$path" && echo "gpu-check: $path -> $src (NVRTC include path)"
+done < <(cat gpu/runtime-paths 2>/dev/null)
 step "the machine"
 echo "LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}"
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm --format=csv 2>/dev/null || echo "no nvidia-smi"

@@ -24,6 +24,21 @@ cp target/cuda-toolkit/lib/libcuda.so "$tmp/libcuda.so.1"
 ln -s "$PWD/gpu/xtask" "$tmp/layerwise-prepare"
 LD_LIBRARY_PATH="$tmp:$PWD/target/cuda-toolkit/lib" "$tmp/layerwise-prepare" --source "$src" \
     --out gpu/cifar-3000.safetensors --limit-train 2500 --limit-test 500
+# dfdx compiles a few kernels at run time with NVRTC (reshape, concat, stack, to_dtype), with
+# include paths baked in at build time: the toolkit's include folder (cuda_fp16.h) and dfdx's
+# build folder (cuda_utils.cuh). Neither exists on the device: the headers travel in
+# gpu/dfdx-include, and gpu/runtime-paths lists the baked paths for gpu-check.sh to recreate.
+rm -rf gpu/dfdx-include
+mkdir -p gpu/dfdx-include
+: >gpu/runtime-paths
+for out in target/cuda/release/build/dfdx-*/out; do
+    [ -f "$out/cuda_utils.cuh" ] || continue
+    abs=$(cd "$out" && pwd)
+    grep -qaF "$abs" gpu/xtask || continue
+    cp "$out"/*.cuh gpu/dfdx-include/
+    echo "dfdx-include $abs" >>gpu/runtime-paths
+done
+echo "cuda-include $PWD/target/cuda-toolkit/include" >>gpu/runtime-paths
 du -sh gpu/* >&2
 scripts/gpu-preflight.sh gpu/xtask
 echo "gpu-pack: ready; carry [\"gpu\"] and run scripts/gpu-check.sh there (timeout_s 480)" >&2

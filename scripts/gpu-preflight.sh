@@ -12,6 +12,8 @@
 # 2. readelf -d: the binary needs only libraries the device image has: the driver's
 #    libcuda.so.1 (never carried: no libcuda* may travel), the CUDA 13 libraries of the
 #    image's Python packages (cuBLAS, cuBLASLt, NVRTC, the runtime) and the C library's.
+#    dfdx compiles a few kernels at run time (NVRTC) with include paths baked in at build
+#    time: gpu/runtime-paths must name them and gpu/dfdx-include hold dfdx's headers.
 # 3. The highest GLIBC_ symbol version it needs is at most LAYERWISE_DEVICE_GLIBC (2.35, the
 #    oldest C library this project expects of the device image; gpu-check.sh prints the real one).
 # 4. What travels (the working tree git would send, plus gpu/) is at most 64 MiB.
@@ -87,6 +89,17 @@ say "$binary needs: $(echo $needed)"
 grep -q '^libcuda\.so\.1$' <<<"$needed" || bad "$binary does not need libcuda.so.1: is it a CUDA build?"
 carried=$(find gpu -name 'libcuda*' 2>/dev/null)
 [ -z "$carried" ] || bad "the driver library must never travel: $carried"
+
+# NVRTC's include paths, baked into the binary: gpu-check.sh recreates them from gpu/.
+if [ ! -s gpu/runtime-paths ] || [ ! -f gpu/dfdx-include/cuda_utils.cuh ]; then
+    bad "gpu/runtime-paths or gpu/dfdx-include/cuda_utils.cuh missing: dfdx's run-time kernels (NVRTC) would not compile there (run scripts/gpu-pack.sh)"
+else
+    while read -r kind path; do
+        grep -qaF "$path" "$binary" || bad "gpu/runtime-paths: $kind $path is not the path baked into $binary (stale gpu/: run scripts/gpu-pack.sh)"
+    done <gpu/runtime-paths
+    grep -q '^dfdx-include ' gpu/runtime-paths || bad "gpu/runtime-paths names no dfdx include folder"
+    say "NVRTC include paths baked into $binary, recreated there from gpu/: $(awk '{ print $2 }' gpu/runtime-paths | tr '\n' ' ')"
+fi
 
 # 3. The C library.
 glibc=$(readelf -V "$binary" | grep -o 'GLIBC_[0-9][0-9.]*' | sed 's/GLIBC_//' | sort -uV | tail -n1)
