@@ -4,9 +4,10 @@
 //! every run that completes holds exactly what an uninterrupted run holds, and nothing
 //! else: no temp file, no training state, no empty folder.
 //!
-//! Two scenarios: the smoke pipeline (3 depths of 1 epoch: kills land in every stage), and
-//! a longer one (8 epochs of width 128 per depth: kills land between and inside epochs, so
-//! depths resume mid-way from their training state).
+//! Three scenarios: the smoke pipeline (3 depths of 1 epoch: kills land in every stage), a
+//! longer one (8 epochs of width 128 per depth: kills land between and inside epochs, so
+//! depths resume mid-way from their training state), and a convolutional one (two conv
+//! stages, one after psi, 3 epochs each, then the best fine-tuned end to end).
 
 use anyhow::{bail, Context, Result};
 use layerwise_core::mix_seed;
@@ -170,8 +171,11 @@ fn greedy(exe: &Path, work: &Path, s: &Scenario, source: &Path, artifacts: &str,
 
 fn scenario(exe: &Path, work: &Path, source: &Path, s: &Scenario, index: u64, a: &ChaosArgs) -> Result<ChaosOutcome> {
     let reference = format!("{}-reference", s.name);
+    // Each scenario prepares its own datasets: artifacts folders of its own.
+    let (reference_artifacts, chaos_artifacts) =
+        (format!("{}-reference-artifacts", s.name), format!("{}-chaos-artifacts", s.name));
     let t0 = Instant::now();
-    let status = greedy(exe, work, s, source, "reference-artifacts", &reference).status()?;
+    let status = greedy(exe, work, s, source, &reference_artifacts, &reference).status()?;
     if !status.success() {
         bail!("the uninterrupted {} run failed", s.name);
     }
@@ -180,7 +184,7 @@ fn scenario(exe: &Path, work: &Path, source: &Path, s: &Scenario, index: u64, a:
     let run = format!("{}-chaos", s.name);
     let mut attempt = 0u64;
     while out.kills < a.kills {
-        let mut child = greedy(exe, work, s, source, "chaos-artifacts", &run).stderr(Stdio::piped()).spawn()?;
+        let mut child = greedy(exe, work, s, source, &chaos_artifacts, &run).stderr(Stdio::piped()).spawn()?;
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(mix_seed(a.seed, &[index, attempt]));
         attempt += 1;
         let delay = span.mul_f64(rng.gen_range(0.0..1.0));
@@ -200,7 +204,7 @@ fn scenario(exe: &Path, work: &Path, source: &Path, s: &Scenario, index: u64, a:
         // Every few kills, let a rerun finish and compare, then start over.
         let finish = out.kills == a.kills || rng.gen_ratio(1, 8);
         if finish {
-            let done = greedy(exe, work, s, source, "chaos-artifacts", &run).stderr(Stdio::piped()).output()?;
+            let done = greedy(exe, work, s, source, &chaos_artifacts, &run).stderr(Stdio::piped()).output()?;
             if String::from_utf8_lossy(&done.stderr).contains("resuming at epoch") {
                 out.resumed_mid_depth += 1;
             }
@@ -209,15 +213,43 @@ fn scenario(exe: &Path, work: &Path, source: &Path, s: &Scenario, index: u64, a:
             }
             out.rounds += 1;
             out.differences.extend(compare(&work.join(&reference), &work.join(&run)));
-            out.differences.extend(compare(&work.join("reference-artifacts"), &work.join("chaos-artifacts")));
+            out.differences.extend(compare(&work.join(&reference_artifacts), &work.join(&chaos_artifacts)));
             out.leftovers.extend(leftovers(&work.join(&run)));
-            out.leftovers.extend(leftovers(&work.join("chaos-artifacts")));
+            out.leftovers.extend(leftovers(&work.join(&chaos_artifacts)));
             std::fs::remove_dir_all(work.join(&run)).context("cannot start a new round")?;
-            std::fs::remove_dir_all(work.join("chaos-artifacts")).context("cannot start a new round")?;
+            std::fs::remove_dir_all(work.join(&chaos_artifacts)).context("cannot start a new round")?;
         }
     }
     Ok(out)
 }
+
+/// The convolutional scenario's pipeline: small enough for many kills, long enough (3
+/// epochs a stage) for kills inside a depth.
+const CNN_PIPELINE: &str = r#"name = "chaos-cnn"
+[data]
+normalize = "standardize"
+val_fraction = 0.2
+limit_train = 500
+limit_test = 100
+[model]
+kind = "cnn"
+stages = [{ out = 4 }, { out = 8, downsample = "psi" }]
+[train]
+epochs = 3
+batch_size = 50
+optimizer = "sgd"
+momentum = 0.9
+lr = 0.05
+label_smoothing = 0.1
+seed = 0
+[greedy]
+max_depth = 2
+evaluate = "test"
+[finetune]
+depths = "best"
+epochs = 2
+lr = 0.01
+"#;
 
 /// Run the chaos test; fails on any difference or leftover.
 pub fn run(a: &ChaosArgs) -> Result<Vec<(String, ChaosOutcome)>> {
@@ -245,7 +277,15 @@ pub fn run(a: &ChaosArgs) -> Result<Vec<(String, ChaosOutcome)>> {
         bail!("internal: pipelines/smoke.toml no longer has the keys chaos edits");
     }
     std::fs::write(&longer, edited)?;
-    let scenarios = [Scenario { name: "smoke", pipeline: smoke }, Scenario { name: "resume", pipeline: longer }];
+    // Convolutional stages (one with psi), grown, then the best one fine-tuned end to end:
+    // kills land in conv epochs and their saved states, and in the fine-tuning.
+    let cnn = work.join("chaos-cnn.toml");
+    std::fs::write(&cnn, CNN_PIPELINE)?;
+    let scenarios = [
+        Scenario { name: "smoke", pipeline: smoke },
+        Scenario { name: "resume", pipeline: longer },
+        Scenario { name: "cnn", pipeline: cnn },
+    ];
     let mut results = Vec::new();
     let mut failed = false;
     for (i, s) in scenarios.iter().enumerate() {

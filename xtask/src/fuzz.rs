@@ -197,6 +197,65 @@ fn same_checkpoint(out: &layerwise_train::TrainOutcome, clean: &[u8], what: &str
     Ok(())
 }
 
+/// A convolutional network (a stage, then a psi stage) trained with the fuzz fixture's tiny
+/// settings: depth 1, or depth 2 grown from `from`.
+fn train_tiny_cnn(data: &Path, from: Option<&Path>, out: &Path) -> Result<layerwise_train::TrainOutcome> {
+    let stages = vec!["4".parse()?, "psi:4".parse()?];
+    layerwise_train::train(&layerwise_train::TrainOptions {
+        data: data.to_path_buf(),
+        from: from.map(Path::to_path_buf),
+        out: out.to_path_buf(),
+        config: layerwise_core::config::TrainConfig {
+            epochs: 3,
+            batch_size: 4,
+            cnn: Some(layerwise_core::cnn::CnnSpec { stages, head_convs: 0 }),
+            ..Default::default()
+        },
+        device: layerwise_nn::device::DeviceKind::Cpu,
+        progress: layerwise_train::Progress::Quiet,
+        regime: layerwise_core::config::Regime::Grow,
+        depth: None,
+    })
+}
+
+/// A safetensors file's header (metadata values that are JSON parsed too) and its data:
+/// what a file says, whatever its whitespace or number spelling.
+fn said(bytes: &[u8]) -> Option<(serde_json::Value, &[u8])> {
+    let n = usize::try_from(u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?)).ok()?;
+    let header = bytes.get(8..8usize.checked_add(n)?)?;
+    let mut v: serde_json::Value = serde_json::from_slice(header).ok()?;
+    if let Some(meta) = v.get_mut("__metadata__").and_then(|m| m.as_object_mut()) {
+        for value in meta.values_mut() {
+            if let Some(parsed) = value.as_str().and_then(|t| serde_json::from_str::<serde_json::Value>(t).ok()) {
+                *value = parsed;
+            }
+        }
+    }
+    Some((v, &bytes[8 + n..]))
+}
+
+/// A convolutional checkpoint, used: loaded, evaluated on `images`, and written again from
+/// what was loaded, which must say what the file says (a value the loader ignored, a
+/// BatchNorm ε say, would be "accepted but different").
+fn cnn_checkpoint_use(images: Vec<f32>, labels: Vec<u8>) -> ReadFn {
+    Box::new(move |p, bytes| {
+        let (network, meta) = layerwise_core::checkpoint::load_network(p)?;
+        let layerwise_core::checkpoint::Network::Cnn(cnn) = network else { bail!("not a convolutional checkpoint") };
+        let n = labels.len();
+        if cnn.input_size() * n == images.len() {
+            let sums = layerwise_nn::convnet::evaluate_cnn(&layerwise_nn::device::cpu(0), &cnn, &images, &labels);
+            if sums.samples != n as u64 {
+                return Err(Different(format!("evaluated {} of {n} images", sums.samples)).into());
+            }
+        }
+        let again = layerwise_core::checkpoint::cnn_checkpoint_bytes(&cnn, &meta)?;
+        if said(&again) != said(bytes) {
+            return Err(Different("loaded, but what was loaded is not what the file says".into()).into());
+        }
+        Ok(())
+    })
+}
+
 fn readers(work: &Path) -> Result<Vec<Reader>> {
     use layerwise_core::features::FEATURES_FILE;
     use layerwise_core::run::MODEL_FILE;
@@ -224,6 +283,51 @@ fn readers(work: &Path) -> Result<Vec<Reader>> {
         split: layerwise_core::dataset::Split::Test,
         out: Some(eval_path.clone()),
         device: layerwise_nn::device::DeviceKind::Cpu,
+    })?;
+    // The convolutional fixture: depth 1, depth 2 grown from it clean, and depth 2 stopped
+    // after its first epoch's state was saved.
+    let cnn_parent = train_tiny_cnn(&data, None, &work.join("cnn-depth-1"))?.checkpoint;
+    let cnn_clean = std::fs::read(train_tiny_cnn(&data, Some(&cnn_parent), &work.join("cnn-clean-2"))?.checkpoint)?;
+    let cnn_interrupted = work.join("cnn-interrupted-2");
+    std::env::set_var(layerwise_train::STOP_AFTER_EPOCH_ENV, "1");
+    let stopped = train_tiny_cnn(&data, Some(&cnn_parent), &cnn_interrupted);
+    std::env::remove_var(layerwise_train::STOP_AFTER_EPOCH_ENV);
+    if stopped.is_ok() {
+        bail!("internal: the fuzz fixture's convolutional training did not stop after epoch 1");
+    }
+    let cnn_state_use: ReadFn = {
+        let (data, parent, clean) = (data.clone(), cnn_parent.clone(), cnn_clean.clone());
+        Box::new(move |p, _| {
+            let out = train_tiny_cnn(&data, Some(&parent), p.parent().unwrap_or(Path::new(".")))?;
+            same_checkpoint(&out, &clean, "convolutional training state")?;
+            if out.resumed {
+                Ok(())
+            } else {
+                bail!("not used: trained from epoch 1")
+            }
+        })
+    };
+    let (test_images, test_labels) = {
+        let ds = layerwise_core::dataset::Dataset::open(&data)?;
+        let split = ds.split(layerwise_core::dataset::Split::Test)?;
+        (split.images.to_vec(), split.labels.to_vec())
+    };
+    // Export, fed mutated MLP checkpoints.
+    let export_use: ReadFn = Box::new(|p, _| {
+        let out = p.with_extension("onnx");
+        layerwise_export::export(&layerwise_export::ExportOptions { model: p.to_path_buf(), out, data: None })
+            .map(|_| ())
+    });
+    // The input contract as a checkpoint carries it, used by predict (a PNG through it,
+    // resized to its shape) and by export (a graph of its size, when small enough to build).
+    let contract_valid = serde_json::to_vec(&layerwise_core::input::InputContract {
+        shape: [3, 32, 32],
+        layout: "CHW".into(),
+        channels: "RGB".into(),
+        normalize: layerwise_core::config::Normalize::Standardize,
+        mean: vec![0.49, 0.48, 0.45],
+        std: vec![0.25, 0.24, 0.26],
+        classes: layerwise_testkit::CIFAR10_CLASSES.iter().map(|s| s.to_string()).collect(),
     })?;
     // The state is used where training finds it: the mutated file is the case folder's
     // state, and that folder is the output of depth 2's training.
@@ -316,6 +420,23 @@ fn readers(work: &Path) -> Result<Vec<Reader>> {
         classes: layerwise_testkit::CIFAR10_CLASSES.iter().map(|s| s.to_string()).collect(),
     };
     let predict_read: ReadFn = Box::new(move |p, _| layerwise_predict::image_input(p, &contract, true).map(|_| ()));
+    let contract_use: ReadFn = {
+        let png_path = work.join("contract-image.png");
+        std::fs::write(&png_path, &png)?;
+        Box::new(move |_, b| {
+            let c: layerwise_core::input::InputContract = serde_json::from_slice(b)?;
+            c.validate()?;
+            let d = layerwise_predict::image_input(&png_path, &c, true)?;
+            if d.input.len() != c.input_size() {
+                return Err(Different(format!("{} inputs for a contract of {}", d.input.len(), c.input_size())).into());
+            }
+            if c.input_size() <= 1 << 16 {
+                let head = layerwise_nn::glorot_dense(c.input_size(), c.classes.len().max(1), 1);
+                layerwise_export::model_proto(&[], &head, &c, "fuzz")?;
+            }
+            Ok(())
+        })
+    };
     let c100 = layerwise_testkit::formats::cifar100_records(&imgs, &lbls);
     Ok(vec![
         Reader {
@@ -453,6 +574,38 @@ fn readers(work: &Path) -> Result<Vec<Reader>> {
             nest: nest_bytes,
             encode: identity,
             read: state_use,
+        },
+        Reader {
+            name: "cnn-checkpoint",
+            valid: std::fs::read(&cnn_parent)?,
+            file: Some("m.safetensors"),
+            nest: nest_safetensors,
+            encode: identity,
+            read: cnn_checkpoint_use(test_images, test_labels),
+        },
+        Reader {
+            name: "cnn-train-state",
+            valid: std::fs::read(cnn_interrupted.join(layerwise_train::state::STATE_FILE))?,
+            file: Some(layerwise_train::state::STATE_FILE),
+            nest: nest_bytes,
+            encode: identity,
+            read: cnn_state_use,
+        },
+        Reader {
+            name: "input-contract",
+            valid: contract_valid,
+            file: None,
+            nest: nest_json,
+            encode: identity,
+            read: contract_use,
+        },
+        Reader {
+            name: "export",
+            valid: std::fs::read(&trained.checkpoint)?,
+            file: Some("m.safetensors"),
+            nest: nest_safetensors,
+            encode: identity,
+            read: export_use,
         },
     ])
 }

@@ -13,6 +13,12 @@ use anyhow::Result;
 
 /// Run (or print, or hand to a scheduler) the greedy loop. The outcome is the local run's.
 pub fn run(a: &GreedyArgs) -> Result<Option<GreedyOutcome>> {
+    // A run on this machine needs the device in this build: said before anything is read
+    // or made (printed commands and Slurm jobs may run on another machine's build).
+    let here = !a.print_commands && a.inputs.scheduler.is_none();
+    if here && a.inputs.device == layerwise_nn::device::DeviceKind::Cuda && !layerwise_nn::device::CUDA_BUILT {
+        return Err(layerwise_nn::device::cuda_missing());
+    }
     let plan = Plan::new(a)?;
     if a.print_commands {
         for line in crate::print::commands(&plan, a)? {

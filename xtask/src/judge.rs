@@ -259,8 +259,9 @@ fn changed_keys(old: &Pipeline, new: &Pipeline, sections: &[&str]) -> String {
                     }
                 }
             }
-            (_, None) if x.is_some() => out.push(format!("[{s}] removed")),
-            (None, _) if y.is_some() && x.is_none() => out.push(format!("[{s}] added")),
+            // A whole section went or came; a plain value (`greedy.evaluate`) is said as a change.
+            (Some(_), None) if y.is_none() => out.push(format!("[{s}] removed")),
+            (None, Some(_)) if x.is_none() => out.push(format!("[{s}] added")),
             _ if x != y => out.push(format!("{s} {} → {}", said(x), said(y))),
             _ => {}
         }
@@ -283,4 +284,31 @@ fn record_pipeline(plan: &Plan, overridden: bool) -> Result<()> {
             .with_context(|| format!("cannot read {}", plan.pipeline_path.display()))?
     };
     layerwise_core::atomic::write_bytes_atomic(&dest, text.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pipeline(extra: &str) -> Pipeline {
+        let text = format!("name = \"x\"\n[train]\nepochs = 3\n[greedy]\nmax_depth = 2\n{extra}");
+        Pipeline::from_toml(&text, "x.toml").unwrap_or_else(|e| panic!("{e:#}"))
+    }
+
+    #[test]
+    fn a_changed_plain_value_is_said_as_a_change_not_as_a_section_removed() {
+        // Every refusal used to add a false "[greedy.evaluate] removed".
+        let (a, b) = (pipeline("evaluate = \"test\"\n"), pipeline("evaluate = \"val\"\n"));
+        let said = changed_keys(&a, &b, &["greedy.evaluate", "train"]);
+        assert_eq!(said, "changed: greedy.evaluate \"test\" → \"val\"");
+        let said = changed_keys(&pipeline(""), &pipeline(""), &["greedy.evaluate", "train"]);
+        assert_eq!(said, "changed");
+        let mut c = pipeline("");
+        c.train.epochs = 4;
+        assert_eq!(changed_keys(&pipeline(""), &c, &["greedy.evaluate", "train"]), "changed: train.epochs 3 → 4");
+        // A whole section, still said as one.
+        let with = pipeline("[finetune]\nepochs = 2\n");
+        assert_eq!(changed_keys(&with, &pipeline(""), &["finetune"]), "changed: [finetune] removed");
+        assert_eq!(changed_keys(&pipeline(""), &with, &["finetune"]), "changed: [finetune] added");
+    }
 }

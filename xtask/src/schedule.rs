@@ -190,7 +190,8 @@ pub enum Decision {
     Retrain {
         /// Why.
         why: String,
-        /// Whether the folder existed.
+        /// Whether the folder was there with a depth to train again (one holding only a
+        /// saved training state is resumed, which the training stage says).
         existed: bool,
     },
 }
@@ -348,7 +349,11 @@ impl Schedule {
                             Status::Done
                         }
                         DepthState::NeedsTraining { why } => {
-                            ex.decided(job, &Decision::Retrain { why, existed: folder.exists() });
+                            // A folder holding only a saved training state is resumed (the
+                            // training stage says so), not trained again.
+                            let resumes = folder.join(layerwise_core::run::STATE_FILE).is_file()
+                                && !folder.join(layerwise_core::run::MODEL_FILE).exists();
+                            ex.decided(job, &Decision::Retrain { why, existed: folder.exists() && !resumes });
                             ran(ex.dispatch(handed(None))?)
                         }
                     }

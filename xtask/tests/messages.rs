@@ -60,3 +60,31 @@ fn an_interrupt_says_how_to_resume() {
     let m = layerwise_core::atomic::interrupted_message(1);
     assert!(m.contains("Rerun the same command to resume"), "{m}");
 }
+
+#[test]
+fn cuda_on_a_cpu_build_is_refused_before_any_folder_is_made() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("d.safetensors");
+    layerwise_testkit::prepared_dataset(&data, 8, 2, 2, 1).unwrap();
+    let out = dir.path().join("depth-01");
+    let train = dir.path().join("layerwise-train");
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_xtask"), &train).unwrap();
+    let o = Command::new(&train)
+        .args(["--data", &data.to_string_lossy(), "--out", &out.to_string_lossy(), "--device", "cuda"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stderr);
+    if layerwise_nn::device::CUDA_BUILT {
+        return eprintln!("a CUDA build: nothing to check");
+    }
+    assert!(!o.status.success() && text.contains("has no CUDA support"), "{text}");
+    assert!(!out.exists(), "an empty {} was left behind", out.display());
+    // The orchestrator, likewise, before its run folder.
+    let runs = dir.path().join("runs");
+    let (ok, text) = xtask(
+        &["greedy", "--pipeline", "smoke", "--device", "cuda", "--artifacts", &runs.to_string_lossy()],
+        &[("CIFAR10_DIR", &dir.path().join("none").to_string_lossy())],
+    );
+    assert!(!ok && text.contains("has no CUDA support"), "{text}");
+    assert!(!runs.join("runs").exists() && !runs.join("datasets").exists(), "{text}");
+}

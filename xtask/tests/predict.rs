@@ -132,7 +132,7 @@ fn bad_files_are_named_and_the_rest_are_classified() {
     let has = |needle: &str, what: &str| {
         assert!(errors.iter().any(|e| e.contains(needle) && e.contains(what)), "{needle} {what}: {errors:#?}")
     };
-    has("b-truncated.png", "cannot decode");
+    has("b-truncated.png", "the PNG is cut short");
     has("c-text.png", "not an image");
     has("d-huge.png", "larger than layerwise decodes");
     has("missing.png", "does not exist");

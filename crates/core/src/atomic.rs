@@ -144,7 +144,8 @@ where
         // Make the bytes durable before the rename makes them visible.
         File::open(&tmp).and_then(|f| f.sync_all()).with_context(|| format!("cannot flush {}", tmp.display()))?;
         std::fs::rename(&tmp, path)
-            .with_context(|| format!("cannot move {} into place as {}", tmp.display(), path.display()))
+            .with_context(|| format!("cannot move {} into place as {}", tmp.display(), path.display()))?;
+        sync_parent(path)
     });
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
@@ -186,7 +187,28 @@ pub fn write_all_atomic(files: &[(&Path, &[u8])]) -> Result<()> {
         }
     }
     in_progress().retain(|p| !temps.contains(p));
+    for (path, _) in files {
+        sync_parent(path)?;
+    }
     Ok(())
+}
+
+/// Make a rename durable: fsync the folder that holds `path`. Without it a power loss can
+/// lose a file renamed into place, which a SIGKILL cannot. A file system that cannot sync a
+/// folder (EINVAL) is passed over: there is nothing more to do on it.
+pub fn sync_parent(path: &Path) -> Result<()> {
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    match File::open(parent).and_then(|dir| dir.sync_all()) {
+        Err(e) if e.kind() != std::io::ErrorKind::InvalidInput => Err(anyhow::Error::from(e).context(format!(
+            "cannot flush folder {} after writing {}: is the disk failing?",
+            parent.display(),
+            path.display()
+        ))),
+        _ => Ok(()),
+    }
 }
 
 /// Write `path` atomically through a buffered writer.
@@ -302,6 +324,15 @@ mod tests {
         .unwrap_err();
         assert_eq!(seen, 1, "the temp file being written was registered and removed");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn the_folder_is_flushed_after_the_rename_also_for_a_bare_file_name() {
+        let dir = tempfile::tempdir().unwrap();
+        sync_parent(&dir.path().join("x.json")).unwrap();
+        sync_parent(Path::new("x.json")).unwrap();
+        let e = sync_parent(&dir.path().join("missing").join("x.json")).unwrap_err();
+        assert!(format!("{e:#}").contains("cannot flush folder"), "{e:#}");
     }
 
     #[test]

@@ -207,21 +207,46 @@ impl CheckpointMeta {
                 data.classes
             );
         }
-        // Shape and classes agree: a contract then names what else differs (the scaling).
+        // Another fingerprint: say first that the file holds other data (re-prepared from
+        // another source, say), then what the contract sees differ, if anything.
+        if self.dataset_fingerprint != data.fingerprint {
+            let what = if self.dataset_name != data.name {
+                format!(
+                    "now holds another dataset: `{}` ({}), fingerprint {}…, not the `{}` (fingerprint {}…) it was \
+                     trained on",
+                    data.name,
+                    data.source_kind,
+                    short(&data.fingerprint),
+                    self.dataset_name,
+                    short(&self.dataset_fingerprint)
+                )
+            } else {
+                format!(
+                    "has fingerprint {}…, but the checkpoint was trained on fingerprint {}… (the same dataset \
+                     name, `{}`, prepared from other files or with another normalization or split)",
+                    short(&data.fingerprint),
+                    short(&self.dataset_fingerprint),
+                    data.name
+                )
+            };
+            let detail = self
+                .input
+                .as_ref()
+                .and_then(|c| c.check_dataset(data, "the model").err())
+                .map(|e| format!(" ({e})"))
+                .unwrap_or_default();
+            bail!(
+                "checkpoint {} (depth {}): dataset {} {what}{detail}. The dataset file was replaced since this \
+                 checkpoint was trained: prepare each source into its own file (`layerwise-prepare --out`), or \
+                 use the dataset the checkpoint was trained on",
+                ckpt.display(),
+                self.depth,
+                data_path.display()
+            );
+        }
         if let Some(c) = &self.input {
             c.check_dataset(data, &format!("checkpoint {} (depth {})", ckpt.display(), self.depth))
                 .with_context(|| format!("dataset {}", data_path.display()))?;
-        }
-        if self.dataset_fingerprint != data.fingerprint {
-            bail!(
-                "checkpoint {} (depth {}) was trained on dataset fingerprint {}…, but {} has fingerprint {}…: \
-                 use the dataset the checkpoint was trained on (same source, normalization and split)",
-                ckpt.display(),
-                self.depth,
-                short(&self.dataset_fingerprint),
-                data_path.display(),
-                short(&data.fingerprint)
-            );
         }
         Ok(())
     }
@@ -342,16 +367,25 @@ fn check_cnn_meta(file: &MappedSafetensors, meta: &CheckpointMeta, c: &CnnMeta) 
     }
     let spec = crate::cnn::CnnSpec { stages: c.stages.clone(), head_convs: c.head.convs };
     spec.validate().with_context(|| format!("{path}"))?;
+    let image_values = crate::limits::image_values(&format!("{path}: `meta.cnn.image`"), c.image)?;
     spec.conv_inputs(c.image).with_context(|| format!("{path}"))?;
-    if c.head.pool != HEAD_POOL || c.batchnorm.eps <= 0.0 || !c.batchnorm.eps.is_finite() {
+    if c.head.pool != HEAD_POOL {
+        bail!("{path}: head pooling {} is not what layerwise builds (pool {HEAD_POOL})", c.head.pool);
+    }
+    // Every kernel (host, device, ONNX export) computes BatchNorm with these two numbers:
+    // a checkpoint saying others would be used with the wrong arithmetic, so it is refused.
+    if c.batchnorm.eps != BN_EPS || c.batchnorm.momentum != BN_MOMENTUM {
         bail!(
-            "{path}: head pooling {} and BatchNorm ε {} are not what layerwise builds (pool 2, ε > 0)",
-            c.head.pool,
-            c.batchnorm.eps
+            "{path}: metadata key `{BATCHNORM_KEY}` says ε = {} and momentum {}, but layerwise computes BatchNorm \
+             with ε = {BN_EPS} and momentum {BN_MOMENTUM} (PyTorch's defaults) and would silently use those: \
+             refused. Convert the network with ε = {BN_EPS} (fold the difference into the running variance) and \
+             write {{\"eps\": {BN_EPS}, \"momentum\": {BN_MOMENTUM}}}",
+            c.batchnorm.eps,
+            c.batchnorm.momentum
         );
     }
     let widths: Vec<usize> = c.stages.iter().map(|s| s.out).collect();
-    if meta.depth != c.stages.len() || meta.widths != widths || meta.input_size != c.image.iter().product::<usize>() {
+    if meta.depth != c.stages.len() || meta.widths != widths || meta.input_size != image_values {
         bail!(
             "{path}: checkpoint metadata is inconsistent (depth {}, widths {:?}, but {} stages of {widths:?})",
             meta.depth,
@@ -550,4 +584,91 @@ fn mlp_of(file: &MappedSafetensors, meta: &CheckpointMeta) -> Result<Mlp> {
         bail!("{}: checkpoint holds NaN or infinite weights", path.display());
     }
     Ok(model)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cnn::Downsample;
+    use crate::dense::Dense;
+
+    /// A one-stage network on 3 × 8 × 8 images, saved, its header edited in place.
+    fn crafted(edit: impl Fn(&str) -> String) -> Result<(Network, CheckpointMeta)> {
+        let block = ConvBlock { inputs: 3, outputs: 4, weight: vec![0.01; 4 * 3 * 9], bn: BatchNorm::new(4) };
+        let linear = Dense { inputs: 16, outputs: 2, weight: vec![0.1; 32], bias: vec![0.0; 2] };
+        let model = Cnn {
+            input: [3, 8, 8],
+            stages: vec![ConvStage { downsample: Downsample::None, conv: block }],
+            head: CnnHead { convs: vec![], linear },
+        };
+        let meta = CheckpointMeta {
+            version: CNN_CHECKPOINT_VERSION,
+            depth: 1,
+            input_size: 192,
+            widths: vec![4],
+            activation: "relu".into(),
+            classes: vec!["a".into(), "b".into()],
+            frozen: vec![],
+            trained: vec![],
+            trainable_params: 0,
+            dataset_fingerprint: "f".into(),
+            dataset_name: "d".into(),
+            parent_sha256: None,
+            config: Default::default(),
+            device: "cpu".into(),
+            regime: Default::default(),
+            input: None,
+            cnn: Some(CnnMeta::of(&model)),
+        };
+        let bytes = cnn_checkpoint_bytes(&model, &meta)?;
+        let n = u64::from_le_bytes(bytes[..8].try_into()?) as usize;
+        let header = std::str::from_utf8(&bytes[8..8 + n])?;
+        let mut edited = edit(header);
+        assert!(edited == header || edited.trim_end() != header.trim_end(), "an edit must change something");
+        // Tensor offsets count from the header's end: a header of another length is fine.
+        while edited.len() % 8 != 0 {
+            edited.push(' ');
+        }
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("model.safetensors");
+        let prefix = (edited.len() as u64).to_le_bytes();
+        std::fs::write(&path, [&prefix[..], edited.as_bytes(), &bytes[8 + n..]].concat())?;
+        load_network(&path)
+    }
+
+    /// Every number after a `key` (quoted plainly or inside an escaped JSON string) set to `value`.
+    fn set_number(header: &str, key: &str, value: &str) -> String {
+        let mut out = String::new();
+        let mut rest = header;
+        while let Some(at) = [format!("\"{key}\":"), format!("\\\"{key}\\\":")]
+            .iter()
+            .filter_map(|pat| rest.find(pat.as_str()).map(|i| i + pat.len()))
+            .min()
+        {
+            out.push_str(&rest[..at]);
+            out.push_str(value);
+            rest = &rest[at..];
+            rest = &rest[rest.find([',', '}']).unwrap_or(rest.len())..];
+        }
+        out.push_str(rest);
+        out
+    }
+
+    #[test]
+    fn a_checkpoint_whose_batchnorm_the_kernels_would_not_compute_is_refused() {
+        assert!(crafted(|h| h.to_string()).is_ok_and(|(n, _)| matches!(n, Network::Cnn(_))));
+        // ε = 0.5 in both places it is written: evaluated with 1e-5 before, silently.
+        let e = crafted(|h| set_number(h, "eps", "0.5")).map(|_| ()).unwrap_err();
+        assert!(format!("{e:#}").contains("says ε = 0.5 and momentum 0.1, but layerwise computes"), "{e:#}");
+        let e = crafted(|h| set_number(h, "momentum", "-5.0")).map(|_| ()).unwrap_err();
+        assert!(format!("{e:#}").contains("momentum -5"), "{e:#}");
+    }
+
+    #[test]
+    fn a_checkpoint_image_whose_size_wraps_is_refused() {
+        // [3, 2^63 + 8, 8]: 3 · (2^63 + 8) · 8 wraps to 192 (the real input size), so the
+        // unchecked product agreed with `input_size` and the kernels panicked later.
+        let e = crafted(|h| h.replace("[3,8,8]", "[3,9223372036854775816,8]")).map(|_| ()).unwrap_err();
+        assert!(format!("{e:#}").contains("`meta.cnn.image`: shape [3, 9223372036854775816, 8]"), "{e:#}");
+    }
 }

@@ -11,6 +11,9 @@ use std::path::Path;
 
 use crate::st::{write_safetensors, MappedSafetensors, OutTensor};
 
+/// Floats normalized at a time while a dataset is written (whole images: at least one).
+const CHUNK_VALUES: usize = 1 << 20;
+
 /// `layerwise.format` of a prepared dataset.
 pub const DATASET_FORMAT: &str = "layerwise-dataset";
 /// Version of [`DatasetMeta`].
@@ -317,10 +320,12 @@ pub fn write_dataset_streamed(path: &Path, mut meta: DatasetMeta, splits: [ByteS
         .windows(PLACEHOLDER.len())
         .position(|w| w == PLACEHOLDER.as_bytes())
         .ok_or_else(|| anyhow::anyhow!("internal: the fingerprint placeholder is not in the header"))?;
-    // Images a chunk: whole images, a few MB of floats.
-    let per_chunk = 256 * dim.max(1);
+    // Whole images a chunk, about a million floats (4 MB) however large an image is, and
+    // never more than the images there are (256 images of 4096 × 4096 once asked for 51 GB).
+    let per_chunk = dim.max(1) * (CHUNK_VALUES / dim.max(1)).max(1);
+    let largest = splits.iter().map(|s| s.images.len()).max().unwrap_or(0);
     let floats = |images: &[u8], each: &mut dyn FnMut(&[f32]) -> Result<()>| -> Result<()> {
-        let mut buf = Vec::with_capacity(per_chunk);
+        let mut buf = Vec::with_capacity(per_chunk.min(largest));
         for chunk in images.chunks(per_chunk) {
             buf.clear();
             meta.normalization.apply(chunk, shape, &mut buf);

@@ -53,18 +53,48 @@ impl InputContract {
         self.shape.iter().product()
     }
 
-    /// Check that the contract can be applied: sizes agree, statistics are finite and std
-    /// is positive.
+    /// Check that the contract can be applied, naming what is wrong: its shape within the
+    /// image limits (checked arithmetic, so no shape wraps to a small one), `channels`
+    /// saying what the shape holds (`RGB` 3, `gray` 1), a mean and a std per channel within
+    /// [`crate::limits::CONTRACT_MEAN`] and [`crate::limits::CONTRACT_STD`], and `unit`
+    /// meaning mean 0 and std 1.
     pub fn validate(&self) -> Result<()> {
         let c = self.shape[0];
         if self.layout != "CHW" {
             bail!("input contract: layout `{}` is not supported (CHW)", self.layout);
         }
-        if self.shape.contains(&0) || self.mean.len() != c || self.std.len() != c {
+        crate::limits::image_values("input contract", self.shape)?;
+        match (self.channels.as_str(), c) {
+            ("RGB", 3) | ("gray", 1) => {}
+            (name, c) => bail!(
+                "input contract: channels `{name}` with {c} channels in its shape {:?}: `RGB` has 3, `gray` 1",
+                self.shape
+            ),
+        }
+        if self.mean.len() != c || self.std.len() != c {
             bail!("input contract: shape {:?} with {} means and {} stds", self.shape, self.mean.len(), self.std.len());
         }
-        if self.mean.iter().chain(&self.std).any(|v| !v.is_finite()) || self.std.iter().any(|&s| s <= 0.0) {
-            bail!("input contract: a mean or std is not finite, or a std is not positive");
+        let (lo, hi) = crate::limits::CONTRACT_MEAN;
+        if let Some(m) = self.mean.iter().find(|m| !(lo..=hi).contains(*m)) {
+            bail!(
+                "input contract: mean {m:e} is outside [{lo}, {hi}] (pixels are p/255 before the mean is subtracted): \
+                 the checkpoint was edited or damaged"
+            );
+        }
+        let (lo, hi) = crate::limits::CONTRACT_STD;
+        if let Some(s) = self.std.iter().find(|s| !(lo..=hi).contains(*s)) {
+            bail!(
+                "input contract: std {s:e} is outside [{lo:e}, {hi}] (pixels are p/255 before the std divides): the \
+                 checkpoint was edited or damaged"
+            );
+        }
+        if self.normalize == Normalize::Unit && (self.mean.iter().any(|&m| m != 0.0) || self.std.iter().any(|&s| s != 1.0)) {
+            bail!(
+                "input contract: normalize `unit` means mean 0 and std 1, but it says mean {:?} and std {:?}: the \
+                 checkpoint was edited or damaged",
+                self.mean,
+                self.std
+            );
         }
         Ok(())
     }
@@ -145,5 +175,29 @@ mod tests {
         assert!(InputContract::of_dataset(&meta(std)).normalize_chw(&pixels) == stored);
         let bad = InputContract { std: vec![0.0, 1.0, 1.0], ..c };
         assert!(bad.validate().is_err());
+    }
+
+    /// Each contract a crafted checkpoint carried that was accepted before, refused by name.
+    #[test]
+    fn crafted_contracts_are_refused_saying_what_is_wrong() {
+        let std = Normalization {
+            kind: crate::config::Normalize::Standardize,
+            mean: vec![0.49, 0.48, 0.45],
+            std: vec![0.25, 0.24, 0.26],
+        };
+        let good = InputContract::of_dataset(&meta(std));
+        good.validate().unwrap();
+        let refused = |c: InputContract, says: &str| {
+            let e = format!("{:#}", c.validate().unwrap_err());
+            assert!(e.contains(says), "{says:?} not in {e:?}");
+        };
+        // The shape's product wraps to 3072 in unchecked arithmetic.
+        refused(InputContract { shape: [3, 9_223_372_036_854_775_840, 32], ..good.clone() }, "above the limit");
+        refused(InputContract { shape: [3, 16384, 16384], ..good.clone() }, "more than 67108864 values");
+        refused(InputContract { std: vec![1e-300, 0.24, 0.26], ..good.clone() }, "std 1e-300 is outside");
+        refused(InputContract { mean: vec![1e300, 0.48, 0.45], ..good.clone() }, "mean 1e300 is outside");
+        refused(InputContract { channels: "gray".into(), ..good.clone() }, "channels `gray` with 3 channels");
+        let unit = InputContract::of_dataset(&meta(Normalization::unit(3)));
+        refused(InputContract { mean: vec![0.5, 0.0, 0.0], ..unit }, "normalize `unit` means mean 0 and std 1");
     }
 }

@@ -22,6 +22,7 @@ pub mod dense;
 pub mod features;
 pub mod fsread;
 pub mod hash;
+pub mod imagefile;
 pub mod input;
 pub mod limits;
 pub mod metrics;

@@ -320,9 +320,9 @@ pub struct Pipeline {
 fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
     let plain = e
         .message()
-        .replace("expected usize", "expected a whole number, 0 or more")
-        .replace("expected u64", "expected a whole number, 0 or more")
-        .replace("expected u32", "expected a whole number, 0 or more")
+        .replace("expected usize", "expected a whole number (no sign, no fraction)")
+        .replace("expected u64", "expected a whole number (no sign, no fraction)")
+        .replace("expected u32", "expected a whole number (no sign, no fraction)")
         .replace("expected f64", "expected a number")
         .replace("expected a boolean", "expected true or false");
     let Some(span) = e.span() else { return plain };
@@ -467,7 +467,7 @@ mod tests {
         let text = "name = \"x\"\n[train]\nepochs = -1\n";
         let err = format!("{:#}", Pipeline::from_toml(text, "p.toml").unwrap_err());
         assert!(err.starts_with("p.toml: `train.epochs` (line 3: `epochs = -1`)"), "{err}");
-        assert!(err.contains("expected a whole number, 0 or more") && !err.contains("usize"), "{err}");
+        assert!(err.contains("expected a whole number (no sign, no fraction)") && !err.contains("usize"), "{err}");
         let err =
             format!("{:#}", Pipeline::from_toml("name = \"x\"\n[greedy]\nmax_depth = \"ten\"\n", "p").unwrap_err());
         assert!(err.contains("`greedy.max_depth`"), "{err}");

@@ -60,6 +60,20 @@ pub fn evaluate(opts: &EvaluateOptions) -> Result<Evaluation> {
             layerwise_nn::convnet::evaluate_cnn(&dev, cnn, &split.images, split.labels)
         ))?,
     };
+    // A NaN or infinite loss means the network computes garbage (a damaged or crafted
+    // checkpoint: a running variance of 0 with a huge γ, say): never a result to record.
+    if !sums.loss().is_finite() {
+        anyhow::bail!(
+            "{}: its loss on the {} split of {} is {} (accuracy {:.4}): the network's outputs are not finite numbers, so \
+             this is no evaluation; the checkpoint is damaged or its weights diverged (retrain it, or check it with \
+             scripts/cnn-forward.py)",
+            opts.model.display(),
+            opts.split,
+            opts.data.display(),
+            sums.loss(),
+            sums.accuracy()
+        );
+    }
     let per_class_accuracy = sums
         .confusion
         .iter()

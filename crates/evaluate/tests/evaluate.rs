@@ -152,3 +152,37 @@ fn an_empty_split_is_an_error_not_a_zero_accuracy() {
     assert!(err.contains("test split holds no images"), "{err}");
     assert!(!dir.path().join("eval.json").exists());
 }
+
+#[test]
+fn a_loss_that_is_not_finite_is_an_error_naming_the_checkpoint_not_a_result() {
+    // Weights at f32's edge overflow the logits: the loss was NaN, exit 0, `"loss": null`.
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("d.safetensors");
+    let ds = layerwise_testkit::prepared_dataset(&data, 20, 5, 10, 1).unwrap();
+    let mut m = model();
+    m.head.weight.iter_mut().for_each(|w| *w = 3e38);
+    m.hidden[1].weight.iter_mut().for_each(|w| *w = 3e38);
+    let ckpt = dir.path().join("m.safetensors");
+    save_checkpoint(&ckpt, &m, &meta(&m, &ds.fingerprint)).unwrap();
+    let out = dir.path().join("eval.json");
+    let err = format!("{:#}", evaluate(&opts(&ckpt, &data, Split::Test, Some(out.clone()))).unwrap_err());
+    assert!(err.contains("m.safetensors: its loss on the test split"), "{err}");
+    assert!(err.contains("not finite"), "{err}");
+    assert!(!out.exists(), "no eval.json for a loss that is not a number");
+}
+
+#[test]
+fn a_dataset_file_replaced_by_another_source_is_named_as_such() {
+    // Two runs with another --source shared one dataset file: the first then failed at
+    // evaluation over means differing in the 7th decimal.
+    let (dir, data, _) = setup();
+    let m = model();
+    let ckpt = dir.path().join("from-another-source.safetensors");
+    let mut trained_on = meta(&m, "0123456789abcdef");
+    trained_on.dataset_name = "my-photos".into();
+    save_checkpoint(&ckpt, &m, &trained_on).unwrap();
+    let err = format!("{:#}", evaluate(&opts(&ckpt, &data, Split::Test, None)).unwrap_err());
+    assert!(err.contains("now holds another dataset"), "{err}");
+    assert!(err.contains("not the `my-photos` (fingerprint 0123456789ab…) it was trained on"), "{err}");
+    assert!(err.contains("The dataset file was replaced since this checkpoint was trained"), "{err}");
+}

@@ -1,6 +1,6 @@
 //! `layerwise-predict`'s command line.
 
-use crate::{predict, render, Format, PredictOptions};
+use crate::{header, predict, render, render_error, Format, PredictOptions};
 use clap::Parser;
 use std::io::Write;
 use std::path::PathBuf;
@@ -37,8 +37,8 @@ pub fn run(args: impl IntoIterator<Item = String>) -> anyhow::Result<()> {
     let opts = PredictOptions { model: a.model, inputs: a.inputs, top_k: a.top_k, resize: !a.no_resize, data: a.data };
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
-    if a.format == Format::Csv {
-        writeln!(out, "path,rank,index,class,probability")?;
+    if let Some(h) = header(a.format) {
+        writeln!(out, "{h}")?;
     }
     let mut done = 0usize;
     let failed = predict(&opts, |r| {
@@ -50,7 +50,12 @@ pub fn run(args: impl IntoIterator<Item = String>) -> anyhow::Result<()> {
                 writeln!(out, "{}", render(&p, a.format)?)?;
                 done += 1;
             }
-            Err((_, e)) => eprintln!("layerwise-predict: error: {e:#}"),
+            Err((path, e)) => {
+                eprintln!("layerwise-predict: error: {e:#}");
+                if let Some(record) = render_error(&path, &e, a.format) {
+                    writeln!(out, "{record}")?;
+                }
+            }
         }
         Ok(())
     })?;

@@ -30,6 +30,7 @@ pub struct Decoded {
 /// aspect ratio is not kept) when `resize`, else refused.
 pub fn image_input(path: &Path, contract: &InputContract, resize: bool) -> Result<Decoded> {
     let bytes = layerwise_core::fsread::read_capped(path, "image", MAX_IMAGE_BYTES)?;
+    layerwise_core::imagefile::check_complete(&bytes).with_context(|| format!("{}", path.display()))?;
     let reader = ImageReader::new(std::io::Cursor::new(&bytes[..]))
         .with_guessed_format()
         .with_context(|| format!("{}: cannot read it", path.display()))?;
@@ -94,4 +95,42 @@ pub fn image_input(path: &Path, contract: &InputContract, resize: bool) -> Resul
     }
     let input = contract.normalize_chw(&pixels);
     Ok(Decoded { pixels, input, notes })
+}
+
+#[cfg(test)]
+mod truncation_tests {
+    use super::*;
+
+    fn contract() -> InputContract {
+        InputContract {
+            shape: [3, 32, 32],
+            layout: "CHW".into(),
+            channels: "RGB".into(),
+            normalize: layerwise_core::config::Normalize::Unit,
+            mean: vec![0.0; 3],
+            std: vec![1.0; 3],
+            classes: vec!["a".into(), "b".into()],
+        }
+    }
+
+    #[test]
+    fn a_jpeg_or_png_cut_short_is_an_error_of_its_own_not_made_up_rows() -> Result<()> {
+        let img = image::RgbImage::from_fn(32, 32, |x, y| image::Rgb([(x * 8) as u8, (y * 8) as u8, ((x + y) * 4) as u8]));
+        let dir = tempfile::tempdir()?;
+        for (name, format) in [("x.jpg", image::ImageFormat::Jpeg), ("x.png", image::ImageFormat::Png)] {
+            let mut bytes = Vec::new();
+            image::DynamicImage::ImageRgb8(img.clone()).write_to(&mut std::io::Cursor::new(&mut bytes), format)?;
+            let path = dir.path().join(name);
+            std::fs::write(&path, &bytes)?;
+            assert_eq!(image_input(&path, &contract(), false)?.input.len(), 3072);
+            // Cut to 50 % and 97 %: the JPEG decoded without an error before.
+            for keep in [0.5, 0.97] {
+                std::fs::write(&path, &bytes[..(bytes.len() as f64 * keep) as usize])?;
+                let e = image_input(&path, &contract(), false).map(|_| ()).unwrap_err();
+                let text = format!("{e:#}");
+                assert!(text.contains(name) && text.contains("is cut short"), "{name} at {keep}: {text}");
+            }
+        }
+        Ok(())
+    }
 }

@@ -66,6 +66,7 @@ fn decode(
     size: Option<(u32, u32)>,
     expect: &mut Option<(u32, u32)>,
 ) -> Result<(Vec<u8>, bool)> {
+    layerwise_core::imagefile::check_complete(bytes).with_context(|| format!("{}", path.display()))?;
     let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes))
         .with_guessed_format()
         .with_context(|| format!("{}: cannot read it", path.display()))?;
@@ -147,6 +148,15 @@ fn list(root: &Path) -> Result<Listing> {
             classes.len()
         );
     }
+    // A name is written into the report's tables and the dataset's source listing (a line
+    // a file): a newline or another control character would break both.
+    if let Some(c) = classes.iter().find(|c| c.chars().any(char::is_control)) {
+        bail!(
+            "{}: class folder {c:?} has a control character (a newline, a tab…) in its name, which would break the \
+             report's tables: rename the folder",
+            class_root.display()
+        );
+    }
     let label = |files: Vec<Vec<PathBuf>>| -> Vec<Vec<(PathBuf, u8)>> {
         files.into_iter().enumerate().map(|(c, v)| v.into_iter().map(|p| (p, c as u8)).collect()).collect()
     };
@@ -159,7 +169,18 @@ fn list(root: &Path) -> Result<Listing> {
     } else {
         let mut train = Vec::new();
         let mut test = Vec::new();
-        for v in label(files_by_class(&class_root, &classes)?) {
+        for (c, v) in label(files_by_class(&class_root, &classes)?).into_iter().enumerate() {
+            // Without train/ and test/ folders a sixth of each class is held out to test:
+            // a class of one image would have none to train on.
+            if v.len() < 2 {
+                bail!(
+                    "{}: class `{}` has {} image: each class needs at least 2 (one to train on, one to test); add \
+                     images or remove the folder",
+                    class_root.display(),
+                    classes[c],
+                    v.len()
+                );
+            }
             let held = v.len().div_ceil(6);
             let (a, b) = v.split_at(v.len() - held);
             train.push(a.to_vec());
@@ -168,6 +189,14 @@ fn list(root: &Path) -> Result<Listing> {
         (train, test)
     };
     let (train, test) = (interleave(train), interleave(test));
+    if let Some((p, _)) = train.iter().chain(&test).find(|(p, _)| name_of(p).chars().any(char::is_control)) {
+        bail!(
+            "{}: a control character (a newline, a tab…) in the file name {:?} would break the dataset's source \
+             listing: rename the file",
+            root.display(),
+            name_of(p)
+        );
+    }
     if train.len() + test.len() > MAX_IMAGES {
         bail!("{}: {} images, more than layerwise reads ({MAX_IMAGES})", root.display(), train.len() + test.len());
     }

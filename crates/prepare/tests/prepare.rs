@@ -433,3 +433,43 @@ fn crafted_and_damaged_tarballs_are_clear_errors() {
     std::fs::write(src.join("data_batch_1"), deep).unwrap();
     check_fails(&src, "containers");
 }
+
+/// An image folder dataset: each class a folder of `counts[i]` PNGs (names as given).
+fn image_folder(classes: &[(&str, usize)]) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("photos");
+    let (images, _) = synthetic::images(8, 1);
+    for (c, &(name, n)) in classes.iter().enumerate() {
+        std::fs::create_dir_all(root.join(name)).unwrap();
+        for i in 0..n {
+            let k = (c * 3 + i) % 8;
+            let png = layerwise_testkit::formats::png(&images[k * 3072..(k + 1) * 3072], 32).unwrap();
+            std::fs::write(root.join(name).join(format!("{i}.png")), png).unwrap();
+        }
+    }
+    (dir, root)
+}
+
+#[test]
+fn a_class_of_one_image_and_names_with_control_characters_are_refused_by_name() {
+    // A class with a single image got no training image (16 train / 4 val / 5 test), silently.
+    let (dir, root) = image_folder(&[("cat", 6), ("dog", 1)]);
+    let err = format!("{:#}", prepare(&opts(&root, &dir.path().join("d.safetensors"))).unwrap_err());
+    assert!(err.contains("class `dog` has 1 image: each class needs at least 2"), "{err}");
+    // A newline in a class name broke the report's tables.
+    let (dir, root) = image_folder(&[("cat", 3), ("big\ndog", 3)]);
+    let err = format!("{:#}", prepare(&opts(&root, &dir.path().join("d.safetensors"))).unwrap_err());
+    assert!(err.contains("class folder \"big\\ndog\" has a control character"), "{err}");
+    let (dir, root) = image_folder(&[("cat", 3), ("dog", 3)]);
+    std::fs::rename(root.join("dog/0.png"), root.join("dog/a\tb.png")).unwrap();
+    let err = format!("{:#}", prepare(&opts(&root, &dir.path().join("d.safetensors"))).unwrap_err());
+    assert!(err.contains("in the file name \"a\\tb.png\""), "{err}");
+    // And a JPEG cut short is an error of its own, naming the file.
+    let (dir, root) = image_folder(&[("cat", 3), ("dog", 3)]);
+    let img = image::RgbImage::from_pixel(32, 32, image::Rgb([10, 20, 30]));
+    let mut jpeg = Vec::new();
+    image::DynamicImage::ImageRgb8(img).write_to(&mut std::io::Cursor::new(&mut jpeg), image::ImageFormat::Jpeg).unwrap();
+    std::fs::write(root.join("dog/9.jpg"), &jpeg[..jpeg.len() * 3 / 4]).unwrap();
+    let err = format!("{:#}", prepare(&opts(&root, &dir.path().join("d.safetensors"))).unwrap_err());
+    assert!(err.contains("9.jpg") && err.contains("the JPEG is cut short"), "{err}");
+}

@@ -118,6 +118,10 @@ pub fn train(opts: &TrainOptions) -> Result<TrainOutcome> {
         return train(&TrainOptions { config, ..opts.clone() });
     }
     opts.config.validate()?;
+    // A device this build lacks is refused before any folder is made.
+    if opts.device == DeviceKind::Cuda && !layerwise_nn::device::CUDA_BUILT {
+        return Err(layerwise_nn::device::cuda_missing());
+    }
     // Fail on an unwritable output folder now, not after the training.
     check_out_dir(&opts.out)?;
     // Nor after an epoch on something in the training state's place that it cannot replace.
