@@ -133,6 +133,32 @@ pub const BN_MOMENTUM: f32 = 0.1;
 /// The side of the head's adaptive average pooling.
 pub const HEAD_POOL: usize = 2;
 
+/// Adaptive average pooling's window along a side of `len`: output `i` of `out` covers
+/// `[floor(i·len/out), ceil((i+1)·len/out))` (PyTorch's rule).
+pub fn pool_window(i: usize, len: usize, out: usize) -> (usize, usize) {
+    (i * len / out, ((i + 1) * len).div_ceil(out))
+}
+
+/// The head's adaptive average pooling to `HEAD_POOL × HEAD_POOL` over an `h × w` map as an
+/// `[h·w, 4]` matrix (column `py·2 + px`): what the device path and the ONNX graph multiply by.
+pub fn head_pool_matrix(h: usize, w: usize) -> Vec<f32> {
+    let p = HEAD_POOL;
+    let mut m = vec![0f32; h * w * p * p];
+    for py in 0..p {
+        let (y0, y1) = pool_window(py, h, p);
+        for px in 0..p {
+            let (x0, x1) = pool_window(px, w, p);
+            let inv = 1.0 / ((y1 - y0) * (x1 - x0)) as f32;
+            for y in y0..y1 {
+                for x in x0..x1 {
+                    m[(y * w + x) * p * p + py * p + px] = inv;
+                }
+            }
+        }
+    }
+    m
+}
+
 /// A BatchNorm layer's parameters and running statistics, one value per channel.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BatchNorm {

@@ -14,6 +14,14 @@ use crate::st::{write_safetensors, MappedSafetensors, OutTensor};
 /// Floats normalized at a time while a dataset is written (whole images: at least one).
 const CHUNK_VALUES: usize = 1 << 20;
 
+/// Values a chunk of the dataset writer takes for images of `dim` values (whole images,
+/// about [`CHUNK_VALUES`], at least one image), and what it reserves for them: never more
+/// than the `largest` split holds (256 images of 4096 × 4096 once asked for 51 GB).
+fn chunk_values(dim: usize, largest: usize) -> (usize, usize) {
+    let per_chunk = dim.max(1) * (CHUNK_VALUES / dim.max(1)).max(1);
+    (per_chunk, per_chunk.min(largest))
+}
+
 /// `layerwise.format` of a prepared dataset.
 pub const DATASET_FORMAT: &str = "layerwise-dataset";
 /// Version of [`DatasetMeta`].
@@ -320,12 +328,10 @@ pub fn write_dataset_streamed(path: &Path, mut meta: DatasetMeta, splits: [ByteS
         .windows(PLACEHOLDER.len())
         .position(|w| w == PLACEHOLDER.as_bytes())
         .ok_or_else(|| anyhow::anyhow!("internal: the fingerprint placeholder is not in the header"))?;
-    // Whole images a chunk, about a million floats (4 MB) however large an image is, and
-    // never more than the images there are (256 images of 4096 × 4096 once asked for 51 GB).
-    let per_chunk = dim.max(1) * (CHUNK_VALUES / dim.max(1)).max(1);
     let largest = splits.iter().map(|s| s.images.len()).max().unwrap_or(0);
+    let (per_chunk, reserve) = chunk_values(dim, largest);
     let floats = |images: &[u8], each: &mut dyn FnMut(&[f32]) -> Result<()>| -> Result<()> {
-        let mut buf = Vec::with_capacity(per_chunk.min(largest));
+        let mut buf = Vec::with_capacity(reserve);
         for chunk in images.chunks(per_chunk) {
             buf.clear();
             meta.normalization.apply(chunk, shape, &mut buf);
@@ -492,6 +498,16 @@ impl Dataset {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn the_writer_reserves_by_the_images_there_are() {
+        let big = 3 * 4096 * 4096;
+        // Six 4096 × 4096 images: one image a chunk, never 256 (51 GB).
+        assert_eq!(chunk_values(big, 6 * big), (big, big));
+        assert_eq!(chunk_values(3072, 10 * 3072), (341 * 3072, 10 * 3072));
+        assert_eq!(chunk_values(3072, 1 << 30), (341 * 3072, 341 * 3072));
+        assert_eq!(chunk_values(0, 0), (CHUNK_VALUES, 0));
+    }
     use super::*;
 
     #[test]

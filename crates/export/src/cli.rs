@@ -6,6 +6,9 @@ use std::path::PathBuf;
 
 /// Export a trained checkpoint: `--format onnx` writes the whole forward pass, from pixels
 /// (float [batch, C, H, W], 0-255, CHW) to class probabilities, as a standard ONNX graph.
+/// Both kinds of checkpoint: an MLP (the contract's scaling, Gemm + Relu layers, Softmax)
+/// and a convolutional network (the scaling, each stage's MaxPool or psi, Conv,
+/// BatchNormalization and Relu, the head's conv blocks, 2×2 average pooling, Gemm, Softmax).
 #[derive(Parser, Debug)]
 #[command(name = "layerwise-export", version)]
 struct Args {

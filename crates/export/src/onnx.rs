@@ -12,6 +12,8 @@ pub const INT64: i32 = 7;
 pub const ATTR_FLOAT: i32 = 1;
 /// `AttributeProto.AttributeType.INT`.
 pub const ATTR_INT: i32 = 2;
+/// `AttributeProto.AttributeType.INTS`.
+pub const ATTR_INTS: i32 = 7;
 
 #[derive(Clone, PartialEq, Message)]
 pub struct ModelProto {
@@ -93,6 +95,8 @@ pub struct AttributeProto {
     pub f: f32,
     #[prost(int64, tag = "3")]
     pub i: i64,
+    #[prost(int64, repeated, tag = "8")]
+    pub ints: Vec<i64>,
     #[prost(int32, tag = "20")]
     pub r#type: i32,
 }

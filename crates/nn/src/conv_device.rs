@@ -12,10 +12,10 @@
 
 use crate::conv_block::HostBlock;
 use crate::conv_net::ConvNet;
-use crate::conv_ops::{pool_window, Nhwc};
+use crate::conv_ops::Nhwc;
 use crate::{Backend, EvalSums, Layer, Matrix, Vector};
 use dfdx::prelude::*;
-use layerwise_core::cnn::{Cnn, Downsample, BN_EPS, HEAD_POOL};
+use layerwise_core::cnn::{head_pool_matrix, Cnn, Downsample, BN_EPS, HEAD_POOL};
 use std::cell::RefCell;
 use std::collections::HashMap;
 
@@ -84,26 +84,6 @@ pub fn psi_index(s: Nhwc) -> Vec<usize> {
         }
     }
     idx
-}
-
-/// The head's adaptive average pooling to `HEAD_POOL × HEAD_POOL` over an `h × w` map as an
-/// `[h·w, 4]` matrix (column `py·2 + px`).
-pub fn head_pool_matrix(h: usize, w: usize) -> Vec<f32> {
-    let p = HEAD_POOL;
-    let mut m = vec![0f32; h * w * p * p];
-    for py in 0..p {
-        let (y0, y1) = pool_window(py, h, p);
-        for px in 0..p {
-            let (x0, x1) = pool_window(px, w, p);
-            let inv = 1.0 / ((y1 - y0) * (x1 - x0)) as f32;
-            for y in y0..y1 {
-                for x in x0..x1 {
-                    m[(y * w + x) * p * p + py * p + px] = inv;
-                }
-            }
-        }
-    }
-    m
 }
 
 /// A conv block on the device, in the host layout.

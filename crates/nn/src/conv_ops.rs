@@ -228,11 +228,7 @@ pub(crate) fn column_sums2(
 /// Rows of an elementwise pass handed to one task.
 pub(crate) const PASS_ROWS: usize = 256;
 
-/// Adaptive average pooling's window along a side of `len`: output `i` of `out` covers
-/// `[floor(i·len/out), ceil((i+1)·len/out))` (PyTorch's rule).
-pub(crate) fn pool_window(i: usize, len: usize, out: usize) -> (usize, usize) {
-    (i * len / out, ((i + 1) * len).div_ceil(out))
-}
+pub(crate) use layerwise_core::cnn::pool_window;
 
 /// Average pooling to `HEAD_POOL × HEAD_POOL`, flattened channel-major: `[n, c·4]`, value
 /// `c·4 + py·2 + px` (as `torch.flatten` of `[n, c, 2, 2]`).

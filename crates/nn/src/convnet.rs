@@ -20,7 +20,8 @@
 //! path against the host kernels on dfdx's CPU (`tests/conv_device.rs`).
 
 pub use crate::conv_block::{block_gradients, new_block, new_linear, wk_from_torch, wk_to_torch, HostBlock};
-pub use crate::conv_device::{head_pool_matrix, im2col_index, psi_index, window_rows, DeviceConvNet, DEVICE_CHUNK};
+pub use crate::conv_device::{im2col_index, psi_index, window_rows, DeviceConvNet, DEVICE_CHUNK};
+pub use layerwise_core::cnn::head_pool_matrix;
 pub use crate::conv_device_trainer::DeviceConvTrainer;
 pub use crate::conv_net::{ConvNet, INFER_CHUNK};
 pub use crate::conv_ops::{chw_to_nhwc, col2im, downsample, downsample_backward, im2col, smoothed_cross_entropy, Nhwc};
