@@ -9,7 +9,8 @@ use std::path::PathBuf;
 /// `cargo xtask greedy` arguments.
 #[derive(Debug, Clone, clap::Args)]
 pub struct GreedyArgs {
-    /// Pipeline file (default: pipelines/seed.toml, the tutorial).
+    /// Pipeline: a TOML file, or the name of one in pipelines/ (`smoke` is
+    /// pipelines/smoke.toml; default: seed, the tutorial).
     #[arg(long)]
     pub pipeline: Option<PathBuf>,
     /// Run folder (default: artifacts/runs/<pipeline name>).
@@ -37,7 +38,9 @@ pub struct GreedyArgs {
 /// `cargo xtask greedy` and `cargo xtask sweep` (which passes it to each of its runs).
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct RunInputs {
-    /// CIFAR-10 folder or tarball (default: found or downloaded by the prepare stage).
+    /// Dataset source: a CIFAR-10 or CIFAR-100 folder, tarball or pickle folder, an MNIST or
+    /// Fashion-MNIST IDX folder, or a folder of images per class (DIR/<class>/*.png)
+    /// (default: CIFAR-10, found or downloaded by the prepare stage).
     #[arg(long)]
     pub source: Option<PathBuf>,
     /// Artifacts folder: datasets, downloads and default run and sweep folders.

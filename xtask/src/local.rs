@@ -157,6 +157,9 @@ fn tidy(plan: &Plan, depths: &[DepthOutcome], stages: &[StageOutcome]) {
     }
 }
 
+/// The bar over a run's depths: how many are done, and (its message) the one training now.
+const RUN_BAR: &str = "greedy {bar:30.cyan} {pos}/{len} depths done {msg} [{elapsed}]";
+
 /// The bar over depths (on a terminal) or plain lines.
 struct Ui {
     bar: Option<indicatif::ProgressBar>,
@@ -168,7 +171,7 @@ impl Ui {
             let multi = layerwise_core::progress::install_multi();
             let bar = multi.add(indicatif::ProgressBar::new(max_depth as u64));
             bar.set_style(
-                indicatif::ProgressStyle::with_template("greedy {bar:30.cyan} depth {pos}/{len} {msg} [{elapsed}]")
+                indicatif::ProgressStyle::with_template(RUN_BAR)
                     .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
             );
             bar
@@ -178,7 +181,10 @@ impl Ui {
 
     fn depth(&self, depth: usize) {
         match &self.bar {
-            Some(b) => b.set_position(depth as u64 - 1),
+            Some(b) => {
+                b.set_position(depth as u64 - 1);
+                b.set_message(format!("· training depth {depth}"));
+            }
             None => eprintln!("== depth {depth} =="),
         }
     }
@@ -191,5 +197,15 @@ impl Ui {
         if let Some(b) = &self.bar {
             b.finish_and_clear();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_run_bar_counts_depths_done_and_names_the_one_training() {
+        // It said "depth 0/1" while depth 1 trained.
+        assert!(super::RUN_BAR.contains("{pos}/{len} depths done {msg}"));
+        assert!(indicatif::ProgressStyle::with_template(super::RUN_BAR).is_ok());
     }
 }

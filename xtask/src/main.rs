@@ -6,6 +6,7 @@
 //! - `cargo xtask sweep`: one greedy run per (pipeline, seed), and a report over them.
 //! - `cargo xtask bench`: training throughput against a plain matrix product.
 //! - `cargo xtask verify-device`: the device path against the host kernels.
+//! - `cargo xtask predict` / `export`: those stages, from the binary the run built.
 //! - `xtask gate`: used by scheduler jobs: has the loop stopped before a depth?
 //!
 //! Called by a stage's name (through a link, as Slurm jobs do), the binary is that stage.
@@ -66,6 +67,20 @@ enum Cmd {
     Sweep(xtask::sweep::SweepArgs),
     /// Measure training speed on this machine (synthetic data of CIFAR-10's shape).
     Bench(xtask::bench::BenchArgs),
+    /// Classify image files with a checkpoint: layerwise-predict, from this binary (its
+    /// arguments; `cargo xtask predict --help`).
+    #[command(disable_help_flag = true)]
+    Predict {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Export a checkpoint as ONNX: layerwise-export, from this binary (its arguments;
+    /// `cargo xtask export --help`).
+    #[command(disable_help_flag = true)]
+    Export {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Check the device path (what a GPU runs) against the host kernels: logits and every
     /// gradient of pipelines/cnn.toml's stages and of the MLP, as relative errors.
     VerifyDevice(xtask::verify_device::VerifyArgs),
@@ -117,6 +132,15 @@ fn main() -> ExitCode {
         Cmd::Sweep(a) => xtask::sweep::run(&a),
         Cmd::Bench(a) => xtask::bench::run(&a),
         Cmd::VerifyDevice(a) => xtask::verify_device::run(&a),
+        // The stage itself, named as itself: its messages and exit code are its own.
+        Cmd::Predict { args } => {
+            let program = xtask::plan::Program::Predict;
+            return layerwise_core::exit_code(program.name(), program.run(&args));
+        }
+        Cmd::Export { args } => {
+            let program = xtask::plan::Program::Export;
+            return layerwise_core::exit_code(program.name(), program.run(&args));
+        }
         Cmd::Fuzz(a) => xtask::fuzz::run(&a),
         Cmd::Chaos(a) => xtask::chaos::run(&a).map(|_| ()),
         Cmd::Gate(a) => match xtask::gate::gate(

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 /// `cargo xtask sweep` arguments.
 #[derive(Debug, Clone, clap::Args)]
 pub struct SweepArgs {
-    /// Pipeline file (repeatable; default: pipelines/seed.toml).
+    /// Pipeline: a TOML file, or the name of one in pipelines/ (repeatable; default: seed).
     #[arg(long = "pipeline")]
     pub pipelines: Vec<PathBuf>,
     /// Seeds: a range and/or a list, e.g. `0-4` or `0,3,7` or `0-2,10`.

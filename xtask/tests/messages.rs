@@ -88,3 +88,21 @@ fn cuda_on_a_cpu_build_is_refused_before_any_folder_is_made() {
     assert!(!ok && text.contains("has no CUDA support"), "{text}");
     assert!(!runs.join("runs").exists() && !runs.join("datasets").exists(), "{text}");
 }
+
+#[test]
+fn source_and_pipeline_help_say_what_they_take() {
+    let (ok, text) = xtask(&["greedy", "--help"], &[]);
+    assert!(ok, "{text}");
+    let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(text.contains("a folder of images per class"), "{text}");
+    assert!(text.contains("the name of one in pipelines/"), "{text}");
+}
+
+#[test]
+fn predict_and_export_run_from_the_orchestrators_binary() {
+    // `cargo run -p layerwise-predict` compiled dfdx, gemm and syn a third time.
+    let (ok, text) = xtask(&["predict", "--help"], &[]);
+    assert!(ok && text.contains("Usage: layerwise-predict") && text.contains("--top-k"), "{text}");
+    let (ok, text) = xtask(&["export", "--model", "/no/such/model.safetensors", "--out", "/tmp/x.onnx"], &[]);
+    assert!(!ok && text.contains("layerwise-export: error"), "{text}");
+}

@@ -23,6 +23,9 @@ pub(crate) struct Reporter {
     epochs: usize,
 }
 
+/// The epoch bar: batches done, the time so far and the time left (indicatif's estimate).
+const EPOCH_BAR: &str = "{prefix} {bar:30} {pos}/{len} batches [{elapsed}<{eta}] {msg}";
+
 impl Progress {
     /// Progress of `epochs` epochs of `batches` batches of `what` (`depth 3`, `depth 3 probe`).
     pub(crate) fn start(self, what: String, epochs: usize, batches: usize) -> Reporter {
@@ -30,7 +33,7 @@ impl Progress {
         let bar = (self == Progress::Auto && tty).then(|| {
             let b = layerwise_core::progress::add(ProgressBar::new(batches as u64));
             b.set_style(
-                ProgressStyle::with_template("{prefix} {bar:30} {pos}/{len} batches {msg}")
+                ProgressStyle::with_template(EPOCH_BAR)
                     .unwrap_or_else(|_| ProgressStyle::default_bar()),
             );
             b.set_prefix(format!("{what} epoch 1/{epochs}"));
@@ -82,5 +85,14 @@ impl Reporter {
         if let Some(bar) = self.bar.take() {
             bar.finish_and_clear();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_epoch_bar_says_the_time_left() {
+        assert!(super::EPOCH_BAR.contains("[{elapsed}<{eta}]"));
+        assert!(indicatif::ProgressStyle::with_template(super::EPOCH_BAR).is_ok());
     }
 }
