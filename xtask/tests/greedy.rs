@@ -39,6 +39,8 @@ fn smoke_pipeline_end_to_end_then_resume() {
     }
     // the report's table holds the metrics' numbers
     let report = std::fs::read_to_string(run_dir.join("report.md")).unwrap();
+    assert!(report.contains("| optimizer | Adam: lr 0.001, β1 0.9, β2 0.999, ε 1e-7 |"), "{report}");
+    assert!(report.contains("| network | MLP (dense ReLU layers) |"), "{report}");
     for d in 1..=3 {
         let [_, train, eval] = depth_files(&run_dir, d);
         let h = TrainHistory::read(&train).unwrap();

@@ -9,6 +9,8 @@ fn opt(v: Option<f64>) -> String {
 }
 
 /// The objective, with the autoencoder's settings.
+use layerwise_core::config::Optimizer;
+
 fn objective(t: &layerwise_core::config::TrainConfig) -> String {
     match t.objective {
         layerwise_core::config::Objective::Supervised => "supervised".into(),
@@ -44,8 +46,21 @@ pub(crate) fn render(s: &Summary, notes: Option<&str>) -> String {
                 },
             ),
             (
+                "network",
+                match p.model.cnn() {
+                    Some(c) => format!(
+                        "convolutional: stages {}; {} conv block(s) in each head before its 2×2 pooling and linear layer",
+                        c.stages.iter().map(|st| st.to_string()).collect::<Vec<_>>().join(", "),
+                        c.head_convs
+                    ),
+                    None => "MLP (dense ReLU layers)".into(),
+                },
+            ),
+            (
                 "hidden width",
-                if t.widths.is_empty() {
+                if p.model.cnn().is_some() {
+                    "— (the stages' channels)".into()
+                } else if t.widths.is_empty() {
                     t.width.to_string()
                 } else {
                     format!(
@@ -58,9 +73,14 @@ pub(crate) fn render(s: &Summary, notes: Option<&str>) -> String {
             (
                 "regularization and schedule",
                 format!(
-                    "dropout {}, weight decay {} (AdamW), lr schedule {}{}, augmentation {}",
+                    "dropout {}, weight decay {} ({}), label smoothing {}, lr schedule {}{}, augmentation {}",
                     t.dropout,
                     t.weight_decay,
+                    match t.optimizer {
+                        Optimizer::Adam => "AdamW: decoupled",
+                        Optimizer::Sgd => "decoupled: weights shrink by lr × decay a step",
+                    },
+                    t.label_smoothing,
                     t.lr_schedule,
                     if t.warmup_epochs > 0 {
                         format!(" after {} warm-up epoch(s)", t.warmup_epochs)
@@ -81,7 +101,18 @@ pub(crate) fn render(s: &Summary, notes: Option<&str>) -> String {
             ("head from depth 2", t.head.name().to_string()),
             ("epochs per depth", t.epochs.to_string()),
             ("batch size", t.batch_size.to_string()),
-            ("Adam", format!("lr {}, β1 {}, β2 {}, ε {:e}", t.lr, t.beta1, t.beta2, t.epsilon)),
+            (
+                "optimizer",
+                match t.optimizer {
+                    Optimizer::Adam => format!("Adam: lr {}, β1 {}, β2 {}, ε {:e}", t.lr, t.beta1, t.beta2, t.epsilon),
+                    Optimizer::Sgd => format!(
+                        "SGD: lr {}, momentum {}{}",
+                        t.lr,
+                        t.momentum,
+                        if t.nesterov { ", Nesterov" } else { "" }
+                    ),
+                },
+            ),
             ("seed", t.seed.to_string()),
             ("max depth", p.greedy.max_depth.to_string()),
             (
