@@ -131,7 +131,14 @@ impl Plan {
             pipeline.greedy.max_depth = d;
             pipeline.validate().context("--max-depth")?;
         }
+        // The source, named: CIFAR-10 found or downloaded, or the folder (or file) given by
+        // --source or the pipeline, by its name and a short hash of where it is, so that
+        // two sources never share a dataset file or a run folder.
+        let source = a.inputs.source.as_deref().or(pipeline.data.source.as_deref()).map(source_name);
         let mut run_name = pipeline.name.clone();
+        if let (Some(name), Some(_)) = (&source, &a.inputs.source) {
+            run_name += &format!("-{name}");
+        }
         if let Some(seed) = a.seed {
             pipeline.train.seed = seed;
             run_name += &format!("-seed{seed}");
@@ -139,10 +146,7 @@ impl Plan {
         let artifacts = a.inputs.artifacts.clone().unwrap_or_else(|| root.join("artifacts"));
         let run_dir = a.run_dir.clone().unwrap_or_else(|| artifacts.join("runs").join(run_name));
         let d = &pipeline.data;
-        // The dataset's name: CIFAR-10's, or the pipeline's source folder's.
-        let base: String = d.source.as_ref().and_then(|s| s.file_name()).map_or("cifar-10".into(), |n| {
-            n.to_string_lossy().chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect()
-        });
+        let base = source.unwrap_or_else(|| "cifar-10".into());
         let mut name = format!("{base}-{}-val{}", d.normalize, d.val_fraction);
         if d.labels != layerwise_core::config::Labels::Fine {
             name += &format!("-{}", d.labels);
@@ -290,6 +294,21 @@ impl Plan {
     pub fn report_step(&self) -> Step {
         Step::new(Program::Report, &[&"--run", &self.run_dir])
     }
+}
+
+/// A source's name in file names: its folder's (or file's) name, safe characters only,
+/// and the first 6 hex digits of the SHA-256 of its absolute path (`photos-3fa2c1`).
+pub fn source_name(source: &Path) -> String {
+    let abs = std::fs::canonicalize(source).unwrap_or_else(|_| source.to_path_buf());
+    let name: String = abs
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "source".into())
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' })
+        .collect();
+    let hash = layerwise_core::hash::sha256_hex(abs.to_string_lossy().as_bytes());
+    format!("{name}-{}", &hash[..6])
 }
 
 /// What `--pipeline` names: a file, or the name of one in the repository's `pipelines/`

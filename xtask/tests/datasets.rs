@@ -171,3 +171,46 @@ fn a_folder_of_png_images_per_class_runs() {
     let r = prepared(&flat, &e.path("resized.safetensors"), |o| o.read.resize = Some((16, 16))).unwrap();
     assert_eq!(r.meta.image_shape, [3, 16, 16]);
 }
+
+#[test]
+fn each_source_has_its_own_dataset_file_and_run_folder_and_switching_back_reuses_them() {
+    // `--source MY_IMAGES` prepared over CIFAR-10's file and into its run folder; switching
+    // back re-prepared, and resuming was refused until --run-dir.
+    let e = common::env();
+    let src = common::source_or_synthetic(&e.path("c10"));
+    let (train, test) = cifar10(&src, 600, 200);
+    let classes = layerwise_testkit::CIFAR10_CLASSES;
+    let photos = layerwise_testkit::formats::write_image_folder(
+        &e.path(""),
+        "photos",
+        &classes,
+        (&train.0, &train.1),
+        Some((&test.0, &test.1)),
+    )
+    .unwrap();
+    let args = |source: &Path| {
+        let mut a = e.args("unused");
+        a.run_dir = None;
+        a.inputs.source = Some(source.to_path_buf());
+        a
+    };
+    let idx = layerwise_testkit::formats::write_idx_folder(&e.path(""), "digits", 600, 200, true).unwrap();
+    let mut datasets = Vec::new();
+    for source in [&photos, &src, &idx, &photos] {
+        let plan = Plan(&args(source));
+        let out = run(&args(source)).unwrap().unwrap();
+        assert_eq!(out.depths.len(), 3);
+        let name = xtask::plan::source_name(source);
+        assert!(plan.run_dir.ends_with(format!("runs/smoke-{name}")), "{}", plan.run_dir.display());
+        let file = plan.data.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(file.starts_with(&format!("{name}-")) && file.contains("-val"), "{file}");
+        assert!(plan.run_dir.join("report.md").exists());
+        datasets.push((plan.data, out.depths.iter().all(|d| d.reused)));
+    }
+    // Three files, three run folders; the last run (photos again) reused every depth.
+    assert!(datasets[0].0 != datasets[1].0 && datasets[1].0 != datasets[2].0 && datasets[0].0 != datasets[2].0);
+    assert_eq!(datasets[0].0, datasets[3].0);
+    assert!(!datasets[0].1 && !datasets[1].1 && !datasets[2].1 && datasets[3].1, "{datasets:?}");
+    let files = std::fs::read_dir(e.path("artifacts/datasets")).unwrap().count();
+    assert_eq!(files, 3);
+}
