@@ -30,17 +30,17 @@ d_onnx = float(np.abs(probs_onnx - expected).max())
 same_class = bool((probs_onnx.argmax(1) == expected.argmax(1)).all())
 with safe_open(ckpt, "np") as f:
     convolutional = json.loads(f.metadata()["layerwise"])["meta"].get("cnn") is not None
-if convolutional:  # README's numpy lines are the MLP's (scripts/cnn-forward.py runs a CNN)
+if convolutional:  # the guide's numpy lines are the MLP's (scripts/cnn-forward.py runs a CNN)
     print(f"max |onnx - predict| = {d_onnx:.3g} over {n} images")
     print(f"same top class for every image: {same_class}")
     sys.exit(0 if d_onnx <= 1e-5 and same_class else 1)
 
-# The checkpoint with numpy (README's lines): x is the input contract's row per image.
+# The checkpoint with numpy (the guide's lines): x is the input contract's row per image.
 x = pixels.reshape(n, -1) / 255.0
 mean = np.repeat(np.array(contract["mean"]), h * w)
 std = np.repeat(np.array(contract["std"]), h * w)
 x = ((x - mean) / std).astype(np.float32)
-# README's three lines, as they are there:
+# the guide's three lines (docs/guide.md), as they are there:
 w = safetensors.numpy.load_file(ckpt)
 for i in range(sum(k.endswith(".weight") for k in w if k.startswith("hidden."))): x = np.maximum(x @ w[f"hidden.{i}.weight"].T + w[f"hidden.{i}.bias"], 0)
 logits = x @ w["head.weight"].T + w["head.bias"]

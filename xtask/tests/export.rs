@@ -1,5 +1,5 @@
 //! `layerwise-export --format onnx` run in onnxruntime, and the checkpoint run in numpy
-//! as README shows it, both against `layerwise-predict`'s probabilities (within 1e-5), on
+//! as docs/guide.md shows it, both against `layerwise-predict`'s probabilities (within 1e-5), on
 //! a two-layer model of a standardized dataset. Needs Python 3 with numpy, onnxruntime
 //! and safetensors: installed with pip when missing; skipped, saying so, only where there
 //! is no Python.
@@ -42,7 +42,7 @@ fn python() -> Option<()> {
 
 /// Export `model`, classify `IMAGES` test images written as PNG files with
 /// `layerwise-predict` (every class's probability), and run the ONNX graph (and, for an MLP,
-/// README's numpy lines) on the same pixels in Python: within 1e-5 of predict.
+/// the guide's numpy lines) on the same pixels in Python: within 1e-5 of predict.
 fn onnx_agrees_with_predict(root: &std::path::Path, source: &std::path::Path, model: &std::path::Path) {
     let pngs = root.join("pngs");
     std::fs::create_dir_all(&pngs).unwrap();

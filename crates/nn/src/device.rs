@@ -13,7 +13,7 @@ pub fn cuda_missing() -> anyhow::Error {
          orchestrator: `cargo run --release -p xtask --features cuda -- greedy --device cuda …` (the \
          `cargo xtask` alias builds without it); for the stage binaries: `cargo build --release -p \
          layerwise-train -p layerwise-evaluate --features cuda`. Both need the CUDA toolkit; without one, \
-         `scripts/cuda-build.sh` builds all three from PyPI's CUDA wheels (see README, \"GPU\")"
+         `scripts/cuda-build.sh` builds all three from PyPI's CUDA wheels (see docs/guide.md, \"GPU\")"
     )
 }
 
