@@ -28,6 +28,9 @@ pub struct ChaosArgs {
     /// Work in this folder and keep it (default: a temp folder, removed at the end).
     #[arg(long)]
     pub keep: Option<PathBuf>,
+    /// Only this scenario (smoke, resume or cnn; default: all three).
+    #[arg(long)]
+    pub scenario: Option<String>,
 }
 
 /// What one scenario found.
@@ -286,9 +289,17 @@ pub fn run(a: &ChaosArgs) -> Result<Vec<(String, ChaosOutcome)>> {
         Scenario { name: "resume", pipeline: longer },
         Scenario { name: "cnn", pipeline: cnn },
     ];
+    if let Some(name) = &a.scenario {
+        if !scenarios.iter().any(|s| s.name == name) {
+            bail!("no chaos scenario `{name}`: use smoke, resume or cnn");
+        }
+    }
     let mut results = Vec::new();
     let mut failed = false;
     for (i, s) in scenarios.iter().enumerate() {
+        if a.scenario.as_deref().is_some_and(|n| n != s.name) {
+            continue;
+        }
         let t = Instant::now();
         let o = scenario(&exe, &work, &source, s, i as u64, a)?;
         println!(

@@ -218,6 +218,37 @@ fn train_tiny_cnn(data: &Path, from: Option<&Path>, out: &Path) -> Result<layerw
     })
 }
 
+/// How the fixture trains a depth: the MLP's or the CNN's tiny settings.
+type TrainTiny = fn(&Path, Option<&Path>, &Path) -> Result<layerwise_train::TrainOutcome>;
+
+/// Depth 2 grown from `parent` into `out`, stopped right after its first epoch's state was
+/// saved: that state's path (a real state, as a killed run leaves it).
+fn interrupted_state(train: TrainTiny, data: &Path, parent: &Path, out: &Path) -> Result<PathBuf> {
+    std::env::set_var(layerwise_train::STOP_AFTER_EPOCH_ENV, "1");
+    let stopped = train(data, Some(parent), out);
+    std::env::remove_var(layerwise_train::STOP_AFTER_EPOCH_ENV);
+    if stopped.is_ok() {
+        bail!("internal: the fuzz fixture's training did not stop after epoch 1");
+    }
+    Ok(out.join(layerwise_train::state::STATE_FILE))
+}
+
+/// A training state used where training finds it: the mutated file is the case folder's
+/// state, and that folder is the output of depth 2's training, which must end with the
+/// clean run's bytes (or refuse the state).
+fn state_use(train: TrainTiny, data: &Path, parent: &Path, clean: Vec<u8>, what: &'static str) -> ReadFn {
+    let (data, parent) = (data.to_path_buf(), parent.to_path_buf());
+    Box::new(move |p, _| {
+        let out = train(&data, Some(&parent), p.parent().unwrap_or(Path::new(".")))?;
+        same_checkpoint(&out, &clean, what)?;
+        if out.resumed {
+            Ok(())
+        } else {
+            bail!("not used: trained from epoch 1")
+        }
+    })
+}
+
 /// A safetensors file's header (metadata values that are JSON parsed too) and its data:
 /// what a file says, whatever its whitespace or number spelling.
 fn said(bytes: &[u8]) -> Option<(serde_json::Value, &[u8])> {
@@ -268,14 +299,7 @@ fn readers(work: &Path) -> Result<Vec<Reader>> {
     let parent = trained.checkpoint.clone();
     let clean = std::fs::read(train_tiny(&data, Some(&parent), &work.join("clean-depth-2"))?.checkpoint)?;
     // A real state: depth 2 stopped right after its first epoch's state was saved.
-    let interrupted = work.join("interrupted-depth-2");
-    std::env::set_var(layerwise_train::STOP_AFTER_EPOCH_ENV, "1");
-    let stopped = train_tiny(&data, Some(&parent), &interrupted);
-    std::env::remove_var(layerwise_train::STOP_AFTER_EPOCH_ENV);
-    if stopped.is_ok() {
-        bail!("internal: the fuzz fixture's training did not stop after epoch 1");
-    }
-    let state_path = interrupted.join(layerwise_train::state::STATE_FILE);
+    let state_path = interrupted_state(train_tiny, &data, &parent, &work.join("interrupted-depth-2"))?;
     let eval_path = work.join("valid-depth/eval.json");
     layerwise_evaluate::evaluate(&layerwise_evaluate::EvaluateOptions {
         model: trained.checkpoint.clone(),
@@ -288,25 +312,8 @@ fn readers(work: &Path) -> Result<Vec<Reader>> {
     // after its first epoch's state was saved.
     let cnn_parent = train_tiny_cnn(&data, None, &work.join("cnn-depth-1"))?.checkpoint;
     let cnn_clean = std::fs::read(train_tiny_cnn(&data, Some(&cnn_parent), &work.join("cnn-clean-2"))?.checkpoint)?;
-    let cnn_interrupted = work.join("cnn-interrupted-2");
-    std::env::set_var(layerwise_train::STOP_AFTER_EPOCH_ENV, "1");
-    let stopped = train_tiny_cnn(&data, Some(&cnn_parent), &cnn_interrupted);
-    std::env::remove_var(layerwise_train::STOP_AFTER_EPOCH_ENV);
-    if stopped.is_ok() {
-        bail!("internal: the fuzz fixture's convolutional training did not stop after epoch 1");
-    }
-    let cnn_state_use: ReadFn = {
-        let (data, parent, clean) = (data.clone(), cnn_parent.clone(), cnn_clean.clone());
-        Box::new(move |p, _| {
-            let out = train_tiny_cnn(&data, Some(&parent), p.parent().unwrap_or(Path::new(".")))?;
-            same_checkpoint(&out, &clean, "convolutional training state")?;
-            if out.resumed {
-                Ok(())
-            } else {
-                bail!("not used: trained from epoch 1")
-            }
-        })
-    };
+    let cnn_state_path = interrupted_state(train_tiny_cnn, &data, &cnn_parent, &work.join("cnn-interrupted-2"))?;
+    let cnn_state_use = state_use(train_tiny_cnn, &data, &cnn_parent, cnn_clean, "convolutional training state");
     let (test_images, test_labels) = {
         let ds = layerwise_core::dataset::Dataset::open(&data)?;
         let split = ds.split(layerwise_core::dataset::Split::Test)?;
@@ -320,29 +327,15 @@ fn readers(work: &Path) -> Result<Vec<Reader>> {
     });
     // The input contract as a checkpoint carries it, used by predict (a PNG through it,
     // resized to its shape) and by export (a graph of its size, when small enough to build).
-    let contract_valid = serde_json::to_vec(&layerwise_core::input::InputContract {
-        shape: [3, 32, 32],
-        layout: "CHW".into(),
-        channels: "RGB".into(),
-        normalize: layerwise_core::config::Normalize::Standardize,
+    let standardized = layerwise_core::dataset::Normalization {
+        kind: layerwise_core::config::Normalize::Standardize,
         mean: vec![0.49, 0.48, 0.45],
         std: vec![0.25, 0.24, 0.26],
-        classes: layerwise_testkit::CIFAR10_CLASSES.iter().map(|s| s.to_string()).collect(),
-    })?;
-    // The state is used where training finds it: the mutated file is the case folder's
-    // state, and that folder is the output of depth 2's training.
-    let state_use: ReadFn = {
-        let (data, parent, clean) = (data.clone(), parent.clone(), clean.clone());
-        Box::new(move |p, _| {
-            let out = train_tiny(&data, Some(&parent), p.parent().unwrap_or(Path::new(".")))?;
-            same_checkpoint(&out, &clean, "training state")?;
-            if out.resumed {
-                Ok(())
-            } else {
-                bail!("not used: trained from epoch 1")
-            }
-        })
     };
+    let classes: Vec<String> = layerwise_testkit::CIFAR10_CLASSES.iter().map(|s| s.to_string()).collect();
+    let contract_valid =
+        serde_json::to_vec(&layerwise_core::input::InputContract::new([3, 32, 32], &standardized, classes))?;
+    let mlp_state_use = state_use(train_tiny, &data, &parent, clean.clone(), "training state");
     // The features file is used where the next depth finds it: beside its parent checkpoint.
     let features_use: ReadFn = {
         let (data, parent, clean) = (data.clone(), parent.clone(), clean.clone());
@@ -400,25 +393,21 @@ fn readers(work: &Path) -> Result<Vec<Reader>> {
     let png = layerwise_testkit::formats::png(&imgs[..3072], 32)?;
     let other_png = layerwise_testkit::formats::png(&imgs[3072..6144], 32)?;
     let folder_read: ReadFn = Box::new(move |p, _| {
-        // p is ROOT/cat/0.png: ROOT/dog/0.png is a valid image of another class.
+        // p is ROOT/cat/0.png, beside a valid ROOT/cat/1.png (a class needs two images);
+        // ROOT/dog/ holds valid images of another class.
         let root = p.parent().and_then(Path::parent).unwrap_or(Path::new("."));
         let dog = root.join("dog");
         if !dog.join("0.png").exists() {
             std::fs::create_dir_all(&dog)?;
             std::fs::write(dog.join("0.png"), &other_png)?;
             std::fs::write(dog.join("1.png"), &other_png)?;
+            std::fs::write(root.join("cat").join("1.png"), &other_png)?;
         }
         layerwise_prepare::folder::read(root, None).map(|_| ())
     });
-    let contract = layerwise_core::input::InputContract {
-        shape: [3, 32, 32],
-        layout: "CHW".into(),
-        channels: "RGB".into(),
-        normalize: layerwise_core::config::Normalize::Unit,
-        mean: vec![0.0; 3],
-        std: vec![1.0; 3],
-        classes: layerwise_testkit::CIFAR10_CLASSES.iter().map(|s| s.to_string()).collect(),
-    };
+    let classes: Vec<String> = layerwise_testkit::CIFAR10_CLASSES.iter().map(|s| s.to_string()).collect();
+    let unit = layerwise_core::dataset::Normalization::unit(3);
+    let contract = layerwise_core::input::InputContract::new([3, 32, 32], &unit, classes);
     let predict_read: ReadFn = Box::new(move |p, _| layerwise_predict::image_input(p, &contract, true).map(|_| ()));
     let contract_use: ReadFn = {
         let png_path = work.join("contract-image.png");
@@ -573,7 +562,7 @@ fn readers(work: &Path) -> Result<Vec<Reader>> {
             file: Some(layerwise_train::state::STATE_FILE),
             nest: nest_bytes,
             encode: identity,
-            read: state_use,
+            read: mlp_state_use,
         },
         Reader {
             name: "cnn-checkpoint",
@@ -585,7 +574,7 @@ fn readers(work: &Path) -> Result<Vec<Reader>> {
         },
         Reader {
             name: "cnn-train-state",
-            valid: std::fs::read(cnn_interrupted.join(layerwise_train::state::STATE_FILE))?,
+            valid: std::fs::read(&cnn_state_path)?,
             file: Some(layerwise_train::state::STATE_FILE),
             nest: nest_bytes,
             encode: identity,

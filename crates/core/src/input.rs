@@ -36,15 +36,20 @@ pub struct InputContract {
 impl InputContract {
     /// The contract of a model trained on `data`.
     pub fn of_dataset(data: &DatasetMeta) -> Self {
-        let c = data.image_shape[0];
+        Self::new(data.image_shape, &data.normalization, data.classes.clone())
+    }
+
+    /// The contract of images of `shape` (CHW; one channel is `gray`, others `RGB`) scaled by
+    /// `normalization`, for `classes`.
+    pub fn new(shape: [usize; 3], normalization: &crate::dataset::Normalization, classes: Vec<String>) -> Self {
         Self {
-            shape: data.image_shape,
+            shape,
             layout: "CHW".into(),
-            channels: if c == 1 { "gray".into() } else { "RGB".into() },
-            normalize: data.normalization.kind,
-            mean: data.normalization.mean.clone(),
-            std: data.normalization.std.clone(),
-            classes: data.classes.clone(),
+            channels: if shape[0] == 1 { "gray".into() } else { "RGB".into() },
+            normalize: normalization.kind,
+            mean: normalization.mean.clone(),
+            std: normalization.std.clone(),
+            classes,
         }
     }
 

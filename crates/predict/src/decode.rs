@@ -102,15 +102,7 @@ mod truncation_tests {
     use super::*;
 
     fn contract() -> InputContract {
-        InputContract {
-            shape: [3, 32, 32],
-            layout: "CHW".into(),
-            channels: "RGB".into(),
-            normalize: layerwise_core::config::Normalize::Unit,
-            mean: vec![0.0; 3],
-            std: vec![1.0; 3],
-            classes: vec!["a".into(), "b".into()],
-        }
+        InputContract::new([3, 32, 32], &layerwise_core::dataset::Normalization::unit(3), vec!["a".into(), "b".into()])
     }
 
     #[test]
