@@ -59,6 +59,8 @@ pub struct DepthRow {
     pub eval_loss: Option<f64>,
     /// Evaluation accuracy.
     pub eval_accuracy: Option<f64>,
+    /// Images evaluated.
+    pub eval_samples: Option<usize>,
     /// Evaluation accuracy per class, with the class names.
     pub eval_per_class: Option<Vec<(String, f64)>>,
     /// Trainable parameters at this depth.
@@ -401,6 +403,7 @@ fn row(
         eval_split: eval.as_ref().map(|e| e.split.to_string()),
         eval_loss: eval.as_ref().map(|e| e.loss),
         eval_accuracy: eval.as_ref().map(|e| e.accuracy),
+        eval_samples: eval.as_ref().map(|e| e.samples),
         eval_per_class: eval
             .as_ref()
             .map(|e| e.classes.iter().cloned().zip(e.per_class_accuracy.iter().copied()).collect()),

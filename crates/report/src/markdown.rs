@@ -39,10 +39,20 @@ pub(crate) fn render(s: &Summary, notes: Option<&str>) -> String {
             ("validation fraction", format!("{} (the last images of the training set)", p.data.val_fraction)),
             (
                 "images",
-                if p.data.limit_train == 0 {
-                    "all".into()
-                } else {
-                    format!("first {} train, {} test", p.data.limit_train, p.data.limit_test)
+                {
+                    let limits = if p.data.limit_train == 0 && p.data.limit_test == 0 {
+                        "all the source's".to_string()
+                    } else {
+                        format!(
+                            "the source's first {} train and {} test images at most (the pipeline's limits)",
+                            p.data.limit_train, p.data.limit_test
+                        )
+                    };
+                    // What was really there: the evaluation counted its split.
+                    match s.depths.iter().find_map(|r| Some((r.eval_samples?, r.eval_split.clone()?))) {
+                        Some((n, split)) => format!("{limits}; {n} {split} images evaluated"),
+                        None => limits,
+                    }
                 },
             ),
             (
