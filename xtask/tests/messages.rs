@@ -5,6 +5,8 @@
 
 use std::process::Command;
 
+mod common;
+
 fn xtask(args: &[&str], envs: &[(&str, &str)]) -> (bool, String) {
     let mut c = Command::new(env!("CARGO_BIN_EXE_xtask"));
     c.args(args).current_dir(xtask::repo_root());
@@ -105,4 +107,36 @@ fn predict_and_export_run_from_the_orchestrators_binary() {
     assert!(ok && text.contains("Usage: layerwise-predict") && text.contains("--top-k"), "{text}");
     let (ok, text) = xtask(&["export", "--model", "/no/such/model.safetensors", "--out", "/tmp/x.onnx"], &[]);
     assert!(!ok && text.contains("layerwise-export: error"), "{text}");
+}
+
+#[test]
+fn a_resumed_depth_is_said_to_resume_not_to_train_again() {
+    // It printed "training again: …model.safetensors does not exist" right before
+    // "resuming at epoch 2 of 2".
+    let e = common::env();
+    let pipeline = e.smoke_with("smoke-2", &[("epochs = 1 ", "epochs = 2 ")]);
+    let args = |run: &str| {
+        vec![
+            "greedy".to_string(),
+            "--pipeline".into(),
+            pipeline.to_string_lossy().into_owned(),
+            "--source".into(),
+            e.source.to_string_lossy().into_owned(),
+            "--artifacts".into(),
+            e.path("artifacts").to_string_lossy().into_owned(),
+            "--run-dir".into(),
+            e.path(run).to_string_lossy().into_owned(),
+            "--plain".into(),
+        ]
+    };
+    let run = |envs: &[(&str, &str)]| {
+        let a = args("run");
+        xtask(&a.iter().map(String::as_str).collect::<Vec<_>>(), envs)
+    };
+    let (ok, text) = run(&[(layerwise_train::STOP_AFTER_EPOCH_ENV, "1")]);
+    assert!(!ok, "the run was to stop after depth 1's first epoch: {text}");
+    let (ok, text) = run(&[]);
+    assert!(ok, "{text}");
+    assert!(text.contains("resuming at epoch 2 of 2"), "{text}");
+    assert!(!text.contains("training again"), "{text}");
 }
