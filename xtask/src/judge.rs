@@ -99,8 +99,8 @@ pub fn stage_state(plan: &Plan, stage: Phase, depth: usize, parent_sha: Option<&
 }
 
 /// A run never changes its dataset: refuse when the run folder holds depths trained on
-/// another dataset than the file the plan now finds (e.g. prepared again from other
-/// source files into the shared `artifacts/datasets/` name).
+/// another dataset than the file the plan now finds (another `--source` given for the same
+/// run folder, or a dataset file prepared again from changed source files).
 pub fn check_dataset_of_run(plan: &Plan, fingerprint: &str) -> Result<()> {
     let Ok(entries) = std::fs::read_dir(&plan.run_dir) else { return Ok(()) };
     let mut depths: Vec<usize> = entries.flatten().filter_map(|e| parse_depth_dir(e.file_name().to_str()?)).collect();
@@ -111,7 +111,7 @@ pub fn check_dataset_of_run(plan: &Plan, fingerprint: &str) -> Result<()> {
         if meta.dataset_fingerprint != fingerprint {
             bail!(
                 "{} holds depths trained on dataset fingerprint {}… ({} depth {depth}), but {} now holds fingerprint {}… \
-                 (prepared again, from other source files?). A run never changes its dataset: pass the --source it was \
+                 (another --source, or changed source files?). A run never changes its dataset: pass the --source it was \
                  trained on, or use --restart to train it again on this dataset, or --run-dir for a new run",
                 plan.run_dir.display(),
                 &meta.dataset_fingerprint[..12.min(meta.dataset_fingerprint.len())],

@@ -196,7 +196,8 @@ fn another_source_is_prepared_again() {
     let before = mtime(&data);
     run(&a).unwrap();
     assert_eq!(mtime(&data), before);
-    // Same settings, another source (one test label changed): prepared again.
+    // Same settings, another source (one test label changed): prepared into a file of its
+    // own (named after the source), the first one left as it was.
     let other = e.dir.path().join("other");
     let copy = layerwise_testkit::synthetic::write_folder(&other, false, 1000).unwrap();
     let test_batch = copy.join("test_batch.bin");
@@ -207,8 +208,11 @@ fn another_source_is_prepared_again() {
     b.inputs.max_depth = Some(1);
     b.inputs.source = Some(copy);
     run(&b).unwrap();
-    let second = layerwise_core::dataset::Dataset::open(&data).unwrap().meta.fingerprint;
+    let other_data = Plan::new(&b).unwrap().data;
+    assert_ne!(other_data, data);
+    let second = layerwise_core::dataset::Dataset::open(&other_data).unwrap().meta.fingerprint;
     assert_ne!(first, second);
+    assert_eq!(mtime(&data), before, "the first source's dataset was not touched");
 }
 
 #[test]
@@ -325,7 +329,7 @@ fn a_run_never_silently_changes_its_dataset() {
     run(&a).unwrap();
     let model = e.path("r1/depth-01/model.safetensors");
     let (bytes, when) = (std::fs::read(&model).unwrap(), mtime(&model));
-    // Source B: A with one pixel changed. A second run prepares the shared dataset file again.
+    // Source B: A with one pixel changed, prepared by a second run into its own file.
     let other = layerwise_testkit::synthetic::write_folder(&e.path("b"), false, 1000).unwrap();
     let batch = other.join("data_batch_1.bin");
     let mut pixels = std::fs::read(&batch).unwrap();
@@ -333,11 +337,11 @@ fn a_run_never_silently_changes_its_dataset() {
     std::fs::write(&batch, pixels).unwrap();
     let mut b = e.args("r2");
     b.inputs.max_depth = Some(1);
-    b.inputs.source = Some(other);
+    b.inputs.source = Some(other.clone());
     run(&b).unwrap();
-    // r1 again, without naming its source: it would find B's data. Refused, saying why.
+    // r1 again, pointed at B: it would train on other data. Refused, saying why.
     let mut again = a.clone();
-    again.inputs.source = None;
+    again.inputs.source = Some(other);
     let err = format!("{:#}", run(&again).unwrap_err());
     assert!(err.contains("never changes its dataset") && err.contains("--source"), "{err}");
     assert_eq!((std::fs::read(&model).unwrap(), mtime(&model)), (bytes.clone(), when), "nothing retrained");
