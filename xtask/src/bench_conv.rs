@@ -66,9 +66,12 @@ pub fn fill(n: usize, seed: u32) -> Vec<f32> {
 /// Print the table, on `device`, for each batch size; write its rows to `json` when given.
 pub fn run(seconds: f64, device: DeviceKind, batches: &[usize], json: Option<&std::path::Path>) -> Result<()> {
     let shapes = stage_shapes(&cnn_stages()?)?;
-    let rows = layerwise_nn::with_device!(device, 0, |dev| Ok::<_, anyhow::Error>(table(&dev, seconds, device, &shapes, batches)))?;
+    let rows = layerwise_nn::with_device!(device, 0, |dev| Ok::<_, anyhow::Error>(table(
+        &dev, seconds, device, &shapes, batches
+    )))?;
     if let Some(path) = json {
-        layerwise_core::atomic::write_json_atomic(path, &rows).with_context(|| format!("cannot write {}", path.display()))?;
+        layerwise_core::atomic::write_json_atomic(path, &rows)
+            .with_context(|| format!("cannot write {}", path.display()))?;
     }
     Ok(())
 }

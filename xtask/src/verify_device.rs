@@ -197,7 +197,14 @@ fn network(input: [usize; 3], stages: &[StageSpec], classes: usize, seed: u64) -
 
 /// Gradients of `net` trained from stage `first`, on the host and on `dev`; the floor is
 /// the host against itself on the batch in reverse order.
-fn conv_gradients<D: Backend + 'static>(dev: &D, what: String, net: &ConvNet, first: usize, images: &[f32], n: usize) -> Check {
+fn conv_gradients<D: Backend + 'static>(
+    dev: &D,
+    what: String,
+    net: &ConvNet,
+    first: usize,
+    images: &[f32],
+    n: usize,
+) -> Check {
     let settings = ConvSettings {
         optimizer: OptimizerSpec::Sgd { lr: 0.05, momentum: 0.9, nesterov: true },
         weight_decay: 5e-4,
@@ -231,11 +238,19 @@ fn conv_gradients<D: Backend + 'static>(dev: &D, what: String, net: &ConvNet, fi
     let loss = || ("loss".to_string(), vec![hl]);
     let floor = worst_of(
         String::new(),
-        names.iter().zip(rg).zip(&hg).map(|((name, r), h)| (name.clone(), r, h.clone())).chain([(loss().0, vec![rl], loss().1)]),
+        names.iter().zip(rg).zip(&hg).map(|((name, r), h)| (name.clone(), r, h.clone())).chain([(
+            loss().0,
+            vec![rl],
+            loss().1,
+        )]),
     );
     let device_floor = worst_of(
         String::new(),
-        names.iter().zip(drg).zip(&dg).map(|((name, r), d)| (name.clone(), r, d.clone())).chain([(loss().0, vec![drl], vec![dl])]),
+        names.iter().zip(drg).zip(&dg).map(|((name, r), d)| (name.clone(), r, d.clone())).chain([(
+            loss().0,
+            vec![drl],
+            vec![dl],
+        )]),
     );
     let pairs = names.iter().zip(dg).zip(hg).map(|((name, d), h)| (name.clone(), d, layout(name, h)));
     let mut check = worst_of(what, pairs.chain([(loss().0, vec![dl], loss().1)]));
@@ -246,7 +261,7 @@ fn conv_gradients<D: Backend + 'static>(dev: &D, what: String, net: &ConvNet, fi
 
 /// Every check, on `dev`.
 fn all_checks<D: Backend + 'static>(dev: &D, stages: &[StageSpec], n: usize) -> Vec<Check> {
-    let full = network([3, 32, 32], &stages, 10, 1);
+    let full = network([3, 32, 32], stages, 10, 1);
     let images = fill(n * 3 * 32 * 32, 7);
     let mut checks = Vec::new();
     let (mut host, mut device) = (Vec::new(), Vec::new());
@@ -259,7 +274,8 @@ fn all_checks<D: Backend + 'static>(dev: &D, stages: &[StageSpec], n: usize) -> 
         checks.push(conv_gradients(dev, what, &net, k, &images, n));
     }
     checks.push(conv_gradients(dev, "cnn fine-tune all 5 stages: gradients".into(), &full, 0, &images, n));
-    let psi_stages = [StageSpec { downsample: Downsample::None, out: 32 }, StageSpec { downsample: Downsample::Psi, out: 64 }];
+    let psi_stages =
+        [StageSpec { downsample: Downsample::None, out: 32 }, StageSpec { downsample: Downsample::Psi, out: 64 }];
     let psi = network([3, 32, 32], &psi_stages, 10, 3);
     checks.push(conv_gradients(dev, "cnn psi (32, psi:64) fine-tune: gradients".into(), &psi, 0, &images, n));
     checks.extend(mlp_checks(dev));
@@ -314,7 +330,14 @@ fn mlp_checks<D: Backend>(dev: &D) -> Vec<Check> {
     let what = "mlp grow depth 2: gradients (vs dfdx cpu)".to_string();
     let grads = match (device_grads, cpu_grads) {
         (Ok(d), Ok(h)) => worst_of(what, d.into_iter().zip(h).map(|((name, d), (_, h))| (name, d, h))),
-        (Err(e), _) | (_, Err(e)) => Check { what, worst: format!("error: {e:#}"), rel: f64::INFINITY, max: f64::INFINITY, floor: 0.0, device_floor: 0.0 },
+        (Err(e), _) | (_, Err(e)) => Check {
+            what,
+            worst: format!("error: {e:#}"),
+            rel: f64::INFINITY,
+            max: f64::INFINITY,
+            floor: 0.0,
+            device_floor: 0.0,
+        },
     };
     vec![logits, grads]
 }

@@ -73,7 +73,9 @@ fn the_cnn_smoke_pipeline_follows_the_interop_contract_and_numpy_reproduces_it()
     // The settings that ran: SGD with its momentum, not Adam's β (it said "Adam | lr 0.1, β1 …").
     assert!(report.contains("| optimizer | SGD: lr 0.05, momentum 0.9 |"), "{report}");
     assert!(report.contains("| network | convolutional: stages 8, maxpool:16, psi:16;"), "{report}");
-    assert!(report.contains("weight decay 0.0005 (decoupled: weights shrink by lr × decay a step), label smoothing 0.1"));
+    assert!(
+        report.contains("weight decay 0.0005 (decoupled: weights shrink by lr × decay a step), label smoothing 0.1")
+    );
     assert!(!report.contains("β1"), "{report}");
     assert!(std::fs::read_to_string(run_dir.join("accuracy.svg")).unwrap().contains("stage (conv blocks)"));
 

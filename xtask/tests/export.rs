@@ -87,8 +87,13 @@ fn onnx_agrees_with_predict(root: &std::path::Path, source: &std::path::Path, mo
     std::fs::write(&px, pixels.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>()).unwrap();
     std::fs::write(&ex, expected.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>()).unwrap();
     let script = xtask::repo_root().join("scripts/onnx-check.py");
-    let out =
-        Command::new("python3").arg(&script).arg(model).args([&onnx, &px, &ex]).arg(IMAGES.to_string()).output().unwrap();
+    let out = Command::new("python3")
+        .arg(&script)
+        .arg(model)
+        .args([&onnx, &px, &ex])
+        .arg(IMAGES.to_string())
+        .output()
+        .unwrap();
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     eprintln!("{text}");
     assert!(out.status.success(), "{text}");
@@ -111,8 +116,22 @@ fn small_cnn(root: &std::path::Path, data: &std::path::Path, stages: &str, head_
     for d in 1..=stages.split(',').count() {
         let out = root.join(format!("cnn-{d:02}"));
         let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![
-            &"--data", &data, &"--out", &out, &"--epochs", &"1", &"--stages", &stages, &"--optimizer", &"sgd",
-            &"--lr", &"0.05", &"--batch-size", &"100", &"--head-convs", &head_convs,
+            &"--data",
+            &data,
+            &"--out",
+            &out,
+            &"--epochs",
+            &"1",
+            &"--stages",
+            &stages,
+            &"--optimizer",
+            &"sgd",
+            &"--lr",
+            &"0.05",
+            &"--batch-size",
+            &"100",
+            &"--head-convs",
+            &head_convs,
         ];
         if let Some(p) = &parent {
             args.push(&"--from");

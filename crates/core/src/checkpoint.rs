@@ -626,7 +626,7 @@ mod tests {
         let mut edited = edit(header);
         assert!(edited == header || edited.trim_end() != header.trim_end(), "an edit must change something");
         // Tensor offsets count from the header's end: a header of another length is fine.
-        while edited.len() % 8 != 0 {
+        while !edited.len().is_multiple_of(8) {
             edited.push(' ');
         }
         let dir = tempfile::tempdir()?;

@@ -93,7 +93,9 @@ impl InputContract {
                  checkpoint was edited or damaged"
             );
         }
-        if self.normalize == Normalize::Unit && (self.mean.iter().any(|&m| m != 0.0) || self.std.iter().any(|&s| s != 1.0)) {
+        if self.normalize == Normalize::Unit
+            && (self.mean.iter().any(|&m| m != 0.0) || self.std.iter().any(|&s| s != 1.0))
+        {
             bail!(
                 "input contract: normalize `unit` means mean 0 and std 1, but it says mean {:?} and std {:?}: the \
                  checkpoint was edited or damaged",

@@ -238,7 +238,12 @@ pub fn cnn_model_proto(cnn: &Cnn, contract: &InputContract, sha256: &str) -> Res
                 let merged = format!("{name}.psi.merged_shape");
                 g.init.push(int64_tensor(&merged, &[0, 4 * c as i64, h2, w2]));
                 let a = g.op("Reshape", &format!("{name}.psi.split"), &[&x, &split], vec![]);
-                let t = g.op("Transpose", &format!("{name}.psi.order"), &[&a], vec![ints_attr("perm", &[0, 1, 3, 5, 2, 4])]);
+                let t = g.op(
+                    "Transpose",
+                    &format!("{name}.psi.order"),
+                    &[&a],
+                    vec![ints_attr("perm", &[0, 1, 3, 5, 2, 4])],
+                );
                 x = g.op("Reshape", &format!("{name}.psi"), &[&t, &merged], vec![]);
                 (c, h, w) = (4 * c, h / 2, w / 2);
             }

@@ -107,7 +107,8 @@ mod truncation_tests {
 
     #[test]
     fn a_jpeg_or_png_cut_short_is_an_error_of_its_own_not_made_up_rows() -> Result<()> {
-        let img = image::RgbImage::from_fn(32, 32, |x, y| image::Rgb([(x * 8) as u8, (y * 8) as u8, ((x + y) * 4) as u8]));
+        let img =
+            image::RgbImage::from_fn(32, 32, |x, y| image::Rgb([(x * 8) as u8, (y * 8) as u8, ((x + y) * 4) as u8]));
         let dir = tempfile::tempdir()?;
         for (name, format) in [("x.jpg", image::ImageFormat::Jpeg), ("x.png", image::ImageFormat::Png)] {
             let mut bytes = Vec::new();

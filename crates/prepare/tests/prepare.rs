@@ -468,7 +468,9 @@ fn a_class_of_one_image_and_names_with_control_characters_are_refused_by_name() 
     let (dir, root) = image_folder(&[("cat", 3), ("dog", 3)]);
     let img = image::RgbImage::from_pixel(32, 32, image::Rgb([10, 20, 30]));
     let mut jpeg = Vec::new();
-    image::DynamicImage::ImageRgb8(img).write_to(&mut std::io::Cursor::new(&mut jpeg), image::ImageFormat::Jpeg).unwrap();
+    image::DynamicImage::ImageRgb8(img)
+        .write_to(&mut std::io::Cursor::new(&mut jpeg), image::ImageFormat::Jpeg)
+        .unwrap();
     std::fs::write(root.join("dog/9.jpg"), &jpeg[..jpeg.len() * 3 / 4]).unwrap();
     let err = format!("{:#}", prepare(&opts(&root, &dir.path().join("d.safetensors"))).unwrap_err());
     assert!(err.contains("9.jpg") && err.contains("the JPEG is cut short"), "{err}");

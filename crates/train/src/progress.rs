@@ -32,10 +32,7 @@ impl Progress {
         let tty = layerwise_core::progress::stderr_is_terminal();
         let bar = (self == Progress::Auto && tty).then(|| {
             let b = layerwise_core::progress::add(ProgressBar::new(batches as u64));
-            b.set_style(
-                ProgressStyle::with_template(EPOCH_BAR)
-                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
-            );
+            b.set_style(ProgressStyle::with_template(EPOCH_BAR).unwrap_or_else(|_| ProgressStyle::default_bar()));
             b.set_prefix(format!("{what} epoch 1/{epochs}"));
             b
         });
