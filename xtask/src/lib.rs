@@ -14,6 +14,7 @@ pub mod bench_pipeline;
 pub mod bench_reference;
 pub mod chaos;
 pub mod fuzz;
+mod fuzz_readers;
 pub mod gate;
 pub mod greedy;
 pub mod judge;

@@ -187,8 +187,11 @@ pub fn write_all_atomic(files: &[(&Path, &[u8])]) -> Result<()> {
         }
     }
     in_progress().retain(|p| !temps.contains(p));
-    for (path, _) in files {
-        sync_parent(path)?;
+    // Each folder flushed once (a report's files share one).
+    for (i, (path, _)) in files.iter().enumerate() {
+        if files[..i].iter().all(|(p, _)| p.parent() != path.parent()) {
+            sync_parent(path)?;
+        }
     }
     Ok(())
 }

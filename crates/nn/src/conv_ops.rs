@@ -3,7 +3,7 @@
 //! inverse, the downsamplings, the head's pooling, label-smoothed cross-entropy, and the
 //! fixed-order column sums every BatchNorm uses.
 
-use layerwise_core::cnn::{Downsample, HEAD_POOL};
+use layerwise_core::cnn::{pool_window, Downsample, HEAD_POOL};
 use rayon::prelude::*;
 
 /// The shape of an NHWC batch.
@@ -227,8 +227,6 @@ pub(crate) fn column_sums2(
 
 /// Rows of an elementwise pass handed to one task.
 pub(crate) const PASS_ROWS: usize = 256;
-
-pub(crate) use layerwise_core::cnn::pool_window;
 
 /// Average pooling to `HEAD_POOL × HEAD_POOL`, flattened channel-major: `[n, c·4]`, value
 /// `c·4 + py·2 + px` (as `torch.flatten` of `[n, c, 2, 2]`).

@@ -1,6 +1,7 @@
 //! `report.md`.
 
 use crate::{Summary, TUTORIAL_TEST_ACCURACY};
+use layerwise_core::config::Optimizer;
 use layerwise_core::run::Phase;
 use std::fmt::Write;
 
@@ -9,8 +10,6 @@ fn opt(v: Option<f64>) -> String {
 }
 
 /// The objective, with the autoencoder's settings.
-use layerwise_core::config::Optimizer;
-
 fn objective(t: &layerwise_core::config::TrainConfig) -> String {
     match t.objective {
         layerwise_core::config::Objective::Supervised => "supervised".into(),
@@ -32,6 +31,7 @@ pub(crate) fn render(s: &Summary, notes: Option<&str>) -> String {
             let _ = writeln!(md, "{}\n", p.description);
         }
         let t = &p.train;
+        let cnn = p.model.cnn();
         let _ = writeln!(md, "## Settings\n");
         let _ = writeln!(md, "| setting | value |\n| --- | --- |");
         for (k, v) in [
@@ -57,7 +57,7 @@ pub(crate) fn render(s: &Summary, notes: Option<&str>) -> String {
             ),
             (
                 "network",
-                match p.model.cnn() {
+                match &cnn {
                     Some(c) => format!(
                         "convolutional: stages {}; {} conv block(s) in each head before its 2×2 pooling and linear layer",
                         c.stages.iter().map(|st| st.to_string()).collect::<Vec<_>>().join(", "),
@@ -68,7 +68,7 @@ pub(crate) fn render(s: &Summary, notes: Option<&str>) -> String {
             ),
             (
                 "hidden width",
-                if p.model.cnn().is_some() {
+                if cnn.is_some() {
                     "— (the stages' channels)".into()
                 } else if t.widths.is_empty() {
                     t.width.to_string()
