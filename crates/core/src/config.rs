@@ -50,7 +50,7 @@ named_enum!(DeviceKind, "device", { Cpu => "cpu", Cuda => "cuda" }, also { "gpu"
 named_enum!(HeadMode, "head mode", { Frozen => "frozen", Retrain => "retrain", Fresh => "fresh" });
 named_enum!(Regime, "regime", { Grow => "grow", Finetune => "finetune", Scratch => "scratch" });
 named_enum!(LrSchedule, "lr_schedule", { Constant => "constant", Cosine => "cosine", Step => "step", OneCycle => "one-cycle" });
-named_enum!(Optimizer, "optimizer", { Adam => "adam", Sgd => "sgd" });
+named_enum!(Optimizer, "optimizer", { Adam => "adam", Sgd => "sgd", Lion => "lion" });
 named_enum!(Augment, "augment", { None => "none", FlipCrop => "flip-crop" });
 named_enum!(Objective, "objective", { Supervised => "supervised", Autoencoder => "autoencoder" });
 named_enum!(Decoder, "decoder", { Tied => "tied", Untied => "untied" });
@@ -156,6 +156,79 @@ pub enum Optimizer {
     /// SGD with momentum (`momentum`, `nesterov`), PyTorch's form: `v = μv + g`,
     /// step `lr·v` (Nesterov: `lr·(g + μv)`).
     Sgd,
+    /// Lion (Chen et al. 2023, "Symbolic Discovery of Optimization Algorithms"): the sign
+    /// of `β1·m + (1-β1)·g` is the step, `m ← β2·m + (1-β2)·g` after it (`beta1`,
+    /// `beta2`; the paper's defaults are 0.9 and 0.99, with a learning rate 3-10× smaller
+    /// than Adam's).
+    Lion,
+}
+
+/// The optimizer and its own settings, derived once from a [`TrainConfig`]
+/// ([`TrainConfig::optimizer_spec`]): what the training core builds its optimizer from.
+/// A setting another optimizer has cannot be written here.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum OptimizerSpec {
+    /// Adam (Keras' ε placement).
+    Adam {
+        /// Learning rate (before any schedule).
+        lr: f64,
+        /// β1.
+        beta1: f64,
+        /// β2.
+        beta2: f64,
+        /// ε.
+        eps: f64,
+    },
+    /// SGD with momentum (PyTorch's form).
+    Sgd {
+        /// Learning rate (before any schedule).
+        lr: f64,
+        /// Momentum μ (0: plain SGD).
+        momentum: f64,
+        /// Nesterov's form.
+        nesterov: bool,
+    },
+    /// Lion.
+    Lion {
+        /// Learning rate (before any schedule).
+        lr: f64,
+        /// β1: the interpolation whose sign is the step.
+        beta1: f64,
+        /// β2: the momentum's decay.
+        beta2: f64,
+    },
+}
+
+impl std::fmt::Display for OptimizerSpec {
+    /// As reports show it: `Adam: lr 0.001, β1 0.9, β2 0.999, ε 1e-7`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            OptimizerSpec::Adam { lr, beta1, beta2, eps } => {
+                write!(f, "Adam: lr {lr}, β1 {beta1}, β2 {beta2}, ε {eps:e}")
+            }
+            OptimizerSpec::Sgd { lr, momentum, nesterov } => {
+                write!(f, "SGD: lr {lr}, momentum {momentum}{}", if nesterov { ", Nesterov" } else { "" })
+            }
+            OptimizerSpec::Lion { lr, beta1, beta2 } => write!(f, "Lion: lr {lr}, β1 {beta1}, β2 {beta2}"),
+        }
+    }
+}
+
+impl OptimizerSpec {
+    /// The learning rate before any schedule.
+    pub fn lr(&self) -> f64 {
+        match *self {
+            OptimizerSpec::Adam { lr, .. } | OptimizerSpec::Sgd { lr, .. } | OptimizerSpec::Lion { lr, .. } => lr,
+        }
+    }
+
+    /// State buffers per tensor: Adam's two moments; SGD's and Lion's one momentum.
+    pub fn buffers(&self) -> usize {
+        match self {
+            OptimizerSpec::Adam { .. } => 2,
+            OptimizerSpec::Sgd { .. } | OptimizerSpec::Lion { .. } => 1,
+        }
+    }
 }
 
 /// On-the-fly data augmentation of training images.
@@ -248,7 +321,7 @@ pub struct TrainConfig {
     /// Autoencoder only: epochs of the probe (default: `epochs`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub probe_epochs: Option<usize>,
-    /// `adam` or `sgd`.
+    /// `adam`, `sgd` or `lion`.
     #[serde(skip_serializing_if = "is_default")]
     pub optimizer: Optimizer,
     /// SGD's momentum μ, in [0, 1).
@@ -400,8 +473,6 @@ impl TrainConfig {
             }
         } else if self.label_smoothing != 0.0 {
             bail!("invalid training setting `label_smoothing`: it is implemented for convolutional networks ([model] kind = \"cnn\") only so far");
-        } else if self.optimizer != Optimizer::Adam {
-            bail!("invalid training setting `optimizer`: MLPs train with Adam (the tutorial's); SGD is implemented for convolutional networks ([model] kind = \"cnn\")");
         }
         if self.objective == Objective::Autoencoder && self.augment != Augment::None {
             bail!(
@@ -410,6 +481,18 @@ impl TrainConfig {
             );
         }
         Ok(())
+    }
+
+    /// The optimizer with its own settings: the one place they are read from this
+    /// config.
+    pub fn optimizer_spec(&self) -> OptimizerSpec {
+        match self.optimizer {
+            Optimizer::Adam => {
+                OptimizerSpec::Adam { lr: self.lr, beta1: self.beta1, beta2: self.beta2, eps: self.epsilon }
+            }
+            Optimizer::Sgd => OptimizerSpec::Sgd { lr: self.lr, momentum: self.momentum, nesterov: self.nesterov },
+            Optimizer::Lion => OptimizerSpec::Lion { lr: self.lr, beta1: self.beta1, beta2: self.beta2 },
+        }
     }
 
     /// The width of depth `depth` (1-based): `widths[depth-1]`, else `width`.

@@ -144,7 +144,7 @@ pub struct AeTrainer<D: Backend> {
     dev: D,
     encoder: Layer<D>,
     decoder: AeDecoder<D>,
-    adam: Adam<D>,
+    adam: Optimizer<D>,
     /// The checkpoint names: encoder weight and bias, decoder weight and bias.
     names: [String; 4],
     weight_decay: f64,
@@ -171,8 +171,8 @@ pub struct AeSpec<'a> {
     pub seed: u64,
     /// Encoder weight, encoder bias, decoder weight, decoder bias.
     pub names: [String; 4],
-    /// Adam's learning rate, β1, β2 and ε.
-    pub adam: [f64; 4],
+    /// The optimizer and its settings.
+    pub optimizer: OptimizerSpec,
     /// Decoupled weight decay on the weights.
     pub weight_decay: f64,
 }
@@ -182,8 +182,7 @@ impl<D: Backend> AeTrainer<D> {
     pub fn new(dev: &D, spec: AeSpec<'_>) -> Self {
         let encoder = Layer::from_dense(spec.encoder, dev);
         let decoder = AeDecoder::new(&encoder, spec.tied, spec.seed, dev);
-        let [lr, b1, b2, eps] = spec.adam;
-        let adam = Adam::new(lr, b1, b2, eps);
+        let adam = Optimizer::new(&spec.optimizer, D::KERNELS);
         Self { dev: dev.clone(), encoder, decoder, adam, names: spec.names, weight_decay: spec.weight_decay }
     }
 
@@ -223,13 +222,12 @@ impl<D: Backend> AeTrainer<D> {
         let dim = self.encoder.inputs();
         let noisy: Matrix<D> = self.dev.tensor_from_vec(noisy, (rows, dim));
         let clean: Matrix<D> = self.dev.tensor_from_vec(clean.to_vec(), (rows, dim));
-        self.adam.set_lr(lr);
         let g = autoencoder_gradients(&self.encoder, &self.decoder, noisy, clean);
         if !g.loss.is_finite() {
             return Ok(g.loss);
         }
         let [ew, eb, dw, db] = &self.names;
-        self.adam.tick();
+        self.adam.start_step(lr);
         self.adam.update_decayed(ew, &mut self.encoder.weight, &g.encoder_weight, self.weight_decay)?;
         self.adam.update(eb, &mut self.encoder.bias, &g.encoder_bias)?;
         match (&mut self.decoder, &g.decoder_weight) {

@@ -5,9 +5,8 @@
 use crate::conv_device::{DeviceBlock, DeviceConvNet, Index, Mat};
 use crate::conv_net::ConvNet;
 use crate::conv_ops::Nhwc;
-use crate::conv_optim::OptimizerSpec;
 use crate::conv_trainer::{relayout, trainable_names, ConvSettings};
-use crate::{Adam, Backend, EvalSums, Matrix, Moments, Vector};
+use crate::{Backend, EvalSums, Kernels, Matrix, Moments, Optimizer, Vector};
 use anyhow::{anyhow, bail, Result};
 use dfdx::prelude::*;
 use layerwise_core::cnn::{BN_EPS, BN_MOMENTUM};
@@ -16,124 +15,6 @@ type Traced<D> = Mat<D, OwnedTape<f32, D>>;
 
 /// A training batch's mean loss and logits and its gradients, on the device.
 type StepOutput<D> = (Tensor<(), f32, D>, Matrix<D>, Vec<Grad<D>>);
-
-/// SGD with momentum on device tensors: [`crate::convnet::Sgd`]'s update in dfdx ops.
-pub(crate) struct DeviceSgd<D: Backend> {
-    lr: f64,
-    momentum: f64,
-    nesterov: bool,
-    t: i32,
-    bufs: Vec<(String, Vector<D>)>,
-    restored: Moments,
-}
-
-impl<D: Backend> DeviceSgd<D> {
-    fn update<S: Shape>(
-        &mut self,
-        name: &str,
-        param: &mut Tensor<S, f32, D>,
-        grad: &Tensor<S, f32, D>,
-        weight_decay: f64,
-    ) -> Result<()> {
-        let n = param.shape().num_elements();
-        let i = match self.bufs.iter().position(|(k, _)| k == name) {
-            Some(i) => i,
-            None => {
-                let start = match self.restored.iter().find(|(k, ..)| k == name) {
-                    Some((_, m, _)) if m.len() == n => m.clone(),
-                    Some(_) => bail!("restored SGD state does not fit tensor {name} ({n} values)"),
-                    None => vec![0.0; n],
-                };
-                self.bufs.push((name.to_string(), param.device().tensor_from_vec(start, (n,))));
-                self.bufs.len() - 1
-            }
-        };
-        let (lr, mu, shrink) = (self.lr, self.momentum, self.lr * weight_decay);
-        let shape = *param.shape();
-        if shrink != 0.0 {
-            let p = param.clone();
-            param.axpy(1.0 - shrink, &p, 0.0);
-        }
-        let g = grad.clone().reshape_like(&(n,));
-        let buf = &mut self.bufs[i].1;
-        buf.axpy(mu, &g, 1.0);
-        let step = if self.nesterov { g + buf.clone() * mu as f32 } else { buf.clone() };
-        param.axpy(1.0, &step.reshape_like(&shape), -lr);
-        Ok(())
-    }
-}
-
-/// The optimizer of a [`DeviceConvTrainer`].
-pub(crate) enum DeviceOptimizer<D: Backend> {
-    Adam(Adam<D>),
-    Sgd(DeviceSgd<D>),
-}
-
-impl<D: Backend> DeviceOptimizer<D> {
-    fn new(spec: &OptimizerSpec) -> Self {
-        match *spec {
-            OptimizerSpec::Adam { lr, beta1, beta2, eps } => {
-                DeviceOptimizer::Adam(Adam::new(lr, beta1, beta2, eps).force_device_path())
-            }
-            OptimizerSpec::Sgd { lr, momentum, nesterov } => {
-                DeviceOptimizer::Sgd(DeviceSgd { lr, momentum, nesterov, t: 0, bufs: Vec::new(), restored: Vec::new() })
-            }
-        }
-    }
-
-    fn start_step(&mut self, lr: f64) {
-        match self {
-            DeviceOptimizer::Adam(a) => {
-                a.set_lr(lr);
-                a.tick();
-            }
-            DeviceOptimizer::Sgd(s) => {
-                s.lr = lr;
-                s.t += 1;
-            }
-        }
-    }
-
-    fn update<S: Shape>(
-        &mut self,
-        name: &str,
-        param: &mut Tensor<S, f32, D>,
-        grad: &Tensor<S, f32, D>,
-        wd: f64,
-    ) -> Result<()> {
-        match self {
-            DeviceOptimizer::Adam(a) => a.update_decayed(name, param, grad, wd),
-            DeviceOptimizer::Sgd(s) => s.update(name, param, grad, wd),
-        }
-    }
-
-    fn state(&self) -> (i32, Moments) {
-        match self {
-            DeviceOptimizer::Adam(a) => a.state(),
-            DeviceOptimizer::Sgd(s) => {
-                let mut out: Moments = s.bufs.iter().map(|(n, b)| (n.clone(), b.as_vec(), Vec::new())).collect();
-                // Tensors restored but not yet updated keep their saved state.
-                for r in &s.restored {
-                    if !out.iter().any(|(n, ..)| n == &r.0) {
-                        out.push(r.clone());
-                    }
-                }
-                (s.t, out)
-            }
-        }
-    }
-
-    fn restore(&mut self, t: i32, moments: Moments) {
-        match self {
-            DeviceOptimizer::Adam(a) => a.restore(t, moments),
-            DeviceOptimizer::Sgd(s) => {
-                s.t = t;
-                s.bufs.clear();
-                s.restored = moments;
-            }
-        }
-    }
-}
 
 /// One trainable tensor's gradient on the device.
 enum Grad<D: Backend> {
@@ -173,7 +54,7 @@ fn bn_train<D: Backend>(b: &mut DeviceBlock<D>, z: Traced<D>) -> Traced<D> {
 pub struct DeviceConvTrainer<D: Backend> {
     net: DeviceConvNet<D>,
     first: usize,
-    optimizer: DeviceOptimizer<D>,
+    optimizer: Optimizer<D>,
     weight_decay: f64,
     label_smoothing: f32,
     sums: EvalSums,
@@ -191,7 +72,7 @@ impl<D: Backend> DeviceConvTrainer<D> {
             sums: EvalSums::new(net.classes()),
             net,
             first,
-            optimizer: DeviceOptimizer::new(&settings.optimizer),
+            optimizer: Optimizer::new(&settings.optimizer, Kernels::Dfdx),
             weight_decay: settings.weight_decay,
             label_smoothing: settings.label_smoothing as f32,
             train: None,
@@ -292,17 +173,17 @@ impl<D: Backend> DeviceConvTrainer<D> {
             for which in 0..3 {
                 let (name, g) = next()?;
                 match (which, g) {
-                    (0, Grad::Matrix(g)) => self.optimizer.update(name, &mut b.wk, &g, wd)?,
-                    (1, Grad::Vector(g)) => self.optimizer.update(name, &mut b.gamma, &g, 0.0)?,
-                    (2, Grad::Vector(g)) => self.optimizer.update(name, &mut b.beta, &g, 0.0)?,
+                    (0, Grad::Matrix(g)) => self.optimizer.update_decayed(name, &mut b.wk, &g, wd)?,
+                    (1, Grad::Vector(g)) => self.optimizer.update_decayed(name, &mut b.gamma, &g, 0.0)?,
+                    (2, Grad::Vector(g)) => self.optimizer.update_decayed(name, &mut b.beta, &g, 0.0)?,
                     _ => bail!("internal: gradient of {name} has the wrong rank"),
                 }
             }
         }
         match (next()?, next()?) {
             ((wn, Grad::Matrix(gw)), (bn, Grad::Vector(gb))) => {
-                self.optimizer.update(wn, &mut net.linear.weight, &gw, wd)?;
-                self.optimizer.update(bn, &mut net.linear.bias, &gb, 0.0)?;
+                self.optimizer.update_decayed(wn, &mut net.linear.weight, &gw, wd)?;
+                self.optimizer.update_decayed(bn, &mut net.linear.bias, &gb, 0.0)?;
             }
             _ => bail!("internal: the head's gradients have the wrong rank"),
         }

@@ -7,8 +7,7 @@ use crate::conv_device_trainer::DeviceConvTrainer;
 use crate::conv_net::ConvNet;
 use crate::conv_ops::Nhwc;
 use crate::conv_trainer::{ConvSettings, ConvTrainer};
-use crate::trainer::is_cpu;
-use crate::{Backend, EvalSums, Moments};
+use crate::{Backend, EvalSums, Kernels, Moments};
 use anyhow::{anyhow, Result};
 use layerwise_core::cnn::Cnn;
 use std::time::Instant;
@@ -49,7 +48,7 @@ pub fn conv_stepper<D: Backend + 'static>(
     settings: &ConvSettings,
     restored: Option<(i32, Moments)>,
 ) -> Box<dyn ConvStep> {
-    if is_cpu::<D>() {
+    if D::KERNELS == Kernels::Host {
         let mut t = ConvTrainer::new(net, first, settings);
         if let Some((step, m)) = restored {
             t.restore_optimizer(step, m);
@@ -63,7 +62,7 @@ pub fn conv_stepper<D: Backend + 'static>(
 /// Loss, accuracy and confusion of a checkpoint's network over `n` CHW images with
 /// `labels`, in inference mode, on `dev` (the host kernels on the CPU).
 pub fn evaluate_cnn<D: Backend + 'static>(dev: &D, cnn: &Cnn, images: &[f32], labels: &[u8]) -> EvalSums {
-    if is_cpu::<D>() {
+    if D::KERNELS == Kernels::Host {
         ConvNet::from_cnn(cnn).evaluate(images, labels)
     } else {
         crate::conv_device::DeviceConvNet::from_cnn(cnn, dev).evaluate(images, labels)

@@ -4,9 +4,8 @@
 use crate::conv_block::{block_backward, block_train, wk_from_torch, wk_to_torch, BlockCache};
 use crate::conv_net::{BlockShapes, ConvNet};
 use crate::conv_ops::{downsample, downsample_backward, head_pool, head_pool_backward, smoothed_cross_entropy, Nhwc};
-use crate::conv_optim::{ConvOptimizer, OptimizerSpec};
 use crate::host::{matmul, View};
-use crate::{EvalSums, Moments};
+use crate::{EvalSums, Kernels, Moments, Optimizer, OptimizerSpec};
 use anyhow::Result;
 use layerwise_core::cnn::Downsample;
 
@@ -33,7 +32,7 @@ pub struct ConvTrainer {
     /// The network (its frozen stages unchanged).
     pub net: ConvNet,
     first: usize,
-    optimizer: ConvOptimizer,
+    optimizer: Optimizer<dfdx::tensor::Cpu>,
     weight_decay: f64,
     label_smoothing: f32,
     sums: EvalSums,
@@ -41,7 +40,7 @@ pub struct ConvTrainer {
 
 /// What a [`ConvTrainer`] trains with.
 pub struct ConvSettings {
-    /// Adam or SGD, and their settings.
+    /// The optimizer and its settings.
     pub optimizer: OptimizerSpec,
     /// Decoupled weight decay of the conv and linear weights.
     pub weight_decay: f64,
@@ -56,7 +55,7 @@ impl ConvTrainer {
         Self {
             net,
             first,
-            optimizer: ConvOptimizer::new(&settings.optimizer),
+            optimizer: Optimizer::new(&settings.optimizer, Kernels::Host),
             weight_decay: settings.weight_decay,
             label_smoothing: settings.label_smoothing as f32,
             sums: EvalSums::new(classes),
@@ -77,13 +76,12 @@ impl ConvTrainer {
             return Ok(loss);
         }
         let names = self.trainable_names();
-        self.optimizer.set_lr(lr);
-        self.optimizer.tick();
+        self.optimizer.start_step(lr);
         let wd = self.weight_decay;
         for ((name, g), param) in names.iter().zip(&grads).zip(self.net.trainable_mut(self.first)) {
             // Decay on the convolution and linear weights, not on BatchNorm or biases.
             let decay = if name.ends_with("conv.weight") || name == "head.linear.weight" { wd } else { 0.0 };
-            self.optimizer.update(name, param, g, decay)?;
+            self.optimizer.update_host(name, param, g, decay)?;
         }
         Ok(loss)
     }

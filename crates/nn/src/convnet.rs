@@ -24,9 +24,9 @@ pub use crate::conv_device::{im2col_index, psi_index, window_rows, DeviceConvNet
 pub use crate::conv_device_trainer::DeviceConvTrainer;
 pub use crate::conv_net::{ConvNet, INFER_CHUNK};
 pub use crate::conv_ops::{chw_to_nhwc, col2im, downsample, downsample_backward, im2col, smoothed_cross_entropy, Nhwc};
-pub use crate::conv_optim::{ConvOptimizer, OptimizerSpec, Sgd};
 pub use crate::conv_step::{conv_stepper, device_stepper, evaluate_cnn, ConvStep};
 pub use crate::conv_trainer::{trainable_names, ConvSettings, ConvTrainer};
+pub use crate::optim::OptimizerSpec;
 pub use layerwise_core::cnn::head_pool_matrix;
 
 /// Keep freed memory in the process instead of handing it back to the kernel (glibc's

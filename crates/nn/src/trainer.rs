@@ -1,17 +1,12 @@
 //! What a training loop asks of a network, whichever kernels run it: a step on a batch of
 //! host rows, an evaluation, the weights and the optimizer state on the host. This is the
 //! one place that decides which kernels run: on the CPU, [`crate::host`] (gemm 0.19 on
-//! host buffers); on any other device, dfdx ([`crate::batch_gradients`], [`crate::Adam`]).
+//! host buffers); on any other device, dfdx ([`crate::batch_gradients`], [`crate::Optimizer`]).
 
-use crate::{batch_gradients, host, Adam, Backend, EvalSums, Layer, Matrix, Moments};
+use crate::{batch_gradients, host, Backend, EvalSums, Kernels, Layer, Matrix, Moments, Optimizer, OptimizerSpec};
 use anyhow::Result;
 use dfdx::prelude::*;
 use layerwise_core::checkpoint::Dense;
-
-/// Whether device `D` is dfdx's CPU, whose work the host kernels do instead.
-pub fn is_cpu<D: Backend>() -> bool {
-    std::any::TypeId::of::<D>() == std::any::TypeId::of::<dfdx::tensor::Cpu>()
-}
 
 /// The weights and biases of the trainable layers and the head, on the host.
 pub type HostTensors = (Vec<(Vec<f32>, Vec<f32>)>, (Vec<f32>, Vec<f32>));
@@ -29,7 +24,7 @@ pub trait Trainer<'a> {
     /// Keep the training split (`rows × inputs` host values, and the labels) for
     /// [`Trainer::step_rows`]; a device uploads it once.
     fn load_split(&mut self, x: &'a [f32], labels: &'a [u8]) -> Result<()>;
-    /// One Adam step (learning rate `lr`) on rows `rows` of the loaded split; dropout
+    /// One optimizer step (learning rate `lr`) on rows `rows` of the loaded split; dropout
     /// masks, when the network has dropout, are drawn from `dropout_seed`. Returns the
     /// batch's mean loss where it is known without waiting for a device (the CPU).
     fn step_rows(&mut self, rows: &[usize], dropout_seed: u64, lr: f64) -> Result<Option<f32>>;
@@ -44,7 +39,7 @@ pub trait Trainer<'a> {
     fn evaluate(&self, x: &[f32], labels: &[u8]) -> EvalSums;
     /// The trainable layers' and the head's weights, copied to the host.
     fn snapshot(&self) -> HostTensors;
-    /// Adam's step count and moments, copied to the host.
+    /// The optimizer's step count and state, copied to the host.
     fn adam_state(&self) -> (i32, Moments);
 }
 
@@ -63,17 +58,17 @@ pub struct TrainerSpec<'a> {
     pub dropout: f64,
     /// Decoupled weight decay on weights.
     pub weight_decay: f64,
-    /// Adam's learning rate, β1, β2 and ε.
-    pub adam: [f64; 4],
+    /// The optimizer and its settings.
+    pub optimizer: OptimizerSpec,
     /// Largest batch.
     pub batch: usize,
-    /// Adam's state to continue from (a resumed run).
+    /// The optimizer's state to continue from (a resumed run).
     pub restored: Option<(i32, Moments)>,
 }
 
 /// A trainer for `spec` on device `dev`: the host kernels on the CPU, dfdx elsewhere.
 pub fn trainer<'a, D: Backend + 'static>(dev: &D, spec: TrainerSpec<'_>) -> Box<dyn Trainer<'a> + 'a> {
-    if is_cpu::<D>() {
+    if D::KERNELS == Kernels::Host {
         Box::new(HostTrainer::new(spec))
     } else {
         Box::new(DeviceTrainer::new(dev, spec))
@@ -85,13 +80,8 @@ pub fn device_trainer<'a, D: Backend + 'static>(dev: &D, spec: TrainerSpec<'_>) 
     Box::new(DeviceTrainer::new(dev, spec))
 }
 
-fn new_adam<D: Backend>(spec: &TrainerSpec<'_>) -> Adam<D> {
-    let [lr, b1, b2, eps] = spec.adam;
-    let mut adam = Adam::new(lr, b1, b2, eps);
-    if let Some((t, moments)) = spec.restored.clone() {
-        adam.restore(t, moments);
-    }
-    adam
+fn new_optimizer<D: Backend>(spec: &TrainerSpec<'_>, kernels: Kernels) -> Optimizer<D> {
+    Optimizer::restored(&spec.optimizer, kernels, spec.restored.clone())
 }
 
 const HEAD: [&str; 2] = ["head.weight", "head.bias"];
@@ -107,8 +97,8 @@ pub fn host_dropout_masks(rows: usize, widths: &[usize], rate: f64, seed: u64) -
 }
 
 /// The CPU: layers on host buffers in the host kernels' layout (weights `[in, out]`),
-/// gemm 0.19, Adam in one fused pass per tensor, the step's buffers allocated once.
-/// Weights and their Adam moments go back to the checkpoint layout (`[out, in]`) whenever
+/// gemm 0.19, the optimizer in one fused pass per tensor, the step's buffers allocated once.
+/// Weights and their optimizer state go back to the checkpoint layout (`[out, in]`) whenever
 /// they leave (snapshots, saved states), so a state does not depend on the kernels.
 struct HostTrainer<'a> {
     split: Option<(&'a [f32], &'a [u8])>,
@@ -121,7 +111,7 @@ struct HostTrainer<'a> {
     names: Vec<[String; 2]>,
     dropout: f64,
     weight_decay: f64,
-    adam: Adam<dfdx::tensor::Cpu>,
+    adam: Optimizer<dfdx::tensor::Cpu>,
     buf: host::StepBuffers,
 }
 
@@ -140,7 +130,7 @@ impl HostTrainer<'_> {
             rows: Vec::new(),
             labels: Vec::new(),
             sums: EvalSums::new(head.outputs),
-            adam: new_adam(&spec),
+            adam: new_optimizer(&spec, Kernels::Host),
             buf: host::StepBuffers::new(&layers, &head, spec.batch),
             layers,
             head,
@@ -218,8 +208,7 @@ impl<'a> Trainer<'a> for HostTrainer<'a> {
         };
         let loss = host::step(&self.layers, &self.head, self.head_trains, x, labels, &masks, &mut self.buf);
         if loss.is_finite() {
-            self.adam.set_lr(lr);
-            self.adam.tick();
+            self.adam.start_step(lr);
             let t = self.layers.len();
             for ((layer, (gw, gb)), [wn, bn]) in self.layers.iter_mut().zip(&self.buf.grads).zip(&self.names) {
                 self.adam.update_host(wn, &mut layer.wt, gw, self.weight_decay)?;
@@ -255,7 +244,7 @@ impl<'a> Trainer<'a> for HostTrainer<'a> {
     }
 }
 
-/// Any other device: dfdx tensors, its autograd, [`Adam`]'s device path. The split stays
+/// Any other device: dfdx tensors, its autograd, [`Optimizer`]'s device path. The split stays
 /// on the device; each batch is gathered there; loss and correct predictions add up in
 /// device scalars, read once per epoch.
 struct DeviceTrainer<D: Backend> {
@@ -266,7 +255,7 @@ struct DeviceTrainer<D: Backend> {
     names: Vec<[String; 2]>,
     dropout: f64,
     weight_decay: f64,
-    adam: Adam<D>,
+    adam: Optimizer<D>,
     /// The split's inputs and one-hot labels, resident.
     split: Option<(Matrix<D>, Matrix<D>)>,
     /// Summed loss and correct predictions of this epoch's steps, on the device.
@@ -279,7 +268,7 @@ impl<D: Backend> DeviceTrainer<D> {
     fn new(dev: &D, spec: TrainerSpec<'_>) -> Self {
         Self {
             dev: dev.clone(),
-            adam: new_adam(&spec),
+            adam: new_optimizer(&spec, D::KERNELS),
             layers: spec.trainable.iter().map(|l| Layer::from_dense(l, dev)).collect(),
             head: Layer::from_dense(spec.head, dev),
             head_trains: spec.head_trains,
@@ -312,8 +301,7 @@ impl<D: Backend> DeviceTrainer<D> {
             Vec::new()
         };
         let g = batch_gradients(&self.layers, &self.head, self.head_trains, xb, yb.clone(), &masks)?;
-        self.adam.set_lr(lr);
-        self.adam.tick();
+        self.adam.start_step(lr);
         for ((layer, (gw, gb)), [wn, bn]) in self.layers.iter_mut().zip(&g.layers).zip(&self.names) {
             self.adam.update_decayed(wn, &mut layer.weight, gw, self.weight_decay)?;
             self.adam.update(bn, &mut layer.bias, gb)?;
@@ -394,8 +382,8 @@ pub struct Frozen<'a, D: Backend> {
 impl<'a, D: Backend> Frozen<'a, D> {
     /// `layers`, ready to run on `dev`.
     pub fn new(dev: &D, layers: &'a [Dense]) -> Self {
-        let device =
-            (!is_cpu::<D>()).then(|| (dev.clone(), layers.iter().map(|l| Layer::from_dense(l, dev)).collect()));
+        let device = (D::KERNELS != Kernels::Host)
+            .then(|| (dev.clone(), layers.iter().map(|l| Layer::from_dense(l, dev)).collect()));
         Self { dense: layers, device }
     }
 
@@ -416,7 +404,7 @@ impl<'a, D: Backend> Frozen<'a, D> {
 
 /// Evaluate `hidden` + `head` over host rows on `dev`: the host kernels on the CPU.
 pub fn evaluate_dense<D: Backend>(dev: &D, hidden: &[Dense], head: &Dense, data: &[f32], labels: &[u8]) -> EvalSums {
-    if is_cpu::<D>() {
+    if D::KERNELS == Kernels::Host {
         host::evaluate(hidden, head, data, labels, CHUNK)
     } else {
         let layers: Vec<Layer<D>> = hidden.iter().map(|l| Layer::from_dense(l, dev)).collect();

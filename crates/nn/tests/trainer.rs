@@ -28,7 +28,7 @@ fn host_and_device_trainers_take_the_same_steps() {
             ],
             dropout,
             weight_decay: 0.01,
-            adam: [1e-2, 0.9, 0.999, 1e-7],
+            optimizer: layerwise_nn::OptimizerSpec::Adam { lr: 1e-2, beta1: 0.9, beta2: 0.999, eps: 1e-7 },
             batch: 30,
             restored: None,
         };

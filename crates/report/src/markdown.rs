@@ -88,7 +88,7 @@ pub(crate) fn render(s: &Summary, notes: Option<&str>) -> String {
                     t.weight_decay,
                     match t.optimizer {
                         Optimizer::Adam => "AdamW: decoupled",
-                        Optimizer::Sgd => "decoupled: weights shrink by lr × decay a step",
+                        Optimizer::Sgd | Optimizer::Lion => "decoupled: weights shrink by lr × decay a step",
                     },
                     t.label_smoothing,
                     t.lr_schedule,
@@ -111,18 +111,7 @@ pub(crate) fn render(s: &Summary, notes: Option<&str>) -> String {
             ("head from depth 2", t.head.name().to_string()),
             ("epochs per depth", t.epochs.to_string()),
             ("batch size", t.batch_size.to_string()),
-            (
-                "optimizer",
-                match t.optimizer {
-                    Optimizer::Adam => format!("Adam: lr {}, β1 {}, β2 {}, ε {:e}", t.lr, t.beta1, t.beta2, t.epsilon),
-                    Optimizer::Sgd => format!(
-                        "SGD: lr {}, momentum {}{}",
-                        t.lr,
-                        t.momentum,
-                        if t.nesterov { ", Nesterov" } else { "" }
-                    ),
-                },
-            ),
+            ("optimizer", t.optimizer_spec().to_string()),
             ("seed", t.seed.to_string()),
             ("max depth", p.greedy.max_depth.to_string()),
             (

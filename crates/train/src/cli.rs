@@ -88,7 +88,7 @@ pub struct Args {
     /// epochs).
     #[arg(long)]
     probe_epochs: Option<usize>,
-    /// adam or sgd (SGD: convolutional networks).
+    /// adam, sgd or lion (any network).
     #[arg(long)]
     optimizer: Option<Optimizer>,
     /// SGD's momentum, in [0, 1).

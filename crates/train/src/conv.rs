@@ -10,8 +10,7 @@ use layerwise_core::checkpoint::{
     cnn_checkpoint_bytes, head_conv_name, load_cnn, stage_name, CnnMeta, CNN_CHECKPOINT_VERSION,
 };
 use layerwise_core::cnn::{Cnn, CnnHead, CnnSpec, ConvStage, HEAD_POOL};
-use layerwise_core::config::Optimizer;
-use layerwise_nn::convnet::{self, ConvNet, ConvSettings, ConvStep, OptimizerSpec};
+use layerwise_nn::convnet::{self, ConvNet, ConvSettings, ConvStep};
 use layerwise_nn::Backend;
 
 /// A convolutional run's network: what it starts from, and the first stage it trains.
@@ -221,10 +220,7 @@ fn train_on<D: Backend + 'static>(
 
     // The optimizer, and a state an interrupted run of this command left.
     let settings = ConvSettings {
-        optimizer: match cfg.optimizer {
-            Optimizer::Adam => OptimizerSpec::Adam { lr: cfg.lr, beta1: cfg.beta1, beta2: cfg.beta2, eps: cfg.epsilon },
-            Optimizer::Sgd => OptimizerSpec::Sgd { lr: cfg.lr, momentum: cfg.momentum, nesterov: cfg.nesterov },
-        },
+        optimizer: cfg.optimizer_spec(),
         weight_decay: cfg.weight_decay,
         label_smoothing: cfg.label_smoothing,
     };
@@ -243,7 +239,7 @@ fn train_on<D: Backend + 'static>(
         batches,
         tensors: saved_sizes,
         optimized,
-        second: cfg.optimizer == Optimizer::Adam,
+        second: cfg.optimizer_spec().buffers() == 2,
     };
     let state_path = opts.out.join(state::STATE_FILE);
     let saved = match state::load(&state_path, &state_key, expect.max_bytes())

@@ -29,7 +29,7 @@ impl Run<'_> {
                 tied: cfg.decoder == Decoder::Tied,
                 seed: seed(&[2]),
                 names: [ew, eb, dw, db],
-                adam: [cfg.lr, cfg.beta1, cfg.beta2, cfg.epsilon],
+                optimizer: cfg.optimizer_spec(),
                 weight_decay: cfg.weight_decay,
             },
         );

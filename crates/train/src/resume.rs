@@ -65,6 +65,7 @@ impl Run<'_> {
                     layers: plan.trainable.iter().map(shape).collect(),
                     head: shape(&plan.head),
                     tensors,
+                    second: cfg.optimizer_spec().buffers() == 2,
                     pretrain: None,
                 }
             }
@@ -83,6 +84,7 @@ impl Run<'_> {
                     layers: Vec::new(),
                     head: shape(&plan.head),
                     tensors: head,
+                    second: cfg.optimizer_spec().buffers() == 2,
                     pretrain: Some(state::ExpectPretrain {
                         epochs: cfg.epochs,
                         encoder: shape(enc),

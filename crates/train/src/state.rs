@@ -213,8 +213,11 @@ pub struct Expect {
     pub layers: Vec<(usize, usize)>,
     /// `(outputs, inputs)` of the output layer.
     pub head: (usize, usize),
-    /// The supervised loop's trainable tensors, by name, with their sizes: Adam's moments.
+    /// The supervised loop's trainable tensors, by name, with their sizes: the
+    /// optimizer's state.
     pub tensors: Vec<(String, usize)>,
+    /// Whether the optimizer keeps a second buffer per tensor (Adam's second moment).
+    pub second: bool,
     /// The autoencoder objective's pretraining, when it has one.
     pub pretrain: Option<ExpectPretrain>,
 }
@@ -269,9 +272,10 @@ fn network(what: &str, ex: &Expect, layers: &[(Vec<f32>, Vec<f32>)], head: &(Vec
     pair(&format!("{what}: the output layer"), ex.head, head)
 }
 
-/// Adam's moments: exactly the expected tensors, each of its size, finite, the second
-/// moments not negative.
-fn moments(what: &str, found: &layerwise_nn::Moments, expected: &[(String, usize)]) -> Result<()> {
+/// An optimizer's state: exactly the expected tensors, each buffer of its size (the
+/// second empty unless `second`), finite, the second moments not negative. Every
+/// network's state is checked here.
+fn moments(what: &str, found: &layerwise_nn::Moments, expected: &[(String, usize)], second: bool) -> Result<()> {
     if found.len() != expected.len() {
         bail!("{what}: moments of {} tensors, the network trains {}", found.len(), expected.len());
     }
@@ -279,7 +283,7 @@ fn moments(what: &str, found: &layerwise_nn::Moments, expected: &[(String, usize
         let Some((_, m, v)) = found.iter().find(|(n, ..)| n == name) else {
             bail!("{what}: no moments for `{name}`");
         };
-        if m.len() != *size || v.len() != *size {
+        if m.len() != *size || v.len() != if second { *size } else { 0 } {
             bail!("{what}: the moments of `{name}` have {}/{} values, the tensor {size}", m.len(), v.len());
         }
         finite(&format!("{what}: `{name}`'s first moment"), m)?;
@@ -332,7 +336,7 @@ pub fn validate(st: &TrainState, ex: &Expect) -> Result<()> {
         bail!("pretraining's Adam step count is {}, {} epochs make {}", p.adam_t, p.epoch, steps(p.epoch));
     }
     if p.epoch < xp.epochs {
-        moments("pretraining", &p.adam, &xp.tensors)?;
+        moments("pretraining", &p.adam, &xp.tensors, ex.second)?;
         if probe.is_some() {
             bail!("it records probe epochs while pretraining is unfinished");
         }
@@ -359,7 +363,7 @@ fn supervised(st: &Supervised, ex: &Expect) -> Result<()> {
     if i64::from(st.adam_t) != steps(st.epoch) {
         bail!("Adam's step count is {}, {} epochs make {}", st.adam_t, st.epoch, steps(st.epoch));
     }
-    moments("Adam", &st.adam, &ex.tensors)?;
+    moments("the optimizer", &st.adam, &ex.tensors, ex.second)?;
     if let Some(b) = &st.best {
         let recorded = st.epochs.get(b.epoch.wrapping_sub(1)).map(|e| e.val_accuracy);
         if recorded != Some(b.val_accuracy) {
@@ -420,20 +424,7 @@ pub fn validate_conv(st: &TrainState, ex: &ExpectConv) -> Result<()> {
     if i64::from(c.optimizer_t) != c.epoch as i64 * ex.batches as i64 {
         bail!("the optimizer's step count is {}, {} epochs make {}", c.optimizer_t, c.epoch, c.epoch * ex.batches);
     }
-    if c.optimizer.len() != ex.optimized.len() {
-        bail!("optimizer state of {} tensors, the network trains {}", c.optimizer.len(), ex.optimized.len());
-    }
-    for ((n, m, v), (en, size)) in c.optimizer.iter().zip(&ex.optimized) {
-        let v_size = if ex.second { *size } else { 0 };
-        if n != en || m.len() != *size || v.len() != v_size {
-            bail!("the optimizer's state of `{n}` does not fit `{en}`");
-        }
-        finite(&format!("the optimizer's `{n}`"), m)?;
-        finite(&format!("the optimizer's `{n}`"), v)?;
-        if v.iter().any(|&x| x < 0.0) {
-            bail!("the optimizer's second moment of `{n}` is negative");
-        }
-    }
+    moments("the optimizer", &c.optimizer, &ex.optimized, ex.second)?;
     if let Some((epoch, acc, tensors)) = &c.best {
         if c.epochs.get(epoch.wrapping_sub(1)).map(|e| e.val_accuracy) != Some(*acc) {
             bail!("its best epoch {epoch} does not match its history");

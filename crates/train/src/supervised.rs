@@ -72,7 +72,7 @@ impl Run<'_> {
                 names: (first..first + trainable.len()).map(|i| tensor_names(&hidden_name(i))).collect(),
                 dropout: cfg.dropout,
                 weight_decay: cfg.weight_decay,
-                adam: [cfg.lr, cfg.beta1, cfg.beta2, cfg.epsilon],
+                optimizer: cfg.optimizer_spec(),
                 batch: bs,
                 restored,
             },

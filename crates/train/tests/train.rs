@@ -3,7 +3,7 @@
 #![allow(clippy::unwrap_used)] // test helpers panic on purpose
 
 use layerwise_core::checkpoint::{load_checkpoint, save_checkpoint, CheckpointMeta, Mlp};
-use layerwise_core::config::{HeadMode, Regime, TrainConfig};
+use layerwise_core::config::{HeadMode, Optimizer, Regime, TrainConfig};
 use layerwise_core::metrics::TrainHistory;
 use layerwise_nn::device::DeviceKind;
 use layerwise_train::{train, Progress, TrainOptions, TrainOutcome};
@@ -45,6 +45,20 @@ fn depth_one_learns_a_learnable_rule() {
     let on_disk = TrainHistory::read(&f.dir.path().join("d1/train.json")).unwrap();
     assert_eq!(on_disk, out.history);
     assert_eq!(on_disk.checkpoint_sha256, layerwise_core::hash::sha256_file(&out.checkpoint).unwrap());
+}
+
+#[test]
+fn every_optimizer_trains_an_mlp() {
+    // The one optimizer serves every network: SGD and Lion learn the rule too, each with
+    // its own state (one buffer) in the checkpointed run.
+    let f = fixture();
+    for (optimizer, lr) in [(Optimizer::Sgd, 0.05), (Optimizer::Lion, 3e-4)] {
+        let cfg = TrainConfig { optimizer, lr, beta2: 0.99, ..config() };
+        let out = f.run(None, optimizer.name(), cfg).unwrap();
+        let last = out.history.last().unwrap();
+        assert!(last.val_accuracy > 0.9, "{optimizer}: val accuracy {}", last.val_accuracy);
+        assert_eq!(out.meta.config.optimizer, optimizer);
+    }
 }
 
 fn layers(path: &Path) -> (Mlp, CheckpointMeta) {
@@ -303,6 +317,7 @@ fn the_binary_takes_defaults_from_a_pipeline_and_flags_override() {
 fn a_depth_killed_between_epochs_resumes_to_the_same_bytes() {
     let f = fixture();
     killed_and_resumed(&f, &["--width", "32", "--epochs", "150"], "grow");
+    killed_and_resumed(&f, &["--width", "32", "--epochs", "150", "--optimizer", "lion"], "lion");
     // Fine-tuning keeps its best epoch's weights in the state too.
     let d1 = f.run(None, "d1", config()).unwrap();
     let from = d1.checkpoint.to_string_lossy().into_owned();
