@@ -15,6 +15,7 @@ use anyhow::{Context, Result};
 use layerwise_core::checkpoint::read_checkpoint_meta;
 use layerwise_core::config::Objective;
 use layerwise_core::metrics::{Evaluation, TrainHistory};
+use layerwise_core::names::TensorPath;
 use layerwise_core::run::{parse_phase_dir, EVAL_FILE, HISTORY_FILE, MODEL_FILE};
 use layerwise_nn::device::DeviceKind;
 use std::path::Path;
@@ -115,9 +116,9 @@ pub fn run(pipeline: &Path, given: Option<&Path>, device: DeviceKind) -> Result<
             })
             .collect();
         let head = (inputs * meta.classes.len()) as f64;
-        let is_trained = |i: usize| meta.trained.iter().any(|t| *t == layerwise_core::checkpoint::hidden_name(i));
+        let is_trained = |i: usize| meta.trained.iter().any(|t| t == TensorPath::hidden(i).as_str());
         let t: Vec<usize> = (0..p.len()).filter(|&i| is_trained(i)).collect();
-        let head_trains = meta.trained.iter().any(|t| t == "head");
+        let head_trains = meta.trained.iter().any(|t| t == TensorPath::head().as_str());
         let sum_t: f64 = t.iter().map(|&i| p[i]).sum();
         // The first trained hidden layer (none: the number of layers).
         let first = t.first().copied().unwrap_or(p.len());

@@ -23,6 +23,7 @@ use crate::bench_conv::{cnn_stages, fill};
 use anyhow::{bail, Context, Result};
 use layerwise_core::checkpoint::Dense;
 use layerwise_core::cnn::{Cnn, CnnHead, ConvStage, Downsample, StageSpec};
+use layerwise_core::names::TensorPath;
 use layerwise_nn::convnet::{
     new_block, new_linear, trainable_names, ConvNet, ConvSettings, ConvTrainer, DeviceConvNet, DeviceConvTrainer,
     OptimizerSpec,
@@ -229,7 +230,7 @@ fn conv_gradients<D: Backend + 'static>(
     let last = net.stages[depth - 1].1.cout;
     // The host keeps the linear weight `[in, out]`, the device `[out, in]`.
     let layout = |name: &str, h: Vec<f32>| {
-        if name == "head.linear.weight" {
+        if name == TensorPath::head_linear().weight() {
             layerwise_nn::host::transpose(&h, 4 * last, 10)
         } else {
             h
@@ -300,12 +301,14 @@ fn mlp_on<D: Backend>(d: &D, frozen: &Dense, grown: &Dense, head: &Dense, x: &[f
     let grads = batch_gradients(&layers[1..], &head, true, features, yb, &[]).map(|g| {
         let mut out = vec![("loss".to_string(), g.loss.as_vec())];
         for (gw, gb) in &g.layers {
-            out.push(("hidden.1.weight".to_string(), gw.as_vec()));
-            out.push(("hidden.1.bias".to_string(), gb.as_vec()));
+            let [w, b] = TensorPath::hidden(1).pair();
+            out.push((w, gw.as_vec()));
+            out.push((b, gb.as_vec()));
         }
         if let Some((gw, gb)) = &g.head {
-            out.push(("head.weight".to_string(), gw.as_vec()));
-            out.push(("head.bias".to_string(), gb.as_vec()));
+            let [w, b] = TensorPath::head().pair();
+            out.push((w, gw.as_vec()));
+            out.push((b, gb.as_vec()));
         }
         out
     });

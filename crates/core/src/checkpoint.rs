@@ -20,6 +20,7 @@ use std::path::Path;
 use crate::cnn::{BatchNorm, Cnn, CnnHead, ConvBlock, ConvStage, StageSpec, BN_EPS, BN_MOMENTUM, HEAD_POOL};
 use crate::config::TrainConfig;
 use crate::dataset::DatasetMeta;
+use crate::names::TensorPath;
 use crate::st::{safetensors_bytes, safetensors_bytes_with_keys, MappedSafetensors, OutTensor};
 
 /// `layerwise.format` of a checkpoint.
@@ -256,11 +257,6 @@ fn short(h: &str) -> &str {
     &h[..h.len().min(12)]
 }
 
-/// Layer name of hidden layer `i`.
-pub fn hidden_name(i: usize) -> String {
-    format!("hidden.{i}")
-}
-
 /// Save a checkpoint atomically; the metadata's shape fields must agree with the model.
 pub fn save_checkpoint(path: &Path, model: &Mlp, meta: &CheckpointMeta) -> Result<()> {
     crate::atomic::write_bytes_atomic(path, &checkpoint_bytes(model, meta, &[])?)
@@ -281,12 +277,13 @@ pub fn checkpoint_bytes(model: &Mlp, meta: &CheckpointMeta, extra: &ExtraTensors
     }
     let mut tensors = Vec::new();
     for (i, l) in model.hidden.iter().enumerate() {
-        tensors.push(OutTensor::F32(format!("hidden.{i}.weight"), vec![l.outputs, l.inputs], &l.weight));
-        tensors.push(OutTensor::F32(format!("hidden.{i}.bias"), vec![l.outputs], &l.bias));
+        let p = TensorPath::hidden(i);
+        tensors.push(OutTensor::F32(p.weight(), vec![l.outputs, l.inputs], &l.weight));
+        tensors.push(OutTensor::F32(p.bias(), vec![l.outputs], &l.bias));
     }
     let h = &model.head;
-    tensors.push(OutTensor::F32("head.weight".into(), vec![h.outputs, h.inputs], &h.weight));
-    tensors.push(OutTensor::F32("head.bias".into(), vec![h.outputs], &h.bias));
+    tensors.push(OutTensor::F32(TensorPath::head().weight(), vec![h.outputs, h.inputs], &h.weight));
+    tensors.push(OutTensor::F32(TensorPath::head().bias(), vec![h.outputs], &h.bias));
     for (name, shape, values) in extra {
         if !name.starts_with(DECODER_PREFIX) {
             bail!("internal: extra checkpoint tensor {name} is not a decoder's");
@@ -416,22 +413,12 @@ pub fn load_network(path: &Path) -> Result<(Network, CheckpointMeta)> {
     Ok((network, meta))
 }
 
-fn block_tensors<'a>(prefix: &str, b: &'a ConvBlock) -> Vec<OutTensor<'a>> {
-    let mut t = vec![OutTensor::F32(format!("{prefix}.conv.weight"), vec![b.outputs, b.inputs, 3, 3], &b.weight)];
+fn block_tensors<'a>(prefix: &TensorPath, b: &'a ConvBlock) -> Vec<OutTensor<'a>> {
+    let mut t = vec![OutTensor::F32(prefix.conv().weight(), vec![b.outputs, b.inputs, 3, 3], &b.weight)];
     for (suffix, v) in b.bn.tensors() {
-        t.push(OutTensor::F32(format!("{prefix}.bn.{suffix}"), vec![b.outputs], v));
+        t.push(OutTensor::F32(prefix.bn().tensor(suffix), vec![b.outputs], v));
     }
     t
-}
-
-/// The name prefix of stage `i`'s block (`stages.{i}`).
-pub fn stage_name(i: usize) -> String {
-    format!("stages.{i}")
-}
-
-/// The name prefix of the head's conv block `j` (`head.convs.{j}`).
-pub fn head_conv_name(j: usize) -> String {
-    format!("head.convs.{j}")
 }
 
 /// A version-2 checkpoint's bytes.
@@ -449,14 +436,15 @@ pub fn cnn_checkpoint_bytes(model: &Cnn, meta: &CheckpointMeta) -> Result<Vec<u8
     }
     let mut tensors = Vec::new();
     for (i, s) in model.stages.iter().enumerate() {
-        tensors.extend(block_tensors(&stage_name(i), &s.conv));
+        tensors.extend(block_tensors(&TensorPath::stage(i), &s.conv));
     }
     for (j, b) in model.head.convs.iter().enumerate() {
-        tensors.extend(block_tensors(&head_conv_name(j), b));
+        tensors.extend(block_tensors(&TensorPath::head_conv(j), b));
     }
     let l = &model.head.linear;
-    tensors.push(OutTensor::F32("head.linear.weight".into(), vec![l.outputs, l.inputs], &l.weight));
-    tensors.push(OutTensor::F32("head.linear.bias".into(), vec![l.outputs], &l.bias));
+    let p = TensorPath::head_linear();
+    tensors.push(OutTensor::F32(p.weight(), vec![l.outputs, l.inputs], &l.weight));
+    tensors.push(OutTensor::F32(p.bias(), vec![l.outputs], &l.bias));
     safetensors_bytes_with_keys(CHECKPOINT_FORMAT, meta, &c.keys()?, tensors)
 }
 
@@ -477,14 +465,13 @@ pub fn load_cnn(path: &Path) -> Result<(Cnn, CheckpointMeta)> {
 fn cnn_of(file: &MappedSafetensors, meta: &CheckpointMeta, c: &CnnMeta) -> Result<Cnn> {
     let path = file.path();
     let shapes = crate::cnn::CnnSpec { stages: c.stages.clone(), head_convs: c.head.convs }.conv_inputs(c.image)?;
-    let block = |prefix: &str, inputs: usize, outputs: usize| -> Result<ConvBlock> {
-        let v = |suffix: &str| -> Result<Vec<f32>> {
-            Ok(file.f32s(&format!("{prefix}.bn.{suffix}"), &[outputs])?.into_owned())
-        };
+    let block = |prefix: &TensorPath, inputs: usize, outputs: usize| -> Result<ConvBlock> {
+        let v =
+            |suffix: &str| -> Result<Vec<f32>> { Ok(file.f32s(&prefix.bn().tensor(suffix), &[outputs])?.into_owned()) };
         let b = ConvBlock {
             inputs,
             outputs,
-            weight: file.f32s(&format!("{prefix}.conv.weight"), &[outputs, inputs, 3, 3])?.into_owned(),
+            weight: file.f32s(&prefix.conv().weight(), &[outputs, inputs, 3, 3])?.into_owned(),
             bn: BatchNorm {
                 weight: v("weight")?,
                 bias: v("bias")?,
@@ -501,19 +488,19 @@ fn cnn_of(file: &MappedSafetensors, meta: &CheckpointMeta, c: &CnnMeta) -> Resul
     };
     let mut stages = Vec::with_capacity(c.stages.len());
     for (i, (s, shape)) in c.stages.iter().zip(&shapes).enumerate() {
-        stages.push(ConvStage { downsample: s.downsample, conv: block(&stage_name(i), shape[0], s.out)? });
+        stages.push(ConvStage { downsample: s.downsample, conv: block(&TensorPath::stage(i), shape[0], s.out)? });
     }
     let channels = c.stages.last().map_or(c.image[0], |s| s.out);
     let mut convs = Vec::with_capacity(c.head.convs);
     for j in 0..c.head.convs {
-        convs.push(block(&head_conv_name(j), channels, channels)?);
+        convs.push(block(&TensorPath::head_conv(j), channels, channels)?);
     }
     let (inputs, classes) = (channels * HEAD_POOL * HEAD_POOL, meta.classes.len());
     let linear = Dense {
         inputs,
         outputs: classes,
-        weight: file.f32s("head.linear.weight", &[classes, inputs])?.into_owned(),
-        bias: file.f32s("head.linear.bias", &[classes])?.into_owned(),
+        weight: file.f32s(&TensorPath::head_linear().weight(), &[classes, inputs])?.into_owned(),
+        bias: file.f32s(&TensorPath::head_linear().bias(), &[classes])?.into_owned(),
     };
     if linear.weight.iter().chain(&linear.bias).any(|v| !v.is_finite()) {
         bail!("{}: checkpoint holds NaN or infinite weights", path.display());
@@ -564,21 +551,21 @@ fn mlp_of(file: &MappedSafetensors, meta: &CheckpointMeta) -> Result<Mlp> {
             names.join(", ")
         );
     }
-    let dense = |prefix: &str, inputs: usize, outputs: usize| -> Result<Dense> {
+    let dense = |prefix: TensorPath, inputs: usize, outputs: usize| -> Result<Dense> {
         Ok(Dense {
             inputs,
             outputs,
-            weight: file.f32s(&format!("{prefix}.weight"), &[outputs, inputs])?.into_owned(),
-            bias: file.f32s(&format!("{prefix}.bias"), &[outputs])?.into_owned(),
+            weight: file.f32s(&prefix.weight(), &[outputs, inputs])?.into_owned(),
+            bias: file.f32s(&prefix.bias(), &[outputs])?.into_owned(),
         })
     };
     let mut hidden = Vec::with_capacity(meta.depth);
     let mut inputs = meta.input_size;
     for (i, &w) in meta.widths.iter().enumerate() {
-        hidden.push(dense(&hidden_name(i), inputs, w)?);
+        hidden.push(dense(TensorPath::hidden(i), inputs, w)?);
         inputs = w;
     }
-    let head = dense("head", inputs, meta.classes.len())?;
+    let head = dense(TensorPath::head(), inputs, meta.classes.len())?;
     let model = Mlp { hidden, head };
     if model.hidden.iter().chain([&model.head]).any(|l| l.weight.iter().chain(&l.bias).any(|v| !v.is_finite())) {
         bail!("{}: checkpoint holds NaN or infinite weights", path.display());

@@ -26,6 +26,7 @@ pub mod imagefile;
 pub mod input;
 pub mod limits;
 pub mod metrics;
+pub mod names;
 pub mod pipeline;
 pub mod progress;
 pub mod run;

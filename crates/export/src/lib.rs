@@ -17,10 +17,11 @@ pub mod cli;
 pub mod onnx;
 
 use anyhow::{Context, Result};
-use layerwise_core::checkpoint::{head_conv_name, hidden_name, load_network, stage_name, Dense, Network};
+use layerwise_core::checkpoint::{load_network, Dense, Network};
 use layerwise_core::cnn::{head_pool_matrix, Cnn, ConvBlock, Downsample, BN_EPS, HEAD_POOL};
 use layerwise_core::config::Normalize;
 use layerwise_core::input::InputContract;
+use layerwise_core::names::TensorPath;
 use onnx::*;
 use prost::Message;
 use std::path::{Path, PathBuf};
@@ -134,13 +135,13 @@ impl Graph {
     }
 
     /// `x · layerᵀ + bias` under `name`, then Relu unless it is the output layer.
-    fn dense(&mut self, x: &str, name: &str, layer: &Dense, relu: bool) -> String {
-        let (wn, bn) = (format!("{name}.weight"), format!("{name}.bias"));
+    fn dense(&mut self, x: &str, name: &TensorPath, layer: &Dense, relu: bool) -> String {
+        let [wn, bn] = name.pair();
         self.init.push(float_tensor(&wn, &[layer.outputs, layer.inputs], &layer.weight));
         self.init.push(float_tensor(&bn, &[layer.outputs], &layer.bias));
-        let z = self.op("Gemm", &format!("{name}.gemm"), &[x, &wn, &bn], vec![int_attr("transB", 1)]);
+        let z = self.op("Gemm", &name.tensor("gemm"), &[x, &wn, &bn], vec![int_attr("transB", 1)]);
         if relu {
-            self.op("Relu", &format!("{name}.relu"), &[&z], vec![])
+            self.op("Relu", &name.tensor("relu"), &[&z], vec![])
         } else {
             z
         }
@@ -148,24 +149,24 @@ impl Graph {
 
     /// A conv block under `name` (`stages.0`): 3 × 3 convolution (padding 1, no bias),
     /// BatchNorm in inference form with its running statistics, ReLU.
-    fn conv_block(&mut self, x: &str, name: &str, b: &ConvBlock) -> String {
-        let wn = format!("{name}.conv.weight");
+    fn conv_block(&mut self, x: &str, name: &TensorPath, b: &ConvBlock) -> String {
+        let wn = name.conv().weight();
         self.init.push(float_tensor(&wn, &[b.outputs, b.inputs, 3, 3], &b.weight));
         let conv = self.op(
             "Conv",
-            &format!("{name}.conv"),
+            name.conv().as_str(),
             &[x, &wn],
             vec![ints_attr("kernel_shape", &[3, 3]), ints_attr("pads", &[1, 1, 1, 1])],
         );
         let mut bn_inputs = vec![conv.clone()];
         for (suffix, v) in b.bn.tensors() {
-            let t = format!("{name}.bn.{suffix}");
+            let t = name.bn().tensor(suffix);
             self.init.push(float_tensor(&t, &[b.outputs], v));
             bn_inputs.push(t);
         }
         let refs: Vec<&str> = bn_inputs.iter().map(String::as_str).collect();
-        let bn = self.op("BatchNormalization", &format!("{name}.bn"), &refs, vec![float_attr("epsilon", BN_EPS)]);
-        self.op("Relu", &format!("{name}.relu"), &[&bn], vec![])
+        let bn = self.op("BatchNormalization", name.bn().as_str(), &refs, vec![float_attr("epsilon", BN_EPS)]);
+        self.op("Relu", &name.tensor("relu"), &[&bn], vec![])
     }
 
     /// The model around this graph: input `pixels` of `contract`'s shape, output
@@ -205,9 +206,9 @@ pub fn model_proto(hidden: &[Dense], head: &Dense, contract: &InputContract, sha
     let scaled = g.scaled_pixels(contract);
     let mut x = g.op("Flatten", "flat", &[&scaled], vec![int_attr("axis", 1)]);
     for (i, layer) in hidden.iter().enumerate() {
-        x = g.dense(&x, &hidden_name(i), layer, true);
+        x = g.dense(&x, &TensorPath::hidden(i), layer, true);
     }
-    let logits = g.dense(&x, "head", head, false);
+    let logits = g.dense(&x, &TensorPath::head(), head, false);
     g.op("Softmax", "probabilities", &[&logits], vec![int_attr("axis", 1)]);
     g.model(contract, head.outputs, sha256)
 }
@@ -223,28 +224,24 @@ pub fn cnn_model_proto(cnn: &Cnn, contract: &InputContract, sha256: &str) -> Res
     let mut x = g.scaled_pixels(contract);
     let [mut c, mut h, mut w] = cnn.input;
     for (i, stage) in cnn.stages.iter().enumerate() {
-        let name = stage_name(i);
+        let name = TensorPath::stage(i);
         match stage.downsample {
             Downsample::None => {}
             Downsample::Maxpool => {
                 let attrs = vec![ints_attr("kernel_shape", &[2, 2]), ints_attr("strides", &[2, 2])];
-                x = g.op("MaxPool", &format!("{name}.maxpool"), &[&x], attrs);
+                x = g.op("MaxPool", &name.tensor("maxpool"), &[&x], attrs);
                 (h, w) = (h / 2, w / 2);
             }
             Downsample::Psi => {
                 let (h2, w2) = ((h / 2) as i64, (w / 2) as i64);
-                let split = format!("{name}.psi.split_shape");
+                let split = name.tensor("psi.split_shape");
                 g.init.push(int64_tensor(&split, &[0, c as i64, h2, 2, w2, 2]));
-                let merged = format!("{name}.psi.merged_shape");
+                let merged = name.tensor("psi.merged_shape");
                 g.init.push(int64_tensor(&merged, &[0, 4 * c as i64, h2, w2]));
-                let a = g.op("Reshape", &format!("{name}.psi.split"), &[&x, &split], vec![]);
-                let t = g.op(
-                    "Transpose",
-                    &format!("{name}.psi.order"),
-                    &[&a],
-                    vec![ints_attr("perm", &[0, 1, 3, 5, 2, 4])],
-                );
-                x = g.op("Reshape", &format!("{name}.psi"), &[&t, &merged], vec![]);
+                let a = g.op("Reshape", &name.tensor("psi.split"), &[&x, &split], vec![]);
+                let t =
+                    g.op("Transpose", &name.tensor("psi.order"), &[&a], vec![ints_attr("perm", &[0, 1, 3, 5, 2, 4])]);
+                x = g.op("Reshape", &name.tensor("psi"), &[&t, &merged], vec![]);
                 (c, h, w) = (4 * c, h / 2, w / 2);
             }
         }
@@ -255,7 +252,7 @@ pub fn cnn_model_proto(cnn: &Cnn, contract: &InputContract, sha256: &str) -> Res
         c = stage.conv.outputs;
     }
     for (j, b) in cnn.head.convs.iter().enumerate() {
-        x = g.conv_block(&x, &head_conv_name(j), b);
+        x = g.conv_block(&x, &TensorPath::head_conv(j), b);
         c = b.outputs;
     }
     let p = HEAD_POOL * HEAD_POOL;
@@ -264,7 +261,7 @@ pub fn cnn_model_proto(cnn: &Cnn, contract: &InputContract, sha256: &str) -> Res
     let map = g.op("Reshape", "head.pool.map", &[&x, "head.pool.map_shape"], vec![]);
     let pooled = g.op("MatMul", "head.pool", &[&map, "head.pool.matrix"], vec![]);
     let flat = g.op("Flatten", "head.flat", &[&pooled], vec![int_attr("axis", 1)]);
-    let logits = g.dense(&flat, "head.linear", &cnn.head.linear, false);
+    let logits = g.dense(&flat, &TensorPath::head_linear(), &cnn.head.linear, false);
     g.op("Softmax", "probabilities", &[&logits], vec![int_attr("axis", 1)]);
     g.model(contract, cnn.head.linear.outputs, sha256)
 }

@@ -8,21 +8,16 @@ use crate::host::{matmul, View};
 use crate::{EvalSums, Kernels, Moments, Optimizer, OptimizerSpec};
 use anyhow::Result;
 use layerwise_core::cnn::Downsample;
-
-/// The names of a conv block's trainable tensors (`{prefix}.conv.weight`, `.bn.weight`,
-/// `.bn.bias`).
-pub(crate) fn block_names(prefix: &str) -> [String; 3] {
-    [format!("{prefix}.conv.weight"), format!("{prefix}.bn.weight"), format!("{prefix}.bn.bias")]
-}
+use layerwise_core::names::TensorPath;
 
 /// The checkpoint names of the tensors trained with stages `first..depth` of a network
 /// whose head has `head_convs` conv blocks, in update order: each block's conv weight,
 /// BatchNorm γ and β, then the head's linear weight and bias.
 pub fn trainable_names(depth: usize, first: usize, head_convs: usize) -> Vec<String> {
-    let stages = (first..depth).map(layerwise_core::checkpoint::stage_name);
-    let heads = (0..head_convs).map(layerwise_core::checkpoint::head_conv_name);
-    let mut names: Vec<String> = stages.chain(heads).flat_map(|p| block_names(&p)).collect();
-    names.extend(["head.linear.weight".to_string(), "head.linear.bias".to_string()]);
+    let stages = (first..depth).map(TensorPath::stage);
+    let heads = (0..head_convs).map(TensorPath::head_conv);
+    let mut names: Vec<String> = stages.chain(heads).flat_map(|p| p.block_trainable()).collect();
+    names.extend(TensorPath::head_linear().pair());
     names
 }
 
@@ -76,11 +71,12 @@ impl ConvTrainer {
             return Ok(loss);
         }
         let names = self.trainable_names();
+        let linear_weight = TensorPath::head_linear().weight();
         self.optimizer.start_step(lr);
         let wd = self.weight_decay;
         for ((name, g), param) in names.iter().zip(&grads).zip(self.net.trainable_mut(self.first)) {
             // Decay on the convolution and linear weights, not on BatchNorm or biases.
-            let decay = if name.ends_with("conv.weight") || name == "head.linear.weight" { wd } else { 0.0 };
+            let decay = if name.ends_with(".conv.weight") || *name == linear_weight { wd } else { 0.0 };
             self.optimizer.update_host(name, param, g, decay)?;
         }
         Ok(loss)
@@ -196,10 +192,11 @@ pub(crate) fn relayout(
     to_checkpoint: bool,
 ) {
     let conv = |name: &str| -> Option<(usize, usize)> {
-        let stage = stages.iter().enumerate().map(|(i, s)| (layerwise_core::checkpoint::stage_name(i), s));
-        let head = heads.iter().enumerate().map(|(j, s)| (layerwise_core::checkpoint::head_conv_name(j), s));
-        stage.chain(head).find(|(prefix, _)| name == format!("{prefix}.conv.weight")).map(|(_, s)| *s)
+        let stage = stages.iter().enumerate().map(|(i, s)| (TensorPath::stage(i), s));
+        let head = heads.iter().enumerate().map(|(j, s)| (TensorPath::head_conv(j), s));
+        stage.chain(head).find(|(prefix, _)| name == prefix.conv().weight()).map(|(_, s)| *s)
     };
+    let linear_weight = TensorPath::head_linear().weight();
     for (name, m, v) in moments.iter_mut() {
         for t in [m, v] {
             if t.is_empty() {
@@ -209,7 +206,7 @@ pub(crate) fn relayout(
                 if t.len() == 9 * cin * cout {
                     *t = if to_checkpoint { wk_to_torch(t, cin, cout) } else { wk_from_torch(t, cin, cout) };
                 }
-            } else if let Some((inputs, outputs)) = linear_transposed.filter(|_| name == "head.linear.weight") {
+            } else if let Some((inputs, outputs)) = linear_transposed.filter(|_| *name == linear_weight) {
                 if t.len() == inputs * outputs {
                     *t = if to_checkpoint {
                         crate::host::transpose(t, inputs, outputs)

@@ -7,6 +7,7 @@ use crate::{batch_gradients, host, Backend, EvalSums, Kernels, Layer, Matrix, Mo
 use anyhow::Result;
 use dfdx::prelude::*;
 use layerwise_core::checkpoint::Dense;
+use layerwise_core::names::TensorPath;
 
 /// The weights and biases of the trainable layers and the head, on the host.
 pub type HostTensors = (Vec<(Vec<f32>, Vec<f32>)>, (Vec<f32>, Vec<f32>));
@@ -84,8 +85,6 @@ fn new_optimizer<D: Backend>(spec: &TrainerSpec<'_>, kernels: Kernels) -> Optimi
     Optimizer::restored(&spec.optimizer, kernels, spec.restored.clone())
 }
 
-const HEAD: [&str; 2] = ["head.weight", "head.bias"];
-
 /// Inverted-dropout masks for `rows × widths[i]` activations, on the host: each unit kept
 /// with probability `1 - rate` and scaled by `1 / (1 - rate)`, drawn from `seed` alone (so
 /// a resumed run draws the same masks).
@@ -150,7 +149,7 @@ fn weight_shapes(
     names: &[[String; 2]],
 ) -> Vec<(String, usize, usize)> {
     let mut shapes: Vec<_> = trainable.zip(names).map(|((out, inp), [w, _])| (w.clone(), out, inp)).collect();
-    shapes.push((HEAD[0].to_string(), head.0, head.1));
+    shapes.push((TensorPath::head().weight(), head.0, head.1));
     shapes
 }
 
@@ -216,8 +215,9 @@ impl<'a> Trainer<'a> for HostTrainer<'a> {
             }
             if self.head_trains {
                 let (gw, gb) = &self.buf.grads[t];
-                self.adam.update_host(HEAD[0], &mut self.head.wt, gw, self.weight_decay)?;
-                self.adam.update_host(HEAD[1], &mut self.head.bias, gb, 0.0)?;
+                let [wn, bn] = TensorPath::head().pair();
+                self.adam.update_host(&wn, &mut self.head.wt, gw, self.weight_decay)?;
+                self.adam.update_host(&bn, &mut self.head.bias, gb, 0.0)?;
             }
         }
         self.sums.add_predictions(self.buf.logits(rows, self.head.outputs), labels, loss as f64 * rows as f64);
@@ -307,8 +307,9 @@ impl<D: Backend> DeviceTrainer<D> {
             self.adam.update(bn, &mut layer.bias, gb)?;
         }
         if let Some((gw, gb)) = &g.head {
-            self.adam.update_decayed(HEAD[0], &mut self.head.weight, gw, self.weight_decay)?;
-            self.adam.update(HEAD[1], &mut self.head.bias, gb)?;
+            let [wn, bn] = TensorPath::head().pair();
+            self.adam.update_decayed(&wn, &mut self.head.weight, gw, self.weight_decay)?;
+            self.adam.update(&bn, &mut self.head.bias, gb)?;
         }
         // Correct predictions: rows whose label's logit is the row's largest.
         let shape = *g.logits.shape();

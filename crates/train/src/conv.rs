@@ -6,9 +6,7 @@
 //! augmentation is off and it fits in memory, else recomputed for every batch.
 
 use super::*;
-use layerwise_core::checkpoint::{
-    cnn_checkpoint_bytes, head_conv_name, load_cnn, stage_name, CnnMeta, CNN_CHECKPOINT_VERSION,
-};
+use layerwise_core::checkpoint::{cnn_checkpoint_bytes, load_cnn, CnnMeta, CNN_CHECKPOINT_VERSION};
 use layerwise_core::cnn::{Cnn, CnnHead, CnnSpec, ConvStage, HEAD_POOL};
 use layerwise_nn::convnet::{self, ConvNet, ConvSettings, ConvStep};
 use layerwise_nn::Backend;
@@ -122,20 +120,21 @@ fn list(stages: &[layerwise_core::cnn::StageSpec]) -> String {
 /// Every tensor of stages `first..` and the head, in the checkpoint's names and layouts.
 fn tensors(net: &Cnn, first: usize) -> state::Named {
     let mut out = Vec::new();
-    let block = |out: &mut state::Named, prefix: String, b: &layerwise_core::cnn::ConvBlock| {
-        out.push((format!("{prefix}.conv.weight"), b.weight.clone()));
+    let block = |out: &mut state::Named, prefix: TensorPath, b: &layerwise_core::cnn::ConvBlock| {
+        out.push((prefix.conv().weight(), b.weight.clone()));
         for (suffix, v) in b.bn.tensors() {
-            out.push((format!("{prefix}.bn.{suffix}"), v.to_vec()));
+            out.push((prefix.bn().tensor(suffix), v.to_vec()));
         }
     };
     for (i, s) in net.stages.iter().enumerate().skip(first) {
-        block(&mut out, stage_name(i), &s.conv);
+        block(&mut out, TensorPath::stage(i), &s.conv);
     }
     for (j, b) in net.head.convs.iter().enumerate() {
-        block(&mut out, head_conv_name(j), b);
+        block(&mut out, TensorPath::head_conv(j), b);
     }
-    out.push(("head.linear.weight".into(), net.head.linear.weight.clone()));
-    out.push(("head.linear.bias".into(), net.head.linear.bias.clone()));
+    let [w, b] = TensorPath::head_linear().pair();
+    out.push((w, net.head.linear.weight.clone()));
+    out.push((b, net.head.linear.bias.clone()));
     out
 }
 
@@ -397,9 +396,9 @@ fn write(
 ) -> Result<TrainOutcome> {
     let cfg = &opts.config;
     let first = p.first;
-    let frozen: Vec<String> = (0..first).map(stage_name).collect();
-    let mut trained: Vec<String> = (first..model.depth()).map(stage_name).collect();
-    trained.push("head".into());
+    let frozen: Vec<String> = (0..first).map(|i| TensorPath::stage(i).into()).collect();
+    let mut trained: Vec<String> = (first..model.depth()).map(|i| TensorPath::stage(i).into()).collect();
+    trained.push(TensorPath::head().into());
     let trained_tensors = convnet::trainable_names(model.depth(), first, model.head.convs.len());
     let trainable_params = model.stages[first..].iter().map(|s| s.conv.num_params()).sum::<usize>()
         + model.head.convs.iter().map(|b| b.num_params()).sum::<usize>()

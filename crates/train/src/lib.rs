@@ -32,12 +32,11 @@ use resume::stop_if_asked;
 use supervised::Inputs;
 
 use anyhow::{bail, Context, Result};
-use layerwise_core::checkpoint::{
-    checkpoint_bytes, hidden_name, load_checkpoint, CheckpointMeta, Dense, Mlp, CHECKPOINT_VERSION,
-};
+use layerwise_core::checkpoint::{checkpoint_bytes, load_checkpoint, CheckpointMeta, Dense, Mlp, CHECKPOINT_VERSION};
 use layerwise_core::config::{Augment, Decoder, HeadMode, Objective, Regime, TrainConfig};
 use layerwise_core::dataset::{Dataset, Split};
 use layerwise_core::metrics::{EpochMetrics, PretrainEpoch, Sealed, TrainHistory, TRAIN_SCHEMA, TRAIN_VERSION};
+use layerwise_core::names::TensorPath;
 use layerwise_core::{atomic, hash, mix_seed};
 use layerwise_nn::device::DeviceKind;
 use layerwise_nn::{glorot_dense, Backend};
@@ -198,16 +197,6 @@ fn restore((outputs, inputs): (usize, usize), (weight, bias): &(Vec<f32>, Vec<f3
         bail!("{}: its tensors do not fit this network", from.display());
     }
     Ok(Dense { inputs, outputs, weight: weight.clone(), bias: bias.clone() })
-}
-
-/// The checkpoint names of a layer's tensors.
-fn tensor_names(layer: &str) -> [String; 2] {
-    [format!("{layer}.weight"), format!("{layer}.bias")]
-}
-
-/// The checkpoint name of hidden layer `i`'s autoencoder decoder.
-fn decoder_name(i: usize) -> String {
-    format!("decoder.{i}")
 }
 
 /// An epoch's line of the history: the training sums of its steps, the validation sums,

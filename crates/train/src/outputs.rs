@@ -14,18 +14,20 @@ pub(crate) fn write(run: &Run<'_>, trained: Trained, started: Instant) -> Result
     let mut hidden = plan.prefix.clone();
     hidden.extend(trained.layers);
     let model = Mlp { hidden, head: if plan.head_trains { trained.head } else { plan.head.clone() } };
-    let mut frozen: Vec<String> = (0..first).map(hidden_name).collect();
-    let mut trained_names: Vec<String> = (first..first + n_trained).map(hidden_name).collect();
+    let mut frozen: Vec<TensorPath> = (0..first).map(TensorPath::hidden).collect();
+    let mut trained_names: Vec<TensorPath> = (first..first + n_trained).map(TensorPath::hidden).collect();
     if plan.head_trains {
-        trained_names.push("head".into())
+        trained_names.push(TensorPath::head())
     } else {
-        frozen.push("head".into())
+        frozen.push(TensorPath::head())
     }
-    let mut trained_tensors = trained_names.iter().flat_map(|n| tensor_names(n)).collect::<Vec<_>>();
+    let mut trained_tensors = trained_names.iter().flat_map(TensorPath::pair).collect::<Vec<_>>();
+    let (frozen, trained_names): (Vec<String>, Vec<String>) =
+        (frozen.into_iter().map(String::from).collect(), trained_names.into_iter().map(String::from).collect());
     // The autoencoder's decoder goes into the checkpoint too (evaluation ignores it): a
     // bias, and a weight of its own when untied.
     let decoder = trained.pretrained.as_ref().map(|p| {
-        let [w, b] = tensor_names(&decoder_name(first));
+        let [w, b] = TensorPath::decoder(first).pair();
         let (inputs, width) = (model.hidden[first].inputs, model.hidden[first].outputs);
         let mut t = Vec::new();
         if !p.decoder.0.is_empty() {

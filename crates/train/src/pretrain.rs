@@ -16,8 +16,8 @@ impl Run<'_> {
         let cfg = &self.opts.config;
         let plan = self.plan;
         let index = plan.prefix.len();
-        let [ew, eb] = tensor_names(&hidden_name(index));
-        let [dw, db] = tensor_names(&decoder_name(index));
+        let [ew, eb] = TensorPath::hidden(index).pair();
+        let [dw, db] = TensorPath::decoder(index).pair();
         let like = &plan.trainable[0];
         let dim = like.inputs;
         let (n, n_val) = (x_train.len() / dim, x_val.len() / dim);

@@ -43,18 +43,19 @@ impl Run<'_> {
         let n = self.ds.meta.split_sizes.train;
         let batches = n.div_ceil(cfg.batch_size.min(n).max(1));
         let first = plan.prefix.len();
-        let sized = |names: [String; 2], l: &Dense| {
+        let sized = |path: TensorPath, l: &Dense| {
+            let names = path.pair();
             vec![(names[0].clone(), l.inputs * l.outputs), (names[1].clone(), l.outputs)]
         };
         let shape = |l: &Dense| (l.outputs, l.inputs);
-        let head = sized(tensor_names("head"), &plan.head);
+        let head = sized(TensorPath::head(), &plan.head);
         match cfg.objective {
             Objective::Supervised => {
                 let mut tensors: Vec<_> = plan
                     .trainable
                     .iter()
                     .enumerate()
-                    .flat_map(|(i, l)| sized(tensor_names(&hidden_name(first + i)), l))
+                    .flat_map(|(i, l)| sized(TensorPath::hidden(first + i), l))
                     .collect();
                 if plan.head_trains {
                     tensors.extend(head);
@@ -72,8 +73,8 @@ impl Run<'_> {
             Objective::Autoencoder => {
                 let enc = &plan.trainable[0];
                 let tied = cfg.decoder == Decoder::Tied;
-                let [dw, db] = tensor_names(&decoder_name(first));
-                let mut tensors = sized(tensor_names(&hidden_name(first)), enc);
+                let [dw, db] = TensorPath::decoder(first).pair();
+                let mut tensors = sized(TensorPath::hidden(first), enc);
                 if !tied {
                     tensors.push((dw, enc.inputs * enc.outputs));
                 }

@@ -69,7 +69,7 @@ impl Run<'_> {
                 trainable: &start_layers,
                 head: &start_head,
                 head_trains,
-                names: (first..first + trainable.len()).map(|i| tensor_names(&hidden_name(i))).collect(),
+                names: (first..first + trainable.len()).map(|i| TensorPath::hidden(i).pair()).collect(),
                 dropout: cfg.dropout,
                 weight_decay: cfg.weight_decay,
                 optimizer: cfg.optimizer_spec(),
