@@ -62,6 +62,7 @@ fn random_checkpoint(path: &Path, depth: usize, data: &DatasetMeta) -> Result<()
     }
     let model = Mlp { hidden, head: glorot_dense(WIDTH, CLASSES, 99) };
     let meta = CheckpointMeta {
+        overrides: Vec::new(),
         version: CHECKPOINT_VERSION,
         depth,
         input_size: DIM,
@@ -127,6 +128,7 @@ fn time_depth(
     let head = cfg.head;
     let cfg = TrainConfig { epochs: a.epochs, ..cfg };
     let out = train(&TrainOptions {
+        overrides: Vec::new(),
         data: data.into(),
         from: from.map(Into::into),
         out: dir.join(label.replace(' ', "-")),

@@ -104,6 +104,7 @@ impl std::error::Error for Different {}
 /// Train with the tiny settings of the fuzz fixture.
 fn train_tiny(data: &Path, from: Option<&Path>, out: &Path) -> Result<layerwise_train::TrainOutcome> {
     layerwise_train::train(&layerwise_train::TrainOptions {
+        overrides: Vec::new(),
         data: data.to_path_buf(),
         from: from.map(Path::to_path_buf),
         out: out.to_path_buf(),
@@ -128,6 +129,7 @@ fn same_checkpoint(out: &layerwise_train::TrainOutcome, clean: &[u8], what: &str
 fn train_tiny_cnn(data: &Path, from: Option<&Path>, out: &Path) -> Result<layerwise_train::TrainOutcome> {
     let stages = vec!["4".parse()?, "psi:4".parse()?];
     layerwise_train::train(&layerwise_train::TrainOptions {
+        overrides: Vec::new(),
         data: data.to_path_buf(),
         from: from.map(Path::to_path_buf),
         out: out.to_path_buf(),

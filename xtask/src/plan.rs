@@ -228,9 +228,10 @@ impl Plan {
         s
     }
 
-    /// Fine-tune greedy depth `depth` end to end, or train `depth` layers from scratch.
+    /// Fine-tune greedy depth `depth` end to end, or train `depth` layers from scratch,
+    /// or grow the `[autoencoder]` loop's depth `depth`. The job is named by the pipeline
+    /// and its phase: the training stage derives every setting from them itself.
     pub fn stage_train_step(&self, stage: Phase, depth: usize) -> Step {
-        let c = self.pipeline.stage_config(stage);
         let mut s = Step::new(
             Program::Train,
             &[
@@ -240,24 +241,14 @@ impl Plan {
                 &phase_dir(&self.run_dir, stage, depth),
                 &"--pipeline",
                 &self.run_dir.join(PIPELINE_FILE),
-                &"--regime",
-                &stage.regime().name(),
-                &"--epochs",
-                &c.epochs.to_string(),
-                &"--lr",
-                &c.lr.to_string(),
+                &"--phase",
+                &stage.name(),
             ],
         );
         let from = match stage {
             Phase::Finetune => Some(depth_dir(&self.run_dir, depth)),
             Phase::AutoencoderFinetune => Some(phase_dir(&self.run_dir, Phase::Autoencoder, depth)),
-            Phase::Autoencoder => {
-                s.args.extend(["--objective".into(), c.objective.name().into()]);
-                s.args.extend(["--corruption".into(), c.corruption.to_string()]);
-                s.args.extend(["--decoder".into(), c.decoder.name().into()]);
-                s.args.extend(["--probe-epochs".into(), c.probe_epochs().to_string()]);
-                (depth > 1).then(|| phase_dir(&self.run_dir, Phase::Autoencoder, depth - 1))
-            }
+            Phase::Autoencoder => (depth > 1).then(|| phase_dir(&self.run_dir, Phase::Autoencoder, depth - 1)),
             Phase::Baseline | Phase::Greedy => {
                 s.args.extend(["--depth".into(), depth.to_string()]);
                 None

@@ -546,9 +546,11 @@ fn the_autoencoder_loop_runs_beside_the_loop_resumes_and_prints() {
     b.pipeline = a.pipeline.clone();
     b.inputs.max_depth = Some(2);
     let lines = print_commands(&Plan::new(&b).unwrap(), &b).unwrap();
-    assert!(lines
-        .iter()
-        .any(|l| l.contains("--objective autoencoder") && l.contains("autoencoder-01/model.safetensors")));
+    assert!(lines.iter().any(|l| l.contains("--phase autoencoder") && l.contains("autoencoder-01/model.safetensors")));
+    // The plan names each job by its pipeline and phase: no derived setting travels as a flag.
+    for flag in ["--epochs", "--lr", "--objective", "--corruption", "--decoder", "--probe-epochs", "--regime"] {
+        assert!(lines.iter().all(|l| !l.split(' ').any(|w| w == flag)), "{flag} in the plan: {lines:#?}");
+    }
     for line in lines {
         execute(&line);
     }

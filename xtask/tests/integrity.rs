@@ -49,6 +49,7 @@ fn the_report_flags_what_does_not_belong_together() {
     let data = std::fs::read_dir(e.path("artifacts/datasets")).unwrap().flatten().next().unwrap().path();
     let pipeline = layerwise_core::pipeline::Pipeline::load(&run.join("pipeline.toml")).unwrap();
     layerwise_train::train(&layerwise_train::TrainOptions {
+        overrides: Vec::new(),
         data,
         from: Some(v.join("depth-01/model.safetensors")),
         out: v.join("depth-02"),

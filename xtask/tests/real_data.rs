@@ -20,6 +20,7 @@ fn depth_one_on_10000_real_images_beats_30_percent() {
     let meta = layerwise_prepare::prepare(&p).unwrap();
     assert_eq!(meta.split_sizes.train, 10_000);
     let out = layerwise_train::train(&layerwise_train::TrainOptions {
+        overrides: Vec::new(),
         data: data.clone(),
         from: None,
         out: tmp.path().join("d1"),

@@ -103,6 +103,10 @@ pub struct CheckpointMeta {
     /// counts stages, `widths` their channels, `input_size` the image's values.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cnn: Option<CnnMeta>,
+    /// Settings given on the training stage's command line beside its pipeline, which
+    /// overrode the pipeline's (`lr=0.002`); empty when the pipeline alone decided.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub overrides: Vec<String>,
 }
 
 /// What a version-2 checkpoint says of its convolutional network.
@@ -589,6 +593,7 @@ mod tests {
             head: CnnHead { convs: vec![], linear },
         };
         let meta = CheckpointMeta {
+            overrides: Vec::new(),
             version: CNN_CHECKPOINT_VERSION,
             depth: 1,
             input_size: 192,

@@ -15,6 +15,7 @@ fn model() -> Mlp {
 
 fn meta(model: &Mlp, fingerprint: &str) -> CheckpointMeta {
     CheckpointMeta {
+        overrides: Vec::new(),
         version: CHECKPOINT_VERSION,
         depth: model.depth(),
         input_size: 3072,

@@ -2,7 +2,7 @@
 //! tests run exactly what a user runs.
 
 use crate::{train, Progress, TrainOptions};
-use anyhow::Result;
+use anyhow::{bail, Result};
 use clap::Parser;
 use layerwise_core::cnn::StageSpec;
 use layerwise_core::config::{Augment, Decoder, HeadMode, LrSchedule, Objective, Optimizer, Regime, TrainConfig};
@@ -26,9 +26,16 @@ pub struct Args {
     /// Output folder: gets model.safetensors and train.json.
     #[arg(long)]
     out: PathBuf,
-    /// Pipeline file whose [train] section gives the defaults (flags override it).
+    /// Pipeline file: the training settings come from it (flags given beside it override
+    /// it and are recorded in the checkpoint as overrides).
     #[arg(long)]
     pipeline: Option<PathBuf>,
+    /// The pipeline's phase this job belongs to: greedy (`[train]`), finetune,
+    /// baseline, autoencoder (`[autoencoder]`) or autoencoder-finetune. Its settings are
+    /// derived from the pipeline exactly as the orchestrator's plan derives them, and it
+    /// sets the regime (default: the one --regime names).
+    #[arg(long)]
+    phase: Option<Phase>,
     /// Epochs.
     #[arg(long)]
     epochs: Option<usize>,
@@ -115,8 +122,8 @@ pub struct Args {
     head_convs: Option<usize>,
     /// grow (freeze --from, append a layer), finetune (train all of --from end to end; lr
     /// defaults to the pipeline's / 10) or scratch (a fresh network of --depth layers).
-    #[arg(long, default_value = "grow")]
-    regime: Regime,
+    #[arg(long)]
+    regime: Option<Regime>,
     /// Hidden layers of a scratch network.
     #[arg(long)]
     depth: Option<usize>,
@@ -131,28 +138,47 @@ pub struct Args {
     quiet: bool,
 }
 
-fn config(a: &Args) -> Result<TrainConfig> {
-    // The pipeline's settings for this regime, derived where the orchestrator derives them
-    // (fine-tuning: its section's, by default a tenth of [train]'s rate; fine-tuning and
-    // the baseline learn from the labels).
-    let pipeline = match &a.pipeline {
-        Some(p) => Pipeline::load(p)?,
-        None => Pipeline::from_toml("name = \"layerwise-train\"", "the defaults")?,
-    };
-    let stage = match a.regime {
+/// The job's phase and regime: `--phase` sets both; `--regime` alone names the phase of
+/// its regime (grow: greedy, finetune: finetune, scratch: baseline); one that contradicts
+/// the other is refused.
+fn phase_and_regime(a: &Args) -> Result<(Phase, Regime)> {
+    let of_regime = |r: Regime| match r {
         Regime::Grow => Phase::Greedy,
         Regime::Finetune => Phase::Finetune,
         Regime::Scratch => Phase::Baseline,
     };
-    let mut c = pipeline.stage_config(stage);
+    match (a.phase, a.regime) {
+        (Some(p), Some(r)) if p.regime() != r => bail!(
+            "--regime {r} contradicts --phase {p}, whose models are made by the {} regime: drop --regime",
+            p.regime()
+        ),
+        (Some(p), _) => Ok((p, p.regime())),
+        (None, r) => {
+            let r = r.unwrap_or(Regime::Grow);
+            Ok((of_regime(r), r))
+        }
+    }
+}
+
+/// The settings: the pipeline's for the job's phase (`Pipeline::stage_config`, the one
+/// derivation the orchestrator uses too), then the flags given. With a pipeline, each flag
+/// given is returned as an override (`lr=0.002`, the value as the settings hold it).
+fn config(a: &Args, phase: Phase) -> Result<(TrainConfig, Vec<String>)> {
+    let pipeline = match &a.pipeline {
+        Some(p) => Pipeline::load(p)?,
+        None => Pipeline::from_toml("name = \"layerwise-train\"", "the defaults")?,
+    };
+    let mut c = pipeline.stage_config(phase);
+    let mut given: Vec<&str> = Vec::new();
     macro_rules! set {
-        ($($f:ident),*) => { $( if let Some(v) = a.$f.clone() { c.$f = v; } )* };
+        ($($f:ident),*) => { $( if let Some(v) = a.$f.clone() { c.$f = v; given.push(stringify!($f)); } )* };
     }
     if a.width.is_some() {
         c.widths.clear();
     }
     if let Some(p) = a.probe_epochs {
         c.probe_epochs = Some(p);
+        given.push("probe_epochs");
     }
     set!(
         epochs,
@@ -174,6 +200,7 @@ fn config(a: &Args) -> Result<TrainConfig> {
     );
     if a.nesterov {
         c.nesterov = true;
+        given.push("nesterov");
     }
     set!(optimizer, momentum, label_smoothing, lr_step_epochs, lr_step_factor);
     if a.stages.is_some() || a.head_convs.is_some() {
@@ -185,17 +212,27 @@ fn config(a: &Args) -> Result<TrainConfig> {
             spec.head_convs = h;
         }
         c.cnn = Some(spec);
+        given.push("cnn");
     }
-    crate::adopt_parent_architecture(&mut c, a.from.as_deref(), a.regime)?;
+    crate::adopt_parent_architecture(&mut c, a.from.as_deref(), phase.regime())?;
     c.validate()?;
-    Ok(c)
+    let overrides = if a.pipeline.is_some() {
+        let json = serde_json::to_value(&c)?;
+        given.iter().map(|k| format!("{k}={}", json.get(*k).unwrap_or(&serde_json::Value::Null))).collect()
+    } else {
+        Vec::new()
+    };
+    Ok((c, overrides))
 }
 
 /// Run `layerwise-train` with these arguments (program name first).
 pub fn run(args: impl IntoIterator<Item = String>) -> Result<()> {
     let a: Args = layerwise_core::parse_args(args)?;
+    let (phase, regime) = phase_and_regime(&a)?;
+    let (config, overrides) = config(&a, phase)?;
     let opts = TrainOptions {
-        config: config(&a)?,
+        config,
+        overrides,
         progress: if a.quiet {
             Progress::Quiet
         } else if a.plain {
@@ -207,7 +244,7 @@ pub fn run(args: impl IntoIterator<Item = String>) -> Result<()> {
         from: a.from,
         out: a.out,
         device: a.device,
-        regime: a.regime,
+        regime,
         depth: a.depth,
     };
     let out = train(&opts)?;

@@ -186,14 +186,8 @@ fn train_on<D: Backend + 'static>(
             layerwise_core::progress::println(&format!("depth {depth}: {text}"));
         }
     };
-    let state_key = state::state_key(&serde_json::json!({
-        "config": cfg,
-        "dataset": ds.meta.fingerprint,
-        "parent": p.parent_sha,
-        "depth": depth,
-        "device": opts.device.name(),
-        "regime": opts.regime.name(),
-    }));
+    let state_key =
+        state::RunKey::new(cfg, &ds.meta.fingerprint, p.parent_sha.as_deref(), depth, opts.device.name(), opts.regime);
     let n = ds.meta.split_sizes.train;
     if n == 0 {
         bail!("{}: the train split is empty", ds.path().display());
@@ -421,6 +415,7 @@ fn write(
         regime: opts.regime,
         input: Some(layerwise_core::input::InputContract::of_dataset(&ds.meta)),
         cnn: Some(CnnMeta::of(&model)),
+        overrides: opts.overrides.clone(),
     };
     let bytes = cnn_checkpoint_bytes(&model, &meta)?;
     let checkpoint_sha = hash::sha256_hex(&bytes);

@@ -69,6 +69,9 @@ pub struct TrainOptions {
     pub regime: Regime,
     /// Hidden layers of a `scratch` network.
     pub depth: Option<usize>,
+    /// Settings given as flags beside a pipeline (`lr=0.002`): recorded in the
+    /// checkpoint's metadata, so a model says where it left its pipeline.
+    pub overrides: Vec<String>,
 }
 
 /// What a training run produced.
@@ -148,14 +151,8 @@ pub fn train(opts: &TrainOptions) -> Result<TrainOutcome> {
     };
     let plan = plan(opts, &ds, parent.as_ref())?;
     let depth = plan.depth;
-    let state_key = state::state_key(&serde_json::json!({
-        "config": cfg,
-        "dataset": ds.meta.fingerprint,
-        "parent": parent_sha,
-        "depth": depth,
-        "device": opts.device.name(),
-        "regime": opts.regime.name(),
-    }));
+    let state_key =
+        state::RunKey::new(cfg, &ds.meta.fingerprint, parent_sha.as_deref(), depth, opts.device.name(), opts.regime);
     let run = Run { ds: &ds, plan: &plan, depth, opts, state_key, parent_sha: parent_sha.clone() };
     let trained = layerwise_nn::with_device!(opts.device, cfg.seed, |dev| run.go(&dev))?;
 
@@ -167,7 +164,7 @@ struct Run<'a> {
     plan: &'a Plan,
     depth: usize,
     opts: &'a TrainOptions,
-    state_key: String,
+    state_key: state::RunKey,
     parent_sha: Option<String>,
 }
 

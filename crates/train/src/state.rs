@@ -27,7 +27,7 @@ pub use layerwise_core::run::STATE_FILE;
 pub const STATE_FORMAT: &str = "layerwise-train-state";
 /// Its layout's version: 3 added the SHA-256 trailer, 4 made the training an enum of the
 /// supervised loop and the autoencoder's pretraining and probe.
-pub const STATE_VERSION: u32 = 4;
+pub const STATE_VERSION: u32 = 5;
 /// Bytes of the trailer: the SHA-256 of the bincode body before it.
 const TRAILER: usize = 32;
 
@@ -38,8 +38,10 @@ pub struct TrainState {
     pub format: String,
     /// [`STATE_VERSION`].
     pub version: u32,
-    /// [`state_key`] of the run that wrote it.
+    /// [`RunKey::key`] of the run that wrote it.
     pub key: String,
+    /// [`RunKey::settings`] of the run that wrote it: what a refused resume names.
+    pub settings: String,
     /// Where the training is.
     pub training: Training,
 }
@@ -84,10 +86,80 @@ pub struct ConvLoop {
 }
 
 impl TrainState {
-    /// A state of this version, for the run with `key`.
-    pub fn new(key: &str, training: Training) -> Self {
-        Self { format: STATE_FORMAT.into(), version: STATE_VERSION, key: key.into(), training }
+    /// A state of this version, for the run `key` names.
+    pub fn new(key: &RunKey, training: Training) -> Self {
+        Self {
+            format: STATE_FORMAT.into(),
+            version: STATE_VERSION,
+            key: key.key.clone(),
+            settings: key.settings.clone(),
+            training,
+        }
     }
+}
+
+/// What decides a training run's result (its settings, dataset, parent checkpoint, depth,
+/// device and regime), and its key: the same for every network, so a state is resumed
+/// only by the command that wrote it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunKey {
+    /// SHA-256 over the settings and this version.
+    pub key: String,
+    /// The settings as JSON text.
+    pub settings: String,
+}
+
+impl RunKey {
+    /// The key of a run of `config` on the dataset `dataset` (its fingerprint), from the
+    /// parent checkpoint `parent` (its SHA-256), at `depth`, on `device`, in `regime`.
+    pub fn new(
+        config: &layerwise_core::config::TrainConfig,
+        dataset: &str,
+        parent: Option<&str>,
+        depth: usize,
+        device: &str,
+        regime: layerwise_core::config::Regime,
+    ) -> Self {
+        let parts = serde_json::json!({
+            "config": config,
+            "dataset": dataset,
+            "parent": parent,
+            "depth": depth,
+            "device": device,
+            "regime": regime.name(),
+        });
+        Self { key: state_key(&parts), settings: parts.to_string() }
+    }
+}
+
+/// The settings that differ between two [`RunKey::settings`], as `config.lr 0.001 → 0.002`
+/// (at most five; more are counted).
+fn changed_settings(saved: &str, now: &str) -> Vec<String> {
+    fn walk(path: &str, a: &serde_json::Value, b: &serde_json::Value, out: &mut Vec<String>) {
+        match (a, b) {
+            (serde_json::Value::Object(x), serde_json::Value::Object(y)) => {
+                let mut keys: Vec<&String> = x.keys().chain(y.keys()).collect();
+                keys.sort();
+                keys.dedup();
+                for k in keys {
+                    let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                    let null = serde_json::Value::Null;
+                    walk(&p, x.get(k).unwrap_or(&null), y.get(k).unwrap_or(&null), out);
+                }
+            }
+            _ if a != b => out.push(format!("{path} {a} → {b}")),
+            _ => {}
+        }
+    }
+    let (Ok(a), Ok(b)) = (serde_json::from_str(saved), serde_json::from_str(now)) else { return Vec::new() };
+    let mut out = Vec::new();
+    walk("", &a, &b, &mut out);
+    if out.len() > 5 {
+        let more = out.len() - 5;
+        out.truncate(5);
+        out.push(format!("and {more} more"));
+    }
+    out
 }
 
 /// A supervised loop after `epoch` epochs.
@@ -164,7 +236,7 @@ pub fn save(path: &Path, state: &TrainState) -> Result<()> {
 /// The state at `path` if there is one and it belongs to the run with `key`, read no
 /// further than `max_bytes` (what a state of this network can hold, [`Expect::max_bytes`]);
 /// `Err` says why a state that is there is not used.
-pub fn load(path: &Path, key: &str, max_bytes: u64) -> Result<Option<TrainState>> {
+pub fn load(path: &Path, key: &RunKey, max_bytes: u64) -> Result<Option<TrainState>> {
     if !path.exists() {
         return Ok(None);
     }
@@ -192,11 +264,16 @@ pub fn load(path: &Path, key: &str, max_bytes: u64) -> Result<Option<TrainState>
             state.version
         );
     }
-    if state.key != key {
+    if state.key != key.key {
+        let changed = changed_settings(&state.settings, &key.settings);
         bail!(
-            "{} was written by another training command (other settings, dataset, parent checkpoint, device or \
-             version)",
-            path.display()
+            "{} was written by another training command ({})",
+            path.display(),
+            if changed.is_empty() {
+                "another version of layerwise".to_string()
+            } else {
+                format!("changed: {}", changed.join("; "))
+            }
         );
     }
     Ok(Some(state))

@@ -38,6 +38,7 @@ fn run(
     regime: Regime,
 ) -> anyhow::Result<TrainOutcome> {
     train(&TrainOptions {
+        overrides: Vec::new(),
         data: data.to_path_buf(),
         from: from.map(Path::to_path_buf),
         out: out.to_path_buf(),

@@ -266,6 +266,7 @@ fn cuda_without_the_feature_says_how_to_build_it() {
     }
     let f = fixture();
     let err = train(&TrainOptions {
+        overrides: Vec::new(),
         data: f.data.clone(),
         from: None,
         out: f.dir.path().join("gpu"),
@@ -304,6 +305,32 @@ fn the_binary_takes_defaults_from_a_pipeline_and_flags_override() {
     assert_eq!(m.widths(), [8]);
     assert_eq!(meta.config.epochs, 2);
     assert_eq!(meta.config.batch_size, 100);
+    // The flag given beside the pipeline is recorded as an override; none without one.
+    assert_eq!(meta.overrides, ["epochs=2"]);
+    // A phase takes its settings from the pipeline's section, as the orchestrator's plan
+    // does, and sets the regime; a regime that contradicts it is refused.
+    std::fs::write(
+        &pipeline,
+        "name = \"t\"\n[train]\nwidth = 8\nepochs = 1\nbatch_size = 100\nlr = 0.01\n[finetune]\nepochs = 2\n",
+    )
+    .unwrap();
+    let cli = |out: &Path, extra: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_layerwise-train"))
+            .args(["--data", f.data.to_str().unwrap(), "--out", out.to_str().unwrap()])
+            .args(["--pipeline", pipeline.to_str().unwrap(), "--quiet"])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let from = out.join("model.safetensors");
+    let ft = f.dir.path().join("ft");
+    let o = cli(&ft, &["--phase", "finetune", "--from", from.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (_, meta) = layers(&ft.join("model.safetensors"));
+    assert_eq!((meta.regime, meta.config.epochs, meta.config.lr), (Regime::Finetune, 2, 0.001));
+    assert!(meta.overrides.is_empty(), "{:?}", meta.overrides);
+    let o = cli(&ft, &["--phase", "finetune", "--regime", "grow"]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--regime grow contradicts --phase finetune"));
     // a bad flag value is an error naming it, not a panic
     let o = std::process::Command::new(env!("CARGO_BIN_EXE_layerwise-train"))
         .args(["--data", f.data.to_str().unwrap(), "--out", out.to_str().unwrap(), "--epochs", "0", "--quiet"])
@@ -377,7 +404,10 @@ fn killed_and_resumed(f: &Fixture, extra: &[&str], tag: &str) {
     let other = args(&elsewhere, "0.002").output().unwrap();
     let log = String::from_utf8_lossy(&other.stderr);
     assert!(
-        other.status.success() && log.contains("not resuming") && log.contains("another training command"),
+        other.status.success()
+            && log.contains("not resuming")
+            && log.contains("another training command")
+            && log.contains("config.lr 0.001 → 0.002"),
         "{log}"
     );
     // The same command continues it, to the bytes of an uninterrupted run.
@@ -407,6 +437,7 @@ fn with_regime(
     depth: Option<usize>,
 ) -> anyhow::Result<TrainOutcome> {
     train(&TrainOptions {
+        overrides: Vec::new(),
         data: f.data.clone(),
         from: from.map(Path::to_path_buf),
         out: f.dir.path().join(out),

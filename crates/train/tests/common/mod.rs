@@ -28,6 +28,7 @@ impl Fixture {
     /// Grow `from` (or train depth 1) into `out`, quietly, on the CPU.
     pub fn options(&self, from: Option<&Path>, out: &str, config: TrainConfig) -> TrainOptions {
         TrainOptions {
+            overrides: Vec::new(),
             data: self.data.clone(),
             from: from.map(Path::to_path_buf),
             out: self.path(out),
