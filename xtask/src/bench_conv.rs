@@ -126,11 +126,14 @@ fn table<D: Backend + 'static>(
                 weight_decay: 5e-4,
                 label_smoothing: 0.1,
             };
-            let mut t = convnet::conv_stepper(dev, ConvNet::from_cnn(&cnn), 0, &settings, None);
-            let s = Nhwc { n: batch, h: side, w: side, c };
-            t.keep_train(fill(s.len(), 3), s);
             let rows_of_batch: Vec<usize> = (0..batch).collect();
             let labels: Vec<u8> = (0..batch).map(|i| (i % 10) as u8).collect();
+            let mut t = convnet::conv_step(dev, D::KERNELS, ConvNet::from_cnn(&cnn), 0, &settings, None);
+            let s = Nhwc { n: batch, h: side, w: side, c };
+            if let Err(e) = t.keep_train(std::borrow::Cow::Owned(fill(s.len(), 3)), &labels) {
+                eprintln!("{name}: {e:#}");
+                continue;
+            }
             let m = batch * side * side;
             let flops = 4.0 * (m * 9 * c * out) as f64;
             let mut best = f64::INFINITY;
@@ -138,7 +141,7 @@ fn table<D: Backend + 'static>(
             // A step reads its loss back, so it has finished when it returns.
             while start.elapsed().as_secs_f64() < seconds || best == f64::INFINITY {
                 let clock = Instant::now();
-                std::hint::black_box(t.step_rows(&rows_of_batch, &labels, 0.01).ok());
+                std::hint::black_box(t.step_rows(&rows_of_batch, 0, 0.01).ok());
                 best = best.min(clock.elapsed().as_secs_f64());
             }
             let reference = if host {

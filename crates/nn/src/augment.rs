@@ -1,11 +1,21 @@
 //! Per-batch randomness: dropout masks and flip-crop augmentation, drawn from seeds.
 
-use super::*;
+use crate::backend::{Backend, Matrix};
+use rand::{Rng, SeedableRng};
+
+/// Inverted-dropout masks for `rows × widths[i]` activations, on the host: each unit kept
+/// with probability `1 - rate` and scaled by `1 / (1 - rate)`, drawn from `seed` alone (so
+/// a resumed run draws the same masks).
+pub fn host_dropout_masks(rows: usize, widths: &[usize], rate: f64, seed: u64) -> Vec<Vec<f32>> {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let keep = 1.0 / (1.0 - rate) as f32;
+    widths.iter().map(|&w| (0..rows * w).map(|_| if rng.gen::<f64>() < rate { 0.0 } else { keep }).collect()).collect()
+}
 
 /// Inverted-dropout masks for activations of `rows × widths[i]`, on device `dev`:
-/// [`trainer::host_dropout_masks`], copied over.
+/// [`host_dropout_masks`], copied over.
 pub fn dropout_masks<D: Backend>(dev: &D, rows: usize, widths: &[usize], rate: f64, seed: u64) -> Vec<Matrix<D>> {
-    trainer::host_dropout_masks(rows, widths, rate, seed)
+    host_dropout_masks(rows, widths, rate, seed)
         .into_iter()
         .zip(widths)
         .map(|(m, &w)| dev.tensor_from_vec(m, (rows, w)))

@@ -1,7 +1,13 @@
 //! The denoising autoencoder that pretrains a layer without labels: decoder, masking
 //! noise, gradients and reconstruction loss.
 
-use super::*;
+use crate::backend::{Backend, Matrix, Vector};
+use crate::layer::{glorot_dense, Layer};
+use crate::optim::{Moments, Optimizer, OptimizerSpec};
+use anyhow::{anyhow, Result};
+use dfdx::prelude::*;
+use layerwise_core::checkpoint::Dense;
+use rand::{Rng, SeedableRng};
 
 /// The decoder of a denoising autoencoder layer: the encoder's weight transposed (tied)
 /// with a bias of its own, or a layer of its own (untied, `[inputs, width]`).

@@ -12,9 +12,9 @@
 //!   BatchNorm in training mode, label smoothing, SGD (momentum, Nesterov) or Adam, and
 //!   decoupled weight decay on the convolution and linear weights.
 //!
-//! - [`conv_stepper`]: the one choice of kernels, behind [`ConvStep`]: the host kernels
-//!   on the CPU, [`DeviceConvTrainer`] (dfdx ops and autograd, [`DeviceConvNet`]) on any
-//!   other device (CUDA).
+//! - [`conv_step`]: the one choice of kernels, behind [`crate::Step`]: the host kernels
+//!   ([`ConvTrainer`]) or [`DeviceConvTrainer`] (dfdx ops and autograd, [`DeviceConvNet`]),
+//!   as [`crate::Kernels`] says.
 //!
 //! Tested against direct loops and finite differences (`tests/convnet.rs`); the device
 //! path against the host kernels on dfdx's CPU (`tests/conv_device.rs`).
@@ -24,7 +24,7 @@ pub use crate::conv_device::{im2col_index, psi_index, window_rows, DeviceConvNet
 pub use crate::conv_device_trainer::DeviceConvTrainer;
 pub use crate::conv_net::{ConvNet, INFER_CHUNK};
 pub use crate::conv_ops::{chw_to_nhwc, col2im, downsample, downsample_backward, im2col, smoothed_cross_entropy, Nhwc};
-pub use crate::conv_step::{conv_stepper, device_stepper, evaluate_cnn, ConvStep};
+pub use crate::conv_step::{cnn_tensors, cnn_with_tensors, conv_step, evaluate_cnn};
 pub use crate::conv_trainer::{trainable_names, ConvSettings, ConvTrainer};
 pub use crate::optim::OptimizerSpec;
 pub use layerwise_core::cnn::head_pool_matrix;

@@ -1,6 +1,7 @@
 //! Evaluation sums: loss, accuracy and the confusion matrix, without a tape.
 
-use super::*;
+use crate::backend::Backend;
+use crate::layer::{forward_chunks, Layer};
 
 /// Result of running a model over a split.
 #[derive(Debug, Clone, PartialEq)]

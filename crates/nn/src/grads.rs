@@ -1,7 +1,10 @@
 //! One batch's gradients of the trainable layers and the head (dfdx's autograd, the first
 //! trainable layer traced from its pre-activation).
 
-use super::*;
+use crate::backend::{Backend, Matrix, Vector};
+use crate::layer::Layer;
+use anyhow::Result;
+use dfdx::prelude::*;
 
 /// What one training batch gives: the mean loss, the logits and the gradient of every
 /// trainable tensor, all on the device (nothing is read back: a caller on a GPU decides

@@ -1,6 +1,9 @@
 //! A dense layer on a dfdx device, Glorot initialization, and the forward pass.
 
-use super::*;
+use crate::backend::{Backend, Matrix, Vector};
+use dfdx::prelude::*;
+use layerwise_core::checkpoint::Dense;
+use rand::{Rng, SeedableRng};
 
 /// A dense layer on a device: `y = x Wᵀ + b`.
 #[derive(Clone, Debug)]

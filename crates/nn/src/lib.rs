@@ -11,9 +11,14 @@
 //! - [`evaluate`]: loss, predictions and the confusion matrix, without a tape.
 //! - [`device`]: choosing CPU or CUDA at run time.
 #![deny(missing_docs)]
+//!
+//! The front door: module declarations and re-exports only. Each file imports what it
+//! uses from the module that defines it; no module imports this root back
+//! (`xtask/tests/architecture.rs`).
 
 mod augment;
 mod autoencoder;
+mod backend;
 mod conv_block;
 mod conv_device;
 mod conv_device_trainer;
@@ -22,54 +27,23 @@ mod conv_ops;
 mod conv_step;
 mod conv_trainer;
 pub mod convnet;
+pub mod dense_step;
 pub mod device;
 mod eval;
 mod grads;
 pub mod host;
 mod layer;
 pub mod optim;
-pub mod trainer;
+pub mod step;
 
-pub use augment::*;
-pub use autoencoder::*;
-pub use eval::*;
-pub use grads::*;
-pub use layer::*;
+pub use augment::{dropout_masks, flip_crop, host_dropout_masks};
+pub use autoencoder::{
+    autoencoder_gradients, masking_noise, reconstruction_loss, AeDecoder, AeGrads, AeSpec, AeTensors, AeTrainer,
+};
+pub use backend::{Backend, Kernels, Matrix, Vector};
+pub use dense_step::{dense_step, evaluate_dense, DenseSpec, Frozen, CHUNK};
+pub use eval::{evaluate, EvalSums};
+pub use grads::{batch_gradients, BatchGrads};
+pub use layer::{features_host, forward, glorot_dense, Layer};
 pub use optim::{Moments, Optimizer, OptimizerSpec};
-
-pub use trainer::{device_trainer, evaluate_dense, trainer, Frozen, HostTensors, Trainer, TrainerSpec, CHUNK};
-
-use anyhow::{anyhow, Result};
-use dfdx::prelude::*;
-use layerwise_core::checkpoint::Dense;
-use rand::{Rng, SeedableRng};
-
-/// A matrix on device `D`.
-pub type Matrix<D> = Tensor<(usize, usize), f32, D>;
-/// A vector on device `D`.
-pub type Vector<D> = Tensor<(usize,), f32, D>;
-
-/// Which kernels run a network's steps: the explicit choice each device makes once
-/// ([`Backend::KERNELS`]), and that tests make to run the dfdx path on the CPU.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kernels {
-    /// layerwise's own kernels on host buffers (gemm 0.19, fused passes): the CPU's.
-    Host,
-    /// dfdx's tensor ops and autograd on the device: any other device's (CUDA).
-    Dfdx,
-}
-
-/// The operations layerwise needs from a dfdx device, and the kernels it runs by default.
-pub trait Backend: Device<f32> + Clone {
-    /// The kernels training and evaluation run on this device.
-    const KERNELS: Kernels;
-}
-
-impl Backend for dfdx::tensor::Cpu {
-    const KERNELS: Kernels = Kernels::Host;
-}
-
-#[cfg(feature = "cuda")]
-impl Backend for dfdx::tensor::Cuda {
-    const KERNELS: Kernels = Kernels::Dfdx;
-}
+pub use step::{Named, Step};

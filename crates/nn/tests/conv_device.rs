@@ -5,6 +5,8 @@
 
 use layerwise_core::cnn::Downsample;
 use layerwise_nn::convnet::*;
+use layerwise_nn::Kernels;
+use std::borrow::Cow;
 mod common;
 use common::{random, small_net};
 
@@ -139,7 +141,7 @@ fn device_steps_follow_the_host_steps_and_save_the_same_optimizer_state() {
             close(d1, h1, 1e-4, &format!("{spec:?}: {hn} first moment"));
             close(d2, h2, 1e-4, &format!("{spec:?}: {hn} second moment"));
         }
-        let again = device_stepper(&dev(), &device.net(), first, &settings(spec), Some((dt, dm.clone())));
+        let again = conv_step(&dev(), Kernels::Dfdx, device.net(), first, &settings(spec), Some((dt, dm.clone())));
         let (at, am) = again.optimizer_state();
         assert_eq!((at, am.len()), (dt, dm.len()));
         for ((n1, a1, a2), (_, d1, d2)) in am.iter().zip(&dm) {
@@ -155,22 +157,23 @@ fn the_stage_trait_trains_alike_on_both_paths() {
     let images = random(n * 2 * 8 * 8, 6);
     let labels: Vec<u8> = (0..n).map(|i| (i % 3) as u8).collect();
     let first = 2;
-    let run = |mut t: Box<dyn ConvStep>| {
-        let (x, s) = t.prefix_features(&images, n);
-        t.keep_train(x.clone(), s);
-        t.keep_val(x, s);
+    let run = |kernels: Kernels| {
+        let mut t = conv_step(&dev(), kernels, net.clone(), first, &settings(SGD), None);
+        let x = t.prefix(&images, n);
+        t.keep_train(Cow::Owned(x.clone()), &labels).unwrap();
+        t.keep_val(Cow::Owned(x), &labels).unwrap();
         let mut losses = Vec::new();
         for rows in [[0usize, 3, 5, 7], [1, 2, 9, 11], [4, 6, 8, 10]] {
-            let ys: Vec<u8> = rows.iter().map(|&i| labels[i]).collect();
-            losses.push(t.step_rows(&rows, &ys, 0.05).unwrap());
+            losses.push(t.step_rows(&rows, 0, 0.05).unwrap().unwrap());
         }
-        let (loss, _) = t.step_images(&images[..4 * 128], &labels[..4], 0.05).unwrap();
-        losses.push(loss);
+        let (loss, _) = t.step_inputs(&images[..4 * 128], &labels[..4], 0, 0.05).unwrap();
+        losses.push(loss.unwrap());
         let sums = t.take_sums();
-        (losses, sums.samples, t.evaluate_val(&labels).unwrap().loss(), t.to_cnn())
+        let loss = t.evaluate_val().unwrap().loss();
+        (losses, sums.samples, loss, cnn_with_tensors(&net.to_cnn(), first, &t.tensors()).unwrap())
     };
-    let host = run(conv_stepper(&dev(), net.clone(), first, &settings(SGD), None));
-    let device = run(Box::new(device_stepper(&dev(), &net, first, &settings(SGD), None)));
+    let host = run(Kernels::Host);
+    let device = run(Kernels::Dfdx);
     close(&device.0, &host.0, 1e-4, "losses");
     assert_eq!((device.1, host.1), (16, 16));
     assert!((device.2 - host.2).abs() < 1e-4, "validation loss device {} host {}", device.2, host.2);

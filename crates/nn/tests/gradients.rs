@@ -163,8 +163,7 @@ fn the_host_step_matches_autograd_with_and_without_dropout() {
                 let x: Vec<f32> = (0..rows * inputs).map(|i| ((i * 29 % 31) as f32 - 15.0) / 9.0).collect();
                 let labels: Vec<u8> = (0..rows).map(|r| (r * 3 % classes) as u8).collect();
                 let widths = vec![width; n_layers];
-                let masks =
-                    if dropout { layerwise_nn::trainer::host_dropout_masks(rows, &widths, 0.3, 5) } else { Vec::new() };
+                let masks = if dropout { layerwise_nn::host_dropout_masks(rows, &widths, 0.3, 5) } else { Vec::new() };
                 let host_layers: Vec<host::HostLayer> = dense.iter().map(host::HostLayer::from_dense).collect();
                 let host_head = host::HostLayer::from_dense(&head_d);
                 let mut buf = host::StepBuffers::new(&host_layers, &host_head, rows);

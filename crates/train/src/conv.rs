@@ -5,11 +5,26 @@
 //! `--depth` stages. The frozen stages' output is computed once and cached when
 //! augmentation is off and it fits in memory, else recomputed for every batch.
 
-use super::*;
-use layerwise_core::checkpoint::{cnn_checkpoint_bytes, load_cnn, CnnMeta, CNN_CHECKPOINT_VERSION};
+use crate::learner::{Learner, Loop};
+use crate::options::{TrainOptions, TrainOutcome};
+use crate::outputs;
+use crate::plan;
+use crate::progress::Progress;
+use crate::state::{self, TrainState, Training};
+use crate::supervised::{RawBatches, Supervised};
+use anyhow::{bail, Context, Result};
+use layerwise_core::checkpoint::{cnn_checkpoint_bytes, load_cnn, CheckpointMeta, CnnMeta, CNN_CHECKPOINT_VERSION};
 use layerwise_core::cnn::{Cnn, CnnHead, CnnSpec, ConvStage, HEAD_POOL};
-use layerwise_nn::convnet::{self, ConvNet, ConvSettings, ConvStep};
+use layerwise_core::config::{Augment, Regime};
+use layerwise_core::dataset::{Dataset, Split};
+use layerwise_core::features::FEATURES_FILE;
+use layerwise_core::metrics::EpochMetrics;
+use layerwise_core::names::TensorPath;
+use layerwise_core::{hash, mix_seed};
+use layerwise_nn::convnet::{self, cnn_tensors, cnn_with_tensors, ConvNet, ConvSettings};
 use layerwise_nn::Backend;
+use std::borrow::Cow;
+use std::time::Instant;
 
 /// A convolutional run's network: what it starts from, and the first stage it trains.
 struct ConvPlan {
@@ -18,9 +33,6 @@ struct ConvPlan {
     first: usize,
     parent_sha: Option<String>,
 }
-
-/// Shuffle stream of convolutional loops (per regime, as the MLP loops).
-const CONV_STREAM: u64 = 11_000;
 
 fn plan(opts: &TrainOptions, ds: &Dataset, spec: &CnnSpec) -> Result<ConvPlan> {
     let cfg = &opts.config;
@@ -117,50 +129,6 @@ fn list(stages: &[layerwise_core::cnn::StageSpec]) -> String {
     format!("[{}]", stages.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(", "))
 }
 
-/// Every tensor of stages `first..` and the head, in the checkpoint's names and layouts.
-fn tensors(net: &Cnn, first: usize) -> state::Named {
-    let mut out = Vec::new();
-    let block = |out: &mut state::Named, prefix: TensorPath, b: &layerwise_core::cnn::ConvBlock| {
-        out.push((prefix.conv().weight(), b.weight.clone()));
-        for (suffix, v) in b.bn.tensors() {
-            out.push((prefix.bn().tensor(suffix), v.to_vec()));
-        }
-    };
-    for (i, s) in net.stages.iter().enumerate().skip(first) {
-        block(&mut out, TensorPath::stage(i), &s.conv);
-    }
-    for (j, b) in net.head.convs.iter().enumerate() {
-        block(&mut out, TensorPath::head_conv(j), b);
-    }
-    let [w, b] = TensorPath::head_linear().pair();
-    out.push((w, net.head.linear.weight.clone()));
-    out.push((b, net.head.linear.bias.clone()));
-    out
-}
-
-/// `net` with stages `first..` and the head set from saved `tensors` (as [`tensors`]
-/// lists them; checked to fit before).
-fn with_tensors(net: &Cnn, first: usize, saved: &state::Named) -> Cnn {
-    let mut net = net.clone();
-    let mut it = saved.iter().map(|(_, v)| v.clone());
-    let mut next = || it.next().unwrap_or_default();
-    let blocks = net.stages.iter_mut().skip(first).map(|s| &mut s.conv).chain(net.head.convs.iter_mut());
-    for b in blocks {
-        b.weight = next();
-        b.bn.weight = next();
-        b.bn.bias = next();
-        b.bn.running_mean = next();
-        b.bn.running_var = next();
-    }
-    net.head.linear.weight = next();
-    net.head.linear.bias = next();
-    net
-}
-
-fn sizes(named: &state::Named) -> Vec<(String, usize)> {
-    named.iter().map(|(n, v)| (n.clone(), v.len())).collect()
-}
-
 /// Train one convolutional depth (or fine-tune one, or a network from scratch) and write
 /// its checkpoint (version 2) and history.
 pub(crate) fn train_cnn(opts: &TrainOptions, ds: &Dataset, spec: &CnnSpec, started: Instant) -> Result<TrainOutcome> {
@@ -219,7 +187,7 @@ fn train_on<D: Backend + 'static>(
     };
     // The optimizer's tensors are saved tensors, of the same sizes (the trainers' layouts
     // only reorder them).
-    let saved_sizes = sizes(&tensors(&p.net, first));
+    let saved_sizes: Vec<(String, usize)> = cnn_tensors(&p.net, first).into_iter().map(|(n, v)| (n, v.len())).collect();
     let optimized: Vec<(String, usize)> = convnet::trainable_names(p.net.depth(), first, spec.head_convs)
         .into_iter()
         .map(|n| {
@@ -227,18 +195,21 @@ fn train_on<D: Backend + 'static>(
             (n, len)
         })
         .collect();
-    let expect = state::ExpectConv {
-        epochs: total_epochs,
-        batches,
-        tensors: saved_sizes,
-        optimized,
-        second: cfg.optimizer_spec().buffers() == 2,
+    let expect = state::ExpectRun {
+        main: state::Expect {
+            epochs: total_epochs,
+            batches,
+            tensors: saved_sizes,
+            optimized,
+            second: cfg.optimizer_spec().buffers() == 2,
+        },
+        pretrain: None,
     };
     let state_path = opts.out.join(state::STATE_FILE);
     let saved = match state::load(&state_path, &state_key, expect.max_bytes())
-        .and_then(|s| s.map(|st| state::validate_conv(&st, &expect).map(|()| st)).transpose())
+        .and_then(|s| s.map(|st| state::validate(&st, &expect).map(|()| st)).transpose())
     {
-        Ok(Some(state::TrainState { training: state::Training::Conv(c), .. })) => Some(c),
+        Ok(Some(TrainState { training: Training::Supervised(c), .. })) => Some(c),
         Ok(_) => None,
         Err(why) => {
             say(&format!("not resuming ({why:#}); training from epoch 1"));
@@ -246,123 +217,45 @@ fn train_on<D: Backend + 'static>(
         }
     };
     let resumed = saved.is_some();
-    let mut trainer: Box<dyn ConvStep> = match &saved {
-        Some(c) => {
-            let net = ConvNet::from_cnn(&with_tensors(&p.net, first, &c.tensors));
-            convnet::conv_stepper(dev, net, first, &settings, Some((c.optimizer_t, c.optimizer.clone())))
-        }
-        None => convnet::conv_stepper(dev, ConvNet::from_cnn(&p.net), first, &settings, None),
+    let (net, restored) = match &saved {
+        Some(c) => (cnn_with_tensors(&p.net, first, &c.tensors)?, Some((c.optimizer_t, c.optimizer.clone()))),
+        None => (p.net.clone(), None),
     };
+    let mut step = convnet::conv_step(dev, D::KERNELS, ConvNet::from_cnn(&net), first, &settings, restored);
     let t_prefix = Instant::now();
     let train_view = ds.split(Split::Train)?;
     let val_view = ds.split(Split::Val)?;
-    let (val_x, val_s) = trainer.prefix_features(&val_view.images, val_view.len());
-    trainer.keep_val(val_x, val_s);
+    let val_x = step.prefix(&val_view.images, val_view.len());
+    step.keep_val(Cow::Owned(val_x), val_view.labels)?;
     if cache {
-        let (x, s) = trainer.prefix_features(&train_view.images, n);
-        trainer.keep_train(x, s);
+        let x = step.prefix(&train_view.images, n);
+        step.keep_train(Cow::Owned(x), train_view.labels)?;
     }
-    let mut prefix_rows = if first > 0 { val_view.len() + if cache { n } else { 0 } } else { 0 };
-    let mut prefix_seconds = t_prefix.elapsed().as_secs_f64();
+    let prefix_rows = if first > 0 { val_view.len() + if cache { n } else { 0 } } else { 0 };
+    let prefix_seconds = t_prefix.elapsed().as_secs_f64();
 
-    let keep_best = opts.regime != Regime::Grow;
-    let (mut epochs, mut best, first_epoch) = match saved {
-        Some(c) => {
-            say(&format!(
-                "resuming at epoch {} of {total_epochs} from the state an interrupted run left ({})",
-                c.epoch + 1,
-                state_path.display()
-            ));
-            (c.epochs, c.best, c.epoch + 1)
-        }
-        None => (Vec::new(), None, 1),
+    let learner = Learner {
+        config: cfg,
+        depth,
+        kind: Loop::Conv(opts.regime),
+        epochs: total_epochs,
+        rows: n,
+        progress: opts.progress,
+        state_path: &state_path,
     };
-    let stream = CONV_STREAM
-        + match opts.regime {
-            Regime::Grow => 0,
-            Regime::Finetune => 2000,
-            Regime::Scratch => 4000,
-        };
-    let epoch_rng = |epoch: usize| {
-        rand_chacha::ChaCha8Rng::seed_from_u64(mix_seed(cfg.seed, &[depth as u64, stream + epoch as u64]))
-    };
-    let mut order: Vec<usize> = (0..n).collect();
-    for epoch in 1..first_epoch {
-        order.shuffle(&mut epoch_rng(epoch));
-    }
-    let labels_all = train_view.labels;
-    let dim = ds.meta.input_size();
-    let mut bar = opts.progress.start(format!("depth {depth}"), total_epochs, batches);
-    let mut images: Vec<f32> = Vec::new();
-    let mut yb: Vec<u8> = Vec::with_capacity(bs);
-    for epoch in first_epoch..=total_epochs {
-        let te = Instant::now();
-        order.shuffle(&mut epoch_rng(epoch));
-        for (b, chunk) in order.chunks(bs).enumerate() {
-            let lr = cfg.lr_at((epoch - 1) * batches + b, total_epochs * batches, batches);
-            yb.clear();
-            yb.extend(chunk.iter().map(|&i| labels_all[i]));
-            let m = chunk.len();
-            let loss = if cache {
-                trainer.step_rows(chunk, &yb, lr)?
-            } else {
-                images.clear();
-                for &i in chunk {
-                    images.extend_from_slice(&train_view.images[i * dim..(i + 1) * dim]);
-                }
-                if augment {
-                    let seed = mix_seed(cfg.seed, &[depth as u64, stream + epoch as u64, 1, b as u64]);
-                    layerwise_nn::flip_crop(&mut images, ds.meta.image_shape, 4, seed);
-                }
-                let (loss, seconds) = trainer.step_images(&images, &yb, lr)?;
-                prefix_seconds += seconds;
-                prefix_rows += if first > 0 { m } else { 0 };
-                loss
-            };
-            if !loss.is_finite() {
-                bail!(
-                    "depth {depth}: the loss became {loss} at epoch {epoch}, batch {} of {batches}: training diverged; \
-                     lower the learning rate (--lr) or check the dataset; no checkpoint was written",
-                    b + 1
-                );
-            }
-            bar.batch(b + 1, || {
-                let (l, a) = trainer.running();
-                format!("loss {l:.4} acc {a:.4}")
-            });
-        }
-        let sums = trainer.take_sums();
-        let val = trainer.evaluate_val(val_view.labels)?;
-        let seconds = te.elapsed().as_secs_f64();
-        let m = epoch_metrics(epoch, &sums, &val, seconds, n);
-        bar.epoch(&m);
-        let improved = keep_best && best.as_ref().is_none_or(|(_, acc, _)| m.val_accuracy > *acc);
-        let resumable = epoch < total_epochs;
-        let now = (improved || resumable).then(|| tensors(&trainer.to_cnn(), first));
-        if let (true, Some(t)) = (improved, &now) {
-            best = Some((epoch, m.val_accuracy, t.clone()));
-        }
-        epochs.push(m);
-        if let (true, Some(t)) = (resumable, now) {
-            let (optimizer_t, optimizer) = trainer.optimizer_state();
-            let training = state::Training::Conv(state::ConvLoop {
-                epoch,
-                tensors: t,
-                optimizer_t,
-                optimizer,
-                epochs: epochs.clone(),
-                best: best.clone(),
-            });
-            state::save(&state_path, &state::TrainState::new(&state_key, training))?;
-            resume::stop_if_asked(epoch, "epoch")?;
-        }
-    }
-    bar.finish();
-    let trained = trainer.to_cnn();
-    let (model, best_epoch) = match best {
-        Some((e, _, t)) if keep_best => (with_tensors(&p.net, first, &t), Some(e)),
-        _ => (trained, None),
-    };
+    let raw = (!cache).then(|| RawBatches {
+        x: &train_view.images,
+        labels: train_view.labels,
+        flip_crop: augment.then_some(ds.meta.image_shape),
+        prefix_cost: usize::from(first > 0),
+    });
+    let mut l = Supervised::new(step.as_mut(), raw, n);
+    let learned = learner
+        .run(&mut l, saved, |st| state::save(&state_path, &TrainState::new(&state_key, Training::Supervised(st))))?;
+    let (prefix_rows, prefix_seconds) = (prefix_rows + l.prefix_rows, prefix_seconds + l.prefix_seconds);
+    let epochs = learned.epochs.clone();
+    let (kept, best_epoch) = learned.kept();
+    let model = cnn_with_tensors(&p.net, first, &kept)?;
     write(opts, ds, p, model, epochs, best_epoch, (prefix_rows, prefix_seconds, resumed), started)
 }
 

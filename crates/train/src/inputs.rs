@@ -1,7 +1,14 @@
 //! A depth's inputs: the frozen prefix's output, computed from the images or read from
 //! the parent's features file once that file is verified.
 
-use super::*;
+use crate::run::Run;
+use anyhow::{bail, Result};
+use layerwise_core::config::Regime;
+use layerwise_core::dataset::Split;
+use layerwise_core::features::{Features, FEATURES_FILE};
+use layerwise_nn::{Backend, Frozen};
+use std::borrow::Cow;
+use std::path::Path;
 
 /// Rows of each split the training stage recomputes from the images to check a parent's
 /// features file against the parent checkpoint.
@@ -12,7 +19,7 @@ impl Run<'_> {
     /// nothing is frozen (borrowed from the memory map), else computed once, here.
     pub(crate) fn features<D: Backend>(
         &self,
-        prefix: &layerwise_nn::Frozen<'_, D>,
+        prefix: &Frozen<'_, D>,
         split: Split,
         rows: &mut usize,
     ) -> Result<(Cow<'_, [f32]>, Vec<u8>)> {
@@ -31,7 +38,7 @@ impl Run<'_> {
     /// checkpoint and this dataset, matches its content hash, and agrees with `prefix`
     /// (the frozen stack) on sample rows recomputed from the images; says why one that is
     /// there is not used.
-    pub(crate) fn parent_features<D: Backend>(&self, prefix: &layerwise_nn::Frozen<'_, D>) -> Option<Features> {
+    pub(crate) fn parent_features<D: Backend>(&self, prefix: &Frozen<'_, D>) -> Option<Features> {
         let plan = self.plan;
         let (from, sha, last) = (self.opts.from.as_ref()?, self.parent_sha.as_deref()?, plan.prefix.last()?);
         if self.opts.regime != Regime::Grow {
@@ -62,7 +69,7 @@ impl Run<'_> {
     /// Recompute [`SPOT_ROWS`] rows of each split through the frozen stack from the
     /// images and compare them with the features file: a file computed with other weights
     /// (another run's, its metadata rewritten) is refused.
-    pub(crate) fn spot_check<D: Backend>(&self, f: &Features, prefix: &layerwise_nn::Frozen<'_, D>) -> Result<()> {
+    pub(crate) fn spot_check<D: Backend>(&self, f: &Features, prefix: &Frozen<'_, D>) -> Result<()> {
         for split in [Split::Train, Split::Val] {
             let view = self.ds.split(split)?;
             let (n, dim, width) = (view.len(), self.ds.meta.input_size(), f.meta.width);

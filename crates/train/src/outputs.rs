@@ -2,7 +2,42 @@
 //! tensors), the new layer's features for the next depth, and `train.json`, written in an
 //! order that never leaves a checkpoint without its history.
 
-use super::*;
+use crate::options::{TrainOptions, TrainOutcome};
+use crate::pretrain::decoder_of;
+use crate::run::Run;
+use crate::state::{self, Pretrained};
+use anyhow::Result;
+use layerwise_core::atomic;
+use layerwise_core::checkpoint::{checkpoint_bytes, CheckpointMeta, Dense, Mlp, CHECKPOINT_VERSION};
+use layerwise_core::dataset::Dataset;
+use layerwise_core::features::{write_features, FeaturesMeta, FEATURES_FILE, FEATURES_VERSION};
+use layerwise_core::hash;
+use layerwise_core::metrics::{EpochMetrics, Sealed, TrainHistory, TRAIN_SCHEMA, TRAIN_VERSION};
+use layerwise_core::names::TensorPath;
+use layerwise_core::run::{HISTORY_FILE, MODEL_FILE};
+use std::time::Instant;
+
+/// What an MLP depth trained, for its outputs.
+pub(crate) struct Trained {
+    /// The trained hidden layers.
+    pub(crate) layers: Vec<Dense>,
+    /// The output layer after training (the plan's when it is frozen).
+    pub(crate) head: Dense,
+    /// The history.
+    pub(crate) epochs: Vec<EpochMetrics>,
+    /// The epoch kept, where the loop keeps its best.
+    pub(crate) best_epoch: Option<usize>,
+    /// Rows pushed through the frozen layers, and their seconds.
+    pub(crate) prefix_rows: usize,
+    pub(crate) prefix_seconds: f64,
+    /// Whether a saved state was used.
+    pub(crate) resumed: bool,
+    /// The autoencoder objective's pretraining: its epochs and the decoder.
+    pub(crate) pretrained: Option<Pretrained>,
+    /// The new layer's output over the train and validation splits, for the next depth
+    /// (grown depths without augmentation).
+    pub(crate) next_features: Option<(Vec<f32>, Vec<f32>)>,
+}
 
 /// Assemble and write the outputs of `run`, which trained `trained`, started at `started`.
 pub(crate) fn write(run: &Run<'_>, trained: Trained, started: Instant) -> Result<TrainOutcome> {
@@ -26,14 +61,15 @@ pub(crate) fn write(run: &Run<'_>, trained: Trained, started: Instant) -> Result
         (frozen.into_iter().map(String::from).collect(), trained_names.into_iter().map(String::from).collect());
     // The autoencoder's decoder goes into the checkpoint too (evaluation ignores it): a
     // bias, and a weight of its own when untied.
-    let decoder = trained.pretrained.as_ref().map(|p| {
+    let decoder_values = trained.pretrained.as_ref().map(|p| decoder_of(p, first));
+    let decoder = decoder_values.as_ref().map(|(weight, bias)| {
         let [w, b] = TensorPath::decoder(first).pair();
         let (inputs, width) = (model.hidden[first].inputs, model.hidden[first].outputs);
         let mut t = Vec::new();
-        if !p.decoder.0.is_empty() {
-            t.push((w, vec![inputs, width], p.decoder.0.as_slice()));
+        if !weight.is_empty() {
+            t.push((w, vec![inputs, width], weight.as_slice()));
         }
-        t.push((b, vec![inputs], p.decoder.1.as_slice()));
+        t.push((b, vec![inputs], bias.as_slice()));
         t
     });
     let decoder = decoder.unwrap_or_default();

@@ -1,7 +1,13 @@
 //! Planning a run: what a regime freezes, trains and creates, and the memory check
 //! made before anything is allocated.
 
-use super::*;
+use crate::options::TrainOptions;
+use anyhow::{bail, Result};
+use layerwise_core::checkpoint::{CheckpointMeta, Dense, Mlp};
+use layerwise_core::config::{HeadMode, Objective, Regime};
+use layerwise_core::dataset::Dataset;
+use layerwise_core::mix_seed;
+use layerwise_nn::{glorot_dense, CHUNK};
 
 /// The network a regime trains, on the host: frozen layers, trainable layers, the output
 /// layer and whether it trains. The regime is data: one epoch loop trains any of them.

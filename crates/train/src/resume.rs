@@ -1,7 +1,12 @@
 //! Resuming a depth: the state an interrupted run left, verified and validated against
 //! the network this run trains before any of it is used.
 
-use super::*;
+use crate::run::Run;
+use crate::state;
+use anyhow::{bail, Result};
+use layerwise_core::checkpoint::Dense;
+use layerwise_core::config::{Decoder, Objective};
+use layerwise_core::names::TensorPath;
 
 /// The environment variable that stops a training run right after it saved the state of
 /// that epoch, as an interrupted run would leave it: how the tests and `cargo xtask fuzz`
@@ -38,61 +43,52 @@ impl Run<'_> {
     }
 
     /// What a training state of this run must hold.
-    pub(crate) fn expect(&self) -> state::Expect {
+    pub(crate) fn expect(&self) -> state::ExpectRun {
         let (cfg, plan) = (&self.opts.config, self.plan);
         let n = self.ds.meta.split_sizes.train;
         let batches = n.div_ceil(cfg.batch_size.min(n).max(1));
         let first = plan.prefix.len();
+        let second = cfg.optimizer_spec().buffers() == 2;
         let sized = |path: TensorPath, l: &Dense| {
-            let names = path.pair();
-            vec![(names[0].clone(), l.inputs * l.outputs), (names[1].clone(), l.outputs)]
+            let [w, b] = path.pair();
+            vec![(w, l.inputs * l.outputs), (b, l.outputs)]
         };
-        let shape = |l: &Dense| (l.outputs, l.inputs);
         let head = sized(TensorPath::head(), &plan.head);
         match cfg.objective {
             Objective::Supervised => {
-                let mut tensors: Vec<_> = plan
+                let trainable: Vec<_> = plan
                     .trainable
                     .iter()
                     .enumerate()
                     .flat_map(|(i, l)| sized(TensorPath::hidden(first + i), l))
                     .collect();
+                let mut optimized = trainable.clone();
                 if plan.head_trains {
-                    tensors.extend(head);
+                    optimized.extend(head.clone());
                 }
-                state::Expect {
-                    epochs: cfg.epochs,
-                    batches,
-                    layers: plan.trainable.iter().map(shape).collect(),
-                    head: shape(&plan.head),
-                    tensors,
-                    second: cfg.optimizer_spec().buffers() == 2,
-                    pretrain: None,
-                }
+                let mut tensors = trainable;
+                tensors.extend(head);
+                let main = state::Expect { epochs: cfg.epochs, batches, tensors, optimized, second };
+                state::ExpectRun { main, pretrain: None }
             }
             Objective::Autoencoder => {
                 let enc = &plan.trainable[0];
-                let tied = cfg.decoder == Decoder::Tied;
                 let [dw, db] = TensorPath::decoder(first).pair();
                 let mut tensors = sized(TensorPath::hidden(first), enc);
-                if !tied {
+                if cfg.decoder == Decoder::Untied {
                     tensors.push((dw, enc.inputs * enc.outputs));
                 }
                 tensors.push((db, enc.inputs));
-                state::Expect {
+                let pretrain =
+                    state::Expect { epochs: cfg.epochs, batches, optimized: tensors.clone(), tensors, second };
+                let main = state::Expect {
                     epochs: cfg.probe_epochs(),
                     batches,
-                    layers: Vec::new(),
-                    head: shape(&plan.head),
-                    tensors: head,
-                    second: cfg.optimizer_spec().buffers() == 2,
-                    pretrain: Some(state::ExpectPretrain {
-                        epochs: cfg.epochs,
-                        encoder: shape(enc),
-                        decoder: (if tied { 0 } else { enc.inputs * enc.outputs }, enc.inputs),
-                        tensors,
-                    }),
-                }
+                    tensors: head.clone(),
+                    optimized: head,
+                    second,
+                };
+                state::ExpectRun { main, pretrain: Some(pretrain) }
             }
         }
     }

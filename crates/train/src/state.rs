@@ -17,6 +17,7 @@
 use anyhow::{bail, Context, Result};
 use bincode::Options;
 use layerwise_core::metrics::{EpochMetrics, PretrainEpoch};
+use layerwise_nn::{Moments, Named};
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
 use std::path::Path;
@@ -26,8 +27,9 @@ pub use layerwise_core::run::STATE_FILE;
 /// What the file says it is.
 pub const STATE_FORMAT: &str = "layerwise-train-state";
 /// Its layout's version: 3 added the SHA-256 trailer, 4 made the training an enum of the
-/// supervised loop and the autoencoder's pretraining and probe.
-pub const STATE_VERSION: u32 = 5;
+/// supervised loop and the autoencoder's pretraining and probe, 5 recorded the settings,
+/// 6 made every loop's state one type ([`LoopState`]: tensors by name) for every network.
+pub const STATE_VERSION: u32 = 6;
 /// Bytes of the trailer: the SHA-256 of the bincode body before it.
 const TRAILER: usize = 32;
 
@@ -46,43 +48,98 @@ pub struct TrainState {
     pub training: Training,
 }
 
-/// Where a depth's training is: the supervised loop, or the autoencoder objective's
-/// pretraining followed by its probe.
+/// Where a depth's training is: the supervised loop (an MLP's or a convolutional
+/// network's), or the autoencoder objective's pretraining followed by its probe.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Training {
-    /// The supervised loop (the `supervised` objective).
-    Supervised(Supervised),
+    /// The supervised loop (the `supervised` objective; every convolutional stage).
+    Supervised(LoopState<EpochMetrics>),
     /// The `autoencoder` objective: pretraining after `pretrained.epoch` epochs, and once
     /// it is finished, the probe's supervised loop (none before its first epoch).
     Autoencoder {
         /// The pretraining.
         pretrained: Pretrained,
         /// The probe, once begun.
-        probe: Option<Supervised>,
+        probe: Option<LoopState<EpochMetrics>>,
     },
-    /// A convolutional network's stages and head.
-    Conv(ConvLoop),
 }
 
-/// Named tensors in the checkpoint's names and layouts.
-pub type Named = Vec<(String, Vec<f32>)>;
+/// An autoencoder layer's pretraining: its tensors are the encoder's (the new hidden
+/// layer) and the decoder's; a finished one keeps no optimizer state.
+pub type Pretrained = LoopState<PretrainEpoch>;
 
-/// A convolutional loop after `epoch` epochs.
+/// One epoch loop after `epoch` epochs, whatever the network: its tensors by checkpoint
+/// name, the optimizer's step count and state, the history, and the best epoch so far.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ConvLoop {
+pub struct LoopState<R> {
     /// Epochs finished.
     pub epoch: usize,
-    /// Every tensor of the stages being trained and of the head (BatchNorm's running
-    /// statistics too).
+    /// Every tensor of the trained part, by checkpoint name, in the checkpoint's layout.
     pub tensors: Named,
     /// The optimizer's step count.
     pub optimizer_t: i32,
-    /// The optimizer's state per trained tensor (SGD: the momentum buffer, the second empty).
-    pub optimizer: layerwise_nn::Moments,
+    /// The optimizer's state per tensor (empty once a pretraining is finished).
+    pub optimizer: Moments,
     /// The history of the finished epochs.
-    pub epochs: Vec<EpochMetrics>,
-    /// The best epoch so far and its tensors, where the regime keeps them.
-    pub best: Option<(usize, f64, Named)>,
+    pub epochs: Vec<R>,
+    /// The best epoch so far and its tensors, where the regime keeps them (fine-tuning).
+    pub best: Option<Best>,
+}
+
+/// The tensors of the epoch with the best validation accuracy so far.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Best {
+    /// The epoch.
+    pub epoch: usize,
+    /// Its validation accuracy.
+    pub val_accuracy: f64,
+    /// Its tensors, as [`LoopState::tensors`].
+    pub tensors: Named,
+}
+
+/// An epoch's line of a loop's history, as validation sees it.
+pub trait Record {
+    /// Its epoch number (1-based).
+    fn epoch(&self) -> usize;
+    /// Whether its values are in range (finite, accuracies in [0, 1]).
+    fn in_range(&self) -> bool;
+    /// Its validation accuracy, where it has one (what the best epoch is chosen by).
+    fn val_accuracy(&self) -> Option<f64>;
+}
+
+impl Record for EpochMetrics {
+    fn epoch(&self) -> usize {
+        self.epoch
+    }
+
+    fn in_range(&self) -> bool {
+        let acc = |a: f64| (0.0..=1.0).contains(&a);
+        let pos = |x: f64| x.is_finite() && x >= 0.0;
+        acc(self.train_accuracy)
+            && acc(self.val_accuracy)
+            && pos(self.train_loss)
+            && pos(self.val_loss)
+            && pos(self.seconds)
+    }
+
+    fn val_accuracy(&self) -> Option<f64> {
+        Some(self.val_accuracy)
+    }
+}
+
+impl Record for PretrainEpoch {
+    fn epoch(&self) -> usize {
+        self.epoch
+    }
+
+    fn in_range(&self) -> bool {
+        let ok = |x: f64| x.is_finite() && x >= 0.0;
+        ok(self.reconstruction_loss) && ok(self.val_reconstruction_loss) && ok(self.seconds)
+    }
+
+    fn val_accuracy(&self) -> Option<f64> {
+        None
+    }
 }
 
 impl TrainState {
@@ -162,55 +219,6 @@ fn changed_settings(saved: &str, now: &str) -> Vec<String> {
     out
 }
 
-/// A supervised loop after `epoch` epochs.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Supervised {
-    /// Epochs finished.
-    pub epoch: usize,
-    /// Each trainable hidden layer's weight and bias.
-    pub layers: Vec<(Vec<f32>, Vec<f32>)>,
-    /// The output layer's weight and bias.
-    pub head: (Vec<f32>, Vec<f32>),
-    /// Adam's step count.
-    pub adam_t: i32,
-    /// Adam's moments per tensor.
-    pub adam: layerwise_nn::Moments,
-    /// The history of the finished epochs.
-    pub epochs: Vec<EpochMetrics>,
-    /// The best epoch so far and its weights, where the regime keeps them (fine-tuning).
-    pub best: Option<Best>,
-}
-
-/// An autoencoder layer's pretraining after `epoch` epochs.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Pretrained {
-    /// Pretraining epochs finished.
-    pub epoch: usize,
-    /// The encoder's (the new hidden layer's) weight and bias.
-    pub encoder: (Vec<f32>, Vec<f32>),
-    /// The decoder's weight (empty when tied) and bias.
-    pub decoder: (Vec<f32>, Vec<f32>),
-    /// Adam's step count (while pretraining).
-    pub adam_t: i32,
-    /// Adam's moments (while pretraining; empty once done).
-    pub adam: layerwise_nn::Moments,
-    /// The history of the finished pretraining epochs.
-    pub epochs: Vec<PretrainEpoch>,
-}
-
-/// The weights of the epoch with the best validation accuracy so far.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Best {
-    /// The epoch.
-    pub epoch: usize,
-    /// Its validation accuracy.
-    pub val_accuracy: f64,
-    /// Each trainable hidden layer's weight and bias after it.
-    pub layers: Vec<(Vec<f32>, Vec<f32>)>,
-    /// The output layer's weight and bias after it.
-    pub head: (Vec<f32>, Vec<f32>),
-}
-
 /// The key of a training run: SHA-256 over what decides its result.
 pub fn state_key(parts: &serde_json::Value) -> String {
     let with_version = serde_json::json!({
@@ -279,203 +287,52 @@ pub fn load(path: &Path, key: &RunKey, max_bytes: u64) -> Result<Option<TrainSta
     Ok(Some(state))
 }
 
-/// What a state of the network being trained must hold.
+/// What the state of one epoch loop must hold: its epochs and batches, every tensor by
+/// name and size, and the optimizer's tensors (`second`: whether it keeps a second
+/// buffer, as Adam does). One type for every network and loop.
 #[derive(Debug, Clone)]
 pub struct Expect {
-    /// Epochs of the supervised loop (the probe's, after pretraining).
+    /// Epochs of the loop.
     pub epochs: usize,
-    /// Batches per epoch (Adam steps once per batch).
+    /// Batches per epoch (the optimizer steps once per batch).
     pub batches: usize,
-    /// `(outputs, inputs)` of each trainable hidden layer.
-    pub layers: Vec<(usize, usize)>,
-    /// `(outputs, inputs)` of the output layer.
-    pub head: (usize, usize),
-    /// The supervised loop's trainable tensors, by name, with their sizes: the
-    /// optimizer's state.
+    /// Every saved tensor, by name, with its size.
     pub tensors: Vec<(String, usize)>,
-    /// Whether the optimizer keeps a second buffer per tensor (Adam's second moment).
+    /// The optimizer's tensors, by name, with their sizes.
+    pub optimized: Vec<(String, usize)>,
+    /// Whether the optimizer keeps a second buffer per tensor.
     pub second: bool,
-    /// The autoencoder objective's pretraining, when it has one.
-    pub pretrain: Option<ExpectPretrain>,
 }
 
-/// What the pretraining part of a state must hold.
+/// What a depth's state must hold: its loop (the supervised loop, or the autoencoder's
+/// probe) and the autoencoder's pretraining before it, when the depth has one.
 #[derive(Debug, Clone)]
-pub struct ExpectPretrain {
-    /// Pretraining epochs.
-    pub epochs: usize,
-    /// `(outputs, inputs)` of the encoder.
-    pub encoder: (usize, usize),
-    /// Values of the decoder's weight (0 when tied) and bias.
-    pub decoder: (usize, usize),
-    /// Pretraining's tensors, by name, with their sizes: Adam's moments.
-    pub tensors: Vec<(String, usize)>,
+pub struct ExpectRun {
+    /// The supervised loop (or the probe).
+    pub main: Expect,
+    /// The pretraining, for the autoencoder objective.
+    pub pretrain: Option<Expect>,
 }
 
-impl Expect {
-    /// The most bytes a state of this network can take: its tensors (weights, two
-    /// moments and a best copy each), the pretraining's, and the histories, with room.
+impl ExpectRun {
+    /// The most bytes a state of this network can take: its tensors (values, two
+    /// buffers and a best copy each), the pretraining's, and the histories, with room.
     pub fn max_bytes(&self) -> u64 {
         let sized =
             |t: &[(String, usize)]| t.iter().map(|(n, v)| 3 * (n.len() as u64 + 16) + 4 * *v as u64).sum::<u64>();
-        let pretrain = self.pretrain.as_ref().map_or(0, |p| 3 * sized(&p.tensors) + 64 * p.epochs as u64);
-        4 * sized(&self.tensors) + pretrain + 128 * self.epochs as u64 + (1 << 20)
+        let one = |e: &Expect| 4 * sized(&e.tensors) + 128 * e.epochs as u64;
+        one(&self.main) + self.pretrain.as_ref().map_or(0, one) + (1 << 20)
     }
 }
 
 fn finite(what: &str, values: &[f32]) -> Result<()> {
-    match values.iter().position(|v| !v.is_finite()) {
-        Some(i) => bail!("{what}: value {i} is {} (not finite)", values[i]),
-        None => Ok(()),
-    }
-}
-
-fn pair(what: &str, (outputs, inputs): (usize, usize), (w, b): &(Vec<f32>, Vec<f32>)) -> Result<()> {
-    if w.len() != outputs * inputs || b.len() != outputs {
-        bail!("{what} has {}+{} values, the network's has {}+{outputs}", w.len(), b.len(), outputs * inputs);
-    }
-    finite(&format!("{what}'s weight"), w)?;
-    finite(&format!("{what}'s bias"), b)
-}
-
-/// Trainable layers and the output layer, each of the network's shape and finite.
-fn network(what: &str, ex: &Expect, layers: &[(Vec<f32>, Vec<f32>)], head: &(Vec<f32>, Vec<f32>)) -> Result<()> {
-    if layers.len() != ex.layers.len() {
-        bail!("{what}: {} trainable layers, the network trains {}", layers.len(), ex.layers.len());
-    }
-    for (i, (shape, saved)) in ex.layers.iter().zip(layers).enumerate() {
-        pair(&format!("{what}: trainable layer {}", i + 1), *shape, saved)?;
-    }
-    pair(&format!("{what}: the output layer"), ex.head, head)
-}
-
-/// An optimizer's state: exactly the expected tensors, each buffer of its size (the
-/// second empty unless `second`), finite, the second moments not negative. Every
-/// network's state is checked here.
-fn moments(what: &str, found: &layerwise_nn::Moments, expected: &[(String, usize)], second: bool) -> Result<()> {
-    if found.len() != expected.len() {
-        bail!("{what}: moments of {} tensors, the network trains {}", found.len(), expected.len());
-    }
-    for (name, size) in expected {
-        let Some((_, m, v)) = found.iter().find(|(n, ..)| n == name) else {
-            bail!("{what}: no moments for `{name}`");
-        };
-        if m.len() != *size || v.len() != if second { *size } else { 0 } {
-            bail!("{what}: the moments of `{name}` have {}/{} values, the tensor {size}", m.len(), v.len());
-        }
-        finite(&format!("{what}: `{name}`'s first moment"), m)?;
-        finite(&format!("{what}: `{name}`'s second moment"), v)?;
-        if let Some(i) = v.iter().position(|&x| x < 0.0) {
-            bail!("{what}: `{name}`'s second moment {i} is negative ({})", v[i]);
-        }
+    if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+        bail!("{what} holds a non-finite value at {i} ({})", values[i]);
     }
     Ok(())
 }
 
-fn metrics_in_range(e: &EpochMetrics) -> bool {
-    let acc = |a: f64| (0.0..=1.0).contains(&a);
-    let pos = |x: f64| x.is_finite() && x >= 0.0;
-    acc(e.train_accuracy) && acc(e.val_accuracy) && pos(e.train_loss) && pos(e.val_loss) && pos(e.seconds)
-}
-
-/// Check that `st` fits the network `ex` describes before any of it is used; `Err` says
-/// what does not (and the depth then trains from epoch 1).
-pub fn validate(st: &TrainState, ex: &Expect) -> Result<()> {
-    let steps = |epoch: usize| (epoch as i64) * (ex.batches as i64);
-    let (p, xp, probe) = match (&st.training, &ex.pretrain) {
-        (Training::Supervised(s), None) => return supervised(s, ex),
-        (Training::Conv(_), _) => bail!("it holds a convolutional network's training, but this depth trains an MLP"),
-        (Training::Autoencoder { .. }, None) => {
-            bail!("it holds an autoencoder pretraining, but this depth trains with the labels only")
-        }
-        (Training::Supervised(_), Some(_)) => {
-            bail!("it holds no pretraining, but this depth pretrains an autoencoder first")
-        }
-        (Training::Autoencoder { pretrained, probe }, Some(xp)) => (pretrained, xp, probe),
-    };
-    if p.epoch == 0 || p.epoch > xp.epochs {
-        bail!("pretraining epoch {} is outside 1..={}", p.epoch, xp.epochs);
-    }
-    if p.epochs.len() != p.epoch || p.epochs.iter().enumerate().any(|(i, e)| e.epoch != i + 1) {
-        bail!("its pretraining history does not hold epochs 1..={}", p.epoch);
-    }
-    let ok = |x: f64| x.is_finite() && x >= 0.0;
-    if p.epochs.iter().any(|e| !ok(e.reconstruction_loss) || !ok(e.val_reconstruction_loss) || !ok(e.seconds)) {
-        bail!("its pretraining history holds a value out of range");
-    }
-    pair("the encoder", xp.encoder, &p.encoder)?;
-    if p.decoder.0.len() != xp.decoder.0 || p.decoder.1.len() != xp.decoder.1 {
-        bail!("its decoder does not fit this network");
-    }
-    finite("the decoder's weight", &p.decoder.0)?;
-    finite("the decoder's bias", &p.decoder.1)?;
-    if i64::from(p.adam_t) != steps(p.epoch) {
-        bail!("pretraining's Adam step count is {}, {} epochs make {}", p.adam_t, p.epoch, steps(p.epoch));
-    }
-    if p.epoch < xp.epochs {
-        moments("pretraining", &p.adam, &xp.tensors, ex.second)?;
-        if probe.is_some() {
-            bail!("it records probe epochs while pretraining is unfinished");
-        }
-    } else if !p.adam.is_empty() {
-        bail!("finished pretraining keeps no moments, this one has {}", p.adam.len());
-    }
-    // Pretraining just finished with the probe not begun: nothing more to check.
-    probe.as_ref().map_or(Ok(()), |s| supervised(s, ex))
-}
-
-/// Check a supervised loop's state against the network.
-fn supervised(st: &Supervised, ex: &Expect) -> Result<()> {
-    let steps = |epoch: usize| (epoch as i64) * (ex.batches as i64);
-    if st.epoch == 0 || st.epoch >= ex.epochs {
-        bail!("epoch {} is outside 1..{} (a state is kept between epochs only)", st.epoch, ex.epochs);
-    }
-    if st.epochs.len() != st.epoch || st.epochs.iter().enumerate().any(|(i, e)| e.epoch != i + 1) {
-        bail!("its history does not hold epochs 1..={}", st.epoch);
-    }
-    if let Some(e) = st.epochs.iter().find(|e| !metrics_in_range(e)) {
-        bail!("its history's epoch {} holds a value out of range", e.epoch);
-    }
-    network("its weights", ex, &st.layers, &st.head)?;
-    if i64::from(st.adam_t) != steps(st.epoch) {
-        bail!("Adam's step count is {}, {} epochs make {}", st.adam_t, st.epoch, steps(st.epoch));
-    }
-    moments("the optimizer", &st.adam, &ex.tensors, ex.second)?;
-    if let Some(b) = &st.best {
-        let recorded = st.epochs.get(b.epoch.wrapping_sub(1)).map(|e| e.val_accuracy);
-        if recorded != Some(b.val_accuracy) {
-            bail!("its best epoch {} does not match its history", b.epoch);
-        }
-        network("its best epoch's weights", ex, &b.layers, &b.head)?;
-    }
-    Ok(())
-}
-
-/// What the state of a convolutional loop must hold: its epochs and batches, every tensor
-/// by name and size, and the optimizer's tensors (`second`: whether it keeps a second
-/// moment, as Adam does).
-pub struct ExpectConv {
-    /// Epochs.
-    pub epochs: usize,
-    /// Batches per epoch.
-    pub batches: usize,
-    /// Every saved tensor.
-    pub tensors: Vec<(String, usize)>,
-    /// The optimizer's tensors.
-    pub optimized: Vec<(String, usize)>,
-    /// Whether the optimizer keeps a second moment.
-    pub second: bool,
-}
-
-impl ExpectConv {
-    /// The most bytes such a state can take.
-    pub fn max_bytes(&self) -> u64 {
-        let sized =
-            |t: &[(String, usize)]| t.iter().map(|(n, v)| 3 * (n.len() as u64 + 16) + 4 * *v as u64).sum::<u64>();
-        2 * sized(&self.tensors) + 2 * sized(&self.optimized) + 128 * self.epochs as u64 + (1 << 20)
-    }
-}
-
+/// Saved tensors: exactly the expected ones, in order, each of its size and finite.
 fn named(what: &str, found: &Named, expected: &[(String, usize)]) -> Result<()> {
     if found.len() != expected.len() || found.iter().zip(expected).any(|((n, v), (en, es))| n != en || v.len() != *es) {
         bail!("{what}: its tensors are not this network's");
@@ -486,27 +343,83 @@ fn named(what: &str, found: &Named, expected: &[(String, usize)]) -> Result<()> 
     Ok(())
 }
 
-/// Check a convolutional loop's state against the network.
-pub fn validate_conv(st: &TrainState, ex: &ExpectConv) -> Result<()> {
-    let Training::Conv(c) = &st.training else {
-        bail!("it holds an MLP's training, but this depth trains a convolutional stage")
-    };
-    if c.epoch == 0 || c.epoch >= ex.epochs {
-        bail!("epoch {} is outside 1..{} (a state is kept between epochs only)", c.epoch, ex.epochs);
+/// An optimizer's state: exactly the expected tensors, each buffer of its size (the
+/// second empty unless `second`), finite, the second moments not negative.
+fn moments(what: &str, found: &Moments, expected: &[(String, usize)], second: bool) -> Result<()> {
+    if found.len() != expected.len() {
+        bail!("{what}: state of {} tensors, the network trains {}", found.len(), expected.len());
     }
-    if c.epochs.len() != c.epoch || c.epochs.iter().enumerate().any(|(i, e)| e.epoch != i + 1 || !metrics_in_range(e)) {
-        bail!("its history does not hold epochs 1..={} in range", c.epoch);
-    }
-    named("its weights", &c.tensors, &ex.tensors)?;
-    if i64::from(c.optimizer_t) != c.epoch as i64 * ex.batches as i64 {
-        bail!("the optimizer's step count is {}, {} epochs make {}", c.optimizer_t, c.epoch, c.epoch * ex.batches);
-    }
-    moments("the optimizer", &c.optimizer, &ex.optimized, ex.second)?;
-    if let Some((epoch, acc, tensors)) = &c.best {
-        if c.epochs.get(epoch.wrapping_sub(1)).map(|e| e.val_accuracy) != Some(*acc) {
-            bail!("its best epoch {epoch} does not match its history");
+    for (name, size) in expected {
+        let Some((_, m, v)) = found.iter().find(|(n, ..)| n == name) else {
+            bail!("{what}: no state for `{name}`");
+        };
+        if m.len() != *size || v.len() != if second { *size } else { 0 } {
+            bail!("{what}: the state of `{name}` has {}/{} values, the tensor {size}", m.len(), v.len());
         }
-        named("its best epoch's weights", tensors, &ex.tensors)?;
+        finite(&format!("{what}: `{name}`'s first buffer"), m)?;
+        finite(&format!("{what}: `{name}`'s second buffer"), v)?;
+        if let Some(i) = v.iter().position(|&x| x < 0.0) {
+            bail!("{what}: `{name}`'s second moment {i} is negative ({})", v[i]);
+        }
     }
     Ok(())
+}
+
+/// Check one loop's state against what it must hold. `finished` allows the last epoch
+/// (a pretraining, kept for the probe that follows: it keeps no optimizer state); other
+/// loops keep a state between epochs only.
+fn check_loop<R: Record>(what: &str, st: &LoopState<R>, ex: &Expect, finished: bool) -> Result<()> {
+    let last = if finished { ex.epochs } else { ex.epochs.saturating_sub(1) };
+    if st.epoch == 0 || st.epoch > last {
+        bail!("{what}: epoch {} is outside 1..={last}", st.epoch);
+    }
+    if st.epochs.len() != st.epoch || st.epochs.iter().enumerate().any(|(i, e)| e.epoch() != i + 1) {
+        bail!("{what}: its history does not hold epochs 1..={}", st.epoch);
+    }
+    if let Some(e) = st.epochs.iter().find(|e| !e.in_range()) {
+        bail!("{what}: its history's epoch {} holds a value out of range", e.epoch());
+    }
+    named(what, &st.tensors, &ex.tensors)?;
+    let steps = (st.epoch as i64) * (ex.batches as i64);
+    if i64::from(st.optimizer_t) != steps {
+        bail!("{what}: the optimizer's step count is {}, {} epochs make {steps}", st.optimizer_t, st.epoch);
+    }
+    if st.epoch < ex.epochs {
+        moments(what, &st.optimizer, &ex.optimized, ex.second)?;
+    } else if !st.optimizer.is_empty() {
+        bail!("{what}: a finished loop keeps no optimizer state, this one has {}", st.optimizer.len());
+    }
+    if let Some(b) = &st.best {
+        if st.epochs.get(b.epoch.wrapping_sub(1)).and_then(Record::val_accuracy) != Some(b.val_accuracy) {
+            bail!("{what}: its best epoch {} does not match its history", b.epoch);
+        }
+        named(&format!("{what}: its best epoch"), &b.tensors, &ex.tensors)?;
+    }
+    Ok(())
+}
+
+/// Check that `st` fits the network `ex` describes before any of it is used; `Err` says
+/// what does not (and the depth then trains from epoch 1). The one validator of every
+/// network's state.
+pub fn validate(st: &TrainState, ex: &ExpectRun) -> Result<()> {
+    match (&st.training, &ex.pretrain) {
+        (Training::Supervised(s), None) => check_loop("the training", s, &ex.main, false),
+        (Training::Autoencoder { .. }, None) => {
+            bail!("it holds an autoencoder pretraining, but this depth trains with the labels only")
+        }
+        (Training::Supervised(_), Some(_)) => {
+            bail!("it holds no pretraining, but this depth pretrains an autoencoder first")
+        }
+        (Training::Autoencoder { pretrained, probe }, Some(xp)) => {
+            check_loop("the pretraining", pretrained, xp, true)?;
+            match probe {
+                Some(_) if pretrained.epoch < xp.epochs => {
+                    bail!("it records probe epochs while pretraining is unfinished")
+                }
+                Some(p) => check_loop("the probe", p, &ex.main, false),
+                // Pretraining just finished with the probe not begun: nothing more to check.
+                None => Ok(()),
+            }
+        }
+    }
 }

@@ -8,7 +8,8 @@
 use bincode::Options;
 use layerwise_core::config::{Objective, TrainConfig};
 use layerwise_core::features::FEATURES_FILE;
-use layerwise_train::state::{Supervised, TrainState, Training, STATE_FILE};
+use layerwise_core::metrics::EpochMetrics;
+use layerwise_train::state::{LoopState, TrainState, Training, STATE_FILE};
 use layerwise_train::{train, TrainOptions, TrainOutcome, STOP_AFTER_EPOCH_ENV};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -163,7 +164,7 @@ fn a_damaged_training_state_is_not_used_and_the_depth_ends_as_a_clean_run() {
         flipped[good.len() / 2 + 13 * k] ^= 1 << k;
     }
     cases.push(("five flipped bits", flipped));
-    let with = |edit: &dyn Fn(&mut Supervised)| {
+    let with = |edit: &dyn Fn(&mut LoopState<EpochMetrics>)| {
         let mut s = st.clone();
         let Training::Supervised(loop_state) = &mut s.training else { panic!("a supervised state") };
         edit(loop_state);
@@ -172,13 +173,13 @@ fn a_damaged_training_state_is_not_used_and_the_depth_ends_as_a_clean_run() {
         bytes(&p)
     };
     // Finding 2b: NaN weights, with a right hash.
-    cases.push(("NaN weights", with(&|s| s.layers[0].0[3] = f32::NAN)));
+    cases.push(("NaN weights", with(&|s| s.tensors[0].1[3] = f32::NAN)));
     // Finding 2d: moments of the wrong size, and NaN moments (once "diverged").
-    cases.push(("short moments", with(&|s| s.adam[0].1.truncate(2))));
-    cases.push(("NaN moments", with(&|s| s.adam[0].2[0] = f32::NAN)));
-    cases.push(("negative second moment", with(&|s| s.adam[0].2[0] = -1.0)));
+    cases.push(("short moments", with(&|s| s.optimizer[0].1.truncate(2))));
+    cases.push(("NaN moments", with(&|s| s.optimizer[0].2[0] = f32::NAN)));
+    cases.push(("negative second moment", with(&|s| s.optimizer[0].2[0] = -1.0)));
     cases.push(("epoch out of range", with(&|s| s.epoch = 7)));
-    cases.push(("Adam's step count", with(&|s| s.adam_t = -5)));
+    cases.push(("Adam's step count", with(&|s| s.optimizer_t = -5)));
     cases.push(("history", with(&|s| s.epochs.clear())));
     cases.push(("truncated", good[..good.len() - 9].to_vec()));
     for (what, damaged) in cases {
@@ -205,7 +206,7 @@ fn an_autoencoder_state_with_a_short_encoder_is_refused_without_a_panic() {
     assert!(resumed.resumed, "the finished pretraining is kept");
     assert!(bytes(&resumed.checkpoint) == bytes(&clean.checkpoint));
     std::fs::write(&state, &good).unwrap();
-    p.encoder.0.truncate(5);
+    p.tensors[0].1.truncate(5);
     save(&state, &st);
     let out = f.run(None, "stopped", cfg()).unwrap();
     assert!(!out.resumed);

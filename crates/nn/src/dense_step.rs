@@ -1,52 +1,28 @@
-//! What a training loop asks of a network, whichever kernels run it: a step on a batch of
-//! host rows, an evaluation, the weights and the optimizer state on the host. This is the
-//! one place that decides which kernels run: on the CPU, [`crate::host`] (gemm 0.19 on
-//! host buffers); on any other device, dfdx ([`crate::batch_gradients`], [`crate::Optimizer`]).
+//! Dense networks being trained ([`Step`]): on the host kernels ([`crate::host`]: gemm 0.19
+//! on host buffers, weights kept `[in, out]`) or on dfdx ([`crate::batch_gradients`] on a
+//! device), as the [`Kernels`] choice says. Also the frozen layers ([`Frozen`]) and the
+//! evaluation of a dense network ([`evaluate_dense`]), chosen the same way.
 
+use crate::augment::{dropout_masks, host_dropout_masks};
+use crate::step::{Named, Step};
 use crate::{batch_gradients, host, Backend, EvalSums, Kernels, Layer, Matrix, Moments, Optimizer, OptimizerSpec};
 use anyhow::Result;
 use dfdx::prelude::*;
 use layerwise_core::checkpoint::Dense;
 use layerwise_core::names::TensorPath;
-
-/// The weights and biases of the trainable layers and the head, on the host.
-pub type HostTensors = (Vec<(Vec<f32>, Vec<f32>)>, (Vec<f32>, Vec<f32>));
+use std::borrow::Cow;
+use std::time::Instant;
 
 /// Rows per chunk of an evaluation or a frozen-feature pass.
 pub const CHUNK: usize = 2500;
 
-/// A network being trained.
-///
-/// Batches come two ways: rows of the split given once to [`Trainer::load_split`] (a GPU
-/// keeps it resident and gathers each batch there), or host rows made per batch
-/// (augmentation). Loss and accuracy add up inside the trainer and are read once per epoch
-/// ([`Trainer::take_sums`]): on a GPU nothing is read back per batch.
-pub trait Trainer<'a> {
-    /// Keep the training split (`rows × inputs` host values, and the labels) for
-    /// [`Trainer::step_rows`]; a device uploads it once.
-    fn load_split(&mut self, x: &'a [f32], labels: &'a [u8]) -> Result<()>;
-    /// One optimizer step (learning rate `lr`) on rows `rows` of the loaded split; dropout
-    /// masks, when the network has dropout, are drawn from `dropout_seed`. Returns the
-    /// batch's mean loss where it is known without waiting for a device (the CPU).
-    fn step_rows(&mut self, rows: &[usize], dropout_seed: u64, lr: f64) -> Result<Option<f32>>;
-    /// [`Trainer::step_rows`] on a batch of host rows `x` with `labels`.
-    fn step(&mut self, x: &[f32], labels: &[u8], dropout_seed: u64, lr: f64) -> Result<Option<f32>>;
-    /// The mean loss and accuracy of the steps so far this epoch, where known without
-    /// waiting for a device (for a progress bar).
-    fn running(&self) -> Option<(f64, f64)>;
-    /// Loss and accuracy of the steps since the last call (one read from a device).
-    fn take_sums(&mut self) -> EvalSums;
-    /// Loss, accuracy and confusion over host rows, no dropout.
-    fn evaluate(&self, x: &[f32], labels: &[u8]) -> EvalSums;
-    /// The trainable layers' and the head's weights, copied to the host.
-    fn snapshot(&self) -> HostTensors;
-    /// The optimizer's step count and state, copied to the host.
-    fn adam_state(&self) -> (i32, Moments);
-}
-
-/// What to train: trainable layers and the output layer (host copies, possibly restored
-/// from a saved state), their checkpoint names, and the optimizer's settings.
-pub struct TrainerSpec<'a> {
+/// What to train: the frozen layers run per batch of raw inputs, the trainable layers and
+/// the output layer (host copies, possibly restored from a saved state), their names,
+/// and the optimizer's settings.
+pub struct DenseSpec<'a> {
+    /// Frozen layers that [`Step::step_inputs`] and [`Step::prefix`] apply first (each
+    /// followed by ReLU); none when the trained layers' input is kept.
+    pub frozen: &'a [Dense],
     /// Trainable hidden layers, in order.
     pub trainable: &'a [Dense],
     /// The output layer.
@@ -67,40 +43,46 @@ pub struct TrainerSpec<'a> {
     pub restored: Option<(i32, Moments)>,
 }
 
-/// A trainer for `spec` on device `dev`: the host kernels on the CPU, dfdx elsewhere.
-pub fn trainer<'a, D: Backend + 'static>(dev: &D, spec: TrainerSpec<'_>) -> Box<dyn Trainer<'a> + 'a> {
-    if D::KERNELS == Kernels::Host {
-        Box::new(HostTrainer::new(spec))
-    } else {
-        Box::new(DeviceTrainer::new(dev, spec))
+/// A dense network being trained on `dev` with `kernels` (a device's own:
+/// [`Backend::KERNELS`]; tests pass [`Kernels::Dfdx`] to run the device path on the CPU).
+pub fn dense_step<'a, D: Backend + 'static>(dev: &D, kernels: Kernels, spec: DenseSpec<'a>) -> Box<dyn Step<'a> + 'a> {
+    match kernels {
+        Kernels::Host => Box::new(HostDense::new(spec)),
+        Kernels::Dfdx => Box::new(DeviceDense::new(dev, spec)),
     }
 }
 
-/// The dfdx trainer whatever the device, the CPU included: what a GPU runs, testable here.
-pub fn device_trainer<'a, D: Backend + 'static>(dev: &D, spec: TrainerSpec<'_>) -> Box<dyn Trainer<'a> + 'a> {
-    Box::new(DeviceTrainer::new(dev, spec))
-}
-
-fn new_optimizer<D: Backend>(spec: &TrainerSpec<'_>, kernels: Kernels) -> Optimizer<D> {
+fn new_optimizer<D: Backend>(spec: &DenseSpec<'_>, kernels: Kernels) -> Optimizer<D> {
     Optimizer::restored(&spec.optimizer, kernels, spec.restored.clone())
 }
 
-/// Inverted-dropout masks for `rows × widths[i]` activations, on the host: each unit kept
-/// with probability `1 - rate` and scaled by `1 / (1 - rate)`, drawn from `seed` alone (so
-/// a resumed run draws the same masks).
-pub fn host_dropout_masks(rows: usize, widths: &[usize], rate: f64, seed: u64) -> Vec<Vec<f32>> {
-    use rand::{Rng, SeedableRng};
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    let keep = 1.0 / (1.0 - rate) as f32;
-    widths.iter().map(|&w| (0..rows * w).map(|_| if rng.gen::<f64>() < rate { 0.0 } else { keep }).collect()).collect()
+/// The trained layers' and the head's tensors by name, from `(weight, bias)` pairs in the
+/// checkpoint layout.
+fn named(names: &[[String; 2]], layers: Vec<(Vec<f32>, Vec<f32>)>, head: (Vec<f32>, Vec<f32>)) -> Named {
+    let mut out = Named::new();
+    for ([wn, bn], (w, b)) in names.iter().zip(layers) {
+        out.push((wn.clone(), w));
+        out.push((bn.clone(), b));
+    }
+    let [wn, bn] = TensorPath::head().pair();
+    out.push((wn, head.0));
+    out.push((bn, head.1));
+    out
 }
 
-/// The CPU: layers on host buffers in the host kernels' layout (weights `[in, out]`),
-/// gemm 0.19, the optimizer in one fused pass per tensor, the step's buffers allocated once.
-/// Weights and their optimizer state go back to the checkpoint layout (`[out, in]`) whenever
-/// they leave (snapshots, saved states), so a state does not depend on the kernels.
-struct HostTrainer<'a> {
-    split: Option<(&'a [f32], &'a [u8])>,
+fn no_split() -> anyhow::Error {
+    anyhow::anyhow!("internal: no split kept")
+}
+
+/// The host kernels: layers on host buffers in the host kernels' layout (weights
+/// `[in, out]`), gemm 0.19, the optimizer in one fused pass per tensor, the step's buffers
+/// allocated once. Weights and their optimizer state go back to the checkpoint layout
+/// (`[out, in]`) whenever they leave (tensors, saved states), so a state does not depend
+/// on the kernels.
+struct HostDense<'a> {
+    frozen: &'a [Dense],
+    split: Option<(Cow<'a, [f32]>, &'a [u8])>,
+    val: Option<(Cow<'a, [f32]>, &'a [u8])>,
     rows: Vec<f32>,
     labels: Vec<u8>,
     sums: EvalSums,
@@ -110,12 +92,12 @@ struct HostTrainer<'a> {
     names: Vec<[String; 2]>,
     dropout: f64,
     weight_decay: f64,
-    adam: Optimizer<dfdx::tensor::Cpu>,
+    optimizer: Optimizer<dfdx::tensor::Cpu>,
     buf: host::StepBuffers,
 }
 
-impl HostTrainer<'_> {
-    fn new(mut spec: TrainerSpec<'_>) -> Self {
+impl<'a> HostDense<'a> {
+    fn new(mut spec: DenseSpec<'a>) -> Self {
         let layers: Vec<host::HostLayer> = spec.trainable.iter().map(host::HostLayer::from_dense).collect();
         let head = host::HostLayer::from_dense(spec.head);
         // Restored weight moments, into the host layout.
@@ -125,11 +107,13 @@ impl HostTrainer<'_> {
             relayout(moments, &shapes, false);
         }
         Self {
+            frozen: spec.frozen,
             split: None,
+            val: None,
             rows: Vec::new(),
             labels: Vec::new(),
             sums: EvalSums::new(head.outputs),
-            adam: new_optimizer(&spec, Kernels::Host),
+            optimizer: new_optimizer(&spec, Kernels::Host),
             buf: host::StepBuffers::new(&layers, &head, spec.batch),
             layers,
             head,
@@ -138,6 +122,34 @@ impl HostTrainer<'_> {
             dropout: spec.dropout,
             weight_decay: spec.weight_decay,
         }
+    }
+
+    /// One step on host rows `x` (the trained layers' input) with `labels`.
+    fn step_host(&mut self, x: &[f32], labels: &[u8], dropout_seed: u64, lr: f64) -> Result<Option<f32>> {
+        let rows = labels.len();
+        let masks = if self.dropout > 0.0 {
+            let widths: Vec<usize> = self.layers.iter().map(|l| l.outputs).collect();
+            host_dropout_masks(rows, &widths, self.dropout, dropout_seed)
+        } else {
+            Vec::new()
+        };
+        let loss = host::step(&self.layers, &self.head, self.head_trains, x, labels, &masks, &mut self.buf);
+        if loss.is_finite() {
+            self.optimizer.start_step(lr);
+            let t = self.layers.len();
+            for ((layer, (gw, gb)), [wn, bn]) in self.layers.iter_mut().zip(&self.buf.grads).zip(&self.names) {
+                self.optimizer.update_host(wn, &mut layer.wt, gw, self.weight_decay)?;
+                self.optimizer.update_host(bn, &mut layer.bias, gb, 0.0)?;
+            }
+            if self.head_trains {
+                let (gw, gb) = &self.buf.grads[t];
+                let [wn, bn] = TensorPath::head().pair();
+                self.optimizer.update_host(&wn, &mut self.head.wt, gw, self.weight_decay)?;
+                self.optimizer.update_host(&bn, &mut self.head.bias, gb, 0.0)?;
+            }
+        }
+        self.sums.add_predictions(self.buf.logits(rows, self.head.outputs), labels, loss as f64 * rows as f64);
+        Ok(Some(loss))
     }
 }
 
@@ -162,19 +174,30 @@ fn relayout(moments: &mut Moments, shapes: &[(String, usize, usize)], to_checkpo
             if m.len() == rows * cols && v.len() == rows * cols {
                 *m = host::transpose(m, rows, cols);
                 *v = host::transpose(v, rows, cols);
+            } else if m.len() == rows * cols && v.is_empty() {
+                *m = host::transpose(m, rows, cols);
             }
         }
     }
 }
 
-impl<'a> Trainer<'a> for HostTrainer<'a> {
-    fn load_split(&mut self, x: &'a [f32], labels: &'a [u8]) -> Result<()> {
+impl<'a> Step<'a> for HostDense<'a> {
+    fn keep_train(&mut self, x: Cow<'a, [f32]>, labels: &'a [u8]) -> Result<()> {
         self.split = Some((x, labels));
         Ok(())
     }
 
+    fn keep_val(&mut self, x: Cow<'a, [f32]>, labels: &'a [u8]) -> Result<()> {
+        self.val = Some((x, labels));
+        Ok(())
+    }
+
+    fn prefix(&self, inputs: &[f32], n: usize) -> Vec<f32> {
+        host::features(self.frozen, inputs, n, CHUNK)
+    }
+
     fn step_rows(&mut self, rows: &[usize], dropout_seed: u64, lr: f64) -> Result<Option<f32>> {
-        let (x, y) = self.split.ok_or_else(|| anyhow::anyhow!("internal: no split loaded"))?;
+        let (x, y) = self.split.take().ok_or_else(no_split)?;
         let dim = x.len() / y.len().max(1);
         // Gathered into buffers allocated once.
         let (mut batch, mut labels) = (std::mem::take(&mut self.rows), std::mem::take(&mut self.labels));
@@ -184,9 +207,20 @@ impl<'a> Trainer<'a> for HostTrainer<'a> {
             batch.extend_from_slice(&x[i * dim..(i + 1) * dim]);
             labels.push(y[i]);
         }
-        let loss = self.step(&batch, &labels, dropout_seed, lr);
+        self.split = Some((x, y));
+        let loss = self.step_host(&batch, &labels, dropout_seed, lr);
         (self.rows, self.labels) = (batch, labels);
         loss
+    }
+
+    fn step_inputs(&mut self, x: &[f32], labels: &[u8], dropout_seed: u64, lr: f64) -> Result<(Option<f32>, f64)> {
+        if self.frozen.is_empty() {
+            return Ok((self.step_host(x, labels, dropout_seed, lr)?, 0.0));
+        }
+        let t = Instant::now();
+        let features = self.prefix(x, labels.len());
+        let seconds = t.elapsed().as_secs_f64();
+        Ok((self.step_host(&features, labels, dropout_seed, lr)?, seconds))
     }
 
     fn running(&self) -> Option<(f64, f64)> {
@@ -197,78 +231,56 @@ impl<'a> Trainer<'a> for HostTrainer<'a> {
         std::mem::replace(&mut self.sums, EvalSums::new(self.head.outputs))
     }
 
-    fn step(&mut self, x: &[f32], labels: &[u8], dropout_seed: u64, lr: f64) -> Result<Option<f32>> {
-        let rows = labels.len();
-        let masks = if self.dropout > 0.0 {
-            let widths: Vec<usize> = self.layers.iter().map(|l| l.outputs).collect();
-            host_dropout_masks(rows, &widths, self.dropout, dropout_seed)
-        } else {
-            Vec::new()
-        };
-        let loss = host::step(&self.layers, &self.head, self.head_trains, x, labels, &masks, &mut self.buf);
-        if loss.is_finite() {
-            self.adam.start_step(lr);
-            let t = self.layers.len();
-            for ((layer, (gw, gb)), [wn, bn]) in self.layers.iter_mut().zip(&self.buf.grads).zip(&self.names) {
-                self.adam.update_host(wn, &mut layer.wt, gw, self.weight_decay)?;
-                self.adam.update_host(bn, &mut layer.bias, gb, 0.0)?;
-            }
-            if self.head_trains {
-                let (gw, gb) = &self.buf.grads[t];
-                let [wn, bn] = TensorPath::head().pair();
-                self.adam.update_host(&wn, &mut self.head.wt, gw, self.weight_decay)?;
-                self.adam.update_host(&bn, &mut self.head.bias, gb, 0.0)?;
-            }
-        }
-        self.sums.add_predictions(self.buf.logits(rows, self.head.outputs), labels, loss as f64 * rows as f64);
-        Ok(Some(loss))
+    fn evaluate_val(&self) -> Result<EvalSums> {
+        let (x, y) = self.val.as_ref().ok_or_else(no_split)?;
+        Ok(host::evaluate_host(&self.layers, &self.head, x, y, CHUNK))
     }
 
-    fn evaluate(&self, x: &[f32], labels: &[u8]) -> EvalSums {
-        host::evaluate_host(&self.layers, &self.head, x, labels, CHUNK)
-    }
-
-    fn snapshot(&self) -> HostTensors {
+    fn tensors(&self) -> Named {
         let pair = |l: &host::HostLayer| {
             let d = l.to_dense();
             (d.weight, d.bias)
         };
-        (self.layers.iter().map(pair).collect(), pair(&self.head))
+        named(&self.names, self.layers.iter().map(pair).collect(), pair(&self.head))
     }
 
-    fn adam_state(&self) -> (i32, Moments) {
-        let (t, mut moments) = self.adam.state();
+    fn optimizer_state(&self) -> (i32, Moments) {
+        let (t, mut moments) = self.optimizer.state();
         let shape = |l: &host::HostLayer| (l.outputs, l.inputs);
         relayout(&mut moments, &weight_shapes(self.layers.iter().map(shape), shape(&self.head), &self.names), true);
         (t, moments)
     }
 }
 
-/// Any other device: dfdx tensors, its autograd, [`Optimizer`]'s device path. The split stays
-/// on the device; each batch is gathered there; loss and correct predictions add up in
-/// device scalars, read once per epoch.
-struct DeviceTrainer<D: Backend> {
+/// dfdx on a device: its tensors, its autograd, [`Optimizer`]'s device path. The split
+/// stays on the device; each batch is gathered there; loss and correct predictions add up
+/// in device scalars, read once per epoch.
+struct DeviceDense<'a, D: Backend> {
     dev: D,
+    frozen: Vec<Layer<D>>,
     layers: Vec<Layer<D>>,
     head: Layer<D>,
     head_trains: bool,
     names: Vec<[String; 2]>,
     dropout: f64,
     weight_decay: f64,
-    adam: Optimizer<D>,
+    optimizer: Optimizer<D>,
     /// The split's inputs and one-hot labels, resident.
     split: Option<(Matrix<D>, Matrix<D>)>,
+    /// The validation split, on the host (evaluated in chunks).
+    val: Option<(Cow<'a, [f32]>, &'a [u8])>,
     /// Summed loss and correct predictions of this epoch's steps, on the device.
     loss_sum: Tensor<(), f32, D>,
     correct: Tensor<(), f32, D>,
     samples: u64,
 }
 
-impl<D: Backend> DeviceTrainer<D> {
-    fn new(dev: &D, spec: TrainerSpec<'_>) -> Self {
+impl<'a, D: Backend> DeviceDense<'a, D> {
+    fn new(dev: &D, spec: DenseSpec<'a>) -> Self {
         Self {
             dev: dev.clone(),
-            adam: new_optimizer(&spec, D::KERNELS),
+            optimizer: new_optimizer(&spec, D::KERNELS),
+            frozen: spec.frozen.iter().map(|l| Layer::from_dense(l, dev)).collect(),
             layers: spec.trainable.iter().map(|l| Layer::from_dense(l, dev)).collect(),
             head: Layer::from_dense(spec.head, dev),
             head_trains: spec.head_trains,
@@ -276,6 +288,7 @@ impl<D: Backend> DeviceTrainer<D> {
             dropout: spec.dropout,
             weight_decay: spec.weight_decay,
             split: None,
+            val: None,
             loss_sum: dev.zeros(),
             correct: dev.zeros(),
             samples: 0,
@@ -296,20 +309,20 @@ impl<D: Backend> DeviceTrainer<D> {
         let rows = xb.shape().0;
         let masks: Vec<Matrix<D>> = if self.dropout > 0.0 {
             let widths: Vec<usize> = self.layers.iter().map(Layer::outputs).collect();
-            crate::dropout_masks(&self.dev, rows, &widths, self.dropout, dropout_seed)
+            dropout_masks(&self.dev, rows, &widths, self.dropout, dropout_seed)
         } else {
             Vec::new()
         };
         let g = batch_gradients(&self.layers, &self.head, self.head_trains, xb, yb.clone(), &masks)?;
-        self.adam.start_step(lr);
+        self.optimizer.start_step(lr);
         for ((layer, (gw, gb)), [wn, bn]) in self.layers.iter_mut().zip(&g.layers).zip(&self.names) {
-            self.adam.update_decayed(wn, &mut layer.weight, gw, self.weight_decay)?;
-            self.adam.update(bn, &mut layer.bias, gb)?;
+            self.optimizer.update_decayed(wn, &mut layer.weight, gw, self.weight_decay)?;
+            self.optimizer.update(bn, &mut layer.bias, gb)?;
         }
         if let Some((gw, gb)) = &g.head {
             let [wn, bn] = TensorPath::head().pair();
-            self.adam.update_decayed(&wn, &mut self.head.weight, gw, self.weight_decay)?;
-            self.adam.update(&bn, &mut self.head.bias, gb)?;
+            self.optimizer.update_decayed(&wn, &mut self.head.weight, gw, self.weight_decay)?;
+            self.optimizer.update(&bn, &mut self.head.bias, gb)?;
         }
         // Correct predictions: rows whose label's logit is the row's largest.
         let shape = *g.logits.shape();
@@ -322,28 +335,44 @@ impl<D: Backend> DeviceTrainer<D> {
     }
 }
 
-impl<'a, D: Backend> Trainer<'a> for DeviceTrainer<D> {
-    fn load_split(&mut self, x: &'a [f32], labels: &'a [u8]) -> Result<()> {
+impl<'a, D: Backend> Step<'a> for DeviceDense<'a, D> {
+    fn keep_train(&mut self, x: Cow<'a, [f32]>, labels: &'a [u8]) -> Result<()> {
         let rows = labels.len();
         let dim = x.len() / rows.max(1);
-        self.split = Some((self.dev.tensor_from_vec(x.to_vec(), (rows, dim)), self.onehot(labels)));
+        self.split = Some((self.dev.tensor_from_vec(x.into_owned(), (rows, dim)), self.onehot(labels)));
         Ok(())
     }
 
+    fn keep_val(&mut self, x: Cow<'a, [f32]>, labels: &'a [u8]) -> Result<()> {
+        self.val = Some((x, labels));
+        Ok(())
+    }
+
+    fn prefix(&self, inputs: &[f32], n: usize) -> Vec<f32> {
+        crate::features_host(&self.dev, &self.frozen, inputs, n, CHUNK)
+    }
+
     fn step_rows(&mut self, rows: &[usize], dropout_seed: u64, lr: f64) -> Result<Option<f32>> {
-        let (x, y) = self.split.clone().ok_or_else(|| anyhow::anyhow!("internal: no split loaded"))?;
+        let (x, y) = self.split.clone().ok_or_else(no_split)?;
         let idx = self.dev.tensor_from_vec(rows.to_vec(), (rows.len(),));
         let (xb, yb): (Matrix<D>, Matrix<D>) = (x.gather(idx.clone()), y.gather(idx));
         self.step_tensors(xb, yb, dropout_seed, lr)?;
         Ok(None)
     }
 
-    fn step(&mut self, x: &[f32], labels: &[u8], dropout_seed: u64, lr: f64) -> Result<Option<f32>> {
+    fn step_inputs(&mut self, x: &[f32], labels: &[u8], dropout_seed: u64, lr: f64) -> Result<(Option<f32>, f64)> {
         let rows = labels.len();
+        let features;
+        let x = if self.frozen.is_empty() {
+            x
+        } else {
+            features = self.prefix(x, rows);
+            &features[..]
+        };
         let xb: Matrix<D> = self.dev.tensor_from_vec(x.to_vec(), (rows, x.len() / rows.max(1)));
         let yb = self.onehot(labels);
         self.step_tensors(xb, yb, dropout_seed, lr)?;
-        Ok(None)
+        Ok((None, 0.0))
     }
 
     fn running(&self) -> Option<(f64, f64)> {
@@ -359,17 +388,18 @@ impl<'a, D: Backend> Trainer<'a> for DeviceTrainer<D> {
         sums
     }
 
-    fn evaluate(&self, x: &[f32], labels: &[u8]) -> EvalSums {
-        crate::evaluate(&self.dev, &self.layers, &self.head, x, labels, CHUNK)
+    fn evaluate_val(&self) -> Result<EvalSums> {
+        let (x, y) = self.val.as_ref().ok_or_else(no_split)?;
+        Ok(crate::evaluate(&self.dev, &self.layers, &self.head, x, y, CHUNK))
     }
 
-    fn snapshot(&self) -> HostTensors {
+    fn tensors(&self) -> Named {
         let pair = |l: &Layer<D>| (l.weight.as_vec(), l.bias.as_vec());
-        (self.layers.iter().map(pair).collect(), pair(&self.head))
+        named(&self.names, self.layers.iter().map(pair).collect(), pair(&self.head))
     }
 
-    fn adam_state(&self) -> (i32, Moments) {
-        self.adam.state()
+    fn optimizer_state(&self) -> (i32, Moments) {
+        self.optimizer.state()
     }
 }
 
