@@ -71,24 +71,47 @@ fn stages_never_import_each_other_and_core_imports_no_layerwise_crate() {
     assert_eq!(violations(&broken).len(), 2, "{:?}", violations(&broken));
 }
 
-/// Each module of a crate's `src` (a file; the root `lib.rs`/`main.rs` excluded) and the
-/// modules of the same crate it names: `crate::module`, or a name the root re-exports
-/// from a module (`pub use adam::Adam` makes `crate::Adam` a use of `adam`).
+/// Each module of a crate's `src` (a file, the root `lib.rs`/`main.rs` included, named
+/// `lib`/`main`) and the modules of the same crate it names. A module names another with
+/// `crate::module`, `super::module` or, in the root, `module::`; a name the root
+/// re-exports from a module (`pub use optim::Optimizer` makes `crate::Optimizer` a use of
+/// `optim`); and the root itself with `use super::*` (a prelude of everything the root
+/// holds) or a name the root defines.
 fn module_graph(src: &std::path::Path) -> BTreeMap<String, Vec<String>> {
     let read = |p: std::path::PathBuf| std::fs::read_to_string(p).unwrap_or_default();
+    // Code only: a doc link or a comment is not an import.
+    let code = |text: String| -> String {
+        text.lines().filter(|l| !l.trim_start().starts_with("//")).collect::<Vec<_>>().join("\n")
+    };
+    let root_name = if src.join("lib.rs").exists() { "lib" } else { "main" };
+    // A module is a file `m.rs` or a folder `m/` with its `mod.rs`.
+    let file_of = |m: &str| {
+        let file = src.join(format!("{m}.rs"));
+        if file.exists() {
+            file
+        } else {
+            src.join(m).join("mod.rs")
+        }
+    };
     let mut modules: Vec<String> = std::fs::read_dir(src)
         .unwrap()
         .flatten()
-        .filter_map(|e| e.file_name().to_str()?.strip_suffix(".rs").map(String::from))
+        .filter_map(|e| {
+            let name = e.file_name().to_str()?.to_string();
+            match name.strip_suffix(".rs") {
+                Some(m) => Some(m.to_string()),
+                None => e.path().join("mod.rs").exists().then_some(name),
+            }
+        })
         .filter(|m| m != "lib" && m != "main")
         .collect();
     modules.sort();
-    // Names the root re-exports, and the module each comes from.
+    let root = code(read(src.join(format!("{root_name}.rs"))));
+    // Names the root re-exports, and the module each comes from (statements may span lines).
     let mut reexport: BTreeMap<String, String> = BTreeMap::new();
-    let root = read(src.join("lib.rs"));
-    for line in root.lines().map(str::trim) {
-        let Some(rest) = line.strip_prefix("pub use ") else { continue };
-        let Some((module, names)) = rest.trim_end_matches(';').split_once("::") else { continue };
+    for stmt in root.split(';').map(|s| s.split_whitespace().collect::<Vec<_>>().join(" ")) {
+        let Some(rest) = stmt.trim().strip_prefix("pub use ") else { continue };
+        let Some((module, names)) = rest.split_once("::") else { continue };
         if !modules.iter().any(|m| m == module) {
             continue;
         }
@@ -99,10 +122,22 @@ fn module_graph(src: &std::path::Path) -> BTreeMap<String, Vec<String>> {
             }
         }
     }
+    // Items the root defines itself.
+    let defined: Vec<String> = root
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .windows(2)
+        .filter(|w| ["fn", "struct", "enum", "const", "static", "type", "trait", "macro_rules!"].contains(&w[0]))
+        .map(|w| w[1].chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect())
+        .collect();
     let words = |text: &str, prefix: &str| -> Vec<String> {
-        // `crate::a`, `crate::{a, b::c}`, `super::a` (a sibling through the root).
+        // `crate::a`, `crate::{a, b::c}`, `super::a`, `super::*`.
         let mut out = Vec::new();
         for (i, _) in text.match_indices(prefix) {
+            let before = text[..i].chars().last();
+            if before.is_some_and(|c| c.is_alphanumeric() || c == '_' || c == ':') {
+                continue;
+            }
             let rest = &text[i + prefix.len()..];
             let names: Vec<&str> = if let Some(group) = rest.strip_prefix('{') {
                 group.split('}').next().unwrap_or("").split(',').collect()
@@ -110,32 +145,58 @@ fn module_graph(src: &std::path::Path) -> BTreeMap<String, Vec<String>> {
                 vec![rest]
             };
             for n in names {
-                let n: String = n.trim().chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
+                let n = n.trim();
+                let n: String = if n.starts_with('*') {
+                    "*".into()
+                } else {
+                    n.chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect()
+                };
                 out.push(n);
             }
         }
         out
     };
-    modules
+    let resolve = |n: &String| -> Option<String> {
+        if modules.contains(n) {
+            Some(n.clone())
+        } else if let Some(m) = reexport.get(n) {
+            Some(m.clone())
+        } else if n == "*" || defined.contains(n) {
+            Some(root_name.to_string())
+        } else {
+            None
+        }
+    };
+    let mut graph: BTreeMap<String, Vec<String>> = modules
         .iter()
         .map(|m| {
-            // Code only: a doc link is not an import.
-            let text: String = read(src.join(format!("{m}.rs")))
-                .lines()
-                .filter(|l| !l.trim_start().starts_with("//"))
-                .collect::<Vec<_>>()
-                .join("\n");
+            let text = code(read(file_of(m)));
+            // A test module's `use super::*` imports its own file, not the root.
+            let text = text.split("#[cfg(test)]").next().unwrap_or("").to_string();
             let mut deps: Vec<String> = words(&text, "crate::")
                 .into_iter()
                 .chain(words(&text, "super::"))
-                .filter_map(|n| if modules.contains(&n) { Some(n) } else { reexport.get(&n).cloned() })
+                .filter_map(|n| resolve(&n))
                 .filter(|d| d != m)
                 .collect();
             deps.sort();
             deps.dedup();
             (m.clone(), deps)
         })
-        .collect()
+        .collect();
+    // The root names a module by a path through it (`conv::train_cnn`, `pub use optim::X`);
+    // declaring it (`mod conv;`) is not a use.
+    let mut root_deps: Vec<String> = modules
+        .iter()
+        .filter(|m| {
+            root.match_indices(&format!("{m}::"))
+                .any(|(i, _)| !root[..i].chars().last().is_some_and(|c| c.is_alphanumeric() || c == '_' || c == ':'))
+        })
+        .cloned()
+        .collect();
+    root_deps.sort();
+    graph.insert(root_name.to_string(), root_deps);
+    graph
 }
 
 /// A cycle of modules in `graph` (`a → b → a`), if there is one.
@@ -183,10 +244,36 @@ fn no_module_imports_one_that_imports_it_back() {
             panic!("{}: the modules {} import each other in a circle", src.display(), cycle.join(" → "));
         }
     }
-    assert!(checked > 40, "only {checked} modules found");
+    assert!(checked > 60, "only {checked} modules found");
+    // The roots are in the graph, with the modules they use.
+    let nn = module_graph(&root.join("crates/nn/src"));
+    assert!(nn["lib"].contains(&"optim".to_string()), "{:?}", nn["lib"]);
     // The check finds a cycle when there is one (the one xtask had: greedy ↔ slurm).
     let mut g = module_graph(&root.join("xtask/src"));
     assert!(g["schedule"].contains(&"judge".to_string()), "{g:?}");
     g.get_mut("judge").unwrap().push("schedule".into());
     assert!(module_cycle(&g).is_some());
+}
+
+#[test]
+fn a_child_importing_its_roots_reexports_back_is_a_cycle() {
+    // A deliberately added back-import: a root re-exporting a child, and that child
+    // taking the root's prelude (`use super::*`) or one of the root's own items.
+    let dir = std::env::temp_dir().join(format!("layerwise-arch-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let write = |name: &str, text: &str| std::fs::write(dir.join(name), text).unwrap();
+    write("lib.rs", "mod a;\nmod b;\npub use a::{\n    Alpha,\n};\npub struct Root;\nfn f() { b::g(); }\n");
+    write("b.rs", "pub fn g() {}\n");
+    write("a.rs", "//! uses crate::Root in a comment only\npub struct Alpha;\n");
+    assert!(module_cycle(&module_graph(&dir)).is_none(), "{:?}", module_graph(&dir));
+    for back in ["use super::*;", "use crate::Root;", "use crate::{b::g, Root};"] {
+        write("a.rs", &format!("{back}\npub struct Alpha;\n"));
+        let g = module_graph(&dir);
+        assert_eq!(module_cycle(&g).as_deref().map(|c| c.len()), Some(3), "{back}: {g:?}");
+    }
+    // A test module's `use super::*` imports its own file: no cycle.
+    write("a.rs", "pub struct Alpha;\n#[cfg(test)]\nmod tests {\n    use super::*;\n}\n");
+    assert!(module_cycle(&module_graph(&dir)).is_none());
+    std::fs::remove_dir_all(&dir).unwrap();
 }

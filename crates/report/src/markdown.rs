@@ -1,6 +1,6 @@
 //! `report.md`.
 
-use crate::{Summary, TUTORIAL_TEST_ACCURACY};
+use crate::summary::{Summary, TUTORIAL_TEST_ACCURACY};
 use layerwise_core::config::Optimizer;
 use layerwise_core::run::Phase;
 use std::fmt::Write;

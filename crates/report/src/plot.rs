@@ -1,8 +1,8 @@
 //! `accuracy.svg`: accuracy and loss against depth (a run), or mean accuracy with its
 //! range over runs (a sweep), drawn with plotters.
 
+use crate::summary::{DepthRow, Summary, TUTORIAL_TEST_ACCURACY, TUTORIAL_TEST_LOSS};
 use crate::sweep::SweepSummary;
-use crate::{Summary, TUTORIAL_TEST_ACCURACY, TUTORIAL_TEST_LOSS};
 use anyhow::{anyhow, Result};
 use plotters::prelude::*;
 
@@ -95,7 +95,7 @@ pub(crate) fn accuracy_svg(s: &Summary) -> Result<String> {
         root.fill(&WHITE).map_err(|e| anyhow!("cannot draw the plot: {e}"))?;
         let (left, rest) = root.split_horizontally(550);
         let (right, third) = rest.split_horizontally(550);
-        let pts = |f: &dyn Fn(&crate::DepthRow) -> Option<f64>| -> Vec<(f64, f64)> {
+        let pts = |f: &dyn Fn(&DepthRow) -> Option<f64>| -> Vec<(f64, f64)> {
             s.depths.iter().filter_map(|r| f(r).map(|v| (r.depth as f64, v))).collect()
         };
         let split = s.depths.iter().find_map(|r| r.eval_split.clone()).unwrap_or_else(|| "test".into());
@@ -111,7 +111,7 @@ pub(crate) fn accuracy_svg(s: &Summary) -> Result<String> {
             Series::line(format!("{g}validation"), pts(&|r| Some(r.val_loss)), PALETTE[0]),
             Series::line(format!("{g}{split}"), pts(&|r| r.eval_loss), PALETTE[1]),
         ];
-        let rows_pts = |rows: &[crate::DepthRow], f: &dyn Fn(&crate::DepthRow) -> Option<f64>| -> Vec<(f64, f64)> {
+        let rows_pts = |rows: &[DepthRow], f: &dyn Fn(&DepthRow) -> Option<f64>| -> Vec<(f64, f64)> {
             rows.iter().filter_map(|r| f(r).map(|v| (r.depth as f64, v))).collect()
         };
         for (name, rows, color) in [

@@ -2,7 +2,7 @@
 //! deviation, minimum and maximum of validation and evaluation accuracy by depth, per
 //! pipeline and stage; how often each depth was chosen as best; a plot with a band.
 
-use crate::{collect, DepthRow, Summary, TUTORIAL_TEST_ACCURACY};
+use crate::summary::{best_by_validation, collect, DepthRow, Summary, TUTORIAL_TEST_ACCURACY};
 use anyhow::{bail, Context, Result};
 use layerwise_core::run::Phase;
 use layerwise_core::run::{SweepList, PIPELINE_FILE, SWEEP_FILE, SWEEP_LIST_SCHEMA};
@@ -191,7 +191,7 @@ pub fn collect_sweep(runs: &[PathBuf]) -> Result<SweepSummary> {
             let mut bests: Vec<&DepthRow> = Vec::new();
             let rows: Vec<Vec<DepthRow>> = members.iter().map(|s| rows_of(s)).collect();
             for run_rows in &rows {
-                let best = crate::best_by_validation(run_rows.iter().map(|r| (r.depth, r.val_accuracy))).map(|b| b.0);
+                let best = best_by_validation(run_rows.iter().map(|r| (r.depth, r.val_accuracy))).map(|b| b.0);
                 for r in run_rows {
                     let e = by_depth.entry(r.depth).or_default();
                     e.val.push(r.val_accuracy);
