@@ -145,7 +145,7 @@ pub fn masking_noise(rows: &[f32], fraction: f64, seed: u64) -> Vec<f32> {
 
 /// A denoising autoencoder layer being pretrained, fed host rows: its encoder, decoder and
 /// Adam live on device `D`, and what leaves it (snapshots, Adam's state) is on the host, as
-/// [`crate::Trainer`] does for supervised training.
+/// [`crate::Step`] does for supervised training.
 pub struct AeTrainer<D: Backend> {
     dev: D,
     encoder: Layer<D>,

@@ -6,7 +6,7 @@
 //! weights): the forward pass with bias and ReLU fused into one pass over the product's
 //! output, a training step's backward pass (written out by hand, checked against dfdx's
 //! autograd in `tests/gradients.rs`), and the buffers a step needs, allocated once.
-//! [`crate::Trainer`] decides when this path runs (the CPU) and when dfdx's does.
+//! [`crate::dense_step`] runs this path when it is handed [`crate::Kernels::Host`] (the CPU's choice).
 
 use crate::EvalSums;
 use layerwise_core::checkpoint::Dense;

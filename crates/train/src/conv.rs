@@ -137,7 +137,7 @@ pub(crate) fn train_cnn(opts: &TrainOptions, ds: &Dataset, spec: &CnnSpec, start
 }
 
 /// [`train_cnn`] on device `dev` (the host kernels on the CPU; see
-/// [`convnet::conv_stepper`]).
+/// [`convnet::conv_step`]).
 fn train_on<D: Backend + 'static>(
     dev: &D,
     opts: &TrainOptions,
