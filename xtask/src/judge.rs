@@ -288,7 +288,8 @@ fn record_pipeline(plan: &Plan, overridden: bool) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use crate::judge::changed_keys;
+    use layerwise_core::pipeline::Pipeline;
 
     fn pipeline(extra: &str) -> Pipeline {
         let text = format!("name = \"x\"\n[train]\nepochs = 3\n[greedy]\nmax_depth = 2\n{extra}");

@@ -245,6 +245,23 @@ fn no_module_imports_one_that_imports_it_back() {
         }
     }
     assert!(checked > 60, "only {checked} modules found");
+    // No glob import of a parent anywhere, tests included: each file names what it uses.
+    let mut globbed = Vec::new();
+    let mut stack = vec![root.join("crates"), root.join("xtask")];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() && !p.ends_with("target") {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "rs") {
+                let text = std::fs::read_to_string(&p).unwrap();
+                if text.lines().any(|l| l.trim() == concat!("use super::", "*;")) {
+                    globbed.push(p.display().to_string());
+                }
+            }
+        }
+    }
+    assert!(globbed.is_empty(), "`use super::*` in {globbed:?}: import each name from the module that defines it");
     // The roots are in the graph, with the modules they use.
     let nn = module_graph(&root.join("crates/nn/src"));
     assert!(nn["lib"].contains(&"optim".to_string()), "{:?}", nn["lib"]);

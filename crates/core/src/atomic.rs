@@ -243,7 +243,15 @@ pub fn write_json_atomic<T: serde::Serialize>(path: &Path, value: &T) -> Result<
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use crate::atomic::check_replaceable;
+    use crate::atomic::interrupted_message;
+    use crate::atomic::remove_in_progress;
+    use crate::atomic::sync_parent;
+    use crate::atomic::write_all_atomic;
+    use crate::atomic::write_atomic;
+    use crate::atomic::write_atomic_with;
+    use crate::atomic::write_bytes_atomic;
+    use crate::atomic::Path;
 
     #[test]
     fn an_interrupt_says_how_to_resume() {

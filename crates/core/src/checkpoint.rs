@@ -579,9 +579,20 @@ fn mlp_of(file: &MappedSafetensors, meta: &CheckpointMeta) -> Result<Mlp> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use crate::checkpoint::cnn_checkpoint_bytes;
+    use crate::checkpoint::load_network;
+    use crate::checkpoint::CheckpointMeta;
+    use crate::checkpoint::CnnMeta;
+    use crate::checkpoint::Network;
+    use crate::checkpoint::CNN_CHECKPOINT_VERSION;
+    use crate::cnn::BatchNorm;
+    use crate::cnn::Cnn;
+    use crate::cnn::CnnHead;
+    use crate::cnn::ConvBlock;
+    use crate::cnn::ConvStage;
     use crate::cnn::Downsample;
     use crate::dense::Dense;
+    use anyhow::Result;
 
     /// A one-stage network on 3 × 8 × 8 images, saved, its header edited in place.
     fn crafted(edit: impl Fn(&str) -> String) -> Result<(Network, CheckpointMeta)> {

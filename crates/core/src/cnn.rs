@@ -297,7 +297,9 @@ impl Cnn {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use crate::cnn::CnnSpec;
+    use crate::cnn::Downsample;
+    use crate::cnn::StageSpec;
 
     #[test]
     fn stage_specs_read_both_ways_and_shapes_follow_the_downsampling() {

@@ -549,7 +549,19 @@ where
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use crate::config::check_string_forms;
+    use crate::config::parse_size;
+    use crate::config::Augment;
+    use crate::config::Decoder;
+    use crate::config::DeviceKind;
+    use crate::config::HeadMode;
+    use crate::config::Labels;
+    use crate::config::LrSchedule;
+    use crate::config::Normalize;
+    use crate::config::Objective;
+    use crate::config::Optimizer;
+    use crate::config::Regime;
+    use crate::config::TrainConfig;
 
     /// serde's names (pipelines, metadata) are the one string form of each variant.
     #[test]

@@ -508,7 +508,15 @@ mod tests {
         assert_eq!(chunk_values(3072, 1 << 30), (341 * 3072, 341 * 3072));
         assert_eq!(chunk_values(0, 0), (CHUNK_VALUES, 0));
     }
-    use super::*;
+    use crate::dataset::chunk_values;
+    use crate::dataset::write_dataset;
+    use crate::dataset::write_dataset_streamed;
+    use crate::dataset::ByteSplit;
+    use crate::dataset::Dataset;
+    use crate::dataset::DatasetMeta;
+    use crate::dataset::Normalization;
+    use crate::dataset::SplitData;
+    use crate::dataset::CHUNK_VALUES;
 
     #[test]
     fn the_streamed_writer_writes_the_bytes_of_the_in_memory_one() {

@@ -95,7 +95,8 @@ pub fn not_regular(path: &Path) -> Option<&'static str> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use crate::fsread::not_regular;
+    use crate::fsread::read_capped;
 
     #[test]
     fn only_regular_files_are_read_and_never_past_their_cap() {

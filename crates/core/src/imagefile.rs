@@ -96,7 +96,8 @@ fn png(b: &[u8]) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use crate::imagefile::check_complete;
+    use crate::imagefile::PNG_SIGNATURE;
 
     /// A minimal JPEG's container: SOI, an APP0 segment, a scan whose data holds a stuffed
     /// 0xFF and a restart marker, EOI.

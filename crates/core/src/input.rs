@@ -143,8 +143,9 @@ impl InputContract {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use crate::dataset::{Normalization, SplitSizes};
+    use crate::input::DatasetMeta;
+    use crate::input::InputContract;
 
     fn meta(normalization: Normalization) -> DatasetMeta {
         DatasetMeta {

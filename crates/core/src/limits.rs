@@ -57,7 +57,7 @@ pub fn image_values(what: &str, shape: [usize; 3]) -> Result<usize> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use crate::limits::image_values;
 
     #[test]
     fn image_values_are_checked_before_they_wrap() {

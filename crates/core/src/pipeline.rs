@@ -460,7 +460,9 @@ impl Pipeline {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use crate::pipeline::Depths;
+    use crate::pipeline::Pipeline;
+    use crate::pipeline::TrainConfig;
 
     #[test]
     fn a_bad_value_names_its_key_and_line_in_words() {

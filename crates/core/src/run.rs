@@ -257,7 +257,9 @@ pub fn parse_depth_dir(name: &str) -> Option<usize> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use crate::run::Phase;
+    use crate::run::RunLock;
+    use crate::run::LOCK_FILE;
 
     #[test]
     fn each_variant_has_one_string_form() {

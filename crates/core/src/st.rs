@@ -332,7 +332,10 @@ pub fn write_safetensors(
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use crate::st::safetensors_bytes;
+    use crate::st::write_safetensors;
+    use crate::st::MappedSafetensors;
+    use crate::st::OutTensor;
 
     #[test]
     fn the_streamed_file_is_what_safetensors_serializes() {

@@ -99,7 +99,9 @@ pub fn image_input(path: &Path, contract: &InputContract, resize: bool) -> Resul
 
 #[cfg(test)]
 mod truncation_tests {
-    use super::*;
+    use crate::image_input;
+    use anyhow::Result;
+    use layerwise_core::input::InputContract;
 
     fn contract() -> InputContract {
         InputContract::new([3, 32, 32], &layerwise_core::dataset::Normalization::unit(3), vec!["a".into(), "b".into()])

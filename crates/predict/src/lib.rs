@@ -285,7 +285,13 @@ pub fn predict(opts: &PredictOptions, mut each: impl FnMut(Outcome) -> Result<()
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use crate::collect_files;
+    use crate::header;
+    use crate::render_error;
+    use crate::Format;
+    use anyhow::Result;
+    use std::path::Path;
+    use std::path::PathBuf;
 
     #[test]
     fn an_unreadable_file_has_a_json_record_and_the_table_a_header() {

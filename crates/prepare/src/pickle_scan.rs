@@ -106,7 +106,7 @@ pub fn containers(bytes: &[u8]) -> Result<usize> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use crate::pickle_scan::containers;
 
     #[test]
     fn deep_nesting_is_refused_and_small_pickles_counted() {
