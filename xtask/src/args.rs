@@ -29,6 +29,13 @@ pub struct GreedyArgs {
     /// Print the plan as stage commands, one per line, and run nothing.
     #[arg(long)]
     pub print_commands: bool,
+    /// A decoupled schedule's groups of stages (default: the pipeline's `decoupled.groups`).
+    #[arg(long)]
+    pub groups: Option<usize>,
+    /// What runs a decoupled schedule's groups: threads (one process) or mpi (one MPI rank
+    /// a group, under mpirun; needs a build with `--features mpi`). Default: the pipeline's.
+    #[arg(long)]
+    pub launcher: Option<layerwise_core::decoupled::Launcher>,
     /// Where the data comes from, where things go, how and where it runs.
     #[command(flatten)]
     pub inputs: RunInputs,

@@ -63,6 +63,7 @@ fn random_checkpoint(path: &Path, depth: usize, data: &DatasetMeta) -> Result<()
     let model = Mlp { hidden, head: glorot_dense(WIDTH, CLASSES, 99) };
     let meta = CheckpointMeta {
         overrides: Vec::new(),
+        schedule: None,
         version: CHECKPOINT_VERSION,
         depth,
         input_size: DIM,

@@ -69,6 +69,8 @@ pub fn run(pipeline: &Path, given: Option<&Path>, device: DeviceKind) -> Result<
         from: None,
         restart: false,
         print_commands: false,
+        groups: None,
+        launcher: None,
         inputs: RunInputs {
             source: Some(src),
             artifacts: Some(dir.join("artifacts")),

@@ -527,5 +527,40 @@ pub(crate) fn readers(work: &Path) -> Result<Vec<Reader>> {
             encode: identity,
             read: export_use,
         },
+        Reader {
+            name: "link-frame",
+            valid: link_frame().encode()?,
+            file: None,
+            nest: nest_bytes,
+            encode: identity,
+            read: Box::new(|_, bytes| {
+                // A receiver expecting this link and any batch: what it accepts is finite
+                // where the valid frame was, and of the expected size.
+                let expected = link_expected();
+                let f = layerwise_core::link::Frame::decode(bytes, &expected)?;
+                let end = f.kind == layerwise_core::link::FrameKind::End;
+                if f.values.len() != f.labels.len() * 12 || f.labels.is_empty() != end {
+                    anyhow::bail!("internal: a frame of the wrong size was accepted");
+                }
+                Ok(())
+            }),
+        },
     ])
+}
+
+/// A valid frame of link 1 (two examples of shape 2 × 2 × 3), for the link reader.
+fn link_frame() -> layerwise_core::link::Frame {
+    layerwise_core::link::Frame {
+        kind: layerwise_core::link::FrameKind::Train,
+        link: 1,
+        batch: 3,
+        shape: vec![2, 2, 3],
+        values: (0..24).map(|i| i as f32 / 8.0).collect(),
+        labels: vec![1, 7],
+    }
+}
+
+/// What a receiver on link 1 expects.
+fn link_expected() -> layerwise_core::link::Expected {
+    layerwise_core::link::Expected { link: 1, next: None, shape: vec![2, 2, 3], max_rows: 256 }
 }

@@ -75,6 +75,14 @@ pub fn stage_state(plan: &Plan, stage: Phase, depth: usize, parent_sha: Option<&
     if meta.config != plan.pipeline.stage_config(stage) {
         return retrain("its checkpoint was trained with other settings".into());
     }
+    let schedule = if stage == Phase::Greedy { plan.pipeline.schedule_name() } else { None };
+    if meta.schedule != schedule {
+        return retrain(format!(
+            "its checkpoint was trained by the {} schedule, the pipeline's is {}",
+            meta.schedule.as_deref().unwrap_or("sequential"),
+            schedule.as_deref().unwrap_or("sequential")
+        ));
+    }
     let sha = match sha256_file(&model) {
         Ok(s) => s,
         Err(e) => return retrain(format!("its checkpoint cannot be read ({e:#})")),

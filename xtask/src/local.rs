@@ -90,6 +90,18 @@ impl Executor for Local<'_> {
 
     fn decided(&mut self, job: &crate::schedule::Job, decision: &Decision) {
         let Some((stage, depth)) = job.task.unit() else {
+            if job.task == Task::Decoupled {
+                let text = match decision {
+                    Decision::Complete { .. } => "decoupled: every depth is complete already, kept".to_string(),
+                    Decision::Reevaluate(why) => format!("decoupled: checkpoints kept, evaluating again: {why}"),
+                    Decision::Retrain { why, existed: true } => format!("decoupled: training every depth again: {why}"),
+                    _ => format!(
+                        "decoupled: training every depth at once ({})",
+                        layerwise_core::plural(self.plan.decoupled.groups, "group")
+                    ),
+                };
+                self.ui.line(&text);
+            }
             if *decision == Decision::Prepared {
                 self.ui.line(&format!("dataset {} is prepared already", self.plan.data.display()));
             }

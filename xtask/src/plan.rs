@@ -4,6 +4,7 @@
 
 use crate::args::GreedyArgs;
 use anyhow::{Context, Result};
+use layerwise_core::decoupled::{Launcher, Schedule};
 use layerwise_core::pipeline::Pipeline;
 use layerwise_core::run::{depth_dir, phase_dir, Phase, EVAL_FILE, MODEL_FILE, PIPELINE_FILE};
 use layerwise_nn::device::DeviceKind;
@@ -71,25 +72,71 @@ pub struct Step {
     pub program: Program,
     /// Its arguments.
     pub args: Vec<String>,
+    /// A launcher it runs under (`mpirun -n 3 --oversubscribe`); empty: run as it is.
+    pub launch: Vec<String>,
 }
 
 impl Step {
     fn new(program: Program, args: &[&dyn AsRef<std::ffi::OsStr>]) -> Self {
-        Self { program, args: args.iter().map(|a| a.as_ref().to_string_lossy().into_owned()).collect() }
+        let args = args.iter().map(|a| a.as_ref().to_string_lossy().into_owned()).collect();
+        Self { program, args, launch: Vec::new() }
+    }
+
+    /// A step of `program` with `args`.
+    pub fn of(program: Program, args: Vec<String>) -> Self {
+        Self { program, args, launch: Vec::new() }
     }
 
     /// The command line, shell-quoted where needed.
     pub fn command_line(&self) -> String {
-        std::iter::once(self.program.name().to_string())
+        self.launch
+            .iter()
+            .map(|a| shell_quote(a))
+            .chain(std::iter::once(self.program.name().to_string()))
             .chain(self.args.iter().map(|a| shell_quote(a)))
             .collect::<Vec<_>>()
             .join(" ")
     }
 
-    /// Run the stage in this process, through its command-line parser.
+    /// Run the stage in this process, through its command-line parser; under its launcher,
+    /// this executable runs it (by the program's name) as the launcher's processes.
     pub fn run(&self) -> Result<()> {
-        self.program.run(&self.args).with_context(|| format!("step failed: {}", self.command_line()))
+        let failed = || format!("step failed: {}", self.command_line());
+        if self.launch.is_empty() {
+            return self.program.run(&self.args).with_context(failed);
+        }
+        let exe = std::env::current_exe().context("cannot locate the xtask binary to launch")?;
+        let bin = stage_links(&exe)?;
+        let status = std::process::Command::new(&self.launch[0])
+            .args(&self.launch[1..])
+            .arg(bin.join(self.program.name()))
+            .args(&self.args)
+            // Open MPI refuses root without these (containers and CI run as root).
+            .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+            .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+            .status()
+            .with_context(|| format!("cannot start `{}`: is it installed and on PATH?", self.launch[0]))
+            .with_context(failed)?;
+        if !status.success() {
+            anyhow::bail!("{} ({status}): the errors are above", failed());
+        }
+        Ok(())
     }
+}
+
+/// A folder of links named after the stage programs, each to `exe` (which runs the stage
+/// it is called by), beside it: what a launcher starts.
+fn stage_links(exe: &Path) -> Result<PathBuf> {
+    let dir = exe.parent().unwrap_or(Path::new(".")).join("stage-links");
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    for program in Program::ALL {
+        let link = dir.join(program.name());
+        if std::fs::read_link(&link).ok().as_deref() != Some(exe) {
+            let _ = std::fs::remove_file(&link);
+            std::os::unix::fs::symlink(exe, &link).with_context(|| format!("cannot create {}", link.display()))?;
+        }
+    }
+    Ok(dir)
 }
 
 /// Quote for a POSIX shell when needed.
@@ -116,6 +163,9 @@ pub struct Plan {
     pub artifacts: PathBuf,
     /// Device.
     pub device: DeviceKind,
+    /// A decoupled schedule's groups and launcher, as given (`--groups`, `--launcher`)
+    /// or the pipeline's.
+    pub decoupled: layerwise_core::decoupled::DecoupledConfig,
 }
 
 impl Plan {
@@ -165,7 +215,19 @@ impl Plan {
         // machine that mounts the project (and its artifacts) somewhere else.
         let (pipeline_path, run_dir, data, artifacts) =
             (relative(pipeline_path), relative(run_dir), relative(data), relative(artifacts));
-        Ok(Self { pipeline, pipeline_path, run_dir, data, artifacts, device: a.inputs.device })
+        let mut decoupled = pipeline.decoupled.clone();
+        decoupled.groups = a.groups.unwrap_or(decoupled.groups);
+        decoupled.launcher = a.launcher.unwrap_or(decoupled.launcher);
+        if pipeline.greedy.schedule == Schedule::Decoupled {
+            decoupled.validate(pipeline.greedy.max_depth).context("--groups")?;
+        } else if a.groups.is_some() || a.launcher.is_some() {
+            anyhow::bail!(
+                "--groups and --launcher say how a decoupled schedule runs, but `{}` trains its depths one after \
+                 another: set `[greedy] schedule = \"decoupled\"` in it",
+                pipeline.name
+            );
+        }
+        Ok(Self { pipeline, pipeline_path, run_dir, data, artifacts, device: a.inputs.device, decoupled })
     }
 
     fn device_args(&self) -> Vec<String> {
@@ -256,6 +318,28 @@ impl Plan {
         };
         if let Some(dir) = from {
             s.args.extend(["--from".into(), dir.join(MODEL_FILE).to_string_lossy().into_owned()]);
+        }
+        s.args.extend(self.device_args());
+        s
+    }
+
+    /// Train every depth of a decoupled schedule at once, into the run folder; under
+    /// `mpirun` with one rank a group when the launcher is MPI.
+    pub fn decoupled_step(&self) -> Step {
+        let mut s = Step::new(
+            Program::Train,
+            &[&"--data", &self.data, &"--out", &self.run_dir, &"--pipeline", &self.run_dir.join(PIPELINE_FILE)],
+        );
+        s.args.push("--decoupled".into());
+        let d = &self.decoupled;
+        if d.groups != self.pipeline.decoupled.groups {
+            s.args.extend(["--groups".into(), d.groups.to_string()]);
+        }
+        if d.launcher != self.pipeline.decoupled.launcher {
+            s.args.extend(["--launcher".into(), d.launcher.name().into()]);
+        }
+        if d.launcher == Launcher::Mpi {
+            s.launch = vec!["mpirun".into(), "-n".into(), d.groups.to_string(), "--oversubscribe".into()];
         }
         s.args.extend(self.device_args());
         s

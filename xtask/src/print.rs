@@ -45,6 +45,16 @@ pub fn commands(plan: &Plan, a: &GreedyArgs) -> Result<Vec<String>> {
     let sections = after_loop_stages(p);
     let mut section: Option<Phase> = Some(Phase::Greedy);
     for job in &schedule.jobs {
+        if job.task == Task::Decoupled {
+            let d = &plan.decoupled;
+            lines.push(format!(
+                "# decoupled: every depth at once, {} ({} {}, launcher {}); then each depth's evaluation",
+                p.decoupled.schedule_name(),
+                d.groups,
+                if d.groups == 1 { "group" } else { "groups" },
+                d.launcher
+            ));
+        }
         if let Task::Train { stage, .. } = job.task {
             if section != Some(stage) {
                 section = Some(stage);

@@ -12,6 +12,9 @@
 //! report                                                     after every job
 //! ```
 //!
+//! A decoupled schedule (`[greedy] schedule = "decoupled"`) has one training job for the
+//! whole loop, `decoupled`, in place of the train-NN chain; evaluate-NN follow it.
+//!
 //! The walk goes through the jobs in order. A job none of whose inputs is still to come is
 //! decided now, from the files on disk: its gate ([`crate::gate`]), then the completeness
 //! judge ([`crate::judge`]): a complete folder is kept, a folder whose evaluation alone is
@@ -24,6 +27,7 @@ use crate::judge::{check_dataset_of_run, dataset_ready, stage_state, DepthState}
 use crate::plan::{Plan, Step};
 use anyhow::{bail, Result};
 use layerwise_core::dataset::Dataset;
+use layerwise_core::decoupled::Schedule as LoopSchedule;
 use layerwise_core::hash::sha256_file;
 use layerwise_core::pipeline::{Depths, Pipeline, StageConfig};
 use layerwise_core::run::{depth_dir, Phase, MODEL_FILE};
@@ -49,6 +53,8 @@ pub enum Task {
         /// The depth.
         depth: usize,
     },
+    /// Train every depth of a decoupled schedule at once.
+    Decoupled,
     /// Write the run's report.
     Report,
 }
@@ -63,6 +69,7 @@ impl Task {
             Task::Train { stage, depth } => format!("{stage}-{depth:02}"),
             Task::Evaluate { stage: Phase::Greedy, depth } => format!("evaluate-{depth:02}"),
             Task::Evaluate { stage, depth } => format!("evaluate-{stage}-{depth:02}"),
+            Task::Decoupled => "decoupled".into(),
             Task::Report => "report".into(),
         }
     }
@@ -71,7 +78,7 @@ impl Task {
     pub fn unit(self) -> Option<(Phase, usize)> {
         match self {
             Task::Train { stage, depth } | Task::Evaluate { stage, depth } => Some((stage, depth)),
-            Task::Prepare | Task::Report => None,
+            Task::Prepare | Task::Decoupled | Task::Report => None,
         }
     }
 }
@@ -129,6 +136,24 @@ impl Schedule {
             jobs.len() - 1
         };
         let mut previous = push(Task::Prepare, plan.prepare_step(source), vec![], None);
+        let mut trains = Vec::new();
+        if p.greedy.schedule == LoopSchedule::Decoupled {
+            if from.is_some() {
+                bail!(
+                    "--from continues a sequential loop; a decoupled schedule trains every depth at once: drop --from"
+                );
+            }
+            let t = push(Task::Decoupled, plan.decoupled_step(), vec![previous], None);
+            for depth in 1..=p.greedy.max_depth {
+                push(
+                    Task::Evaluate { stage: Phase::Greedy, depth },
+                    plan.evaluate_stage_step(Phase::Greedy, depth),
+                    vec![t],
+                    None,
+                );
+            }
+            trains.push(t);
+        }
         // A model: its training job (after `after`), then its evaluation (after the training).
         let mut unit = |stage: Phase, depth: usize, train: Step, after: Vec<usize>, gate: Option<Gate>| {
             let t = push(Task::Train { stage, depth }, train, after, gate);
@@ -136,8 +161,8 @@ impl Schedule {
             t
         };
         let mut parent = from.clone();
-        let mut trains = Vec::new();
-        for depth in first..=p.greedy.max_depth {
+        let sequential = if p.greedy.schedule == LoopSchedule::Decoupled { 0 } else { p.greedy.max_depth };
+        for depth in first..=sequential {
             let gate = Some(Gate { first, depth, after_loop: None, best_of: Phase::Greedy });
             previous = unit(Phase::Greedy, depth, plan.train_step(depth, parent.as_deref()), vec![previous], gate);
             parent = Some(depth_dir(&plan.run_dir, depth).join(MODEL_FILE));
@@ -332,6 +357,42 @@ impl Schedule {
                     ran(done)
                 }
                 Task::Report => ran(ex.dispatch(handed(None))?),
+                Task::Decoupled => {
+                    let fp = fingerprint.as_deref().unwrap_or_default();
+                    match decoupled_state(plan, fp) {
+                        Ok(found) => {
+                            let all_evaluated = found.iter().all(|(_, v, _)| v.is_some());
+                            let kept = found.last().and_then(|(_, v, _)| *v).unwrap_or(f64::NAN);
+                            for (depth, v, sha) in found {
+                                if let (true, Some(val_accuracy)) = (all_evaluated, v) {
+                                    out.known.push(Known {
+                                        stage: Phase::Greedy,
+                                        depth,
+                                        val_accuracy,
+                                        sha: sha.clone(),
+                                        reused: true,
+                                    });
+                                }
+                                shas.insert((Phase::Greedy, depth), sha);
+                            }
+                            if all_evaluated {
+                                ex.decided(job, &Decision::Complete { val_accuracy: kept });
+                                Status::Complete
+                            } else {
+                                ex.decided(
+                                    job,
+                                    &Decision::Reevaluate("a depth's evaluation is missing or stale".into()),
+                                );
+                                Status::Done
+                            }
+                        }
+                        Err(why) => {
+                            let existed = depth_dir(&plan.run_dir, 1).join(MODEL_FILE).exists();
+                            ex.decided(job, &Decision::Retrain { why, existed });
+                            ran(ex.dispatch(handed(None))?)
+                        }
+                    }
+                }
                 Task::Train { stage, depth } => {
                     let fp = fingerprint.as_deref().unwrap_or_default();
                     let parent = parent_sha(stage, depth)?;
@@ -387,4 +448,22 @@ impl Schedule {
         }
         Ok(out)
     }
+}
+
+/// Every depth of a decoupled run, when each one's checkpoint is there and holds (its
+/// parent the depth before): `(depth, val_accuracy where its evaluation holds too, sha)`;
+/// else why the run is to train (again).
+fn decoupled_state(plan: &Plan, fingerprint: &str) -> std::result::Result<Vec<(usize, Option<f64>, String)>, String> {
+    let mut parent: Option<String> = None;
+    let mut found = Vec::new();
+    for depth in 1..=plan.pipeline.greedy.max_depth {
+        let (v, sha) = match stage_state(plan, Phase::Greedy, depth, parent.as_deref(), fingerprint) {
+            DepthState::Complete { val_accuracy, sha } => (Some(val_accuracy), sha),
+            DepthState::NeedsEvaluation { sha, .. } => (None, sha),
+            DepthState::NeedsTraining { why } => return Err(format!("depth {depth}: {why}")),
+        };
+        parent = Some(sha.clone());
+        found.push((depth, v, sha));
+    }
+    Ok(found)
 }

@@ -92,6 +92,8 @@ fn runs(a: &SweepArgs) -> Result<(PathBuf, Vec<SweepRun>)> {
                 from: None,
                 restart: false,
                 print_commands: false,
+                groups: None,
+                launcher: None,
                 inputs: RunInputs { artifacts: Some(artifacts.clone()), ..a.inputs.clone() },
             };
             let plan = Plan::new(&args)?;
@@ -112,7 +114,7 @@ fn record(sweep_dir: &Path, runs: &[SweepRun]) -> Result<()> {
 }
 
 fn report_step(sweep_dir: &Path) -> Step {
-    Step { program: Program::Report, args: vec!["--sweep".into(), sweep_dir.to_string_lossy().into_owned()] }
+    Step::of(Program::Report, vec!["--sweep".into(), sweep_dir.to_string_lossy().into_owned()])
 }
 
 /// Run the sweep (locally, or as Slurm chains).

@@ -138,7 +138,7 @@ fn execute(line: &str) {
         assert!(status.success(), "{line}");
         return;
     };
-    Step { program, args: words[1..].to_vec() }.run().unwrap();
+    Step::of(program, words[1..].to_vec()).run().unwrap();
 }
 
 #[test]

@@ -107,6 +107,10 @@ pub struct CheckpointMeta {
     /// overrode the pipeline's (`lr=0.002`); empty when the pipeline alone decided.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub overrides: Vec<String>,
+    /// How the greedy loop trained it, where not one depth after another: `decoupled sync`
+    /// or `decoupled async` (every stage at once, `[greedy] schedule = "decoupled"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<String>,
 }
 
 /// What a version-2 checkpoint says of its convolutional network.

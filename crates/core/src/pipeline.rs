@@ -114,11 +114,15 @@ pub struct GreedyConfig {
     pub patience: usize,
     /// Split evaluated after each depth.
     pub evaluate: Split,
+    /// `sequential` (the default: one depth after another) or `decoupled` (every stage at
+    /// once, as `[decoupled]` says).
+    #[serde(skip_serializing_if = "is_default")]
+    pub schedule: crate::decoupled::Schedule,
 }
 
 impl Default for GreedyConfig {
     fn default() -> Self {
-        Self { max_depth: 10, patience: 0, evaluate: Split::Test }
+        Self { max_depth: 10, patience: 0, evaluate: Split::Test, schedule: Default::default() }
     }
 }
 
@@ -310,6 +314,9 @@ pub struct Pipeline {
     /// `[finetune]`, fine-tuned end to end too).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autoencoder: Option<AutoencoderConfig>,
+    /// How a decoupled schedule runs (`greedy.schedule = "decoupled"`).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub decoupled: crate::decoupled::DecoupledConfig,
     /// Cluster submission (`--scheduler slurm`); changes nothing a run computes.
     #[serde(default, skip_serializing_if = "is_default")]
     pub slurm: SlurmConfig,
@@ -414,8 +421,44 @@ impl Pipeline {
                 self.stage_config(stage).validate().map_err(|e| anyhow::anyhow!("{e}").context(section))?;
             }
         }
+        self.validate_schedule()?;
         self.slurm.validate()?;
         Ok(())
+    }
+
+    /// How the greedy loop's checkpoints name their schedule: none for sequential growing.
+    pub fn schedule_name(&self) -> Option<String> {
+        (self.greedy.schedule == crate::decoupled::Schedule::Decoupled).then(|| self.decoupled.schedule_name())
+    }
+
+    /// The greedy schedule and its `[decoupled]` section.
+    fn validate_schedule(&self) -> Result<()> {
+        use crate::decoupled::Schedule;
+        if self.greedy.schedule == Schedule::Sequential {
+            if self.decoupled != Default::default() {
+                bail!(
+                    "`[decoupled]` is set but `greedy.schedule` is \"sequential\": set `schedule = \"decoupled\"` \
+                     under [greedy], or drop the section"
+                );
+            }
+            return Ok(());
+        }
+        if self.model.kind != ModelKind::Cnn {
+            bail!(
+                "`greedy.schedule = \"decoupled\"` trains convolutional stages with auxiliary heads: set [model] \
+                 kind = \"cnn\" (an MLP's depths train sequentially)"
+            );
+        }
+        if self.greedy.patience > 0 {
+            bail!(
+                "`greedy.patience` stops a sequential loop early; a decoupled schedule trains every depth at once: \
+                 drop `patience`"
+            );
+        }
+        if self.autoencoder.is_some() {
+            bail!("`[autoencoder]` pretrains an MLP's depths one after another; it has no decoupled schedule");
+        }
+        self.decoupled.validate(self.greedy.max_depth)
     }
 
     /// Whether this pipeline runs `stage`: the loop always; every other stage when its

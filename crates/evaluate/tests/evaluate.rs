@@ -16,6 +16,7 @@ fn model() -> Mlp {
 fn meta(model: &Mlp, fingerprint: &str) -> CheckpointMeta {
     CheckpointMeta {
         overrides: Vec::new(),
+        schedule: None,
         version: CHECKPOINT_VERSION,
         depth: model.depth(),
         input_size: 3072,

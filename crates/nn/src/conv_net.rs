@@ -112,8 +112,16 @@ impl ConvNet {
 
     /// The logits of an NHWC batch `x` that is the input of stage `first`'s block.
     pub fn logits_from(&self, x: &[f32], s: Nhwc, first: usize) -> Vec<f32> {
+        self.logits_and_output(x, s, first, false).0
+    }
+
+    /// [`ConvNet::logits_from`], and, when `keep_out`, the output of stage `first`'s
+    /// block (NHWC, before the next stage's downsampling): what the next stage of a
+    /// decoupled network is evaluated on.
+    pub fn logits_and_output(&self, x: &[f32], s: Nhwc, first: usize, keep_out: bool) -> (Vec<f32>, Option<Vec<f32>>) {
         let mut cols = Vec::new();
         let mut x = block_infer(&self.stages[first].1, x, s, &mut cols);
+        let out = keep_out.then(|| x.clone());
         let mut s = Nhwc { c: self.stages[first].1.cout, ..s };
         for (d, b) in &self.stages[first + 1..] {
             let (y, o, _) = downsample(&x, s, *d);
@@ -126,7 +134,7 @@ impl ConvNet {
         let f = head_pool(&x, s);
         let mut logits = vec![0f32; s.n * self.linear.outputs];
         crate::host::dense_forward(&self.linear, &f, s.n, &mut logits, false);
-        logits
+        (logits, out)
     }
 
     /// Loss, accuracy and confusion over `n` CHW images with `labels`, in inference mode.

@@ -7,7 +7,7 @@ use layerwise_core::cnn::{pool_window, Downsample, HEAD_POOL};
 use rayon::prelude::*;
 
 /// The shape of an NHWC batch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Nhwc {
     /// Images.
     pub n: usize,

@@ -194,6 +194,26 @@ impl<'a> Step<'a> for HostConv<'a> {
     fn optimizer_state(&self) -> (i32, Moments) {
         self.trainer.optimizer_state()
     }
+
+    fn step_handing_on(&mut self, x: &[f32], labels: &[u8], _seed: u64, lr: f64) -> Result<(Option<f32>, Vec<f32>)> {
+        let s = Nhwc { n: labels.len(), ..self.block };
+        if x.len() != s.len() {
+            bail!("internal: a batch of {} values for {} inputs of shape {:?}", x.len(), labels.len(), self.block);
+        }
+        let (loss, out, _) = self.trainer.step_out(x, s, labels, lr)?;
+        Ok((Some(loss), out))
+    }
+
+    fn infer_handing_on(&self, x: &[f32], labels: &[u8], sums: &mut EvalSums) -> Result<Vec<f32>> {
+        let s = Nhwc { n: labels.len(), ..self.block };
+        if x.len() != s.len() {
+            bail!("internal: a batch of {} values for {} inputs of shape {:?}", x.len(), labels.len(), self.block);
+        }
+        let net = &self.trainer.net;
+        let (logits, out) = net.logits_and_output(x, s, self.trainer.first(), true);
+        sums.add(&logits, labels);
+        Ok(out.unwrap_or_default())
+    }
 }
 
 /// dfdx on a device, the kept features resident there.

@@ -66,9 +66,25 @@ impl ConvTrainer {
     /// loss (and adds it and the predictions to this epoch's sums). Nothing is updated
     /// when the loss is not finite.
     pub fn step(&mut self, x: &[f32], s: Nhwc, labels: &[u8], lr: f64) -> Result<f32> {
-        let (loss, grads) = self.gradients(x, s, labels);
+        let (loss, grads, _) = self.forward_backward(x, s, labels, false);
+        self.update(loss, grads, lr)?;
+        Ok(loss)
+    }
+
+    /// One step as [`ConvTrainer::step`], also returning the output of the first trained
+    /// block in training mode (NHWC, before the next stage's downsampling) and its shape:
+    /// what the next stage of a decoupled network trains on.
+    pub fn step_out(&mut self, x: &[f32], s: Nhwc, labels: &[u8], lr: f64) -> Result<(f32, Vec<f32>, Nhwc)> {
+        let (loss, grads, out) = self.forward_backward(x, s, labels, true);
+        self.update(loss, grads, lr)?;
+        let (y, shape) = out.unwrap_or_default();
+        Ok((loss, y, shape))
+    }
+
+    /// The optimizer's step on every trainable tensor; nothing when `loss` is not finite.
+    fn update(&mut self, loss: f32, grads: Vec<Vec<f32>>, lr: f64) -> Result<()> {
         if !loss.is_finite() {
-            return Ok(loss);
+            return Ok(());
         }
         let names = self.trainable_names();
         let linear_weight = TensorPath::head_linear().weight();
@@ -79,7 +95,7 @@ impl ConvTrainer {
             let decay = if name.ends_with(".conv.weight") || *name == linear_weight { wd } else { 0.0 };
             self.optimizer.update_host(name, param, g, decay)?;
         }
-        Ok(loss)
+        Ok(())
     }
 
     /// The mean loss of a batch in training mode and the gradient of every trainable
@@ -87,6 +103,18 @@ impl ConvTrainer {
     /// predictions to this epoch's sums and moves BatchNorm's running statistics (as a
     /// training step does). No gradient when the loss is not finite.
     pub fn gradients(&mut self, x: &[f32], s: Nhwc, labels: &[u8]) -> (f32, Vec<Vec<f32>>) {
+        let (loss, grads, _) = self.forward_backward(x, s, labels, false);
+        (loss, grads)
+    }
+
+    /// [`ConvTrainer::gradients`], and the first trained block's output when `keep_out`.
+    fn forward_backward(
+        &mut self,
+        x: &[f32],
+        s: Nhwc,
+        labels: &[u8],
+        keep_out: bool,
+    ) -> (f32, Vec<Vec<f32>>, Option<(Vec<f32>, Nhwc)>) {
         let first = self.first;
         let net = &mut self.net;
         // Forward, keeping what the backward pass needs.
@@ -114,8 +142,14 @@ impl ConvTrainer {
         crate::host::dense_forward(&net.linear, &f, n, &mut logits, false);
         let (loss, dlogits) = smoothed_cross_entropy(&logits, labels, classes, self.label_smoothing);
         self.sums.add_predictions(&logits, labels, loss as f64 * n as f64);
+        let take_out = |caches: &mut Vec<BlockCache>| {
+            keep_out.then(|| {
+                let shape = caches[0].out_shape();
+                (std::mem::take(&mut caches[0].y), shape)
+            })
+        };
         if !loss.is_finite() {
-            return (loss, Vec::new());
+            return (loss, Vec::new(), take_out(&mut caches));
         }
         // Backward: the linear layer, the pooling, then every block, last first.
         let lin = &net.linear;
@@ -144,7 +178,7 @@ impl ConvTrainer {
         }
         grads.reverse();
         grads.extend([gw, gb]);
-        (loss, grads)
+        (loss, grads, take_out(&mut caches))
     }
 
     /// The first stage trained.

@@ -14,7 +14,7 @@
 //! state does not depend on the kernels.
 
 use crate::{EvalSums, Moments};
-use anyhow::Result;
+use anyhow::{bail, Result};
 use std::borrow::Cow;
 
 /// Tensors by checkpoint name, in the checkpoint's layout.
@@ -50,4 +50,25 @@ pub trait Step<'a> {
     fn tensors(&self) -> Named;
     /// The optimizer's step count and state, copied to the host.
     fn optimizer_state(&self) -> (i32, Moments);
+    /// Decoupled learning's step (`train::decoupled`): one step as [`Step::step_rows`] on
+    /// `x`, a batch of the trained part's input laid out as [`Step::keep_train`] keeps it,
+    /// returning also the output of the first trained block in training mode, before
+    /// anything of the next stage: what the next stage trains on.
+    fn step_handing_on(
+        &mut self,
+        x: &[f32],
+        labels: &[u8],
+        dropout_seed: u64,
+        lr: f64,
+    ) -> Result<(Option<f32>, Vec<f32>)> {
+        let _ = (x, labels, dropout_seed, lr);
+        bail!("these kernels do not train stages decoupled yet: run the decoupled schedule on the CPU")
+    }
+    /// Decoupled learning's evaluation: adds the loss and predictions of `x` (laid out as
+    /// [`Step::keep_val`] keeps it) in inference mode to `sums`, and returns the first
+    /// trained block's output.
+    fn infer_handing_on(&self, x: &[f32], labels: &[u8], sums: &mut EvalSums) -> Result<Vec<f32>> {
+        let _ = (x, labels, sums);
+        bail!("these kernels do not evaluate stages decoupled yet: run the decoupled schedule on the CPU")
+    }
 }

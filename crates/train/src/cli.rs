@@ -136,6 +136,17 @@ pub struct Args {
     /// No progress output.
     #[arg(long, short)]
     quiet: bool,
+    /// Train every depth of the pipeline's greedy loop at once (decoupled greedy
+    /// learning, its `[greedy] schedule = "decoupled"`); --out is then the run folder,
+    /// where each depth's checkpoint goes to depth-NN/.
+    #[arg(long)]
+    decoupled: bool,
+    /// With --decoupled: groups of stages (default: the pipeline's `decoupled.groups`).
+    #[arg(long)]
+    groups: Option<usize>,
+    /// With --decoupled: threads or mpi (default: the pipeline's `decoupled.launcher`).
+    #[arg(long)]
+    launcher: Option<layerwise_core::decoupled::Launcher>,
 }
 
 /// The job's phase and regime: `--phase` sets both; `--regime` alone names the phase of
@@ -229,17 +240,17 @@ fn config(a: &Args, phase: Phase) -> Result<(TrainConfig, Vec<String>)> {
 pub fn run(args: impl IntoIterator<Item = String>) -> Result<()> {
     let a: Args = layerwise_core::parse_args(args)?;
     let (phase, regime) = phase_and_regime(&a)?;
+    if a.decoupled {
+        return run_decoupled(&a, phase);
+    }
+    if a.groups.is_some() || a.launcher.is_some() {
+        bail!("--groups and --launcher say how a decoupled run trains its stages: add --decoupled");
+    }
     let (config, overrides) = config(&a, phase)?;
     let opts = TrainOptions {
         config,
         overrides,
-        progress: if a.quiet {
-            Progress::Quiet
-        } else if a.plain {
-            Progress::Plain
-        } else {
-            Progress::Auto
-        },
+        progress: progress(&a),
         data: a.data,
         from: a.from,
         out: a.out,
@@ -248,6 +259,12 @@ pub fn run(args: impl IntoIterator<Item = String>) -> Result<()> {
         depth: a.depth,
     };
     let out = train(&opts)?;
+    say_written(&out);
+    Ok(())
+}
+
+/// The line a finished depth leaves.
+fn say_written(out: &crate::TrainOutcome) {
     eprintln!(
         "wrote {} ({} depth {}, val_acc {:.4}{}, {:.1}s)",
         out.checkpoint.display(),
@@ -257,5 +274,49 @@ pub fn run(args: impl IntoIterator<Item = String>) -> Result<()> {
         out.history.best_epoch.map_or(String::new(), |b| format!(" at its best epoch, {b}")),
         out.history.seconds
     );
+}
+
+fn progress(a: &Args) -> Progress {
+    if a.quiet {
+        Progress::Quiet
+    } else if a.plain {
+        Progress::Plain
+    } else {
+        Progress::Auto
+    }
+}
+
+/// `--decoupled`: every depth of the pipeline's greedy loop at once, into the run folder.
+fn run_decoupled(a: &Args, phase: Phase) -> Result<()> {
+    let Some(path) = &a.pipeline else {
+        bail!("--decoupled trains the stages of a pipeline's [model]: pass --pipeline")
+    };
+    if phase != Phase::Greedy || a.from.is_some() || a.depth.is_some() {
+        bail!("--decoupled trains the greedy loop's stages from scratch, all at once: drop --phase, --regime, --from and --depth");
+    }
+    let pipeline = Pipeline::load(path)?;
+    let (config, overrides) = config(a, Phase::Greedy)?;
+    let mut decoupled = pipeline.decoupled.clone();
+    if let Some(g) = a.groups {
+        decoupled.groups = g;
+    }
+    if let Some(l) = a.launcher {
+        decoupled.launcher = l;
+    }
+    if a.device != DeviceKind::Cpu {
+        bail!("the decoupled schedule runs on the CPU's kernels for now: drop --device {}", a.device.name());
+    }
+    let opts = crate::decoupled::DecoupledOptions {
+        data: a.data.clone(),
+        run_dir: a.out.clone(),
+        config,
+        decoupled,
+        depths: pipeline.greedy.max_depth,
+        progress: progress(a),
+        overrides,
+    };
+    for out in crate::decoupled::train_decoupled(&opts)? {
+        say_written(&out);
+    }
     Ok(())
 }

@@ -15,7 +15,7 @@ use crate::supervised::{RawBatches, Supervised};
 use anyhow::{bail, Context, Result};
 use layerwise_core::checkpoint::{cnn_checkpoint_bytes, load_cnn, CheckpointMeta, CnnMeta, CNN_CHECKPOINT_VERSION};
 use layerwise_core::cnn::{Cnn, CnnHead, CnnSpec, ConvStage, HEAD_POOL};
-use layerwise_core::config::{Augment, Regime};
+use layerwise_core::config::{Augment, Regime, TrainConfig};
 use layerwise_core::dataset::{Dataset, Split};
 use layerwise_core::features::FEATURES_FILE;
 use layerwise_core::metrics::EpochMetrics;
@@ -27,19 +27,17 @@ use std::borrow::Cow;
 use std::time::Instant;
 
 /// A convolutional run's network: what it starts from, and the first stage it trains.
-struct ConvPlan {
-    depth: usize,
-    net: Cnn,
-    first: usize,
-    parent_sha: Option<String>,
+pub(crate) struct ConvPlan {
+    pub(crate) depth: usize,
+    pub(crate) net: Cnn,
+    pub(crate) first: usize,
+    pub(crate) parent_sha: Option<String>,
 }
 
-fn plan(opts: &TrainOptions, ds: &Dataset, spec: &CnnSpec) -> Result<ConvPlan> {
-    let cfg = &opts.config;
-    let image = ds.meta.image_shape;
-    let shapes = spec.conv_inputs(image).context("the pipeline's [model] stages do not fit the dataset's images")?;
-    let classes = ds.meta.num_classes();
-    let fresh_head = |channels: usize, depth: usize| CnnHead {
+/// A fresh auxiliary head on `channels` channels for depth `depth`: the same seeds for
+/// every schedule.
+pub(crate) fn fresh_head(cfg: &TrainConfig, spec: &CnnSpec, classes: usize, channels: usize, depth: usize) -> CnnHead {
+    CnnHead {
         convs: (0..spec.head_convs)
             .map(|j| convnet::new_block(channels, channels, mix_seed(cfg.seed, &[depth as u64, 300 + j as u64])))
             .collect(),
@@ -48,11 +46,30 @@ fn plan(opts: &TrainOptions, ds: &Dataset, spec: &CnnSpec) -> Result<ConvPlan> {
             classes,
             mix_seed(cfg.seed, &[depth as u64, 399]),
         ),
-    };
-    let stage = |i: usize, seed: u64| ConvStage {
+    }
+}
+
+/// Stage `i` (0-based) of the stage list, fresh, its block on `shapes[i]` (the stages'
+/// block inputs, [`CnnSpec::conv_inputs`]), from `seed`.
+pub(crate) fn fresh_stage(spec: &CnnSpec, shapes: &[[usize; 3]], i: usize, seed: u64) -> ConvStage {
+    ConvStage {
         downsample: spec.stages[i].downsample,
         conv: convnet::new_block(shapes[i][0], spec.stages[i].out, seed),
-    };
+    }
+}
+
+/// The seed of stage `i`'s fresh block when depth `i + 1` grows it.
+pub(crate) fn grown_stage_seed(cfg: &TrainConfig, i: usize) -> u64 {
+    mix_seed(cfg.seed, &[i as u64 + 1, 200])
+}
+
+fn plan(opts: &TrainOptions, ds: &Dataset, spec: &CnnSpec) -> Result<ConvPlan> {
+    let cfg = &opts.config;
+    let image = ds.meta.image_shape;
+    let shapes = spec.conv_inputs(image).context("the pipeline's [model] stages do not fit the dataset's images")?;
+    let classes = ds.meta.num_classes();
+    let fresh_head = |channels: usize, depth: usize| fresh_head(cfg, spec, classes, channels, depth);
+    let stage = |i: usize, seed: u64| fresh_stage(spec, &shapes, i, seed);
     let parent = match &opts.from {
         None => None,
         Some(p) => {
@@ -75,7 +92,7 @@ fn plan(opts: &TrainOptions, ds: &Dataset, spec: &CnnSpec) -> Result<ConvPlan> {
             depth: 1,
             net: Cnn {
                 input: image,
-                stages: vec![stage(0, mix_seed(cfg.seed, &[1, 200]))],
+                stages: vec![stage(0, grown_stage_seed(cfg, 0))],
                 head: fresh_head(spec.stages[0].out, 1),
             },
             first: 0,
@@ -97,7 +114,7 @@ fn plan(opts: &TrainOptions, ds: &Dataset, spec: &CnnSpec) -> Result<ConvPlan> {
                 );
             }
             let mut stages = model.stages;
-            stages.push(stage(depth - 1, mix_seed(cfg.seed, &[depth as u64, 200])));
+            stages.push(stage(depth - 1, grown_stage_seed(cfg, depth - 1)));
             Ok(ConvPlan {
                 depth,
                 net: Cnn { input: image, stages, head: fresh_head(spec.stages[depth - 1].out, depth) },
@@ -256,7 +273,7 @@ fn train_on<D: Backend + 'static>(
     let epochs = learned.epochs.clone();
     let (kept, best_epoch) = learned.kept();
     let model = cnn_with_tensors(&p.net, first, &kept)?;
-    write(opts, ds, p, model, epochs, best_epoch, (prefix_rows, prefix_seconds, resumed), started)
+    write(opts, ds, p, model, epochs, best_epoch, (prefix_rows, prefix_seconds, resumed), started, None)
 }
 
 /// Bytes one training batch takes, roughly: per trained block its patches, its
@@ -270,8 +287,10 @@ fn batch_memory(net: &Cnn, shapes: &[[usize; 3]], first: usize, batch: usize) ->
     total
 }
 
+/// Write depth `p.depth`'s checkpoint and history; `schedule` says how the greedy loop
+/// trained it where not one depth after another.
 #[allow(clippy::too_many_arguments)]
-fn write(
+pub(crate) fn write(
     opts: &TrainOptions,
     ds: &Dataset,
     p: &ConvPlan,
@@ -280,6 +299,7 @@ fn write(
     best_epoch: Option<usize>,
     (prefix_rows, prefix_seconds, resumed): (usize, f64, bool),
     started: Instant,
+    schedule: Option<String>,
 ) -> Result<TrainOutcome> {
     let cfg = &opts.config;
     let first = p.first;
@@ -309,6 +329,7 @@ fn write(
         input: Some(layerwise_core::input::InputContract::of_dataset(&ds.meta)),
         cnn: Some(CnnMeta::of(&model)),
         overrides: opts.overrides.clone(),
+        schedule,
     };
     let bytes = cnn_checkpoint_bytes(&model, &meta)?;
     let checkpoint_sha = hash::sha256_hex(&bytes);

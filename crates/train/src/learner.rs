@@ -62,6 +62,8 @@ pub(crate) enum Loop {
     Probe,
     /// The autoencoder objective's pretraining.
     Pretraining,
+    /// A group of convolutional stages trained at once (`decoupled.rs`).
+    Decoupled,
 }
 
 impl Loop {
@@ -76,6 +78,7 @@ impl Loop {
             Loop::Conv(Regime::Grow) => 11_000,
             Loop::Conv(Regime::Finetune) => 13_000,
             Loop::Conv(Regime::Scratch) => 15_000,
+            Loop::Decoupled => 17_000,
         }
     }
 
@@ -102,6 +105,7 @@ impl Loop {
         match self {
             Loop::Probe => format!("depth {depth} probe"),
             Loop::Pretraining => format!("depth {depth} pretraining"),
+            Loop::Decoupled => format!("group from depth {depth}"),
             _ => format!("depth {depth}"),
         }
     }
@@ -122,9 +126,10 @@ impl Loop {
     }
 
     /// Whether it saves its state after its last epoch too (a pretraining: the probe
-    /// follows), keeping no optimizer state then.
+    /// follows; a decoupled group: its stages' checkpoints are written from it), keeping
+    /// no optimizer state then.
     fn saves_last(self) -> bool {
-        self == Loop::Pretraining
+        matches!(self, Loop::Pretraining | Loop::Decoupled)
     }
 }
 

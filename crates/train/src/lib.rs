@@ -20,14 +20,18 @@
 
 pub mod cli;
 mod conv;
+pub mod decoupled;
 mod inputs;
 mod learner;
+mod links;
 mod mlp;
+mod mpi_links;
 mod options;
 mod outputs;
 mod plan;
 mod pretrain;
 mod progress;
+pub mod replay;
 mod resume;
 mod run;
 pub mod state;

@@ -96,6 +96,7 @@ pub(crate) fn write(run: &Run<'_>, trained: Trained, started: Instant) -> Result
         input: Some(layerwise_core::input::InputContract::of_dataset(&ds.meta)),
         cnn: None,
         overrides: opts.overrides.clone(),
+        schedule: None,
     };
     let bytes = checkpoint_bytes(&model, &meta, &decoder)?;
     // The new layer's output for the next depth, bound to this checkpoint, first; then

@@ -52,11 +52,12 @@ impl Reporter {
     }
 
     pub(crate) fn epoch(&mut self, m: &EpochMetrics) {
-        let text = format!(
-            "loss {:.4} acc {:.4} | val_loss {:.4} val_acc {:.4} | {:.1}s {:.0} samples/s",
-            m.train_loss, m.train_accuracy, m.val_loss, m.val_accuracy, m.seconds, m.samples_per_second
-        );
-        self.line(m.epoch, text);
+        self.line(m.epoch, metrics_text(m));
+    }
+
+    /// The epoch line of depth `depth`, one of the stages a decoupled group trains.
+    pub(crate) fn stage_epoch(&mut self, depth: usize, m: &EpochMetrics) {
+        self.line(m.epoch, format!("depth {depth}: {}", metrics_text(m)));
     }
 
     pub(crate) fn pretrain_epoch(&mut self, m: &PretrainEpoch) {
@@ -83,6 +84,14 @@ impl Reporter {
             bar.finish_and_clear();
         }
     }
+}
+
+/// An epoch's line: its training and validation loss and accuracy, and its speed.
+fn metrics_text(m: &EpochMetrics) -> String {
+    format!(
+        "loss {:.4} acc {:.4} | val_loss {:.4} val_acc {:.4} | {:.1}s {:.0} samples/s",
+        m.train_loss, m.train_accuracy, m.val_loss, m.val_accuracy, m.seconds, m.samples_per_second
+    )
 }
 
 #[cfg(test)]

@@ -398,6 +398,12 @@ fn check_loop<R: Record>(what: &str, st: &LoopState<R>, ex: &Expect, finished: b
     Ok(())
 }
 
+/// Check one supervised loop's state (a decoupled stage's, `finished`: it may be its
+/// last epoch's, kept to write the checkpoint from) against what it must hold.
+pub fn validate_loop(st: &LoopState<EpochMetrics>, ex: &Expect, finished: bool) -> Result<()> {
+    check_loop("the training", st, ex, finished)
+}
+
 /// Check that `st` fits the network `ex` describes before any of it is used; `Err` says
 /// what does not (and the depth then trains from epoch 1). The one validator of every
 /// network's state.
