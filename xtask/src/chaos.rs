@@ -4,10 +4,13 @@
 //! every run that completes holds exactly what an uninterrupted run holds, and nothing
 //! else: no temp file, no training state, no empty folder.
 //!
-//! Three scenarios: the smoke pipeline (3 depths of 1 epoch: kills land in every stage), a
+//! Scenarios: the smoke pipeline (3 depths of 1 epoch: kills land in every stage), a
 //! longer one (8 epochs of width 128 per depth: kills land between and inside epochs, so
-//! depths resume mid-way from their training state), and a convolutional one (two conv
-//! stages, one after psi, 3 epochs each, then the best fine-tuned end to end).
+//! depths resume mid-way from their training state), a convolutional one (two conv
+//! stages, one after psi, 3 epochs each, then the best fine-tuned end to end), and the
+//! decoupled schedule of three stages in 3 groups, as threads (`decoupled`) and, in a
+//! build with the `mpi` feature, as MPI ranks under mpirun (`decoupled-mpi`; run only
+//! when named).
 
 use anyhow::{bail, Context, Result};
 use layerwise_core::mix_seed;
@@ -28,7 +31,8 @@ pub struct ChaosArgs {
     /// Work in this folder and keep it (default: a temp folder, removed at the end).
     #[arg(long)]
     pub keep: Option<PathBuf>,
-    /// Only this scenario (smoke, resume or cnn; default: all three).
+    /// Only this scenario (smoke, resume, cnn, decoupled or decoupled-mpi; default: all
+    /// but decoupled-mpi).
     #[arg(long)]
     pub scenario: Option<String>,
 }
@@ -51,6 +55,8 @@ pub struct ChaosOutcome {
 struct Scenario {
     name: &'static str,
     pipeline: PathBuf,
+    /// Arguments after the pipeline's (`--groups 3`).
+    extra: &'static [&'static str],
 }
 
 /// Keys whose values are wall times, machine names or the run folder's name: they differ
@@ -112,7 +118,9 @@ fn compare(reference: &Path, run: &Path) -> Vec<String> {
             continue;
         };
         let name = f.to_string_lossy();
-        let same = if name.ends_with(".json") {
+        let same = if name.ends_with(layerwise_train::decoupled::DECOUPLED_FILE) {
+            true // how the groups ran this time: wall times, steps since the last resume
+        } else if name.ends_with(".json") {
             let parse = |b: &[u8]| -> Option<serde_json::Value> {
                 let mut v = serde_json::from_slice(b).ok()?;
                 strip_timing(&mut v);
@@ -144,7 +152,10 @@ fn leftovers(dir: &Path) -> Vec<String> {
             let name = e.file_name().to_string_lossy().into_owned();
             if p.is_dir() {
                 stack.push(p);
-            } else if name.contains(".tmp") || name == layerwise_core::run::STATE_FILE {
+            } else if name.contains(".tmp")
+                || name == layerwise_core::run::STATE_FILE
+                || name.starts_with(".decoupled-e")
+            {
                 found.push(p.display().to_string());
             }
         }
@@ -167,6 +178,7 @@ fn greedy(exe: &Path, work: &Path, s: &Scenario, source: &Path, artifacts: &str,
         .arg("--run-dir")
         .arg(work.join(run))
         .arg("--plain")
+        .args(s.extra)
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     c
@@ -198,7 +210,8 @@ fn scenario(exe: &Path, work: &Path, source: &Path, s: &Scenario, index: u64, a:
         }
         // (its log is small: a few lines per epoch, well within a pipe's buffer)
         let log = child.wait_with_output()?.stderr;
-        if String::from_utf8_lossy(&log).contains("resuming at epoch") {
+        let said = String::from_utf8_lossy(&log);
+        if said.contains("resuming at epoch") || said.contains("resuming every stage") {
             out.resumed_mid_depth += 1;
         }
         if attempt > 20 * a.kills as u64 + 20 {
@@ -208,7 +221,8 @@ fn scenario(exe: &Path, work: &Path, source: &Path, s: &Scenario, index: u64, a:
         let finish = out.kills == a.kills || rng.gen_ratio(1, 8);
         if finish {
             let done = greedy(exe, work, s, source, &chaos_artifacts, &run).stderr(Stdio::piped()).output()?;
-            if String::from_utf8_lossy(&done.stderr).contains("resuming at epoch") {
+            let said = String::from_utf8_lossy(&done.stderr);
+            if said.contains("resuming at epoch") || said.contains("resuming every stage") {
                 out.resumed_mid_depth += 1;
             }
             if !done.status.success() {
@@ -254,6 +268,31 @@ epochs = 2
 lr = 0.01
 "#;
 
+/// The decoupled scenarios' pipeline: three stages at once, 6 epochs each (kills land
+/// between and inside epochs).
+const DECOUPLED_PIPELINE: &str = r#"name = "chaos-decoupled"
+[data]
+normalize = "standardize"
+val_fraction = 0.2
+limit_train = 1000
+limit_test = 100
+[model]
+kind = "cnn"
+stages = [{ out = 4 }, { out = 8, downsample = "maxpool" }, { out = 8, downsample = "psi" }]
+[train]
+epochs = 6
+batch_size = 50
+optimizer = "sgd"
+momentum = 0.9
+lr = 0.05
+label_smoothing = 0.1
+seed = 0
+[greedy]
+max_depth = 3
+evaluate = "test"
+schedule = "decoupled"
+"#;
+
 /// Run the chaos test; fails on any difference or leftover.
 pub fn run(a: &ChaosArgs) -> Result<Vec<(String, ChaosOutcome)>> {
     let temp;
@@ -284,20 +323,28 @@ pub fn run(a: &ChaosArgs) -> Result<Vec<(String, ChaosOutcome)>> {
     // kills land in conv epochs and their saved states, and in the fine-tuning.
     let cnn = work.join("chaos-cnn.toml");
     std::fs::write(&cnn, CNN_PIPELINE)?;
+    let decoupled = work.join("chaos-decoupled.toml");
+    std::fs::write(&decoupled, DECOUPLED_PIPELINE)?;
     let scenarios = [
-        Scenario { name: "smoke", pipeline: smoke },
-        Scenario { name: "resume", pipeline: longer },
-        Scenario { name: "cnn", pipeline: cnn },
+        Scenario { name: "smoke", pipeline: smoke, extra: &[] },
+        Scenario { name: "resume", pipeline: longer, extra: &[] },
+        Scenario { name: "cnn", pipeline: cnn, extra: &[] },
+        Scenario { name: "decoupled", pipeline: decoupled.clone(), extra: &["--groups", "3"] },
+        Scenario { name: "decoupled-mpi", pipeline: decoupled, extra: &["--groups", "3", "--launcher", "mpi"] },
     ];
     if let Some(name) = &a.scenario {
         if !scenarios.iter().any(|s| s.name == name) {
-            bail!("no chaos scenario `{name}`: use smoke, resume or cnn");
+            bail!("no chaos scenario `{name}`: use smoke, resume, cnn, decoupled or decoupled-mpi");
         }
     }
     let mut results = Vec::new();
     let mut failed = false;
     for (i, s) in scenarios.iter().enumerate() {
-        if a.scenario.as_deref().is_some_and(|n| n != s.name) {
+        let chosen = match a.scenario.as_deref() {
+            Some(n) => n == s.name,
+            None => s.name != "decoupled-mpi",
+        };
+        if !chosen {
             continue;
         }
         let t = Instant::now();

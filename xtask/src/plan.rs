@@ -98,6 +98,12 @@ impl Step {
             .join(" ")
     }
 
+    /// The processes it runs as: its launcher's `-n`, else 1.
+    pub fn tasks(&self) -> usize {
+        let n = self.launch.iter().position(|a| a == "-n").and_then(|i| self.launch.get(i + 1));
+        n.and_then(|n| n.parse().ok()).unwrap_or(1)
+    }
+
     /// Run the stage in this process, through its command-line parser; under its launcher,
     /// this executable runs it (by the program's name) as the launcher's processes.
     pub fn run(&self) -> Result<()> {
@@ -105,9 +111,20 @@ impl Step {
         if self.launch.is_empty() {
             return self.program.run(&self.args).with_context(failed);
         }
+        if self.launch[0] == "mpirun" && !layerwise_train::MPI_BUILT {
+            anyhow::bail!("{}: {}", failed(), layerwise_train::NO_MPI);
+        }
         let exe = std::env::current_exe().context("cannot locate the xtask binary to launch")?;
         let bin = stage_links(&exe)?;
-        let status = std::process::Command::new(&self.launch[0])
+        let mut command = std::process::Command::new(&self.launch[0]);
+        // SAFETY: the hook only calls prctl, which is async-signal-safe.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut command, || {
+                layerwise_core::parent::die_with_parent();
+                Ok(())
+            });
+        }
+        let status = command
             .args(&self.launch[1..])
             .arg(bin.join(self.program.name()))
             .args(&self.args)

@@ -109,7 +109,8 @@ fn job_script(job: &JobSpec, cfg: &SlurmConfig, cwd: &Path, bin: &Path, logs: &P
     opt("--kill-on-invalid-dep=yes".into());
     let cpus = if job.step.program == Program::Report { 1 } else { cfg.cpus_per_task.unwrap_or(2) };
     opt(format!("--cpus-per-task={cpus}"));
-    opt("--ntasks=1".into());
+    // A decoupled run under MPI: one task a rank; mpirun starts them inside the allocation.
+    opt(format!("--ntasks={}", job.step.tasks()));
     let partition =
         if job.gpu { cfg.gpu_partition.as_ref().or(cfg.partition.as_ref()) } else { cfg.partition.as_ref() };
     if let Some(p) = partition {

@@ -297,27 +297,26 @@ fn a_local_sweep_aggregates_its_runs() {
     assert!(svg.contains("range of 2 runs") && svg.contains("<polygon"), "a band per series");
     // The same report from `layerwise-report --runs ... --out`.
     let out = e.dir.path().join("by-hand");
-    Step {
-        program: Program::Report,
-        args: vec![
+    Step::of(
+        Program::Report,
+        vec![
             "--runs".into(),
             sweep_dir.join("smoke-seed0").to_string_lossy().into_owned(),
             sweep_dir.join("smoke-seed1").to_string_lossy().into_owned(),
             "--out".into(),
             out.to_string_lossy().into_owned(),
         ],
-    }
+    )
     .run()
     .unwrap();
     assert_eq!(std::fs::read_to_string(out.join("report.md")).unwrap(), report);
     // A sweep folder without runs, and --runs without --out, are refused.
     let empty = e.dir.path().join("empty");
     std::fs::create_dir_all(&empty).unwrap();
-    let err = Step { program: Program::Report, args: vec!["--sweep".into(), empty.to_string_lossy().into_owned()] }
-        .run()
-        .unwrap_err();
+    let err =
+        Step::of(Program::Report, vec!["--sweep".into(), empty.to_string_lossy().into_owned()]).run().unwrap_err();
     assert!(format!("{err:#}").contains("no run folders"), "{err:#}");
-    let err = Step { program: Program::Report, args: vec!["--runs".into(), "x".into()] }.run().unwrap_err();
+    let err = Step::of(Program::Report, vec!["--runs".into(), "x".into()]).run().unwrap_err();
     assert!(format!("{err:#}").contains("--out"), "{err:#}");
 }
 
@@ -375,9 +374,7 @@ fn a_damaged_evaluation_never_costs_its_checkpoint() {
     // A hole in the depths is marked by the report, not passed over.
     std::fs::remove_file(&model).unwrap();
     std::fs::remove_file(&history).unwrap();
-    Step { program: Program::Report, args: vec!["--run".into(), e.path("run").to_string_lossy().into_owned()] }
-        .run()
-        .unwrap();
+    Step::of(Program::Report, vec!["--run".into(), e.path("run").to_string_lossy().into_owned()]).run().unwrap();
     let report = std::fs::read_to_string(e.path("run/report.md")).unwrap();
     assert!(report.contains("Incomplete run: depth 2 missing"), "{report}");
     let summary: serde_json::Value =

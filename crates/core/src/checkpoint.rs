@@ -609,6 +609,7 @@ mod tests {
         };
         let meta = CheckpointMeta {
             overrides: Vec::new(),
+            schedule: None,
             version: CNN_CHECKPOINT_VERSION,
             depth: 1,
             input_size: 192,

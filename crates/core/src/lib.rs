@@ -29,6 +29,7 @@ pub mod limits;
 pub mod link;
 pub mod metrics;
 pub mod names;
+pub mod parent;
 pub mod pipeline;
 pub mod progress;
 pub mod run;

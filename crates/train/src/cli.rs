@@ -315,7 +315,7 @@ fn run_decoupled(a: &Args, phase: Phase) -> Result<()> {
         progress: progress(a),
         overrides,
     };
-    for out in crate::decoupled::train_decoupled(&opts)? {
+    for out in crate::train_decoupled(&opts)? {
         say_written(&out);
     }
     Ok(())

@@ -29,14 +29,15 @@ use crate::conv::{fresh_head, fresh_stage, grown_stage_seed, write, ConvPlan};
 use crate::learner::{BatchSeeds, Learn, Learner, Loop, NotFinite};
 use crate::links::{Inbox, LinkStats, Outbox, Upstream};
 use crate::options::{TrainOptions, TrainOutcome};
-use crate::progress::{Progress, Reporter};
+use crate::progress::Progress;
+use crate::progress::Reporter;
 use crate::state::{self, Expect, ExpectRun, LoopState, Record, RunKey, TrainState, Training};
 use crate::supervised::epoch_metrics;
 use anyhow::{bail, Context, Result};
 use layerwise_core::cnn::{Cnn, CnnSpec, Downsample};
 use layerwise_core::config::{Augment, Regime, TrainConfig};
 use layerwise_core::dataset::{Dataset, Split};
-use layerwise_core::decoupled::{DecoupledConfig, Launcher};
+use layerwise_core::decoupled::DecoupledConfig;
 use layerwise_core::link::{Frame, FrameKind};
 use layerwise_core::metrics::EpochMetrics;
 use layerwise_core::names::TensorPath;
@@ -64,15 +65,6 @@ pub struct DecoupledOptions {
     pub progress: Progress,
     /// Settings given as flags beside the pipeline, recorded in every checkpoint.
     pub overrides: Vec<String>,
-}
-
-/// Train every stage at once and write each depth's checkpoint; returns them in depth
-/// order (an MPI rank other than 0 returns none: rank 0 writes them).
-pub fn train_decoupled(opts: &DecoupledOptions) -> Result<Vec<TrainOutcome>> {
-    match opts.decoupled.launcher {
-        Launcher::Threads => crate::links::run_threads(opts),
-        Launcher::Mpi => crate::mpi_links::run_mpi(opts),
-    }
 }
 
 /// One stage of the run: its own network (its block, with its downsampling, and its
@@ -299,6 +291,8 @@ fn untag(tagged: &str) -> Option<(usize, &str)> {
 /// One stage being trained in a group.
 struct StageRun {
     index: usize,
+    /// Seconds in its training steps and its validation passes (its own compute).
+    seconds: f64,
     step: Box<dyn Step<'static>>,
     input: [usize; 3],
     output: [usize; 3],
@@ -400,7 +394,14 @@ impl<'d> Group<'d> {
             } else {
                 history.push(Vec::new());
             }
-            runs.push(StageRun { index: i, step, input: plan.input, output: plan.output, next: plan.next });
+            runs.push(StageRun {
+                index: i,
+                seconds: 0.0,
+                step,
+                input: plan.input,
+                output: plan.output,
+                next: plan.next,
+            });
         }
         if let Some(g) = &mut saved_group {
             g.epochs = (0..epoch)
@@ -463,9 +464,13 @@ impl<'d> Group<'d> {
         Ok(())
     }
 
-    /// Tell the next group this one has finished.
+    /// Tell the next group this one has finished, and read the incoming link to its end.
     pub(crate) fn finish(&mut self) -> Result<()> {
-        self.send(FrameKind::End, self.t, Vec::new(), Vec::new())
+        self.send(FrameKind::End, self.t, Vec::new(), Vec::new())?;
+        match &mut self.source {
+            Source::Link(up) => up.finish(),
+            Source::Data { .. } => Ok(()),
+        }
     }
 
     /// The link statistics of this group's inbox (none for group 0).
@@ -513,7 +518,9 @@ impl Learn for Group<'_> {
         let n = labels.len();
         let mut worst = None;
         for k in 0..self.stages.len() {
+            let started = Instant::now();
             let (loss, out) = self.stages[k].step.step_handing_on(&x, &labels, seeds.dropout(), lr)?;
+            self.stages[k].seconds += started.elapsed().as_secs_f64();
             if let Some(l) = loss.filter(|l| !l.is_finite()) {
                 worst = Some(l);
             }
@@ -559,8 +566,10 @@ impl Learn for Group<'_> {
         };
         for (mut x, labels) in chunks {
             let n = labels.len();
-            for (k, s) in self.stages.iter().enumerate() {
+            for (k, s) in self.stages.iter_mut().enumerate() {
+                let started = Instant::now();
                 let out = s.step.infer_handing_on(&x, &labels, &mut val[k])?;
+                s.seconds += started.elapsed().as_secs_f64();
                 x = s.hand_on(out, n);
             }
             let c = self.val_t;
@@ -645,6 +654,7 @@ pub(crate) fn run_group(
         sent: group.sent,
         received: group.received(),
         peak_memory_bytes: peak_memory(),
+        stage_seconds: group.stages.iter().map(|s| (s.index + 1, s.seconds)).collect(),
     };
     result.map(|()| report)
 }
@@ -685,6 +695,8 @@ pub(crate) struct GroupReport {
     pub(crate) received: Option<LinkStats>,
     /// The process's peak resident memory (an MPI rank's own; the threads' process's).
     pub(crate) peak_memory_bytes: Option<u64>,
+    /// Each of its depths and the seconds of its own compute (steps and validation).
+    pub(crate) stage_seconds: Vec<(usize, f64)>,
 }
 
 /// The process's peak resident set (`VmHWM`), where the system says.
@@ -772,4 +784,18 @@ pub(crate) fn write_checkpoints(
         }
     }
     Ok(outcomes)
+}
+
+/// Say where a run starts: from the beginning, or after the last epoch every stage saved.
+pub(crate) fn say(shared: &Shared, epoch: usize) {
+    if shared.opts.progress == Progress::Quiet || epoch == 0 {
+        return;
+    }
+    let e = shared.opts.config.epochs;
+    let text = if epoch == e {
+        "every stage finished: writing the checkpoints".to_string()
+    } else {
+        format!("resuming every stage after epoch {epoch} of {e}, the last one all stages saved")
+    };
+    layerwise_core::progress::println(&format!("decoupled: {text}"));
 }

@@ -22,6 +22,7 @@ pub mod cli;
 mod conv;
 pub mod decoupled;
 mod inputs;
+mod launch;
 mod learner;
 mod links;
 mod mlp;
@@ -37,6 +38,8 @@ mod run;
 pub mod state;
 mod supervised;
 
+pub use launch::train_decoupled;
+pub use mpi_links::{MPI_BUILT, NO_MPI};
 pub use options::{adopt_parent_architecture, TrainOptions, TrainOutcome};
 pub use plan::{memory_available, memory_needed};
 pub use progress::Progress;

@@ -1,5 +1,4 @@
-//! The links between groups of a decoupled run, and the launcher that runs groups as
-//! threads of this process.
+//! The links between groups of a decoupled run.
 //!
 //! A link carries encoded [`Frame`]s, the same bytes whatever carries them: a bounded
 //! channel between two threads (synchronous mode: the sender waits when `buffer` frames
@@ -7,11 +6,9 @@
 //! (asynchronous mode: the sender never waits), or MPI messages between ranks
 //! (`mpi_links.rs`). The receiving side ([`Upstream`]) decodes and checks every frame
 //! against what it expects, so a frame of another version, link, index, shape or a
-//! damaged one is refused naming the link and the frame.
+//! damaged one is refused naming the link and the frame. The launchers that make links
+//! are `launch.rs` (threads) and `mpi_links.rs` (ranks).
 
-use crate::decoupled::{run_group, write_checkpoints, DecoupledOptions, GroupReport, Shared};
-use crate::options::TrainOutcome;
-use crate::progress::Progress;
 use crate::replay::ReplayBuffer;
 use anyhow::{anyhow, Result};
 use layerwise_core::decoupled::Mode;
@@ -191,6 +188,16 @@ impl<'d> Upstream<'d> {
         Ok(self.latest_val.clone().unwrap_or_default())
     }
 
+    /// Read the link to its end, once this group has finished: the group before may still
+    /// be sending (asynchronous mode), and a frame left unread would keep it waiting.
+    pub(crate) fn finish(&mut self) -> Result<()> {
+        while !self.done {
+            let f = self.recv(None)?;
+            self.route(f);
+        }
+        Ok(())
+    }
+
     /// What crossed the link.
     pub(crate) fn stats(&self) -> LinkStats {
         LinkStats { replay: (self.mode == Mode::Async).then(|| self.buffer.stats()), ..self.stats }
@@ -198,14 +205,15 @@ impl<'d> Upstream<'d> {
 }
 
 /// The sending end of a channel between two threads.
-enum ThreadOut {
+pub(crate) enum ThreadOut {
     Bounded(mpsc::SyncSender<Vec<u8>>),
     Unbounded(mpsc::Sender<Vec<u8>>),
 }
 
-struct ThreadOutbox {
-    tx: ThreadOut,
-    link: usize,
+/// A link's sending end in a group that is a thread.
+pub(crate) struct ThreadOutbox {
+    pub(crate) tx: ThreadOut,
+    pub(crate) link: usize,
 }
 
 impl Outbox for ThreadOutbox {
@@ -218,9 +226,10 @@ impl Outbox for ThreadOutbox {
     }
 }
 
-struct ThreadInbox {
-    rx: mpsc::Receiver<Vec<u8>>,
-    link: usize,
+/// A link's receiving end in a group that is a thread.
+pub(crate) struct ThreadInbox {
+    pub(crate) rx: mpsc::Receiver<Vec<u8>>,
+    pub(crate) link: usize,
 }
 
 impl Inbox for ThreadInbox {
@@ -233,98 +242,76 @@ impl Inbox for ThreadInbox {
     }
 }
 
-/// Run every group as a thread of this process (each with its share of the cores for
-/// its products), then write the checkpoints.
-pub(crate) fn run_threads(opts: &DecoupledOptions) -> Result<Vec<TrainOutcome>> {
-    let shared = Shared::new(opts)?;
-    let started = Instant::now();
-    let groups = shared.groups();
-    let all = 0..shared.stages.len();
-    let epoch = shared.latest_saved(all);
-    say(&shared, epoch);
-    let reports = if epoch == opts.config.epochs {
-        Vec::new()
-    } else {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let per_group = (cores / groups.len()).max(1);
-        let progress = opts.progress;
-        let mut inboxes: Vec<Option<ThreadInbox>> = vec![None];
-        let mut outboxes: Vec<Option<ThreadOutbox>> = Vec::new();
-        for g in 1..groups.len() {
-            let link = groups[g].start;
-            let (tx, rx) = match opts.decoupled.mode {
-                Mode::Sync => {
-                    let (tx, rx) = mpsc::sync_channel(opts.decoupled.buffer);
-                    (ThreadOut::Bounded(tx), rx)
-                }
-                Mode::Async => {
-                    let (tx, rx) = mpsc::channel();
-                    (ThreadOut::Unbounded(tx), rx)
-                }
-            };
-            outboxes.push(Some(ThreadOutbox { tx, link }));
-            inboxes.push(Some(ThreadInbox { rx, link }));
+#[cfg(test)]
+mod tests {
+    use super::{Inbox, Upstream};
+    use anyhow::Result;
+    use layerwise_core::decoupled::Mode;
+    use layerwise_core::link::{Frame, FrameKind};
+    use std::collections::VecDeque;
+
+    /// Frames handed over in order, as a link delivers them.
+    struct Queue(VecDeque<Vec<u8>>);
+
+    impl Inbox for Queue {
+        fn recv(&mut self) -> Result<Vec<u8>> {
+            self.0.pop_front().ok_or_else(|| anyhow::anyhow!("empty"))
         }
-        outboxes.push(None);
-        let results: Vec<Result<GroupReport>> = std::thread::scope(|s| {
-            let handles: Vec<_> = groups
-                .iter()
-                .cloned()
-                .enumerate()
-                .zip(inboxes.into_iter().zip(outboxes))
-                .map(|((g, range), (inbox, outbox))| {
-                    let shared = &shared;
-                    s.spawn(move || -> Result<GroupReport> {
-                        let pool = rayon::ThreadPoolBuilder::new().num_threads(per_group).build()?;
-                        pool.install(|| {
-                            let inbox = inbox.map(|b| Box::new(b) as Box<dyn Inbox>);
-                            let outbox = outbox.map(|b| Box::new(b) as Box<dyn Outbox>);
-                            run_group(shared, g, range, epoch, inbox, outbox, progress)
-                        })
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().unwrap_or_else(|_| Err(anyhow!("a group's thread panicked"))))
-                .collect()
-        });
-        first_cause(results)?
-    };
-    let reports = reports.iter().map(serde_json::to_value).collect::<Result<Vec<_>, _>>()?;
-    write_checkpoints(&shared, &reports, started, epoch > 0)
-}
 
-/// Say where a run starts: from the beginning, or after the last epoch every stage saved.
-pub(crate) fn say(shared: &Shared, epoch: usize) {
-    if shared.opts.progress == Progress::Quiet || epoch == 0 {
-        return;
-    }
-    let e = shared.opts.config.epochs;
-    let text = if epoch == e {
-        "every stage finished: writing the checkpoints".to_string()
-    } else {
-        format!("resuming every stage after epoch {epoch} of {e}, the last one all stages saved")
-    };
-    layerwise_core::progress::println(&format!("decoupled: {text}"));
-}
-
-/// The groups' reports, or the error that stopped the run: a group's own, before the
-/// links that closed because of it.
-pub(crate) fn first_cause(results: Vec<Result<GroupReport>>) -> Result<Vec<GroupReport>> {
-    let mut closed = None;
-    let mut reports = Vec::new();
-    for (g, r) in results.into_iter().enumerate() {
-        match r {
-            Ok(rep) => reports.push(rep),
-            Err(e) if e.downcast_ref::<LinkClosed>().is_some() => {
-                closed.get_or_insert(e);
-            }
-            Err(e) => return Err(e.context(format!("group {g} of the decoupled run failed"))),
+        fn try_recv(&mut self) -> Result<Option<Vec<u8>>> {
+            Ok(self.0.pop_front())
         }
     }
-    match closed {
-        Some(e) => Err(e),
-        None => Ok(reports),
+
+    fn frame(kind: FrameKind, link: u32, batch: u64, shape: Vec<u32>) -> Vec<u8> {
+        let per: u32 = shape.iter().product();
+        let rows = if kind == FrameKind::End { 0 } else { 2 };
+        Frame { kind, link, batch, shape, values: vec![0.5; (rows * per) as usize], labels: vec![1; rows as usize] }
+            .encode()
+            .unwrap()
+    }
+
+    fn upstream(frames: Vec<Vec<u8>>, mode: Mode) -> Upstream<'static> {
+        Upstream::new(Box::new(Queue(frames.into())), 2, [4, 4, 3], 64, mode, 2, 2, 1)
+    }
+
+    #[test]
+    fn a_synchronous_link_takes_its_frames_in_order_and_refuses_others_by_name() {
+        let good = |b| frame(FrameKind::Train, 2, b, vec![4, 4, 3]);
+        let mut up = upstream(vec![good(0), good(1)], Mode::Sync);
+        assert_eq!(up.next_batch(0).unwrap().batch, 0);
+        assert_eq!(up.next_batch(1).unwrap().batch, 1);
+        let cases = [
+            (good(5), "training batch 5 arrived where training batch 0 was expected"),
+            (frame(FrameKind::Train, 3, 0, vec![4, 4, 3]), "is for link 3"),
+            (frame(FrameKind::Train, 2, 0, vec![4, 4, 4]), "carries examples of shape [4, 4, 4]"),
+            (frame(FrameKind::Val, 2, 0, vec![4, 4, 3]), "validation chunk 0 arrived where training batch 0"),
+        ];
+        for (bytes, needle) in cases {
+            let e = format!("{:#}", upstream(vec![bytes], Mode::Sync).next_batch(0).unwrap_err());
+            assert!(e.starts_with("link 2:") && e.contains(needle), "{needle}: {e}");
+        }
+        let mut damaged = good(0);
+        damaged[50] ^= 1;
+        let e = format!("{:#}", upstream(vec![damaged], Mode::Sync).next_batch(0).unwrap_err());
+        assert!(e.contains("checksum"), "{e}");
+    }
+
+    #[test]
+    fn an_asynchronous_link_trains_on_the_freshest_and_reuses_after_the_end() {
+        let f = |b| frame(FrameKind::Train, 2, b, vec![4, 4, 3]);
+        let val = frame(FrameKind::Val, 2, 0, vec![4, 4, 3]);
+        let end = frame(FrameKind::End, 2, 3, vec![1]);
+        let mut up = upstream(vec![f(0), f(1), f(2), val, end], Mode::Async);
+        // Buffer of 2: batch 0 pushed out unused; batch 2 is the freshest.
+        assert_eq!(up.next_batch(0).unwrap().batch, 2);
+        assert_eq!(up.next_batch(1).unwrap().batch, 1);
+        assert_eq!(up.next_batch(2).unwrap().batch, 2);
+        assert_eq!(up.next_batch(3).unwrap().batch, 1);
+        // Reuse limit 2 reached and the sender has finished: past the limit, counted.
+        assert_eq!(up.next_batch(4).unwrap().batch, 2);
+        let stats = up.stats().replay.unwrap();
+        assert_eq!((stats.dropped, stats.reused, stats.past_limit), (1, 3, 1));
+        assert_eq!(up.val_set(0, 1).unwrap().len(), 1);
     }
 }

@@ -6,8 +6,11 @@ use crate::decoupled::DecoupledOptions;
 use crate::options::TrainOutcome;
 use anyhow::Result;
 
+/// Whether this build runs groups as MPI ranks (the `mpi` feature).
+pub const MPI_BUILT: bool = cfg!(feature = "mpi");
+
 /// How to get an MPI build, for a build without one.
-pub(crate) const NO_MPI: &str = "this build has no MPI launcher: install Open MPI (or MPICH) and libclang \
+pub const NO_MPI: &str = "this build has no MPI launcher: install Open MPI (or MPICH) and libclang \
      (Debian: apt-get install openmpi-bin libopenmpi-dev libclang-dev), build with `cargo build --release --workspace \
      --features mpi`, then run target/release/xtask under mpirun (the printed plan shows the line), or use \
      `--launcher threads`";
@@ -24,10 +27,12 @@ pub(crate) use with_mpi::run_mpi;
 #[cfg(feature = "mpi")]
 mod with_mpi {
     use super::{DecoupledOptions, Result, TrainOutcome};
-    use crate::decoupled::{run_group, write_checkpoints, Shared};
-    use crate::links::{say, Inbox, Outbox};
+    use crate::decoupled::{run_group, say, write_checkpoints, Shared};
+    use crate::links::{Inbox, Outbox};
     use anyhow::{anyhow, bail};
+    use layerwise_core::decoupled::Mode;
     use mpi::collective::SystemOperation;
+    use mpi::environment::Threading;
     use mpi::point_to_point::{Destination, Source};
     use mpi::topology::{Communicator, SimpleCommunicator};
     use mpi::traits::*;
@@ -36,26 +41,60 @@ mod with_mpi {
     /// The tag of frames on a link.
     const FRAME_TAG: i32 = 7;
 
+    /// A synchronous link's sending end: a standard send, which waits for the receiver
+    /// once a frame is past MPI's eager size (every batch of activations is).
     struct MpiOutbox<'c> {
         world: &'c SimpleCommunicator,
         to: i32,
-        link: usize,
     }
 
     impl Outbox for MpiOutbox<'_> {
         fn send(&mut self, frame: Vec<u8>) -> Result<()> {
-            // A synchronous send: it returns once the receiver has taken the frame, so a
-            // rank never runs more than one frame ahead of its successor in sync mode.
-            let _ = self.link;
             self.world.process_at_rank(self.to).send_with_tag(&frame[..], FRAME_TAG);
             Ok(())
+        }
+    }
+
+    /// An asynchronous link's sending end: frames go to a thread of their own that sends
+    /// them in order, so the group never waits for its successor (MPI_THREAD_MULTIPLE).
+    struct MpiAsyncOutbox {
+        tx: Option<std::sync::mpsc::Sender<Vec<u8>>>,
+        sender: Option<std::thread::JoinHandle<()>>,
+    }
+
+    impl MpiAsyncOutbox {
+        fn new(to: i32) -> Self {
+            let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+            let sender = std::thread::spawn(move || {
+                let world = SimpleCommunicator::world();
+                for frame in rx {
+                    world.process_at_rank(to).send_with_tag(&frame[..], FRAME_TAG);
+                }
+            });
+            Self { tx: Some(tx), sender: Some(sender) }
+        }
+    }
+
+    impl Outbox for MpiAsyncOutbox {
+        fn send(&mut self, frame: Vec<u8>) -> Result<()> {
+            let tx = self.tx.as_ref().ok_or_else(|| anyhow!("internal: the link's sender has finished"))?;
+            tx.send(frame).map_err(|_| anyhow!("the link's sender thread stopped"))
+        }
+    }
+
+    impl Drop for MpiAsyncOutbox {
+        /// Every frame handed over is sent before the rank goes on (to MPI_Finalize).
+        fn drop(&mut self) {
+            drop(self.tx.take());
+            if let Some(h) = self.sender.take() {
+                let _ = h.join();
+            }
         }
     }
 
     struct MpiInbox<'c> {
         world: &'c SimpleCommunicator,
         from: i32,
-        link: usize,
     }
 
     impl Inbox for MpiInbox<'_> {
@@ -65,7 +104,6 @@ mod with_mpi {
         }
 
         fn try_recv(&mut self) -> Result<Option<Vec<u8>>> {
-            let _ = self.link;
             match self.world.process_at_rank(self.from).immediate_probe_with_tag(FRAME_TAG) {
                 Some(_) => self.recv().map(Some),
                 None => Ok(None),
@@ -85,8 +123,17 @@ mod with_mpi {
     }
 
     pub(crate) fn run_mpi(opts: &DecoupledOptions) -> Result<Vec<TrainOutcome>> {
-        let universe = mpi::initialize().ok_or_else(|| anyhow!("MPI was initialized already in this process"))?;
+        // A rank ends with the mpirun that started it.
+        layerwise_core::parent::die_with_parent();
+        let (universe, threading) = mpi::initialize_with_threading(Threading::Multiple)
+            .ok_or_else(|| anyhow!("MPI was initialized already in this process"))?;
         let world = universe.world();
+        if opts.decoupled.mode == Mode::Async && threading != Threading::Multiple {
+            bail!(
+                "this MPI library gives no MPI_THREAD_MULTIPLE, which the asynchronous mode's sending thread needs: \
+                 use mode = \"sync\" or an MPI built with thread support"
+            );
+        }
         let (rank, size) = (world.rank() as usize, world.size() as usize);
         let shared = Shared::new(opts)?;
         let groups = shared.groups();
@@ -114,11 +161,12 @@ mod with_mpi {
         let result = if epoch == opts.config.epochs {
             Ok(None)
         } else {
-            let inbox = (rank > 0).then(|| {
-                Box::new(MpiInbox { world: &world, from: rank as i32 - 1, link: range.start }) as Box<dyn Inbox>
-            });
-            let outbox = (rank + 1 < size).then(|| {
-                Box::new(MpiOutbox { world: &world, to: rank as i32 + 1, link: range.end }) as Box<dyn Outbox>
+            let inbox =
+                (rank > 0).then(|| Box::new(MpiInbox { world: &world, from: rank as i32 - 1 }) as Box<dyn Inbox>);
+            let to = rank as i32 + 1;
+            let outbox = (rank + 1 < size).then(|| match opts.decoupled.mode {
+                Mode::Sync => Box::new(MpiOutbox { world: &world, to }) as Box<dyn Outbox>,
+                Mode::Async => Box::new(MpiAsyncOutbox::new(to)) as Box<dyn Outbox>,
             });
             let progress = if rank == 0 { opts.progress } else { crate::Progress::Quiet };
             run_group(&shared, rank, range, epoch, inbox, outbox, progress).map(Some)

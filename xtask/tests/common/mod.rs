@@ -36,6 +36,8 @@ impl Env {
             from: None,
             restart: false,
             print_commands: false,
+            groups: None,
+            launcher: None,
             inputs: RunInputs {
                 source: Some(self.source.clone()),
                 artifacts: Some(self.path("artifacts")),
@@ -61,7 +63,7 @@ impl Env {
 /// Run a stage in this process through its command line.
 pub fn step(program: xtask::plan::Program, args: &[&dyn AsRef<std::ffi::OsStr>]) {
     let args = args.iter().map(|a| a.as_ref().to_string_lossy().into_owned()).collect();
-    xtask::plan::Step { program, args }.run().unwrap();
+    xtask::plan::Step::of(program, args).run().unwrap();
 }
 
 /// The real CIFAR-10 (`CIFAR10_DIR`), else a synthetic binary release written into `root`.
