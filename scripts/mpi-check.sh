@@ -41,4 +41,9 @@ else
   echo "mpi-check: CIFAR10_DIR not set: skipped the 1-group vs 3-rank comparison"
 fi
 target/release/xtask chaos --scenario decoupled-mpi --kills "$kills" --seed 5
+# On the one-node Slurm cluster of .ci/run (SLURM_CONF set): the decoupled run as one job of
+# 2 tasks, mpirun inside the allocation, against the local bytes.
+if [ -n "${SLURM_CONF:-}" ]; then
+  cargo test --release -p xtask --features mpi --test slurm -- --ignored a_decoupled_run 2>&1 | grep -E '^test |test result'
+fi
 echo "mpi-check: passed"

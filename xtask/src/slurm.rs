@@ -153,6 +153,13 @@ fn job_script(job: &JobSpec, cfg: &SlurmConfig, cwd: &Path, bin: &Path, logs: &P
             args.join(" ")
         ));
     }
+    if job.step.launch.first().map(String::as_str) == Some("mpirun") {
+        s.push_str(
+            "# The decoupled run's groups as MPI ranks, one task each, started by mpirun inside the allocation\n\
+             # (Open MPI refuses to run as root, as containers do, without these two).\n\
+             export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1\n",
+        );
+    }
     s.push_str(&job.step.command_line());
     s.push('\n');
     s.push_str(&format!("echo \"layerwise job {}: done $(date -u +%FT%TZ)\"\n", job.label));

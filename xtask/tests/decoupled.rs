@@ -13,15 +13,8 @@ use xtask::print::commands;
 mod common;
 
 fn decoupled_smoke(e: &common::Env, run_dir: &str, edits: &[(&str, &str)]) -> xtask::args::GreedyArgs {
-    let mut text = std::fs::read_to_string(xtask::repo_root().join("pipelines/decoupled-smoke.toml")).unwrap();
-    for (a, b) in edits {
-        assert!(text.contains(a), "{a} not in decoupled-smoke.toml");
-        text = text.replace(a, b);
-    }
-    let p = e.path(&format!("{run_dir}.toml"));
-    std::fs::write(&p, text).unwrap();
     let mut a = e.args(run_dir);
-    a.pipeline = Some(p);
+    a.pipeline = Some(e.pipeline_with("decoupled-smoke", run_dir, edits));
     a
 }
 

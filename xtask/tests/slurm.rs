@@ -462,3 +462,32 @@ fn an_autoencoder_loop_and_its_fine_tuning_chain_to_the_local_bytes() {
         .filter(|d| d.file_name().to_string_lossy().starts_with("autoencoder-finetune-"));
     assert_eq!(ft.count(), 1, "only the autoencoder loop's best depth is fine-tuned");
 }
+
+#[test]
+#[ignore = "needs a Slurm cluster: scripts/slurm-local.sh start, then cargo test -p xtask --test slurm -- --ignored (.ci/run does both)"]
+fn a_decoupled_run_is_one_job_and_gives_the_local_bytes() {
+    let Some(_c) = cluster() else { return };
+    let e = env();
+    let pipeline = xtask::repo_root().join("pipelines/decoupled-smoke.toml");
+    e.local(&pipeline, "local");
+    // Two groups as threads in one job; in a build with the `mpi` feature (scripts/mpi-check.sh
+    // runs this test in one), two MPI ranks: one job of 2 tasks, mpirun inside the allocation.
+    let mut extra = SUBMIT.to_vec();
+    extra.extend(["--wait", "--groups", "2"]);
+    if cfg!(feature = "mpi") {
+        extra.extend(["--launcher", "mpi"]);
+    }
+    let out = e.greedy(&pipeline, "chain", &extra);
+    assert!(out.status.success());
+    let chain = e.path("chain");
+    assert_same_models(&e.path("local"), &chain);
+    let script = std::fs::read_dir(chain.join("slurm"))
+        .unwrap()
+        .flatten()
+        .find(|f| f.file_name().to_string_lossy().contains("decoupled"))
+        .map(|f| std::fs::read_to_string(f.path()).unwrap())
+        .unwrap();
+    let tasks = if cfg!(feature = "mpi") { "--ntasks=2" } else { "--ntasks=1" };
+    assert!(script.contains(tasks) && script.contains("--decoupled"), "{script}");
+    assert!(leftovers(&chain).is_empty(), "{:?}", leftovers(&chain));
+}

@@ -30,8 +30,9 @@ pub(crate) fn run_threads(opts: &DecoupledOptions) -> Result<Vec<TrainOutcome>> 
     let reports = if epoch == opts.config.epochs {
         Vec::new()
     } else {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let per_group = (cores / groups.len()).max(1);
+        // Each group's products get its share of the threads this process may use
+        // (RAYON_NUM_THREADS, else the cores).
+        let per_group = (rayon::current_num_threads() / groups.len()).max(1);
         let progress = opts.progress;
         let mut inboxes: Vec<Option<ThreadInbox>> = vec![None];
         let mut outboxes: Vec<Option<ThreadOutbox>> = Vec::new();

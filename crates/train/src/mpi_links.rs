@@ -135,6 +135,14 @@ mod with_mpi {
             );
         }
         let (rank, size) = (world.rank() as usize, world.size() as usize);
+        // The ranks on one machine share its cores (RAYON_NUM_THREADS, else all of them):
+        // this rank's products get its share, set before anything runs on rayon's pool.
+        let on_this_machine = world.split_shared(rank as i32).size().max(1) as usize;
+        let cores = std::env::var("RAYON_NUM_THREADS")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        let _ = rayon::ThreadPoolBuilder::new().num_threads((cores / on_this_machine).max(1)).build_global();
         let shared = Shared::new(opts)?;
         let groups = shared.groups();
         if size != groups.len() {

@@ -49,9 +49,14 @@ impl Env {
 
     /// The smoke pipeline with text replacements, as NAME.toml.
     pub fn smoke_with(&self, name: &str, edits: &[(&str, &str)]) -> PathBuf {
-        let mut text = std::fs::read_to_string(xtask::repo_root().join("pipelines/smoke.toml")).unwrap();
+        self.pipeline_with("smoke", name, edits)
+    }
+
+    /// The committed pipeline `base` (pipelines/BASE.toml) with text replacements, as NAME.toml.
+    pub fn pipeline_with(&self, base: &str, name: &str, edits: &[(&str, &str)]) -> PathBuf {
+        let mut text = std::fs::read_to_string(xtask::repo_root().join(format!("pipelines/{base}.toml"))).unwrap();
         for (a, b) in edits {
-            assert!(text.contains(a), "{a} not in smoke.toml");
+            assert!(text.contains(a), "{a} not in {base}.toml");
             text = text.replace(a, b);
         }
         let p = self.path(&format!("{name}.toml"));
