@@ -43,6 +43,14 @@ pub struct ConvSettings {
     pub label_smoothing: f64,
 }
 
+impl ConvSettings {
+    /// The settings a training run's configuration gives: the one derivation, for a
+    /// convolutional depth and for a decoupled run's stages alike.
+    pub fn of(cfg: &layerwise_core::config::TrainConfig) -> Self {
+        Self { optimizer: cfg.optimizer_spec(), weight_decay: cfg.weight_decay, label_smoothing: cfg.label_smoothing }
+    }
+}
+
 impl ConvTrainer {
     /// A trainer of `net`'s stages from `first` on.
     pub fn new(net: ConvNet, first: usize, settings: &ConvSettings) -> Self {

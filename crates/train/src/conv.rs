@@ -197,11 +197,7 @@ fn train_on<D: Backend + 'static>(
     }
 
     // The optimizer, and a state an interrupted run of this command left.
-    let settings = ConvSettings {
-        optimizer: cfg.optimizer_spec(),
-        weight_decay: cfg.weight_decay,
-        label_smoothing: cfg.label_smoothing,
-    };
+    let settings = ConvSettings::of(cfg);
     // The optimizer's tensors are saved tensors, of the same sizes (the trainers' layouts
     // only reorder them).
     let saved_sizes: Vec<(String, usize)> = cnn_tensors(&p.net, first).into_iter().map(|(n, v)| (n, v.len())).collect();

@@ -1,7 +1,8 @@
 //! Where a decoupled run starts: the launcher its settings name. Threads of this process
 //! ([`run_threads`]), or MPI ranks (`mpi_links.rs`).
 
-use crate::decoupled::{run_group, say, write_checkpoints, DecoupledOptions, GroupReport, Shared};
+use crate::decoupled::{say, write_checkpoints, DecoupledOptions, Shared};
+use crate::group::{run_group, GroupReport};
 use crate::links::{Inbox, LinkClosed, Outbox, ThreadInbox, ThreadOut, ThreadOutbox};
 use crate::options::TrainOutcome;
 use anyhow::{anyhow, Result};

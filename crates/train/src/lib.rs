@@ -21,6 +21,7 @@
 pub mod cli;
 mod conv;
 pub mod decoupled;
+mod group;
 mod inputs;
 mod launch;
 mod learner;

@@ -27,7 +27,8 @@ pub(crate) use with_mpi::run_mpi;
 #[cfg(feature = "mpi")]
 mod with_mpi {
     use super::{DecoupledOptions, Result, TrainOutcome};
-    use crate::decoupled::{run_group, say, write_checkpoints, Shared};
+    use crate::decoupled::{say, write_checkpoints, Shared};
+    use crate::group::run_group;
     use crate::links::{Inbox, Outbox};
     use anyhow::{anyhow, bail};
     use layerwise_core::decoupled::Mode;
