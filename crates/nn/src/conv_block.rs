@@ -2,11 +2,12 @@
 //! weights, their initialization and their conversion from and to PyTorch's layout, and its
 //! forward passes (inference, training) and backward pass.
 
-use crate::conv_ops::{col2im, column_sums2, im2col, Nhwc, PASS_ROWS};
-use crate::host::{matmul, View};
+use crate::conv_kernel::{self, Tiles};
+use crate::conv_ops::{column_sums2, Nhwc, PASS_ROWS};
 use layerwise_core::checkpoint::Dense;
 use layerwise_core::cnn::{BatchNorm, ConvBlock, Downsample, BN_EPS, BN_MOMENTUM};
 use rayon::prelude::*;
+use std::borrow::Cow;
 
 /// A conv block in the host layout.
 #[derive(Debug, Clone, PartialEq)]
@@ -119,16 +120,13 @@ pub fn new_linear(inputs: usize, outputs: usize, seed: u64) -> Dense {
 }
 
 /// A block's forward pass in inference mode over `x` (`s`, already downsampled): the
-/// convolution, then BatchNorm with the running statistics and ReLU in one pass.
-pub(crate) fn block_infer(b: &HostBlock, x: &[f32], s: Nhwc, cols: &mut Vec<f32>) -> Vec<f32> {
-    let rows = s.rows();
-    cols.resize(rows * 9 * s.c, 0.0);
-    im2col(x, s, cols);
-    let mut z = vec![0f32; rows * b.cout];
-    matmul(&mut z, View::rows(cols, rows, 9 * s.c), View::rows(&b.wk, 9 * s.c, b.cout), false);
+/// convolution, then BatchNorm with the running statistics and ReLU on each tile's output
+/// while it is in cache.
+pub(crate) fn block_infer(b: &HostBlock, x: &[f32], s: Nhwc) -> Vec<f32> {
+    let mut z = vec![0f32; s.rows() * b.cout];
     let (scale, shift) = b.inference_affine();
-    z.par_chunks_mut(PASS_ROWS * b.cout).for_each(|chunk| {
-        for row in chunk.chunks_exact_mut(b.cout) {
+    conv_kernel::forward(x, s, &b.wk, b.cout, Tiles::default_for(s), &mut z, |_, zt| {
+        for row in zt.chunks_exact_mut(b.cout) {
             for ((v, a), c) in row.iter_mut().zip(&scale).zip(&shift) {
                 *v = (*v * a + c).max(0.0);
             }
@@ -138,12 +136,14 @@ pub(crate) fn block_infer(b: &HostBlock, x: &[f32], s: Nhwc, cols: &mut Vec<f32>
 }
 
 /// What a block's training-mode forward pass keeps for its backward pass.
-pub(crate) struct BlockCache {
+pub(crate) struct BlockCache<'a> {
     /// The input's shape (after downsampling) and, when the block takes its gradient, the
     /// downsampling's input shape and max-pooling's choices.
     pub(crate) s: Nhwc,
     pub(crate) down: Option<(Downsample, Nhwc, Vec<u8>)>,
-    pub(crate) cols: Vec<f32>,
+    /// The block's input (its patches are gathered again, tile by tile, for the weight
+    /// gradient).
+    pub(crate) x: Cow<'a, [f32]>,
     /// The convolution's output (before BatchNorm).
     pub(crate) z: Vec<f32>,
     /// The block's output (after ReLU).
@@ -155,7 +155,7 @@ pub(crate) struct BlockCache {
 /// Gradients of one block: weight (host layout), γ, β.
 pub(crate) type BlockGrads = (Vec<f32>, Vec<f32>, Vec<f32>);
 
-impl BlockCache {
+impl BlockCache<'_> {
     /// The shape of the block's output.
     pub(crate) fn out_shape(&self) -> Nhwc {
         Nhwc { c: self.y.len() / self.s.rows().max(1), ..self.s }
@@ -164,20 +164,30 @@ impl BlockCache {
 
 /// A block in training mode over `x` (`s`): the convolution, BatchNorm with the batch's
 /// statistics (the running ones updated as PyTorch does), ReLU.
-pub(crate) fn block_train(b: &mut HostBlock, x: &[f32], s: Nhwc) -> BlockCache {
+pub(crate) fn block_train<'a>(b: &mut HostBlock, x: Cow<'a, [f32]>, s: Nhwc) -> BlockCache<'a> {
     let rows = s.rows();
-    let mut cols = vec![0f32; rows * 9 * s.c];
-    im2col(x, s, &mut cols);
     let cout = b.cout;
     let mut z = vec![0f32; rows * cout];
-    matmul(&mut z, View::rows(&cols, rows, 9 * s.c), View::rows(&b.wk, 9 * s.c, cout), false);
-    let (sum, sq) = column_sums2(rows, cout, |r, a, b| {
-        for ((a, b), &v) in a.iter_mut().zip(b.iter_mut()).zip(&z[r * cout..(r + 1) * cout]) {
-            let v = v as f64;
-            *a += v;
-            *b += v * v;
+    // Each tile's column sums (in f64, row by row) while its output is in cache; the tiles'
+    // sums are added in order.
+    let parts = conv_kernel::forward(&x, s, &b.wk, cout, Tiles::default_for(s), &mut z, |_, zt| {
+        let (mut a, mut q) = (vec![0f64; cout], vec![0f64; cout]);
+        for row in zt.chunks_exact(cout) {
+            for ((a, q), &v) in a.iter_mut().zip(q.iter_mut()).zip(row) {
+                let v = v as f64;
+                *a += v;
+                *q += v * v;
+            }
         }
+        (a, q)
     });
+    let (mut sum, mut sq) = (vec![0f64; cout], vec![0f64; cout]);
+    for (a, q) in parts {
+        for c in 0..cout {
+            sum[c] += a[c];
+            sq[c] += q[c];
+        }
+    }
     let count = rows as f64;
     let mut mean = vec![0f32; cout];
     let mut inv_std = vec![0f32; cout];
@@ -200,14 +210,14 @@ pub(crate) fn block_train(b: &mut HostBlock, x: &[f32], s: Nhwc) -> BlockCache {
             }
         }
     });
-    BlockCache { s, down: None, cols, z, y, mean, inv_std }
+    BlockCache { s, down: None, x, z, y, mean, inv_std }
 }
 
 /// The backward pass of [`block_train`] from the gradient of its output: the gradients
 /// of its weight, γ and β, and (when `input_grad`) of its input.
 pub(crate) fn block_backward<'a>(
     b: &HostBlock,
-    cache: &'a BlockCache,
+    cache: &'a BlockCache<'_>,
     dy: &'a [f32],
     input_grad: bool,
 ) -> (BlockGrads, Option<Vec<f32>>) {
@@ -245,14 +255,9 @@ pub(crate) fn block_backward<'a>(
             }
         }
     });
-    let kin = 9 * s.c;
-    let mut dw = vec![0f32; kin * cout];
-    matmul(&mut dw, View::transposed(&cache.cols, rows, kin), View::rows(&dz, rows, cout), false);
-    let dx = input_grad.then(|| {
-        let mut dcols = vec![0f32; rows * kin];
-        matmul(&mut dcols, View::rows(&dz, rows, cout), View::transposed(&b.wk, kin, cout), false);
-        col2im(&dcols, s)
-    });
+    let tiles = Tiles::default_for(s);
+    let dw = conv_kernel::weight_grad(&cache.x, s, &dz, cout, tiles);
+    let dx = input_grad.then(|| conv_kernel::input_grad(&dz, s, &b.wk, cout, tiles));
     ((dw, dg, db), dx)
 }
 
@@ -261,7 +266,7 @@ pub(crate) fn block_backward<'a>(
 /// of its input (for tests against other implementations; `b` is not changed).
 pub fn block_gradients(b: &HostBlock, x: &[f32], s: Nhwc, dy: &[f32]) -> (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>) {
     let mut scratch = b.clone();
-    let cache = block_train(&mut scratch, x, s);
+    let cache = block_train(&mut scratch, Cow::Borrowed(x), s);
     let ((dw, dg, db), dx) = block_backward(b, &cache, dy, true);
     (dw, dg, db, dx.unwrap_or_default())
 }

@@ -66,14 +66,13 @@ impl ConvNet {
     /// Stages `0..upto` in inference mode over an NHWC batch, then stage `upto`'s
     /// downsampling: the input of stage `upto`'s block.
     fn run_stages(&self, mut x: Vec<f32>, mut s: Nhwc, upto: usize) -> (Vec<f32>, Nhwc) {
-        let mut cols = Vec::new();
         for (i, (d, b)) in self.stages.iter().enumerate().take(upto + 1) {
             let (y, o, _) = downsample(&x, s, *d);
             (x, s) = (y, o);
             if i == upto {
                 break;
             }
-            x = block_infer(b, &x, s, &mut cols);
+            x = block_infer(b, &x, s);
             s.c = b.cout;
         }
         (x, s)
@@ -119,17 +118,16 @@ impl ConvNet {
     /// block (NHWC, before the next stage's downsampling): what the next stage of a
     /// decoupled network is evaluated on.
     pub fn logits_and_output(&self, x: &[f32], s: Nhwc, first: usize, keep_out: bool) -> (Vec<f32>, Option<Vec<f32>>) {
-        let mut cols = Vec::new();
-        let mut x = block_infer(&self.stages[first].1, x, s, &mut cols);
+        let mut x = block_infer(&self.stages[first].1, x, s);
         let out = keep_out.then(|| x.clone());
         let mut s = Nhwc { c: self.stages[first].1.cout, ..s };
         for (d, b) in &self.stages[first + 1..] {
             let (y, o, _) = downsample(&x, s, *d);
-            x = block_infer(b, &y, o, &mut cols);
+            x = block_infer(b, &y, o);
             s = Nhwc { c: b.cout, ..o };
         }
         for b in &self.head_convs {
-            x = block_infer(b, &x, s, &mut cols);
+            x = block_infer(b, &x, s);
         }
         let f = head_pool(&x, s);
         let mut logits = vec![0f32; s.n * self.linear.outputs];

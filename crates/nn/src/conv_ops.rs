@@ -54,51 +54,62 @@ pub fn chw_to_nhwc(x: &[f32], n: usize, [c, h, w]: [usize; 3]) -> Vec<f32> {
 /// pixel, column `(dy·3 + dx)·c + ci`; images in parallel.
 pub fn im2col(x: &[f32], s: Nhwc, cols: &mut [f32]) {
     let k = 9 * s.c;
-    cols[..s.rows() * k].par_chunks_mut(s.h * s.w * k).zip(x.par_chunks(s.image())).for_each(|(cols, img)| {
-        for y in 0..s.h {
-            for xx in 0..s.w {
-                let row = &mut cols[(y * s.w + xx) * k..][..k];
-                for dy in 0..3 {
-                    let sy = y as isize + dy as isize - 1;
-                    for dx in 0..3 {
-                        let sx = xx as isize + dx as isize - 1;
-                        let dst = &mut row[(dy * 3 + dx) * s.c..][..s.c];
-                        if sy < 0 || sy >= s.h as isize || sx < 0 || sx >= s.w as isize {
-                            dst.fill(0.0);
-                        } else {
-                            dst.copy_from_slice(&img[(sy as usize * s.w + sx as usize) * s.c..][..s.c]);
-                        }
+    cols[..s.rows() * k]
+        .par_chunks_mut(s.h * s.w * k)
+        .zip(x.par_chunks(s.image()))
+        .for_each(|(cols, img)| im2col_image(img, s, cols));
+}
+
+/// [`im2col`] of one image (`s` gives its height, width and channels), on this thread.
+pub(crate) fn im2col_image(img: &[f32], s: Nhwc, cols: &mut [f32]) {
+    let k = 9 * s.c;
+    for y in 0..s.h {
+        for xx in 0..s.w {
+            let row = &mut cols[(y * s.w + xx) * k..][..k];
+            for dy in 0..3 {
+                let sy = y as isize + dy as isize - 1;
+                for dx in 0..3 {
+                    let sx = xx as isize + dx as isize - 1;
+                    let dst = &mut row[(dy * 3 + dx) * s.c..][..s.c];
+                    if sy < 0 || sy >= s.h as isize || sx < 0 || sx >= s.w as isize {
+                        dst.fill(0.0);
+                    } else {
+                        dst.copy_from_slice(&img[(sy as usize * s.w + sx as usize) * s.c..][..s.c]);
                     }
                 }
             }
         }
-    });
+    }
 }
 
 /// The inverse scatter of [`im2col`]: patch gradients summed into an NHWC input gradient.
 pub fn col2im(cols: &[f32], s: Nhwc) -> Vec<f32> {
     let k = 9 * s.c;
     let mut x = vec![0f32; s.len()];
-    x.par_chunks_mut(s.image()).zip(cols.par_chunks(s.h * s.w * k)).for_each(|(img, cols)| {
-        for y in 0..s.h {
-            for xx in 0..s.w {
-                let row = &cols[(y * s.w + xx) * k..][..k];
-                for dy in 0..3 {
-                    let sy = y as isize + dy as isize - 1;
-                    for dx in 0..3 {
-                        let sx = xx as isize + dx as isize - 1;
-                        if sy >= 0 && sy < s.h as isize && sx >= 0 && sx < s.w as isize {
-                            let dst = &mut img[(sy as usize * s.w + sx as usize) * s.c..][..s.c];
-                            for (d, v) in dst.iter_mut().zip(&row[(dy * 3 + dx) * s.c..][..s.c]) {
-                                *d += v;
-                            }
+    x.par_chunks_mut(s.image()).zip(cols.par_chunks(s.h * s.w * k)).for_each(|(img, cols)| col2im_image(cols, s, img));
+    x
+}
+
+/// [`col2im`] of one image's patches, added into `img`, on this thread.
+pub(crate) fn col2im_image(cols: &[f32], s: Nhwc, img: &mut [f32]) {
+    let k = 9 * s.c;
+    for y in 0..s.h {
+        for xx in 0..s.w {
+            let row = &cols[(y * s.w + xx) * k..][..k];
+            for dy in 0..3 {
+                let sy = y as isize + dy as isize - 1;
+                for dx in 0..3 {
+                    let sx = xx as isize + dx as isize - 1;
+                    if sy >= 0 && sy < s.h as isize && sx >= 0 && sx < s.w as isize {
+                        let dst = &mut img[(sy as usize * s.w + sx as usize) * s.c..][..s.c];
+                        for (d, v) in dst.iter_mut().zip(&row[(dy * 3 + dx) * s.c..][..s.c]) {
+                            *d += v;
                         }
                     }
                 }
             }
         }
-    });
-    x
+    }
 }
 
 /// A downsampling of an NHWC batch: the output, its shape, and for max-pooling the index

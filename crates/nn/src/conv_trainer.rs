@@ -9,6 +9,7 @@ use crate::{EvalSums, Kernels, Moments, Optimizer, OptimizerSpec};
 use anyhow::Result;
 use layerwise_core::cnn::Downsample;
 use layerwise_core::names::TensorPath;
+use std::borrow::Cow;
 
 /// The checkpoint names of the tensors trained with stages `first..depth` of a network
 /// whose head has `head_convs` conv blocks, in update order: each block's conv weight,
@@ -127,17 +128,17 @@ impl ConvTrainer {
         let net = &mut self.net;
         // Forward, keeping what the backward pass needs.
         let mut caches: Vec<BlockCache> = Vec::new();
-        let mut cur = block_train(&mut net.stages[first].1, x, s);
+        let mut cur = block_train(&mut net.stages[first].1, Cow::Borrowed(x), s);
         for (d, b) in net.stages[first + 1..].iter_mut() {
             let prev = cur.out_shape();
             let (y, o, arg) = downsample(&cur.y, prev, *d);
-            let mut next = block_train(b, &y, o);
+            let mut next = block_train(b, Cow::Owned(y), o);
             next.down = Some((*d, prev, arg));
             caches.push(std::mem::replace(&mut cur, next));
         }
         for b in net.head_convs.iter_mut() {
             let prev = cur.out_shape();
-            let mut next = block_train(b, &cur.y, prev);
+            let mut next = block_train(b, Cow::Owned(cur.y.clone()), prev);
             next.down = Some((Downsample::None, prev, Vec::new()));
             caches.push(std::mem::replace(&mut cur, next));
         }

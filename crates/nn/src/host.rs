@@ -35,8 +35,17 @@ impl<'a> View<'a> {
     }
 }
 
+/// [`matmul`] on the calling thread only (for callers that parallelize over tiles).
+pub fn matmul_serial(c: &mut [f32], a: View<'_>, b: View<'_>, accumulate: bool) {
+    product(c, a, b, accumulate, false)
+}
+
 /// `c = a·b` (or `c += a·b` with `accumulate`), `c` row-major `a.rows × b.cols`.
 pub fn matmul(c: &mut [f32], a: View<'_>, b: View<'_>, accumulate: bool) {
+    product(c, a, b, accumulate, true)
+}
+
+fn product(c: &mut [f32], a: View<'_>, b: View<'_>, accumulate: bool, parallel: bool) {
     let (m, k, n) = (a.rows, a.cols, b.cols);
     assert_eq!(k, b.rows, "inner dimensions differ");
     assert!(c.len() >= m * n, "output smaller than the product");
@@ -51,8 +60,11 @@ pub fn matmul(c: &mut [f32], a: View<'_>, b: View<'_>, accumulate: bool) {
     }
     // Small products (an output layer's) are not worth waking other threads for.
     let threads = rayon::current_num_threads();
-    let parallelism =
-        if threads > 1 && m * n * k >= 1 << 20 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
+    let parallelism = if parallel && threads > 1 && m * n * k >= 1 << 20 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
     // SAFETY: the asserts above hold every operand inside its slice: `a` spans `m × k`
     // elements at strides (rs, cs) within `a.data` (checked by its constructor), `b`
     // likewise `k × n`, and `c` is `m × n` row-major within `c`; `c` is a unique borrow,

@@ -22,6 +22,7 @@ mod backend;
 mod conv_block;
 mod conv_device;
 mod conv_device_trainer;
+pub mod conv_kernel;
 mod conv_net;
 mod conv_ops;
 mod conv_step;

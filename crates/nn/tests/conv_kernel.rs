@@ -1,0 +1,105 @@
+//! The tiled convolution kernels (`conv_kernel`) against direct loops in f64: the forward
+//! product, the weight gradient and the input gradient, on tilings with one image a tile,
+//! a ragged last tile and one tile for the batch; a doubled gradient fails the check; and
+//! the results are bit for bit the same with one thread and with two.
+#![allow(clippy::unwrap_used)] // test helpers panic on purpose
+
+use layerwise_nn::conv_kernel::{forward, input_grad, weight_grad, Tiles};
+use layerwise_nn::convnet::Nhwc;
+mod common;
+use common::random;
+
+/// The input pixel a 3 × 3 tap `t` reads for output pixel (y, x), if inside the image.
+fn tap(s: Nhwc, y: usize, x: usize, t: usize) -> Option<usize> {
+    let (sy, sx) = (y as isize + (t / 3) as isize - 1, x as isize + (t % 3) as isize - 1);
+    (sy >= 0 && sy < s.h as isize && sx >= 0 && sx < s.w as isize).then(|| sy as usize * s.w + sx as usize)
+}
+
+/// Direct loops: the output, the weight gradient and the input gradient for `dz`.
+fn reference(x: &[f32], s: Nhwc, wk: &[f32], cout: usize, dz: &[f32]) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let (hw, c) = (s.h * s.w, s.c);
+    let mut z = vec![0f64; s.rows() * cout];
+    let mut dw = vec![0f64; 9 * c * cout];
+    let mut dx = vec![0f64; s.len()];
+    for n in 0..s.n {
+        for y in 0..s.h {
+            for xx in 0..s.w {
+                let r = n * hw + y * s.w + xx;
+                for t in 0..9 {
+                    let Some(p) = tap(s, y, xx, t) else { continue };
+                    for ci in 0..c {
+                        let xi = (n * hw + p) * c + ci;
+                        for o in 0..cout {
+                            let w = wk[(t * c + ci) * cout + o] as f64;
+                            z[r * cout + o] += x[xi] as f64 * w;
+                            dw[(t * c + ci) * cout + o] += x[xi] as f64 * dz[r * cout + o] as f64;
+                            dx[xi] += w * dz[r * cout + o] as f64;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    (z, dw, dx)
+}
+
+/// ‖got − want‖₂ / ‖want‖₂.
+fn rel(got: &[f32], want: &[f64]) -> f64 {
+    assert_eq!(got.len(), want.len());
+    let d: f64 = got.iter().zip(want).map(|(&g, w)| (g as f64 - w).powi(2)).sum();
+    let n: f64 = want.iter().map(|w| w * w).sum();
+    (d / n).sqrt()
+}
+
+const TOL: f64 = 1e-5;
+
+fn run(x: &[f32], s: Nhwc, wk: &[f32], cout: usize, dz: &[f32], tiles: Tiles) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let mut z = vec![0f32; s.rows() * cout];
+    let order = forward(x, s, wk, cout, tiles, &mut z, |t, zt| (t, zt.len()));
+    // `each` saw every tile once, in order, with its rows.
+    assert_eq!(order.len(), tiles.count(s.n));
+    assert!(order.iter().enumerate().all(|(i, &(t, _))| i == t));
+    assert_eq!(order.iter().map(|&(_, len)| len).sum::<usize>(), s.rows() * cout);
+    (z, weight_grad(x, s, dz, cout, tiles), input_grad(dz, s, wk, cout, tiles))
+}
+
+#[test]
+fn the_tiled_products_are_the_direct_loops_and_a_doubled_gradient_is_not() {
+    let s = Nhwc { n: 7, h: 5, w: 3, c: 4 };
+    let cout = 6;
+    let x = random(s.len(), 1);
+    let wk = random(9 * s.c * cout, 2);
+    let dz = random(s.rows() * cout, 3);
+    let (rz, rdw, rdx) = reference(&x, s, &wk, cout, &dz);
+    // One image a tile; two (the last tile holds one); all seven in one tile.
+    for rows in [1, 30, 10_000] {
+        let tiles = Tiles::of(s, rows);
+        let (z, dw, dx) = run(&x, s, &wk, cout, &dz, tiles);
+        assert!(rel(&z, &rz) < TOL, "forward, {tiles:?}: {}", rel(&z, &rz));
+        assert!(rel(&dw, &rdw) < TOL, "weight gradient, {tiles:?}: {}", rel(&dw, &rdw));
+        assert!(rel(&dx, &rdx) < TOL, "input gradient, {tiles:?}: {}", rel(&dx, &rdx));
+        let doubled: Vec<f32> = dw.iter().map(|v| 2.0 * v).collect();
+        assert!(rel(&doubled, &rdw) > 0.5, "a doubled weight gradient must fail");
+        let doubled: Vec<f32> = dx.iter().map(|v| 2.0 * v).collect();
+        assert!(rel(&doubled, &rdx) > 0.5, "a doubled input gradient must fail");
+    }
+    assert_eq!(Tiles::of(s, 30), Tiles { images: 2 });
+    assert_eq!(Tiles::of(s, 30).count(s.n), 4);
+}
+
+#[test]
+fn the_kernels_give_the_same_bits_on_one_thread_and_on_two() {
+    // Enough tiles (16 × 16 images, one a tile) that both threads take some.
+    let s = Nhwc { n: 12, h: 16, w: 16, c: 8 };
+    let cout = 16;
+    let x = random(s.len(), 4);
+    let wk = random(9 * s.c * cout, 5);
+    let dz = random(s.rows() * cout, 6);
+    let tiles = Tiles::of(s, 256);
+    let on = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        pool.install(|| run(&x, s, &wk, cout, &dz, tiles))
+    };
+    let (one, two) = (on(1), on(2));
+    assert!(one.0 == two.0 && one.1 == two.1 && one.2 == two.2, "results depend on the number of threads");
+}
