@@ -47,6 +47,17 @@ pub struct BenchArgs {
     /// With --conv: also write the rows as JSON here.
     #[arg(long)]
     pub json: Option<std::path::PathBuf>,
+    /// With --conv: time every stage side by side with another library, alternating
+    /// rounds in this run (`pytorch`: its CPU build, installed once into target/torch-venv
+    /// by scripts/torch-venv.sh).
+    #[arg(long, requires = "conv")]
+    pub against: Option<crate::bench_against::Against>,
+    /// With --against: the thread counts both sides run with, in turn.
+    #[arg(long, value_delimiter = ',', default_value = "1,2", requires = "against")]
+    pub threads: Vec<usize>,
+    /// With --against: rounds per thread count (each times layerwise, then the other).
+    #[arg(long, default_value_t = 2, requires = "against")]
+    pub rounds: usize,
 }
 
 const VAL: usize = 1000;
@@ -161,6 +172,10 @@ use crate::bench_reference::{print_references, references};
 pub fn run(a: &BenchArgs) -> Result<()> {
     if let Some(p) = &a.pipeline {
         return crate::bench_pipeline::run(p, a.source.as_deref(), a.device);
+    }
+    if let Some(against) = a.against {
+        let batch = a.batch.first().copied().unwrap_or(128);
+        return crate::bench_against::run(against, &a.threads, a.rounds, batch, a.json.as_deref());
     }
     if a.conv {
         return crate::bench_conv::run(2.0, a.device, &a.batch, a.json.as_deref());

@@ -19,6 +19,7 @@ use anyhow::{Context, Result};
 use dfdx::prelude::*;
 use layerwise_core::cnn::{Cnn, CnnHead, CnnSpec, ConvStage, Downsample, StageSpec};
 use layerwise_core::pipeline::Pipeline;
+use layerwise_nn::conv_kernel::TILE_ROWS;
 use layerwise_nn::convnet::{self, ConvNet, ConvSettings, Nhwc, OptimizerSpec};
 use layerwise_nn::device::DeviceKind;
 use layerwise_nn::Backend;
@@ -67,13 +68,21 @@ pub fn fill(n: usize, seed: u32) -> Vec<f32> {
 pub fn run(seconds: f64, device: DeviceKind, batches: &[usize], json: Option<&std::path::Path>) -> Result<()> {
     let shapes = stage_shapes(&cnn_stages()?)?;
     let rows = layerwise_nn::with_device!(device, 0, |dev| Ok::<_, anyhow::Error>(table(
-        &dev, seconds, device, &shapes, batches
+        &dev, seconds, device, &shapes, batches, true
     )))?;
     if let Some(path) = json {
         layerwise_core::atomic::write_json_atomic(path, &rows)
             .with_context(|| format!("cannot write {}", path.display()))?;
     }
     Ok(())
+}
+
+/// One stage's step on the host kernels, on the current thread pool, without printing:
+/// (label, batch, ms a step, images/s, GFLOP/s, reference GFLOP/s) per stage.
+pub fn host_rows(seconds: f64, batch: usize) -> Result<Vec<serde_json::Value>> {
+    let shapes = stage_shapes(&cnn_stages()?)?;
+    let dev = layerwise_nn::device::cpu(0);
+    Ok(table(&dev, seconds, DeviceKind::Cpu, &shapes, &[batch], false))
 }
 
 /// GFLOP/s of an `[m, k]·[k, n]` product through dfdx on `dev` (a reference for the device
@@ -95,23 +104,51 @@ fn device_matmul_gflops<D: Backend>(dev: &D, m: usize, k: usize, n: usize, secon
     2.0 * (m * k * n) as f64 / best / 1e9
 }
 
+/// GFLOP/s of the stage's forward product `[rows, 9c]·[9c, out]` in tiles of
+/// [`TILE_ROWS`] rows, one a thread (how the host kernels cut it; the
+/// patches gathered beforehand, so only the products are timed).
+fn tiled_gflops(rows: usize, k: usize, out: usize, seconds: f64) -> f64 {
+    use layerwise_nn::host::{matmul_serial, View};
+    use rayon::prelude::*;
+    let (a, b) = (fill(rows * k, 7), fill(k * out, 8));
+    let mut c = vec![0f32; rows * out];
+    let run = |c: &mut [f32]| {
+        c.par_chunks_mut(TILE_ROWS * out)
+            .zip(a.par_chunks(TILE_ROWS * k))
+            .for_each(|(ct, at)| matmul_serial(ct, View::rows(at, at.len() / k, k), View::rows(&b, k, out), false))
+    };
+    run(&mut c);
+    let start = Instant::now();
+    let mut best = f64::INFINITY;
+    while start.elapsed().as_secs_f64() < seconds {
+        let t = Instant::now();
+        run(&mut c);
+        best = best.min(t.elapsed().as_secs_f64());
+        std::hint::black_box(&c);
+    }
+    2.0 * (rows * k * out) as f64 / best / 1e9
+}
+
 fn table<D: Backend + 'static>(
     dev: &D,
     seconds: f64,
     device: DeviceKind,
     shapes: &[(String, usize, usize, usize)],
     batches: &[usize],
+    print: bool,
 ) -> Vec<serde_json::Value> {
     convnet::keep_buffers_resident();
     let host = device == DeviceKind::Cpu;
     let kernels = if host { "host kernels" } else { "dfdx device path" };
     let mut rows = Vec::new();
-    println!(
-        "| conv stage step (grow, k = 1 head, SGD Nesterov; {kernels} on {}) | batch | ms a step | images/s | GFLOP/s | \
-         reference product GFLOP/s | ratio |",
-        device.name()
-    );
-    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+    if print {
+        println!(
+            "| conv stage step (grow, k = 1 head, SGD Nesterov; {kernels} on {}) | batch | ms a step | images/s | GFLOP/s | \
+             reference product GFLOP/s | ratio |",
+            device.name()
+        );
+        println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+    }
     for &batch in batches {
         for (name, c, out, side) in shapes {
             let (c, out, side) = (*c, *out, *side);
@@ -145,17 +182,20 @@ fn table<D: Backend + 'static>(
                 best = best.min(clock.elapsed().as_secs_f64());
             }
             let reference = if host {
-                matmul_gflops(m, 9 * c, out, seconds.min(1.0))
+                // The machine's best on this shape: one product over the batch, or in tiles.
+                matmul_gflops(m, 9 * c, out, seconds.min(1.0)).max(tiled_gflops(m, 9 * c, out, seconds.min(1.0)))
             } else {
                 device_matmul_gflops(dev, m, 9 * c, out, seconds.min(1.0))
             };
             let gflops = flops / best / 1e9;
-            println!(
-                "| {name} | {batch} | {:.2} | {:.0} | {gflops:.1} | {reference:.1} | {:.0}% |",
-                best * 1e3,
-                batch as f64 / best,
-                100.0 * gflops / reference
-            );
+            if print {
+                println!(
+                    "| {name} | {batch} | {:.2} | {:.0} | {gflops:.1} | {reference:.1} | {:.0}% |",
+                    best * 1e3,
+                    batch as f64 / best,
+                    100.0 * gflops / reference
+                );
+            }
             rows.push(serde_json::json!({
                 "device": device.name(), "stage": name, "batch": batch, "ms": best * 1e3,
                 "images_per_s": batch as f64 / best, "gflops": gflops, "reference_gflops": reference,

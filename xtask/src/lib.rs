@@ -9,6 +9,7 @@
 
 pub mod args;
 pub mod bench;
+pub mod bench_against;
 pub mod bench_conv;
 pub mod bench_pipeline;
 pub mod bench_reference;

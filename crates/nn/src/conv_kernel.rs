@@ -17,7 +17,7 @@ use crate::host::{matmul_serial, View};
 use rayon::prelude::*;
 
 /// Rows (pixels) a tile aims at: whole images, at least one.
-pub(crate) const TILE_ROWS: usize = 1024;
+pub const TILE_ROWS: usize = 1024;
 
 /// Partial weight gradients summed in a fixed order (about 2 × 4 threads' worth of work,
 /// few enough that their buffers stay small).
