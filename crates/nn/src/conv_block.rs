@@ -4,6 +4,7 @@
 
 use crate::conv_kernel::{self, Tiles};
 use crate::conv_ops::{column_sums2, Nhwc, PASS_ROWS};
+use crate::scratch;
 use layerwise_core::checkpoint::Dense;
 use layerwise_core::cnn::{BatchNorm, ConvBlock, Downsample, BN_EPS, BN_MOMENTUM};
 use rayon::prelude::*;
@@ -123,7 +124,8 @@ pub fn new_linear(inputs: usize, outputs: usize, seed: u64) -> Dense {
 /// convolution, then BatchNorm with the running statistics and ReLU on each tile's output
 /// while it is in cache.
 pub(crate) fn block_infer(b: &HostBlock, x: &[f32], s: Nhwc) -> Vec<f32> {
-    let mut z = vec![0f32; s.rows() * b.cout];
+    // Every element is written by the product.
+    let mut z = scratch::take(s.rows() * b.cout);
     let (scale, shift) = b.inference_affine();
     conv_kernel::forward(x, s, &b.wk, b.cout, Tiles::default_for(s), &mut z, |_, zt| {
         for row in zt.chunks_exact_mut(b.cout) {
@@ -167,7 +169,8 @@ impl BlockCache<'_> {
 pub(crate) fn block_train<'a>(b: &mut HostBlock, x: Cow<'a, [f32]>, s: Nhwc) -> BlockCache<'a> {
     let rows = s.rows();
     let cout = b.cout;
-    let mut z = vec![0f32; rows * cout];
+    // Every element is written by the product.
+    let mut z = scratch::take(rows * cout);
     // Each tile's column sums (in f64, row by row) while its output is in cache; the tiles'
     // sums are added in order.
     let parts = conv_kernel::forward(&x, s, &b.wk, cout, Tiles::default_for(s), &mut z, |_, zt| {
@@ -201,7 +204,8 @@ pub(crate) fn block_train<'a>(b: &mut HostBlock, x: Cow<'a, [f32]>, s: Nhwc) -> 
         b.mean[c] = ((1.0 - momentum) * b.mean[c] as f64 + momentum * m) as f32;
         b.var[c] = ((1.0 - momentum) * b.var[c] as f64 + momentum * unbiased) as f32;
     }
-    let mut y = vec![0f32; rows * cout];
+    // Every element is written below.
+    let mut y = scratch::take(rows * cout);
     let (gamma, beta, m, inv) = (&b.gamma[..cout], &b.beta[..cout], &mean[..cout], &inv_std[..cout]);
     y.par_chunks_mut(PASS_ROWS * cout).zip(z.par_chunks(PASS_ROWS * cout)).for_each(|(y, z)| {
         for (yr, zr) in y.chunks_exact_mut(cout).zip(z.chunks_exact(cout)) {
@@ -244,7 +248,8 @@ pub(crate) fn block_backward<'a>(
     let (db, dg): (Vec<f32>, Vec<f32>) =
         (dbeta.iter().map(|&v| v as f32).collect(), dgamma.iter().map(|&v| v as f32).collect());
     let (kc, dbc, dgc) = (&k[..cout], &db[..cout], &dg[..cout]);
-    let mut dz = vec![0f32; rows * cout];
+    // Every element is written below.
+    let mut dz = scratch::take(rows * cout);
     dz.par_chunks_mut(PASS_ROWS * cout).enumerate().for_each(|(p, chunk)| {
         for (i, out) in chunk.chunks_exact_mut(cout).enumerate() {
             let r = p * PASS_ROWS + i;
@@ -258,7 +263,19 @@ pub(crate) fn block_backward<'a>(
     let tiles = Tiles::default_for(s);
     let dw = conv_kernel::weight_grad(&cache.x, s, &dz, cout, tiles);
     let dx = input_grad.then(|| conv_kernel::input_grad(&dz, s, &b.wk, cout, tiles));
+    scratch::give(dz);
     ((dw, dg, db), dx)
+}
+
+impl BlockCache<'_> {
+    /// Hand the step's buffers back for the next step.
+    pub(crate) fn recycle(self) {
+        scratch::give(self.z);
+        scratch::give(self.y);
+        if let Cow::Owned(x) = self.x {
+            scratch::give(x);
+        }
+    }
 }
 
 /// One conv block in training mode over `x` (`s`), and its backward pass from the output

@@ -69,21 +69,33 @@ pub fn forward<T: Send>(
         .enumerate()
         .map(|(t, (zt, xt))| {
             let st = Nhwc { n: xt.len() / s.image(), ..s };
-            let cols = patches(xt, st);
-            matmul_serial(zt, View::rows(&cols, st.rows(), k), View::rows(wk, k, cout), false);
+            with_patches(xt, st, |cols| {
+                matmul_serial(zt, View::rows(cols, st.rows(), k), View::rows(wk, k, cout), false)
+            });
             each(t, zt)
         })
         .collect()
 }
 
-/// The tile's im2col patches (`[rows, 9·c]`).
-fn patches(xt: &[f32], st: Nhwc) -> Vec<f32> {
+thread_local! {
+    /// Each thread's patch buffer, reused from tile to tile and step to step (a fresh one
+    /// would be zeroed before im2col overwrites all of it).
+    static PATCHES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// `f` of the tile's im2col patches (`[rows, 9·c]`), gathered into this thread's buffer.
+fn with_patches<R>(xt: &[f32], st: Nhwc, f: impl FnOnce(&[f32]) -> R) -> R {
     let k = 9 * st.c;
-    let mut cols = vec![0f32; st.rows() * k];
+    // Taken out of the cell while in use, so a nested call would find an empty buffer
+    // rather than a borrowed one.
+    let mut cols = PATCHES.with(|p| p.take());
+    cols.resize(st.rows() * k, 0.0);
     for (img, c) in xt.chunks_exact(st.image()).zip(cols.chunks_exact_mut(st.h * st.w * k)) {
         im2col_image(img, st, c);
     }
-    cols
+    let out = f(&cols);
+    PATCHES.with(|p| p.replace(cols));
+    out
 }
 
 /// The weight gradient `Σ patchesᵀ·dz` (`[9·c, cout]`): each tile's patches gathered again
@@ -102,15 +114,12 @@ pub fn weight_grad(x: &[f32], s: Nhwc, dz: &[f32], cout: usize, tiles: Tiles) ->
             for t in g * count / groups..(g + 1) * count / groups {
                 let (i0, i1) = (t * tiles.images, ((t + 1) * tiles.images).min(s.n));
                 let st = Nhwc { n: i1 - i0, ..s };
-                let cols = patches(&x[i0 * s.image()..i1 * s.image()], st);
                 let dzt = &dz[i0 * hw * cout..i1 * hw * cout];
                 let first = t == g * count / groups;
-                matmul_serial(
-                    &mut part,
-                    View::transposed(&cols, st.rows(), k),
-                    View::rows(dzt, st.rows(), cout),
-                    !first,
-                );
+                with_patches(&x[i0 * s.image()..i1 * s.image()], st, |cols| {
+                    let (a, b) = (View::transposed(cols, st.rows(), k), View::rows(dzt, st.rows(), cout));
+                    matmul_serial(&mut part, a, b, !first)
+                });
             }
             part
         })

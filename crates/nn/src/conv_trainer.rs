@@ -158,7 +158,9 @@ impl ConvTrainer {
             })
         };
         if !loss.is_finite() {
-            return (loss, Vec::new(), take_out(&mut caches));
+            let out = take_out(&mut caches);
+            caches.into_iter().for_each(BlockCache::recycle);
+            return (loss, Vec::new(), out);
         }
         // Backward: the linear layer, the pooling, then every block, last first.
         let lin = &net.linear;
@@ -187,7 +189,9 @@ impl ConvTrainer {
         }
         grads.reverse();
         grads.extend([gw, gb]);
-        (loss, grads, take_out(&mut caches))
+        let out = take_out(&mut caches);
+        caches.into_iter().for_each(BlockCache::recycle);
+        (loss, grads, out)
     }
 
     /// The first stage trained.

@@ -35,6 +35,7 @@ mod grads;
 pub mod host;
 mod layer;
 pub mod optim;
+mod scratch;
 pub mod step;
 
 pub use augment::{dropout_masks, flip_crop, host_dropout_masks};
