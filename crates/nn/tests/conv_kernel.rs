@@ -63,13 +63,16 @@ fn run(x: &[f32], s: Nhwc, wk: &[f32], cout: usize, dz: &[f32], tiles: Tiles) ->
     (z, weight_grad(x, s, dz, cout, tiles), input_grad(dz, s, wk, cout, tiles))
 }
 
+/// An input, a weight and an output gradient for `s` and `cout`, from `seed`.
+fn case(s: Nhwc, cout: usize, seed: u64) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    (random(s.len(), seed), random(9 * s.c * cout, seed + 1), random(s.rows() * cout, seed + 2))
+}
+
 #[test]
 fn the_tiled_products_are_the_direct_loops_and_a_doubled_gradient_is_not() {
     let s = Nhwc { n: 7, h: 5, w: 3, c: 4 };
     let cout = 6;
-    let x = random(s.len(), 1);
-    let wk = random(9 * s.c * cout, 2);
-    let dz = random(s.rows() * cout, 3);
+    let (x, wk, dz) = case(s, cout, 1);
     let (rz, rdw, rdx) = reference(&x, s, &wk, cout, &dz);
     // One image a tile; two (the last tile holds one); all seven in one tile.
     for rows in [1, 30, 10_000] {
@@ -78,10 +81,10 @@ fn the_tiled_products_are_the_direct_loops_and_a_doubled_gradient_is_not() {
         assert!(rel(&z, &rz) < TOL, "forward, {tiles:?}: {}", rel(&z, &rz));
         assert!(rel(&dw, &rdw) < TOL, "weight gradient, {tiles:?}: {}", rel(&dw, &rdw));
         assert!(rel(&dx, &rdx) < TOL, "input gradient, {tiles:?}: {}", rel(&dx, &rdx));
-        let doubled: Vec<f32> = dw.iter().map(|v| 2.0 * v).collect();
-        assert!(rel(&doubled, &rdw) > 0.5, "a doubled weight gradient must fail");
-        let doubled: Vec<f32> = dx.iter().map(|v| 2.0 * v).collect();
-        assert!(rel(&doubled, &rdx) > 0.5, "a doubled input gradient must fail");
+        for (what, got, want) in [("output", &z, &rz), ("weight gradient", &dw, &rdw), ("input gradient", &dx, &rdx)] {
+            let doubled: Vec<f32> = got.iter().map(|v| 2.0 * v).collect();
+            assert!(rel(&doubled, want) > 0.5, "a doubled {what} must fail the check");
+        }
     }
     assert_eq!(Tiles::of(s, 30), Tiles { images: 2 });
     assert_eq!(Tiles::of(s, 30).count(s.n), 4);
@@ -92,9 +95,7 @@ fn the_kernels_give_the_same_bits_on_one_thread_and_on_two() {
     // Enough tiles (16 × 16 images, one a tile) that both threads take some.
     let s = Nhwc { n: 12, h: 16, w: 16, c: 8 };
     let cout = 16;
-    let x = random(s.len(), 4);
-    let wk = random(9 * s.c * cout, 5);
-    let dz = random(s.rows() * cout, 6);
+    let (x, wk, dz) = case(s, cout, 4);
     let tiles = Tiles::of(s, 256);
     let on = |threads: usize| {
         let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
