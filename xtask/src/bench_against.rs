@@ -90,13 +90,10 @@ pub fn run(against: Against, threads: &[usize], rounds: usize, batch: usize, jso
         println!("PyTorch side skipped: {e:#}");
         e
     });
-    let avx512 = cfg!(target_arch = "x86_64") && {
-        #[cfg(target_arch = "x86_64")]
-        let yes = std::arch::is_x86_feature_detected!("avx512f");
-        #[cfg(not(target_arch = "x86_64"))]
-        let yes = false;
-        yes
-    };
+    #[cfg(target_arch = "x86_64")]
+    let avx512 = std::arch::is_x86_feature_detected!("avx512f");
+    #[cfg(not(target_arch = "x86_64"))]
+    let avx512 = false;
     println!(
         "layerwise vs PyTorch (CPU, fp32), one grown stage's step, batch {batch}, {rounds} rounds alternating; \
          this CPU {} AVX-512 (gemm's kernels: {})",

@@ -14,7 +14,7 @@
 //! product (the device's SGEMM ceiling). `--json` writes the rows for
 //! `scripts/gpu-summary.py`.
 
-use crate::bench_reference::matmul_gflops;
+use crate::bench_reference::{fastest, matmul_gflops};
 use anyhow::{Context, Result};
 use dfdx::prelude::*;
 use layerwise_core::cnn::{Cnn, CnnHead, CnnSpec, ConvStage, Downsample, StageSpec};
@@ -91,16 +91,9 @@ fn device_matmul_gflops<D: Backend>(dev: &D, m: usize, k: usize, n: usize, secon
     let a: Tensor<(usize, usize), f32, D> = dev.tensor_from_vec(fill(m * k, 5), (m, k));
     let b: Tensor<(usize, usize), f32, D> = dev.tensor_from_vec(fill(k * n, 6), (k, n));
     let sync = |c: Tensor<(usize, usize), f32, D>| std::hint::black_box(c.sum::<(), _>().as_vec());
-    sync(a.clone().matmul(b.clone()));
-    let start = Instant::now();
-    let mut best = f64::INFINITY;
-    while start.elapsed().as_secs_f64() < seconds {
-        let t = Instant::now();
-        for _ in 0..10 {
-            sync(a.clone().matmul(b.clone()));
-        }
-        best = best.min(t.elapsed().as_secs_f64() / 10.0);
-    }
+    let best = fastest(seconds, 10, || {
+        sync(a.clone().matmul(b.clone()));
+    });
     2.0 * (m * k * n) as f64 / best / 1e9
 }
 
@@ -117,15 +110,10 @@ fn tiled_gflops(rows: usize, k: usize, out: usize, seconds: f64) -> f64 {
             .zip(a.par_chunks(TILE_ROWS * k))
             .for_each(|(ct, at)| matmul_serial(ct, View::rows(at, at.len() / k, k), View::rows(&b, k, out), false))
     };
-    run(&mut c);
-    let start = Instant::now();
-    let mut best = f64::INFINITY;
-    while start.elapsed().as_secs_f64() < seconds {
-        let t = Instant::now();
+    let best = fastest(seconds, 1, || {
         run(&mut c);
-        best = best.min(t.elapsed().as_secs_f64());
         std::hint::black_box(&c);
-    }
+    });
     2.0 * (rows * k * out) as f64 / best / 1e9
 }
 

@@ -16,18 +16,27 @@ pub fn matmul_gflops(m: usize, k: usize, n: usize, seconds: f64) -> f64 {
     let b: Vec<f32> = (0..k * n).map(|i| ((i * 11 % 17) as f32 - 8.0) / 17.0).collect();
     let mut c = vec![0f32; m * n];
     let flops = 2.0 * (m * k * n) as f64;
-    matmul(&mut c, View::rows(&a, m, k), View::rows(&b, k, n), false);
+    let best = fastest(seconds, 10, || {
+        matmul(&mut c, View::rows(&a, m, k), View::rows(&b, k, n), false);
+        std::hint::black_box(&c);
+    });
+    flops / best / 1e9
+}
+
+/// The fastest seconds of one call of `f`, timing blocks of `reps` calls for `seconds`
+/// after one warm-up call (the machine's noise only ever adds time).
+pub fn fastest(seconds: f64, reps: usize, mut f: impl FnMut()) -> f64 {
+    f();
     let start = Instant::now();
     let mut best = f64::INFINITY;
     while start.elapsed().as_secs_f64() < seconds {
         let t = Instant::now();
-        for _ in 0..10 {
-            matmul(&mut c, View::rows(&a, m, k), View::rows(&b, k, n), false);
+        for _ in 0..reps {
+            f();
         }
-        best = best.min(t.elapsed().as_secs_f64() / 10.0);
-        std::hint::black_box(&c);
+        best = best.min(t.elapsed().as_secs_f64() / reps as f64);
     }
-    flops / best / 1e9
+    best
 }
 
 /// GFLOP/s of the same product through dfdx 0.13's own CPU matmul (gemm 0.15), for

@@ -3,7 +3,7 @@
 //! forward passes (inference, training) and backward pass.
 
 use crate::conv_kernel::{self, Tiles};
-use crate::conv_ops::{column_sums2, Nhwc, PASS_ROWS};
+use crate::conv_ops::{add_in_order, column_sums2, Nhwc, PASS_ROWS};
 use crate::scratch;
 use layerwise_core::checkpoint::Dense;
 use layerwise_core::cnn::{BatchNorm, ConvBlock, Downsample, BN_EPS, BN_MOMENTUM};
@@ -184,13 +184,7 @@ pub(crate) fn block_train<'a>(b: &mut HostBlock, x: Cow<'a, [f32]>, s: Nhwc) -> 
         }
         (a, q)
     });
-    let (mut sum, mut sq) = (vec![0f64; cout], vec![0f64; cout]);
-    for (a, q) in parts {
-        for c in 0..cout {
-            sum[c] += a[c];
-            sq[c] += q[c];
-        }
-    }
+    let (sum, sq) = add_in_order(parts, cout);
     let count = rows as f64;
     let mut mean = vec![0f32; cout];
     let mut inv_std = vec![0f32; cout];

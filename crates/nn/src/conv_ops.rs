@@ -226,6 +226,12 @@ pub(crate) fn column_sums2(
             (a, b)
         })
         .collect();
+    add_in_order(parts, cols)
+}
+
+/// Partial column sums (pairs, in f64) added in the order given: the one association
+/// every BatchNorm reduction uses, whatever the threads that made the parts.
+pub(crate) fn add_in_order(parts: impl IntoIterator<Item = (Vec<f64>, Vec<f64>)>, cols: usize) -> (Vec<f64>, Vec<f64>) {
     let (mut a, mut b) = (vec![0f64; cols], vec![0f64; cols]);
     for (pa, pb) in parts {
         for c in 0..cols {
