@@ -71,19 +71,23 @@ fn case(s: Nhwc, cout: usize, seed: u64) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
 #[test]
 fn the_tiled_products_are_the_direct_loops_and_a_doubled_gradient_is_not() {
     let s = Nhwc { n: 7, h: 5, w: 3, c: 4 };
-    let cout = 6;
-    let (x, wk, dz) = case(s, cout, 1);
-    let (rz, rdw, rdx) = reference(&x, s, &wk, cout, &dz);
-    // One image a tile; two (the last tile holds one); all seven in one tile.
-    for rows in [1, 30, 10_000] {
-        let tiles = Tiles::of(s, rows);
-        let (z, dw, dx) = run(&x, s, &wk, cout, &dz, tiles);
-        assert!(rel(&z, &rz) < TOL, "forward, {tiles:?}: {}", rel(&z, &rz));
-        assert!(rel(&dw, &rdw) < TOL, "weight gradient, {tiles:?}: {}", rel(&dw, &rdw));
-        assert!(rel(&dx, &rdx) < TOL, "input gradient, {tiles:?}: {}", rel(&dx, &rdx));
-        for (what, got, want) in [("output", &z, &rz), ("weight gradient", &dw, &rdw), ("input gradient", &dx, &rdx)] {
-            let doubled: Vec<f32> = got.iter().map(|v| 2.0 * v).collect();
-            assert!(rel(&doubled, want) > 0.5, "a doubled {what} must fail the check");
+    // Few output channels, and enough (256) that the weight gradient is taken transposed.
+    for cout in [6, 256] {
+        let (x, wk, dz) = case(s, cout, 1);
+        let (rz, rdw, rdx) = reference(&x, s, &wk, cout, &dz);
+        // One image a tile; two (the last tile holds one); all seven in one tile.
+        for rows in [1, 30, 10_000] {
+            let tiles = Tiles::of(s, rows);
+            let (z, dw, dx) = run(&x, s, &wk, cout, &dz, tiles);
+            assert!(rel(&z, &rz) < TOL, "forward, {cout} out, {tiles:?}: {}", rel(&z, &rz));
+            assert!(rel(&dw, &rdw) < TOL, "weight gradient, {cout} out, {tiles:?}: {}", rel(&dw, &rdw));
+            assert!(rel(&dx, &rdx) < TOL, "input gradient, {cout} out, {tiles:?}: {}", rel(&dx, &rdx));
+            for (what, got, want) in
+                [("output", &z, &rz), ("weight gradient", &dw, &rdw), ("input gradient", &dx, &rdx)]
+            {
+                let doubled: Vec<f32> = got.iter().map(|v| 2.0 * v).collect();
+                assert!(rel(&doubled, want) > 0.5, "a doubled {what} must fail the check");
+            }
         }
     }
     assert_eq!(Tiles::of(s, 30), Tiles { images: 2 });
@@ -94,13 +98,17 @@ fn the_tiled_products_are_the_direct_loops_and_a_doubled_gradient_is_not() {
 fn the_kernels_give_the_same_bits_on_one_thread_and_on_two() {
     // Enough tiles (16 × 16 images, one a tile) that both threads take some.
     let s = Nhwc { n: 12, h: 16, w: 16, c: 8 };
-    let cout = 16;
-    let (x, wk, dz) = case(s, cout, 4);
-    let tiles = Tiles::of(s, 256);
-    let on = |threads: usize| {
-        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
-        pool.install(|| run(&x, s, &wk, cout, &dz, tiles))
-    };
-    let (one, two) = (on(1), on(2));
-    assert!(one.0 == two.0 && one.1 == two.1 && one.2 == two.2, "results depend on the number of threads");
+    for cout in [16, 256] {
+        let (x, wk, dz) = case(s, cout, 4);
+        let tiles = Tiles::of(s, 256);
+        let on = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            pool.install(|| run(&x, s, &wk, cout, &dz, tiles))
+        };
+        let (one, two) = (on(1), on(2));
+        assert!(
+            one.0 == two.0 && one.1 == two.1 && one.2 == two.2,
+            "{cout} out: results depend on the number of threads"
+        );
+    }
 }
