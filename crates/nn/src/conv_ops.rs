@@ -246,24 +246,31 @@ pub(crate) fn add_in_order(parts: impl IntoIterator<Item = (Vec<f64>, Vec<f64>)>
 pub(crate) const PASS_ROWS: usize = 256;
 
 /// Average pooling to `HEAD_POOL × HEAD_POOL`, flattened channel-major: `[n, c·4]`, value
-/// `c·4 + py·2 + px` (as `torch.flatten` of `[n, c, 2, 2]`).
+/// `c·4 + py·2 + px` (as `torch.flatten` of `[n, c, 2, 2]`). A window's pixels are summed
+/// whole rows of channels at a time (contiguous, vectorized), each channel's sum in the
+/// same pixel order as one channel at a time.
 pub(crate) fn head_pool(x: &[f32], s: Nhwc) -> Vec<f32> {
     let p = HEAD_POOL;
-    let mut f = vec![0f32; s.n * s.c * p * p];
-    f.par_chunks_mut(s.c * p * p).zip(x.par_chunks(s.image())).for_each(|(f, img)| {
+    let c = s.c;
+    let mut f = vec![0f32; s.n * c * p * p];
+    f.par_chunks_mut(c * p * p).zip(x.par_chunks(s.image())).for_each(|(f, img)| {
+        let mut sum = vec![0f32; c];
         for py in 0..p {
             let (y0, y1) = pool_window(py, s.h, p);
             for px in 0..p {
                 let (x0, x1) = pool_window(px, s.w, p);
                 let inv = 1.0 / ((y1 - y0) * (x1 - x0)) as f32;
-                for c in 0..s.c {
-                    let mut sum = 0f32;
-                    for y in y0..y1 {
-                        for xx in x0..x1 {
-                            sum += img[(y * s.w + xx) * s.c + c];
+                sum.fill(0.0);
+                for y in y0..y1 {
+                    for xx in x0..x1 {
+                        let pixel = &img[(y * s.w + xx) * c..(y * s.w + xx + 1) * c];
+                        for (a, v) in sum.iter_mut().zip(pixel) {
+                            *a += v;
                         }
                     }
-                    f[c * p * p + py * p + px] = sum * inv;
+                }
+                for (ch, a) in sum.iter().enumerate() {
+                    f[ch * p * p + py * p + px] = a * inv;
                 }
             }
         }
@@ -271,20 +278,28 @@ pub(crate) fn head_pool(x: &[f32], s: Nhwc) -> Vec<f32> {
     f
 }
 
-/// The backward pass of [`head_pool`].
+/// The backward pass of [`head_pool`], into a recycled step buffer (give it back with
+/// `scratch::give`).
 pub(crate) fn head_pool_backward(df: &[f32], s: Nhwc) -> Vec<f32> {
     let p = HEAD_POOL;
-    let mut dx = vec![0f32; s.len()];
-    dx.par_chunks_mut(s.image()).zip(df.par_chunks(s.c * p * p)).for_each(|(img, df)| {
+    let c = s.c;
+    let mut dx = crate::scratch::take(s.len());
+    dx.par_chunks_mut(s.image()).zip(df.par_chunks(c * p * p)).for_each(|(img, df)| {
+        // Adaptive windows may overlap (odd sides): every pixel's share is added.
+        img.fill(0.0);
+        let mut g = vec![0f32; c];
         for py in 0..p {
             let (y0, y1) = pool_window(py, s.h, p);
             for px in 0..p {
                 let (x0, x1) = pool_window(px, s.w, p);
                 let inv = 1.0 / ((y1 - y0) * (x1 - x0)) as f32;
+                for (ch, g) in g.iter_mut().enumerate() {
+                    *g = df[ch * p * p + py * p + px] * inv;
+                }
                 for y in y0..y1 {
                     for xx in x0..x1 {
-                        for c in 0..s.c {
-                            img[(y * s.w + xx) * s.c + c] += df[c * p * p + py * p + px] * inv;
+                        for (d, g) in img[(y * s.w + xx) * c..(y * s.w + xx + 1) * c].iter_mut().zip(&g) {
+                            *d += g;
                         }
                     }
                 }

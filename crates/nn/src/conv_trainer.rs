@@ -187,6 +187,7 @@ impl ConvTrainer {
                 dy = downsample_backward(&dx, *ps, *d, arg);
             }
         }
+        crate::scratch::give(dy);
         grads.reverse();
         grads.extend([gw, gb]);
         let out = take_out(&mut caches);
