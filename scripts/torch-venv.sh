@@ -3,7 +3,8 @@
 # pytorch`: $LAYERWISE_TORCH_PYTHON when set, else target/torch-venv/bin/python, made here the
 # first time (python3 -m venv, then PyPI's torch 2.15.0: its Linux wheel brings the CUDA
 # libraries too, about 5 GB, which `import torch` loads even on the CPU).
-# Exits 3, saying why on stderr, when python3 is missing or the install fails.
+# Exits 3, saying why on stderr, when python3 is missing or the install fails, or when
+# LAYERWISE_TORCH_NO_INSTALL=1 and there is nothing installed yet.
 set -euo pipefail
 if [ -n "${LAYERWISE_TORCH_PYTHON:-}" ]; then
   echo "$LAYERWISE_TORCH_PYTHON"
@@ -13,6 +14,10 @@ venv="$(cd "$(dirname "$0")/.." && pwd)/target/torch-venv"
 if [ -x "$venv/bin/python" ] && "$venv/bin/python" -c "import torch" 2> /dev/null; then
   echo "$venv/bin/python"
   exit 0
+fi
+if [ "${LAYERWISE_TORCH_NO_INSTALL:-}" = 1 ]; then
+  echo "PyTorch is not installed in $venv: run scripts/torch-venv.sh once (about 5 GB)" >&2
+  exit 3
 fi
 if ! command -v python3 > /dev/null; then
   echo "python3 not found: install Python 3.11+ to compare with PyTorch" >&2

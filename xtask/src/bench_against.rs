@@ -10,11 +10,12 @@
 //! cannot be had, the PyTorch columns say why and layerwise is timed alone.
 
 use crate::bench_conv::host_rows;
+use crate::bench_reference::torch_python;
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 
 /// What `--against` compares with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -25,20 +26,6 @@ pub enum Against {
 
 /// Seconds each stage is timed, per round and side.
 const SECONDS: f64 = 2.0;
-
-/// The Python that imports torch, or why there is none.
-fn torch_python() -> Result<PathBuf> {
-    let script = crate::repo_root().join("scripts/torch-venv.sh");
-    let out = Command::new("bash")
-        .arg(&script)
-        .stderr(Stdio::inherit())
-        .output()
-        .with_context(|| format!("cannot run {}", script.display()))?;
-    if !out.status.success() {
-        bail!("{} could not provide PyTorch (exit {})", script.display(), out.status);
-    }
-    Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
-}
 
 /// One round of PyTorch on `threads` threads: images/s by stage label.
 fn torch_round(python: &Path, threads: usize, batch: usize) -> Result<BTreeMap<String, f64>> {
@@ -86,7 +73,7 @@ fn list(v: &[f64]) -> String {
 /// Run the side-by-side and print its tables; write every measurement to `json` if given.
 pub fn run(against: Against, threads: &[usize], rounds: usize, batch: usize, json: Option<&Path>) -> Result<()> {
     let Against::Pytorch = against;
-    let python = torch_python().map_err(|e| {
+    let python = torch_python(true).map_err(|e| {
         println!("PyTorch side skipped: {e:#}");
         e
     });

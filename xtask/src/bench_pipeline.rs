@@ -10,7 +10,7 @@
 //! evaluation's forward pass. Autoencoder pretraining counts encoder and decoder.
 
 use crate::args::{GreedyArgs, RunInputs};
-use crate::bench_reference::{print_references, references};
+use crate::bench_reference::{matmul_gflops, print_references, references, torch_matmul_gflops};
 use anyhow::{Context, Result};
 use layerwise_core::checkpoint::read_checkpoint_meta;
 use layerwise_core::config::Objective;
@@ -202,9 +202,52 @@ pub fn run(pipeline: &Path, given: Option<&Path>, device: DeviceKind) -> Result<
         rate / reference,
         total / 1e9 / reference
     );
+    machine_best(rate, depth1, deeper);
     if let Some(peak) = peak {
         println!("peak resident memory of the process: {:.2} GB", peak / 1e9);
     }
     std::fs::remove_dir_all(&dir).ok();
     Ok(())
+}
+
+/// The products of the seed pipeline's shapes (and a large square one) through gemm 0.19
+/// and, where it is installed, PyTorch's CPU build (its BLAS), on the same threads, measured
+/// after the run; and the run's rates against the best of them: how far the pipeline is
+/// from the best product rate this machine reaches, and how much of that gap is the
+/// product kernel's own.
+fn machine_best(rate: f64, depth1: Phase, deeper: Phase) {
+    let threads = rayon::current_num_threads();
+    let shapes = [(250, 3072, 256), (3072, 250, 256), (250, 256, 256), (1024, 1024, 1024)];
+    let names = [
+        "(250x3072)·(3072x256), depth 1's forward",
+        "(3072x250)·(250x256), depth 1's weight gradient",
+        "(250x256)·(256x256), depths ≥ 2",
+        "(1024x1024)·(1024x1024), a large square product",
+    ];
+    let ours: Vec<f64> = shapes.iter().map(|&(m, k, n)| matmul_gflops(m, k, n, 1.0)).collect();
+    let torch = torch_matmul_gflops(&shapes, threads, 1.0);
+    println!("the machine's best product rate, {threads} threads, measured after the run:");
+    println!("| product | gemm 0.19 GFLOP/s | PyTorch GFLOP/s | gemm ÷ best |");
+    println!("| --- | ---: | ---: | ---: |");
+    let best: Vec<f64> = match &torch {
+        Ok(t) => ours.iter().zip(t).map(|(a, b)| a.max(*b)).collect(),
+        Err(_) => ours.clone(),
+    };
+    for (i, name) in names.iter().enumerate() {
+        let t = torch.as_ref().map_or("—".to_string(), |t| format!("{:.1}", t[i]));
+        println!("| {name} | {:.1} | {t} | {:.2} |", ours[i], ours[i] / best[i]);
+    }
+    if let Err(e) = &torch {
+        println!("(PyTorch not measured: {e:#})");
+    }
+    let d1 = depth1.flops / depth1.seconds.max(1e-9) / 1e9;
+    let d2 = deeper.flops / deeper.seconds.max(1e-9) / 1e9;
+    println!(
+        "against the best rate of their own shape: depth-1 epochs {:.2}, depth-2+ epochs {:.2}; \
+         whole-pipeline efficiency against the best (250x3072)·(3072x256) rate ({:.1} GFLOP/s): {:.2}",
+        d1 / best[0],
+        d2 / best[2],
+        best[0],
+        rate / best[0]
+    );
 }

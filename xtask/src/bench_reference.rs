@@ -2,7 +2,10 @@
 //! matrix products of the training's shapes through the CPU training kernel (gemm 0.19),
 //! and through dfdx's own matmul for comparison.
 
+use anyhow::{bail, Context, Result};
 use dfdx::prelude::*;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
 use std::time::Instant;
 
 const DIM: usize = 3072;
@@ -98,4 +101,54 @@ pub fn print_references(before: &References, after: &References) -> References {
         r.big / r.dfdx
     );
     r
+}
+
+/// The Python that imports torch (`scripts/torch-venv.sh`; installed there first when
+/// `install`), or why there is none.
+pub fn torch_python(install: bool) -> Result<PathBuf> {
+    let script = crate::repo_root().join("scripts/torch-venv.sh");
+    let mut cmd = Command::new("bash");
+    cmd.arg(&script).stderr(Stdio::inherit());
+    if !install {
+        cmd.env("LAYERWISE_TORCH_NO_INSTALL", "1").stderr(Stdio::null());
+    }
+    let out = cmd.output().with_context(|| format!("cannot run {}", script.display()))?;
+    if !out.status.success() {
+        bail!(
+            "{} could not provide PyTorch (exit {}){}",
+            script.display(),
+            out.status,
+            if install { "" } else { ": run it once to install PyTorch into target/torch-venv" }
+        );
+    }
+    Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+}
+
+/// GFLOP/s of `(m×k)·(k×n)` f32 products through PyTorch's CPU build (its BLAS) on
+/// `threads` threads, one per shape (`scripts/torch-matmul-bench.py`), where PyTorch is
+/// already installed.
+pub fn torch_matmul_gflops(shapes: &[(usize, usize, usize)], threads: usize, seconds: f64) -> Result<Vec<f64>> {
+    let python = torch_python(false)?;
+    let script = crate::repo_root().join("scripts/torch-matmul-bench.py");
+    let dir = tempfile::tempdir()?;
+    let json = dir.path().join("matmul.json");
+    let list: Vec<String> = shapes.iter().map(|(m, k, n)| format!("{m}x{k}x{n}")).collect();
+    let out = Command::new(&python)
+        .arg(&script)
+        .args(["--shapes", &list.join(","), "--threads", &threads.to_string()])
+        .args(["--seconds", &seconds.to_string(), "--json"])
+        .arg(&json)
+        .env("OMP_NUM_THREADS", threads.to_string())
+        .output()
+        .with_context(|| format!("cannot run {}", script.display()))?;
+    if !out.status.success() {
+        bail!("{} failed: {}", script.display(), String::from_utf8_lossy(&out.stderr).trim());
+    }
+    let text =
+        std::fs::read_to_string(&json).with_context(|| format!("{} wrote no {}", script.display(), json.display()))?;
+    let rows: Vec<serde_json::Value> =
+        serde_json::from_str(&text).with_context(|| format!("{}: not JSON", json.display()))?;
+    rows.iter()
+        .map(|r| r["gflops"].as_f64().with_context(|| format!("{}: a row without gflops", json.display())))
+        .collect()
 }
