@@ -12,6 +12,8 @@ A step is timed as the mean of a block of steps between two synchronizations (Py
 not wait for each step). The ceiling: an 8192^3 fp32 product with TF32 off and on.
 
   python3 scripts/torch-stage-bench.py --device cuda --batch 128,512 --json OUT.json
+With --matmul M1xK1xN1,... it times only those fp32 products (rows labelled MxKxN, with
+GFLOP/s), for `cargo xtask bench --pipeline`'s machine-best table.
 Prints one table; writes the rows as JSON with --json. Exits 0 with a printed reason where
 torch is missing (so a caller can go on).
 """
@@ -54,8 +56,15 @@ def main():
     ap.add_argument("--seconds", type=float, default=1.0, help="timed seconds per row")
     ap.add_argument("--threads", type=int, default=0, help="CPU threads (0: PyTorch's default)")
     ap.add_argument("--pipeline", default=os.path.join(os.path.dirname(__file__), "..", "pipelines", "cnn.toml"))
+    ap.add_argument("--matmul", help="time only these products instead of the stages: MxKxN,...")
     ap.add_argument("--json")
     a = ap.parse_args()
+    try:
+        shapes = [tuple(int(v) for v in sh.lower().split("x")) for sh in a.matmul.split(",")] if a.matmul else []
+        if any(len(sh) != 3 for sh in shapes):
+            raise ValueError
+    except ValueError:
+        sys.exit(f"torch-stage-bench: --matmul {a.matmul!r} is not a list of MxKxN")
     try:
         import torch
         import torch.nn as nn
@@ -98,7 +107,7 @@ def main():
     rows = []
     print("| stage | batch | mode | ms a step | images/s |")
     print("| --- | ---: | --- | ---: | ---: |")
-    for batch in [int(b) for b in a.batch.split(",")]:
+    for batch in [] if a.matmul else [int(b) for b in a.batch.split(",")]:
         for label, c, out, side in stages_of(a.pipeline):
             for mode in a.modes.split(","):
                 set_tf32(mode != "fp32")
@@ -130,16 +139,18 @@ def main():
                 print(f"| {label} | {batch} | {mode} | {s * 1e3:.2f} | {batch / s:.0f} |")
                 rows.append({"framework": "pytorch", "device": a.device, "stage": label, "batch": batch,
                              "mode": mode, "ms": s * 1e3, "images_per_s": batch / s})
-    if dev.type == "cuda":
-        n = 8192
-        p = torch.randn(n, n, device=dev)
-        q = torch.randn(n, n, device=dev)
-        for mode in ("fp32", "tf32"):
+    # Products: the GPU's ceiling, and the --matmul shapes (labelled MxKxN).
+    products = [(8192, 8192, 8192, "SGEMM 8192^3")] if dev.type == "cuda" and not a.matmul else []
+    products += [(m, k, n, f"{m}x{k}x{n}") for m, k, n in shapes]
+    for m, k, n, label in products:
+        p = torch.randn(m, k, device=dev)
+        q = torch.randn(k, n, device=dev)
+        for mode in ("fp32", "tf32") if dev.type == "cuda" else ("fp32",):
             set_tf32(mode == "tf32")
             s = timed(lambda: torch.mm(p, q))
-            g = 2 * n ** 3 / s / 1e9
-            print(f"| SGEMM {n}^3 ({mode}) | | | {s * 1e3:.2f} | {g:.0f} GFLOP/s |")
-            rows.append({"framework": "pytorch", "device": a.device, "stage": f"SGEMM {n}^3", "mode": mode,
+            g = 2 * m * k * n / s / 1e9
+            print(f"| {label} ({mode}) | | | {s * 1e3:.2f} | {g:.0f} GFLOP/s |")
+            rows.append({"framework": "pytorch", "device": a.device, "stage": label, "mode": mode,
                          "ms": s * 1e3, "gflops": g})
     if a.json:
         with open(a.json, "w") as f:

@@ -10,12 +10,10 @@
 //! cannot be had, the PyTorch columns say why and layerwise is timed alone.
 
 use crate::bench_conv::host_rows;
-use crate::bench_reference::torch_python;
-use anyhow::{bail, Context, Result};
-use serde_json::Value;
+use crate::bench_reference::{torch_bench_rows, torch_python};
+use anyhow::{Context, Result};
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::Command;
 
 /// What `--against` compares with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -29,24 +27,8 @@ const SECONDS: f64 = 2.0;
 
 /// One round of PyTorch on `threads` threads: images/s by stage label.
 fn torch_round(python: &Path, threads: usize, batch: usize) -> Result<BTreeMap<String, f64>> {
-    let script = crate::repo_root().join("scripts/torch-stage-bench.py");
-    let dir = tempfile::tempdir()?;
-    let json = dir.path().join("torch.json");
-    let out = Command::new(python)
-        .arg(&script)
-        .args(["--device", "cpu", "--modes", "fp32", "--batch", &batch.to_string()])
-        .args(["--threads", &threads.to_string(), "--seconds", &SECONDS.to_string(), "--json"])
-        .arg(&json)
-        .env("OMP_NUM_THREADS", threads.to_string())
-        .output()
-        .with_context(|| format!("cannot run {}", script.display()))?;
-    if !out.status.success() {
-        bail!("{} failed: {}", script.display(), String::from_utf8_lossy(&out.stderr).trim());
-    }
-    let text = std::fs::read_to_string(&json).with_context(|| {
-        format!("{} wrote no {}: {}", script.display(), json.display(), String::from_utf8_lossy(&out.stdout))
-    })?;
-    let rows: Vec<Value> = serde_json::from_str(&text).with_context(|| format!("{}: not JSON", json.display()))?;
+    let args = ["--device", "cpu", "--modes", "fp32", "--batch", &batch.to_string(), "--seconds", &SECONDS.to_string()];
+    let rows = torch_bench_rows(python, threads, &args.map(String::from))?;
     Ok(rows.iter().filter_map(|r| Some((r["stage"].as_str()?.to_string(), r["images_per_s"].as_f64()?))).collect())
 }
 

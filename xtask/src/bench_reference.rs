@@ -4,7 +4,7 @@
 
 use anyhow::{bail, Context, Result};
 use dfdx::prelude::*;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
@@ -124,19 +124,16 @@ pub fn torch_python(install: bool) -> Result<PathBuf> {
     Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
 }
 
-/// GFLOP/s of `(m×k)·(k×n)` f32 products through PyTorch's CPU build (its BLAS) on
-/// `threads` threads, one per shape (`scripts/torch-matmul-bench.py`), where PyTorch is
-/// already installed.
-pub fn torch_matmul_gflops(shapes: &[(usize, usize, usize)], threads: usize, seconds: f64) -> Result<Vec<f64>> {
-    let python = torch_python(false)?;
-    let script = crate::repo_root().join("scripts/torch-matmul-bench.py");
+/// The rows `scripts/torch-stage-bench.py` writes when run by `python` with `args` on
+/// `threads` threads (OMP_NUM_THREADS set to match).
+pub fn torch_bench_rows(python: &Path, threads: usize, args: &[String]) -> Result<Vec<serde_json::Value>> {
+    let script = crate::repo_root().join("scripts/torch-stage-bench.py");
     let dir = tempfile::tempdir()?;
-    let json = dir.path().join("matmul.json");
-    let list: Vec<String> = shapes.iter().map(|(m, k, n)| format!("{m}x{k}x{n}")).collect();
-    let out = Command::new(&python)
+    let json = dir.path().join("torch.json");
+    let out = Command::new(python)
         .arg(&script)
-        .args(["--shapes", &list.join(","), "--threads", &threads.to_string()])
-        .args(["--seconds", &seconds.to_string(), "--json"])
+        .args(args)
+        .args(["--threads", &threads.to_string(), "--json"])
         .arg(&json)
         .env("OMP_NUM_THREADS", threads.to_string())
         .output()
@@ -144,11 +141,28 @@ pub fn torch_matmul_gflops(shapes: &[(usize, usize, usize)], threads: usize, sec
     if !out.status.success() {
         bail!("{} failed: {}", script.display(), String::from_utf8_lossy(&out.stderr).trim());
     }
-    let text =
-        std::fs::read_to_string(&json).with_context(|| format!("{} wrote no {}", script.display(), json.display()))?;
-    let rows: Vec<serde_json::Value> =
-        serde_json::from_str(&text).with_context(|| format!("{}: not JSON", json.display()))?;
-    rows.iter()
-        .map(|r| r["gflops"].as_f64().with_context(|| format!("{}: a row without gflops", json.display())))
+    let text = std::fs::read_to_string(&json).with_context(|| {
+        format!("{} wrote no {}: {}", script.display(), json.display(), String::from_utf8_lossy(&out.stdout))
+    })?;
+    serde_json::from_str(&text).with_context(|| format!("{}: not JSON", json.display()))
+}
+
+/// GFLOP/s of `(m×k)·(k×n)` f32 products through PyTorch's CPU build (its BLAS) on
+/// `threads` threads, one per shape (`scripts/torch-stage-bench.py --matmul`), where
+/// PyTorch is already installed.
+pub fn torch_matmul_gflops(shapes: &[(usize, usize, usize)], threads: usize, seconds: f64) -> Result<Vec<f64>> {
+    let python = torch_python(false)?;
+    let labels: Vec<String> = shapes.iter().map(|(m, k, n)| format!("{m}x{k}x{n}")).collect();
+    let args =
+        ["--device".into(), "cpu".into(), "--matmul".into(), labels.join(","), "--seconds".into(), seconds.to_string()];
+    let rows = torch_bench_rows(&python, threads, &args)?;
+    labels
+        .iter()
+        .map(|l| {
+            rows.iter()
+                .find(|r| r["stage"].as_str() == Some(l.as_str()))
+                .and_then(|r| r["gflops"].as_f64())
+                .with_context(|| format!("scripts/torch-stage-bench.py gave no GFLOP/s for {l}"))
+        })
         .collect()
 }

@@ -126,14 +126,13 @@ pub fn weight_grad(x: &[f32], s: Nhwc, dz: &[f32], cout: usize, tiles: Tiles) ->
                 let dzt = &dz[i0 * hw * cout..i1 * hw * cout];
                 let first = t == g * count / groups;
                 with_patches(&x[i0 * s.image()..i1 * s.image()], st, |cols| {
-                    if cout >= WIDE_OUT {
+                    let (a, b) = if cout >= WIDE_OUT {
                         // `part` holds the gradient transposed, `[cout, 9·c]`.
-                        let (a, b) = (View::transposed(dzt, st.rows(), cout), View::rows(cols, st.rows(), k));
-                        matmul_serial(&mut part, a, b, !first)
+                        (View::transposed(dzt, st.rows(), cout), View::rows(cols, st.rows(), k))
                     } else {
-                        let (a, b) = (View::transposed(cols, st.rows(), k), View::rows(dzt, st.rows(), cout));
-                        matmul_serial(&mut part, a, b, !first)
-                    }
+                        (View::transposed(cols, st.rows(), k), View::rows(dzt, st.rows(), cout))
+                    };
+                    matmul_serial(&mut part, a, b, !first)
                 });
             }
             part
