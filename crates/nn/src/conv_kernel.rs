@@ -116,10 +116,14 @@ pub fn weight_grad(x: &[f32], s: Nhwc, dz: &[f32], cout: usize, tiles: Tiles) ->
     let count = tiles.count(s.n);
     let groups = WEIGHT_GROUPS.min(count).max(1);
     let hw = s.h * s.w;
-    let parts: Vec<Vec<f32>> = (0..groups)
+    let mut parts: Vec<Vec<f32>> = (0..groups)
         .into_par_iter()
         .map(|g| {
-            let mut part = vec![0f32; k * cout];
+            // Overwritten by the group's first product (zeros for an empty batch).
+            let mut part = take_part(k * cout);
+            if count == 0 {
+                part.fill(0.0);
+            }
             for t in g * count / groups..(g + 1) * count / groups {
                 let (i0, i1) = (t * tiles.images, ((t + 1) * tiles.images).min(s.n));
                 let st = Nhwc { n: i1 - i0, ..s };
@@ -138,34 +142,53 @@ pub fn weight_grad(x: &[f32], s: Nhwc, dz: &[f32], cout: usize, tiles: Tiles) ->
             part
         })
         .collect();
-    let mut parts = parts.into_iter();
-    let mut dw = parts.next().unwrap_or_else(|| vec![0f32; k * cout]);
-    for p in parts {
-        for (a, b) in dw.iter_mut().zip(&p) {
-            *a += b;
-        }
-    }
-    if cout >= WIDE_OUT {
-        dw = transpose(&dw, cout, k);
-    }
+    let dw = sum_parts(&mut parts, k, cout, cout >= WIDE_OUT);
+    PARTS.lock().unwrap_or_else(|e| e.into_inner()).extend(parts);
     dw
 }
 
-/// `[rows, cols]` row-major as `[cols, rows]` row-major, in 16 × 16 blocks (both sides'
-/// cache lines used whole).
-fn transpose(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    const B: usize = 16;
-    let mut t = vec![0f32; m.len()];
-    for r0 in (0..rows).step_by(B) {
-        for c0 in (0..cols).step_by(B) {
-            for r in r0..(r0 + B).min(rows) {
-                for c in c0..(c0 + B).min(cols) {
-                    t[c * rows + r] = m[r * cols + c];
-                }
+/// The weight gradient's partial sums, kept from step to step (fresh ones would be
+/// zeroed, 2.4 MB each at 256 channels, before the first product overwrites them).
+static PARTS: std::sync::Mutex<Vec<Vec<f32>>> = std::sync::Mutex::new(Vec::new());
+
+/// A partial-sum buffer of `len` values whose contents are unspecified.
+fn take_part(len: usize) -> Vec<f32> {
+    let mut v = PARTS.lock().unwrap_or_else(|e| e.into_inner()).pop().unwrap_or_default();
+    v.resize(len, 0.0);
+    v
+}
+
+/// `Σ parts` as `[k, cout]`, each element summed in the parts' order (the first, plus the
+/// second, …), into the first part; with `transposed`, the parts are `[cout, k]` and the
+/// sum is transposed once. Both passes over rows in parallel.
+fn sum_parts(parts: &mut [Vec<f32>], k: usize, cout: usize, transposed: bool) -> Vec<f32> {
+    const ROWS: usize = 16;
+    let (head, rest) = parts.split_first_mut().expect("at least one group");
+    let first = &mut head[..k * cout];
+    first.par_chunks_mut(ROWS * cout).enumerate().for_each(|(i, out)| {
+        for p in rest.iter() {
+            for (a, b) in out.iter_mut().zip(&p[i * ROWS * cout..]) {
+                *a += b;
             }
         }
+    });
+    if !transposed {
+        return std::mem::take(head);
     }
-    t
+    // `first` is `[cout, k]`: blocks of 16 result rows, each read as one cache line of
+    // every source row.
+    let src: &[f32] = first;
+    let mut dw = vec![0f32; k * cout];
+    dw.par_chunks_mut(ROWS * cout).enumerate().for_each(|(i, out)| {
+        let r0 = i * ROWS;
+        let rows = out.len() / cout;
+        for c in 0..cout {
+            for (r, &v) in src[c * k + r0..][..rows].iter().enumerate() {
+                out[r * cout + c] = v;
+            }
+        }
+    });
+    dw
 }
 
 /// The input gradient (NHWC, shape `s`) from the output's `dz`: each tile's patch

@@ -31,6 +31,7 @@ pub mod convnet;
 pub mod dense_step;
 pub mod device;
 mod eval;
+mod flush;
 mod grads;
 pub mod host;
 mod layer;

@@ -182,3 +182,31 @@ fn a_state_of_another_size_is_refused() {
     let e = opt.update_host("w", &mut [0.0; 4], &[1.0; 4], 0.0).unwrap_err().to_string();
     assert!(e.contains("does not fit tensor w (4 values)"), "{e}");
 }
+
+/// A moment whose gradient turned zero decays into denormals (each multiply on one costs a
+/// microcode assist on x86): the host update flushes them to zero, as TensorFlow does,
+/// on the calling thread and on the second thread of a large tensor's split update.
+#[test]
+fn decaying_moments_never_hold_denormals() {
+    for spec in [ADAM, SGD, LION] {
+        // 1 << 17 values: Adam's pass splits them across two threads.
+        let n = 1 << 17;
+        let mut opt: Optimizer<Cpu> = Optimizer::new(&spec, Kernels::Host);
+        let mut w = vec![0.5f32; n];
+        let (one, zero) = (vec![1.0f32; n], vec![0.0f32; n]);
+        // β1 = 0.9 takes 0.1 below f32::MIN_POSITIVE in about 830 steps, to 0 in 980.
+        for step in 0..900 {
+            opt.start_step(1e-6);
+            opt.update_host("w", &mut w, if step == 0 { &one } else { &zero }, 0.0).unwrap();
+        }
+        let (_, moments) = opt.state();
+        let denormal = |v: &f32| *v != 0.0 && v.abs() < f32::MIN_POSITIVE;
+        for (name, m, v) in &moments {
+            if cfg!(target_arch = "x86_64") {
+                assert!(!m.iter().chain(v).any(denormal), "{spec:?}: {name} holds denormal moments");
+            }
+            assert!(m.iter().all(|x| x.is_finite()), "{spec:?}: {name}");
+        }
+        assert!(w.iter().all(|x| x.is_finite()));
+    }
+}

@@ -39,15 +39,18 @@ fn host_adam_pass(
     eps: f32,
     shrink: f32,
 ) {
+    // Each thread flushes denormals for itself (MXCSR is per thread; flush.rs).
     let step = |p: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32]| {
-        for (((p, m), v), &g) in p.iter_mut().zip(m.iter_mut()).zip(v.iter_mut()).zip(g) {
-            if shrink != 0.0 {
-                *p -= shrink * *p;
+        crate::flush::denormals_are_zero(|| {
+            for (((p, m), v), &g) in p.iter_mut().zip(m.iter_mut()).zip(v.iter_mut()).zip(g) {
+                if shrink != 0.0 {
+                    *p -= shrink * *p;
+                }
+                *m = b1 * *m + (1.0 - b1) * g;
+                *v = b2 * *v + (1.0 - b2) * g * g;
+                *p -= alpha * *m / (v.sqrt() + eps);
             }
-            *m = b1 * *m + (1.0 - b1) * g;
-            *v = b2 * *v + (1.0 - b2) * g * g;
-            *p -= alpha * *m / (v.sqrt() + eps);
-        }
+        })
     };
     // Two halves on two threads: the update is memory-bound, and for a 3072×256 layer it
     // would otherwise cost as much as a matrix product.

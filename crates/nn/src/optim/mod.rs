@@ -209,7 +209,10 @@ impl<D: Backend> Optimizer<D> {
         let slot = self.slot(name, n, Slot::Host)?;
         let (t, lr) = (self.t, self.lr);
         match &mut self.slots[slot] {
-            Slot::Host(state) => with_rule!(&self.algorithm, |r| r.host(t, lr, param, grad, state, weight_decay)),
+            // Decaying moments reach denormals; flushed, as TensorFlow does (flush.rs).
+            Slot::Host(state) => crate::flush::denormals_are_zero(|| {
+                with_rule!(&self.algorithm, |r| r.host(t, lr, param, grad, state, weight_decay))
+            }),
             _ => bail!("internal: optimizer tensor {name} lives on a device"),
         }
         Ok(())
