@@ -61,21 +61,26 @@ pub fn im2col(x: &[f32], s: Nhwc, cols: &mut [f32]) {
 }
 
 /// [`im2col`] of one image (`s` gives its height, width and channels), on this thread.
+/// A tap row's three taps read neighbouring pixels, so each is one copy of up to `3·c`
+/// values (zeros where the taps fall outside the image).
 pub(crate) fn im2col_image(img: &[f32], s: Nhwc, cols: &mut [f32]) {
-    let k = 9 * s.c;
+    let (c, k) = (s.c, 9 * s.c);
     for y in 0..s.h {
         for xx in 0..s.w {
             let row = &mut cols[(y * s.w + xx) * k..][..k];
-            for dy in 0..3 {
-                let sy = y as isize + dy as isize - 1;
-                for dx in 0..3 {
-                    let sx = xx as isize + dx as isize - 1;
-                    let dst = &mut row[(dy * 3 + dx) * s.c..][..s.c];
-                    if sy < 0 || sy >= s.h as isize || sx < 0 || sx >= s.w as isize {
-                        dst.fill(0.0);
-                    } else {
-                        dst.copy_from_slice(&img[(sy as usize * s.w + sx as usize) * s.c..][..s.c]);
+            // The source columns xx-1..=xx+1 inside the image, and where they land.
+            let (x0, x1) = (xx.saturating_sub(1), (xx + 2).min(s.w));
+            let lead = if xx == 0 { c } else { 0 };
+            let width = (x1 - x0) * c;
+            for (dy, dst) in row.chunks_exact_mut(3 * c).enumerate() {
+                // Source row y + dy - 1, if inside the image.
+                match (y + dy).checked_sub(1).filter(|&sy| sy < s.h) {
+                    Some(sy) => {
+                        dst[..lead].fill(0.0);
+                        dst[lead..lead + width].copy_from_slice(&img[(sy * s.w + x0) * c..][..width]);
+                        dst[lead + width..].fill(0.0);
                     }
+                    None => dst.fill(0.0),
                 }
             }
         }
