@@ -2,7 +2,7 @@
 //! weights, their initialization and their conversion from and to PyTorch's layout, and its
 //! forward passes (inference, training) and backward pass.
 
-use crate::conv_kernel::{self, Tiles};
+use crate::conv_kernel::{self, Dz, Tiles};
 use crate::conv_ops::{add_in_order, column_sums2, Nhwc, PASS_ROWS};
 use crate::scratch;
 use layerwise_core::checkpoint::Dense;
@@ -242,23 +242,31 @@ pub(crate) fn block_backward<'a>(
     let (db, dg): (Vec<f32>, Vec<f32>) =
         (dbeta.iter().map(|&v| v as f32).collect(), dgamma.iter().map(|&v| v as f32).collect());
     let (kc, dbc, dgc) = (&k[..cout], &db[..cout], &dg[..cout]);
-    // Every element is written below.
-    let mut dz = scratch::take(rows * cout);
-    dz.par_chunks_mut(PASS_ROWS * cout).enumerate().for_each(|(p, chunk)| {
-        for (i, out) in chunk.chunks_exact_mut(cout).enumerate() {
-            let r = p * PASS_ROWS + i;
+    // The convolution's output gradient, rows `first..` into `out`.
+    let dz_rows = |first: usize, out: &mut [f32]| {
+        for (i, out) in out.chunks_exact_mut(cout).enumerate() {
+            let r = first + i;
             let (zr, yr, dyr) = (row(&cache.z, r), row(&cache.y, r), row(dy, r));
             for c in 0..cout {
                 let xhat = (zr[c] - mean[c]) * inv[c];
                 out[c] = kc[c] * (count * relu_grad(yr[c], dyr[c]) - dbc[c] - xhat * dgc[c]);
             }
         }
-    });
+    };
     let tiles = Tiles::default_for(s);
+    if !input_grad {
+        // Each tile's rows computed where its weight-gradient product reads them, in cache
+        // (the same values as the whole pass below).
+        let dw = conv_kernel::weight_grad_of(&cache.x, s, Dz::Rows(&dz_rows), cout, tiles);
+        return ((dw, dg, db), None);
+    }
+    // Every element is written below.
+    let mut dz = scratch::take(rows * cout);
+    dz.par_chunks_mut(PASS_ROWS * cout).enumerate().for_each(|(p, chunk)| dz_rows(p * PASS_ROWS, chunk));
     let dw = conv_kernel::weight_grad(&cache.x, s, &dz, cout, tiles);
-    let dx = input_grad.then(|| conv_kernel::input_grad(&dz, s, &b.wk, cout, tiles));
+    let dx = conv_kernel::input_grad(&dz, s, &b.wk, cout, tiles);
     scratch::give(dz);
-    ((dw, dg, db), dx)
+    ((dw, dg, db), Some(dx))
 }
 
 impl BlockCache<'_> {
@@ -280,4 +288,28 @@ pub fn block_gradients(b: &HostBlock, x: &[f32], s: Nhwc, dy: &[f32]) -> (Vec<f3
     let cache = block_train(&mut scratch, Cow::Borrowed(x), s);
     let ((dw, dg, db), dx) = block_backward(b, &cache, dy, true);
     (dw, dg, db, dx.unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The weight gradient with the output gradient computed tile by tile (a block whose
+    /// input gradient is not wanted) is the one from the whole pass, bit for bit.
+    #[test]
+    fn the_tiled_output_gradient_gives_the_same_weight_gradient() {
+        for cout in [8, 256] {
+            let s = Nhwc { n: 5, h: 6, w: 6, c: 3 };
+            let b = HostBlock::from_block(&new_block(s.c, cout, 7));
+            let x: Vec<f32> = (0..s.len()).map(|i| ((i * 37 % 101) as f32 - 50.0) / 40.0).collect();
+            let dy: Vec<f32> = (0..s.rows() * cout).map(|i| ((i * 53 % 89) as f32 - 44.0) / 70.0).collect();
+            let cache = block_train(&mut b.clone(), Cow::Borrowed(&x), s);
+            let ((fused, g1, b1), none) = block_backward(&b, &cache, &dy, false);
+            let ((whole, g2, b2), dx) = block_backward(&b, &cache, &dy, true);
+            assert!(none.is_none() && dx.is_some());
+            assert_eq!((g1, b1), (g2, b2));
+            assert!(fused == whole, "{cout} out: the weight gradients differ");
+            assert!(whole.iter().any(|&v| v != 0.0));
+        }
+    }
 }

@@ -111,8 +111,26 @@ fn with_patches<R>(xt: &[f32], st: Nhwc, f: impl FnOnce(&[f32]) -> R) -> R {
 /// `Σ dzᵀ·patches` and transposed once): each tile's patches gathered again (in cache)
 /// rather than kept from the forward pass; tiles summed in groups in a fixed order.
 pub fn weight_grad(x: &[f32], s: Nhwc, dz: &[f32], cout: usize, tiles: Tiles) -> Vec<f32> {
+    weight_grad_of(x, s, Dz::Given(dz), cout, tiles)
+}
+
+/// Where [`weight_grad_of`] finds the output gradient's rows.
+pub enum Dz<'a> {
+    /// All of them, `[rows, cout]`.
+    Given(&'a [f32]),
+    /// Computed on demand: `f(first, out)` writes rows `first..` into `out` (whole rows).
+    Rows(&'a (dyn Fn(usize, &mut [f32]) + Sync)),
+}
+
+/// [`weight_grad`] with the output gradient given, or computed tile by tile by the
+/// thread that multiplies it (while in cache: no pass writes and reads it back).
+pub fn weight_grad_of(x: &[f32], s: Nhwc, dz: Dz<'_>, cout: usize, tiles: Tiles) -> Vec<f32> {
     let k = 9 * s.c;
-    assert!(x.len() >= s.len() && dz.len() >= s.rows() * cout, "buffers smaller than the batch");
+    let given = match dz {
+        Dz::Given(d) => d.len() >= s.rows() * cout,
+        Dz::Rows(_) => true,
+    };
+    assert!(x.len() >= s.len() && given, "buffers smaller than the batch");
     let count = tiles.count(s.n);
     let groups = WEIGHT_GROUPS.min(count).max(1);
     let hw = s.h * s.w;
@@ -124,10 +142,19 @@ pub fn weight_grad(x: &[f32], s: Nhwc, dz: &[f32], cout: usize, tiles: Tiles) ->
             if count == 0 {
                 part.fill(0.0);
             }
+            // A computed tile's rows (its images' pixels × cout).
+            let mut rows = Vec::new();
             for t in g * count / groups..(g + 1) * count / groups {
                 let (i0, i1) = (t * tiles.images, ((t + 1) * tiles.images).min(s.n));
                 let st = Nhwc { n: i1 - i0, ..s };
-                let dzt = &dz[i0 * hw * cout..i1 * hw * cout];
+                let dzt: &[f32] = match &dz {
+                    Dz::Given(d) => &d[i0 * hw * cout..i1 * hw * cout],
+                    Dz::Rows(f) => {
+                        rows.resize(st.rows() * cout, 0.0);
+                        f(i0 * hw, &mut rows);
+                        &rows
+                    }
+                };
                 let first = t == g * count / groups;
                 with_patches(&x[i0 * s.image()..i1 * s.image()], st, |cols| {
                     let (a, b) = if cout >= WIDE_OUT {
