@@ -32,17 +32,27 @@ const WIDE_OUT: usize = 256;
 /// few enough that their buffers stay small).
 const WEIGHT_GROUPS: usize = 8;
 
-/// How a batch of shape `s` is cut into tiles of whole images.
+/// Input channels from which the forward product runs pixel by pixel over the batch
+/// ([`forward`]'s direct form) instead of through im2col tiles.
+const DIRECT_CHANNELS: usize = 64;
+
+/// How a batch of shape `s` is cut into tiles of whole images, and how its forward
+/// product is formed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Tiles {
     /// Images per tile (the last tile may hold fewer).
     pub images: usize,
+    /// The forward product in its direct form: for each output pixel, the batch's rows
+    /// read straight from the input (a tap row's three taps are neighbours, `3·c` values
+    /// in a row), one product per tap row, no im2col, the zero padding skipped; each
+    /// tile's pass then runs over the finished output.
+    pub direct: bool,
 }
 
 impl Tiles {
     /// Tiles of about `rows` rows for images of `s`.
     pub fn of(s: Nhwc, rows: usize) -> Self {
-        Self { images: (rows / (s.h * s.w).max(1)).max(1) }
+        Self { images: (rows / (s.h * s.w).max(1)).max(1), direct: s.c >= DIRECT_CHANNELS }
     }
 
     /// The tiling the training and inference kernels use.
@@ -72,6 +82,14 @@ pub fn forward<T: Send>(
     assert_eq!(wk.len(), k * cout, "weight is not [9·c, cout]");
     assert!(x.len() >= s.len() && z.len() >= s.rows() * cout, "buffers smaller than the batch");
     let hw = s.h * s.w;
+    if tiles.direct {
+        forward_direct(x, s, wk, cout, z);
+        return z[..s.rows() * cout]
+            .par_chunks_mut(tiles.images * hw * cout)
+            .enumerate()
+            .map(|(t, zt)| each(t, zt))
+            .collect();
+    }
     z[..s.rows() * cout]
         .par_chunks_mut(tiles.images * hw * cout)
         .zip(x[..s.len()].par_chunks(tiles.images * s.image()))
@@ -84,6 +102,71 @@ pub fn forward<T: Send>(
             each(t, zt)
         })
         .collect()
+}
+
+/// A pointer shared by the threads of [`forward_direct`], each writing its own rows.
+struct Rows(*mut f32);
+// SAFETY: only used to write disjoint rows from different threads (see forward_direct).
+unsafe impl Sync for Rows {}
+
+/// The direct form of [`forward`]: for output pixel `(y, x)`, `z[·, (y, x)] = Σ_dy
+/// x[·, y+dy-1, x-1..=x+1]·wk[taps (dy, ·)]`, the batch's images as the product's rows
+/// (`h·w·c` apart in `x`, `h·w·cout` apart in `z`), the taps outside the image left out
+/// of both operands; tap rows added in order (dy = 0, 1, 2), so every result is the same
+/// whatever the threads. Pixels in parallel, each product on one thread.
+fn forward_direct(x: &[f32], s: Nhwc, wk: &[f32], cout: usize, z: &mut [f32]) {
+    let (c, hw) = (s.c, s.h * s.w);
+    if s.n == 0 || cout == 0 || c == 0 {
+        return;
+    }
+    assert!(
+        x.len() >= s.len() && z.len() >= s.rows() * cout && wk.len() == 9 * c * cout,
+        "buffers smaller than the batch"
+    );
+    let out = Rows(z.as_mut_ptr());
+    let out = &out;
+    (0..hw).into_par_iter().for_each(|p| {
+        let (y, xx) = (p / s.w, p % s.w);
+        // The input columns xx-1..=xx+1 inside the image, and the first of their taps.
+        let (x0, x1) = (xx.saturating_sub(1), (xx + 2).min(s.w));
+        let k = (x1 - x0) * c;
+        let mut first = true;
+        for dy in 0..3 {
+            let Some(sy) = (y + dy).checked_sub(1).filter(|&sy| sy < s.h) else { continue };
+            let tap = dy * 3 + (x0 + 1 - xx);
+            // SAFETY: `a` spans n rows hw·c apart of `k` values from (sy·w + x0)·c, the
+            // last ending at (n-1)·hw·c + (sy·w + x1)·c ≤ n·hw·c ≤ x.len(); `b` is `k` rows
+            // of `cout` from tap·c·cout, ending at (tap·c + k)·cout ≤ 9·c·cout = wk.len()
+            // (the taps x0..x1 of tap row dy end at dy·3 + 3); `dst` is n rows hw·cout
+            // apart of `cout` values from p·cout, within `z`, and only this pixel's
+            // thread writes them (pixels are disjoint rows of z). Nothing else borrows
+            // `z` while this runs.
+            unsafe {
+                gemm::gemm(
+                    s.n,
+                    cout,
+                    k,
+                    out.0.add(p * cout),
+                    1,
+                    (hw * cout) as isize,
+                    !first,
+                    x.as_ptr().add((sy * s.w + x0) * c),
+                    1,
+                    (hw * c) as isize,
+                    wk.as_ptr().add(tap * c * cout),
+                    1,
+                    cout as isize,
+                    1.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+            }
+            first = false;
+        }
+    });
 }
 
 thread_local! {

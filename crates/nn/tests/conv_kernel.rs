@@ -1,7 +1,8 @@
 //! The tiled convolution kernels (`conv_kernel`) against direct loops in f64: the forward
-//! product, the weight gradient and the input gradient, on tilings with one image a tile,
-//! a ragged last tile and one tile for the batch; a doubled gradient fails the check; and
-//! the results are bit for bit the same with one thread and with two.
+//! product (through im2col tiles and in its direct form), the weight gradient and the
+//! input gradient, on tilings with one image a tile, a ragged last tile and one tile for
+//! the batch, on images with and without interior pixels; a doubled gradient fails the
+//! check; and the results are bit for bit the same with one thread and with two.
 #![allow(clippy::unwrap_used)] // test helpers panic on purpose
 
 use layerwise_nn::conv_kernel::{forward, input_grad, weight_grad, Tiles};
@@ -70,14 +71,21 @@ fn case(s: Nhwc, cout: usize, seed: u64) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
 
 #[test]
 fn the_tiled_products_are_the_direct_loops_and_a_doubled_gradient_is_not() {
-    let s = Nhwc { n: 7, h: 5, w: 3, c: 4 };
+    // Interior pixels and all four borders; one row; one column.
+    for s in [Nhwc { n: 7, h: 5, w: 3, c: 4 }, Nhwc { n: 3, h: 1, w: 4, c: 3 }, Nhwc { n: 2, h: 3, w: 1, c: 2 }] {
+        check_against_direct_loops(s);
+    }
+}
+
+fn check_against_direct_loops(s: Nhwc) {
     // Few output channels, and enough (256) that the weight gradient is taken transposed.
     for cout in [6, 256] {
         let (x, wk, dz) = case(s, cout, 1);
         let (rz, rdw, rdx) = reference(&x, s, &wk, cout, &dz);
-        // One image a tile; two (the last tile holds one); all seven in one tile.
-        for rows in [1, 30, 10_000] {
-            let tiles = Tiles::of(s, rows);
+        // One image a tile; two (the last tile holds one, for odd batches); all in one
+        // tile; each with the forward product through im2col and in its direct form.
+        for (images, direct) in [1, 2, s.n].into_iter().flat_map(|i| [(i, false), (i, true)]) {
+            let tiles = Tiles { images, direct };
             let (z, dw, dx) = run(&x, s, &wk, cout, &dz, tiles);
             assert!(rel(&z, &rz) < TOL, "forward, {cout} out, {tiles:?}: {}", rel(&z, &rz));
             assert!(rel(&dw, &rdw) < TOL, "weight gradient, {cout} out, {tiles:?}: {}", rel(&dw, &rdw));
@@ -90,17 +98,23 @@ fn the_tiled_products_are_the_direct_loops_and_a_doubled_gradient_is_not() {
             }
         }
     }
-    assert_eq!(Tiles::of(s, 30), Tiles { images: 2 });
+}
+
+#[test]
+fn tiles_hold_whole_images_and_the_direct_form_starts_at_64_channels() {
+    let s = Nhwc { n: 7, h: 5, w: 3, c: 4 };
+    assert_eq!(Tiles::of(s, 30), Tiles { images: 2, direct: false });
     assert_eq!(Tiles::of(s, 30).count(s.n), 4);
+    assert!(Tiles::of(Nhwc { c: 64, ..s }, 30).direct);
 }
 
 #[test]
 fn the_kernels_give_the_same_bits_on_one_thread_and_on_two() {
     // Enough tiles (16 × 16 images, one a tile) that both threads take some.
     let s = Nhwc { n: 12, h: 16, w: 16, c: 8 };
-    for cout in [16, 256] {
+    for (cout, direct) in [(16, false), (256, false), (16, true), (256, true)] {
         let (x, wk, dz) = case(s, cout, 4);
-        let tiles = Tiles::of(s, 256);
+        let tiles = Tiles { direct, ..Tiles::of(s, 256) };
         let on = |threads: usize| {
             let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
             pool.install(|| run(&x, s, &wk, cout, &dz, tiles))
@@ -108,7 +122,7 @@ fn the_kernels_give_the_same_bits_on_one_thread_and_on_two() {
         let (one, two) = (on(1), on(2));
         assert!(
             one.0 == two.0 && one.1 == two.1 && one.2 == two.2,
-            "{cout} out: results depend on the number of threads"
+            "{cout} out, direct {direct}: results depend on the number of threads"
         );
     }
 }
