@@ -298,8 +298,9 @@ mod tests {
     /// input gradient is not wanted) is the one from the whole pass, bit for bit.
     #[test]
     fn the_tiled_output_gradient_gives_the_same_weight_gradient() {
-        for cout in [8, 256] {
-            let s = Nhwc { n: 5, h: 6, w: 6, c: 3 };
+        // Through im2col tiles (3 channels) and in the direct form (64).
+        for (c, cout) in [(3, 8), (3, 256), (64, 8), (64, 256)] {
+            let s = Nhwc { n: 5, h: 6, w: 6, c };
             let b = HostBlock::from_block(&new_block(s.c, cout, 7));
             let x: Vec<f32> = (0..s.len()).map(|i| ((i * 37 % 101) as f32 - 50.0) / 40.0).collect();
             let dy: Vec<f32> = (0..s.rows() * cout).map(|i| ((i * 53 % 89) as f32 - 44.0) / 70.0).collect();
@@ -308,7 +309,7 @@ mod tests {
             let ((whole, g2, b2), dx) = block_backward(&b, &cache, &dy, true);
             assert!(none.is_none() && dx.is_some());
             assert_eq!((g1, b1), (g2, b2));
-            assert!(fused == whole, "{cout} out: the weight gradients differ");
+            assert!(fused == whole, "{c} in, {cout} out: the weight gradients differ");
             assert!(whole.iter().any(|&v| v != 0.0));
         }
     }

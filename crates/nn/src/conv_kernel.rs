@@ -214,6 +214,9 @@ pub fn weight_grad_of(x: &[f32], s: Nhwc, dz: Dz<'_>, cout: usize, tiles: Tiles)
         Dz::Rows(_) => true,
     };
     assert!(x.len() >= s.len() && given, "buffers smaller than the batch");
+    if tiles.direct {
+        return weight_grad_direct(x, s, dz, cout);
+    }
     let count = tiles.count(s.n);
     let groups = WEIGHT_GROUPS.min(count).max(1);
     let hw = s.h * s.w;
@@ -253,6 +256,51 @@ pub fn weight_grad_of(x: &[f32], s: Nhwc, dz: Dz<'_>, cout: usize, tiles: Tiles)
         })
         .collect();
     let dw = sum_parts(&mut parts, k, cout, cout >= WIDE_OUT);
+    PARTS.lock().unwrap_or_else(|e| e.into_inner()).extend(parts);
+    dw
+}
+
+/// The direct form of [`weight_grad`], as [`forward_direct`] forms the forward product:
+/// for each output pixel and tap row, `wk`'s rows of those taps get `x[·, taps]ᵀ·dz[·,
+/// pixel]`, the batch's images as the product's inner dimension. Pixels in fixed groups
+/// (a partial sum each, in pixel order), the groups added in order.
+fn weight_grad_direct(x: &[f32], s: Nhwc, dz: Dz<'_>, cout: usize) -> Vec<f32> {
+    let (c, hw, k) = (s.c, s.h * s.w, 9 * s.c);
+    let whole;
+    let dz: &[f32] = match dz {
+        Dz::Given(d) => d,
+        Dz::Rows(f) => {
+            // Each pixel's rows are spread over the batch: the gradient is written out.
+            let mut d = vec![0f32; s.rows() * cout];
+            d.par_chunks_mut(hw * cout).enumerate().for_each(|(i, rows)| f(i * hw, rows));
+            whole = d;
+            &whole
+        }
+    };
+    let groups = WEIGHT_GROUPS.min(hw).max(1);
+    let mut parts: Vec<Vec<f32>> = (0..groups)
+        .into_par_iter()
+        .map(|g| {
+            let mut part = take_part(k * cout);
+            part.fill(0.0);
+            for p in g * hw / groups..(g + 1) * hw / groups {
+                let (y, xx) = (p / s.w, p % s.w);
+                let (x0, x1) = (xx.saturating_sub(1), (xx + 2).min(s.w));
+                let kk = (x1 - x0) * c;
+                for dy in 0..3 {
+                    let Some(sy) = (y + dy).checked_sub(1).filter(|&sy| sy < s.h) else { continue };
+                    let tap = dy * 3 + (x0 + 1 - xx);
+                    // `x`'s columns of these taps, `[kk, n]` (each image's `kk` values in
+                    // a column, images hw·c apart), times the pixel's rows of `dz`.
+                    let a = View::strided(&x[(sy * s.w + x0) * c..], kk, s.n, 1, hw * c);
+                    let b = View::strided(&dz[p * cout..], s.n, cout, hw * cout, 1);
+                    matmul_serial(&mut part[tap * c * cout..(tap * c + kk) * cout], a, b, true);
+                }
+            }
+            part
+        })
+        .collect();
+    let dw = sum_parts(&mut parts, k, cout, false);
     PARTS.lock().unwrap_or_else(|e| e.into_inner()).extend(parts);
     dw
 }

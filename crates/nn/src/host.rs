@@ -28,6 +28,13 @@ impl<'a> View<'a> {
         Self { data, rows, cols, rs: cols as isize, cs: 1 }
     }
 
+    /// A `rows × cols` matrix whose element `(i, j)` is `data[i·rs + j·cs]`.
+    pub fn strided(data: &'a [f32], rows: usize, cols: usize, rs: usize, cs: usize) -> Self {
+        let last = if rows == 0 || cols == 0 { 0 } else { (rows - 1) * rs + (cols - 1) * cs + 1 };
+        assert!(data.len() >= last, "view larger than its data");
+        Self { data, rows, cols, rs: rs as isize, cs: cs as isize }
+    }
+
     /// The transpose of [`View::rows`]`(data, rows, cols)`: a `cols × rows` matrix.
     pub fn transposed(data: &'a [f32], rows: usize, cols: usize) -> Self {
         assert!(data.len() >= rows * cols, "view larger than its data");
