@@ -9,8 +9,16 @@
 //! to run alone. Tiles of about [`TILE_ROWS`] rows keep every core busy in every pass, and a
 //! tile's BatchNorm statistics or affine + ReLU are taken while its output is in cache.
 //!
-//! Every result is the same whatever the number of threads: tiles are fixed by the shape,
-//! not by the threads, and partial sums are added in tile order.
+//! From 64 input channels the forward product and the weight gradient take a direct form
+//! instead ([`forward_direct`], [`weight_grad_direct`]): per output pixel, the batch's
+//! images are the product's rows, read in place from the NHWC input (a tap row's three
+//! taps are neighbouring pixels), one product per tap row, so there is no im2col and the
+//! zero padding is left out of both operands. gemm 0.19 runs these 3–15 % faster than the
+//! tiles on `cnn.toml`'s stages 2–5 (BENCHMARKS.md); with 3 channels the direct products
+//! would be too thin.
+//!
+//! Every result is the same whatever the number of threads: tiles and pixel groups are
+//! fixed by the shape, not by the threads, and partial sums are added in order.
 
 use crate::conv_ops::{col2im_image, im2col_image, Nhwc};
 use crate::host::{matmul_serial, View};
