@@ -292,7 +292,9 @@ pub fn block_gradients(b: &HostBlock, x: &[f32], s: Nhwc, dy: &[f32]) -> (Vec<f3
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::{block_backward, block_train, new_block, HostBlock};
+    use crate::conv_ops::Nhwc;
+    use std::borrow::Cow;
 
     /// The weight gradient with the output gradient computed tile by tile (a block whose
     /// input gradient is not wanted) is the one from the whole pass, bit for bit.

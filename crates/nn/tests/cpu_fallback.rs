@@ -1,8 +1,8 @@
 //! The same test binary on a CPU without AVX-512. gemm 0.19 (built with its `x86-v4`
 //! feature) picks its AVX-512 kernels at run time where the CPU has them and its AVX2 + FMA
 //! kernels elsewhere; this test runs its own executable under `qemu-x86_64 -cpu Haswell`
-//! (an AVX2-only CPU, emulated), which takes the fallback, and compares the products, a
-//! convolution block's gradients and a dense training step's gradients with the native
+//! (an AVX2-only CPU, emulated), which takes the fallback, and compares the products, two
+//! convolution blocks' gradients and a dense training step's gradients with the native
 //! ones: within 1e-5 relative (‖Δ‖₂/‖native‖₂; the kernels sum in another order, so the
 //! last bits differ).
 //!
@@ -32,7 +32,8 @@ fn features() -> (bool, bool) {
 }
 
 /// Products of the shapes training uses (a dense layer's 250-row products, a conv stage's
-/// im2col product, transposed operands), and a conv block's gradients (tiled kernels).
+/// im2col product, transposed operands), and two conv blocks' gradients (16 input
+/// channels: the im2col tiles; 64: the direct forms, strided operands).
 fn workload() -> Vec<Vec<f32>> {
     let mut out = Vec::new();
     for (i, &(m, k, n, ta)) in [
@@ -52,10 +53,12 @@ fn workload() -> Vec<Vec<f32>> {
         matmul(&mut c, av, View::rows(&b, k, n), false);
         out.push(c);
     }
-    let s = Nhwc { n: 3, h: 8, w: 8, c: 16 };
-    let block = HostBlock::from_block(&new_block(16, 32, 7));
-    let (dw, dg, db, dx) = block_gradients(&block, &random(s.len(), 8), s, &random(s.rows() * 32, 9));
-    out.extend([dw, dg, db, dx]);
+    for c in [16, 64] {
+        let s = Nhwc { n: 3, h: 8, w: 8, c };
+        let block = HostBlock::from_block(&new_block(c, 32, 7));
+        let (dw, dg, db, dx) = block_gradients(&block, &random(s.len(), 8), s, &random(s.rows() * 32, 9));
+        out.extend([dw, dg, db, dx]);
+    }
     out
 }
 
