@@ -274,14 +274,14 @@ pub fn weight_grad_of(x: &[f32], s: Nhwc, dz: Dz<'_>, cout: usize, tiles: Tiles)
 /// (a partial sum each, in pixel order), the groups added in order.
 fn weight_grad_direct(x: &[f32], s: Nhwc, dz: Dz<'_>, cout: usize) -> Vec<f32> {
     let (c, hw, k) = (s.c, s.h * s.w, 9 * s.c);
-    let whole;
+    let mut whole = Vec::new();
     let dz: &[f32] = match dz {
         Dz::Given(d) => d,
         Dz::Rows(f) => {
-            // Each pixel's rows are spread over the batch: the gradient is written out.
-            let mut d = vec![0f32; s.rows() * cout];
-            d.par_chunks_mut(hw * cout).enumerate().for_each(|(i, rows)| f(i * hw, rows));
-            whole = d;
+            // Each pixel's rows are spread over the batch: the gradient is written out, into
+            // a recycled step buffer (every element is written here).
+            whole = crate::scratch::take(s.rows() * cout);
+            whole.par_chunks_mut(hw * cout).enumerate().for_each(|(i, rows)| f(i * hw, rows));
             &whole
         }
     };
@@ -310,6 +310,7 @@ fn weight_grad_direct(x: &[f32], s: Nhwc, dz: Dz<'_>, cout: usize) -> Vec<f32> {
         .collect();
     let dw = sum_parts(&mut parts, k, cout, false);
     PARTS.lock().unwrap_or_else(|e| e.into_inner()).extend(parts);
+    crate::scratch::give(whole);
     dw
 }
 
