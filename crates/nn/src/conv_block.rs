@@ -300,7 +300,7 @@ mod tests {
     /// input gradient is not wanted) is the one from the whole pass, bit for bit.
     #[test]
     fn the_tiled_output_gradient_gives_the_same_weight_gradient() {
-        // Through im2col tiles (3 channels) and in the direct form (64).
+        // Narrow and wide blocks.
         for (c, cout) in [(3, 8), (3, 256), (64, 8), (64, 256)] {
             let s = Nhwc { n: 5, h: 6, w: 6, c };
             let b = HostBlock::from_block(&new_block(s.c, cout, 7));

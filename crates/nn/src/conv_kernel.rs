@@ -9,13 +9,13 @@
 //! to run alone. Tiles of about [`TILE_ROWS`] rows keep every core busy in every pass, and a
 //! tile's BatchNorm statistics or affine + ReLU are taken while its output is in cache.
 //!
-//! From 64 input channels the forward product and the weight gradient take a direct form
-//! instead ([`forward_direct`], [`weight_grad_direct`]): per output pixel, the batch's
-//! images are the product's rows, read in place from the NHWC input (a tap row's three
-//! taps are neighbouring pixels), one product per tap row, so there is no im2col and the
-//! zero padding is left out of both operands. gemm 0.19 runs these 3–15 % faster than the
-//! tiles on `cnn.toml`'s stages 2–5 (BENCHMARKS.md); with 3 channels the direct products
-//! would be too thin.
+//! The forward product and the weight gradient also have a direct form
+//! ([`forward_direct`], [`weight_grad_direct`], chosen with [`Tiles::direct`]): per output
+//! pixel, the batch's images are the product's rows, read in place from the NHWC input (a
+//! tap row's three taps are neighbouring pixels), one product per tap row, no im2col, the
+//! zero padding left out of both operands. It is 3–15 % faster than the tiles in `xtask
+//! bench --conv`'s steps but made `cnn.toml`'s epochs slower (BENCHMARKS.md), so
+//! [`Tiles::of`] does not choose it.
 //!
 //! Every result is the same whatever the number of threads: tiles and pixel groups are
 //! fixed by the shape, not by the threads, and partial sums are added in order.
@@ -40,10 +40,6 @@ const WIDE_OUT: usize = 256;
 /// few enough that their buffers stay small).
 const WEIGHT_GROUPS: usize = 8;
 
-/// Input channels from which the forward product runs pixel by pixel over the batch
-/// ([`forward`]'s direct form) instead of through im2col tiles.
-const DIRECT_CHANNELS: usize = 64;
-
 /// How a batch of shape `s` is cut into tiles of whole images, and how its forward
 /// product is formed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,7 +56,10 @@ pub struct Tiles {
 impl Tiles {
     /// Tiles of about `rows` rows for images of `s`.
     pub fn of(s: Nhwc, rows: usize) -> Self {
-        Self { images: (rows / (s.h * s.w).max(1)).max(1), direct: s.c >= DIRECT_CHANNELS }
+        // The direct form is not chosen: faster in `xtask bench --conv`'s steps, it made
+        // cnn.toml's stage 2 and 3 epochs 30–50 % slower (BENCHMARKS.md); selectable for
+        // measuring until that is understood.
+        Self { images: (rows / (s.h * s.w).max(1)).max(1), direct: false }
     }
 
     /// The tiling the training and inference kernels use.

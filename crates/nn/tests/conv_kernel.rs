@@ -101,11 +101,11 @@ fn check_against_direct_loops(s: Nhwc) {
 }
 
 #[test]
-fn tiles_hold_whole_images_and_the_direct_form_starts_at_64_channels() {
+fn tiles_hold_whole_images_and_take_im2col_by_default() {
     let s = Nhwc { n: 7, h: 5, w: 3, c: 4 };
     assert_eq!(Tiles::of(s, 30), Tiles { images: 2, direct: false });
     assert_eq!(Tiles::of(s, 30).count(s.n), 4);
-    assert!(Tiles::of(Nhwc { c: 64, ..s }, 30).direct);
+    assert!(!Tiles::of(Nhwc { c: 256, ..s }, 30).direct);
 }
 
 #[test]

@@ -32,8 +32,8 @@ fn features() -> (bool, bool) {
 }
 
 /// Products of the shapes training uses (a dense layer's 250-row products, a conv stage's
-/// im2col product, transposed operands), and two conv blocks' gradients (16 input
-/// channels: the im2col tiles; 64: the direct forms, strided operands).
+/// im2col product, transposed operands), and two conv blocks' gradients (16 and 64 input
+/// channels).
 fn workload() -> Vec<Vec<f32>> {
     let mut out = Vec::new();
     for (i, &(m, k, n, ta)) in [
