@@ -4,7 +4,9 @@
 Each stage of pipelines/cnn.toml, on its cached (already downsampled) input: a 3x3
 convolution without bias, BatchNorm, ReLU, the k = 1 head (2x2 adaptive average pooling and
 a linear layer), label-smoothed cross-entropy (0.1), SGD with Nesterov momentum 0.9 and
-weight decay 5e-4: one optimizer step. Modes, as a user would run them:
+weight decay 5e-4: one optimizer step, on the next batch of a shuffled pass over a cached
+input of 512 MiB (at least one batch; as `cargo xtask bench --conv` draws its batches, and
+as an epoch reads a 45,000-image cached input), the batch indexed out of it in the step. Modes, as a user would run them:
   fp32     TF32 off for matmul and cuDNN (the arithmetic layerwise does);
   tf32     TF32 on (PyTorch's cuDNN default);
   bf16-cl  channels-last, autocast to bfloat16, TF32 on.
@@ -27,6 +29,10 @@ try:
     import tomllib
 except ImportError:  # Python < 3.11
     tomllib = None
+
+
+# Bytes of cached input the batches are drawn from (xtask/src/bench_conv.rs's POOL_BYTES).
+POOL_BYTES = 512 << 20
 
 
 def stages_of(pipeline):
@@ -119,16 +125,25 @@ def main():
                     nn.Flatten(),
                     nn.Linear(4 * out, 10),
                 ).to(dev)
-                x = torch.randn(batch, c, side, side, device=dev)
-                y = torch.randint(0, 10, (batch,), device=dev)
+                images = max(POOL_BYTES // (4 * c * side * side), batch)
+                x_all = torch.randn(images, c, side, side, device=dev)
+                y_all = torch.randint(0, 10, (images,), device=dev)
                 if mode == "bf16-cl":
                     model = model.to(memory_format=torch.channels_last)
-                    x = x.contiguous(memory_format=torch.channels_last)
+                    x_all = x_all.contiguous(memory_format=torch.channels_last)
+                gen = torch.Generator().manual_seed(0)
+                order, at = None, images
                 opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
                 loss_fn = nn.CrossEntropyLoss(label_smoothing=0.1)
                 amp = mode == "bf16-cl"
 
                 def step():
+                    nonlocal order, at
+                    if at + batch > images:
+                        order, at = torch.randperm(images, generator=gen).to(dev), 0
+                    idx = order[at:at + batch]
+                    at += batch
+                    x, y = x_all[idx], y_all[idx]
                     opt.zero_grad(set_to_none=True)
                     with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
                         loss = loss_fn(model(x), y)
