@@ -13,9 +13,9 @@
 //! ([`forward_direct`], [`weight_grad_direct`], chosen with [`Tiles::direct`]): per output
 //! pixel, the batch's images are the product's rows, read in place from the NHWC input (a
 //! tap row's three taps are neighbouring pixels), one product per tap row, no im2col, the
-//! zero padding left out of both operands. It is 3–15 % faster than the tiles in `xtask
-//! bench --conv`'s steps but made `cnn.toml`'s epochs slower (BENCHMARKS.md), so
-//! [`Tiles::of`] does not choose it.
+//! zero padding left out of both operands. [`Tiles::of`] chooses it for small images of
+//! many channels ([`DIRECT_MIN_CHANNELS`], [`DIRECT_MAX_PIXELS`]: `cnn.toml`'s stages 4
+//! and 5), where it is faster in `xtask bench --conv` and in the pipeline's epochs.
 //!
 //! Every result is the same whatever the number of threads: tiles and pixel groups are
 //! fixed by the shape, not by the threads, and partial sums are added in order.
@@ -40,6 +40,18 @@ const WIDE_OUT: usize = 256;
 /// few enough that their buffers stay small).
 const WEIGHT_GROUPS: usize = 8;
 
+/// Input channels from which [`Tiles::of`] chooses the direct form: below them a tap
+/// row's `3·c` values make products too thin (stage 1's 3 channels: 25 % slower, stage 2's
+/// 64: 5–10 %, `xtask bench --conv`).
+pub const DIRECT_MIN_CHANNELS: usize = 128;
+
+/// Pixels per image up to which [`Tiles::of`] chooses the direct form. Its gain is mostly
+/// the zero padding it leaves out, 16 % of an 8 × 8 image's taps against 8 % at 16 × 16:
+/// `cnn.toml`'s epochs, old and new run one after the other, 5–10 % faster at 8 × 8 (stage
+/// 4: 16.6, 16.0 → 16.0, 15.3 s; stage 5: 30.9, 29.0 → 27.4, 28.0 s) and no faster at
+/// 16 × 16 (stage 3: 35.5, 33.4 → 35.4, 35.8 s).
+pub const DIRECT_MAX_PIXELS: usize = 64;
+
 /// How a batch of shape `s` is cut into tiles of whole images, and how its forward
 /// product is formed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,10 +68,8 @@ pub struct Tiles {
 impl Tiles {
     /// Tiles of about `rows` rows for images of `s`.
     pub fn of(s: Nhwc, rows: usize) -> Self {
-        // The direct form is not chosen: faster in `xtask bench --conv`'s steps, it made
-        // cnn.toml's stage 2 and 3 epochs 30–50 % slower (BENCHMARKS.md); selectable for
-        // measuring until that is understood.
-        Self { images: (rows / (s.h * s.w).max(1)).max(1), direct: false }
+        let side = s.h * s.w;
+        Self { images: (rows / side.max(1)).max(1), direct: s.c >= DIRECT_MIN_CHANNELS && side <= DIRECT_MAX_PIXELS }
     }
 
     /// The tiling the training and inference kernels use.

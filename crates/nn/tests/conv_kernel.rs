@@ -101,11 +101,16 @@ fn check_against_direct_loops(s: Nhwc) {
 }
 
 #[test]
-fn tiles_hold_whole_images_and_take_im2col_by_default() {
+fn tiles_hold_whole_images_and_take_the_direct_form_for_small_wide_images() {
     let s = Nhwc { n: 7, h: 5, w: 3, c: 4 };
     assert_eq!(Tiles::of(s, 30), Tiles { images: 2, direct: false });
     assert_eq!(Tiles::of(s, 30).count(s.n), 4);
-    assert!(!Tiles::of(Nhwc { c: 256, ..s }, 30).direct);
+    // cnn.toml's stages: im2col tiles at 32 × 32 and 16 × 16, the direct form at 8 × 8
+    // from 128 channels on.
+    let stage = |c, side| Tiles::default_for(Nhwc { n: 128, h: side, w: side, c }).direct;
+    assert!(!stage(3, 32) && !stage(64, 16) && !stage(128, 16));
+    assert!(stage(128, 8) && stage(256, 8));
+    assert!(!stage(64, 8), "thin tap rows keep the tiles");
 }
 
 #[test]
