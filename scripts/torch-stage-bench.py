@@ -6,7 +6,8 @@ convolution without bias, BatchNorm, ReLU, the k = 1 head (2x2 adaptive average 
 a linear layer), label-smoothed cross-entropy (0.1), SGD with Nesterov momentum 0.9 and
 weight decay 5e-4: one optimizer step, on the next batch of a shuffled pass over a cached
 input of 512 MiB (at least one batch; as `cargo xtask bench --conv` draws its batches, and
-as an epoch reads a 45,000-image cached input), the batch indexed out of it in the step. Modes, as a user would run them:
+as an epoch reads a 45,000-image cached input), the batch indexed out of it in the step.
+Modes, as a user would run them:
   fp32     TF32 off for matmul and cuDNN (the arithmetic layerwise does);
   tf32     TF32 on (PyTorch's cuDNN default);
   bf16-cl  channels-last, autocast to bfloat16, TF32 on.

@@ -25,6 +25,9 @@ use layerwise_nn::conv_kernel::TILE_ROWS;
 use layerwise_nn::convnet::{self, ConvNet, ConvSettings, OptimizerSpec};
 use layerwise_nn::device::DeviceKind;
 use layerwise_nn::Backend;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
 use std::time::Instant;
 
 /// The stages of `pipelines/cnn.toml` (read from the working directory's `pipelines/`
@@ -68,27 +71,23 @@ fn fill_large(n: usize, seed: u32) -> Vec<f32> {
     block.iter().copied().cycle().take(n).collect()
 }
 
-/// The rows of batch after batch of shuffled passes over `images` rows (a fixed seed).
+/// The rows of batch after batch of shuffled passes over `images` rows (a fixed seed), shuffled
+/// as the learner's epochs shuffle theirs (`rand`'s `shuffle` over a ChaCha8 stream).
 struct Batches {
     order: Vec<usize>,
     at: usize,
-    state: u64,
+    rng: ChaCha8Rng,
 }
 
 impl Batches {
     fn new(images: usize) -> Self {
-        Self { order: (0..images).collect(), at: images, state: 0x9E37_79B9_7F4A_7C15 }
+        Self { order: (0..images).collect(), at: images, rng: ChaCha8Rng::seed_from_u64(0) }
     }
 
     fn next(&mut self, batch: usize) -> &[usize] {
         if self.at + batch > self.order.len() {
-            // Fisher–Yates with xorshift64: a new pass in a new order.
-            for i in (1..self.order.len()).rev() {
-                self.state ^= self.state << 13;
-                self.state ^= self.state >> 7;
-                self.state ^= self.state << 17;
-                self.order.swap(i, (self.state % (i as u64 + 1)) as usize);
-            }
+            // A new pass in a new order.
+            self.order.shuffle(&mut self.rng);
             self.at = 0;
         }
         self.at += batch;
